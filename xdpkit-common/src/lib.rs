@@ -1,0 +1,13 @@
+//! Types shared by the kernel programs (`xdpkit-ebpf`) and userspace (`xdpkit`).
+//!
+//! Everything that crosses a map boundary is defined here once, `#[repr(C)]`,
+//! so both sides agree on the layout without a mirrored header.
+#![no_std]
+
+pub mod action;
+pub mod maps;
+pub mod program;
+
+pub use action::XdpAction;
+pub use maps::ActionCounter;
+pub use program::ProgramKind;

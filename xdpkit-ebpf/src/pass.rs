@@ -1,0 +1,10 @@
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use xdpkit_common::XdpAction;
+
+use crate::stats::count;
+
+/// Counts every frame and hands it to the network stack.
+#[xdp]
+pub fn xdpkit_pass(ctx: XdpContext) -> u32 {
+    count(&ctx, XdpAction::Pass)
+}

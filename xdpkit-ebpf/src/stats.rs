@@ -1,0 +1,23 @@
+//! Per-CPU packet and byte counters, one slot per XDP action.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
+use xdpkit_common::{ActionCounter, XdpAction};
+
+#[map(name = "XDPKIT_STATS")]
+static STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(XdpAction::COUNT, 0);
+
+/// Counts the frame under `action` and returns the action, so an entry
+/// point can end with `count(&ctx, verdict)`.
+#[inline(always)]
+pub fn count(ctx: &XdpContext, action: XdpAction) -> u32 {
+    if let Some(slot) = STATS.get_ptr_mut(action as u32) {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        // SAFETY: the pointer is this CPU's slot of an array entry that exists
+        // for the life of the map; no other context writes it concurrently.
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += len;
+        }
+    }
+    action as u32
+}

@@ -1,0 +1,110 @@
+//! Builds the kernel programs (xdpkit-ebpf) and leaves the object in OUT_DIR,
+//! so the library embeds it and a copied `xdpkit` binary works on its own.
+//!
+//! The eBPF crate needs Debian's rustc (it ships `core` for
+//! bpfel-unknown-none) and bpf-linker; `cargo xtask bootstrap` installs both.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const BPF_RUSTC: &str = "/usr/bin/rustc";
+const OBJECT: &str = "xdpkit.bpf.o";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let root = manifest_dir
+        .parent()
+        .expect("xdpkit/ sits in the workspace");
+    let ebpf_dir = root.join("xdpkit-ebpf");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets it"));
+
+    for watched in [
+        "xdpkit-ebpf/src",
+        "xdpkit-ebpf/Cargo.toml",
+        "xdpkit-ebpf/.cargo",
+        "xdpkit-common/src",
+        "xdpkit-common/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    println!("cargo:rerun-if-env-changed=XDPKIT_EBPF_OBJECT");
+
+    // An already-built object can be handed in (e.g. by a packager).
+    if let Some(prebuilt) = env::var_os("XDPKIT_EBPF_OBJECT") {
+        copy(Path::new(&prebuilt), &out_dir.join(OBJECT));
+        return;
+    }
+
+    for (tool, what) in [
+        (BPF_RUSTC, "Debian's rustc-web"),
+        ("bpf-linker", "bpf-linker"),
+    ] {
+        if which(tool).is_none() {
+            panic!("{what} ({tool}) is missing: run `cargo xtask bootstrap` (as root) to install the eBPF toolchain");
+        }
+    }
+
+    let target_dir = root.join("target").join("ebpf");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&ebpf_dir)
+        .args([
+            "build",
+            "--profile",
+            "bpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTC", BPF_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1");
+    // The outer build's settings must not leak into the kernel build
+    // (clippy's wrapper, host rustflags, a forced target dir).
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTC",
+        "CARGO_BUILD_RUSTC_WRAPPER",
+        "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
+        "RUSTDOC",
+        "CARGO_MAKEFLAGS",
+        "CARGO_LLVM_COV",
+        "RUSTC_LINKER",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("could not run cargo for xdpkit-ebpf");
+    assert!(
+        status.success(),
+        "building xdpkit-ebpf failed ({status}); see the errors above"
+    );
+
+    let built = target_dir
+        .join("bpfel-unknown-none")
+        .join("bpf")
+        .join("xdpkit");
+    copy(&built, &out_dir.join(OBJECT));
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = Path::new(tool);
+    if path.is_absolute() {
+        return path.exists().then(|| path.to_path_buf());
+    }
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.exists())
+}
