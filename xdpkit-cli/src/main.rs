@@ -1,1 +1,142 @@
-fn main() {}
+//! `xdpkit`: attach, detach and observe XDP programs. A thin layer over the
+//! `xdpkit` library: argument parsing, output and exit codes.
+
+mod attach;
+mod detach;
+mod features;
+mod output;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{error::ErrorKind, ArgAction, Parser, Subcommand};
+
+/// XDP data-plane toolkit: attach xdpkit's XDP programs to interfaces and observe them.
+///
+/// Programs stay attached after xdpkit exits (a pinned bpf_link); their state
+/// lives in /sys/fs/bpf/xdpkit/<ifname>/ and any later xdpkit process uses it.
+/// Most commands need root (CAP_NET_ADMIN and CAP_BPF).
+///
+/// Exit status: 0 on success, 2 when the command or the system needs fixing
+/// (bad arguments, unknown interface, missing privilege, unsupported mode,
+/// another tool's program), 1 on any other failure. On failure nothing is
+/// left changed.
+#[derive(Debug, Parser)]
+#[command(name = "xdpkit", version, infer_subcommands = true, max_term_width = 100)]
+pub struct Cli {
+    /// More log output: -v info, -vv debug (aya's own messages one level quieter), -vvv trace.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Attach(attach::Args),
+    Detach(detach::Args),
+    Status(status::Args),
+    Features(features::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(&e),
+    };
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Attach(args) => attach::run(args),
+        Command::Detach(args) => detach::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Features(args) => features::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xdpkit: error: {}", output::one_line(&e));
+            let usage = e
+                .downcast_ref::<xdpkit::Error>()
+                .is_none_or(xdpkit::Error::is_usage);
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+/// Help and version go to stdout as clap prints them; argument errors
+/// become one line naming the problem and where to look, exit code 2.
+fn clap_error(e: &clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let tip = lines
+        .find(|l| l.starts_with("tip:") || l.starts_with("[possible values"))
+        .map(|l| format!("; {l}"))
+        .unwrap_or_default();
+    eprintln!("xdpkit: error: {first}{tip}; see `xdpkit --help`");
+    ExitCode::from(2)
+}
+
+fn init_logging(verbose: u8) {
+    let filter = match verbose {
+        0 => "warn",
+        1 => "info,aya=warn",
+        2 => "debug,aya=info",
+        _ => "trace",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_attach_with_every_option() {
+        let cli = Cli::try_parse_from([
+            "xdpkit", "attach", "redirect", "--dev", "veth0", "--mode", "skb", "--to", "veth1", "--force",
+        ])
+        .unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!("not attach")
+        };
+        assert_eq!(args.program, "redirect");
+        assert_eq!(args.dev.dev, "veth0");
+        assert_eq!(args.to.as_deref(), Some("veth1"));
+        assert!(args.force);
+    }
+
+    #[test]
+    fn rejects_unknown_mode_and_missing_dev() {
+        assert!(Cli::try_parse_from(["xdpkit", "attach", "drop", "--dev", "x", "--mode", "fast"]).is_err());
+        assert!(Cli::try_parse_from(["xdpkit", "attach", "drop"]).is_err());
+        assert!(Cli::try_parse_from(["xdpkit", "detach"]).is_err());
+    }
+
+    #[test]
+    fn subcommands_can_be_abbreviated() {
+        let cli = Cli::try_parse_from(["xdpkit", "stat", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Status(_)));
+    }
+}

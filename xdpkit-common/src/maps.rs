@@ -10,6 +10,7 @@ pub const REDIRECT_SLOT: u32 = 0;
 /// Packets and bytes seen for one action on one CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct ActionCounter {
     /// Frames that got this verdict.
     pub packets: u64,

@@ -1,3 +1,28 @@
-/// The compiled kernel programs, embedded at build time.
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpkit.bpf.o"));
+//! xdpkit: load, attach and observe XDP programs written in Rust.
+//!
+//! - [`attach`]: attach/detach with pinned bpf_links under `/sys/fs/bpf/xdpkit/<ifname>/`;
+//! - [`status`]: what is attached, with per-action counters and rates, from any process;
+//! - [`features`]: what the kernel and a device support;
+//! - [`testrun`]: BPF_PROG_TEST_RUN on crafted frames, with [`model`] as the reference;
+//! - [`lab`]: network namespaces and veth pairs for tests, demos and benchmarks.
+
+pub mod attach;
+pub mod error;
+pub mod features;
+pub mod iface;
+pub mod lab;
+pub mod model;
+pub mod netlink;
+pub mod object;
+pub mod pins;
+pub mod privilege;
+pub mod stats;
+pub mod status;
+pub mod sys;
+pub mod testrun;
+
+pub use attach::{attach, detach, AttachReport, AttachRequest, DetachReport, Mode};
+pub use error::{Error, Result};
+pub use status::{status, IfaceStatus};
+pub use testrun::{test_run, Harness, TestRunOutcome};
+pub use xdpkit_common::{ActionCounter, ProgramKind, XdpAction};

@@ -1,0 +1,86 @@
+//! `xdpkit status`
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use xdpkit::IfaceStatus;
+
+use crate::output::{print_json, si, JsonArg};
+
+/// Show what xdpkit has attached: program, ids, mode, attach time, pinned
+/// paths, and per-action packets, bytes and current rates.
+///
+/// Rates are measured over --interval seconds (0 skips the sampling).
+///
+/// Examples:
+///   xdpkit status
+///   xdpkit status --dev veth0 --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Only this interface.
+    #[arg(short, long, value_name = "IF")]
+    pub dev: Option<String>,
+
+    /// Seconds between the two counter samples used for rates.
+    #[arg(short, long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    pub interval: f64,
+
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if (0.0..=60.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("interval must be between 0 and 60 seconds".to_string())
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let interval = Duration::from_secs_f64(args.interval);
+    let all = xdpkit::status(args.dev.as_deref(), interval).context("cannot read status")?;
+    if args.json.json {
+        return print_json(&all);
+    }
+    if all.is_empty() {
+        println!("no xdpkit programs attached");
+    }
+    for s in &all {
+        print_one(s);
+    }
+    Ok(())
+}
+
+fn print_one(s: &IfaceStatus) {
+    let mode = s.mode.map(|m| m.name()).unwrap_or("-");
+    println!(
+        "{}: {} ({}) prog id {} link id {} mode {} attached {}",
+        s.iface,
+        s.program,
+        s.state,
+        s.prog_id,
+        s.link_id,
+        mode,
+        s.attached_at.as_deref().unwrap_or("?")
+    );
+    if let Some(to) = &s.redirect_to {
+        println!("  redirect to {to}");
+    }
+    for pin in &s.pins {
+        println!("  pinned {}", pin.display());
+    }
+    println!("  {:<9} {:>14} {:>16} {:>10} {:>10}", "action", "packets", "bytes", "pps", "bps");
+    for row in &s.actions {
+        println!(
+            "  {:<9} {:>14} {:>16} {:>10} {:>10}",
+            row.action,
+            row.packets,
+            row.bytes,
+            si(row.pps),
+            si(row.bps)
+        );
+    }
+}

@@ -1,0 +1,450 @@
+//! Attaching and detaching xdpkit programs with pinned bpf_links, so a
+//! program stays attached after the CLI exits and a later process finds it.
+
+use std::{os::fd::AsFd as _, path::PathBuf};
+
+use aya::{
+    maps::DevMap,
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, XdpMode,
+    },
+};
+use serde::Serialize;
+use xdpkit_common::{maps::REDIRECT_MAP, maps::REDIRECT_SLOT, maps::STATS_MAP, ProgramKind};
+
+use crate::{
+    iface, netlink,
+    netlink::{AttachMode, XdpAttachment},
+    object,
+    pins::{self, PinDir},
+    privilege, sys, Error, Result,
+};
+
+/// The XDP mode to attach in, as the user asks for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Native if the driver supports it, otherwise generic (the kernel decides).
+    #[default]
+    Auto,
+    /// In the driver (XDP_FLAGS_DRV_MODE).
+    Native,
+    /// Generic XDP in the network stack (XDP_FLAGS_SKB_MODE).
+    Skb,
+    /// On the NIC (XDP_FLAGS_HW_MODE).
+    Offload,
+}
+
+impl Mode {
+    /// The name used on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Native => "native",
+            Mode::Skb => "skb",
+            Mode::Offload => "offload",
+        }
+    }
+
+    const fn xdp_mode(self) -> XdpMode {
+        match self {
+            Mode::Auto => XdpMode::Default,
+            Mode::Native => XdpMode::Driver,
+            Mode::Skb => XdpMode::Skb,
+            Mode::Offload => XdpMode::Hardware,
+        }
+    }
+
+    /// Whether a program attached in `actual` mode satisfies this request.
+    fn accepts(self, actual: AttachMode) -> bool {
+        matches!(
+            (self, actual),
+            (Mode::Auto, _)
+                | (Mode::Native, AttachMode::Native)
+                | (Mode::Skb, AttachMode::Skb)
+                | (Mode::Offload, AttachMode::Offload)
+        )
+    }
+}
+
+/// What to attach where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// Interface to attach to.
+    pub iface: String,
+    /// Program to attach.
+    pub program: ProgramKind,
+    /// Attach mode.
+    pub mode: Mode,
+    /// Egress interface for `redirect`.
+    pub to: Option<String>,
+    /// Replace a program that xdpkit did not attach.
+    pub force: bool,
+}
+
+/// What `attach` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachReport {
+    /// Interface.
+    pub iface: String,
+    /// Its index.
+    pub ifindex: u32,
+    /// Program name (`drop`, ...).
+    pub program: &'static str,
+    /// Kernel id of the new program.
+    pub prog_id: u32,
+    /// Kernel id of the bpf_link.
+    pub link_id: u32,
+    /// Mode the kernel attached it in.
+    pub mode: Option<AttachMode>,
+    /// Egress interface of `redirect`.
+    pub to: Option<String>,
+    /// Program id that was replaced, if any.
+    pub replaced_prog_id: Option<u32>,
+    /// Whether the replaced program was another tool's (only with --force).
+    pub replaced_foreign: bool,
+    /// The state directory.
+    pub pin_dir: PathBuf,
+}
+
+/// What `detach` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct DetachReport {
+    /// Interface.
+    pub iface: String,
+    /// Program id that was detached (None if the link was already gone).
+    pub prog_id: Option<u32>,
+    /// The state directory that was removed.
+    pub pin_dir: PathBuf,
+}
+
+/// The xdpkit link pinned for an interface, if it is still attached there.
+struct OwnLink {
+    info: sys::XdpLinkInfo,
+}
+
+/// Attaches `req.program` to `req.iface`, or atomically replaces the program
+/// xdpkit attached there before (bpf_link update).
+///
+/// # Errors
+///
+/// Bad names or options, missing privileges, an unknown interface, a mode the
+/// device lacks, or another tool's program without `force`: each before
+/// anything changes on the system. A kernel refusal after that rolls back
+/// what this call created.
+pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
+    iface::validate_name(&req.iface)?;
+    match (req.program.needs_target(), &req.to) {
+        (true, None) => {
+            return Err(Error::InvalidArgument(format!(
+                "program '{}' needs --to <IF>: the interface to send frames to",
+                req.program.name()
+            )))
+        }
+        (false, Some(_)) => {
+            return Err(Error::InvalidArgument(format!(
+                "--to only applies to the redirect program, not '{}': drop --to",
+                req.program.name()
+            )))
+        }
+        _ => {}
+    }
+    if let Some(to) = &req.to {
+        iface::validate_name(to)?;
+    }
+    privilege::require("attach")?;
+    let ifindex = iface::index(&req.iface)?;
+    let to_ifindex = req.to.as_deref().map(iface::index).transpose()?;
+    check_mode(&req.iface, ifindex, req.mode)?;
+    pins::ensure_bpffs()?;
+
+    let dir = PinDir::new(&req.iface)?;
+    let current = netlink::xdp_attachment(ifindex)?;
+    let own = own_link(&dir, ifindex);
+    let foreign = current
+        .as_ref()
+        .filter(|att| own.as_ref().map(|o| o.info.prog_id) != Some(att.prog_id));
+    if let Some(att) = foreign {
+        if !req.force {
+            return Err(Error::ForeignProgram {
+                iface: req.iface.clone(),
+                prog_id: att.prog_id,
+                prog_name: program_name(att.prog_id),
+            });
+        }
+    }
+    // A pin whose link no longer serves this interface is left over from a
+    // deleted device (or another namespace's interface of the same name).
+    if own.is_none() && dir.has_link() {
+        dir.remove()?;
+    }
+
+    let mut ebpf = object::load()?;
+    if let Some(target) = to_ifindex {
+        let map = ebpf.map_mut(REDIRECT_MAP).ok_or_else(|| missing_map(REDIRECT_MAP))?;
+        let mut devmap = DevMap::try_from(map).map_err(|e| Error::Map {
+            what: format!("open {REDIRECT_MAP}"),
+            source: e.into(),
+        })?;
+        devmap
+            .set(REDIRECT_SLOT, target, None, 0)
+            .map_err(|e| Error::Map {
+                what: format!("set redirect target ifindex {target}"),
+                source: e.into(),
+            })?;
+    }
+    let program = object::program(&mut ebpf, req.program)?;
+    let prog_id = program
+        .info()
+        .map(|i| i.id())
+        .map_err(|source| Error::Load {
+            program: req.program.name(),
+            source,
+        })?;
+
+    let created = dir.create()?;
+    let rollback = Rollback {
+        dir: &dir,
+        armed: created,
+    };
+
+    let replace_own = match (&own, &current) {
+        (Some(_), Some(att)) => req.mode.accepts(att.mode),
+        _ => false,
+    };
+    let replaced_prog_id = current.as_ref().map(|c| c.prog_id);
+    if replace_own {
+        // Same link, new program: no window without XDP on the interface.
+        let pinned = PinnedLink::from_pin(dir.file(pins::LINK)).map_err(|e| Error::Attach {
+            iface: req.iface.clone(),
+            source: e.into(),
+        })?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| Error::Attach {
+            iface: req.iface.clone(),
+            source: e.into(),
+        })?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|source| attach_error(&req.iface, req.mode, source))?;
+        // Our fd closes; the pin keeps the (updated) link alive.
+        drop(program.take_link(id));
+    } else {
+        if own.is_some() && current.is_some() {
+            // Mode change: a link cannot switch modes, so replace it.
+            detach_pinned(&dir)?;
+        } else if let Some(att) = foreign {
+            remove_foreign(&req.iface, ifindex, att)?;
+        }
+        let id = program
+            .attach_to_if_index(ifindex, req.mode.xdp_mode())
+            .map_err(|source| attach_error(&req.iface, req.mode, source))?;
+        let link = program.take_link(id).map_err(|e| Error::Attach {
+            iface: req.iface.clone(),
+            source: e.into(),
+        })?;
+        let fd_link = FdLink::try_from(link).map_err(|e| Error::Attach {
+            iface: req.iface.clone(),
+            source: e.into(),
+        })?;
+        dir.unpin(pins::LINK)?;
+        fd_link.pin(dir.file(pins::LINK)).map_err(|e| Error::Pin {
+            what: "cannot pin link at",
+            path: dir.file(pins::LINK),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        dir.restrict(pins::LINK)?;
+    }
+
+    pin_map(&ebpf, &dir, STATS_MAP, pins::STATS)?;
+    if to_ifindex.is_some() {
+        pin_map(&ebpf, &dir, REDIRECT_MAP, pins::REDIRECT)?;
+    } else {
+        dir.unpin(pins::REDIRECT)?;
+    }
+    rollback.disarm();
+
+    let link_fd = sys::obj_get(&dir.file(pins::LINK))?;
+    let info = sys::xdp_link_info(link_fd.as_fd())?;
+    let mode = netlink::xdp_attachment(ifindex)?.map(|a| a.mode);
+    Ok(AttachReport {
+        iface: req.iface.clone(),
+        ifindex,
+        program: req.program.name(),
+        prog_id,
+        link_id: info.id,
+        mode,
+        to: req.to.clone(),
+        replaced_prog_id,
+        replaced_foreign: foreign.is_some(),
+        pin_dir: dir.path().to_path_buf(),
+    })
+}
+
+/// Detaches xdpkit's program from `ifname` and removes its state directory.
+///
+/// # Errors
+///
+/// [`Error::NotAttached`] if xdpkit has nothing there, [`Error::UnknownInterface`]
+/// if the interface does not exist and has no leftover state.
+pub fn detach(ifname: &str) -> Result<DetachReport> {
+    iface::validate_name(ifname)?;
+    privilege::require("detach")?;
+    let dir = PinDir::new(ifname)?;
+    if !dir.path().exists() {
+        iface::index(ifname)?;
+        return Err(Error::NotAttached {
+            iface: ifname.to_string(),
+            action: "detach",
+        });
+    }
+    let prog_id = detach_pinned(&dir)?;
+    dir.remove()?;
+    Ok(DetachReport {
+        iface: ifname.to_string(),
+        prog_id,
+        pin_dir: dir.path().to_path_buf(),
+    })
+}
+
+/// Forces the pinned link off its interface and unpins it. Returns the
+/// program id it ran, or None if the link was already gone.
+fn detach_pinned(dir: &PinDir) -> Result<Option<u32>> {
+    let Ok(fd) = sys::obj_get(&dir.file(pins::LINK)) else {
+        return Ok(None);
+    };
+    let info = sys::xdp_link_info(fd.as_fd())?;
+    // A link whose device is gone is already detached; the kernel says ENOLINK.
+    if info.ifindex != 0 {
+        sys::link_detach(fd.as_fd())?;
+    }
+    dir.unpin(pins::LINK)?;
+    Ok(Some(info.prog_id))
+}
+
+fn own_link(dir: &PinDir, ifindex: u32) -> Option<OwnLink> {
+    let fd = sys::obj_get(&dir.file(pins::LINK)).ok()?;
+    let info = sys::xdp_link_info(fd.as_fd()).ok()?;
+    (info.ifindex == ifindex).then_some(OwnLink { info })
+}
+
+fn remove_foreign(ifname: &str, ifindex: u32, att: &XdpAttachment) -> Result<()> {
+    tracing::warn!(iface = ifname, prog_id = att.prog_id, "--force: removing another tool's XDP program");
+    netlink::detach_netlink_program(ifindex, att.mode).map_err(|e| Error::ForeignLinkHeld {
+        iface: ifname.to_string(),
+        prog_id: att.prog_id,
+        reason: e.to_string(),
+    })?;
+    // A program held by another tool's bpf_link survives the netlink request.
+    if let Some(still) = netlink::xdp_attachment(ifindex)? {
+        return Err(Error::ForeignLinkHeld {
+            iface: ifname.to_string(),
+            prog_id: still.prog_id,
+            reason: "still attached after the netlink detach".to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses modes the device's XDP feature flags rule out, before loading anything.
+fn check_mode(ifname: &str, ifindex: u32, mode: Mode) -> Result<()> {
+    // Kernels before 6.3 lack the netdev family; then the attach itself decides.
+    let Ok(features) = netlink::device_xdp_features(ifindex) else {
+        return Ok(());
+    };
+    let supported = supported_modes(&features);
+    let ok = match mode {
+        Mode::Auto | Mode::Skb => true,
+        Mode::Native => features.basic(),
+        Mode::Offload => features.hw_offload(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::ModeNotSupported {
+            iface: ifname.to_string(),
+            mode: mode.name(),
+            supported: supported.join(", "),
+        })
+    }
+}
+
+/// Attach modes a device with these features accepts (generic always works).
+pub fn supported_modes(features: &netlink::DeviceXdpFeatures) -> Vec<&'static str> {
+    let mut modes = Vec::new();
+    if features.basic() {
+        modes.push("native");
+    }
+    modes.push("skb");
+    if features.hw_offload() {
+        modes.push("offload");
+    }
+    modes
+}
+
+fn attach_error(ifname: &str, mode: Mode, source: ProgramError) -> Error {
+    let errno = match &source {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EOPNOTSUPP) => Error::ModeNotSupported {
+            iface: ifname.to_string(),
+            mode: mode.name(),
+            supported: "see `xdpkit features --dev IF`".to_string(),
+        },
+        Some(libc::ENODEV) => Error::UnknownInterface {
+            name: ifname.to_string(),
+        },
+        _ => Error::Attach {
+            iface: ifname.to_string(),
+            source: source.into(),
+        },
+    }
+}
+
+fn pin_map(ebpf: &aya::Ebpf, dir: &PinDir, map_name: &str, file: &str) -> Result<()> {
+    let map = ebpf.map(map_name).ok_or_else(|| missing_map(map_name))?;
+    dir.unpin(file)?;
+    map.pin(dir.file(file)).map_err(|e| Error::Pin {
+        what: "cannot pin map at",
+        path: dir.file(file),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    dir.restrict(file)
+}
+
+fn missing_map(name: &str) -> Error {
+    Error::InvalidArgument(format!("the embedded object has no map {name}: rebuild xdpkit"))
+}
+
+/// Kernel name of a program id, or "?" if it cannot be read.
+pub fn program_name(prog_id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == prog_id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// Removes a freshly created state directory unless disarmed.
+struct Rollback<'a> {
+    dir: &'a PinDir,
+    armed: bool,
+}
+
+impl Rollback<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.dir.remove() {
+                tracing::warn!("rollback: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The library's error type. Every variant names the cause and, where the
+//! user can act, the fix; `is_usage` tells the CLI which exit code to use.
+
+use std::path::PathBuf;
+
+use crate::netlink::NetlinkError;
+
+/// A boxed source error from aya, whose error types vary by object.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in xdpkit's library calls.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The named interface is not in this network namespace.
+    #[error("interface '{name}' does not exist in this network namespace: check the name with `ip link` (or run xdpkit inside the interface's namespace)")]
+    UnknownInterface {
+        /// The name given.
+        name: String,
+    },
+    /// An interface name that cannot exist (too long, '/' in it, ...).
+    #[error("'{name}' is not a valid interface name ({why}): interface names are 1-15 characters without '/', ':' or spaces")]
+    InvalidInterfaceName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The caller lacks the capabilities XDP needs.
+    #[error("{action} needs root (CAP_NET_ADMIN and CAP_BPF or CAP_SYS_ADMIN): run it with sudo")]
+    NotPrivileged {
+        /// What was attempted ("attach", "detach", ...).
+        action: &'static str,
+    },
+    /// The device cannot run XDP in the requested mode.
+    #[error("interface '{iface}' does not support {mode} XDP (it supports: {supported}): choose one of those with --mode, or --mode auto")]
+    ModeNotSupported {
+        /// The interface.
+        iface: String,
+        /// The mode asked for.
+        mode: &'static str,
+        /// The modes it does support, comma separated.
+        supported: String,
+    },
+    /// Another tool's XDP program is on the interface.
+    #[error("interface '{iface}' already runs XDP program '{prog_name}' (id {prog_id}), not attached by xdpkit: remove it with the tool that attached it, or pass --force to replace it")]
+    ForeignProgram {
+        /// The interface.
+        iface: String,
+        /// Kernel id of the program found.
+        prog_id: u32,
+        /// Its kernel name.
+        prog_name: String,
+    },
+    /// `--force` could not remove another tool's program.
+    #[error("cannot remove XDP program id {prog_id} from '{iface}' ({reason}): it is probably held by another tool's bpf_link; remove it with that tool or `bpftool net detach xdp dev {iface}`")]
+    ForeignLinkHeld {
+        /// The interface.
+        iface: String,
+        /// Kernel id of the program.
+        prog_id: u32,
+        /// What the kernel said.
+        reason: String,
+    },
+    /// A program name xdpkit does not ship.
+    #[error("unknown program '{name}': choose one of {known}")]
+    UnknownProgram {
+        /// The name given.
+        name: String,
+        /// The programs xdpkit has, comma separated.
+        known: String,
+    },
+    /// Options that do not fit together.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Nothing of xdpkit's is attached to the interface.
+    #[error("no xdpkit program is attached to '{iface}': nothing to {action} (see `xdpkit status`)")]
+    NotAttached {
+        /// The interface.
+        iface: String,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// The kernel refused to load a program.
+    #[error("the kernel refused to load program '{program}': {source}")]
+    Load {
+        /// Program name.
+        program: &'static str,
+        /// aya's error, including the verifier log.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Parsing or creating the maps of the embedded object failed.
+    #[error("loading xdpkit's eBPF object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    /// Attaching failed for a reason other than the ones above.
+    #[error("attaching to '{iface}' failed: {source}")]
+    Attach {
+        /// The interface.
+        iface: String,
+        /// aya's error (program, link or syscall).
+        #[source]
+        source: BoxError,
+    },
+    /// A map operation failed.
+    #[error("{what}: {source}")]
+    Map {
+        /// Which map and operation.
+        what: String,
+        /// aya's error.
+        #[source]
+        source: BoxError,
+    },
+    /// Pinning or reading a pinned object failed.
+    #[error("{what} {}: {source}", path.display())]
+    Pin {
+        /// Which operation.
+        what: &'static str,
+        /// The bpffs path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// bpffs is not mounted and could not be mounted.
+    #[error("bpffs is not mounted at /sys/fs/bpf and mounting it failed ({0}): run `mount -t bpf bpf /sys/fs/bpf` as root")]
+    Bpffs(#[source] std::io::Error),
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// BPF_PROG_TEST_RUN failed.
+    #[error("BPF_PROG_TEST_RUN of '{program}' failed: {source}")]
+    TestRun {
+        /// Program name.
+        program: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A raw bpf() syscall failed.
+    #[error("{call} failed: {source}")]
+    Syscall {
+        /// Which command.
+        call: &'static str,
+        /// errno.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether the user can fix this by changing the command or the system
+    /// (exit code 2), as opposed to an unexpected failure (exit code 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::UnknownInterface { .. }
+                | Error::InvalidInterfaceName { .. }
+                | Error::NotPrivileged { .. }
+                | Error::ModeNotSupported { .. }
+                | Error::ForeignProgram { .. }
+                | Error::ForeignLinkHeld { .. }
+                | Error::UnknownProgram { .. }
+                | Error::InvalidArgument(_)
+                | Error::NotAttached { .. }
+                | Error::Bpffs(_)
+        )
+    }
+}
+
+/// Shorthand used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

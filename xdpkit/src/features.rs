@@ -1,0 +1,122 @@
+//! What this kernel and a device can do with XDP (`xdpkit features`).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::{attach::supported_modes, iface, netlink, pins, Result};
+
+/// Kernel-side facts that decide whether XDP works well here.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelFeatures {
+    /// `uname -r`.
+    pub release: String,
+    /// BPF JIT: `on`, `off` or `on (debug)`, from /proc/sys/net/core/bpf_jit_enable.
+    pub jit: String,
+    /// Kernel BTF at /sys/kernel/btf/vmlinux.
+    pub btf: bool,
+    /// bpffs mounted at /sys/fs/bpf.
+    pub bpffs: bool,
+    /// AF_XDP sockets can be created.
+    pub af_xdp: bool,
+}
+
+/// A device's XDP capabilities (netdev netlink family).
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceFeatures {
+    /// Interface.
+    pub iface: String,
+    /// Its index.
+    pub ifindex: u32,
+    /// Feature flags set (`basic`, `redirect`, `ndo-xmit`, `xsk-zerocopy`, ...).
+    pub xdp_features: Vec<&'static str>,
+    /// XDP_PASS/DROP/TX/ABORTED in the driver.
+    pub basic: bool,
+    /// XDP_REDIRECT from this device.
+    pub redirect: bool,
+    /// Can be the target of XDP_REDIRECT (ndo_xdp_xmit).
+    pub ndo_xmit: bool,
+    /// AF_XDP zero-copy.
+    pub zero_copy: bool,
+    /// Multi-buffer (jumbo/scatter-gather) frames.
+    pub multi_buffer: bool,
+    /// Most fragments per zero-copy frame.
+    pub zc_max_segs: u32,
+    /// Modes `xdpkit attach --mode` accepts for this device.
+    pub modes: Vec<&'static str>,
+}
+
+/// Reads the kernel side.
+pub fn kernel() -> KernelFeatures {
+    let jit = match std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")
+        .map(|s| s.trim().to_string())
+        .as_deref()
+    {
+        Ok("0") => "off".to_string(),
+        Ok("1") => "on".to_string(),
+        Ok("2") => "on (debug)".to_string(),
+        Ok(other) => other.to_string(),
+        Err(_) => "unknown".to_string(),
+    };
+    KernelFeatures {
+        release: release(),
+        jit,
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+        bpffs: pins::bpffs_mounted(),
+        af_xdp: af_xdp_available(),
+    }
+}
+
+/// Reads a device's XDP features.
+pub fn device(ifname: &str) -> Result<DeviceFeatures> {
+    let ifindex = iface::index(ifname)?;
+    let f = netlink::device_xdp_features(ifindex)?;
+    Ok(DeviceFeatures {
+        iface: ifname.to_string(),
+        ifindex,
+        xdp_features: f.names(),
+        basic: f.basic(),
+        redirect: f.redirect(),
+        ndo_xmit: f.ndo_xmit(),
+        zero_copy: f.zero_copy(),
+        multi_buffer: f.multi_buffer(),
+        zc_max_segs: f.zc_max_segs,
+        modes: supported_modes(&f),
+    })
+}
+
+fn release() -> String {
+    // SAFETY: utsname is plain data; uname fills it with NUL-terminated strings.
+    unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut uts) != 0 {
+            return "unknown".to_string();
+        }
+        std::ffi::CStr::from_ptr(uts.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn af_xdp_available() -> bool {
+    // SAFETY: socket() has no memory arguments; the fd is closed right away.
+    unsafe {
+        let fd = libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        libc::close(fd);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_release_is_read() {
+        let k = kernel();
+        assert!(k.release.chars().next().unwrap().is_ascii_digit(), "{}", k.release);
+    }
+}

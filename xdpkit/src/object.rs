@@ -1,0 +1,76 @@
+//! The embedded eBPF object and loading programs from it.
+
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use xdpkit_common::ProgramKind;
+
+use crate::{Error, Result};
+
+/// The compiled kernel programs, embedded at build time by `build.rs`.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpkit.bpf.o"));
+
+/// Parses the embedded object and creates its maps (programs load lazily).
+pub fn load() -> Result<Ebpf> {
+    Ok(EbpfLoader::new().load(EBPF_OBJECT)?)
+}
+
+/// Loads `kind` into the kernel (once) and returns it.
+pub fn program(ebpf: &mut Ebpf, kind: ProgramKind) -> Result<&mut Xdp> {
+    let missing = || Error::UnknownProgram {
+        name: kind.name().to_string(),
+        known: "none (the embedded object lacks it: rebuild xdpkit)".to_string(),
+    };
+    let program: &mut Xdp = ebpf
+        .program_mut(kind.symbol())
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|source| Error::Load {
+            program: kind.name(),
+            source,
+        })?;
+    if program.fd().is_err() {
+        program.load().map_err(|source| Error::Load {
+            program: kind.name(),
+            source,
+        })?;
+    }
+    Ok(program)
+}
+
+/// Parses a program name as the user typed it.
+pub fn parse_program(name: &str) -> Result<ProgramKind> {
+    ProgramKind::from_name(name).ok_or_else(|| Error::UnknownProgram {
+        name: name.to_string(),
+        known: ProgramKind::ALL.map(ProgramKind::name).join(", "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_object_is_bpf_elf_with_every_program() {
+        assert_eq!(&EBPF_OBJECT[..4], b"\x7fELF");
+        let obj = aya_obj_programs(EBPF_OBJECT);
+        for kind in ProgramKind::ALL {
+            assert!(obj.contains(&kind.symbol().to_string()), "{} missing", kind.symbol());
+        }
+    }
+
+    fn aya_obj_programs(bytes: &[u8]) -> Vec<String> {
+        // Symbol names appear verbatim in the ELF string table.
+        ProgramKind::ALL
+            .iter()
+            .map(|k| k.symbol())
+            .filter(|s| bytes.windows(s.len()).any(|w| w == s.as_bytes()))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn unknown_program_lists_the_known_ones() {
+        let err = parse_program("firewal").unwrap_err().to_string();
+        assert_eq!(err, "unknown program 'firewal': choose one of pass, drop, tx, redirect");
+    }
+}

@@ -1,0 +1,111 @@
+//! Reading the per-action counters (a per-CPU array) and turning two
+//! samples into rates.
+
+use std::{path::Path, time::Duration};
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use serde::Serialize;
+use xdpkit_common::{ActionCounter, XdpAction};
+
+use crate::{Error, Result};
+
+/// Packets and bytes per action, summed over CPUs, in [`XdpAction`] order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActionTotals(pub [ActionCounter; XdpAction::COUNT as usize]);
+
+impl ActionTotals {
+    /// Counter of one action.
+    pub fn get(&self, action: XdpAction) -> ActionCounter {
+        self.0[action as usize]
+    }
+
+    /// All actions together.
+    pub fn total(&self) -> ActionCounter {
+        self.0.iter().fold(ActionCounter::default(), |a, c| a.plus(*c))
+    }
+
+    /// Per-action rates between `earlier` and `self`, `elapsed` apart.
+    pub fn rates_since(&self, earlier: &ActionTotals, elapsed: Duration) -> Vec<ActionRate> {
+        let secs = elapsed.as_secs_f64();
+        XdpAction::ALL
+            .iter()
+            .map(|&action| {
+                let (now, then) = (self.get(action), earlier.get(action));
+                let per_sec = |d: u64| if secs > 0.0 { d as f64 / secs } else { 0.0 };
+                ActionRate {
+                    action: action.name(),
+                    packets: now.packets,
+                    bytes: now.bytes,
+                    pps: per_sec(now.packets.saturating_sub(then.packets)),
+                    bps: per_sec(now.bytes.saturating_sub(then.bytes)) * 8.0,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One row of `xdpkit status`: totals and current rates of an action.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActionRate {
+    /// `drop`, `pass`, ...
+    pub action: &'static str,
+    /// Packets since attach.
+    pub packets: u64,
+    /// Bytes since attach.
+    pub bytes: u64,
+    /// Packets per second over the sampling interval.
+    pub pps: f64,
+    /// Bits per second over the sampling interval.
+    pub bps: f64,
+}
+
+/// Sums a per-CPU counter array.
+pub fn read(map: &Map) -> Result<ActionTotals> {
+    let array: PerCpuArray<&MapData, ActionCounter> =
+        PerCpuArray::try_from(map).map_err(|source| map_error("open counters", source))?;
+    sum(&array)
+}
+
+/// Sums a pinned per-CPU counter array.
+pub fn read_pinned(path: &Path) -> Result<ActionTotals> {
+    let data = MapData::from_pin(path).map_err(|source| map_error("open pinned counters", source))?;
+    let map = Map::PerCpuArray(data);
+    read(&map)
+}
+
+fn sum(array: &PerCpuArray<&MapData, ActionCounter>) -> Result<ActionTotals> {
+    let mut totals = ActionTotals::default();
+    for action in XdpAction::ALL {
+        let per_cpu = array
+            .get(&(action as u32), 0)
+            .map_err(|source| map_error("read counters", source))?;
+        totals.0[action as usize] = per_cpu
+            .iter()
+            .fold(ActionCounter::default(), |a, c| a.plus(*c));
+    }
+    Ok(totals)
+}
+
+fn map_error(what: &str, source: aya::maps::MapError) -> Error {
+    Error::Map {
+        what: format!("{what} ({})", xdpkit_common::maps::STATS_MAP),
+        source: source.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_deltas_over_time_and_bits() {
+        let mut before = ActionTotals::default();
+        let mut after = ActionTotals::default();
+        before.0[XdpAction::Drop as usize] = ActionCounter { packets: 100, bytes: 6400 };
+        after.0[XdpAction::Drop as usize] = ActionCounter { packets: 300, bytes: 19200 };
+        let rates = after.rates_since(&before, Duration::from_secs(2));
+        let drop = rates.iter().find(|r| r.action == "drop").unwrap();
+        assert_eq!((drop.packets, drop.pps, drop.bps), (300, 100.0, 51200.0));
+        assert_eq!(after.total().packets, 300);
+    }
+}
