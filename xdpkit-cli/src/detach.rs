@@ -23,8 +23,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return print_json(&report);
     }
     match report.prog_id {
-        Some(id) => println!("detached program id {id} from {}; removed {}", report.iface, report.pin_dir.display()),
-        None => println!("{}: link was already gone; removed {}", report.iface, report.pin_dir.display()),
+        Some(id) => println!(
+            "detached program id {id} from {}; removed {}",
+            report.iface,
+            report.pin_dir.display()
+        ),
+        None => println!(
+            "{}: link was already gone; removed {}",
+            report.iface,
+            report.pin_dir.display()
+        ),
     }
     Ok(())
 }

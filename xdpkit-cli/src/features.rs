@@ -45,11 +45,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("  release      {}", k.release);
     println!("  jit          {}", k.jit);
     println!("  btf          {}", yes(k.btf));
-    println!("  bpffs        {}", if k.bpffs { "mounted at /sys/fs/bpf" } else { "not mounted" });
+    println!(
+        "  bpffs        {}",
+        if k.bpffs {
+            "mounted at /sys/fs/bpf"
+        } else {
+            "not mounted"
+        }
+    );
     println!("  af_xdp       {}", yes(k.af_xdp));
     if let Some(d) = &report.device {
         println!("device {} (ifindex {})", d.iface, d.ifindex);
-        let flags = if d.xdp_features.is_empty() { "none".to_string() } else { d.xdp_features.join(", ") };
+        let flags = if d.xdp_features.is_empty() {
+            "none".to_string()
+        } else {
+            d.xdp_features.join(", ")
+        };
         println!("  xdp features {flags}");
         println!("  basic        {}", yes(d.basic));
         println!("  redirect     {}", yes(d.redirect));

@@ -22,7 +22,12 @@ use clap::{error::ErrorKind, ArgAction, Parser, Subcommand};
 /// another tool's program), 1 on any other failure. On failure nothing is
 /// left changed.
 #[derive(Debug, Parser)]
-#[command(name = "xdpkit", version, infer_subcommands = true, max_term_width = 100)]
+#[command(
+    name = "xdpkit",
+    version,
+    infer_subcommands = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// More log output: -v info, -vv debug (aya's own messages one level quieter), -vvv trace.
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -72,24 +77,33 @@ fn clap_error(e: &clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let rendered = e.render().to_string();
-    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines
+    // clap's first paragraph is the problem (it may list missing arguments
+    // on following lines); a "tip:" or the possible values name the fix.
+    let problem = rendered
+        .split("\n\n")
         .next()
         .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ");
-    let tip = lines
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let problem = problem.trim_start_matches("error: ").trim_end_matches(':');
+    let tip = rendered
+        .lines()
+        .map(str::trim)
         .find(|l| l.starts_with("tip:") || l.starts_with("[possible values"))
         .map(|l| format!("; {l}"))
         .unwrap_or_default();
-    eprintln!("xdpkit: error: {first}{tip}; see `xdpkit --help`");
+    eprintln!("xdpkit: error: {problem}{tip}; see `xdpkit --help`");
     ExitCode::from(2)
 }
 
 fn init_logging(verbose: u8) {
     let filter = match verbose {
-        0 => "warn",
-        1 => "info,aya=warn",
-        2 => "debug,aya=info",
+        // netlink-packet-route warns about every attribute newer than itself.
+        0 => "warn,netlink_packet_route=error",
+        1 => "info,aya=warn,netlink_packet_route=error",
+        2 => "debug,aya=info,netlink_packet_route=warn",
         _ => "trace",
     };
     let _ = tracing_subscriber::fmt()
@@ -115,7 +129,8 @@ mod tests {
     #[test]
     fn parses_attach_with_every_option() {
         let cli = Cli::try_parse_from([
-            "xdpkit", "attach", "redirect", "--dev", "veth0", "--mode", "skb", "--to", "veth1", "--force",
+            "xdpkit", "attach", "redirect", "--dev", "veth0", "--mode", "skb", "--to", "veth1",
+            "--force",
         ])
         .unwrap();
         let Command::Attach(args) = cli.command else {
@@ -129,7 +144,10 @@ mod tests {
 
     #[test]
     fn rejects_unknown_mode_and_missing_dev() {
-        assert!(Cli::try_parse_from(["xdpkit", "attach", "drop", "--dev", "x", "--mode", "fast"]).is_err());
+        assert!(
+            Cli::try_parse_from(["xdpkit", "attach", "drop", "--dev", "x", "--mode", "fast"])
+                .is_err()
+        );
         assert!(Cli::try_parse_from(["xdpkit", "attach", "drop"]).is_err());
         assert!(Cli::try_parse_from(["xdpkit", "detach"]).is_err());
     }

@@ -23,7 +23,7 @@ pub struct Args {
     pub dev: Option<String>,
 
     /// Seconds between the two counter samples used for rates.
-    #[arg(short, long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    #[arg(short, long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval, allow_negative_numbers = true)]
     pub interval: f64,
 
     #[command(flatten)]
@@ -31,7 +31,9 @@ pub struct Args {
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if (0.0..=60.0).contains(&v) {
         Ok(v)
     } else {
@@ -72,7 +74,10 @@ fn print_one(s: &IfaceStatus) {
     for pin in &s.pins {
         println!("  pinned {}", pin.display());
     }
-    println!("  {:<9} {:>14} {:>16} {:>10} {:>10}", "action", "packets", "bytes", "pps", "bps");
+    println!(
+        "  {:<9} {:>14} {:>16} {:>10} {:>10}",
+        "action", "packets", "bytes", "pps", "bps"
+    );
     for row in &s.actions {
         println!(
             "  {:<9} {:>14} {:>16} {:>10} {:>10}",

@@ -18,7 +18,10 @@ const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs `xdpkit ARGS` inside namespace `ns` of `lab`.
 fn xdpkit(lab: &Lab, ns: &str, args: &[&str]) -> Output {
-    lab.command(ns, XDPKIT).args(args).output().expect("run xdpkit")
+    lab.command(ns, XDPKIT)
+        .args(args)
+        .output()
+        .expect("run xdpkit")
 }
 
 fn ok(out: &Output) -> String {
@@ -36,7 +39,11 @@ fn ok(out: &Output) -> String {
 fn usage_error(out: &Output, needle: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "want exit 2, stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "want one line: {stderr:?}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "want one line: {stderr:?}"
+    );
     assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
     assert!(stderr.starts_with("xdpkit: error: "), "{stderr:?}");
     stderr
@@ -48,7 +55,11 @@ fn pin_dir(ifname: &str) -> std::path::PathBuf {
 
 /// The XDP program id attached to `ifname` in `ns`, from iproute2's view.
 fn attached_prog_id(lab: &Lab, ns: &str, ifname: &str) -> Option<u64> {
-    let out = lab.command(ns, "ip").args(["-j", "link", "show", "dev", ifname]).output().unwrap();
+    let out = lab
+        .command(ns, "ip")
+        .args(["-j", "link", "show", "dev", ifname])
+        .output()
+        .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v[0]["xdp"]["prog"]["id"].as_u64()
 }
@@ -63,13 +74,26 @@ fn counter(status: &Value, action: &str) -> u64 {
         .unwrap()
 }
 
+/// Hosts tx (198.18.10.1) and rx (198.18.10.2) on one veth. tx knows rx's
+/// MAC statically: with `drop` attached, rx could not answer ARP.
 fn two_hosts(prefix: &str, tx_if: &str, rx_if: &str) -> Lab {
-    Lab::builder(prefix)
+    let lab = Lab::builder(prefix)
         .namespace("tx")
         .namespace("rx")
-        .veth("tx", tx_if, Some("198.18.10.1/24"), "rx", rx_if, Some("198.18.10.2/24"))
+        .veth(
+            "tx",
+            tx_if,
+            Some("198.18.10.1/24"),
+            "rx",
+            rx_if,
+            Some("198.18.10.2/24"),
+        )
         .build()
-        .expect("build lab")
+        .expect("build lab");
+    let rx_mac = lab.mac("rx", rx_if).unwrap();
+    lab.static_neighbor("tx", tx_if, "198.18.10.2".parse().unwrap(), rx_mac)
+        .unwrap();
+    lab
 }
 
 #[test]
@@ -82,18 +106,34 @@ fn drop_blocks_udp_until_detach_and_status_counts_it() {
     let dst: SocketAddr = "198.18.10.2:9000".parse().unwrap();
     let sink = lab.udp_sink("rx", dst).unwrap();
 
-    let out = ok(&xdpkit(&lab, "rx", &["attach", "drop", "--dev", "xkdrop-rx", "--mode", "native"]));
-    assert!(out.contains("attached drop to xkdrop-rx in native mode"), "{out}");
+    let out = ok(&xdpkit(
+        &lab,
+        "rx",
+        &["attach", "drop", "--dev", "xkdrop-rx", "--mode", "native"],
+    ));
+    assert!(
+        out.contains("attached drop to xkdrop-rx in native mode"),
+        "{out}"
+    );
     for file in ["link", "stats"] {
         let meta = std::fs::metadata(pin_dir("xkdrop-rx").join(file)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file} mode");
     }
 
     assert_eq!(lab.send_udp("tx", dst, N, 32).unwrap(), N);
-    assert_eq!(sink.count(N, QUIET, MAX_WAIT), 0, "dropped datagrams reached the socket");
+    assert_eq!(
+        sink.count(N, QUIET, MAX_WAIT),
+        0,
+        "dropped datagrams reached the socket"
+    );
 
     // A second process reads the pinned state.
-    let status: Value = serde_json::from_str(&ok(&xdpkit(&lab, "rx", &["status", "--dev", "xkdrop-rx", "--json", "--interval", "0"]))).unwrap();
+    let status: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        "rx",
+        &["status", "--dev", "xkdrop-rx", "--json", "--interval", "0"],
+    )))
+    .unwrap();
     assert_eq!(status[0]["program"], "drop");
     assert_eq!(status[0]["mode"], "native");
     assert_eq!(status[0]["state"], "attached");
@@ -105,7 +145,11 @@ fn drop_blocks_udp_until_detach_and_status_counts_it() {
     assert!(!pin_dir("xkdrop-rx").exists(), "state left after detach");
     assert_eq!(attached_prog_id(&lab, "rx", "xkdrop-rx"), None);
     assert_eq!(lab.send_udp("tx", dst, N, 32).unwrap(), N);
-    assert_eq!(sink.count(N, QUIET, MAX_WAIT), N, "datagrams lost after detach");
+    assert_eq!(
+        sink.count(N, QUIET, MAX_WAIT),
+        N,
+        "datagrams lost after detach"
+    );
 }
 
 #[test]
@@ -117,14 +161,29 @@ fn attach_again_replaces_in_place_and_traffic_flows() {
     let lab = two_hosts("xkt-repl", "xkrepl-tx", "xkrepl-rx");
     let dst: SocketAddr = "198.18.10.2:9001".parse().unwrap();
     let sink = lab.udp_sink("rx", dst).unwrap();
-    let first: Value = serde_json::from_str(&ok(&xdpkit(&lab, "rx", &["attach", "drop", "--dev", "xkrepl-rx", "--json"]))).unwrap();
-    let second: Value = serde_json::from_str(&ok(&xdpkit(&lab, "rx", &["attach", "pass", "--dev", "xkrepl-rx", "--json"]))).unwrap();
+    let first: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        "rx",
+        &["attach", "drop", "--dev", "xkrepl-rx", "--json"],
+    )))
+    .unwrap();
+    let second: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        "rx",
+        &["attach", "pass", "--dev", "xkrepl-rx", "--json"],
+    )))
+    .unwrap();
     assert_eq!(first["link_id"], second["link_id"], "link updated in place");
     assert_eq!(second["replaced_prog_id"], first["prog_id"]);
     assert_eq!(second["replaced_foreign"], false);
     assert_eq!(lab.send_udp("tx", dst, N, 32).unwrap(), N);
     assert_eq!(sink.count(N, QUIET, MAX_WAIT), N);
-    let status: Value = serde_json::from_str(&ok(&xdpkit(&lab, "rx", &["status", "--dev", "xkrepl-rx", "--json", "--interval", "0"]))).unwrap();
+    let status: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        "rx",
+        &["status", "--dev", "xkrepl-rx", "--json", "--interval", "0"],
+    )))
+    .unwrap();
     assert_eq!(status[0]["program"], "pass");
     assert!(counter(&status, "pass") >= u64::from(N));
     ok(&xdpkit(&lab, "rx", &["detach", "--dev", "xkrepl-rx"]));
@@ -141,26 +200,62 @@ fn redirect_forwards_frames_to_a_third_namespace() {
         .namespace("a")
         .namespace("b")
         .namespace("c")
-        .veth("a", "xkredir-a", Some("198.18.11.1/24"), "b", "xkredir-bin", None)
-        .veth("b", "xkredir-bout", None, "c", "xkredir-c", Some("198.18.11.3/24"))
+        .veth(
+            "a",
+            "xkredir-a",
+            Some("198.18.11.1/24"),
+            "b",
+            "xkredir-bin",
+            None,
+        )
+        .veth(
+            "b",
+            "xkredir-bout",
+            None,
+            "c",
+            "xkredir-c",
+            Some("198.18.11.3/24"),
+        )
         .gro("c", "xkredir-c")
         .build()
         .unwrap();
     // b forwards frames unchanged, so a addresses them to c's MAC directly.
     let c_mac = lab.mac("c", "xkredir-c").unwrap();
-    let mac = c_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let neigh = lab
-        .command("a", "ip")
-        .args(["neigh", "replace", "198.18.11.3", "lladdr", &mac, "dev", "xkredir-a", "nud", "permanent"])
-        .status()
+    lab.static_neighbor("a", "xkredir-a", "198.18.11.3".parse().unwrap(), c_mac)
         .unwrap();
-    assert!(neigh.success());
     let dst: SocketAddr = "198.18.11.3:9002".parse().unwrap();
     let sink = lab.udp_sink("c", dst).unwrap();
-    ok(&xdpkit(&lab, "b", &["attach", "redirect", "--dev", "xkredir-bin", "--to", "xkredir-bout"]));
+    ok(&xdpkit(
+        &lab,
+        "b",
+        &[
+            "attach",
+            "redirect",
+            "--dev",
+            "xkredir-bin",
+            "--to",
+            "xkredir-bout",
+        ],
+    ));
     assert_eq!(lab.send_udp("a", dst, N, 32).unwrap(), N);
-    assert_eq!(sink.count(N, QUIET, MAX_WAIT), N, "redirected datagrams missing in c");
-    let status: Value = serde_json::from_str(&ok(&xdpkit(&lab, "b", &["status", "--dev", "xkredir-bin", "--json", "--interval", "0"]))).unwrap();
+    assert_eq!(
+        sink.count(N, QUIET, MAX_WAIT),
+        N,
+        "redirected datagrams missing in c"
+    );
+    let status: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        "b",
+        &[
+            "status",
+            "--dev",
+            "xkredir-bin",
+            "--json",
+            "--interval",
+            "0",
+        ],
+    )))
+    .unwrap();
     assert_eq!(status[0]["redirect_to"], "xkredir-bout");
     assert!(counter(&status, "redirect") >= u64::from(N), "{status}");
     ok(&xdpkit(&lab, "b", &["detach", "--dev", "xkredir-bin"]));
@@ -172,12 +267,24 @@ fn error_unknown_interface() {
         return;
     }
     let lab = Lab::builder("xkt-e-if").namespace("n").build().unwrap();
-    let err = usage_error(&xdpkit(&lab, "n", &["attach", "drop", "--dev", "xknosuchif0"]), "does not exist");
+    let err = usage_error(
+        &xdpkit(&lab, "n", &["attach", "drop", "--dev", "xknosuchif0"]),
+        "does not exist",
+    );
     assert!(err.contains("ip link"), "names the fix: {err}");
     assert!(!pin_dir("xknosuchif0").exists());
-    usage_error(&xdpkit(&lab, "n", &["detach", "--dev", "xknosuchif0"]), "does not exist");
-    usage_error(&xdpkit(&lab, "n", &["status", "--dev", "xknosuchif0"]), "does not exist");
-    usage_error(&xdpkit(&lab, "n", &["features", "--dev", "xknosuchif0"]), "does not exist");
+    usage_error(
+        &xdpkit(&lab, "n", &["detach", "--dev", "xknosuchif0"]),
+        "does not exist",
+    );
+    usage_error(
+        &xdpkit(&lab, "n", &["status", "--dev", "xknosuchif0"]),
+        "does not exist",
+    );
+    usage_error(
+        &xdpkit(&lab, "n", &["features", "--dev", "xknosuchif0"]),
+        "does not exist",
+    );
 }
 
 #[test]
@@ -189,7 +296,13 @@ fn error_not_privileged() {
     // setpriv drops to nobody with no capabilities, inside the lab namespace.
     let out = lab
         .command("rx", "setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .args([XDPKIT, "attach", "drop", "--dev", "xkpriv-rx"])
         .output()
         .unwrap();
@@ -206,14 +319,25 @@ fn error_mode_not_supported() {
     }
     let lab = two_hosts("xkt-e-mode", "xkmode-tx", "xkmode-rx");
     let err = usage_error(
-        &xdpkit(&lab, "rx", &["attach", "drop", "--dev", "xkmode-rx", "--mode", "offload"]),
+        &xdpkit(
+            &lab,
+            "rx",
+            &["attach", "drop", "--dev", "xkmode-rx", "--mode", "offload"],
+        ),
         "does not support offload XDP",
     );
     assert!(err.contains("native, skb"), "lists what works: {err}");
     assert_eq!(attached_prog_id(&lab, "rx", "xkmode-rx"), None);
     assert!(!pin_dir("xkmode-rx").exists());
     // Loopback has no native XDP either.
-    usage_error(&xdpkit(&lab, "rx", &["attach", "drop", "--dev", "lo", "--mode", "native"]), "does not support native XDP");
+    usage_error(
+        &xdpkit(
+            &lab,
+            "rx",
+            &["attach", "drop", "--dev", "lo", "--mode", "native"],
+        ),
+        "does not support native XDP",
+    );
     assert!(!pin_dir("lo").exists());
 }
 
@@ -224,19 +348,45 @@ fn error_foreign_program_then_force() {
     }
     let lab = two_hosts("xkt-e-frgn", "xkfrgn-tx", "xkfrgn-rx");
     // Another tool (Debian's xdp-tools) attaches its own program.
-    let loaded = lab.command("rx", "xdp-filter").args(["load", "--mode", "skb", "xkfrgn-rx"]).output().unwrap();
-    assert!(loaded.status.success(), "xdp-filter load: {}", String::from_utf8_lossy(&loaded.stderr));
+    let loaded = lab
+        .command("rx", "xdp-filter")
+        .args(["load", "--mode", "skb", "xkfrgn-rx"])
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "xdp-filter load: {}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
     let theirs = attached_prog_id(&lab, "rx", "xkfrgn-rx").expect("xdp-filter attached");
-    let err = usage_error(&xdpkit(&lab, "rx", &["attach", "drop", "--dev", "xkfrgn-rx"]), "not attached by xdpkit");
-    assert!(err.contains(&format!("id {theirs}")), "names the program id: {err}");
+    let err = usage_error(
+        &xdpkit(&lab, "rx", &["attach", "drop", "--dev", "xkfrgn-rx"]),
+        "not attached by xdpkit",
+    );
+    assert!(
+        err.contains(&format!("id {theirs}")),
+        "names the program id: {err}"
+    );
     assert!(err.contains("--force"), "{err}");
-    assert_eq!(attached_prog_id(&lab, "rx", "xkfrgn-rx"), Some(theirs), "their program untouched");
+    assert_eq!(
+        attached_prog_id(&lab, "rx", "xkfrgn-rx"),
+        Some(theirs),
+        "their program untouched"
+    );
     assert!(!pin_dir("xkfrgn-rx").exists());
 
-    let report: Value = serde_json::from_str(&ok(&xdpkit(&lab, "rx", &["attach", "drop", "--dev", "xkfrgn-rx", "--force", "--json"]))).unwrap();
+    let report: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        "rx",
+        &["attach", "drop", "--dev", "xkfrgn-rx", "--force", "--json"],
+    )))
+    .unwrap();
     assert_eq!(report["replaced_prog_id"].as_u64(), Some(theirs));
     assert_eq!(report["replaced_foreign"], true);
-    assert_eq!(attached_prog_id(&lab, "rx", "xkfrgn-rx"), report["prog_id"].as_u64());
+    assert_eq!(
+        attached_prog_id(&lab, "rx", "xkfrgn-rx"),
+        report["prog_id"].as_u64()
+    );
     ok(&xdpkit(&lab, "rx", &["detach", "--dev", "xkfrgn-rx"]));
     // xdp-filter keeps its own state directory; remove what it left.
     let _ = std::fs::remove_dir_all("/sys/fs/bpf/xdp-filter");
@@ -248,16 +398,45 @@ fn error_unknown_program_and_bad_arguments() {
         return;
     }
     let lab = two_hosts("xkt-e-args", "xkargs-tx", "xkargs-rx");
-    let err = usage_error(&xdpkit(&lab, "rx", &["attach", "firewal", "--dev", "xkargs-rx"]), "unknown program 'firewal'");
+    let err = usage_error(
+        &xdpkit(&lab, "rx", &["attach", "firewal", "--dev", "xkargs-rx"]),
+        "unknown program 'firewal'",
+    );
     assert!(err.contains("pass, drop, tx, redirect"), "{err}");
     usage_error(&xdpkit(&lab, "rx", &["attach", "drop"]), "--dev");
-    usage_error(&xdpkit(&lab, "rx", &["attach", "drop", "--dev", "xkargs-rx", "--mode", "fast"]), "fast");
-    usage_error(&xdpkit(&lab, "rx", &["attach", "redirect", "--dev", "xkargs-rx"]), "needs --to");
-    usage_error(&xdpkit(&lab, "rx", &["attach", "drop", "--dev", "xkargs-rx", "--to", "xkargs-tx"]), "--to only applies");
-    usage_error(&xdpkit(&lab, "rx", &["attach", "drop", "--dev", "../../etc"]), "not a valid interface name");
-    usage_error(&xdpkit(&lab, "rx", &["status", "--interval", "-1"]), "interval");
+    usage_error(
+        &xdpkit(
+            &lab,
+            "rx",
+            &["attach", "drop", "--dev", "xkargs-rx", "--mode", "fast"],
+        ),
+        "fast",
+    );
+    usage_error(
+        &xdpkit(&lab, "rx", &["attach", "redirect", "--dev", "xkargs-rx"]),
+        "needs --to",
+    );
+    usage_error(
+        &xdpkit(
+            &lab,
+            "rx",
+            &["attach", "drop", "--dev", "xkargs-rx", "--to", "xkargs-tx"],
+        ),
+        "--to only applies",
+    );
+    usage_error(
+        &xdpkit(&lab, "rx", &["attach", "drop", "--dev", "../../etc"]),
+        "not a valid interface name",
+    );
+    usage_error(
+        &xdpkit(&lab, "rx", &["status", "--interval", "-1"]),
+        "interval",
+    );
     usage_error(&xdpkit(&lab, "rx", &["frobnicate"]), "frobnicate");
-    usage_error(&xdpkit(&lab, "rx", &["detach", "--dev", "xkargs-rx"]), "nothing to detach");
+    usage_error(
+        &xdpkit(&lab, "rx", &["detach", "--dev", "xkargs-rx"]),
+        "nothing to detach",
+    );
     assert_eq!(attached_prog_id(&lab, "rx", "xkargs-rx"), None);
     assert!(!pin_dir("xkargs-rx").exists());
 }
@@ -268,13 +447,23 @@ fn features_reports_kernel_and_veth() {
         return;
     }
     let lab = two_hosts("xkt-feat", "xkfeat-tx", "xkfeat-rx");
-    let v: Value = serde_json::from_str(&ok(&xdpkit(&lab, "rx", &["features", "--dev", "xkfeat-rx", "--json"]))).unwrap();
+    let v: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        "rx",
+        &["features", "--dev", "xkfeat-rx", "--json"],
+    )))
+    .unwrap();
     assert_eq!(v["kernel"]["btf"], true);
     assert_eq!(v["kernel"]["bpffs"], true);
     assert_eq!(v["kernel"]["af_xdp"], true);
     assert_eq!(v["device"]["basic"], true);
     assert_eq!(v["device"]["redirect"], true);
-    let modes: Vec<&str> = v["device"]["modes"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    let modes: Vec<&str> = v["device"]["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
     assert_eq!(modes, ["native", "skb"]);
     let text = ok(&xdpkit(&lab, "rx", &["features", "--dev", "xkfeat-rx"]));
     assert!(text.contains("modes        native, skb"), "{text}");

@@ -27,7 +27,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lab = Lab::builder("xkdemo")
         .namespace("client")
         .namespace("server")
-        .veth("client", CLIENT_IF, Some("198.18.20.1/24"), "server", SERVER_IF, Some("198.18.20.2/24"))
+        .veth(
+            "client",
+            CLIENT_IF,
+            Some("198.18.20.1/24"),
+            "server",
+            SERVER_IF,
+            Some("198.18.20.2/24"),
+        )
         .build()?;
     let server: SocketAddr = SERVER.parse()?;
     let sink = lab.run_in("server", move || -> std::io::Result<UdpSocket> {
@@ -38,9 +45,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = lab.run_in("client", || UdpSocket::bind("198.18.20.1:0"))??;
 
     println!();
-    println!("{:>4}  {:<8} {:>12} {:>12} {:>12} {:>14}", "sec", "program", "sent/s", "xdp drop/s", "xdp pass/s", "delivered/s");
+    println!(
+        "{:>4}  {:<8} {:>12} {:>12} {:>12} {:>14}",
+        "sec", "program", "sent/s", "xdp drop/s", "xdp pass/s", "delivered/s"
+    );
     let mut totals = Totals::default();
-    for (phase, program) in [ProgramKind::Drop, ProgramKind::Pass].into_iter().enumerate() {
+    for (phase, program) in [ProgramKind::Drop, ProgramKind::Pass]
+        .into_iter()
+        .enumerate()
+    {
         let report = lab.run_in("server", || {
             xdpkit::attach(&AttachRequest {
                 iface: SERVER_IF.to_string(),

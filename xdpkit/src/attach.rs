@@ -182,7 +182,9 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
 
     let mut ebpf = object::load()?;
     if let Some(target) = to_ifindex {
-        let map = ebpf.map_mut(REDIRECT_MAP).ok_or_else(|| missing_map(REDIRECT_MAP))?;
+        let map = ebpf
+            .map_mut(REDIRECT_MAP)
+            .ok_or_else(|| missing_map(REDIRECT_MAP))?;
         let mut devmap = DevMap::try_from(map).map_err(|e| Error::Map {
             what: format!("open {REDIRECT_MAP}"),
             source: e.into(),
@@ -329,7 +331,11 @@ fn own_link(dir: &PinDir, ifindex: u32) -> Option<OwnLink> {
 }
 
 fn remove_foreign(ifname: &str, ifindex: u32, att: &XdpAttachment) -> Result<()> {
-    tracing::warn!(iface = ifname, prog_id = att.prog_id, "--force: removing another tool's XDP program");
+    tracing::warn!(
+        iface = ifname,
+        prog_id = att.prog_id,
+        "--force: removing another tool's XDP program"
+    );
     netlink::detach_netlink_program(ifindex, att.mode).map_err(|e| Error::ForeignLinkHeld {
         iface: ifname.to_string(),
         prog_id: att.prog_id,
@@ -415,7 +421,9 @@ fn pin_map(ebpf: &aya::Ebpf, dir: &PinDir, map_name: &str, file: &str) -> Result
 }
 
 fn missing_map(name: &str) -> Error {
-    Error::InvalidArgument(format!("the embedded object has no map {name}: rebuild xdpkit"))
+    Error::InvalidArgument(format!(
+        "the embedded object has no map {name}: rebuild xdpkit"
+    ))
 }
 
 /// Kernel name of a program id, or "?" if it cannot be read.

@@ -73,7 +73,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     /// Nothing of xdpkit's is attached to the interface.
-    #[error("no xdpkit program is attached to '{iface}': nothing to {action} (see `xdpkit status`)")]
+    #[error(
+        "no xdpkit program is attached to '{iface}': nothing to {action} (see `xdpkit status`)"
+    )]
     NotAttached {
         /// The interface.
         iface: String,

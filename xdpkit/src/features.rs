@@ -117,6 +117,10 @@ mod tests {
     #[test]
     fn kernel_release_is_read() {
         let k = kernel();
-        assert!(k.release.chars().next().unwrap().is_ascii_digit(), "{}", k.release);
+        assert!(
+            k.release.chars().next().unwrap().is_ascii_digit(),
+            "{}",
+            k.release
+        );
     }
 }

@@ -69,7 +69,16 @@ mod tests {
 
     #[test]
     fn rejects_names_that_could_escape_the_pin_directory() {
-        for bad in ["", "..", ".", "a/b", "../../etc", "eth0:1", "with space", "sixteen-chars-xx"] {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "a/b",
+            "../../etc",
+            "eth0:1",
+            "with space",
+            "sixteen-chars-xx",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["eth0", "veth-a_1", "lo", "fifteen-chars-x"] {
@@ -80,6 +89,9 @@ mod tests {
     #[test]
     fn loopback_resolves_and_unknown_does_not() {
         assert_eq!(name(index("lo").unwrap()).as_deref(), Some("lo"));
-        assert!(matches!(index("nosuchif0"), Err(Error::UnknownInterface { .. })));
+        assert!(matches!(
+            index("nosuchif0"),
+            Err(Error::UnknownInterface { .. })
+        ));
     }
 }

@@ -135,7 +135,8 @@ impl Lab {
     /// `ip netns exec`, which remounts /sys and hides /sys/fs/bpf.)
     pub fn command(&self, ns: &str, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.ns_path(ns).display())).arg(program);
+        cmd.arg(format!("--net={}", self.ns_path(ns).display()))
+            .arg(program);
         cmd
     }
 
@@ -148,7 +149,9 @@ impl Lab {
 
     /// MAC address of `ifname` inside `ns`.
     pub fn mac(&self, ns: &str, ifname: &str) -> Result<[u8; 6], LabError> {
-        let out = run(self.command(ns, "ip").args(["-br", "link", "show", "dev", ifname]))?;
+        let out = run(self
+            .command(ns, "ip")
+            .args(["-br", "link", "show", "dev", ifname]))?;
         // "<name> <state> <mac> <flags>"
         let mac = out
             .split_whitespace()
@@ -159,20 +162,48 @@ impl Lab {
 
     /// Makes `ip` in `ns` resolve to `mac` on `ifname` without ARP/ND, so
     /// traffic reaches an interface whose XDP program drops ARP replies.
-    pub fn static_neighbor(&self, ns: &str, ifname: &str, ip: IpAddr, mac: [u8; 6]) -> Result<(), LabError> {
+    pub fn static_neighbor(
+        &self,
+        ns: &str,
+        ifname: &str,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<(), LabError> {
         check_address(&ip)?;
-        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        run(self.command(ns, "ip").args(["neigh", "replace", &ip.to_string(), "lladdr", &mac, "dev", ifname, "nud", "permanent"]))
-            .map(drop)
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        run(self.command(ns, "ip").args([
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            ifname,
+            "nud",
+            "permanent",
+        ]))
+        .map(drop)
     }
 
     /// Sends `count` UDP datagrams of `payload_len` bytes from `ns` to `dst`.
     /// Returns how many the kernel accepted; stops after 10 s whatever happens.
-    pub fn send_udp(&self, ns: &str, dst: SocketAddr, count: u32, payload_len: usize) -> Result<u32, LabError> {
+    pub fn send_udp(
+        &self,
+        ns: &str,
+        dst: SocketAddr,
+        count: u32,
+        payload_len: usize,
+    ) -> Result<u32, LabError> {
         check_address(&dst.ip())?;
         let deadline = Instant::now() + Duration::from_secs(10);
         self.run_in(ns, move || {
-            let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+            let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .expect("literal");
             let socket = UdpSocket::bind(bind).map_err(io_error("bind sender"))?;
             let payload = vec![0xa5u8; payload_len];
             let mut sent = 0;
@@ -180,7 +211,10 @@ impl Lab {
                 match socket.send_to(&payload, dst) {
                     Ok(_) => sent += 1,
                     // The socket buffer is full: give the receiver a moment.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == std::io::ErrorKind::WouldBlock => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::ENOBUFS)
+                            || e.kind() == std::io::ErrorKind::WouldBlock =>
+                    {
                         std::thread::sleep(Duration::from_micros(200));
                     }
                     Err(e) => return Err(io_error(format!("send to {dst}"))(e)),
@@ -197,7 +231,9 @@ impl Lab {
     /// A UDP socket bound to `addr` inside `ns` that counts what arrives.
     pub fn udp_sink(&self, ns: &str, addr: SocketAddr) -> Result<UdpSink, LabError> {
         check_address(&addr.ip())?;
-        let socket = self.run_in(ns, move || UdpSocket::bind(addr))?.map_err(io_error(format!("bind {addr}")))?;
+        let socket = self
+            .run_in(ns, move || UdpSocket::bind(addr))?
+            .map_err(io_error(format!("bind {addr}")))?;
         Ok(UdpSink { socket })
     }
 }
@@ -227,7 +263,15 @@ impl LabBuilder {
 
     /// Adds a veth pair: `a_if` in `a_ns`, `b_if` in `b_ns`, with optional
     /// addresses such as `198.18.0.1/24` or `2001:db8::1/64`.
-    pub fn veth(mut self, a_ns: &str, a_if: &str, a_addr: Option<&str>, b_ns: &str, b_if: &str, b_addr: Option<&str>) -> Self {
+    pub fn veth(
+        mut self,
+        a_ns: &str,
+        a_if: &str,
+        a_addr: Option<&str>,
+        b_ns: &str,
+        b_if: &str,
+        b_addr: Option<&str>,
+    ) -> Self {
         self.veths.push(Veth {
             a_ns: a_ns.to_string(),
             a_if: a_if.to_string(),
@@ -249,27 +293,39 @@ impl LabBuilder {
     fn validate(&self) -> Result<(), LabError> {
         for ns in &self.namespaces {
             let full = format!("{}-{ns}", self.prefix);
-            if ns.is_empty() || full.len() > 64 || !full.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if ns.is_empty()
+                || full.len() > 64
+                || !full
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(LabError::Invalid(format!("bad namespace name {full:?}")));
             }
         }
         let known = |ns: &String| self.namespaces.contains(ns);
         for v in &self.veths {
-            for (ns, ifname, addr) in [(&v.a_ns, &v.a_if, &v.a_addr), (&v.b_ns, &v.b_if, &v.b_addr)] {
+            for (ns, ifname, addr) in [(&v.a_ns, &v.a_if, &v.a_addr), (&v.b_ns, &v.b_if, &v.b_addr)]
+            {
                 if !known(ns) {
-                    return Err(LabError::Invalid(format!("veth {ifname} names undeclared namespace {ns}")));
+                    return Err(LabError::Invalid(format!(
+                        "veth {ifname} names undeclared namespace {ns}"
+                    )));
                 }
                 iface::validate_name(ifname).map_err(|e| LabError::Invalid(e.to_string()))?;
                 if let Some(addr) = addr {
                     let ip = addr.split('/').next().unwrap_or_default();
-                    let ip: IpAddr = ip.parse().map_err(|_| LabError::Invalid(format!("bad address {addr}")))?;
+                    let ip: IpAddr = ip
+                        .parse()
+                        .map_err(|_| LabError::Invalid(format!("bad address {addr}")))?;
                     check_address(&ip)?;
                 }
             }
         }
         for (ns, ifname) in &self.gro {
             if !known(ns) {
-                return Err(LabError::Invalid(format!("gro on {ifname} names undeclared namespace {ns}")));
+                return Err(LabError::Invalid(format!(
+                    "gro on {ifname} names undeclared namespace {ns}"
+                )));
             }
         }
         Ok(())
@@ -294,10 +350,12 @@ impl LabBuilder {
         for v in &self.veths {
             lab.ifnames.push(v.a_if.clone());
             lab.ifnames.push(v.b_if.clone());
-            let (a_ns, b_ns) = (lab.ns_name(&v.a_ns), lab.ns_name(&v.b_ns));
-            run(lab.command(&v.a_ns, "ip").args(["link", "add", &v.a_if, "type", "veth", "peer", "name", &v.b_if, "netns", &b_ns]))?;
-            let _ = a_ns;
-            for (ns, ifname, addr) in [(&v.a_ns, &v.a_if, &v.a_addr), (&v.b_ns, &v.b_if, &v.b_addr)] {
+            let b_ns = lab.ns_name(&v.b_ns);
+            run(lab.command(&v.a_ns, "ip").args([
+                "link", "add", &v.a_if, "type", "veth", "peer", "name", &v.b_if, "netns", &b_ns,
+            ]))?;
+            for (ns, ifname, addr) in [(&v.a_ns, &v.a_if, &v.a_addr), (&v.b_ns, &v.b_if, &v.b_addr)]
+            {
                 if let Some(addr) = addr {
                     let mut cmd = lab.command(ns, "ip");
                     cmd.args(["addr", "add", addr, "dev", ifname]);
@@ -306,6 +364,10 @@ impl LabBuilder {
                     }
                     run(&mut cmd)?;
                 }
+                // Frames leave with full checksums, as on a wire: a partial
+                // (offloaded) checksum is never completed on XDP_TX/REDIRECT
+                // paths and the receiver would count UdpInCsumErrors.
+                run(lab.command(ns, "ethtool").args(["-K", ifname, "tx", "off"]))?;
                 run(lab.command(ns, "ip").args(["link", "set", ifname, "up"]))?;
             }
         }
@@ -330,7 +392,12 @@ impl UdpSink {
         let mut got = 0;
         while got < want {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.socket.set_read_timeout(Some(quiet.min(left).max(Duration::from_millis(1)))).is_err() {
+            if left.is_zero()
+                || self
+                    .socket
+                    .set_read_timeout(Some(quiet.min(left).max(Duration::from_millis(1))))
+                    .is_err()
+            {
                 break;
             }
             match self.socket.recv_from(&mut buf) {
@@ -343,7 +410,9 @@ impl UdpSink {
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.socket.local_addr().expect("bound socket has an address")
+        self.socket
+            .local_addr()
+            .expect("bound socket has an address")
     }
 }
 
@@ -362,7 +431,9 @@ fn check_address(ip: &IpAddr) -> Result<(), LabError> {
     if ok {
         Ok(())
     } else {
-        Err(LabError::Invalid(format!("{ip} is outside 198.18.0.0/15 and 2001:db8::/32; labs use only those")))
+        Err(LabError::Invalid(format!(
+            "{ip} is outside 198.18.0.0/15 and 2001:db8::/32; labs use only those"
+        )))
     }
 }
 
@@ -400,8 +471,17 @@ mod tests {
 
     #[test]
     fn refuses_addresses_outside_the_lab_ranges() {
-        for bad in ["10.0.0.1/24", "192.168.1.1/24", "8.8.8.8/32", "2001:db9::1/64"] {
-            let err = Lab::builder("xkl-bad").namespace("a").namespace("b").veth("a", "xklbad0", Some(bad), "b", "xklbad1", None).build();
+        for bad in [
+            "10.0.0.1/24",
+            "192.168.1.1/24",
+            "8.8.8.8/32",
+            "2001:db9::1/64",
+        ] {
+            let err = Lab::builder("xkl-bad")
+                .namespace("a")
+                .namespace("b")
+                .veth("a", "xklbad0", Some(bad), "b", "xklbad1", None)
+                .build();
             assert!(matches!(err, Err(LabError::Invalid(_))), "{bad} accepted");
         }
         check_address(&"198.19.255.1".parse().unwrap()).unwrap();
@@ -422,22 +502,46 @@ mod tests {
         let lab = Lab::builder("xkl-udp")
             .namespace("a")
             .namespace("b")
-            .veth("a", "xkludp-a", Some("198.18.30.1/24"), "b", "xkludp-b", Some("198.18.30.2/24"))
+            .veth(
+                "a",
+                "xkludp-a",
+                Some("198.18.30.1/24"),
+                "b",
+                "xkludp-b",
+                Some("198.18.30.2/24"),
+            )
             .build()
             .unwrap();
         let dst: SocketAddr = "198.18.30.2:5000".parse().unwrap();
         let sink = lab.udp_sink("b", dst).unwrap();
         assert_eq!(sink.local_addr(), dst);
         assert_eq!(lab.send_udp("a", dst, 50, 64).unwrap(), 50);
-        assert_eq!(sink.count(50, Duration::from_millis(500), Duration::from_secs(5)), 50);
-        let ip_json = run(lab.command("b", "ip").args(["-j", "link", "show", "dev", "xkludp-b"])).unwrap();
+        assert_eq!(
+            sink.count(50, Duration::from_millis(500), Duration::from_secs(5)),
+            50
+        );
+        let ip_json = run(lab
+            .command("b", "ip")
+            .args(["-j", "link", "show", "dev", "xkludp-b"]))
+        .unwrap();
         let index = lab.ifindex("b", "xkludp-b").unwrap();
-        assert!(ip_json.contains(&format!("\"ifindex\":{index}")), "{ip_json}");
+        assert!(
+            ip_json.contains(&format!("\"ifindex\":{index}")),
+            "{ip_json}"
+        );
         let mac = lab.mac("b", "xkludp-b").unwrap();
-        let mac_text = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let mac_text = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
         assert!(ip_json.contains(&mac_text), "{ip_json} lacks {mac_text}");
         drop(lab);
-        assert!(!namespaces().contains("xkl-udp-"), "namespaces left: {}", namespaces());
+        assert!(
+            !namespaces().contains("xkl-udp-"),
+            "namespaces left: {}",
+            namespaces()
+        );
     }
 
     #[test]
@@ -452,7 +556,14 @@ mod tests {
             .veth("a", "xklfail0", None, "b", "xklfail1", None)
             .veth("a", "xklfail0", None, "b", "xklfail2", None)
             .build();
-        assert!(matches!(err, Err(LabError::Command { .. })), "second veth must fail");
-        assert!(!namespaces().contains("xkl-fail-"), "namespaces left: {}", namespaces());
+        assert!(
+            matches!(err, Err(LabError::Command { .. })),
+            "second veth must fail"
+        );
+        assert!(
+            !namespaces().contains("xkl-fail-"),
+            "namespaces left: {}",
+            namespaces()
+        );
     }
 }

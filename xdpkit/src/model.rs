@@ -52,12 +52,21 @@ mod tests {
         assert_eq!(&e.output[..12], &[6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]);
         assert_eq!(&e.output[12..], &frame[12..]);
         frame.truncate(13);
-        assert_eq!(expected(ProgramKind::Tx, &frame, false).verdict, XdpAction::Drop);
+        assert_eq!(
+            expected(ProgramKind::Tx, &frame, false).verdict,
+            XdpAction::Drop
+        );
     }
 
     #[test]
     fn redirect_falls_back_to_pass_without_target() {
-        assert_eq!(expected(ProgramKind::Redirect, &[0; 60], false).verdict, XdpAction::Pass);
-        assert_eq!(expected(ProgramKind::Redirect, &[0; 60], true).verdict, XdpAction::Redirect);
+        assert_eq!(
+            expected(ProgramKind::Redirect, &[0; 60], false).verdict,
+            XdpAction::Pass
+        );
+        assert_eq!(
+            expected(ProgramKind::Redirect, &[0; 60], true).verdict,
+            XdpAction::Redirect
+        );
     }
 }

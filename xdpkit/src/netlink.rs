@@ -259,7 +259,10 @@ pub fn detach_netlink_program(ifindex: u32, mode: AttachMode) -> Result<(), Netl
         LinkXdp::Fd(-1),
         LinkXdp::Flags(mode.flags()),
     ]));
-    let bytes = route_request(RouteNetlinkMessage::SetLink(link), NLM_F_REQUEST | NLM_F_ACK);
+    let bytes = route_request(
+        RouteNetlinkMessage::SetLink(link),
+        NLM_F_REQUEST | NLM_F_ACK,
+    );
     exchange(&socket, REQ, &bytes, true).map(drop)
 }
 
@@ -375,9 +378,16 @@ fn family_id(socket: &Socket, name: &str) -> Result<u16, NetlinkError> {
     const REQ: &str = "CTRL_CMD_GETFAMILY netdev";
     let mut c_name = name.as_bytes().to_vec();
     c_name.push(0);
-    let bytes = genl_request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, &[(CTRL_ATTR_FAMILY_NAME, &c_name)]);
+    let bytes = genl_request(
+        GENL_ID_CTRL,
+        CTRL_CMD_GETFAMILY,
+        1,
+        &[(CTRL_ATTR_FAMILY_NAME, &c_name)],
+    );
     for reply in exchange(socket, REQ, &bytes, false)? {
-        if let Some((_, v)) = genl_attrs(&reply).find(|(k, v)| *k == CTRL_ATTR_FAMILY_ID && v.len() >= 2) {
+        if let Some((_, v)) =
+            genl_attrs(&reply).find(|(k, v)| *k == CTRL_ATTR_FAMILY_ID && v.len() >= 2)
+        {
             return Ok(u16::from_ne_bytes([v[0], v[1]]));
         }
     }
@@ -393,7 +403,12 @@ pub fn device_xdp_features(ifindex: u32) -> Result<DeviceXdpFeatures, NetlinkErr
     const REQ: &str = "NETDEV_CMD_DEV_GET";
     let socket = open(protocols::NETLINK_GENERIC, REQ)?;
     let family = family_id(&socket, "netdev")?;
-    let bytes = genl_request(family, NETDEV_CMD_DEV_GET, 1, &[(NETDEV_A_DEV_IFINDEX, &ifindex.to_ne_bytes())]);
+    let bytes = genl_request(
+        family,
+        NETDEV_CMD_DEV_GET,
+        1,
+        &[(NETDEV_A_DEV_IFINDEX, &ifindex.to_ne_bytes())],
+    );
     let mut features = DeviceXdpFeatures::default();
     let mut found = false;
     for reply in exchange(&socket, REQ, &bytes, false)? {
@@ -434,13 +449,16 @@ mod tests {
 
     #[test]
     fn unknown_ifindex_is_a_kernel_error() {
-        let err = xdp_attachment(u32::MAX - 7).unwrap_err();
+        let err = xdp_attachment(0x7fff_fff0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
     }
 
     #[test]
     fn feature_names_follow_bits() {
-        let f = DeviceXdpFeatures { bits: 0b100011, zc_max_segs: 0 };
+        let f = DeviceXdpFeatures {
+            bits: 0b100011,
+            zc_max_segs: 0,
+        };
         assert_eq!(f.names(), ["basic", "redirect", "rx-sg"]);
         assert!(f.multi_buffer() && !f.zero_copy());
     }

@@ -54,7 +54,11 @@ mod tests {
         assert_eq!(&EBPF_OBJECT[..4], b"\x7fELF");
         let obj = aya_obj_programs(EBPF_OBJECT);
         for kind in ProgramKind::ALL {
-            assert!(obj.contains(&kind.symbol().to_string()), "{} missing", kind.symbol());
+            assert!(
+                obj.contains(&kind.symbol().to_string()),
+                "{} missing",
+                kind.symbol()
+            );
         }
     }
 
@@ -71,6 +75,9 @@ mod tests {
     #[test]
     fn unknown_program_lists_the_known_ones() {
         let err = parse_program("firewal").unwrap_err().to_string();
-        assert_eq!(err, "unknown program 'firewal': choose one of pass, drop, tx, redirect");
+        assert_eq!(
+            err,
+            "unknown program 'firewal': choose one of pass, drop, tx, redirect"
+        );
     }
 }

@@ -21,7 +21,9 @@ impl ActionTotals {
 
     /// All actions together.
     pub fn total(&self) -> ActionCounter {
-        self.0.iter().fold(ActionCounter::default(), |a, c| a.plus(*c))
+        self.0
+            .iter()
+            .fold(ActionCounter::default(), |a, c| a.plus(*c))
     }
 
     /// Per-action rates between `earlier` and `self`, `elapsed` apart.
@@ -68,7 +70,8 @@ pub fn read(map: &Map) -> Result<ActionTotals> {
 
 /// Sums a pinned per-CPU counter array.
 pub fn read_pinned(path: &Path) -> Result<ActionTotals> {
-    let data = MapData::from_pin(path).map_err(|source| map_error("open pinned counters", source))?;
+    let data =
+        MapData::from_pin(path).map_err(|source| map_error("open pinned counters", source))?;
     let map = Map::PerCpuArray(data);
     read(&map)
 }
@@ -101,8 +104,14 @@ mod tests {
     fn rates_are_deltas_over_time_and_bits() {
         let mut before = ActionTotals::default();
         let mut after = ActionTotals::default();
-        before.0[XdpAction::Drop as usize] = ActionCounter { packets: 100, bytes: 6400 };
-        after.0[XdpAction::Drop as usize] = ActionCounter { packets: 300, bytes: 19200 };
+        before.0[XdpAction::Drop as usize] = ActionCounter {
+            packets: 100,
+            bytes: 6400,
+        };
+        after.0[XdpAction::Drop as usize] = ActionCounter {
+            packets: 300,
+            bytes: 19200,
+        };
         let rates = after.rates_since(&before, Duration::from_secs(2));
         let drop = rates.iter().find(|r| r.action == "drop").unwrap();
         assert_eq!((drop.packets, drop.pps, drop.bps), (300, 100.0, 51200.0));

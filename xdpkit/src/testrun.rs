@@ -8,7 +8,9 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
     Ebpf,
 };
-use xdpkit_common::{maps::REDIRECT_MAP, maps::REDIRECT_SLOT, maps::STATS_MAP, ProgramKind, XdpAction};
+use xdpkit_common::{
+    maps::REDIRECT_MAP, maps::REDIRECT_SLOT, maps::STATS_MAP, ProgramKind, XdpAction,
+};
 
 use crate::{object, stats, stats::ActionTotals, Error, Result};
 
@@ -61,7 +63,12 @@ impl Harness {
     }
 
     /// Runs `program` on `frame` `repeat` times (at least once).
-    pub fn run(&mut self, program: ProgramKind, frame: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+    pub fn run(
+        &mut self,
+        program: ProgramKind,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
         let xdp = object::program(&mut self.ebpf, program)?;
         let mut output = vec![0u8; frame.len() + OUTPUT_SLACK];
         let mut opts = TestRunOptions::new();

@@ -30,7 +30,11 @@ fn fixtures() -> Vec<Fixture> {
         .unwrap();
     let mut tcp6 = Vec::new();
     PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 64)
+        .ipv6(
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            64,
+        )
         .tcp(40000, 80, 1, 65535)
         .syn()
         .write(&mut tcp6, &[])
@@ -41,10 +45,22 @@ fn fixtures() -> Vec<Fixture> {
     eth_only.extend_from_slice(&[0x08, 0x06]);
     let jumbo: Vec<u8> = (0..1514u32).map(|i| i as u8).collect();
     vec![
-        Fixture { name: "udp4", frame: udp4 },
-        Fixture { name: "tcp6_syn", frame: tcp6 },
-        Fixture { name: "ethernet_header_only", frame: eth_only },
-        Fixture { name: "full_size_1514", frame: jumbo },
+        Fixture {
+            name: "udp4",
+            frame: udp4,
+        },
+        Fixture {
+            name: "tcp6_syn",
+            frame: tcp6,
+        },
+        Fixture {
+            name: "ethernet_header_only",
+            frame: eth_only,
+        },
+        Fixture {
+            name: "full_size_1514",
+            frame: jumbo,
+        },
     ]
 }
 
@@ -72,7 +88,13 @@ fn check_program(program: ProgramKind, redirect_target: Option<u32>) {
             && counted == 1
             && counted_bytes == fixture.frame.len() as u64
             && after.total().packets == before.total().packets + 1;
-        println!("{} {}/{}: {:?}", if ok { "PASS" } else { "FAIL" }, program.name(), fixture.name, got.verdict);
+        println!(
+            "{} {}/{}: {:?}",
+            if ok { "PASS" } else { "FAIL" },
+            program.name(),
+            fixture.name,
+            got.verdict
+        );
         if !ok {
             failures.push(format!(
                 "{}/{}: got {:?} want {:?}, counted {counted} pkts {counted_bytes} bytes\n in  {}\n out {}\n exp {}",
@@ -115,7 +137,11 @@ fn tx_swaps_macs_and_counts() {
     let out = xdpkit::test_run(ProgramKind::Tx, frame, 1).unwrap();
     assert_eq!(out.verdict, Some(XdpAction::Tx));
     assert_eq!(&out.output[..6], &SRC_MAC, "destination is the old source");
-    assert_eq!(&out.output[6..12], &DST_MAC, "source is the old destination");
+    assert_eq!(
+        &out.output[6..12],
+        &DST_MAC,
+        "source is the old destination"
+    );
     assert_eq!(&out.output[12..], &frame[12..], "nothing else changes");
 }
 
@@ -185,14 +211,30 @@ fn programs_match_the_reference_model_on_random_frames() {
         failure_persistence: None,
         ..Config::default()
     });
-    let strategy = (program_strategy(), any::<bool>(), vec(any::<u8>(), 14..1600));
+    let strategy = (
+        program_strategy(),
+        any::<bool>(),
+        vec(any::<u8>(), 14..1600),
+    );
     runner
         .run(&strategy, |(program, with_target, frame)| {
             let harness = if with_target { &targeted } else { &plain };
             let got = harness.borrow_mut().run(program, &frame, 1).unwrap();
             let want = model::expected(program, &frame, with_target);
-            prop_assert_eq!(got.verdict, Some(want.verdict), "{} on {}", program.name(), hex(&frame));
-            prop_assert_eq!(&got.output, &want.output, "{} on {}", program.name(), hex(&frame));
+            prop_assert_eq!(
+                got.verdict,
+                Some(want.verdict),
+                "{} on {}",
+                program.name(),
+                hex(&frame)
+            );
+            prop_assert_eq!(
+                &got.output,
+                &want.output,
+                "{} on {}",
+                program.name(),
+                hex(&frame)
+            );
             Ok(())
         })
         .unwrap();
