@@ -1,1 +1,123 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`. Each task first runs the bootstrap,
+//! so a fresh Debian machine needs nothing but rustup's cargo.
+
+mod bootstrap;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// xdpkit's project tasks. Run as root: the bootstrap installs Debian
+/// packages, and the tests and the demo create network namespaces and attach
+/// XDP programs.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing: Debian's rustc-web and core for bpfel (the
+    /// eBPF compiler), LLVM 22 and bpf-linker, iproute2, ethtool, bpftool,
+    /// xdp-tools, nftables, tcpdump; mount bpffs. Idempotent: seconds when
+    /// everything is there.
+    Bootstrap,
+    /// Bootstrap, then build everything (the eBPF object is built and
+    /// embedded by xdpkit/build.rs).
+    Build {
+        /// Optimised build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Bootstrap, then every check CI runs: rustfmt, clippy -D warnings and
+    /// all tests (including real packets through network namespaces, which
+    /// need root; under CI=true nothing may skip).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap, then the demo: a two-namespace lab where `drop` and then
+    /// `pass` run on the server's interface while a client sends bounded
+    /// UDP traffic; counters per second; everything removed at the end.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Bootstrap => bootstrap::run(),
+        Task::Build { release } => build(release),
+        Task::Test { args } => test(&args),
+        Task::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    bootstrap::run()?;
+    let mut cmd = util::cargo(["build"]);
+    if release {
+        cmd.arg("--release");
+    }
+    util::run(&mut cmd)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let mut steps = util::Steps::default();
+    steps.time("bootstrap", bootstrap::run)?;
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if !util::is_root() {
+        anyhow::ensure!(
+            !ci,
+            "CI=true but not root: packet tests would skip; run as root"
+        );
+        eprintln!("xtask: warning: not root, so tests that attach XDP or build namespaces will say 'skipped: needs root'");
+    }
+    steps.time("rustfmt", || {
+        util::run(&mut util::cargo(["fmt", "--all", "--", "--check"]))
+    })?;
+    steps.time("clippy", || {
+        util::run(&mut util::cargo([
+            "clippy",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    steps.time("tests", || {
+        let mut cmd = util::cargo(["test", "--no-fail-fast"]);
+        if !extra.is_empty() {
+            cmd.arg("--").args(extra);
+        }
+        util::run(&mut cmd)
+    })?;
+    steps.report();
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    bootstrap::run()?;
+    anyhow::ensure!(
+        util::is_root(),
+        "the demo builds network namespaces and attaches XDP programs: run `sudo -E cargo xtask demo`"
+    );
+    util::run(&mut util::cargo([
+        "run",
+        "--quiet",
+        "-p",
+        "xdpkit",
+        "--example",
+        "demo",
+    ]))
+}
