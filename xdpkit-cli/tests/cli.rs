@@ -456,6 +456,7 @@ fn features_reports_kernel_and_veth() {
     assert_eq!(v["kernel"]["btf"], true);
     assert_eq!(v["kernel"]["bpffs"], true);
     assert_eq!(v["kernel"]["af_xdp"], true);
+    assert_eq!(v["kernel"]["jit"], "on", "JIT read from inside a namespace");
     assert_eq!(v["device"]["basic"], true);
     assert_eq!(v["device"]["redirect"], true);
     let modes: Vec<&str> = v["device"]["modes"]

@@ -56,7 +56,8 @@ pub fn kernel() -> KernelFeatures {
         Ok("1") => "on".to_string(),
         Ok("2") => "on (debug)".to_string(),
         Ok(other) => other.to_string(),
-        Err(_) => "unknown".to_string(),
+        // The knob exists only in the initial network namespace.
+        Err(_) => jit_from_program(),
     };
     KernelFeatures {
         release: release(),
@@ -85,6 +86,22 @@ pub fn device(ifname: &str) -> Result<DeviceFeatures> {
     })
 }
 
+/// Whether a freshly loaded program was JIT-compiled (needs CAP_BPF).
+fn jit_from_program() -> String {
+    if !crate::privilege::can_attach() {
+        return "unknown (needs root to check)".to_string();
+    }
+    let jitted = crate::object::load().ok().and_then(|mut ebpf| {
+        let program = crate::object::program(&mut ebpf, xdpkit_common::ProgramKind::Pass).ok()?;
+        program.info().ok().map(|info| info.size_jitted() > 0)
+    });
+    match jitted {
+        Some(true) => "on".to_string(),
+        Some(false) => "off".to_string(),
+        None => "unknown".to_string(),
+    }
+}
+
 fn release() -> String {
     // SAFETY: utsname is plain data; uname fills it with NUL-terminated strings.
     unsafe {
@@ -100,14 +117,14 @@ fn release() -> String {
 
 fn af_xdp_available() -> bool {
     // SAFETY: socket() has no memory arguments; the fd is closed right away.
-    unsafe {
-        let fd = libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return false;
-        }
-        libc::close(fd);
-        true
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd >= 0 {
+        // SAFETY: fd was just returned by socket() and is closed once.
+        unsafe { libc::close(fd) };
+        return true;
     }
+    // EPERM: the family exists but this user lacks CAP_NET_RAW.
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]

@@ -68,7 +68,11 @@ pub fn status(iface: Option<&str>, interval: Duration) -> Result<Vec<IfaceStatus
             }
             vec![dir]
         }
-        None => PinDir::all()?,
+        // A directory without a link is debris of an interrupted attach.
+        None => PinDir::all()?
+            .into_iter()
+            .filter(PinDir::has_link)
+            .collect(),
     };
     let mut first = Vec::with_capacity(dirs.len());
     for dir in &dirs {

@@ -95,15 +95,18 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
             "warnings",
         ]))
     })?;
-    steps.time("tests", || {
+    let mut totals = util::TestTotals::default();
+    let tests = steps.time("tests", || {
         let mut cmd = util::cargo(["test", "--no-fail-fast"]);
         if !extra.is_empty() {
             cmd.arg("--").args(extra);
         }
-        util::run(&mut cmd)
-    })?;
+        util::run_counting_tests(&mut cmd, &mut totals)
+    });
     steps.report();
-    Ok(())
+    // One closing line over every test binary, for people and CI alike.
+    println!("xdpkit: {} passed, {} failed", totals.passed, totals.failed);
+    tests
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -2,7 +2,8 @@
 
 use std::{
     ffi::OsStr,
-    process::Command,
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -25,6 +26,54 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {}", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+/// Passed and failed tests summed over cargo test's per-binary result lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TestTotals {
+    /// Tests that passed.
+    pub passed: u64,
+    /// Tests that failed.
+    pub failed: u64,
+}
+
+impl TestTotals {
+    /// Adds one `test result: ok. 3 passed; 1 failed; ...` line.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                match (n.parse::<u64>(), what) {
+                    (Ok(n), "passed") => self.passed += n,
+                    (Ok(n), "failed") => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Like [`run`], echoing stdout while summing cargo test's result lines.
+pub fn run_counting_tests(cmd: &mut Command, totals: &mut TestTotals) -> anyhow::Result<()> {
+    eprintln!("$ {}", show(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child.wait()?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
@@ -88,5 +137,27 @@ impl Steps {
         for (name, took) in &self.0 {
             eprintln!("  {name:<10} {:>7.1} s", took.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cargo_test_result_lines() {
+        let mut t = TestTotals::default();
+        t.add_line("test result: ok. 18 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.05s");
+        t.add_line(
+            "test result: FAILED. 9 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 3 tests");
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 27,
+                failed: 1
+            }
+        );
     }
 }
