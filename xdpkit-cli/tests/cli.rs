@@ -388,8 +388,10 @@ fn error_foreign_program_then_force() {
         report["prog_id"].as_u64()
     );
     ok(&xdpkit(&lab, "rx", &["detach", "--dev", "xkfrgn-rx"]));
-    // xdp-filter keeps its own state directory; remove what it left.
+    // xdp-filter and libxdp keep state directories; remove what they left
+    // (libxdp's only if empty: other tools may use it).
     let _ = std::fs::remove_dir_all("/sys/fs/bpf/xdp-filter");
+    let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
 }
 
 #[test]
