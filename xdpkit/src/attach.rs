@@ -3,16 +3,13 @@
 
 use std::{os::fd::AsFd as _, path::PathBuf};
 
-use aya::{
-    maps::DevMap,
-    programs::{
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-        ProgramError, XdpMode,
-    },
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+    ProgramError, XdpMode,
 };
 use serde::Serialize;
-use xdpkit_common::{maps::REDIRECT_MAP, maps::REDIRECT_SLOT, maps::STATS_MAP, ProgramKind};
+use xdpkit_common::{maps::REDIRECT_MAP, maps::STATS_MAP, ProgramKind};
 
 use crate::{
     iface, netlink,
@@ -182,19 +179,7 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
 
     let mut ebpf = object::load()?;
     if let Some(target) = to_ifindex {
-        let map = ebpf
-            .map_mut(REDIRECT_MAP)
-            .ok_or_else(|| missing_map(REDIRECT_MAP))?;
-        let mut devmap = DevMap::try_from(map).map_err(|e| Error::Map {
-            what: format!("open {REDIRECT_MAP}"),
-            source: e.into(),
-        })?;
-        devmap
-            .set(REDIRECT_SLOT, target, None, 0)
-            .map_err(|e| Error::Map {
-                what: format!("set redirect target ifindex {target}"),
-                source: e.into(),
-            })?;
+        object::set_redirect_target(&mut ebpf, target)?;
     }
     let program = object::program(&mut ebpf, req.program)?;
     let prog_id = program
@@ -410,7 +395,9 @@ fn attach_error(ifname: &str, mode: Mode, source: ProgramError) -> Error {
 }
 
 fn pin_map(ebpf: &aya::Ebpf, dir: &PinDir, map_name: &str, file: &str) -> Result<()> {
-    let map = ebpf.map(map_name).ok_or_else(|| missing_map(map_name))?;
+    let map = ebpf
+        .map(map_name)
+        .ok_or_else(|| object::missing_map(map_name))?;
     dir.unpin(file)?;
     map.pin(dir.file(file)).map_err(|e| Error::Pin {
         what: "cannot pin map at",
@@ -418,12 +405,6 @@ fn pin_map(ebpf: &aya::Ebpf, dir: &PinDir, map_name: &str, file: &str) -> Result
         source: std::io::Error::other(e.to_string()),
     })?;
     dir.restrict(file)
-}
-
-fn missing_map(name: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "the embedded object has no map {name}: rebuild xdpkit"
-    ))
 }
 
 /// Kernel name of a program id, or "?" if it cannot be read.

@@ -1,7 +1,10 @@
 //! The embedded eBPF object and loading programs from it.
 
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
-use xdpkit_common::ProgramKind;
+use aya::{maps::DevMap, programs::Xdp, Ebpf, EbpfLoader};
+use xdpkit_common::{
+    maps::{REDIRECT_MAP, REDIRECT_SLOT},
+    ProgramKind,
+};
 
 use crate::{Error, Result};
 
@@ -35,6 +38,30 @@ pub fn program(ebpf: &mut Ebpf, kind: ProgramKind) -> Result<&mut Xdp> {
         })?;
     }
     Ok(program)
+}
+
+/// Points `redirect`'s DEVMAP slot at interface `ifindex`.
+pub fn set_redirect_target(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
+    let map = ebpf
+        .map_mut(REDIRECT_MAP)
+        .ok_or_else(|| missing_map(REDIRECT_MAP))?;
+    let mut devmap = DevMap::try_from(map).map_err(|e| Error::Map {
+        what: format!("open {REDIRECT_MAP}"),
+        source: e.into(),
+    })?;
+    devmap
+        .set(REDIRECT_SLOT, ifindex, None, 0)
+        .map_err(|e| Error::Map {
+            what: format!("set redirect target ifindex {ifindex}"),
+            source: e.into(),
+        })
+}
+
+/// The error for a map the embedded object should have but lacks.
+pub fn missing_map(name: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "the embedded object has no map {name}: rebuild xdpkit"
+    ))
 }
 
 /// Parses a program name as the user typed it.

@@ -4,13 +4,10 @@
 use std::time::Duration;
 
 use aya::{
-    maps::DevMap,
     programs::{TestRun as _, TestRunOptions},
     Ebpf,
 };
-use xdpkit_common::{
-    maps::REDIRECT_MAP, maps::REDIRECT_SLOT, maps::STATS_MAP, ProgramKind, XdpAction,
-};
+use xdpkit_common::{maps::STATS_MAP, ProgramKind, XdpAction};
 
 use crate::{object, stats, stats::ActionTotals, Error, Result};
 
@@ -46,20 +43,7 @@ impl Harness {
 
     /// Points `redirect` at interface `ifindex` (without it, `redirect` passes frames).
     pub fn set_redirect_target(&mut self, ifindex: u32) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(REDIRECT_MAP)
-            .ok_or_else(|| Error::InvalidArgument(format!("no map {REDIRECT_MAP}")))?;
-        let mut devmap = DevMap::try_from(map).map_err(|e| Error::Map {
-            what: format!("open {REDIRECT_MAP}"),
-            source: e.into(),
-        })?;
-        devmap
-            .set(REDIRECT_SLOT, ifindex, None, 0)
-            .map_err(|e| Error::Map {
-                what: format!("set redirect target ifindex {ifindex}"),
-                source: e.into(),
-            })
+        object::set_redirect_target(&mut self.ebpf, ifindex)
     }
 
     /// Runs `program` on `frame` `repeat` times (at least once).
@@ -93,7 +77,7 @@ impl Harness {
         let map = self
             .ebpf
             .map(STATS_MAP)
-            .ok_or_else(|| Error::InvalidArgument(format!("no map {STATS_MAP}")))?;
+            .ok_or_else(|| object::missing_map(STATS_MAP))?;
         stats::read(map)
     }
 }
