@@ -9,6 +9,7 @@
 pub mod attach;
 pub mod error;
 pub mod features;
+pub mod firewall;
 pub mod iface;
 pub mod lab;
 pub mod model;

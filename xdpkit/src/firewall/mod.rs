@@ -1,0 +1,58 @@
+//! The firewall: rule grammar, ordered rulesets, the frame reading and the
+//! reference model of its decision. The kernel program and its loader
+//! follow the design in docs/firewall.md.
+
+pub mod frame;
+pub mod model;
+pub mod rule;
+pub mod ruleset;
+
+pub use rule::{Action, PortRange, Rule, RuleError};
+pub use ruleset::{Entry, FileError, Ruleset};
+
+/// What happens to frames no rule decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Pass.
+    #[default]
+    Pass,
+    /// Drop.
+    Drop,
+}
+
+/// How later IP fragments (no layer-4 header) are judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FragmentPolicy {
+    /// Pass every later fragment.
+    #[default]
+    Allow,
+    /// Drop every later fragment.
+    Deny,
+    /// Judge them by the rules that need no layer-4 field (rules with ports never match).
+    L3,
+}
+
+/// The firewall's policies (`xdpkit attach firewall --default .. --fragments ..`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// When no rule matches.
+    pub default: Verdict,
+    /// Later fragments.
+    pub fragments: FragmentPolicy,
+    /// ARP, LLDP and anything else that is not IPv4/IPv6.
+    pub non_ip: Verdict,
+    /// Truncated or inconsistent IP frames.
+    pub malformed: Verdict,
+}
+
+impl Default for Policy {
+    /// Allow by default, allow fragments and non-IP, drop malformed frames.
+    fn default() -> Policy {
+        Policy {
+            default: Verdict::Pass,
+            fragments: FragmentPolicy::Allow,
+            non_ip: Verdict::Pass,
+            malformed: Verdict::Drop,
+        }
+    }
+}
