@@ -7,6 +7,7 @@ mod frame;
 mod stats;
 
 mod drop;
+mod firewall;
 mod pass;
 mod redirect;
 mod tx;

@@ -12,28 +12,51 @@ use crate::{Error, Result};
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpkit.bpf.o"));
 
+/// Maps only the firewall uses, with sizes that matter only when it runs.
+const FIREWALL_ONLY_MAPS: [&str; 3] = ["FW_RULE_STATS", "FW_BUCKETS", "FW_TRACE"];
+
 /// Parses the embedded object and creates its maps (programs load lazily).
+/// The firewall's large maps are created with one entry: use
+/// [`load_firewall`] to run the firewall.
 pub fn load() -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for name in FIREWALL_ONLY_MAPS {
+        loader.map_max_entries(name, 1);
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
+}
+
+/// Like [`load`], with the firewall's maps at full size.
+pub fn load_firewall() -> Result<Ebpf> {
     Ok(EbpfLoader::new().load(EBPF_OBJECT)?)
 }
 
 /// Loads `kind` into the kernel (once) and returns it.
 pub fn program(ebpf: &mut Ebpf, kind: ProgramKind) -> Result<&mut Xdp> {
+    program_by_symbol(ebpf, kind.symbol(), kind.name())
+}
+
+/// Loads the program whose function is `symbol` (once) and returns it.
+pub fn program_by_symbol<'a>(
+    ebpf: &'a mut Ebpf,
+    symbol: &str,
+    name: &'static str,
+) -> Result<&'a mut Xdp> {
     let missing = || Error::UnknownProgram {
-        name: kind.name().to_string(),
+        name: name.to_string(),
         known: "none (the embedded object lacks it: rebuild xdpkit)".to_string(),
     };
     let program: &mut Xdp = ebpf
-        .program_mut(kind.symbol())
+        .program_mut(symbol)
         .ok_or_else(missing)?
         .try_into()
         .map_err(|source| Error::Load {
-            program: kind.name(),
+            program: name,
             source,
         })?;
     if program.fd().is_err() {
         program.load().map_err(|source| Error::Load {
-            program: kind.name(),
+            program: name,
             source,
         })?;
     }

@@ -1,0 +1,120 @@
+//! Maps and values of the firewall program (see docs/firewall.md).
+
+/// One-entry array: [`FwConfig`].
+pub const FW_CONFIG: &str = "FW_CONFIG";
+/// One-entry array: [`FwTrace`] of the last frame, written only when
+/// [`FwConfig::trace`] is set (simulation and tests).
+pub const FW_TRACE: &str = "FW_TRACE";
+/// Per-CPU array of [`crate::ActionCounter`] indexed by rule id.
+pub const FW_RULE_STATS: &str = "FW_RULE_STATS";
+/// Per-CPU array of [`crate::ActionCounter`] indexed by [`Outcome`].
+pub const FW_OUTCOMES: &str = "FW_OUTCOMES";
+/// Prefix-rule tries, `[set 0, set 1]`, key = address bytes in network order.
+pub const FW_SRC4: [&str; 2] = ["FW_SRC4_0", "FW_SRC4_1"];
+/// See [`FW_SRC4`].
+pub const FW_DST4: [&str; 2] = ["FW_DST4_0", "FW_DST4_1"];
+/// See [`FW_SRC4`].
+pub const FW_SRC6: [&str; 2] = ["FW_SRC6_0", "FW_SRC6_1"];
+/// See [`FW_SRC4`].
+pub const FW_DST6: [&str; 2] = ["FW_DST6_0", "FW_DST6_1"];
+
+/// Largest rule id + 1 (rule-file line numbers are ids).
+pub const FW_MAX_RULE_IDS: u32 = 1 << 21;
+/// Entries per prefix trie.
+pub const FW_MAX_PREFIXES: u32 = 1 << 21;
+
+/// Policy values for [`FwConfig`] fields.
+pub const POLICY_PASS: u32 = 0;
+/// See [`POLICY_PASS`].
+pub const POLICY_DROP: u32 = 1;
+/// Later fragments judged by layer-3 rules ([`FwConfig::fragments`] only).
+pub const POLICY_L3: u32 = 2;
+
+/// Rule actions in [`RuleRef::action`].
+pub const ACTION_ALLOW: u32 = 0;
+/// See [`ACTION_ALLOW`].
+pub const ACTION_DENY: u32 = 1;
+/// See [`ACTION_ALLOW`].
+pub const ACTION_RATE_LIMIT: u32 = 2;
+
+/// Firewall settings; `active` selects the rule set packets see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwConfig {
+    /// Rule set in use: 0 or 1.
+    pub active: u32,
+    /// [`POLICY_PASS`] or [`POLICY_DROP`] when no rule matches.
+    pub default_policy: u32,
+    /// Later fragments: pass, drop or [`POLICY_L3`].
+    pub fragments: u32,
+    /// Non-IP frames: pass or drop.
+    pub non_ip: u32,
+    /// Malformed IP frames: pass or drop.
+    pub malformed: u32,
+    /// Nonzero: write [`FwTrace`] for every frame.
+    pub trace: u32,
+}
+
+/// A rule as the kernel needs it: rank, id and action.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleRef {
+    /// `(prio << 32) | seq`: lower is judged first.
+    pub rank: u64,
+    /// Rule id.
+    pub id: u32,
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_RATE_LIMIT`].
+    pub action: u32,
+    /// Packets per second for rate limits.
+    pub pps: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+
+/// Why the firewall decided; index of [`FW_OUTCOMES`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A rule matched.
+    Rule = 0,
+    /// A rate-limit rule matched and the bucket was empty.
+    RateLimited = 1,
+    /// No rule matched.
+    Default = 2,
+    /// Not IP.
+    NonIp = 3,
+    /// Later fragment under a pass/drop fragment policy.
+    Fragment = 4,
+    /// Truncated or inconsistent headers.
+    Malformed = 5,
+}
+
+impl Outcome {
+    /// Number of outcomes.
+    pub const COUNT: u32 = 6;
+}
+
+/// The last decision, for simulation and tests.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwTrace {
+    /// XDP action returned.
+    pub action: u32,
+    /// [`Outcome`].
+    pub outcome: u32,
+    /// Deciding rule id, or [`NO_RULE`].
+    pub rule: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+
+/// [`FwTrace::rule`] when no rule decided.
+pub const NO_RULE: u32 = u32::MAX;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)] with only integer fields and no implicit padding.
+    unsafe impl aya::Pod for super::FwConfig {}
+    unsafe impl aya::Pod for super::RuleRef {}
+    unsafe impl aya::Pod for super::FwTrace {}
+}

@@ -1,0 +1,215 @@
+//! The firewall: prefix rules in LPM tries (see docs/firewall.md), policies
+//! for non-IP, malformed frames and fragments, rate limits, counters.
+
+mod parse;
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, LruHashMap, PerCpuArray,
+    },
+    programs::XdpContext,
+};
+use xdpkit_common::{
+    firewall::{
+        FwConfig, FwTrace, Outcome, RuleRef, ACTION_ALLOW, ACTION_DENY, FW_MAX_PREFIXES,
+        FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+    },
+    ActionCounter, XdpAction,
+};
+
+use self::parse::{parse, IpFrame, Parsed, NO_VLAN};
+use crate::stats::count;
+
+#[map(name = "FW_CONFIG")]
+static CONFIG: Array<FwConfig> = Array::with_max_entries(1, 0);
+#[map(name = "FW_TRACE")]
+static TRACE: Array<FwTrace> = Array::with_max_entries(1, 0);
+#[map(name = "FW_RULE_STATS")]
+static RULE_STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(FW_MAX_RULE_IDS, 0);
+#[map(name = "FW_OUTCOMES")]
+static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+const NO_PREALLOC: u32 = 1; // BPF_F_NO_PREALLOC, required for LPM tries
+
+#[map(name = "FW_SRC4_0")]
+static SRC4_0: LpmTrie<[u8; 4], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+#[map(name = "FW_SRC4_1")]
+static SRC4_1: LpmTrie<[u8; 4], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+#[map(name = "FW_DST4_0")]
+static DST4_0: LpmTrie<[u8; 4], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+#[map(name = "FW_DST4_1")]
+static DST4_1: LpmTrie<[u8; 4], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+#[map(name = "FW_SRC6_0")]
+static SRC6_0: LpmTrie<[u8; 16], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+#[map(name = "FW_SRC6_1")]
+static SRC6_1: LpmTrie<[u8; 16], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+#[map(name = "FW_DST6_0")]
+static DST6_0: LpmTrie<[u8; 16], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+#[map(name = "FW_DST6_1")]
+static DST6_1: LpmTrie<[u8; 16], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+
+/// Token bucket of one (rule, source) pair, in nanotokens.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Bucket {
+    credit: u64,
+    last_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BucketKey {
+    rule: u32,
+    v6: u32,
+    addr: [u8; 16],
+}
+
+#[map(name = "FW_BUCKETS")]
+static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(65536, 0);
+
+const TOKEN: u64 = 1_000_000_000;
+
+#[xdp]
+pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return count(&ctx, XdpAction::Pass);
+    };
+    let cfg = *cfg;
+    let mut ip = IpFrame {
+        vlan: NO_VLAN,
+        smac: [0; 6],
+        v6: false,
+        src: [0; 16],
+        dst: [0; 16],
+        proto: 0,
+        later_fragment: false,
+        has_ports: false,
+        sport: 0,
+        dport: 0,
+    };
+    let (action, outcome, rule) = match parse(&ctx, &mut ip) {
+        Parsed::NonIp => (policy(cfg.non_ip), Outcome::NonIp, NO_RULE),
+        Parsed::Malformed => (policy(cfg.malformed), Outcome::Malformed, NO_RULE),
+        Parsed::Ip if ip.later_fragment && cfg.fragments != POLICY_L3 => {
+            (policy(cfg.fragments), Outcome::Fragment, NO_RULE)
+        }
+        Parsed::Ip => judge(&cfg, &ip),
+    };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    bump(&OUTCOMES, outcome as u32, len);
+    if rule != NO_RULE {
+        bump(&RULE_STATS, rule, len);
+    }
+    if cfg.trace != 0 {
+        if let Some(t) = TRACE.get_ptr_mut(0) {
+            // SAFETY: the one entry of an array map, valid for the map's life.
+            unsafe {
+                *t = FwTrace {
+                    action: action as u32,
+                    outcome: outcome as u32,
+                    rule,
+                    _pad: 0,
+                };
+            }
+        }
+    }
+    count(&ctx, action)
+}
+
+#[inline(always)]
+fn policy(p: u32) -> XdpAction {
+    if p == POLICY_DROP {
+        XdpAction::Drop
+    } else {
+        XdpAction::Pass
+    }
+}
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<ActionCounter>, index: u32, len: u64) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of an existing entry.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
+}
+
+/// The first matching prefix rule of the active set, or the default policy.
+#[inline(always)]
+fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
+    let set = cfg.active & 1;
+    let (src, dst) = if ip.v6 {
+        let src = Key::new(128, ip.src);
+        let dst = Key::new(128, ip.dst);
+        if set == 0 {
+            (SRC6_0.get(&src).copied(), DST6_0.get(&dst).copied())
+        } else {
+            (SRC6_1.get(&src).copied(), DST6_1.get(&dst).copied())
+        }
+    } else {
+        let src = Key::new(32, [ip.src[0], ip.src[1], ip.src[2], ip.src[3]]);
+        let dst = Key::new(32, [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]]);
+        if set == 0 {
+            (SRC4_0.get(&src).copied(), DST4_0.get(&dst).copied())
+        } else {
+            (SRC4_1.get(&src).copied(), DST4_1.get(&dst).copied())
+        }
+    };
+    let best = match (src, dst) {
+        (Some(s), Some(d)) => Some(if s.rank <= d.rank { s } else { d }),
+        (s, d) => s.or(d),
+    };
+    let Some(rule) = best else {
+        return (policy(cfg.default_policy), Outcome::Default, NO_RULE);
+    };
+    match rule.action {
+        ACTION_ALLOW => (XdpAction::Pass, Outcome::Rule, rule.id),
+        ACTION_DENY => (XdpAction::Drop, Outcome::Rule, rule.id),
+        _ if take_token(&rule, ip) => (XdpAction::Pass, Outcome::Rule, rule.id),
+        _ => (XdpAction::Drop, Outcome::RateLimited, rule.id),
+    }
+}
+
+/// One token from the (rule, source) bucket; buckets start full.
+#[inline(always)]
+fn take_token(rule: &RuleRef, ip: &IpFrame) -> bool {
+    let key = BucketKey {
+        rule: rule.id,
+        v6: u32::from(ip.v6),
+        addr: ip.src,
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let capacity = u64::from(rule.pps) * TOKEN;
+    let Some(bucket) = BUCKETS.get_ptr_mut(&key) else {
+        let fresh = Bucket {
+            credit: capacity - TOKEN,
+            last_ns: now,
+        };
+        // A full LRU evicts; a failed insert still lets this first packet pass.
+        let _ = BUCKETS.insert(&key, &fresh, 0);
+        return true;
+    };
+    // SAFETY: a value pointer from the map, valid during this program run.
+    // Races between CPUs can only mis-count a token, never corrupt memory.
+    unsafe {
+        let elapsed = now.saturating_sub((*bucket).last_ns).min(TOKEN);
+        let credit = ((*bucket).credit + elapsed * u64::from(rule.pps)).min(capacity);
+        (*bucket).last_ns = now;
+        if credit >= TOKEN {
+            (*bucket).credit = credit - TOKEN;
+            true
+        } else {
+            (*bucket).credit = credit;
+            false
+        }
+    }
+}
+
+// POLICY_PASS and ACTION_DENY document the encodings used above.
+const _: () = assert!(POLICY_PASS == 0 && ACTION_DENY == 1);

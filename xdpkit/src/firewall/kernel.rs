@@ -1,0 +1,312 @@
+//! The firewall's kernel maps: compiling a [`Ruleset`] into them, and a
+//! BPF_PROG_TEST_RUN harness that reports the deciding rule.
+//!
+//! This step of issue 4 covers prefix rules (one `src` or `dst` prefix and
+//! nothing else); rules with ports, proto, smac, vlan or both prefixes are
+//! refused until the bit-vector stage lands (docs/firewall.md).
+
+use std::collections::HashMap;
+
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
+    Ebpf,
+};
+use ipnet::IpNet;
+use xdpkit_common::{
+    firewall::{
+        FwConfig, FwTrace, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, FW_CONFIG,
+        FW_DST4, FW_DST6, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+    },
+    XdpAction,
+};
+
+use super::{Action, Entry, FragmentPolicy, Policy, Rule, Ruleset, Verdict};
+use crate::{object, testrun::TestRunOutcome, Error, Result};
+
+const SYMBOL: &str = "xdpkit_firewall";
+
+/// Whether the kernel program handles `rule` in this stage (a prefix rule).
+pub fn is_prefix_rule(rule: &Rule) -> bool {
+    let only_prefix = rule.proto.is_none()
+        && rule.sport.is_none()
+        && rule.dport.is_none()
+        && rule.smac.is_none()
+        && rule.vlan.is_none();
+    only_prefix && (rule.src.is_some() != rule.dst.is_some())
+}
+
+/// The kernel's view of an entry: rank, id, action.
+fn rule_ref(entry: &Entry) -> RuleRef {
+    let (action, pps) = match entry.rule.action {
+        Action::Allow => (ACTION_ALLOW, 0),
+        Action::Deny => (ACTION_DENY, 0),
+        Action::RateLimit(pps) => (ACTION_RATE_LIMIT, pps),
+    };
+    RuleRef {
+        rank: (u64::from(entry.rule.prio) << 32) | (entry.seq & 0xffff_ffff),
+        id: entry.id,
+        action,
+        pps,
+        _pad: 0,
+    }
+}
+
+/// Prefix-trie contents: for every prefix, the best rule among those on it
+/// and on every prefix containing it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Source IPv4 trie.
+    pub src4: Vec<(IpNet, RuleRef)>,
+    /// Destination IPv4 trie.
+    pub dst4: Vec<(IpNet, RuleRef)>,
+    /// Source IPv6 trie.
+    pub src6: Vec<(IpNet, RuleRef)>,
+    /// Destination IPv6 trie.
+    pub dst6: Vec<(IpNet, RuleRef)>,
+}
+
+/// Compiles `rules` for the kernel.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] naming the first rule this stage cannot run.
+pub fn compile(rules: &Ruleset) -> Result<Compiled> {
+    let mut fields: [HashMap<IpNet, RuleRef>; 4] = Default::default();
+    for entry in rules.entries() {
+        if !is_prefix_rule(&entry.rule) {
+            return Err(Error::InvalidArgument(format!(
+                "rule {} ({}) needs the general-rule stage of the firewall, which is not built yet: only rules with exactly one src or dst prefix run in the kernel",
+                entry.id, entry.rule
+            )));
+        }
+        let (net, is_src) = match (entry.rule.src, entry.rule.dst) {
+            (Some(net), None) => (net, true),
+            (None, Some(net)) => (net, false),
+            _ => unreachable!("is_prefix_rule checked"),
+        };
+        let field = match (is_src, net) {
+            (true, IpNet::V4(_)) => 0,
+            (false, IpNet::V4(_)) => 1,
+            (true, IpNet::V6(_)) => 2,
+            (false, IpNet::V6(_)) => 3,
+        };
+        let candidate = rule_ref(entry);
+        fields[field]
+            .entry(net)
+            .and_modify(|best| {
+                if candidate.rank < best.rank {
+                    *best = candidate;
+                }
+            })
+            .or_insert(candidate);
+    }
+    let [src4, dst4, src6, dst6] = fields.map(inherit);
+    Ok(Compiled {
+        src4,
+        dst4,
+        src6,
+        dst6,
+    })
+}
+
+/// Gives each prefix the best rule of itself and its ancestors in the set.
+fn inherit(own: HashMap<IpNet, RuleRef>) -> Vec<(IpNet, RuleRef)> {
+    let mut by_len: Vec<(IpNet, RuleRef)> = own.into_iter().collect();
+    by_len.sort_by_key(|(net, _)| (net.prefix_len(), *net));
+    let mut lengths: Vec<u8> = by_len.iter().map(|(n, _)| n.prefix_len()).collect();
+    lengths.dedup();
+    let mut done: HashMap<IpNet, RuleRef> = HashMap::with_capacity(by_len.len());
+    for (net, mut best) in by_len {
+        // Ancestors are shorter and already final, so the nearest one suffices.
+        if let Some(parent) = lengths
+            .iter()
+            .rev()
+            .filter(|l| **l < net.prefix_len())
+            .find_map(|l| {
+                IpNet::new(net.addr(), *l)
+                    .ok()
+                    .and_then(|p| done.get(&p.trunc()))
+            })
+        {
+            if parent.rank < best.rank {
+                best = *parent;
+            }
+        }
+        done.insert(net, best);
+    }
+    let mut out: Vec<(IpNet, RuleRef)> = done.into_iter().collect();
+    out.sort_by_key(|(net, _)| (net.prefix_len(), *net));
+    out
+}
+
+fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
+    let verdict = |v: Verdict| {
+        if v == Verdict::Drop {
+            POLICY_DROP
+        } else {
+            POLICY_PASS
+        }
+    };
+    FwConfig {
+        active,
+        default_policy: verdict(policy.default),
+        fragments: match policy.fragments {
+            FragmentPolicy::Allow => POLICY_PASS,
+            FragmentPolicy::Deny => POLICY_DROP,
+            FragmentPolicy::L3 => POLICY_L3,
+        },
+        non_ip: verdict(policy.non_ip),
+        malformed: verdict(policy.malformed),
+        trace: u32::from(trace),
+    }
+}
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error {
+    let what = what.into();
+    move |e| Error::Map {
+        what,
+        source: e.into(),
+    }
+}
+
+/// Replaces the contents of one trie of set `set`.
+fn fill<const N: usize>(ebpf: &mut Ebpf, name: &str, entries: &[(IpNet, RuleRef)]) -> Result<()> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| object::missing_map(name))?;
+    let mut trie: LpmTrie<&mut MapData, [u8; N], RuleRef> =
+        LpmTrie::try_from(map).map_err(map_err(format!("open {name}")))?;
+    let stale: Vec<Key<[u8; N]>> = trie.keys().filter_map(|k| k.ok()).collect();
+    for key in stale {
+        trie.remove(&key)
+            .map_err(map_err(format!("clear {name}")))?;
+    }
+    for (net, value) in entries {
+        let bytes: [u8; N] = match net.addr() {
+            std::net::IpAddr::V4(a) => a.octets().as_slice().try_into(),
+            std::net::IpAddr::V6(a) => a.octets().as_slice().try_into(),
+        }
+        .map_err(|_| Error::InvalidArgument(format!("{net} does not fit {name}")))?;
+        trie.insert(&Key::new(u32::from(net.prefix_len()), bytes), value, 0)
+            .map_err(map_err(format!("insert {net} into {name}")))?;
+    }
+    Ok(())
+}
+
+/// The firewall program with private maps, for BPF_PROG_TEST_RUN.
+pub struct FirewallHarness {
+    ebpf: Ebpf,
+    policy: Policy,
+    active: u32,
+}
+
+impl FirewallHarness {
+    /// Loads the firewall with `policy`, no rules, and tracing on.
+    pub fn new(policy: Policy) -> Result<FirewallHarness> {
+        let mut harness = FirewallHarness {
+            ebpf: object::load_firewall()?,
+            policy,
+            active: 0,
+        };
+        object::program_by_symbol(&mut harness.ebpf, SYMBOL, "firewall")?;
+        harness.write_config()?;
+        Ok(harness)
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        let cfg = config(&self.policy, self.active, true);
+        let map = self
+            .ebpf
+            .map_mut(FW_CONFIG)
+            .ok_or_else(|| object::missing_map(FW_CONFIG))?;
+        let mut array: Array<&mut MapData, FwConfig> =
+            Array::try_from(map).map_err(map_err("open FW_CONFIG"))?;
+        array.set(0, cfg, 0).map_err(map_err("write FW_CONFIG"))
+    }
+
+    /// Changes the policy (takes effect for the next frame).
+    pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
+        self.policy = policy;
+        self.write_config()
+    }
+
+    /// Writes `rules` into the inactive set, then makes it active.
+    pub fn load_rules(&mut self, rules: &Ruleset) -> Result<()> {
+        let compiled = compile(rules)?;
+        let next = (self.active + 1) & 1;
+        let set = next as usize;
+        fill::<4>(&mut self.ebpf, FW_SRC4[set], &compiled.src4)?;
+        fill::<4>(&mut self.ebpf, FW_DST4[set], &compiled.dst4)?;
+        fill::<16>(&mut self.ebpf, FW_SRC6[set], &compiled.src6)?;
+        fill::<16>(&mut self.ebpf, FW_DST6[set], &compiled.dst6)?;
+        self.active = next;
+        self.write_config()
+    }
+
+    /// Runs one frame; returns the test-run outcome and the kernel's trace.
+    pub fn run(&mut self, frame: &[u8]) -> Result<(TestRunOutcome, FwTrace)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program = object::program_by_symbol(&mut self.ebpf, SYMBOL, "firewall")?;
+        let mut output = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut output);
+        let result = program.test_run(opts).map_err(|source| Error::TestRun {
+            program: "firewall",
+            source,
+        })?;
+        output.truncate(result.data_size_out as usize);
+        let map = self
+            .ebpf
+            .map(FW_TRACE)
+            .ok_or_else(|| object::missing_map(FW_TRACE))?;
+        let array: Array<&MapData, FwTrace> =
+            Array::try_from(map).map_err(map_err("open FW_TRACE"))?;
+        let trace = array.get(&0, 0).map_err(map_err("read FW_TRACE"))?;
+        Ok((
+            TestRunOutcome {
+                verdict: XdpAction::from_u32(result.return_value),
+                code: result.return_value,
+                output,
+                ns_per_run: u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
+            },
+            trace,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_inherit_a_better_ancestor() {
+        let rules = Ruleset::parse_file_text(
+            "t",
+            "allow src 198.18.1.0/24 prio 50\ndeny src 198.18.0.0/16 prio 10\nallow src 198.19.0.0/16\ndeny src 198.19.7.0/24\n",
+        )
+        .unwrap();
+        let c = compile(&rules).unwrap();
+        let get = |net: &str| {
+            c.src4
+                .iter()
+                .find(|(n, _)| *n == net.parse::<IpNet>().unwrap())
+                .unwrap()
+                .1
+                .id
+        };
+        assert_eq!(get("198.18.1.0/24"), 2, "the /16 deny has the better prio");
+        assert_eq!(get("198.18.0.0/16"), 2);
+        assert_eq!(get("198.19.7.0/24"), 3, "same prio: earlier line wins");
+    }
+
+    #[test]
+    fn general_rules_are_refused_with_the_rule_named() {
+        let rules = Ruleset::parse_file_text("t", "deny src 198.18.0.0/16 dport 80").unwrap();
+        let err = compile(&rules).unwrap_err().to_string();
+        assert!(
+            err.contains("rule 1 (deny src 198.18.0.0/16 dport 80 prio 100)"),
+            "{err}"
+        );
+    }
+}

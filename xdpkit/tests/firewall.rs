@@ -1,0 +1,264 @@
+//! The firewall program against its reference model through
+//! BPF_PROG_TEST_RUN: random prefix rulesets, random policies, random and
+//! malformed frames. Every frame must get the same verdict, outcome and
+//! deciding rule id from both.
+
+use std::{
+    cell::{Cell, RefCell},
+    net::IpAddr,
+};
+
+use etherparse::PacketBuilder;
+use proptest::{
+    collection::vec,
+    prelude::*,
+    test_runner::{Config, TestRunner},
+};
+use xdpkit::{
+    firewall::{
+        kernel::FirewallHarness,
+        model::{decide, RateState, Reason},
+        FragmentPolicy, Policy, Ruleset, Verdict,
+    },
+    lab::require_root,
+    XdpAction,
+};
+use xdpkit_common::firewall::{Outcome, NO_RULE};
+
+/// Addresses frames use and rules cover, so that rules actually match.
+const V4: [[u8; 4]; 5] = [
+    [198, 18, 0, 1],
+    [198, 18, 1, 9],
+    [198, 19, 255, 1],
+    [198, 18, 128, 3],
+    [203, 0, 113, 7],
+];
+const V6: [[u16; 8]; 4] = [
+    [0x2001, 0xdb8, 0, 0, 0, 0, 0, 1],
+    [0x2001, 0xdb8, 1, 0, 0, 0, 0, 9],
+    [0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1],
+    [0x2001, 0xdb9, 0, 0, 0, 0, 0, 1],
+];
+
+fn v6(i: usize) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (k, seg) in V6[i].iter().enumerate() {
+        b[2 * k..2 * k + 2].copy_from_slice(&seg.to_be_bytes());
+    }
+    b
+}
+
+fn rule_line() -> impl Strategy<Value = String> {
+    let action = prop_oneof![
+        Just("allow".to_string()),
+        Just("deny".to_string()),
+        Just("rate-limit 1000000000".to_string())
+    ];
+    let prefix = prop_oneof![
+        (0..V4.len(), 0u8..=32).prop_map(|(i, len)| {
+            let net = ipnet::Ipv4Net::new(V4[i].into(), len).unwrap().trunc();
+            net.to_string()
+        }),
+        (0..V6.len(), 0u8..=128).prop_map(|(i, len)| {
+            let net = ipnet::Ipv6Net::new(v6(i).into(), len).unwrap().trunc();
+            net.to_string()
+        }),
+    ];
+    let field = prop_oneof![Just("src"), Just("dst")];
+    let prio = prop_oneof![Just(10u32), Just(50), Just(100), Just(200)];
+    (action, field, prefix, prio).prop_map(|(a, f, p, prio)| format!("{a} {f} {p} prio {prio}"))
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    let verdict = || prop_oneof![Just(Verdict::Pass), Just(Verdict::Drop)];
+    let frag = prop_oneof![
+        Just(FragmentPolicy::Allow),
+        Just(FragmentPolicy::Deny),
+        Just(FragmentPolicy::L3)
+    ];
+    (verdict(), frag, verdict(), verdict()).prop_map(|(default, fragments, non_ip, malformed)| {
+        Policy {
+            default,
+            fragments,
+            non_ip,
+            malformed,
+        }
+    })
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    None,
+    Truncate(usize),
+    Byte(usize, u8),
+    Ihl(u8),
+}
+
+fn frame() -> impl Strategy<Value = Vec<u8>> {
+    let shape = (
+        any::<bool>(),
+        0..V4.len(),
+        0..V4.len(),
+        0..V6.len(),
+        0..V6.len(),
+        0u8..4,
+        0u8..3,
+        0u8..3,
+        (0u16..4096, 0u16..4096),
+        vec(any::<u8>(), 0..40),
+    );
+    let mutation = prop_oneof![
+        4 => Just(Mutation::None),
+        1 => (0usize..120).prop_map(Mutation::Truncate),
+        1 => (0usize..120, any::<u8>()).prop_map(|(i, b)| Mutation::Byte(i, b)),
+        1 => (0u8..16).prop_map(Mutation::Ihl),
+    ];
+    (shape, mutation).prop_map(
+        |((is_v6, s4, d4, s6, d6, l4, tags, frag, (vlan_a, vlan_b), payload), mutation)| {
+            let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+            let ids = (vlan_a.try_into().unwrap(), vlan_b.try_into().unwrap());
+            let mut f = Vec::new();
+            macro_rules! finish {
+                ($ip:expr) => {{
+                    let ip = $ip;
+                    match l4 {
+                        0 => ip.udp(1000 + u16::from(tags), 53).write(&mut f, &payload),
+                        1 => ip.tcp(40000, 80, 1, 1000).write(&mut f, &payload),
+                        2 => ip.icmpv4_echo_request(1, 1).write(&mut f, &payload),
+                        _ => ip.udp(7, 7).write(&mut f, &payload),
+                    }
+                    .unwrap()
+                }};
+            }
+            macro_rules! l3 {
+                ($b:expr) => {{
+                    if is_v6 {
+                        finish!($b.ipv6(v6(s6), v6(d6), 64))
+                    } else {
+                        finish!($b.ipv4(V4[s4], V4[d4], 64))
+                    }
+                }};
+            }
+            match tags {
+                0 => l3!(builder),
+                1 => l3!(builder.single_vlan(ids.0)),
+                _ => l3!(builder.double_vlan(ids.0, ids.1)),
+            }
+            let l3_at = 14 + 4 * usize::from(tags);
+            if !is_v6 && frag > 0 {
+                // 1: first fragment (MF), 2: a later one (offset 8).
+                f[l3_at + 6] = if frag == 1 { 0x20 } else { 0x00 };
+                f[l3_at + 7] = if frag == 1 { 0x00 } else { 0x01 };
+            }
+            match mutation {
+                Mutation::None => {}
+                Mutation::Truncate(n) => f.truncate(n.max(14)),
+                Mutation::Byte(i, b) => {
+                    let i = i % f.len();
+                    f[i] = b;
+                }
+                Mutation::Ihl(ihl) if !is_v6 => f[l3_at] = 0x40 | ihl,
+                Mutation::Ihl(_) => {}
+            }
+            f
+        },
+    )
+}
+
+fn outcome_of(reason: Reason) -> u32 {
+    (match reason {
+        Reason::Rule => Outcome::Rule,
+        Reason::RateLimited => Outcome::RateLimited,
+        Reason::Default => Outcome::Default,
+        Reason::NonIp => Outcome::NonIp,
+        Reason::Fragment => Outcome::Fragment,
+        Reason::Malformed => Outcome::Malformed,
+    }) as u32
+}
+
+#[test]
+fn kernel_matches_model_on_random_rulesets_and_frames() {
+    if !require_root("kernel_matches_model_on_random_rulesets_and_frames") {
+        return;
+    }
+    let rulesets: u32 = std::env::var("XDPKIT_FW_RULESETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let harness = RefCell::new(FirewallHarness::new(Policy::default()).unwrap());
+    let mut runner = TestRunner::new(Config {
+        cases: rulesets,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let frames_run = Cell::new(0u64);
+    let strategy = (vec(rule_line(), 0..12), policy(), vec(frame(), 100));
+    runner
+        .run(&strategy, |(lines, policy, frames)| {
+            let rules = Ruleset::parse_file_text("random", &lines.join("\n")).unwrap();
+            let mut harness = harness.borrow_mut();
+            harness.set_policy(policy).unwrap();
+            harness.load_rules(&rules).unwrap();
+            let mut rate = RateState::default();
+            for frame in &frames {
+                let want = decide(&rules, &policy, frame, &mut rate, 0);
+                let (got, trace) = harness.run(frame).unwrap();
+                let want_action = if want.verdict == Verdict::Drop {
+                    XdpAction::Drop
+                } else {
+                    XdpAction::Pass
+                };
+                let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+                prop_assert_eq!(
+                    got.verdict,
+                    Some(want_action),
+                    "verdict, rules:\n{}frame {}",
+                    rules,
+                    hex
+                );
+                prop_assert_eq!(
+                    trace.outcome,
+                    outcome_of(want.reason),
+                    "outcome, rules:\n{}frame {}",
+                    rules,
+                    hex
+                );
+                prop_assert_eq!(
+                    trace.rule,
+                    want.rule.unwrap_or(NO_RULE),
+                    "rule, rules:\n{}frame {}",
+                    rules,
+                    hex
+                );
+                frames_run.set(frames_run.get() + 1);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let frames_run = frames_run.get();
+    println!("{frames_run} frames over {rulesets} random rulesets: kernel == model");
+    assert!(frames_run >= u64::from(rulesets) * 100);
+}
+
+#[test]
+fn priority_not_longest_prefix_decides_in_the_kernel() {
+    if !require_root("priority_not_longest_prefix_decides_in_the_kernel") {
+        return;
+    }
+    let mut harness = FirewallHarness::new(Policy::default()).unwrap();
+    let rules = Ruleset::parse_file_text(
+        "t",
+        "allow src 198.18.1.0/24 prio 50\ndeny src 198.18.0.0/16 prio 10\n",
+    )
+    .unwrap();
+    harness.load_rules(&rules).unwrap();
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([198, 18, 1, 9], [198, 18, 0, 2], 64)
+        .udp(1, 2)
+        .write(&mut f, &[])
+        .unwrap();
+    let (out, trace) = harness.run(&f).unwrap();
+    assert_eq!((out.verdict, trace.rule), (Some(XdpAction::Drop), 2));
+    let _: IpAddr = "198.18.1.9".parse().unwrap();
+}
