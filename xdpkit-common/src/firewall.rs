@@ -18,6 +18,89 @@ pub const FW_SRC6: [&str; 2] = ["FW_SRC6_0", "FW_SRC6_1"];
 /// See [`FW_SRC4`].
 pub const FW_DST6: [&str; 2] = ["FW_DST6_0", "FW_DST6_1"];
 
+/// General rules in judging order, `[set 0, set 1]`: array of [`RuleRef`] by bit.
+pub const FW_GEN_RULES: [&str; 2] = ["FW_GEN_RULES_0", "FW_GEN_RULES_1"];
+/// Source-prefix vectors (LPM, value [`Bitmap`]): rules whose src covers the address.
+pub const FW_GEN_SRC4: [&str; 2] = ["FW_GEN_SRC4_0", "FW_GEN_SRC4_1"];
+/// See [`FW_GEN_SRC4`].
+pub const FW_GEN_DST4: [&str; 2] = ["FW_GEN_DST4_0", "FW_GEN_DST4_1"];
+/// See [`FW_GEN_SRC4`].
+pub const FW_GEN_SRC6: [&str; 2] = ["FW_GEN_SRC6_0", "FW_GEN_SRC6_1"];
+/// See [`FW_GEN_SRC4`].
+pub const FW_GEN_DST6: [&str; 2] = ["FW_GEN_DST6_0", "FW_GEN_DST6_1"];
+/// Vectors by IP protocol (256 entries).
+pub const FW_GEN_PROTO: [&str; 2] = ["FW_GEN_PROTO_0", "FW_GEN_PROTO_1"];
+/// Port -> segment index (65536 entries), for source ports.
+pub const FW_GEN_SPORT_IDX: [&str; 2] = ["FW_GEN_SPORT_IDX_0", "FW_GEN_SPORT_IDX_1"];
+/// See [`FW_GEN_SPORT_IDX`].
+pub const FW_GEN_DPORT_IDX: [&str; 2] = ["FW_GEN_DPORT_IDX_0", "FW_GEN_DPORT_IDX_1"];
+/// Segment index -> vector, for source ports.
+pub const FW_GEN_SPORT_VEC: [&str; 2] = ["FW_GEN_SPORT_VEC_0", "FW_GEN_SPORT_VEC_1"];
+/// See [`FW_GEN_SPORT_VEC`].
+pub const FW_GEN_DPORT_VEC: [&str; 2] = ["FW_GEN_DPORT_VEC_0", "FW_GEN_DPORT_VEC_1"];
+/// Source MAC (8-byte key, MAC then zeros) -> vector.
+pub const FW_GEN_SMAC: [&str; 2] = ["FW_GEN_SMAC_0", "FW_GEN_SMAC_1"];
+/// VLAN id (0-4095, [`VLAN_UNTAGGED`]) -> vector.
+pub const FW_GEN_VLAN: [&str; 2] = ["FW_GEN_VLAN_0", "FW_GEN_VLAN_1"];
+/// Vectors for misses, indexed by the `WILD_*` constants.
+pub const FW_GEN_WILD: [&str; 2] = ["FW_GEN_WILD_0", "FW_GEN_WILD_1"];
+
+/// Most general rules (bits in a [`Bitmap`]).
+pub const FW_MAX_GENERAL: u32 = 1024;
+/// u64 words in a [`Bitmap`].
+pub const BITMAP_WORDS: usize = 16;
+/// Port segments: at most two boundaries per rule and field, plus one.
+pub const FW_MAX_PORT_SEGMENTS: u32 = 2 * FW_MAX_GENERAL + 1;
+/// [`FW_GEN_VLAN`] index of untagged frames.
+pub const VLAN_UNTAGGED: u32 = 4096;
+/// [`FW_GEN_WILD`]: rules without a src condition.
+pub const WILD_SRC: u32 = 0;
+/// [`FW_GEN_WILD`]: rules without a dst condition.
+pub const WILD_DST: u32 = 1;
+/// [`FW_GEN_WILD`]: rules without an smac condition.
+pub const WILD_SMAC: u32 = 2;
+/// [`FW_GEN_WILD`]: rules without ports (for frames that carry none).
+pub const WILD_NO_PORTS: u32 = 3;
+/// [`FW_GEN_WILD`]: every rule of the set.
+pub const WILD_ALL: u32 = 4;
+/// Number of [`FW_GEN_WILD`] entries.
+pub const WILD_COUNT: u32 = 5;
+
+/// One bit per general rule, bit i = the i-th rule in judging order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bitmap {
+    /// Bits, little end first.
+    pub words: [u64; BITMAP_WORDS],
+}
+
+impl Default for Bitmap {
+    fn default() -> Bitmap {
+        Bitmap {
+            words: [0; BITMAP_WORDS],
+        }
+    }
+}
+
+impl Bitmap {
+    /// Sets bit `i`.
+    pub fn set(&mut self, i: usize) {
+        self.words[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Whether bit `i` is set.
+    pub fn get(&self, i: usize) -> bool {
+        self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// ORs `other` into this one.
+    pub fn or(&mut self, other: &Bitmap) {
+        for (a, b) in self.words.iter_mut().zip(other.words) {
+            *a |= b;
+        }
+    }
+}
+
 /// Largest rule id + 1 (rule-file line numbers are ids).
 pub const FW_MAX_RULE_IDS: u32 = 1 << 21;
 /// Entries per prefix trie.
@@ -53,6 +136,8 @@ pub struct FwConfig {
     pub malformed: u32,
     /// Nonzero: write [`FwTrace`] for every frame.
     pub trace: u32,
+    /// General rules in set 0 and set 1 (0: skip the bit-vector step).
+    pub general: [u32; 2],
 }
 
 /// A rule as the kernel needs it: rank, id and action.
@@ -117,4 +202,5 @@ mod pod {
     unsafe impl aya::Pod for super::FwConfig {}
     unsafe impl aya::Pod for super::RuleRef {}
     unsafe impl aya::Pod for super::FwTrace {}
+    unsafe impl aya::Pod for super::Bitmap {}
 }

@@ -14,6 +14,7 @@ use crate::{Error, Result};
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// What the kernel says about an XDP bpf_link.
@@ -80,6 +81,31 @@ pub fn xdp_link_info(link: BorrowedFd<'_>) -> Result<XdpLinkInfo> {
         prog_id: word(8),
         ifindex: word(16),
     })
+}
+
+/// Writes `values[i]` at `keys[i]` for all i in one BPF_MAP_UPDATE_BATCH
+/// (one syscall instead of one per entry).
+pub fn map_update_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32; elem_flags, flags: u64 } batch;
+    let mut attr = [0u8; 128];
+    attr[16..24].copy_from_slice(&(keys.as_ptr() as u64).to_ne_bytes());
+    attr[24..32].copy_from_slice(&(values.as_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&(keys.len() as u32).to_ne_bytes());
+    attr[36..40].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
+        .map(drop)
+        .map_err(|source| Error::Syscall {
+            call: "BPF_MAP_UPDATE_BATCH",
+            source,
+        })
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i32> {

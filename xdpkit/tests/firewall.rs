@@ -69,6 +69,90 @@ fn rule_line() -> impl Strategy<Value = String> {
     (action, field, prefix, prio).prop_map(|(a, f, p, prio)| format!("{a} {f} {p} prio {prio}"))
 }
 
+/// Rules with ports, proto, smac, vlan or two prefixes (the bit-vector path).
+fn general_rule_line() -> impl Strategy<Value = String> {
+    let action = prop_oneof![
+        Just("allow".to_string()),
+        Just("deny".to_string()),
+        Just("rate-limit 1000000000".to_string())
+    ];
+    let v4_net = (0..V4.len(), 0u8..=32).prop_map(|(i, len)| {
+        ipnet::Ipv4Net::new(V4[i].into(), len)
+            .unwrap()
+            .trunc()
+            .to_string()
+    });
+    let v6_net = (0..V6.len(), 0u8..=128).prop_map(|(i, len)| {
+        ipnet::Ipv6Net::new(v6(i).into(), len)
+            .unwrap()
+            .trunc()
+            .to_string()
+    });
+    let addrs = prop_oneof![
+        Just((None, None)),
+        (v4_net.clone(), any::<bool>()).prop_map(|(n, src)| if src {
+            (Some(n), None)
+        } else {
+            (None, Some(n))
+        }),
+        (v4_net.clone(), v4_net).prop_map(|(a, b)| (Some(a), Some(b))),
+        (v6_net.clone(), v6_net).prop_map(|(a, b)| (Some(a), Some(b))),
+    ];
+    let proto = prop_oneof![
+        Just(None),
+        Just(Some("tcp")),
+        Just(Some("udp")),
+        Just(Some("icmp")),
+        Just(Some("47"))
+    ];
+    let port = prop_oneof![
+        Just("53"),
+        Just("80"),
+        Just("7"),
+        Just("1000-1001"),
+        Just("1-1024"),
+        Just("40000-65535"),
+        Just("1002")
+    ];
+    let ports = (prop::option::of(port.clone()), prop::option::of(port));
+    let smac = prop::option::of(prop_oneof![
+        Just("02:00:00:00:00:01"),
+        Just("02:00:00:00:00:09")
+    ]);
+    let vlan = prop::option::of(prop_oneof![Just(10u16), Just(20), Just(4095)]);
+    let prio = prop_oneof![Just(10u32), Just(50), Just(100), Just(200)];
+    (action, addrs, proto, ports, smac, vlan, prio).prop_map(
+        |(a, (src, dst), proto, (sport, dport), smac, vlan, prio)| {
+            let mut line = a;
+            if let Some(s) = src {
+                line += &format!(" src {s}");
+            }
+            if let Some(d) = dst {
+                line += &format!(" dst {d}");
+            }
+            let portable = matches!(proto, None | Some("tcp") | Some("udp"));
+            if let Some(p) = proto {
+                line += &format!(" proto {p}");
+            }
+            if portable {
+                if let Some(p) = sport {
+                    line += &format!(" sport {p}");
+                }
+                if let Some(p) = dport {
+                    line += &format!(" dport {p}");
+                }
+            }
+            if let Some(m) = smac {
+                line += &format!(" smac {m}");
+            }
+            if let Some(v) = vlan {
+                line += &format!(" vlan {v}");
+            }
+            format!("{line} prio {prio}")
+        },
+    )
+}
+
 fn policy() -> impl Strategy<Value = Policy> {
     let verdict = || prop_oneof![Just(Verdict::Pass), Just(Verdict::Drop)];
     let frag = prop_oneof![
@@ -104,7 +188,10 @@ fn frame() -> impl Strategy<Value = Vec<u8>> {
         0u8..4,
         0u8..3,
         0u8..3,
-        (0u16..4096, 0u16..4096),
+        (
+            prop_oneof![Just(10u16), Just(20), Just(4095), 0u16..4096],
+            0u16..4096,
+        ),
         vec(any::<u8>(), 0..40),
     );
     let mutation = prop_oneof![
@@ -192,7 +279,8 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
         ..Config::default()
     });
     let frames_run = Cell::new(0u64);
-    let strategy = (vec(rule_line(), 0..12), policy(), vec(frame(), 100));
+    let lines = prop_oneof![rule_line(), general_rule_line()];
+    let strategy = (vec(lines, 0..12), policy(), vec(frame(), 100));
     runner
         .run(&strategy, |(lines, policy, frames)| {
             let rules = Ruleset::parse_file_text("random", &lines.join("\n")).unwrap();

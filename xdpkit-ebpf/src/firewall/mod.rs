@@ -1,6 +1,7 @@
 //! The firewall: prefix rules in LPM tries (see docs/firewall.md), policies
 //! for non-IP, malformed frames and fragments, rate limits, counters.
 
+mod general;
 mod parse;
 
 use aya_ebpf::{
@@ -139,39 +140,63 @@ fn bump(map: &PerCpuArray<ActionCounter>, index: u32, len: u64) {
     }
 }
 
-/// The first matching prefix rule of the active set, or the default policy.
+/// "No rule": ranks after every real rule. Candidates are plain values, not
+/// `Option`s, because LLVM copies the undefined payload of a `None` and the
+/// verifier refuses to read uninitialized registers.
+const NONE: RuleRef = RuleRef {
+    rank: u64::MAX,
+    id: NO_RULE,
+    action: 0,
+    pps: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+fn keep_better(best: &mut RuleRef, candidate: Option<&RuleRef>) {
+    if let Some(c) = candidate {
+        if c.rank < best.rank {
+            *best = *c;
+        }
+    }
+}
+
+/// The first matching rule of the active set, or the default policy.
 #[inline(always)]
 fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
     let set = cfg.active & 1;
-    let (src, dst) = if ip.v6 {
+    let mut best = NONE;
+    if ip.v6 {
         let src = Key::new(128, ip.src);
         let dst = Key::new(128, ip.dst);
         if set == 0 {
-            (SRC6_0.get(&src).copied(), DST6_0.get(&dst).copied())
+            keep_better(&mut best, SRC6_0.get(&src));
+            keep_better(&mut best, DST6_0.get(&dst));
         } else {
-            (SRC6_1.get(&src).copied(), DST6_1.get(&dst).copied())
+            keep_better(&mut best, SRC6_1.get(&src));
+            keep_better(&mut best, DST6_1.get(&dst));
         }
     } else {
         let src = Key::new(32, [ip.src[0], ip.src[1], ip.src[2], ip.src[3]]);
         let dst = Key::new(32, [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]]);
         if set == 0 {
-            (SRC4_0.get(&src).copied(), DST4_0.get(&dst).copied())
+            keep_better(&mut best, SRC4_0.get(&src));
+            keep_better(&mut best, DST4_0.get(&dst));
         } else {
-            (SRC4_1.get(&src).copied(), DST4_1.get(&dst).copied())
+            keep_better(&mut best, SRC4_1.get(&src));
+            keep_better(&mut best, DST4_1.get(&dst));
         }
-    };
-    let best = match (src, dst) {
-        (Some(s), Some(d)) => Some(if s.rank <= d.rank { s } else { d }),
-        (s, d) => s.or(d),
-    };
-    let Some(rule) = best else {
+    }
+    if cfg.general[set as usize & 1] != 0 {
+        keep_better(&mut best, general::first_match(set, ip));
+    }
+    if best.id == NO_RULE {
         return (policy(cfg.default_policy), Outcome::Default, NO_RULE);
-    };
-    match rule.action {
-        ACTION_ALLOW => (XdpAction::Pass, Outcome::Rule, rule.id),
-        ACTION_DENY => (XdpAction::Drop, Outcome::Rule, rule.id),
-        _ if take_token(&rule, ip) => (XdpAction::Pass, Outcome::Rule, rule.id),
-        _ => (XdpAction::Drop, Outcome::RateLimited, rule.id),
+    }
+    match best.action {
+        ACTION_ALLOW => (XdpAction::Pass, Outcome::Rule, best.id),
+        ACTION_DENY => (XdpAction::Drop, Outcome::Rule, best.id),
+        _ if take_token(&best, ip) => (XdpAction::Pass, Outcome::Rule, best.id),
+        _ => (XdpAction::Drop, Outcome::RateLimited, best.id),
     }
 }
 

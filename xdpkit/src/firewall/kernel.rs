@@ -1,9 +1,8 @@
 //! The firewall's kernel maps: compiling a [`Ruleset`] into them, and a
 //! BPF_PROG_TEST_RUN harness that reports the deciding rule.
 //!
-//! This step of issue 4 covers prefix rules (one `src` or `dst` prefix and
-//! nothing else); rules with ports, proto, smac, vlan or both prefixes are
-//! refused until the bit-vector stage lands (docs/firewall.md).
+//! Prefix rules (one `src` or `dst` prefix, nothing else) go into LPM tries;
+//! all other rules into bit vectors ([`super::general`]).
 
 use std::collections::HashMap;
 
@@ -36,7 +35,7 @@ pub fn is_prefix_rule(rule: &Rule) -> bool {
 }
 
 /// The kernel's view of an entry: rank, id, action.
-fn rule_ref(entry: &Entry) -> RuleRef {
+pub fn rule_ref(entry: &Entry) -> RuleRef {
     let (action, pps) = match entry.rule.action {
         Action::Allow => (ACTION_ALLOW, 0),
         Action::Deny => (ACTION_DENY, 0),
@@ -65,19 +64,12 @@ pub struct Compiled {
     pub dst6: Vec<(IpNet, RuleRef)>,
 }
 
-/// Compiles `rules` for the kernel.
-///
-/// # Errors
-///
-/// [`Error::InvalidArgument`] naming the first rule this stage cannot run.
+/// Compiles the prefix rules of `rules` for the kernel's tries.
 pub fn compile(rules: &Ruleset) -> Result<Compiled> {
     let mut fields: [HashMap<IpNet, RuleRef>; 4] = Default::default();
     for entry in rules.entries() {
         if !is_prefix_rule(&entry.rule) {
-            return Err(Error::InvalidArgument(format!(
-                "rule {} ({}) needs the general-rule stage of the firewall, which is not built yet: only rules with exactly one src or dst prefix run in the kernel",
-                entry.id, entry.rule
-            )));
+            continue;
         }
         let (net, is_src) = match (entry.rule.src, entry.rule.dst) {
             (Some(net), None) => (net, true),
@@ -158,6 +150,7 @@ fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         non_ip: verdict(policy.non_ip),
         malformed: verdict(policy.malformed),
         trace: u32::from(trace),
+        general: [0; 2],
     }
 }
 
@@ -198,6 +191,7 @@ pub struct FirewallHarness {
     ebpf: Ebpf,
     policy: Policy,
     active: u32,
+    general: [u32; 2],
 }
 
 impl FirewallHarness {
@@ -207,6 +201,7 @@ impl FirewallHarness {
             ebpf: object::load_firewall()?,
             policy,
             active: 0,
+            general: [0; 2],
         };
         object::program_by_symbol(&mut harness.ebpf, SYMBOL, "firewall")?;
         harness.write_config()?;
@@ -214,7 +209,8 @@ impl FirewallHarness {
     }
 
     fn write_config(&mut self) -> Result<()> {
-        let cfg = config(&self.policy, self.active, true);
+        let mut cfg = config(&self.policy, self.active, true);
+        cfg.general = self.general;
         let map = self
             .ebpf
             .map_mut(FW_CONFIG)
@@ -239,6 +235,15 @@ impl FirewallHarness {
         fill::<4>(&mut self.ebpf, FW_DST4[set], &compiled.dst4)?;
         fill::<16>(&mut self.ebpf, FW_SRC6[set], &compiled.src6)?;
         fill::<16>(&mut self.ebpf, FW_DST6[set], &compiled.dst6)?;
+        let general: Vec<&Entry> = rules
+            .entries()
+            .iter()
+            .filter(|e| !is_prefix_rule(&e.rule))
+            .collect();
+        let refs = general.iter().map(|e| rule_ref(e)).collect();
+        let vectors = super::general::compile(&general, refs)?;
+        super::general::write(&mut self.ebpf, set, &vectors)?;
+        self.general[set] = general.len() as u32;
         self.active = next;
         self.write_config()
     }

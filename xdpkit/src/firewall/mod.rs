@@ -3,6 +3,7 @@
 //! follow the design in docs/firewall.md.
 
 pub mod frame;
+pub mod general;
 pub mod kernel;
 pub mod model;
 pub mod rule;
