@@ -5,6 +5,7 @@ mod attach;
 mod detach;
 mod features;
 mod output;
+mod simulate;
 mod status;
 
 use std::process::ExitCode;
@@ -43,6 +44,7 @@ enum Command {
     Detach(detach::Args),
     Status(status::Args),
     Features(features::Args),
+    Simulate(simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => detach::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,3 +94,64 @@ mod tests {
         assert_eq!(one_line(&e), "outer: inner");
     }
 }
+
+/// `allow` or `deny`, as the firewall's policy flags take them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AllowDeny {
+    /// Pass the frame.
+    Allow,
+    /// Drop the frame.
+    Deny,
+}
+
+impl From<AllowDeny> for xdpkit::firewall::Verdict {
+    fn from(v: AllowDeny) -> Self {
+        match v {
+            AllowDeny::Allow => xdpkit::firewall::Verdict::Pass,
+            AllowDeny::Deny => xdpkit::firewall::Verdict::Drop,
+        }
+    }
+}
+
+/// How later IP fragments are judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FragmentsArg {
+    /// Pass every later fragment.
+    Allow,
+    /// Drop every later fragment.
+    Deny,
+    /// Judge them by rules without ports (rules with ports never match them).
+    L3,
+}
+
+/// The firewall's policies, shared by every command that runs it.
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// Verdict when no rule matches.
+    #[arg(long = "default", value_enum, default_value_t = AllowDeny::Allow, value_name = "allow|deny")]
+    pub default_policy: AllowDeny,
+    /// Later IP fragments (no layer-4 header): allow, deny, or l3 (match on layer-3 fields only).
+    #[arg(long, value_enum, default_value_t = FragmentsArg::Allow)]
+    pub fragments: FragmentsArg,
+    /// ARP, LLDP and other non-IP frames.
+    #[arg(long, value_enum, default_value_t = AllowDeny::Allow, value_name = "allow|deny")]
+    pub non_ip: AllowDeny,
+    /// Truncated or inconsistent IP frames (cut headers, bad IHL or lengths).
+    #[arg(long, value_enum, default_value_t = AllowDeny::Deny, value_name = "allow|deny")]
+    pub malformed: AllowDeny,
+}
+
+impl From<&PolicyArgs> for xdpkit::firewall::Policy {
+    fn from(p: &PolicyArgs) -> Self {
+        xdpkit::firewall::Policy {
+            default: p.default_policy.into(),
+            fragments: match p.fragments {
+                FragmentsArg::Allow => xdpkit::firewall::FragmentPolicy::Allow,
+                FragmentsArg::Deny => xdpkit::firewall::FragmentPolicy::Deny,
+                FragmentsArg::L3 => xdpkit::firewall::FragmentPolicy::L3,
+            },
+            non_ip: p.non_ip.into(),
+            malformed: p.malformed.into(),
+        }
+    }
+}

@@ -474,11 +474,11 @@ fn features_reports_kernel_and_veth() {
 
 #[test]
 fn help_documents_every_command() {
-    for cmd in ["attach", "detach", "status", "features"] {
+    for cmd in ["attach", "detach", "status", "features", "simulate"] {
         let out = Command::new(XDPKIT).args([cmd, "--help"]).output().unwrap();
         let help = ok(&out);
         assert!(help.contains("Example"), "{cmd} --help has examples");
-        if cmd != "features" {
+        if !matches!(cmd, "features" | "simulate") {
             assert!(help.contains("--dev"), "{cmd} --help documents --dev");
         }
     }

@@ -8,6 +8,7 @@ pub mod kernel;
 pub mod model;
 pub mod rule;
 pub mod ruleset;
+pub mod simulate;
 
 pub use rule::{Action, PortRange, Rule, RuleError};
 pub use ruleset::{Entry, FileError, Ruleset};
