@@ -5,8 +5,11 @@ pub const FW_CONFIG: &str = "FW_CONFIG";
 /// One-entry array: [`FwTrace`] of the last frame, written only when
 /// [`FwConfig::trace`] is set (simulation and tests).
 pub const FW_TRACE: &str = "FW_TRACE";
-/// Per-CPU array of [`crate::ActionCounter`] indexed by rule id.
+/// Per-CPU array of [`RuleHits`] indexed by rule id.
 pub const FW_RULE_STATS: &str = "FW_RULE_STATS";
+/// Hash of rule id -> [`RuleRecord`]: the ruleset itself, so any later
+/// process can list, change or rebuild it. The program never reads it.
+pub const FW_RULES: &str = "FW_RULES";
 /// Per-CPU array of [`crate::ActionCounter`] indexed by [`Outcome`].
 pub const FW_OUTCOMES: &str = "FW_OUTCOMES";
 /// Prefix-rule tries, `[set 0, set 1]`, key = address bytes in network order.
@@ -138,6 +141,8 @@ pub struct FwConfig {
     pub trace: u32,
     /// General rules in set 0 and set 1 (0: skip the bit-vector step).
     pub general: [u32; 2],
+    /// Next insertion sequence number (kept here so every process agrees).
+    pub next_seq: u64,
 }
 
 /// A rule as the kernel needs it: rank, id and action.
@@ -155,6 +160,75 @@ pub struct RuleRef {
     /// Padding, zero.
     pub _pad: u32,
 }
+
+/// Hits of one rule on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleHits {
+    /// Frames the rule decided.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` of the last one (CLOCK_MONOTONIC), 0 if none.
+    pub last_ns: u64,
+}
+
+/// A rule as stored in [`FW_RULES`]; `flags` says which fields are set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleRecord {
+    /// Insertion order.
+    pub seq: u64,
+    /// Priority.
+    pub prio: u32,
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_RATE_LIMIT`].
+    pub action: u32,
+    /// Packets per second of a rate limit.
+    pub pps: u32,
+    /// `REC_*` bits.
+    pub flags: u32,
+    /// Source address bytes (IPv4 in the first 4).
+    pub src: [u8; 16],
+    /// Destination address bytes.
+    pub dst: [u8; 16],
+    /// Source prefix length.
+    pub src_len: u8,
+    /// Destination prefix length.
+    pub dst_len: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding, zero.
+    pub _pad: u8,
+    /// Source ports, inclusive.
+    pub sport: [u16; 2],
+    /// Destination ports, inclusive.
+    pub dport: [u16; 2],
+    /// Source MAC.
+    pub smac: [u8; 6],
+    /// Outer VLAN id.
+    pub vlan: u16,
+    /// Padding to 8-byte alignment, zero.
+    pub _pad2: u32,
+}
+
+/// [`RuleRecord::flags`] bits.
+pub const REC_SRC: u32 = 1;
+/// See [`REC_SRC`].
+pub const REC_SRC_V6: u32 = 1 << 1;
+/// See [`REC_SRC`].
+pub const REC_DST: u32 = 1 << 2;
+/// See [`REC_SRC`].
+pub const REC_DST_V6: u32 = 1 << 3;
+/// See [`REC_SRC`].
+pub const REC_PROTO: u32 = 1 << 4;
+/// See [`REC_SRC`].
+pub const REC_SPORT: u32 = 1 << 5;
+/// See [`REC_SRC`].
+pub const REC_DPORT: u32 = 1 << 6;
+/// See [`REC_SRC`].
+pub const REC_SMAC: u32 = 1 << 7;
+/// See [`REC_SRC`].
+pub const REC_VLAN: u32 = 1 << 8;
 
 /// Why the firewall decided; index of [`FW_OUTCOMES`].
 #[repr(u32)]
@@ -196,6 +270,9 @@ pub struct FwTrace {
 /// [`FwTrace::rule`] when no rule decided.
 pub const NO_RULE: u32 = u32::MAX;
 
+const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<FwConfig>() == 40);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are #[repr(C)] with only integer fields and no implicit padding.
@@ -203,4 +280,6 @@ mod pod {
     unsafe impl aya::Pod for super::RuleRef {}
     unsafe impl aya::Pod for super::FwTrace {}
     unsafe impl aya::Pod for super::Bitmap {}
+    unsafe impl aya::Pod for super::RuleHits {}
+    unsafe impl aya::Pod for super::RuleRecord {}
 }

@@ -9,14 +9,14 @@ use aya_ebpf::{
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, LruHashMap, PerCpuArray,
+        Array, HashMap, LruHashMap, PerCpuArray,
     },
     programs::XdpContext,
 };
 use xdpkit_common::{
     firewall::{
-        FwConfig, FwTrace, Outcome, RuleRef, ACTION_ALLOW, ACTION_DENY, FW_MAX_PREFIXES,
-        FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        FwConfig, FwTrace, Outcome, RuleHits, RuleRecord, RuleRef, ACTION_ALLOW, ACTION_DENY,
+        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
     },
     ActionCounter, XdpAction,
 };
@@ -29,7 +29,9 @@ static CONFIG: Array<FwConfig> = Array::with_max_entries(1, 0);
 #[map(name = "FW_TRACE")]
 static TRACE: Array<FwTrace> = Array::with_max_entries(1, 0);
 #[map(name = "FW_RULE_STATS")]
-static RULE_STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(FW_MAX_RULE_IDS, 0);
+static RULE_STATS: PerCpuArray<RuleHits> = PerCpuArray::with_max_entries(FW_MAX_RULE_IDS, 0);
+#[map(name = "FW_RULES")]
+static RULES: HashMap<u32, RuleRecord> = HashMap::with_max_entries(FW_MAX_RULE_IDS, NO_PREALLOC);
 #[map(name = "FW_OUTCOMES")]
 static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
 
@@ -102,7 +104,14 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     bump(&OUTCOMES, outcome as u32, len);
     if rule != NO_RULE {
-        bump(&RULE_STATS, rule, len);
+        if let Some(h) = RULE_STATS.get_ptr_mut(rule) {
+            // SAFETY: this CPU's slot of an existing entry; helper without arguments.
+            unsafe {
+                (*h).packets += 1;
+                (*h).bytes += len;
+                (*h).last_ns = bpf_ktime_get_ns();
+            }
+        }
     }
     if cfg.trace != 0 {
         if let Some(t) = TRACE.get_ptr_mut(0) {
@@ -186,7 +195,14 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             keep_better(&mut best, DST4_1.get(&dst));
         }
     }
-    if cfg.general[set as usize & 1] != 0 {
+    // A branch, not `general[set]`: LLVM turns a variable stack index into
+    // pointer arithmetic the verifier rejects.
+    let general = if set == 0 {
+        cfg.general[0]
+    } else {
+        cfg.general[1]
+    };
+    if general != 0 {
         keep_better(&mut best, general::first_match(set, ip));
     }
     if best.id == NO_RULE {

@@ -3,10 +3,7 @@
 
 use std::{collections::BTreeMap, os::fd::AsFd as _};
 
-use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData},
-    Ebpf,
-};
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData};
 use ipnet::IpNet;
 use xdpkit_common::firewall::{
     Bitmap, RuleRef, FW_GEN_DPORT_IDX, FW_GEN_DPORT_VEC, FW_GEN_DST4, FW_GEN_DST6, FW_GEN_PROTO,
@@ -15,7 +12,7 @@ use xdpkit_common::firewall::{
     WILD_NO_PORTS, WILD_SMAC, WILD_SRC,
 };
 
-use super::{rule::proto, Entry, PortRange, Rule};
+use super::{maps::MapSource, rule::proto, Entry, PortRange, Rule};
 use crate::{object, sys, Error, Result};
 
 /// Bit vectors of up to [`FW_MAX_GENERAL`] rules, ready to write.
@@ -164,15 +161,14 @@ fn port_segments(rules: &[&Rule], pick: fn(&Rule) -> Option<PortRange>) -> (Vec<
     (index, vectors)
 }
 
-fn map_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
-    use aya::maps::Map;
+fn map_fd<'a>(ebpf: &'a impl MapSource, name: &str) -> Result<&'a MapData> {
     match ebpf.map(name).ok_or_else(|| object::missing_map(name))? {
         Map::Array(d) | Map::HashMap(d) | Map::LpmTrie(d) | Map::PerCpuArray(d) => Ok(d),
         _ => Err(object::missing_map(name)),
     }
 }
 
-fn write_array<V: Copy>(ebpf: &Ebpf, name: &str, values: &[V]) -> Result<()> {
+pub(crate) fn write_array<V: Copy>(ebpf: &impl MapSource, name: &str, values: &[V]) -> Result<()> {
     let keys: Vec<u32> = (0..values.len() as u32).collect();
     sys::map_update_batch(map_fd(ebpf, name)?.fd().as_fd(), &keys, values)
 }
@@ -184,15 +180,16 @@ fn map_error(what: String) -> impl FnOnce(aya::maps::MapError) -> Error {
     }
 }
 
-fn write_trie<const N: usize>(
-    ebpf: &mut Ebpf,
+/// Replaces the contents of an LPM trie with `entries`.
+pub(crate) fn write_trie<const N: usize, V: aya::Pod>(
+    ebpf: &mut impl MapSource,
     name: &str,
-    entries: &[(IpNet, Bitmap)],
+    entries: &[(IpNet, V)],
 ) -> Result<()> {
     let map = ebpf
         .map_mut(name)
         .ok_or_else(|| object::missing_map(name))?;
-    let mut trie: LpmTrie<&mut MapData, [u8; N], Bitmap> =
+    let mut trie: LpmTrie<&mut MapData, [u8; N], V> =
         LpmTrie::try_from(map).map_err(map_error(format!("open {name}")))?;
     let stale: Vec<Key<[u8; N]>> = trie.keys().filter_map(|k| k.ok()).collect();
     for key in stale {
@@ -212,14 +209,14 @@ fn write_trie<const N: usize>(
 }
 
 /// Writes `c` into set `set` (which packets must not be using).
-pub fn write(ebpf: &mut Ebpf, set: usize, c: &CompiledGeneral) -> Result<()> {
+pub fn write(ebpf: &mut impl MapSource, set: usize, c: &CompiledGeneral) -> Result<()> {
     let mut rules = c.rules.clone();
     rules.resize(FW_MAX_GENERAL as usize, RuleRef::default());
     write_array(ebpf, FW_GEN_RULES[set], &rules)?;
-    write_trie::<4>(ebpf, FW_GEN_SRC4[set], &c.prefixes[0])?;
-    write_trie::<4>(ebpf, FW_GEN_DST4[set], &c.prefixes[1])?;
-    write_trie::<16>(ebpf, FW_GEN_SRC6[set], &c.prefixes[2])?;
-    write_trie::<16>(ebpf, FW_GEN_DST6[set], &c.prefixes[3])?;
+    write_trie::<4, _>(ebpf, FW_GEN_SRC4[set], &c.prefixes[0])?;
+    write_trie::<4, _>(ebpf, FW_GEN_DST4[set], &c.prefixes[1])?;
+    write_trie::<16, _>(ebpf, FW_GEN_SRC6[set], &c.prefixes[2])?;
+    write_trie::<16, _>(ebpf, FW_GEN_DST6[set], &c.prefixes[3])?;
     write_array(ebpf, FW_GEN_PROTO[set], &c.proto)?;
     write_array(ebpf, FW_GEN_SPORT_IDX[set], &c.ports[0].0)?;
     write_array(ebpf, FW_GEN_SPORT_VEC[set], &c.ports[0].1)?;

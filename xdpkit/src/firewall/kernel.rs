@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
+    maps::{Array, MapData},
     Ebpf,
 };
 use ipnet::IpNet;
@@ -19,10 +19,14 @@ use xdpkit_common::{
     XdpAction,
 };
 
-use super::{Action, Entry, FragmentPolicy, Policy, Rule, Ruleset, Verdict};
+use super::{
+    general::write_trie, maps::MapSource, Action, Entry, FragmentPolicy, Policy, Rule, Ruleset,
+    Verdict,
+};
 use crate::{object, testrun::TestRunOutcome, Error, Result};
 
-const SYMBOL: &str = "xdpkit_firewall";
+/// The firewall's function (and kernel program) name.
+pub const SYMBOL: &str = "xdpkit_firewall";
 
 /// Whether the kernel program handles `rule` in this stage (a prefix rule).
 pub fn is_prefix_rule(rule: &Rule) -> bool {
@@ -131,7 +135,8 @@ fn inherit(own: HashMap<IpNet, RuleRef>) -> Vec<(IpNet, RuleRef)> {
     out
 }
 
-fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
+/// A config with `policy`, no general rules and sequence 0.
+pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
     let verdict = |v: Verdict| {
         if v == Verdict::Drop {
             POLICY_DROP
@@ -151,6 +156,7 @@ fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         malformed: verdict(policy.malformed),
         trace: u32::from(trace),
         general: [0; 2],
+        next_seq: 0,
     }
 }
 
@@ -162,90 +168,87 @@ fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error
     }
 }
 
-/// Replaces the contents of one trie of set `set`.
-fn fill<const N: usize>(ebpf: &mut Ebpf, name: &str, entries: &[(IpNet, RuleRef)]) -> Result<()> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or_else(|| object::missing_map(name))?;
-    let mut trie: LpmTrie<&mut MapData, [u8; N], RuleRef> =
-        LpmTrie::try_from(map).map_err(map_err(format!("open {name}")))?;
-    let stale: Vec<Key<[u8; N]>> = trie.keys().filter_map(|k| k.ok()).collect();
-    for key in stale {
-        trie.remove(&key)
-            .map_err(map_err(format!("clear {name}")))?;
-    }
-    for (net, value) in entries {
-        let bytes: [u8; N] = match net.addr() {
-            std::net::IpAddr::V4(a) => a.octets().as_slice().try_into(),
-            std::net::IpAddr::V6(a) => a.octets().as_slice().try_into(),
-        }
-        .map_err(|_| Error::InvalidArgument(format!("{net} does not fit {name}")))?;
-        trie.insert(&Key::new(u32::from(net.prefix_len()), bytes), value, 0)
-            .map_err(map_err(format!("insert {net} into {name}")))?;
-    }
-    Ok(())
+/// Reads the firewall's config.
+pub fn read_config(maps: &impl MapSource) -> Result<FwConfig> {
+    let map = maps
+        .map(FW_CONFIG)
+        .ok_or_else(|| object::missing_map(FW_CONFIG))?;
+    let array: Array<&MapData, FwConfig> =
+        Array::try_from(map).map_err(map_err("open FW_CONFIG"))?;
+    array.get(&0, 0).map_err(map_err("read FW_CONFIG"))
+}
+
+/// Writes the firewall's config: one map update, so `active` flips atomically.
+pub fn write_config(maps: &mut impl MapSource, cfg: FwConfig) -> Result<()> {
+    let map = maps
+        .map_mut(FW_CONFIG)
+        .ok_or_else(|| object::missing_map(FW_CONFIG))?;
+    let mut array: Array<&mut MapData, FwConfig> =
+        Array::try_from(map).map_err(map_err("open FW_CONFIG"))?;
+    array.set(0, cfg, 0).map_err(map_err("write FW_CONFIG"))
+}
+
+/// Sets the policies, keeping the rules and the active set.
+pub fn set_policy(maps: &mut impl MapSource, policy: &Policy) -> Result<()> {
+    let old = read_config(maps)?;
+    let new = config(policy, old.active, old.trace != 0);
+    write_config(
+        maps,
+        FwConfig {
+            general: old.general,
+            next_seq: old.next_seq,
+            ..new
+        },
+    )
+}
+
+/// Writes `rules` completely into the inactive set, then makes it the
+/// active one with a single config update: packets see the old rules or
+/// the new ones, never a mix.
+pub fn apply(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
+    let compiled = compile(rules)?;
+    let general: Vec<&Entry> = rules
+        .entries()
+        .iter()
+        .filter(|e| !is_prefix_rule(&e.rule))
+        .collect();
+    let refs = general.iter().map(|e| rule_ref(e)).collect();
+    let vectors = super::general::compile(&general, refs)?;
+    let mut cfg = read_config(maps)?;
+    let next = (cfg.active + 1) & 1;
+    let set = next as usize;
+    write_trie::<4, _>(maps, FW_SRC4[set], &compiled.src4)?;
+    write_trie::<4, _>(maps, FW_DST4[set], &compiled.dst4)?;
+    write_trie::<16, _>(maps, FW_SRC6[set], &compiled.src6)?;
+    write_trie::<16, _>(maps, FW_DST6[set], &compiled.dst6)?;
+    super::general::write(maps, set, &vectors)?;
+    cfg.general[set] = general.len() as u32;
+    cfg.active = next;
+    write_config(maps, cfg)
 }
 
 /// The firewall program with private maps, for BPF_PROG_TEST_RUN.
 pub struct FirewallHarness {
     ebpf: Ebpf,
-    policy: Policy,
-    active: u32,
-    general: [u32; 2],
 }
 
 impl FirewallHarness {
     /// Loads the firewall with `policy`, no rules, and tracing on.
     pub fn new(policy: Policy) -> Result<FirewallHarness> {
-        let mut harness = FirewallHarness {
-            ebpf: object::load_firewall()?,
-            policy,
-            active: 0,
-            general: [0; 2],
-        };
-        object::program_by_symbol(&mut harness.ebpf, SYMBOL, "firewall")?;
-        harness.write_config()?;
-        Ok(harness)
-    }
-
-    fn write_config(&mut self) -> Result<()> {
-        let mut cfg = config(&self.policy, self.active, true);
-        cfg.general = self.general;
-        let map = self
-            .ebpf
-            .map_mut(FW_CONFIG)
-            .ok_or_else(|| object::missing_map(FW_CONFIG))?;
-        let mut array: Array<&mut MapData, FwConfig> =
-            Array::try_from(map).map_err(map_err("open FW_CONFIG"))?;
-        array.set(0, cfg, 0).map_err(map_err("write FW_CONFIG"))
+        let mut ebpf = object::load_firewall()?;
+        object::program_by_symbol(&mut ebpf, SYMBOL, "firewall")?;
+        write_config(&mut ebpf, config(&policy, 0, true))?;
+        Ok(FirewallHarness { ebpf })
     }
 
     /// Changes the policy (takes effect for the next frame).
     pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
-        self.policy = policy;
-        self.write_config()
+        set_policy(&mut self.ebpf, &policy)
     }
 
-    /// Writes `rules` into the inactive set, then makes it active.
+    /// Replaces the rules atomically (see [`apply`]).
     pub fn load_rules(&mut self, rules: &Ruleset) -> Result<()> {
-        let compiled = compile(rules)?;
-        let next = (self.active + 1) & 1;
-        let set = next as usize;
-        fill::<4>(&mut self.ebpf, FW_SRC4[set], &compiled.src4)?;
-        fill::<4>(&mut self.ebpf, FW_DST4[set], &compiled.dst4)?;
-        fill::<16>(&mut self.ebpf, FW_SRC6[set], &compiled.src6)?;
-        fill::<16>(&mut self.ebpf, FW_DST6[set], &compiled.dst6)?;
-        let general: Vec<&Entry> = rules
-            .entries()
-            .iter()
-            .filter(|e| !is_prefix_rule(&e.rule))
-            .collect();
-        let refs = general.iter().map(|e| rule_ref(e)).collect();
-        let vectors = super::general::compile(&general, refs)?;
-        super::general::write(&mut self.ebpf, set, &vectors)?;
-        self.general[set] = general.len() as u32;
-        self.active = next;
-        self.write_config()
+        apply(&mut self.ebpf, rules)
     }
 
     /// Runs one frame; returns the test-run outcome and the kernel's trace.

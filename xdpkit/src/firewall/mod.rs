@@ -5,6 +5,7 @@
 pub mod frame;
 pub mod general;
 pub mod kernel;
+pub mod maps;
 pub mod model;
 pub mod rule;
 pub mod ruleset;
