@@ -2,14 +2,17 @@
 
 use xdpkit::{attach, object::parse_program, AttachRequest, ProgramKind};
 
-use crate::output::{print_json, DevArg, JsonArg, ModeArg};
+use crate::output::{print_json, DevArg, JsonArg, ModeArg, PolicyArgs};
 
 /// Attach an xdpkit program to an interface.
 ///
 /// Programs: pass (count and pass every frame), drop (count and drop), tx
 /// (swap MAC addresses and send the frame back out, XDP_TX), redirect (send
-/// every frame out of --to through a DEVMAP). Each counts packets and bytes
-/// per action in a per-CPU array; see `xdpkit status`.
+/// every frame out of --to through a DEVMAP), firewall (rules managed with
+/// `xdpkit rule`; policies set with --default, --fragments, --non-ip and
+/// --malformed). Each counts packets and bytes per action in a per-CPU
+/// array; see `xdpkit status`. Attaching the firewall again keeps its rules
+/// and counters and, with policy flags, changes the policies.
 ///
 /// The program is attached through a bpf_link pinned at
 /// /sys/fs/bpf/xdpkit/<IF>/link, so it stays after xdpkit exits. Attaching
@@ -20,10 +23,11 @@ use crate::output::{print_json, DevArg, JsonArg, ModeArg};
 /// Examples:
 ///   xdpkit attach drop --dev veth0
 ///   xdpkit attach redirect --dev veth0 --to veth1 --mode native
+///   xdpkit attach firewall --dev eth0 --default deny --fragments l3
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Program to attach: pass, drop, tx or redirect.
+    /// Program to attach: pass, drop, tx, redirect or firewall.
     #[arg(value_name = "PROGRAM")]
     pub program: String,
 
@@ -44,6 +48,9 @@ pub struct Args {
     pub force: bool,
 
     #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
     pub json: JsonArg,
 }
 
@@ -55,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mode: args.mode.into(),
         to: args.to,
         force: args.force,
+        policy: args.policy.any().then(|| args.policy.policy()),
     })?;
     if args.json.json {
         return print_json(&report);

@@ -5,6 +5,7 @@ mod attach;
 mod detach;
 mod features;
 mod output;
+mod rule;
 mod simulate;
 mod status;
 
@@ -44,6 +45,7 @@ enum Command {
     Detach(detach::Args),
     Status(status::Args),
     Features(features::Args),
+    Rule(rule::Args),
     Simulate(simulate::Args),
 }
 
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => detach::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),
+        Command::Rule(args) => rule::run(args),
         Command::Simulate(args) => simulate::run(args),
     };
     match result {

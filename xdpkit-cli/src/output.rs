@@ -124,34 +124,47 @@ pub enum FragmentsArg {
     L3,
 }
 
-/// The firewall's policies, shared by every command that runs it.
-#[derive(Debug, clap::Args)]
+/// The firewall's policies, shared by every command that runs it. A flag
+/// not given takes its default.
+#[derive(Debug, Default, clap::Args)]
 pub struct PolicyArgs {
-    /// Verdict when no rule matches.
-    #[arg(long = "default", value_enum, default_value_t = AllowDeny::Allow, value_name = "allow|deny")]
-    pub default_policy: AllowDeny,
-    /// Later IP fragments (no layer-4 header): allow, deny, or l3 (match on layer-3 fields only).
-    #[arg(long, value_enum, default_value_t = FragmentsArg::Allow)]
-    pub fragments: FragmentsArg,
-    /// ARP, LLDP and other non-IP frames.
-    #[arg(long, value_enum, default_value_t = AllowDeny::Allow, value_name = "allow|deny")]
-    pub non_ip: AllowDeny,
-    /// Truncated or inconsistent IP frames (cut headers, bad IHL or lengths).
-    #[arg(long, value_enum, default_value_t = AllowDeny::Deny, value_name = "allow|deny")]
-    pub malformed: AllowDeny,
+    /// Verdict when no rule matches [default: allow].
+    #[arg(long = "default", value_enum, value_name = "allow|deny")]
+    pub default_policy: Option<AllowDeny>,
+    /// Later IP fragments (no layer-4 header): allow, deny, or l3 (judged by
+    /// rules without ports) [default: allow].
+    #[arg(long, value_enum)]
+    pub fragments: Option<FragmentsArg>,
+    /// ARP, LLDP and other non-IP frames [default: allow].
+    #[arg(long, value_enum, value_name = "allow|deny")]
+    pub non_ip: Option<AllowDeny>,
+    /// Truncated or inconsistent IP frames (cut headers, bad IHL or lengths) [default: deny].
+    #[arg(long, value_enum, value_name = "allow|deny")]
+    pub malformed: Option<AllowDeny>,
 }
 
-impl From<&PolicyArgs> for xdpkit::firewall::Policy {
-    fn from(p: &PolicyArgs) -> Self {
+impl PolicyArgs {
+    /// Whether any policy flag was given.
+    pub fn any(&self) -> bool {
+        self.default_policy.is_some()
+            || self.fragments.is_some()
+            || self.non_ip.is_some()
+            || self.malformed.is_some()
+    }
+
+    /// The policy: given flags over the defaults.
+    pub fn policy(&self) -> xdpkit::firewall::Policy {
+        let base = xdpkit::firewall::Policy::default();
         xdpkit::firewall::Policy {
-            default: p.default_policy.into(),
-            fragments: match p.fragments {
-                FragmentsArg::Allow => xdpkit::firewall::FragmentPolicy::Allow,
-                FragmentsArg::Deny => xdpkit::firewall::FragmentPolicy::Deny,
-                FragmentsArg::L3 => xdpkit::firewall::FragmentPolicy::L3,
+            default: self.default_policy.map_or(base.default, Into::into),
+            fragments: match self.fragments {
+                None => base.fragments,
+                Some(FragmentsArg::Allow) => xdpkit::firewall::FragmentPolicy::Allow,
+                Some(FragmentsArg::Deny) => xdpkit::firewall::FragmentPolicy::Deny,
+                Some(FragmentsArg::L3) => xdpkit::firewall::FragmentPolicy::L3,
             },
-            non_ip: p.non_ip.into(),
-            malformed: p.malformed.into(),
+            non_ip: self.non_ip.map_or(base.non_ip, Into::into),
+            malformed: self.malformed.map_or(base.malformed, Into::into),
         }
     }
 }

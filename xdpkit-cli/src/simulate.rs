@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rules = Ruleset::read_file(&args.rules)?;
     let frames = simulate::read_capture(&args.pcap)?;
     let results =
-        simulate::simulate(&rules, (&args.policy).into(), &frames).context("simulation failed")?;
+        simulate::simulate(&rules, args.policy.policy(), &frames).context("simulation failed")?;
     let mut dropped = 0;
     for r in &results {
         if r.verdict == "drop" {

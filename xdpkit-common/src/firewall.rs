@@ -104,6 +104,50 @@ impl Bitmap {
     }
 }
 
+/// Every map of the firewall, pinned with it.
+pub const FW_MAPS: [&str; 40] = [
+    FW_CONFIG,
+    FW_TRACE,
+    FW_RULE_STATS,
+    FW_RULES,
+    FW_OUTCOMES,
+    "FW_BUCKETS",
+    FW_SRC4[0],
+    FW_SRC4[1],
+    FW_DST4[0],
+    FW_DST4[1],
+    FW_SRC6[0],
+    FW_SRC6[1],
+    FW_DST6[0],
+    FW_DST6[1],
+    FW_GEN_RULES[0],
+    FW_GEN_RULES[1],
+    FW_GEN_SRC4[0],
+    FW_GEN_SRC4[1],
+    FW_GEN_DST4[0],
+    FW_GEN_DST4[1],
+    FW_GEN_SRC6[0],
+    FW_GEN_SRC6[1],
+    FW_GEN_DST6[0],
+    FW_GEN_DST6[1],
+    FW_GEN_PROTO[0],
+    FW_GEN_PROTO[1],
+    FW_GEN_SPORT_IDX[0],
+    FW_GEN_SPORT_IDX[1],
+    FW_GEN_DPORT_IDX[0],
+    FW_GEN_DPORT_IDX[1],
+    FW_GEN_SPORT_VEC[0],
+    FW_GEN_SPORT_VEC[1],
+    FW_GEN_DPORT_VEC[0],
+    FW_GEN_DPORT_VEC[1],
+    FW_GEN_SMAC[0],
+    FW_GEN_SMAC[1],
+    FW_GEN_VLAN[0],
+    FW_GEN_VLAN[1],
+    FW_GEN_WILD[0],
+    FW_GEN_WILD[1],
+];
+
 /// Largest rule id + 1 (rule-file line numbers are ids).
 pub const FW_MAX_RULE_IDS: u32 = 1 << 21;
 /// Entries per prefix trie.

@@ -12,15 +12,18 @@ pub enum ProgramKind {
     Tx,
     /// `XDP_REDIRECT` every frame to the interface in the redirect DEVMAP.
     Redirect,
+    /// The rule-based firewall (`xdpkit rule ...`).
+    Firewall,
 }
 
 impl ProgramKind {
     /// Every program, in the order `--help` lists them.
-    pub const ALL: [ProgramKind; 4] = [
+    pub const ALL: [ProgramKind; 5] = [
         ProgramKind::Pass,
         ProgramKind::Drop,
         ProgramKind::Tx,
         ProgramKind::Redirect,
+        ProgramKind::Firewall,
     ];
 
     /// The name users type (`xdpkit attach drop`).
@@ -30,6 +33,7 @@ impl ProgramKind {
             ProgramKind::Drop => "drop",
             ProgramKind::Tx => "tx",
             ProgramKind::Redirect => "redirect",
+            ProgramKind::Firewall => "firewall",
         }
     }
 
@@ -41,6 +45,7 @@ impl ProgramKind {
             ProgramKind::Drop => "xdpkit_drop",
             ProgramKind::Tx => "xdpkit_tx",
             ProgramKind::Redirect => "xdpkit_redirect",
+            ProgramKind::Firewall => "xdpkit_firewall",
         }
     }
 

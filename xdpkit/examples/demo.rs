@@ -70,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 mode: Mode::Native,
                 to: None,
                 force: false,
+                policy: None,
             })
         })??;
         println!(

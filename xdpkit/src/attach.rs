@@ -9,9 +9,15 @@ use aya::programs::{
     ProgramError, XdpMode,
 };
 use serde::Serialize;
-use xdpkit_common::{maps::REDIRECT_MAP, maps::STATS_MAP, ProgramKind};
+use xdpkit_common::{
+    firewall::{FW_CONFIG, FW_MAPS},
+    maps::REDIRECT_MAP,
+    maps::STATS_MAP,
+    ProgramKind,
+};
 
 use crate::{
+    firewall::{kernel as fw_kernel, maps as fw_maps},
     iface, netlink,
     netlink::{AttachMode, XdpAttachment},
     object,
@@ -78,6 +84,9 @@ pub struct AttachRequest {
     pub to: Option<String>,
     /// Replace a program that xdpkit did not attach.
     pub force: bool,
+    /// Firewall policies; `None` keeps those of a firewall already attached
+    /// (or uses the defaults for a new one). Only for the firewall.
+    pub policy: Option<crate::firewall::Policy>,
 }
 
 /// What `attach` did.
@@ -150,6 +159,12 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
     if let Some(to) = &req.to {
         iface::validate_name(to)?;
     }
+    if req.policy.is_some() && req.program != ProgramKind::Firewall {
+        return Err(Error::InvalidArgument(format!(
+            "--default, --fragments, --non-ip and --malformed only apply to the firewall program, not '{}'",
+            req.program.name()
+        )));
+    }
     privilege::require("attach")?;
     let ifindex = iface::index(&req.iface)?;
     let to_ifindex = req.to.as_deref().map(iface::index).transpose()?;
@@ -177,7 +192,19 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
         dir.remove()?;
     }
 
-    let mut ebpf = object::load()?;
+    let created = dir.create()?;
+    let rollback = Rollback {
+        dir: &dir,
+        armed: created,
+    };
+    let firewall = req.program == ProgramKind::Firewall;
+    let config_pin = dir.file(&fw_maps::pin_name(FW_CONFIG));
+    let reused_firewall = firewall && config_pin.exists();
+    let mut ebpf = if firewall {
+        object::load_firewall_pinned(&dir)?
+    } else {
+        object::load()?
+    };
     if let Some(target) = to_ifindex {
         object::set_redirect_target(&mut ebpf, target)?;
     }
@@ -189,12 +216,6 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
             program: req.program.name(),
             source,
         })?;
-
-    let created = dir.create()?;
-    let rollback = Rollback {
-        dir: &dir,
-        armed: created,
-    };
 
     let replace_own = match (&own, &current) {
         (Some(_), Some(att)) => req.mode.accepts(att.mode),
@@ -248,6 +269,24 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
         pin_map(&ebpf, &dir, REDIRECT_MAP, pins::REDIRECT)?;
     } else {
         dir.unpin(pins::REDIRECT)?;
+    }
+    if firewall {
+        for name in FW_MAPS {
+            dir.restrict(&fw_maps::pin_name(name))?;
+        }
+        match (&req.policy, reused_firewall) {
+            (Some(policy), true) => fw_kernel::set_policy(&mut ebpf, policy)?,
+            (policy, false) => fw_kernel::write_config(
+                &mut ebpf,
+                fw_kernel::config(&policy.unwrap_or_default(), 0, false),
+            )?,
+            (None, true) => {}
+        }
+    } else {
+        // The firewall's rules go with it.
+        for name in FW_MAPS {
+            dir.unpin(&fw_maps::pin_name(name))?;
+        }
     }
     rollback.disarm();
 

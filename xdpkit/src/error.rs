@@ -61,6 +61,20 @@ pub enum Error {
         /// What the kernel said.
         reason: String,
     },
+    /// Rule commands on an interface without the firewall.
+    #[error("no xdpkit firewall on '{iface}': run `xdpkit attach firewall --dev {iface}` first")]
+    NoFirewall {
+        /// The interface.
+        iface: String,
+    },
+    /// A rule id that does not exist.
+    #[error("no rule {id} on '{iface}': see `xdpkit rule list --dev {iface}`")]
+    NoSuchRule {
+        /// The interface.
+        iface: String,
+        /// The id given.
+        id: u32,
+    },
     /// A program name xdpkit does not ship.
     #[error("unknown program '{name}': choose one of {known}")]
     UnknownProgram {
@@ -164,6 +178,8 @@ impl Error {
                 | Error::UnknownProgram { .. }
                 | Error::InvalidArgument(_)
                 | Error::NotAttached { .. }
+                | Error::NoFirewall { .. }
+                | Error::NoSuchRule { .. }
                 | Error::Bpffs(_)
         )
     }

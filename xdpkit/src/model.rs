@@ -27,6 +27,9 @@ pub fn expected(program: ProgramKind, frame: &[u8], redirect_target: bool) -> Ex
         ProgramKind::Drop => same(XdpAction::Drop),
         ProgramKind::Redirect if redirect_target => same(XdpAction::Redirect),
         ProgramKind::Redirect => same(XdpAction::Pass),
+        // Without a config every firewall policy is "pass" and there are
+        // no rules (the rule semantics are `firewall::model`'s).
+        ProgramKind::Firewall => same(XdpAction::Pass),
         ProgramKind::Tx if frame.len() < ETH_HLEN => same(XdpAction::Drop),
         ProgramKind::Tx => {
             let mut output = frame.to_vec();

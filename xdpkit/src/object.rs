@@ -31,6 +31,17 @@ pub fn load_firewall() -> Result<Ebpf> {
     Ok(EbpfLoader::new().load(EBPF_OBJECT)?)
 }
 
+/// Like [`load_firewall`], with every firewall map pinned in `dir`: maps
+/// already pinned there are reused (rules and counters survive a
+/// re-attach), the others are created and pinned.
+pub fn load_firewall_pinned(dir: &crate::pins::PinDir) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for name in xdpkit_common::firewall::FW_MAPS {
+        loader.map_pin_path(name, dir.file(&crate::firewall::maps::pin_name(name)));
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
+}
+
 /// Loads `kind` into the kernel (once) and returns it.
 pub fn program(ebpf: &mut Ebpf, kind: ProgramKind) -> Result<&mut Xdp> {
     program_by_symbol(ebpf, kind.symbol(), kind.name())
@@ -127,7 +138,7 @@ mod tests {
         let err = parse_program("firewal").unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown program 'firewal': choose one of pass, drop, tx, redirect"
+            "unknown program 'firewal': choose one of pass, drop, tx, redirect, firewall"
         );
     }
 }

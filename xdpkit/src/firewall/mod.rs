@@ -5,8 +5,10 @@
 pub mod frame;
 pub mod general;
 pub mod kernel;
+pub mod live;
 pub mod maps;
 pub mod model;
+pub mod record;
 pub mod rule;
 pub mod ruleset;
 pub mod simulate;

@@ -53,8 +53,23 @@ impl Ruleset {
     /// skipped, ids = line numbers. The first bad line fails the whole text,
     /// so nothing is applied from a file with an error.
     pub fn parse_file_text(name: &str, text: &str) -> Result<Ruleset, FileError> {
+        Ruleset::parse_file_text_with(name, text, |_| {})
+    }
+
+    /// Like [`Ruleset::parse_file_text`], calling `progress(bytes_done)`
+    /// every 4096 lines (for a progress bar over big files).
+    pub fn parse_file_text_with(
+        name: &str,
+        text: &str,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Ruleset, FileError> {
         let mut set = Ruleset::new();
+        let mut done = 0;
         for (index, line) in text.lines().enumerate() {
+            done += line.len() + 1;
+            if index % 4096 == 0 {
+                progress(done.min(text.len()));
+            }
             let line_no = index + 1;
             let content = line.split('#').next().unwrap_or_default();
             if content.trim().is_empty() {
@@ -96,6 +111,23 @@ impl Ruleset {
         self.next_seq += 1;
         let at = self.entries.partition_point(|e| e.rank() <= entry.rank());
         self.entries.insert(at, entry);
+    }
+
+    /// Adds a stored entry with its own id and sequence number.
+    pub fn push_entry(&mut self, entry: Entry) {
+        self.next_seq = self.next_seq.max(entry.seq + 1);
+        let at = self.entries.partition_point(|e| e.rank() <= entry.rank());
+        self.entries.insert(at, entry);
+    }
+
+    /// Makes later additions start at sequence `seq` or beyond.
+    pub fn reserve_seq(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+
+    /// The sequence number the next added rule gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// Adds `rule` with the next free id (one more than the largest) and returns it.

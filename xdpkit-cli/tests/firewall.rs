@@ -1,0 +1,299 @@
+//! The firewall attached in a lab: good (198.18.41.1) and bad (198.19.41.1)
+//! reach the server (198.18.42.2) through a router, so the server's one
+//! interface sees both sources.
+
+use std::{net::SocketAddr, process::Output, time::Duration};
+
+use serde_json::Value;
+use xdpkit::lab::{require_root, Lab};
+
+const XDPKIT: &str = env!("CARGO_BIN_EXE_xdpkit");
+const QUIET: Duration = Duration::from_millis(300);
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// The server's interface: pins are per interface name, so each test has its own.
+struct Routed {
+    lab: Lab,
+    server_if: String,
+}
+
+fn xdpkit(lab: &Lab, args: &[&str]) -> Output {
+    lab.command("server", XDPKIT)
+        .args(args)
+        .output()
+        .expect("run xdpkit")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "xdpkit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn routed_lab(tag: &str) -> Routed {
+    let name = |n: &str| format!("xk{tag}-{n}");
+    let server_if = name("srv");
+    let lab = Lab::builder(&format!("xkt-{tag}"))
+        .namespace("good")
+        .namespace("bad")
+        .namespace("router")
+        .namespace("server")
+        .veth(
+            "good",
+            &name("good"),
+            Some("198.18.41.1/24"),
+            "router",
+            &name("rg"),
+            Some("198.18.41.254/24"),
+        )
+        .veth(
+            "bad",
+            &name("bad"),
+            Some("198.19.41.1/24"),
+            "router",
+            &name("rb"),
+            Some("198.19.41.254/24"),
+        )
+        .veth(
+            "router",
+            &name("rs"),
+            Some("198.18.42.1/24"),
+            "server",
+            &server_if,
+            Some("198.18.42.2/24"),
+        )
+        .build()
+        .unwrap();
+    let run = |ns: &str, args: &[&str]| {
+        let st = lab.command(ns, "ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?} in {ns}");
+    };
+    run(
+        "good",
+        &["route", "add", "198.18.42.0/24", "via", "198.18.41.254"],
+    );
+    run(
+        "bad",
+        &["route", "add", "198.18.42.0/24", "via", "198.19.41.254"],
+    );
+    run(
+        "server",
+        &["route", "add", "198.18.41.0/24", "via", "198.18.42.1"],
+    );
+    run(
+        "server",
+        &["route", "add", "198.19.41.0/24", "via", "198.18.42.1"],
+    );
+    let st = lab
+        .command("router", "sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=1"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    Routed { lab, server_if }
+}
+
+fn rule_packets(lab: &Lab, server_if: &str, id: u64) -> u64 {
+    let rows: Value = serde_json::from_str(&ok(&xdpkit(
+        lab,
+        &["rule", "list", "--dev", server_if, "--json"],
+    )))
+    .unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .unwrap_or(0)
+}
+
+#[test]
+fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
+    if !require_root("denied_range_is_dropped_allowed_one_arrives_and_rules_change_live") {
+        return;
+    }
+    const N: u32 = 100;
+    let Routed { lab, server_if } = routed_lab("fwa");
+    let server_if = server_if.as_str();
+    let dst: SocketAddr = "198.18.42.2:9000".parse().unwrap();
+    let sink = lab.udp_sink("server", dst).unwrap();
+    // Warm up ARP on every hop before the firewall is there.
+    lab.send_udp("good", dst, 1, 8).unwrap();
+    lab.send_udp("bad", dst, 1, 8).unwrap();
+    assert_eq!(sink.count(2, QUIET, MAX_WAIT), 2, "lab routes both sources");
+
+    ok(&xdpkit(&lab, &["attach", "firewall", "--dev", server_if]));
+    let dir = std::env::temp_dir().join(format!("xkfw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("block.rules");
+    std::fs::write(&rules, "# the attacker's range\ndeny src 198.19.0.0/16\n").unwrap();
+    ok(&xdpkit(
+        &lab,
+        &[
+            "rule",
+            "load",
+            "--dev",
+            server_if,
+            "--file",
+            rules.to_str().unwrap(),
+            "--replace",
+        ],
+    ));
+
+    lab.send_udp("good", dst, N, 32).unwrap();
+    assert_eq!(
+        sink.count(N, QUIET, MAX_WAIT),
+        N,
+        "allowed source lost datagrams"
+    );
+    lab.send_udp("bad", dst, N, 32).unwrap();
+    assert_eq!(
+        sink.count(N, QUIET, MAX_WAIT),
+        0,
+        "denied source got through"
+    );
+    assert!(
+        rule_packets(&lab, server_if, 2) >= u64::from(N),
+        "rule 2 (line 2) counted the drops"
+    );
+
+    // Delete the rule: bad gets through; add a narrower one: it stops again.
+    ok(&xdpkit(&lab, &["rule", "del", "--dev", server_if, "2"]));
+    lab.send_udp("bad", dst, N, 32).unwrap();
+    assert_eq!(sink.count(N, QUIET, MAX_WAIT), N, "after delete");
+    let id = ok(&xdpkit(
+        &lab,
+        &[
+            "rule",
+            "add",
+            "--dev",
+            server_if,
+            "deny",
+            "src",
+            "198.19.41.1",
+            "dport",
+            "9000",
+        ],
+    ));
+    let id: u64 = id.trim().parse().unwrap();
+    lab.send_udp("bad", dst, N, 32).unwrap();
+    assert_eq!(sink.count(N, QUIET, MAX_WAIT), 0, "after add");
+    assert!(rule_packets(&lab, server_if, id) >= u64::from(N));
+
+    // Errors: unknown rule, bad rule, no firewall on an interface.
+    let out = xdpkit(&lab, &["rule", "del", "--dev", server_if, "77"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = xdpkit(
+        &lab,
+        &[
+            "rule",
+            "add",
+            "--dev",
+            server_if,
+            "deny",
+            "src",
+            "198.19.0.1/8",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean 198.0.0.0/8?"));
+    let out = lab
+        .command("router", XDPKIT)
+        .args(["rule", "list", "--dev", "xkfwa-rs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no xdpkit firewall on 'xkfwa-rs'"));
+
+    ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn replace_under_traffic_loses_no_allowed_packet() {
+    if !require_root("replace_under_traffic_loses_no_allowed_packet") {
+        return;
+    }
+    const N: u32 = 3000;
+    let Routed { lab, server_if } = routed_lab("fwb");
+    let server_if = server_if.as_str();
+    let dst: SocketAddr = "198.18.42.2:9100".parse().unwrap();
+    let sink = lab.udp_sink("server", dst).unwrap();
+    lab.send_udp("good", dst, 1, 8).unwrap();
+    assert_eq!(sink.count(1, QUIET, MAX_WAIT), 1);
+    // Default deny: a half-loaded ruleset would drop the allowed stream.
+    ok(&xdpkit(
+        &lab,
+        &[
+            "attach",
+            "firewall",
+            "--dev",
+            server_if,
+            "--default",
+            "deny",
+        ],
+    ));
+    let dir = std::env::temp_dir().join(format!("xkfwr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.rules");
+    let b = dir.join("b.rules");
+    std::fs::write(
+        &a,
+        "deny src 198.19.0.0/16\nallow src 198.18.41.0/24 prio 5\n",
+    )
+    .unwrap();
+    std::fs::write(&b, "allow src 198.18.41.1 proto udp dport 9000-9200 prio 1\ndeny src 198.19.41.0/24 dport 9000-9100\nallow src 198.18.0.0/15 prio 300\n").unwrap();
+    ok(&xdpkit(
+        &lab,
+        &[
+            "rule",
+            "load",
+            "--dev",
+            server_if,
+            "--file",
+            a.to_str().unwrap(),
+            "--replace",
+        ],
+    ));
+
+    let received = std::thread::scope(|scope| {
+        let counter =
+            scope.spawn(|| sink.count(N, Duration::from_secs(2), Duration::from_secs(30)));
+        let sender = scope.spawn(|| {
+            let mut sent = 0;
+            // Paced: about 1,000 datagrams a second for 3 s.
+            for _ in 0..N / 100 {
+                sent += lab.send_udp("good", dst, 100, 32).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            sent
+        });
+        let mut swaps = 0;
+        while !sender.is_finished() && swaps < 40 {
+            let file = if swaps % 2 == 0 { &b } else { &a };
+            ok(&xdpkit(
+                &lab,
+                &[
+                    "rule",
+                    "load",
+                    "--dev",
+                    server_if,
+                    "--file",
+                    file.to_str().unwrap(),
+                    "--replace",
+                ],
+            ));
+            swaps += 1;
+        }
+        assert!(swaps >= 4, "only {swaps} swaps happened during the stream");
+        println!("{swaps} atomic --replace swaps while {N} allowed datagrams flowed");
+        assert_eq!(sender.join().unwrap(), N);
+        counter.join().unwrap()
+    });
+    assert_eq!(received, N, "allowed datagrams lost across --replace");
+    ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
