@@ -76,6 +76,6 @@ mod tests {
             assert_eq!(ProgramKind::from_symbol(p.symbol()), Some(p));
             assert!(p.symbol().len() <= 15, "{} would be truncated", p.symbol());
         }
-        assert_eq!(ProgramKind::from_name("firewall"), None);
+        assert_eq!(ProgramKind::from_name("firewal"), None);
     }
 }
