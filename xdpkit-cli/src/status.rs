@@ -71,8 +71,25 @@ fn print_one(s: &IfaceStatus) {
     if let Some(to) = &s.redirect_to {
         println!("  redirect to {to}");
     }
-    for pin in &s.pins {
+    let fw_pins = s
+        .pins
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("fw_"))
+        })
+        .count();
+    for pin in s.pins.iter().filter(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("fw_"))
+    }) {
         println!("  pinned {}", pin.display());
+    }
+    if fw_pins > 0 {
+        println!(
+            "  pinned {fw_pins} firewall maps fw_* (rules: `xdpkit rule list --dev {}`)",
+            s.iface
+        );
     }
     println!(
         "  {:<9} {:>14} {:>16} {:>10} {:>10}",
@@ -87,5 +104,11 @@ fn print_one(s: &IfaceStatus) {
             si(row.pps),
             si(row.bps)
         );
+    }
+    if let Some(outcomes) = &s.firewall {
+        println!("  {:<13} {:>10} {:>16}", "firewall", "packets", "bytes");
+        for o in outcomes {
+            println!("  {:<13} {:>10} {:>16}", o.outcome, o.packets, o.bytes);
+        }
     }
 }

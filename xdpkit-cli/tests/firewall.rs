@@ -208,6 +208,29 @@ fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no xdpkit firewall on 'xkfwa-rs'"));
 
+    // Status shows the firewall's outcomes: rule decisions include every drop above.
+    let st: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        &["status", "--dev", server_if, "--json", "--interval", "0"],
+    )))
+    .unwrap();
+    assert_eq!(st[0]["program"], "firewall");
+    let outcome = |name: &str| {
+        st[0]["firewall"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["outcome"] == name)
+            .unwrap()["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(outcome("rule") >= 2 * u64::from(N), "{st}");
+    assert!(
+        outcome("default") >= 2 * u64::from(N),
+        "allowed traffic fell to the default: {st}"
+    );
+
     ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,7 +9,10 @@ use std::{
 };
 
 use serde::Serialize;
-use xdpkit_common::ProgramKind;
+use xdpkit_common::{
+    firewall::{Outcome, FW_OUTCOMES},
+    ProgramKind,
+};
 
 use crate::{
     attach::program_name,
@@ -46,6 +49,55 @@ pub struct IfaceStatus {
     pub pins: Vec<PathBuf>,
     /// Per-action totals and rates.
     pub actions: Vec<ActionRate>,
+    /// The firewall's decisions by outcome (firewall only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<Vec<OutcomeCount>>,
+}
+
+/// Frames and bytes the firewall decided one way.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutcomeCount {
+    /// `rule`, `rate_limited`, `default`, `non_ip`, `fragment` or `malformed`.
+    pub outcome: &'static str,
+    /// Frames.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+const OUTCOME_NAMES: [&str; Outcome::COUNT as usize] = [
+    "rule",
+    "rate_limited",
+    "default",
+    "non_ip",
+    "fragment",
+    "malformed",
+];
+
+fn firewall_outcomes(dir: &PinDir) -> Option<Vec<OutcomeCount>> {
+    use aya::maps::{Map, MapData, PerCpuArray};
+    let path = dir.file(&crate::firewall::maps::pin_name(FW_OUTCOMES));
+    if !path.exists() {
+        return None;
+    }
+    let map = Map::PerCpuArray(MapData::from_pin(&path).ok()?);
+    let array: PerCpuArray<&MapData, xdpkit_common::ActionCounter> =
+        PerCpuArray::try_from(&map).ok()?;
+    OUTCOME_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let per_cpu = array.get(&(i as u32), 0).ok()?;
+            let (packets, bytes) = per_cpu
+                .iter()
+                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            Some(OutcomeCount {
+                outcome: name,
+                packets,
+                bytes,
+            })
+        })
+        .collect()
 }
 
 /// Status of `iface` (or of every interface xdpkit manages), sampling the
@@ -143,6 +195,7 @@ fn describe(
         redirect_to: redirect_target(dir),
         pins: pin_files,
         actions,
+        firewall: firewall_outcomes(dir),
     })
 }
 

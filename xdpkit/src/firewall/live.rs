@@ -96,7 +96,7 @@ impl LiveFirewall {
             .ok_or_else(|| object::missing_map(FW_RULES))?;
         let records: HashMap<&MapData, u32, RuleRecord> =
             HashMap::try_from(map).map_err(map_err("open FW_RULES"))?;
-        let mut set = Ruleset::new();
+        let mut entries = Vec::new();
         for item in records.iter() {
             let (id, rec) = item.map_err(map_err("read FW_RULES"))?;
             let rule = record::decode(&rec).ok_or_else(|| {
@@ -104,13 +104,13 @@ impl LiveFirewall {
                     "rule {id} in FW_RULES is damaged: flush and reload"
                 ))
             })?;
-            set.push_entry(Entry {
+            entries.push(Entry {
                 id,
                 seq: rec.seq,
                 rule,
             });
         }
-        Ok(set)
+        Ok(Ruleset::from_entries(entries))
     }
 
     /// Makes `rules` the live ruleset and stores it; `removed` ids get
@@ -209,28 +209,36 @@ impl LiveFirewall {
     /// ruleset (ids = line numbers), atomically; otherwise they are added
     /// after the existing ones with new ids. Returns the ids, in file order.
     pub fn load(&mut self, file: &Ruleset, replace: bool) -> Result<Vec<u32>> {
-        if replace {
-            // Every old rule goes, also where a new one reuses its id.
-            let old: Vec<u32> = self.rules()?.entries().iter().map(|e| e.id).collect();
-            let mut rules = Ruleset::new();
-            let seq0 = read_config(&self.maps)?.next_seq;
-            let mut by_line: Vec<&Entry> = file.entries().iter().collect();
-            by_line.sort_by_key(|e| e.seq);
-            for (i, e) in by_line.iter().enumerate() {
-                rules.push_entry(Entry {
-                    id: e.id,
-                    seq: seq0 + i as u64,
-                    rule: e.rule.clone(),
-                });
-            }
-            self.commit(&rules, &old)?;
-            return Ok(by_line.iter().map(|e| e.id).collect());
-        }
-        let mut rules = self.seeded()?;
+        let current = self.seeded()?;
+        let seq0 = current.next_seq();
         let mut by_line: Vec<&Entry> = file.entries().iter().collect();
         by_line.sort_by_key(|e| e.seq);
-        let ids = by_line.iter().map(|e| rules.add(e.rule.clone())).collect();
-        self.commit(&rules, &[])?;
+        // Replace: ids are line numbers. Add: new ids after the largest.
+        let first_new_id = current.entries().iter().map(|e| e.id).max().unwrap_or(0) + 1;
+        let new: Vec<Entry> = by_line
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Entry {
+                id: if replace {
+                    e.id
+                } else {
+                    first_new_id + i as u32
+                },
+                seq: seq0 + i as u64,
+                rule: e.rule.clone(),
+            })
+            .collect();
+        let ids = new.iter().map(|e| e.id).collect();
+        // Every old rule goes on replace, also where a new one reuses its id.
+        let (entries, removed) = if replace {
+            (new, current.entries().iter().map(|e| e.id).collect())
+        } else {
+            (
+                current.entries().iter().cloned().chain(new).collect(),
+                Vec::new(),
+            )
+        };
+        self.commit(&Ruleset::from_entries(entries), &removed)?;
         Ok(ids)
     }
 

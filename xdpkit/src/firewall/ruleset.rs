@@ -113,6 +113,14 @@ impl Ruleset {
         self.entries.insert(at, entry);
     }
 
+    /// A ruleset of stored entries (ids and sequence numbers kept), sorted
+    /// once: O(n log n) where inserting one by one would be quadratic.
+    pub fn from_entries(mut entries: Vec<Entry>) -> Ruleset {
+        entries.sort_by_key(Entry::rank);
+        let next_seq = entries.iter().map(|e| e.seq + 1).max().unwrap_or(0);
+        Ruleset { entries, next_seq }
+    }
+
     /// Adds a stored entry with its own id and sequence number.
     pub fn push_entry(&mut self, entry: Entry) {
         self.next_seq = self.next_seq.max(entry.seq + 1);
