@@ -12,26 +12,14 @@ use std::{
 use serde_json::Value;
 use xdpkit::lab::{require_root, Lab};
 
-const XDPKIT: &str = env!("CARGO_BIN_EXE_xdpkit");
+mod common;
+
+use common::{ok, xdpkit_in, XDPKIT};
 const QUIET: Duration = Duration::from_millis(300);
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs `xdpkit ARGS` inside namespace `ns` of `lab`.
 fn xdpkit(lab: &Lab, ns: &str, args: &[&str]) -> Output {
-    lab.command(ns, XDPKIT)
-        .args(args)
-        .output()
-        .expect("run xdpkit")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "xdpkit failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    xdpkit_in(lab, ns, args)
 }
 
 /// Asserts the usage-error contract: exit 2 and exactly one line on stderr

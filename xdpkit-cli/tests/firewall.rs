@@ -7,7 +7,9 @@ use std::{net::SocketAddr, process::Output, time::Duration};
 use serde_json::Value;
 use xdpkit::lab::{require_root, Lab};
 
-const XDPKIT: &str = env!("CARGO_BIN_EXE_xdpkit");
+mod common;
+
+use common::{ok, xdpkit_in, XDPKIT};
 const QUIET: Duration = Duration::from_millis(300);
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
@@ -18,19 +20,7 @@ struct Routed {
 }
 
 fn xdpkit(lab: &Lab, args: &[&str]) -> Output {
-    lab.command("server", XDPKIT)
-        .args(args)
-        .output()
-        .expect("run xdpkit")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "xdpkit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    xdpkit_in(lab, "server", args)
 }
 
 fn routed_lab(tag: &str) -> Routed {
