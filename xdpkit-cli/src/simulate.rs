@@ -3,15 +3,19 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use xdpkit::firewall::{simulate, Ruleset};
+use xdpkit::firewall::{live::LiveFirewall, simulate, Ruleset};
 
 use crate::output::{JsonArg, PolicyArgs};
 
 /// Run every packet of a pcap or pcapng capture through the real firewall
-/// program (BPF_PROG_TEST_RUN with the rules of FILE in private maps;
-/// nothing is attached) and print one line per packet: index, verdict and
-/// the id of the deciding rule (its line number in FILE), or `-` when a
-/// policy decided. A summary goes to stderr.
+/// program (BPF_PROG_TEST_RUN in private maps; nothing is attached) and
+/// print one line per packet: index, verdict and the id of the deciding
+/// rule, or `-` when a policy decided. A summary goes to stderr.
+///
+/// With --rules FILE the rules are the file's (ids = line numbers) and the
+/// policies come from the flags. With --dev IF they are a snapshot of the
+/// rules and policies of the firewall attached to IF: the same decisions,
+/// while the live counters and rate-limit buckets stay untouched.
 ///
 /// Rule files hold one rule a line; `#` starts a comment:
 ///   <allow|deny|rate-limit PPS> [src CIDR] [dst CIDR] [proto tcp|udp|icmp|icmpv6|NUM]
@@ -23,6 +27,7 @@ use crate::output::{JsonArg, PolicyArgs};
 /// Examples:
 ///   xdpkit simulate --pcap attack.pcapng --rules blocklist.rules
 ///   xdpkit simulate --pcap dump.pcap --rules fw.rules --default deny --json
+///   xdpkit simulate --pcap dump.pcap --dev eth0
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -31,8 +36,17 @@ pub struct Args {
     pub pcap: PathBuf,
 
     /// Rule file.
-    #[arg(long, value_name = "FILE")]
-    pub rules: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "dev",
+        conflicts_with = "dev"
+    )]
+    pub rules: Option<PathBuf>,
+
+    /// Use the rules and policies of the firewall attached to this interface.
+    #[arg(long, value_name = "IF")]
+    pub dev: Option<String>,
 
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -43,10 +57,24 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let rules = Ruleset::read_file(&args.rules)?;
+    let (rules, policy, source) = match (&args.rules, &args.dev) {
+        (Some(file), _) => (
+            Ruleset::read_file(file)?,
+            args.policy.policy(),
+            file.display().to_string(),
+        ),
+        (None, Some(dev)) => {
+            anyhow::ensure!(
+                !args.policy.any(),
+                "policy flags only go with --rules: with --dev the firewall's own policies apply"
+            );
+            let fw = LiveFirewall::open(dev)?;
+            (fw.rules()?, fw.policy()?, format!("the firewall on {dev}"))
+        }
+        (None, None) => anyhow::bail!("give --rules FILE or --dev IF"),
+    };
     let frames = simulate::read_capture(&args.pcap)?;
-    let results =
-        simulate::simulate(&rules, args.policy.policy(), &frames).context("simulation failed")?;
+    let results = simulate::simulate(&rules, policy, &frames).context("simulation failed")?;
     let mut dropped = 0;
     for r in &results {
         if r.verdict == "drop" {
@@ -67,7 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         results.len(),
         results.len() - dropped,
         rules.len(),
-        args.rules.display()
+        source
     );
     Ok(())
 }

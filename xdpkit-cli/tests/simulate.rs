@@ -187,3 +187,85 @@ fn simulate_refuses_bad_input_with_file_and_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn simulate_dev_uses_the_live_rules_and_policies() {
+    if !require_root("simulate_dev_uses_the_live_rules_and_policies") {
+        return;
+    }
+    let lab = xdpkit::lab::Lab::builder("xkt-simdev")
+        .namespace("n")
+        .veth("n", "xksimdev0", None, "n", "xksimdev1", None)
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("xdpkit-simdev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("fw.rules");
+    std::fs::write(&rules, RULES).unwrap();
+    let cap = dir.join("cap.pcap");
+    write_pcap(&cap);
+    let in_ns = |args: &[&str]| lab.command("n", XDPKIT).args(args).output().unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(in_ns(&[
+        "attach",
+        "firewall",
+        "--dev",
+        "xksimdev0",
+        "--default",
+        "deny",
+    ]));
+    ok(in_ns(&[
+        "rule",
+        "load",
+        "--dev",
+        "xksimdev0",
+        "--file",
+        rules.to_str().unwrap(),
+        "--replace",
+    ]));
+    let live = ok(in_ns(&[
+        "simulate",
+        "--pcap",
+        cap.to_str().unwrap(),
+        "--dev",
+        "xksimdev0",
+        "--json",
+    ]));
+    let from_file = ok(run(&[
+        "--pcap",
+        cap.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--default",
+        "deny",
+        "--json",
+    ]));
+    assert_eq!(live, from_file, "live snapshot and file disagree");
+    assert!(
+        live.lines().nth(3).unwrap().contains(r#""verdict":"drop""#),
+        "the live default deny applies: {live}"
+    );
+    let out = in_ns(&[
+        "simulate",
+        "--pcap",
+        cap.to_str().unwrap(),
+        "--dev",
+        "xksimdev0",
+        "--default",
+        "allow",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "policy flags with --dev are refused"
+    );
+    ok(in_ns(&["detach", "--dev", "xksimdev0"]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -168,6 +168,27 @@ fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error
     }
 }
 
+/// The policies a config holds (the inverse of [`config`]).
+pub fn policy_of(cfg: &FwConfig) -> Policy {
+    let verdict = |v: u32| {
+        if v == POLICY_DROP {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        }
+    };
+    Policy {
+        default: verdict(cfg.default_policy),
+        fragments: match cfg.fragments {
+            POLICY_DROP => FragmentPolicy::Deny,
+            POLICY_L3 => FragmentPolicy::L3,
+            _ => FragmentPolicy::Allow,
+        },
+        non_ip: verdict(cfg.non_ip),
+        malformed: verdict(cfg.malformed),
+    }
+}
+
 /// Reads the firewall's config.
 pub fn read_config(maps: &impl MapSource) -> Result<FwConfig> {
     let map = maps
@@ -306,6 +327,21 @@ mod tests {
         assert_eq!(get("198.18.1.0/24"), 2, "the /16 deny has the better prio");
         assert_eq!(get("198.18.0.0/16"), 2);
         assert_eq!(get("198.19.7.0/24"), 3, "same prio: earlier line wins");
+    }
+
+    #[test]
+    fn policies_round_trip_through_the_config() {
+        let p = Policy {
+            default: Verdict::Drop,
+            fragments: FragmentPolicy::L3,
+            non_ip: Verdict::Drop,
+            malformed: Verdict::Pass,
+        };
+        assert_eq!(policy_of(&config(&p, 1, false)), p);
+        assert_eq!(
+            policy_of(&config(&Policy::default(), 0, false)),
+            Policy::default()
+        );
     }
 
     #[test]

@@ -113,6 +113,11 @@ impl LiveFirewall {
         Ok(Ruleset::from_entries(entries))
     }
 
+    /// The policies in force.
+    pub fn policy(&self) -> Result<super::Policy> {
+        Ok(super::kernel::policy_of(&read_config(&self.maps)?))
+    }
+
     /// Makes `rules` the live ruleset and stores it; `removed` ids get
     /// their records and counters cleared.
     fn commit(&mut self, rules: &Ruleset, removed: &[u32]) -> Result<()> {
