@@ -1,5 +1,6 @@
 //! `xdpkit rule`
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -132,20 +133,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if a.json.json {
                 return print_json(&rows);
             }
-            println!(
+            // A million rows: one buffered writer, not a flush per line.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            writeln!(
+                out,
                 "{:>7} {:>12} {:>14} {:<20}  rule",
                 "id", "packets", "bytes", "last hit"
-            );
+            )?;
             for r in rows {
-                println!(
-                    "{:>7} {:>12} {:>14} {:<20}  {}",
+                let limits = match (r.passed, r.limited) {
+                    (Some(p), Some(l)) => format!("  (passed {p}, limited {l})"),
+                    _ => String::new(),
+                };
+                writeln!(
+                    out,
+                    "{:>7} {:>12} {:>14} {:<20}  {}{limits}",
                     r.id,
                     r.packets,
                     r.bytes,
                     r.last_hit.as_deref().unwrap_or("-"),
                     r.rule
-                );
+                )?;
             }
+            out.flush()?;
         }
         RuleCommand::Load(a) => {
             let text = std::fs::read_to_string(&a.file)

@@ -33,7 +33,7 @@ pub const FW_GEN_SRC6: [&str; 2] = ["FW_GEN_SRC6_0", "FW_GEN_SRC6_1"];
 pub const FW_GEN_DST6: [&str; 2] = ["FW_GEN_DST6_0", "FW_GEN_DST6_1"];
 /// Vectors by IP protocol (256 entries).
 pub const FW_GEN_PROTO: [&str; 2] = ["FW_GEN_PROTO_0", "FW_GEN_PROTO_1"];
-/// Port -> segment index (65536 entries), for source ports.
+/// LPM trie of port prefixes (2-byte key) -> segment index, for source ports.
 pub const FW_GEN_SPORT_IDX: [&str; 2] = ["FW_GEN_SPORT_IDX_0", "FW_GEN_SPORT_IDX_1"];
 /// See [`FW_GEN_SPORT_IDX`].
 pub const FW_GEN_DPORT_IDX: [&str; 2] = ["FW_GEN_DPORT_IDX_0", "FW_GEN_DPORT_IDX_1"];
@@ -43,7 +43,8 @@ pub const FW_GEN_SPORT_VEC: [&str; 2] = ["FW_GEN_SPORT_VEC_0", "FW_GEN_SPORT_VEC
 pub const FW_GEN_DPORT_VEC: [&str; 2] = ["FW_GEN_DPORT_VEC_0", "FW_GEN_DPORT_VEC_1"];
 /// Source MAC (8-byte key, MAC then zeros) -> vector.
 pub const FW_GEN_SMAC: [&str; 2] = ["FW_GEN_SMAC_0", "FW_GEN_SMAC_1"];
-/// VLAN id (0-4095, [`VLAN_UNTAGGED`]) -> vector.
+/// Hash of VLAN id -> vector, for the ids rules name; others (and untagged
+/// frames) use [`WILD_VLAN`].
 pub const FW_GEN_VLAN: [&str; 2] = ["FW_GEN_VLAN_0", "FW_GEN_VLAN_1"];
 /// Vectors for misses, indexed by the `WILD_*` constants.
 pub const FW_GEN_WILD: [&str; 2] = ["FW_GEN_WILD_0", "FW_GEN_WILD_1"];
@@ -54,8 +55,6 @@ pub const FW_MAX_GENERAL: u32 = 1024;
 pub const BITMAP_WORDS: usize = 16;
 /// Port segments: at most two boundaries per rule and field, plus one.
 pub const FW_MAX_PORT_SEGMENTS: u32 = 2 * FW_MAX_GENERAL + 1;
-/// [`FW_GEN_VLAN`] index of untagged frames.
-pub const VLAN_UNTAGGED: u32 = 4096;
 /// [`FW_GEN_WILD`]: rules without a src condition.
 pub const WILD_SRC: u32 = 0;
 /// [`FW_GEN_WILD`]: rules without a dst condition.
@@ -66,8 +65,10 @@ pub const WILD_SMAC: u32 = 2;
 pub const WILD_NO_PORTS: u32 = 3;
 /// [`FW_GEN_WILD`]: every rule of the set.
 pub const WILD_ALL: u32 = 4;
+/// [`FW_GEN_WILD`]: rules without a vlan condition.
+pub const WILD_VLAN: u32 = 5;
 /// Number of [`FW_GEN_WILD`] entries.
-pub const WILD_COUNT: u32 = 5;
+pub const WILD_COUNT: u32 = 6;
 
 /// One bit per general rule, bit i = the i-th rule in judging order.
 #[repr(C)]
@@ -167,11 +168,17 @@ pub const ACTION_DENY: u32 = 1;
 /// See [`ACTION_ALLOW`].
 pub const ACTION_RATE_LIMIT: u32 = 2;
 
-/// Firewall settings; `active` selects the rule set packets see.
+/// [`FwConfig::active`] bit: prefix tries of set 1 (else set 0).
+pub const ACTIVE_PREFIX: u32 = 1;
+/// [`FwConfig::active`] bit: general-rule maps of set 1 (else set 0).
+pub const ACTIVE_GENERAL: u32 = 2;
+
+/// Firewall settings. Only `active` changes while packets flow, and it is one
+/// u32, so a reader never sees half of a switch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FwConfig {
-    /// Rule set in use: 0 or 1.
+    /// Sets in use: [`ACTIVE_PREFIX`] and [`ACTIVE_GENERAL`] bits.
     pub active: u32,
     /// [`POLICY_PASS`] or [`POLICY_DROP`] when no rule matches.
     pub default_policy: u32,
@@ -185,8 +192,28 @@ pub struct FwConfig {
     pub trace: u32,
     /// General rules in set 0 and set 1 (0: skip the bit-vector step).
     pub general: [u32; 2],
-    /// Next insertion sequence number (kept here so every process agrees).
+    /// Id the next added rule gets (userspace bookkeeping, shared by processes).
+    pub next_id: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// Next insertion sequence number.
     pub next_seq: u64,
+    /// Highest `prio` of any prefix rule per trie (src4, dst4, src6, dst6)
+    /// since the last rebuild: a new rule at or above it cannot outrank a
+    /// longer prefix, so it is added in place.
+    pub max_prio: [u32; 4],
+}
+
+impl FwConfig {
+    /// The prefix-trie set packets use (0 or 1).
+    pub fn prefix_set(&self) -> usize {
+        (self.active & ACTIVE_PREFIX) as usize
+    }
+
+    /// The general-rule set packets use (0 or 1).
+    pub fn general_set(&self) -> usize {
+        ((self.active & ACTIVE_GENERAL) >> 1) as usize
+    }
 }
 
 /// A rule as the kernel needs it: rank, id and action.
@@ -201,8 +228,9 @@ pub struct RuleRef {
     pub action: u32,
     /// Packets per second for rate limits.
     pub pps: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// In a prefix trie: the length of the entry's own prefix (a lookup
+    /// returns the longest match; this says which one). Zero elsewhere.
+    pub prefix_len: u32,
 }
 
 /// Hits of one rule on one CPU.
@@ -215,6 +243,8 @@ pub struct RuleHits {
     pub bytes: u64,
     /// `bpf_ktime_get_ns()` of the last one (CLOCK_MONOTONIC), 0 if none.
     pub last_ns: u64,
+    /// Of `packets`, those a rate limit dropped (the rest passed).
+    pub limited: u64,
 }
 
 /// A rule as stored in [`FW_RULES`]; `flags` says which fields are set.
@@ -315,7 +345,7 @@ pub struct FwTrace {
 pub const NO_RULE: u32 = u32::MAX;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
-const _: () = assert!(core::mem::size_of::<FwConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<FwConfig>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {

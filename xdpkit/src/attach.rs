@@ -201,7 +201,7 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
     let config_pin = dir.file(&fw_maps::pin_name(FW_CONFIG));
     let reused_firewall = firewall && config_pin.exists();
     let mut ebpf = if firewall {
-        object::load_firewall_pinned(&dir)?
+        object::load_firewall_pinned(&dir, &req.iface)?
     } else {
         object::load()?
     };

@@ -67,6 +67,14 @@ pub enum Error {
         /// The interface.
         iface: String,
     },
+    /// Pinned firewall maps whose layout differs from this build's.
+    #[error("the firewall state of '{iface}' was made by another xdpkit version (map {map} differs): save the rules (`xdpkit rule list --dev {iface}`), run `xdpkit detach --dev {iface}`, then attach again")]
+    IncompatibleState {
+        /// The interface.
+        iface: String,
+        /// The first map that differs.
+        map: String,
+    },
     /// A rule id that does not exist.
     #[error("no rule {id} on '{iface}': see `xdpkit rule list --dev {iface}`")]
     NoSuchRule {
@@ -180,6 +188,7 @@ impl Error {
                 | Error::NotAttached { .. }
                 | Error::NoFirewall { .. }
                 | Error::NoSuchRule { .. }
+                | Error::IncompatibleState { .. }
                 | Error::Bpffs(_)
         )
     }

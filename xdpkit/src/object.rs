@@ -34,12 +34,42 @@ pub fn load_firewall() -> Result<Ebpf> {
 /// Like [`load_firewall`], with every firewall map pinned in `dir`: maps
 /// already pinned there are reused (rules and counters survive a
 /// re-attach), the others are created and pinned.
-pub fn load_firewall_pinned(dir: &crate::pins::PinDir) -> Result<Ebpf> {
+pub fn load_firewall_pinned(dir: &crate::pins::PinDir, iface: &str) -> Result<Ebpf> {
+    check_pins(dir, iface)?;
     let mut loader = EbpfLoader::new();
     for name in xdpkit_common::firewall::FW_MAPS {
         loader.map_pin_path(name, dir.file(&crate::firewall::maps::pin_name(name)));
     }
     Ok(loader.load(EBPF_OBJECT)?)
+}
+
+/// Refuses firewall pins whose type or sizes differ from this build's maps:
+/// reusing them would make the program read values of another layout.
+pub fn check_pins(dir: &crate::pins::PinDir, iface: &str) -> Result<()> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| Error::InvalidArgument(format!("the embedded eBPF object is damaged: {e}")))?;
+    for name in xdpkit_common::firewall::FW_MAPS {
+        let path = dir.file(&crate::firewall::maps::pin_name(name));
+        let Some(def) = object.maps.get(name) else {
+            continue;
+        };
+        if !path.exists() {
+            continue;
+        }
+        let differs = || Error::IncompatibleState {
+            iface: iface.to_string(),
+            map: name.to_string(),
+        };
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|_| differs())?;
+        let same = info.map_type().map(|t| t as u32).ok() == Some(def.map_type())
+            && info.key_size() == def.key_size()
+            && info.value_size() == def.value_size()
+            && info.max_entries() == def.max_entries();
+        if !same {
+            return Err(differs());
+        }
+    }
+    Ok(())
 }
 
 /// Loads `kind` into the kernel (once) and returns it.

@@ -14,7 +14,9 @@ use crate::{Error, Result};
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// What the kernel says about an XDP bpf_link.
@@ -91,14 +93,49 @@ pub fn map_update_batch<K: Copy, V: Copy>(
     values: &[V],
 ) -> Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
-    if keys.is_empty() {
+    // SAFETY: both slices hold keys.len() elements of plain data.
+    unsafe {
+        update_batch(
+            map,
+            keys.as_ptr().cast(),
+            values.as_ptr().cast(),
+            keys.len(),
+        )
+    }
+}
+
+/// [`map_update_batch`] with values given as bytes, `values.len() / keys.len()`
+/// each (per-CPU maps: one 8-byte-aligned slot per possible CPU).
+pub fn map_update_batch_bytes<K: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[u8],
+) -> Result<()> {
+    assert!(
+        keys.is_empty() || values.len().is_multiple_of(keys.len()),
+        "same size for every value"
+    );
+    // SAFETY: keys holds keys.len() keys and values that many values.
+    unsafe { update_batch(map, keys.as_ptr().cast(), values.as_ptr(), keys.len()) }
+}
+
+/// # Safety
+///
+/// `keys` and `values` point to `count` keys and values of the map's sizes.
+unsafe fn update_batch(
+    map: BorrowedFd<'_>,
+    keys: *const u8,
+    values: *const u8,
+    count: usize,
+) -> Result<()> {
+    if count == 0 {
         return Ok(());
     }
     // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32; elem_flags, flags: u64 } batch;
     let mut attr = [0u8; 128];
-    attr[16..24].copy_from_slice(&(keys.as_ptr() as u64).to_ne_bytes());
-    attr[24..32].copy_from_slice(&(values.as_ptr() as u64).to_ne_bytes());
-    attr[32..36].copy_from_slice(&(keys.len() as u32).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(keys as u64).to_ne_bytes());
+    attr[24..32].copy_from_slice(&(values as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&(count as u32).to_ne_bytes());
     attr[36..40].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
     bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
         .map(drop)
@@ -106,6 +143,74 @@ pub fn map_update_batch<K: Copy, V: Copy>(
             call: "BPF_MAP_UPDATE_BATCH",
             source,
         })
+}
+
+/// Deletes `keys` in one BPF_MAP_DELETE_BATCH; every key must exist.
+pub fn map_delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = [0u8; 128];
+    attr[16..24].copy_from_slice(&(keys.as_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&(keys.len() as u32).to_ne_bytes());
+    attr[36..40].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_MAP_DELETE_BATCH, &mut attr)
+        .map(drop)
+        .map_err(|source| Error::Syscall {
+            call: "BPF_MAP_DELETE_BATCH",
+            source,
+        })
+}
+
+/// Reads every entry of a map with BPF_MAP_LOOKUP_BATCH, `chunk` entries a
+/// call. `value_stride` is the value size as the kernel copies it (per-CPU
+/// maps: one 8-byte-aligned slot per possible CPU). Returns the raw keys and
+/// values, `key_size` and `value_stride` bytes each. Stops once `limit`
+/// entries are read (arrays: the first `limit` indexes).
+pub fn map_dump(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    value_stride: usize,
+    limit: usize,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    // Holds the kernel's resume token: a key for tries and arrays, a bucket for hashes.
+    let mut token = vec![0u8; key_size.max(8)];
+    let mut first = true;
+    loop {
+        let chunk = (limit - keys.len() / key_size).min(8192);
+        if chunk == 0 {
+            return Ok((keys, values));
+        }
+        let start = keys.len();
+        keys.resize(start + chunk * key_size, 0);
+        let vstart = values.len();
+        values.resize(vstart + chunk * value_stride, 0);
+        let mut attr = [0u8; 128];
+        let in_batch = if first { 0 } else { token.as_ptr() as u64 };
+        attr[0..8].copy_from_slice(&in_batch.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(token.as_mut_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(keys[start..].as_mut_ptr() as u64).to_ne_bytes());
+        attr[24..32].copy_from_slice(&(values[vstart..].as_mut_ptr() as u64).to_ne_bytes());
+        attr[32..36].copy_from_slice(&(chunk as u32).to_ne_bytes());
+        attr[36..40].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = u32::from_ne_bytes(attr[32..36].try_into().expect("4 bytes")) as usize;
+        keys.truncate(start + got * key_size);
+        values.truncate(vstart + got * value_stride);
+        first = false;
+        match result {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((keys, values)),
+            Err(source) => {
+                return Err(Error::Syscall {
+                    call: "BPF_MAP_LOOKUP_BATCH",
+                    source,
+                })
+            }
+        }
+    }
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i32> {

@@ -18,7 +18,7 @@ use xdpkit::{
     firewall::{
         kernel::FirewallHarness,
         model::{decide, RateState, Reason},
-        FragmentPolicy, Policy, Ruleset, Verdict,
+        Entry, FragmentPolicy, Policy, Ruleset, Verdict,
     },
     lab::require_root,
     XdpAction,
@@ -279,14 +279,38 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
         ..Config::default()
     });
     let frames_run = Cell::new(0u64);
+    let in_place = Cell::new(0u64);
     let lines = prop_oneof![rule_line(), general_rule_line()];
-    let strategy = (vec(lines, 0..12), policy(), vec(frame(), 100));
+    // Rules past `loaded` are added one at a time (as `rule add` does:
+    // in place or by rebuilding one kind of set), then `deleted` goes.
+    let strategy = (
+        vec(lines, 0..12),
+        0usize..12,
+        proptest::option::of(0usize..12),
+        policy(),
+        vec(frame(), 100),
+    );
     runner
-        .run(&strategy, |(lines, policy, frames)| {
-            let rules = Ruleset::parse_file_text("random", &lines.join("\n")).unwrap();
+        .run(&strategy, |(lines, loaded, deleted, policy, frames)| {
+            let all = Ruleset::parse_file_text("random", &lines.join("\n")).unwrap();
+            let mut by_line: Vec<Entry> = all.entries().to_vec();
+            by_line.sort_by_key(|e| e.seq);
+            let loaded = loaded.min(by_line.len());
+            let mut rules = Ruleset::from_entries(by_line[..loaded].to_vec());
             let mut harness = harness.borrow_mut();
             harness.set_policy(policy).unwrap();
             harness.load_rules(&rules).unwrap();
+            for e in &by_line[loaded..] {
+                rules.push_entry(e.clone());
+                if harness.add_rule(e, &rules).unwrap() {
+                    in_place.set(in_place.get() + 1);
+                }
+            }
+            if let Some(gone) = deleted.and_then(|i| by_line.get(i)) {
+                rules.remove(gone.id);
+                harness.delete_rule(gone, &rules).unwrap();
+            }
+            let rules = rules;
             let mut rate = RateState::default();
             for frame in &frames {
                 let want = decide(&rules, &policy, frame, &mut rate, 0);
@@ -324,7 +348,11 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
         })
         .unwrap();
     let frames_run = frames_run.get();
-    println!("{frames_run} frames over {rulesets} random rulesets: kernel == model");
+    println!(
+        "{frames_run} frames over {rulesets} random rulesets ({} rules added in place): kernel == model",
+        in_place.get()
+    );
+    assert!(in_place.get() > 0, "the in-place add path was never taken");
     assert!(frames_run >= u64::from(rulesets) * 100);
 }
 

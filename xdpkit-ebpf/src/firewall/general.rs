@@ -11,14 +11,16 @@ use aya_ebpf::{
     },
 };
 use xdpkit_common::firewall::{
-    Bitmap, RuleRef, BITMAP_WORDS, FW_MAX_GENERAL, FW_MAX_PORT_SEGMENTS, VLAN_UNTAGGED, WILD_ALL,
-    WILD_COUNT, WILD_DST, WILD_NO_PORTS, WILD_SMAC, WILD_SRC,
+    Bitmap, RuleRef, BITMAP_WORDS, FW_MAX_GENERAL, FW_MAX_PORT_SEGMENTS, WILD_ALL, WILD_COUNT,
+    WILD_DST, WILD_NO_PORTS, WILD_SMAC, WILD_SRC, WILD_VLAN,
 };
 
 use super::parse::{IpFrame, NO_VLAN};
 
 const NO_PREALLOC: u32 = 1;
 const GEN_PREFIXES: u32 = 4 * FW_MAX_GENERAL;
+/// A port segment is at most 30 aligned port prefixes; a few segments are that bad.
+const PORT_PREFIXES: u32 = 65536;
 
 macro_rules! set_maps {
     ($($name:literal => $ident:ident : $ty:ty = $init:expr;)*) => {
@@ -42,18 +44,18 @@ set_maps! {
     "FW_GEN_DST6_1" => DST6_1: LpmTrie<[u8; 16], Bitmap> = LpmTrie::with_max_entries(GEN_PREFIXES, NO_PREALLOC);
     "FW_GEN_PROTO_0" => PROTO_0: Array<Bitmap> = Array::with_max_entries(256, 0);
     "FW_GEN_PROTO_1" => PROTO_1: Array<Bitmap> = Array::with_max_entries(256, 0);
-    "FW_GEN_SPORT_IDX_0" => SPORT_IDX_0: Array<u32> = Array::with_max_entries(65536, 0);
-    "FW_GEN_SPORT_IDX_1" => SPORT_IDX_1: Array<u32> = Array::with_max_entries(65536, 0);
-    "FW_GEN_DPORT_IDX_0" => DPORT_IDX_0: Array<u32> = Array::with_max_entries(65536, 0);
-    "FW_GEN_DPORT_IDX_1" => DPORT_IDX_1: Array<u32> = Array::with_max_entries(65536, 0);
+    "FW_GEN_SPORT_IDX_0" => SPORT_IDX_0: LpmTrie<[u8; 2], u32> = LpmTrie::with_max_entries(PORT_PREFIXES, NO_PREALLOC);
+    "FW_GEN_SPORT_IDX_1" => SPORT_IDX_1: LpmTrie<[u8; 2], u32> = LpmTrie::with_max_entries(PORT_PREFIXES, NO_PREALLOC);
+    "FW_GEN_DPORT_IDX_0" => DPORT_IDX_0: LpmTrie<[u8; 2], u32> = LpmTrie::with_max_entries(PORT_PREFIXES, NO_PREALLOC);
+    "FW_GEN_DPORT_IDX_1" => DPORT_IDX_1: LpmTrie<[u8; 2], u32> = LpmTrie::with_max_entries(PORT_PREFIXES, NO_PREALLOC);
     "FW_GEN_SPORT_VEC_0" => SPORT_VEC_0: Array<Bitmap> = Array::with_max_entries(FW_MAX_PORT_SEGMENTS, 0);
     "FW_GEN_SPORT_VEC_1" => SPORT_VEC_1: Array<Bitmap> = Array::with_max_entries(FW_MAX_PORT_SEGMENTS, 0);
     "FW_GEN_DPORT_VEC_0" => DPORT_VEC_0: Array<Bitmap> = Array::with_max_entries(FW_MAX_PORT_SEGMENTS, 0);
     "FW_GEN_DPORT_VEC_1" => DPORT_VEC_1: Array<Bitmap> = Array::with_max_entries(FW_MAX_PORT_SEGMENTS, 0);
     "FW_GEN_SMAC_0" => SMAC_0: HashMap<[u8; 8], Bitmap> = HashMap::with_max_entries(FW_MAX_GENERAL, 0);
     "FW_GEN_SMAC_1" => SMAC_1: HashMap<[u8; 8], Bitmap> = HashMap::with_max_entries(FW_MAX_GENERAL, 0);
-    "FW_GEN_VLAN_0" => VLAN_0: Array<Bitmap> = Array::with_max_entries(VLAN_UNTAGGED + 1, 0);
-    "FW_GEN_VLAN_1" => VLAN_1: Array<Bitmap> = Array::with_max_entries(VLAN_UNTAGGED + 1, 0);
+    "FW_GEN_VLAN_0" => VLAN_0: HashMap<u32, Bitmap> = HashMap::with_max_entries(FW_MAX_GENERAL, 0);
+    "FW_GEN_VLAN_1" => VLAN_1: HashMap<u32, Bitmap> = HashMap::with_max_entries(FW_MAX_GENERAL, 0);
     "FW_GEN_WILD_0" => WILD_0: Array<Bitmap> = Array::with_max_entries(WILD_COUNT, 0);
     "FW_GEN_WILD_1" => WILD_1: Array<Bitmap> = Array::with_max_entries(WILD_COUNT, 0);
 }
@@ -66,12 +68,12 @@ struct Set {
     src6: &'static LpmTrie<[u8; 16], Bitmap>,
     dst6: &'static LpmTrie<[u8; 16], Bitmap>,
     proto: &'static Array<Bitmap>,
-    sport_idx: &'static Array<u32>,
-    dport_idx: &'static Array<u32>,
+    sport_idx: &'static LpmTrie<[u8; 2], u32>,
+    dport_idx: &'static LpmTrie<[u8; 2], u32>,
     sport_vec: &'static Array<Bitmap>,
     dport_vec: &'static Array<Bitmap>,
     smac: &'static HashMap<[u8; 8], Bitmap>,
-    vlan: &'static Array<Bitmap>,
+    vlan: &'static HashMap<u32, Bitmap>,
     wild: &'static Array<Bitmap>,
 }
 
@@ -146,8 +148,8 @@ fn first_match_in(s: &Set, ip: &IpFrame) -> Option<&'static RuleRef> {
     };
     let proto = s.proto.get(u32::from(ip.proto))?;
     let (sport, dport) = if ip.has_ports {
-        let si = *s.sport_idx.get(u32::from(ip.sport))?;
-        let di = *s.dport_idx.get(u32::from(ip.dport))?;
+        let si = *s.sport_idx.get(&Key::new(16, ip.sport.to_be_bytes()))?;
+        let di = *s.dport_idx.get(&Key::new(16, ip.dport.to_be_bytes()))?;
         (s.sport_vec.get(si)?, s.dport_vec.get(di)?)
     } else {
         let none = s.wild.get(WILD_NO_PORTS)?;
@@ -162,11 +164,16 @@ fn first_match_in(s: &Set, ip: &IpFrame) -> Option<&'static RuleRef> {
         Some(v) => unsafe { &*v },
         None => s.wild.get(WILD_SMAC)?,
     };
-    let vlan = s.vlan.get(if ip.vlan == NO_VLAN {
-        VLAN_UNTAGGED
+    let tagged = if ip.vlan == NO_VLAN {
+        None
     } else {
-        ip.vlan
-    })?;
+        s.vlan.get_ptr(&ip.vlan)
+    };
+    let vlan = match tagged {
+        // SAFETY: as for smac above.
+        Some(v) => unsafe { &*v },
+        None => s.wild.get(WILD_VLAN)?,
+    };
     for w in 0..BITMAP_WORDS {
         let bits = all.words[w]
             & src.words[w]

@@ -16,7 +16,8 @@ use aya_ebpf::{
 use xdpkit_common::{
     firewall::{
         FwConfig, FwTrace, Outcome, RuleHits, RuleRecord, RuleRef, ACTION_ALLOW, ACTION_DENY,
-        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        ACTIVE_GENERAL, ACTIVE_PREFIX, FW_MAX_PREFIXES, FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP,
+        POLICY_L3, POLICY_PASS,
     },
     ActionCounter, XdpAction,
 };
@@ -110,6 +111,9 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
                 (*h).packets += 1;
                 (*h).bytes += len;
                 (*h).last_ns = bpf_ktime_get_ns();
+                if outcome == Outcome::RateLimited {
+                    (*h).limited += 1;
+                }
             }
         }
     }
@@ -157,7 +161,7 @@ const NONE: RuleRef = RuleRef {
     id: NO_RULE,
     action: 0,
     pps: 0,
-    _pad: 0,
+    prefix_len: 0,
 };
 
 #[inline(always)]
@@ -172,7 +176,7 @@ fn keep_better(best: &mut RuleRef, candidate: Option<&RuleRef>) {
 /// The first matching rule of the active set, or the default policy.
 #[inline(always)]
 fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
-    let set = cfg.active & 1;
+    let set = cfg.active & ACTIVE_PREFIX;
     let mut best = NONE;
     if ip.v6 {
         let src = Key::new(128, ip.src);
@@ -197,13 +201,14 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
     }
     // A branch, not `general[set]`: LLVM turns a variable stack index into
     // pointer arithmetic the verifier rejects.
-    let general = if set == 0 {
+    let gset = (cfg.active & ACTIVE_GENERAL) >> 1;
+    let general = if gset == 0 {
         cfg.general[0]
     } else {
         cfg.general[1]
     };
     if general != 0 {
-        keep_better(&mut best, general::first_match(set, ip));
+        keep_better(&mut best, general::first_match(gset, ip));
     }
     if best.id == NO_RULE {
         return (policy(cfg.default_policy), Outcome::Default, NO_RULE);

@@ -1,19 +1,26 @@
 //! Compiling general rules (anything but a lone src or dst prefix) into the
 //! kernel's bit vectors (docs/firewall.md), and writing them into one set.
 
-use std::{collections::BTreeMap, os::fd::AsFd as _};
+use std::collections::BTreeMap;
 
-use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData};
 use ipnet::IpNet;
 use xdpkit_common::firewall::{
     Bitmap, RuleRef, FW_GEN_DPORT_IDX, FW_GEN_DPORT_VEC, FW_GEN_DST4, FW_GEN_DST6, FW_GEN_PROTO,
     FW_GEN_RULES, FW_GEN_SMAC, FW_GEN_SPORT_IDX, FW_GEN_SPORT_VEC, FW_GEN_SRC4, FW_GEN_SRC6,
-    FW_GEN_VLAN, FW_GEN_WILD, FW_MAX_GENERAL, VLAN_UNTAGGED, WILD_ALL, WILD_COUNT, WILD_DST,
-    WILD_NO_PORTS, WILD_SMAC, WILD_SRC,
+    FW_GEN_VLAN, FW_GEN_WILD, FW_MAX_GENERAL, WILD_ALL, WILD_COUNT, WILD_DST, WILD_NO_PORTS,
+    WILD_SMAC, WILD_SRC, WILD_VLAN,
 };
 
-use super::{maps::MapSource, rule::proto, Entry, PortRange, Rule};
-use crate::{object, sys, Error, Result};
+use super::{
+    bulk::{clear, map_fd, write_array, write_trie, write_trie_keys, TrieKey},
+    maps::MapSource,
+    rule::proto,
+    Entry, PortRange, Rule,
+};
+use crate::{sys, Error, Result};
+
+/// ((port, prefix length), segment) entries and the segment vectors.
+pub type PortIndex = (Vec<((u16, u8), u32)>, Vec<Bitmap>);
 
 /// Bit vectors of up to [`FW_MAX_GENERAL`] rules, ready to write.
 #[derive(Clone, Debug, Default)]
@@ -24,12 +31,14 @@ pub struct CompiledGeneral {
     pub prefixes: [Vec<(IpNet, Bitmap)>; 4],
     /// 256 vectors by IP protocol.
     pub proto: Vec<Bitmap>,
-    /// Port -> segment, and segment vectors, for (sport, dport).
-    pub ports: [(Vec<u32>, Vec<Bitmap>); 2],
+    /// Port prefixes (port, length) -> segment, and segment vectors, for
+    /// (sport, dport). Segments partition the ports, so a port has exactly
+    /// one matching prefix.
+    pub ports: [PortIndex; 2],
     /// MAC (8-byte key) -> vector.
     pub smac: Vec<([u8; 8], Bitmap)>,
-    /// VLAN 0..=4095 and untagged -> vector.
-    pub vlan: Vec<Bitmap>,
+    /// VLAN ids that rules name -> vector (others: `WILD_VLAN`).
+    pub vlan: Vec<(u32, Bitmap)>,
     /// Vectors for misses (`WILD_*`).
     pub wild: Vec<Bitmap>,
 }
@@ -58,6 +67,7 @@ pub fn compile(entries: &[&Entry], refs: Vec<RuleRef>) -> Result<CompiledGeneral
     wild[WILD_DST as usize] = bits_where(&rules, |r| r.dst.is_none());
     wild[WILD_SMAC as usize] = bits_where(&rules, |r| r.smac.is_none());
     wild[WILD_NO_PORTS as usize] = bits_where(&rules, |r| !r.needs_ports());
+    wild[WILD_VLAN as usize] = bits_where(&rules, |r| r.vlan.is_none());
     wild[WILD_ALL as usize] = bits_where(&rules, |_| true);
 
     let prefix_field =
@@ -115,12 +125,15 @@ pub fn compile(entries: &[&Entry], refs: Vec<RuleRef>) -> Result<CompiledGeneral
         })
         .collect();
 
-    let vlan = (0..=VLAN_UNTAGGED)
+    let mut vlans: Vec<u16> = rules.iter().filter_map(|r| r.vlan).collect();
+    vlans.sort();
+    vlans.dedup();
+    let vlan = vlans
+        .into_iter()
         .map(|id| {
-            bits_where(&rules, |r| {
-                r.vlan
-                    .is_none_or(|v| u32::from(v) == id && id != VLAN_UNTAGGED)
-            })
+            let mut v = wild[WILD_VLAN as usize];
+            v.or(&bits_where(&rules, |r| r.vlan == Some(id)));
+            (u32::from(id), v)
         })
         .collect();
 
@@ -137,7 +150,7 @@ pub fn compile(entries: &[&Entry], refs: Vec<RuleRef>) -> Result<CompiledGeneral
 
 /// Splits 0..=65535 at every range edge; each segment's vector holds the
 /// rules whose range (or absence of one) covers it.
-fn port_segments(rules: &[&Rule], pick: fn(&Rule) -> Option<PortRange>) -> (Vec<u32>, Vec<Bitmap>) {
+fn port_segments(rules: &[&Rule], pick: fn(&Rule) -> Option<PortRange>) -> PortIndex {
     let mut starts: BTreeMap<u32, ()> = BTreeMap::new();
     starts.insert(0, ());
     for r in rules.iter().filter_map(|r| pick(r)) {
@@ -151,65 +164,37 @@ fn port_segments(rules: &[&Rule], pick: fn(&Rule) -> Option<PortRange>) -> (Vec<
         .iter()
         .map(|&s| bits_where(rules, |r| pick(r).is_none_or(|p| p.contains(s as u16))))
         .collect();
-    let mut index = vec![0u32; 65536];
-    for (seg, window) in starts.iter().enumerate() {
+    let mut index = Vec::new();
+    for (seg, start) in starts.iter().enumerate() {
         let end = starts.get(seg + 1).copied().unwrap_or(65536);
-        for slot in &mut index[*window as usize..end as usize] {
-            *slot = seg as u32;
-        }
+        index.extend(aligned_prefixes(*start, end).map(|p| (p, seg as u32)));
     }
     (index, vectors)
 }
 
-fn map_fd<'a>(ebpf: &'a impl MapSource, name: &str) -> Result<&'a MapData> {
-    match ebpf.map(name).ok_or_else(|| object::missing_map(name))? {
-        Map::Array(d) | Map::HashMap(d) | Map::LpmTrie(d) | Map::PerCpuArray(d) => Ok(d),
-        _ => Err(object::missing_map(name)),
-    }
-}
-
-pub(crate) fn write_array<V: Copy>(ebpf: &impl MapSource, name: &str, values: &[V]) -> Result<()> {
-    let keys: Vec<u32> = (0..values.len() as u32).collect();
-    sys::map_update_batch(map_fd(ebpf, name)?.fd().as_fd(), &keys, values)
-}
-
-fn map_error(what: String) -> impl FnOnce(aya::maps::MapError) -> Error {
-    move |e| Error::Map {
-        what,
-        source: e.into(),
-    }
-}
-
-/// Replaces the contents of an LPM trie with `entries`.
-pub(crate) fn write_trie<const N: usize, V: aya::Pod>(
-    ebpf: &mut impl MapSource,
-    name: &str,
-    entries: &[(IpNet, V)],
-) -> Result<()> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or_else(|| object::missing_map(name))?;
-    let mut trie: LpmTrie<&mut MapData, [u8; N], V> =
-        LpmTrie::try_from(map).map_err(map_error(format!("open {name}")))?;
-    let stale: Vec<Key<[u8; N]>> = trie.keys().filter_map(|k| k.ok()).collect();
-    for key in stale {
-        trie.remove(&key)
-            .map_err(map_error(format!("clear {name}")))?;
-    }
-    for (net, v) in entries {
-        let bytes: [u8; N] = match net.addr() {
-            std::net::IpAddr::V4(a) => a.octets().as_slice().try_into(),
-            std::net::IpAddr::V6(a) => a.octets().as_slice().try_into(),
+/// The fewest aligned (port, prefix length) blocks covering `start..end`.
+fn aligned_prefixes(mut start: u32, end: u32) -> impl Iterator<Item = (u16, u8)> {
+    std::iter::from_fn(move || {
+        if start >= end {
+            return None;
         }
-        .map_err(|_| Error::InvalidArgument(format!("{net} does not fit {name}")))?;
-        trie.insert(&Key::new(u32::from(net.prefix_len()), bytes), v, 0)
-            .map_err(map_error(format!("insert {net} into {name}")))?;
-    }
-    Ok(())
+        // The largest block aligned at `start` that still fits.
+        let mut size = if start == 0 {
+            65536
+        } else {
+            1 << start.trailing_zeros()
+        };
+        while start + size > end {
+            size /= 2;
+        }
+        let block = (start as u16, 16 - size.trailing_zeros() as u8);
+        start += size;
+        Some(block)
+    })
 }
 
 /// Writes `c` into set `set` (which packets must not be using).
-pub fn write(ebpf: &mut impl MapSource, set: usize, c: &CompiledGeneral) -> Result<()> {
+pub fn write(ebpf: &impl MapSource, set: usize, c: &CompiledGeneral) -> Result<()> {
     let mut rules = c.rules.clone();
     rules.resize(FW_MAX_GENERAL as usize, RuleRef::default());
     write_array(ebpf, FW_GEN_RULES[set], &rules)?;
@@ -218,26 +203,55 @@ pub fn write(ebpf: &mut impl MapSource, set: usize, c: &CompiledGeneral) -> Resu
     write_trie::<16, _>(ebpf, FW_GEN_SRC6[set], &c.prefixes[2])?;
     write_trie::<16, _>(ebpf, FW_GEN_DST6[set], &c.prefixes[3])?;
     write_array(ebpf, FW_GEN_PROTO[set], &c.proto)?;
-    write_array(ebpf, FW_GEN_SPORT_IDX[set], &c.ports[0].0)?;
-    write_array(ebpf, FW_GEN_SPORT_VEC[set], &c.ports[0].1)?;
-    write_array(ebpf, FW_GEN_DPORT_IDX[set], &c.ports[1].0)?;
-    write_array(ebpf, FW_GEN_DPORT_VEC[set], &c.ports[1].1)?;
-    write_array(ebpf, FW_GEN_VLAN[set], &c.vlan)?;
+    for (idx, vec, (prefixes, vectors)) in [
+        (FW_GEN_SPORT_IDX[set], FW_GEN_SPORT_VEC[set], &c.ports[0]),
+        (FW_GEN_DPORT_IDX[set], FW_GEN_DPORT_VEC[set], &c.ports[1]),
+    ] {
+        let (keys, segments): (Vec<TrieKey<2>>, Vec<u32>) = prefixes
+            .iter()
+            .map(|&((port, len), seg)| {
+                (
+                    TrieKey {
+                        len: u32::from(len),
+                        addr: port.to_be_bytes(),
+                    },
+                    seg,
+                )
+            })
+            .unzip();
+        write_trie_keys(ebpf, idx, &keys, &segments)?;
+        write_array(ebpf, vec, vectors)?;
+    }
+    let name = FW_GEN_VLAN[set];
+    clear::<u32, Bitmap>(ebpf, name)?;
+    let (ids, vectors): (Vec<u32>, Vec<Bitmap>) = c.vlan.iter().copied().unzip();
+    sys::map_update_batch(map_fd(ebpf, name)?, &ids, &vectors)?;
     write_array(ebpf, FW_GEN_WILD[set], &c.wild)?;
     let name = FW_GEN_SMAC[set];
-    let map = ebpf
-        .map_mut(name)
-        .ok_or_else(|| object::missing_map(name))?;
-    let mut hash: HashMap<&mut MapData, [u8; 8], Bitmap> =
-        HashMap::try_from(map).map_err(map_error(format!("open {name}")))?;
-    let stale: Vec<[u8; 8]> = hash.keys().filter_map(|k| k.ok()).collect();
-    for key in stale {
-        hash.remove(&key)
-            .map_err(map_error(format!("clear {name}")))?;
+    clear::<[u8; 8], Bitmap>(ebpf, name)?;
+    let (macs, vectors): (Vec<[u8; 8]>, Vec<Bitmap>) = c.smac.iter().copied().unzip();
+    sys::map_update_batch(map_fd(ebpf, name)?, &macs, &vectors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_prefixes_cover_exactly_the_range() {
+        for (start, end) in [(0, 65536), (80, 81), (1024, 65536), (1, 65535), (443, 8081)] {
+            let mut covered = 0u32;
+            let mut next = start;
+            for (port, len) in aligned_prefixes(start, end) {
+                assert_eq!(u32::from(port), next, "blocks are contiguous");
+                let size = 1u32 << (16 - len);
+                assert_eq!(u32::from(port) % size, 0, "blocks are aligned");
+                next += size;
+                covered += size;
+            }
+            assert_eq!((next, covered), (end, end - start));
+        }
+        assert_eq!(aligned_prefixes(0, 65536).count(), 1);
+        assert!(aligned_prefixes(1, 65535).count() <= 30);
     }
-    for (mac, v) in &c.smac {
-        hash.insert(mac, v, 0)
-            .map_err(map_error(format!("insert into {name}")))?;
-    }
-    Ok(())
 }

@@ -7,20 +7,21 @@
 use std::collections::HashMap;
 
 use aya::{
-    maps::{Array, MapData},
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
     Ebpf,
 };
 use ipnet::IpNet;
 use xdpkit_common::{
     firewall::{
-        FwConfig, FwTrace, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, FW_CONFIG,
-        FW_DST4, FW_DST6, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        FwConfig, FwTrace, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, ACTIVE_GENERAL,
+        ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP,
+        POLICY_L3, POLICY_PASS,
     },
     XdpAction,
 };
 
 use super::{
-    general::write_trie, maps::MapSource, Action, Entry, FragmentPolicy, Policy, Rule, Ruleset,
+    bulk::write_trie, maps::MapSource, Action, Entry, FragmentPolicy, Policy, Rule, Ruleset,
     Verdict,
 };
 use crate::{object, testrun::TestRunOutcome, Error, Result};
@@ -50,8 +51,27 @@ pub fn rule_ref(entry: &Entry) -> RuleRef {
         id: entry.id,
         action,
         pps,
-        _pad: 0,
+        prefix_len: 0,
     }
+}
+
+/// Which trie a prefix rule lives in: 0 src4, 1 dst4, 2 src6, 3 dst6.
+pub fn prefix_field(rule: &Rule) -> Option<(usize, IpNet)> {
+    if !is_prefix_rule(rule) {
+        return None;
+    }
+    let (net, is_src) = match (rule.src, rule.dst) {
+        (Some(net), None) => (net, true),
+        (None, Some(net)) => (net, false),
+        _ => return None,
+    };
+    let field = match (is_src, net) {
+        (true, IpNet::V4(_)) => 0,
+        (false, IpNet::V4(_)) => 1,
+        (true, IpNet::V6(_)) => 2,
+        (false, IpNet::V6(_)) => 3,
+    };
+    Some((field, net))
 }
 
 /// Prefix-trie contents: for every prefix, the best rule among those on it
@@ -72,19 +92,8 @@ pub struct Compiled {
 pub fn compile(rules: &Ruleset) -> Result<Compiled> {
     let mut fields: [HashMap<IpNet, RuleRef>; 4] = Default::default();
     for entry in rules.entries() {
-        if !is_prefix_rule(&entry.rule) {
+        let Some((field, net)) = prefix_field(&entry.rule) else {
             continue;
-        }
-        let (net, is_src) = match (entry.rule.src, entry.rule.dst) {
-            (Some(net), None) => (net, true),
-            (None, Some(net)) => (net, false),
-            _ => unreachable!("is_prefix_rule checked"),
-        };
-        let field = match (is_src, net) {
-            (true, IpNet::V4(_)) => 0,
-            (false, IpNet::V4(_)) => 1,
-            (true, IpNet::V6(_)) => 2,
-            (false, IpNet::V6(_)) => 3,
         };
         let candidate = rule_ref(entry);
         fields[field]
@@ -114,6 +123,7 @@ fn inherit(own: HashMap<IpNet, RuleRef>) -> Vec<(IpNet, RuleRef)> {
     let mut done: HashMap<IpNet, RuleRef> = HashMap::with_capacity(by_len.len());
     for (net, mut best) in by_len {
         // Ancestors are shorter and already final, so the nearest one suffices.
+        best.prefix_len = u32::from(net.prefix_len());
         if let Some(parent) = lengths
             .iter()
             .rev()
@@ -125,7 +135,10 @@ fn inherit(own: HashMap<IpNet, RuleRef>) -> Vec<(IpNet, RuleRef)> {
             })
         {
             if parent.rank < best.rank {
-                best = *parent;
+                best = RuleRef {
+                    prefix_len: best.prefix_len,
+                    ..*parent
+                };
             }
         }
         done.insert(net, best);
@@ -156,7 +169,10 @@ pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         malformed: verdict(policy.malformed),
         trace: u32::from(trace),
         general: [0; 2],
+        next_id: 1,
+        _pad: 0,
         next_seq: 0,
+        max_prio: [0; 4],
     }
 }
 
@@ -216,36 +232,155 @@ pub fn set_policy(maps: &mut impl MapSource, policy: &Policy) -> Result<()> {
     write_config(
         maps,
         FwConfig {
-            general: old.general,
-            next_seq: old.next_seq,
-            ..new
+            default_policy: new.default_policy,
+            fragments: new.fragments,
+            non_ip: new.non_ip,
+            malformed: new.malformed,
+            ..old
         },
     )
 }
 
-/// Writes `rules` completely into the inactive set, then makes it the
-/// active one with a single config update: packets see the old rules or
-/// the new ones, never a mix.
+/// Writes `rules` completely into the inactive sets, then makes them the
+/// active ones with a single change of [`FwConfig::active`]: packets see the
+/// old rules or the new ones, never a mix.
 pub fn apply(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
-    let compiled = compile(rules)?;
-    let general: Vec<&Entry> = rules
-        .entries()
+    let mut cfg = read_config(maps)?;
+    let prefix = (cfg.prefix_set() + 1) & 1;
+    let general = (cfg.general_set() + 1) & 1;
+    write_prefixes(maps, prefix, &compile(rules)?)?;
+    let count = write_general(maps, general, rules.entries())?;
+    cfg.max_prio = max_prio(rules);
+    note_ids(&mut cfg, rules.entries());
+    cfg.general[general] = count;
+    write_config(maps, cfg)?;
+    cfg.active = (prefix as u32 * ACTIVE_PREFIX) | (general as u32 * ACTIVE_GENERAL);
+    write_config(maps, cfg)
+}
+
+/// Rebuilds only the prefix tries (general rules untouched) from `rules`
+/// in the inactive set, then switches to it.
+pub fn rebuild_prefixes(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
+    let mut cfg = read_config(maps)?;
+    let prefix = (cfg.prefix_set() + 1) & 1;
+    write_prefixes(maps, prefix, &compile(rules)?)?;
+    cfg.max_prio = max_prio(rules);
+    note_ids(&mut cfg, rules.entries());
+    cfg.active = (cfg.active & !ACTIVE_PREFIX) | (prefix as u32 * ACTIVE_PREFIX);
+    write_config(maps, cfg)
+}
+
+/// Rebuilds only the general rules from `entries` (prefix rules among
+/// them are ignored) in the inactive set, then switches to it.
+pub fn rebuild_general(maps: &mut impl MapSource, entries: &[Entry]) -> Result<()> {
+    let mut cfg = read_config(maps)?;
+    let general = (cfg.general_set() + 1) & 1;
+    cfg.general[general] = write_general(maps, general, entries)?;
+    note_ids(&mut cfg, entries);
+    write_config(maps, cfg)?;
+    cfg.active = (cfg.active & !ACTIVE_GENERAL) | (general as u32 * ACTIVE_GENERAL);
+    write_config(maps, cfg)
+}
+
+/// Adds one prefix rule to the active tries without a rebuild, when no
+/// longer prefix can hold a rule it outranks (its `prio` is at least the
+/// trie's [`FwConfig::max_prio`]): then only its own entry changes. Returns
+/// false, changing nothing, when a rebuild is needed.
+pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<bool> {
+    let Some((field, net)) = prefix_field(&entry.rule) else {
+        return Ok(false);
+    };
+    let mut cfg = read_config(maps)?;
+    if entry.rule.prio < cfg.max_prio[field] {
+        return Ok(false);
+    }
+    let set = cfg.prefix_set();
+    let name = [FW_SRC4, FW_DST4, FW_SRC6, FW_DST6][field][set];
+    let new = rule_ref(entry);
+    match net {
+        IpNet::V4(n) => upsert_prefix(maps, name, n.addr().octets(), n.prefix_len(), new)?,
+        IpNet::V6(n) => upsert_prefix(maps, name, n.addr().octets(), n.prefix_len(), new)?,
+    }
+    cfg.max_prio[field] = cfg.max_prio[field].max(entry.rule.prio);
+    note_ids(&mut cfg, std::slice::from_ref(entry));
+    write_config(maps, cfg)?;
+    Ok(true)
+}
+
+/// Gives prefix `addr/len` the better of `new` and what it inherits.
+fn upsert_prefix<const N: usize>(
+    maps: &mut impl MapSource,
+    name: &str,
+    addr: [u8; N],
+    len: u8,
+    new: RuleRef,
+) -> Result<()> {
+    let map = maps
+        .map_mut(name)
+        .ok_or_else(|| object::missing_map(name))?;
+    let mut trie: LpmTrie<&mut MapData, [u8; N], RuleRef> =
+        LpmTrie::try_from(map).map_err(map_err(format!("open {name}")))?;
+    // The longest match is the prefix itself or its nearest ancestor.
+    let current = match trie.get(&Key::new(u32::from(len), addr), 0) {
+        Ok(v) => Some(v),
+        Err(aya::maps::MapError::KeyNotFound) => None,
+        Err(e) => return Err(map_err(format!("look up in {name}"))(e)),
+    };
+    let value = match current {
+        Some(c) if c.rank < new.rank => RuleRef {
+            prefix_len: u32::from(len),
+            ..c
+        },
+        _ => RuleRef {
+            prefix_len: u32::from(len),
+            ..new
+        },
+    };
+    if current == Some(value) {
+        return Ok(());
+    }
+    trie.insert(&Key::new(u32::from(len), addr), value, 0)
+        .map_err(map_err(format!("insert into {name}")))
+}
+
+/// Writes the compiled tries into prefix set `set`.
+fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<()> {
+    write_trie::<4, _>(maps, FW_SRC4[set], &c.src4)?;
+    write_trie::<4, _>(maps, FW_DST4[set], &c.dst4)?;
+    write_trie::<16, _>(maps, FW_SRC6[set], &c.src6)?;
+    write_trie::<16, _>(maps, FW_DST6[set], &c.dst6)
+}
+
+/// Writes the general rules among `entries` into general set `set`; returns how many.
+fn write_general(maps: &impl MapSource, set: usize, entries: &[Entry]) -> Result<u32> {
+    let mut general: Vec<&Entry> = entries
         .iter()
         .filter(|e| !is_prefix_rule(&e.rule))
         .collect();
+    general.sort_by_key(|e| rule_ref(e).rank);
     let refs = general.iter().map(|e| rule_ref(e)).collect();
     let vectors = super::general::compile(&general, refs)?;
-    let mut cfg = read_config(maps)?;
-    let next = (cfg.active + 1) & 1;
-    let set = next as usize;
-    write_trie::<4, _>(maps, FW_SRC4[set], &compiled.src4)?;
-    write_trie::<4, _>(maps, FW_DST4[set], &compiled.dst4)?;
-    write_trie::<16, _>(maps, FW_SRC6[set], &compiled.src6)?;
-    write_trie::<16, _>(maps, FW_DST6[set], &compiled.dst6)?;
     super::general::write(maps, set, &vectors)?;
-    cfg.general[set] = general.len() as u32;
-    cfg.active = next;
-    write_config(maps, cfg)
+    Ok(general.len() as u32)
+}
+
+/// The highest prio of the prefix rules of each trie.
+fn max_prio(rules: &Ruleset) -> [u32; 4] {
+    let mut max = [0; 4];
+    for e in rules.entries() {
+        if let Some((field, _)) = prefix_field(&e.rule) {
+            max[field] = max[field].max(e.rule.prio);
+        }
+    }
+    max
+}
+
+/// Keeps ids and sequence numbers growing past those of `entries`.
+fn note_ids(cfg: &mut FwConfig, entries: &[Entry]) {
+    for e in entries {
+        cfg.next_id = cfg.next_id.max(e.id + 1);
+        cfg.next_seq = cfg.next_seq.max(e.seq + 1);
+    }
 }
 
 /// The firewall program with private maps, for BPF_PROG_TEST_RUN.
@@ -270,6 +405,31 @@ impl FirewallHarness {
     /// Replaces the rules atomically (see [`apply`]).
     pub fn load_rules(&mut self, rules: &Ruleset) -> Result<()> {
         apply(&mut self.ebpf, rules)
+    }
+
+    /// Adds `entry` the way `xdpkit rule add` does: in place when it can,
+    /// else by rebuilding one kind of set. `after` is the ruleset with it.
+    /// Returns whether it went in place.
+    pub fn add_rule(&mut self, entry: &Entry, after: &Ruleset) -> Result<bool> {
+        if is_prefix_rule(&entry.rule) {
+            if add_prefix_in_place(&mut self.ebpf, entry)? {
+                return Ok(true);
+            }
+            rebuild_prefixes(&mut self.ebpf, after)?;
+        } else {
+            rebuild_general(&mut self.ebpf, after.entries())?;
+        }
+        Ok(false)
+    }
+
+    /// Deletes `entry` the way `xdpkit rule del` does. `after` is the
+    /// ruleset without it.
+    pub fn delete_rule(&mut self, entry: &Entry, after: &Ruleset) -> Result<()> {
+        if is_prefix_rule(&entry.rule) {
+            rebuild_prefixes(&mut self.ebpf, after)
+        } else {
+            rebuild_general(&mut self.ebpf, after.entries())
+        }
     }
 
     /// Runs one frame; returns the test-run outcome and the kernel's trace.

@@ -1,20 +1,28 @@
 //! The firewall of an interface, through its pinned maps: what `xdpkit rule`
-//! uses. Every change writes the whole ruleset into the inactive set and
-//! flips it in ([`super::kernel::apply`]), so packets never see a half-done
-//! change, and stores the rules in `FW_RULES` for the next process.
+//! uses. Loads, deletes and general-rule changes are written into the
+//! inactive set and switched in with one config update, so packets never see
+//! a half-done change; a prefix rule that cannot outrank a longer prefix is
+//! added in place (one trie entry). `FW_RULES` stores every rule for the
+//! next process.
 
 use std::{
     fs::File,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsRawFd as _,
     time::{Duration, SystemTime},
 };
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, MapData};
 use serde::Serialize;
-use xdpkit_common::firewall::{RuleHits, RuleRecord, FW_RULES, FW_RULE_STATS};
+use xdpkit_common::firewall::{
+    FwConfig, RuleHits, RuleRecord, RuleRef, FW_CONFIG, FW_GEN_RULES, FW_MAX_RULE_IDS, FW_RULES,
+    FW_RULE_STATS,
+};
 
 use super::{
-    kernel::{apply, read_config, write_config},
+    bulk,
+    kernel::{
+        add_prefix_in_place, apply, is_prefix_rule, read_config, rebuild_general, rebuild_prefixes,
+    },
     maps::{pin_name, MapSource, PinnedMaps},
     record, Entry, Rule, Ruleset,
 };
@@ -33,6 +41,12 @@ pub struct RuleRow {
     pub bytes: u64,
     /// When it last decided a frame (RFC 3339, UTC).
     pub last_hit: Option<String>,
+    /// Rate limits: frames within the rate (passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed: Option<u64>,
+    /// Rate limits: frames over the rate (dropped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limited: Option<u64>,
 }
 
 /// An interface's firewall, locked for this process until dropped.
@@ -59,10 +73,7 @@ impl LiveFirewall {
         iface::validate_name(ifname)?;
         privilege::require("changing firewall rules")?;
         let dir = PinDir::new(ifname)?;
-        if !dir
-            .file(&pin_name(xdpkit_common::firewall::FW_CONFIG))
-            .exists()
-        {
+        if !dir.file(&pin_name(FW_CONFIG)).exists() {
             iface::index(ifname)?;
             return Err(Error::NoFirewall {
                 iface: ifname.to_string(),
@@ -81,36 +92,63 @@ impl LiveFirewall {
                 source: std::io::Error::last_os_error(),
             });
         }
+        let maps = PinnedMaps::open(&dir)?;
+        // `attach` checks every map against this build (object::check_pins);
+        // here, where a millisecond counts, the two layouts every command
+        // reads stand for the rest.
+        for (name, size) in [
+            (FW_CONFIG, std::mem::size_of::<FwConfig>()),
+            (FW_RULE_STATS, std::mem::size_of::<RuleHits>()),
+        ] {
+            let info = bulk::map_info(&maps, name)?;
+            if info.value_size() as usize != size {
+                return Err(Error::IncompatibleState {
+                    iface: ifname.to_string(),
+                    map: name.to_string(),
+                });
+            }
+        }
         Ok(LiveFirewall {
             iface: ifname.to_string(),
-            maps: PinnedMaps::open(&dir)?,
+            maps,
             _lock: lock,
         })
     }
 
     /// The stored ruleset.
     pub fn rules(&self) -> Result<Ruleset> {
+        let records = bulk::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?;
+        let entries = records
+            .into_iter()
+            .map(|(id, rec)| entry_of(id, &rec))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Ruleset::from_entries(entries))
+    }
+
+    /// The general rules (those the bit vectors judge), from the ids in the
+    /// active general set: a few hundred lookups, not a read of every rule.
+    fn general_entries(&self) -> Result<Vec<Entry>> {
+        let cfg = read_config(&self.maps)?;
+        let set = cfg.general_set();
+        let refs =
+            bulk::dump::<u32, RuleRef>(&self.maps, FW_GEN_RULES[set], cfg.general[set] as usize)?;
+        let records = self.records()?;
+        refs.into_iter()
+            .map(|(_, r)| {
+                let rec = records
+                    .get(&r.id, 0)
+                    .map_err(map_err("read a general rule from FW_RULES"))?;
+                entry_of(r.id, &rec)
+            })
+            .collect()
+    }
+
+    fn records(&self) -> Result<HashMap<&MapData, u32, RuleRecord>> {
         let map = self
             .maps
             .map(FW_RULES)
             .ok_or_else(|| object::missing_map(FW_RULES))?;
-        let records: HashMap<&MapData, u32, RuleRecord> =
-            HashMap::try_from(map).map_err(map_err("open FW_RULES"))?;
-        let mut entries = Vec::new();
-        for item in records.iter() {
-            let (id, rec) = item.map_err(map_err("read FW_RULES"))?;
-            let rule = record::decode(&rec).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "rule {id} in FW_RULES is damaged: flush and reload"
-                ))
-            })?;
-            entries.push(Entry {
-                id,
-                seq: rec.seq,
-                rule,
-            });
-        }
-        Ok(Ruleset::from_entries(entries))
+        HashMap::try_from(map).map_err(map_err("open FW_RULES"))
     }
 
     /// The policies in force.
@@ -118,166 +156,215 @@ impl LiveFirewall {
         Ok(super::kernel::policy_of(&read_config(&self.maps)?))
     }
 
-    /// Makes `rules` the live ruleset and stores it; `removed` ids get
-    /// their records and counters cleared.
-    fn commit(&mut self, rules: &Ruleset, removed: &[u32]) -> Result<()> {
-        apply(&mut self.maps, rules)?;
-        let map = self
-            .maps
-            .map_mut(FW_RULES)
-            .ok_or_else(|| object::missing_map(FW_RULES))?;
-        let mut records: HashMap<&mut MapData, u32, RuleRecord> =
-            HashMap::try_from(map).map_err(map_err("open FW_RULES"))?;
-        for id in removed {
-            let _ = records.remove(id);
-        }
-        let (ids, values): (Vec<u32>, Vec<RuleRecord>) = rules
-            .entries()
+    /// Stores `entries` in FW_RULES with zeroed counters, before packets can hit them.
+    fn store(&mut self, entries: &[Entry]) -> Result<()> {
+        let ids: Vec<u32> = entries.iter().map(|e| e.id).collect();
+        let records: Vec<RuleRecord> = entries
             .iter()
-            .map(|e| (e.id, record::encode(&e.rule, e.seq)))
-            .unzip();
-        let fd = match self.maps.map(FW_RULES) {
-            Some(aya::maps::Map::HashMap(d)) => d.fd().as_fd(),
-            _ => return Err(object::missing_map(FW_RULES)),
-        };
-        sys::map_update_batch(fd, &ids, &values)?;
-        self.reset_counters(removed)?;
-        let mut cfg = read_config(&self.maps)?;
-        cfg.next_seq = cfg.next_seq.max(rules.next_seq());
-        write_config(&mut self.maps, cfg)
+            .map(|e| record::encode(&e.rule, e.seq))
+            .collect();
+        self.reset_counters(&ids)?;
+        sys::map_update_batch(bulk::map_fd(&self.maps, FW_RULES)?, &ids, &records)
+    }
+
+    /// Forgets rules `ids` (no longer judged): records and counters.
+    fn forget(&mut self, ids: &[u32]) -> Result<()> {
+        sys::map_delete_batch(bulk::map_fd(&self.maps, FW_RULES)?, ids)?;
+        self.reset_counters(ids)
     }
 
     fn reset_counters(&mut self, ids: &[u32]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Syscall {
-            call: "nr_cpus",
-            source: e,
-        })?;
-        let map = self
-            .maps
-            .map_mut(FW_RULE_STATS)
-            .ok_or_else(|| object::missing_map(FW_RULE_STATS))?;
-        let mut stats: PerCpuArray<&mut MapData, RuleHits> =
-            PerCpuArray::try_from(map).map_err(map_err("open FW_RULE_STATS"))?;
-        for id in ids {
-            let zeros = PerCpuValues::try_from(vec![RuleHits::default(); cpus]).map_err(|e| {
-                Error::Syscall {
-                    call: "per-CPU values",
-                    source: e,
-                }
-            })?;
-            stats
-                .set(*id, zeros, 0)
-                .map_err(map_err("reset rule counters"))?;
-        }
-        Ok(())
+        let cpus = bulk::possible_cpus()?;
+        bulk::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, cpus, ids)
     }
 
-    fn seeded(&self) -> Result<Ruleset> {
-        let mut rules = self.rules()?;
-        // Sequence numbers keep growing across deletions and processes.
-        rules.reserve_seq(read_config(&self.maps)?.next_seq);
-        Ok(rules)
+    /// The next id and sequence number.
+    fn next(&self) -> Result<(u32, u64)> {
+        let cfg = read_config(&self.maps)?;
+        Ok((cfg.next_id.max(1), cfg.next_seq))
     }
 
-    /// Adds `rule` and returns its id.
+    /// Adds `rule` and returns its id. A prefix rule goes straight into the
+    /// active trie when it cannot outrank a longer prefix (the usual case:
+    /// microseconds at any size); otherwise the prefix tries are rebuilt
+    /// aside and switched in. A general rule rebuilds the (small) general set.
     pub fn add(&mut self, rule: Rule) -> Result<u32> {
-        let mut rules = self.seeded()?;
-        let id = rules.add(rule);
-        self.commit(&rules, &[])?;
+        let (id, seq) = self.next()?;
+        if id >= FW_MAX_RULE_IDS {
+            return Err(Error::InvalidArgument(format!(
+                "rule ids are exhausted (the largest is {}): flush or load --replace to renumber",
+                FW_MAX_RULE_IDS - 1
+            )));
+        }
+        let entry = Entry { id, seq, rule };
+        self.store(std::slice::from_ref(&entry))?;
+        let done = if is_prefix_rule(&entry.rule) {
+            add_prefix_in_place(&mut self.maps, &entry).and_then(|fast| {
+                if fast {
+                    return Ok(());
+                }
+                let mut rules = self.rules()?;
+                rules.push_entry(entry.clone());
+                rebuild_prefixes(&mut self.maps, &rules)
+            })
+        } else {
+            let mut general = self.general_entries()?;
+            general.push(entry.clone());
+            rebuild_general(&mut self.maps, &general)
+        };
+        if let Err(e) = done {
+            // Not judged yet: drop the record so the stored set stays the live one.
+            let _ = self.forget(&[id]);
+            return Err(e);
+        }
         Ok(id)
     }
 
     /// Deletes rule `id`; other rules keep their counters.
     pub fn delete(&mut self, id: u32) -> Result<()> {
-        let mut rules = self.seeded()?;
-        if !rules.remove(id) {
-            return Err(Error::NoSuchRule {
-                iface: self.iface.clone(),
-                id,
-            });
+        let rec = match self.records()?.get(&id, 0) {
+            Ok(rec) => rec,
+            Err(aya::maps::MapError::KeyNotFound) => {
+                return Err(Error::NoSuchRule {
+                    iface: self.iface.clone(),
+                    id,
+                })
+            }
+            Err(e) => return Err(map_err("read FW_RULES")(e)),
+        };
+        let gone = entry_of(id, &rec)?;
+        if is_prefix_rule(&gone.rule) {
+            let mut rules = self.rules()?;
+            rules.remove(id);
+            rebuild_prefixes(&mut self.maps, &rules)?;
+        } else {
+            let mut general = self.general_entries()?;
+            general.retain(|e| e.id != id);
+            rebuild_general(&mut self.maps, &general)?;
         }
-        self.commit(&rules, &[id])
+        self.forget(&[id])
     }
 
     /// Deletes every rule; returns how many there were.
     pub fn flush(&mut self) -> Result<usize> {
-        let old = self.rules()?;
-        let ids: Vec<u32> = old.entries().iter().map(|e| e.id).collect();
-        self.commit(&Ruleset::new(), &ids)?;
+        let ids = self.ids()?;
+        apply(&mut self.maps, &Ruleset::new())?;
+        self.forget(&ids)?;
         Ok(ids.len())
+    }
+
+    fn ids(&self) -> Result<Vec<u32>> {
+        Ok(
+            bulk::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+        )
     }
 
     /// Loads the rules of a file: with `replace` they become the whole
     /// ruleset (ids = line numbers), atomically; otherwise they are added
     /// after the existing ones with new ids. Returns the ids, in file order.
     pub fn load(&mut self, file: &Ruleset, replace: bool) -> Result<Vec<u32>> {
-        let current = self.seeded()?;
-        let seq0 = current.next_seq();
+        let (first_id, seq0) = self.next()?;
         let mut by_line: Vec<&Entry> = file.entries().iter().collect();
         by_line.sort_by_key(|e| e.seq);
         // Replace: ids are line numbers. Add: new ids after the largest.
-        let first_new_id = current.entries().iter().map(|e| e.id).max().unwrap_or(0) + 1;
         let new: Vec<Entry> = by_line
             .iter()
             .enumerate()
             .map(|(i, e)| Entry {
-                id: if replace {
-                    e.id
-                } else {
-                    first_new_id + i as u32
-                },
+                id: if replace { e.id } else { first_id + i as u32 },
                 seq: seq0 + i as u64,
                 rule: e.rule.clone(),
             })
             .collect();
-        let ids = new.iter().map(|e| e.id).collect();
-        // Every old rule goes on replace, also where a new one reuses its id.
-        let (entries, removed) = if replace {
-            (new, current.entries().iter().map(|e| e.id).collect())
+        if let Some(last) = new.iter().map(|e| e.id).max() {
+            if last >= FW_MAX_RULE_IDS {
+                return Err(Error::InvalidArgument(format!(
+                    "rule id {last} is beyond the largest, {}: use load --replace to renumber",
+                    FW_MAX_RULE_IDS - 1
+                )));
+            }
+        }
+        let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
+        if replace {
+            let old = self.ids()?;
+            let keep: std::collections::HashSet<u32> = ids.iter().copied().collect();
+            let gone: Vec<u32> = old.into_iter().filter(|id| !keep.contains(id)).collect();
+            let rules = Ruleset::from_entries(new.clone());
+            // Records (and zeroed counters) of reused ids change before the
+            // switch: those old rules are on their way out.
+            self.store(&new)?;
+            apply(&mut self.maps, &rules)?;
+            self.forget(&gone)?;
         } else {
-            (
-                current.entries().iter().cloned().chain(new).collect(),
-                Vec::new(),
-            )
-        };
-        self.commit(&Ruleset::from_entries(entries), &removed)?;
+            let mut rules = self.rules()?;
+            for e in &new {
+                rules.push_entry(e.clone());
+            }
+            self.store(&new)?;
+            if let Err(e) = apply(&mut self.maps, &rules) {
+                let _ = self.forget(&ids);
+                return Err(e);
+            }
+        }
         Ok(ids)
     }
 
     /// Every rule in judging order with its counters.
     pub fn list(&self) -> Result<Vec<RuleRow>> {
         let rules = self.rules()?;
-        let map = self
-            .maps
-            .map(FW_RULE_STATS)
-            .ok_or_else(|| object::missing_map(FW_RULE_STATS))?;
-        let stats: PerCpuArray<&MapData, RuleHits> =
-            PerCpuArray::try_from(map).map_err(map_err("open FW_RULE_STATS"))?;
+        let cfg = read_config(&self.maps)?;
+        let cpus = bulk::possible_cpus()?;
+        let stats = bulk::dump_per_cpu::<RuleHits>(
+            &self.maps,
+            FW_RULE_STATS,
+            cpus,
+            cfg.next_id.max(1) as usize,
+        )?;
         let now_mono = monotonic_ns();
         let now = SystemTime::now();
-        rules
+        Ok(rules
             .entries()
             .iter()
             .map(|e| {
-                let per_cpu = stats.get(&e.id, 0).map_err(map_err("read rule counters"))?;
-                let (packets, bytes, last) = per_cpu.iter().fold((0, 0, 0), |(p, b, l), h| {
-                    (p + h.packets, b + h.bytes, l.max(h.last_ns))
+                let per_cpu = stats.get(e.id as usize).map(Vec::as_slice).unwrap_or(&[]);
+                let sum = per_cpu.iter().fold(RuleHits::default(), |s, h| RuleHits {
+                    packets: s.packets + h.packets,
+                    bytes: s.bytes + h.bytes,
+                    last_ns: s.last_ns.max(h.last_ns),
+                    limited: s.limited + h.limited,
                 });
-                let last_hit = (last != 0)
-                    .then(|| rfc3339(now - Duration::from_nanos(now_mono.saturating_sub(last))));
-                Ok(RuleRow {
+                let last_hit = (sum.last_ns != 0).then(|| {
+                    rfc3339(now - Duration::from_nanos(now_mono.saturating_sub(sum.last_ns)))
+                });
+                let rate_limit = matches!(e.rule.action, super::Action::RateLimit(_));
+                RuleRow {
                     id: e.id,
                     rule: e.rule.to_string(),
-                    packets,
-                    bytes,
+                    packets: sum.packets,
+                    bytes: sum.bytes,
                     last_hit,
-                })
+                    passed: rate_limit.then_some(sum.packets - sum.limited),
+                    limited: rate_limit.then_some(sum.limited),
+                }
             })
-            .collect()
+            .collect())
     }
+}
+
+fn entry_of(id: u32, rec: &RuleRecord) -> Result<Entry> {
+    let rule = record::decode(rec).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "rule {id} in FW_RULES is damaged: flush and reload"
+        ))
+    })?;
+    Ok(Entry {
+        id,
+        seq: rec.seq,
+        rule,
+    })
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.

@@ -2,6 +2,7 @@
 //! reference model of its decision. The kernel program and its loader
 //! follow the design in docs/firewall.md.
 
+mod bulk;
 pub mod frame;
 pub mod general;
 pub mod kernel;

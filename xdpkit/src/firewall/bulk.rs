@@ -1,0 +1,165 @@
+//! Whole-map reads and writes with the batch commands: a million entries
+//! in a few hundred syscalls instead of a million.
+
+use std::{mem::size_of, net::IpAddr, os::fd::AsFd as _, os::fd::BorrowedFd};
+
+use aya::maps::Map;
+use ipnet::IpNet;
+
+use super::maps::MapSource;
+use crate::{object, sys, Error, Result};
+
+/// The fd of map `name`.
+pub(crate) fn map_fd<'a>(maps: &'a impl MapSource, name: &str) -> Result<BorrowedFd<'a>> {
+    match maps.map(name).ok_or_else(|| object::missing_map(name))? {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LpmTrie(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d) => Ok(d.fd().as_fd()),
+        _ => Err(object::missing_map(name)),
+    }
+}
+
+/// What the kernel says about map `name`.
+pub(crate) fn map_info(maps: &impl MapSource, name: &str) -> Result<aya::maps::MapInfo> {
+    match maps.map(name).ok_or_else(|| object::missing_map(name))? {
+        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) | Map::LpmTrie(d) => {
+            d.info().map_err(|e| Error::Map {
+                what: format!("read the info of {name}"),
+                source: e.into(),
+            })
+        }
+        _ => Err(object::missing_map(name)),
+    }
+}
+
+/// Writes `values` at indexes 0.. of array `name`.
+pub(crate) fn write_array<V: Copy>(maps: &impl MapSource, name: &str, values: &[V]) -> Result<()> {
+    let keys: Vec<u32> = (0..values.len() as u32).collect();
+    sys::map_update_batch(map_fd(maps, name)?, &keys, values)
+}
+
+/// An LPM-trie key as the kernel lays it out.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TrieKey<const N: usize> {
+    /// Prefix length.
+    pub len: u32,
+    /// Address bytes, network order.
+    pub addr: [u8; N],
+}
+
+impl<const N: usize> TrieKey<N> {
+    /// The key of `net`; fails if its family does not have `N` bytes.
+    pub fn of(net: &IpNet) -> Result<TrieKey<N>> {
+        let addr: [u8; N] = match net.addr() {
+            IpAddr::V4(a) => a.octets().as_slice().try_into(),
+            IpAddr::V6(a) => a.octets().as_slice().try_into(),
+        }
+        .map_err(|_| Error::InvalidArgument(format!("{net} is not a {}-byte address", N)))?;
+        Ok(TrieKey {
+            len: u32::from(net.prefix_len()),
+            addr,
+        })
+    }
+}
+
+/// Every (key, value) of a map that is not per-CPU, up to `limit` entries.
+pub(crate) fn dump<K: Copy, V: Copy>(
+    maps: &impl MapSource,
+    name: &str,
+    limit: usize,
+) -> Result<Vec<(K, V)>> {
+    let (keys, values) = sys::map_dump(map_fd(maps, name)?, size_of::<K>(), size_of::<V>(), limit)?;
+    Ok(keys
+        .chunks_exact(size_of::<K>())
+        .zip(values.chunks_exact(size_of::<V>()))
+        // SAFETY: each chunk holds one K or V as the kernel copied it; both are plain data.
+        .map(|(k, v)| unsafe {
+            (
+                std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
+                std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
+            )
+        })
+        .collect())
+}
+
+/// Bytes the kernel copies per key of a per-CPU map of `V`.
+pub(crate) fn per_cpu_stride<V>(cpus: usize) -> usize {
+    size_of::<V>().next_multiple_of(8) * cpus
+}
+
+/// The first `limit` entries of a per-CPU array: per index, one value a CPU.
+pub(crate) fn dump_per_cpu<V: Copy>(
+    maps: &impl MapSource,
+    name: &str,
+    cpus: usize,
+    limit: usize,
+) -> Result<Vec<Vec<V>>> {
+    let slot = size_of::<V>().next_multiple_of(8);
+    let (_, values) = sys::map_dump(map_fd(maps, name)?, 4, slot * cpus, limit)?;
+    Ok(values
+        .chunks_exact(slot * cpus)
+        .map(|per_key| {
+            per_key
+                .chunks_exact(slot)
+                // SAFETY: each slot starts with one V as the kernel copied it.
+                .map(|s| unsafe { std::ptr::read_unaligned(s.as_ptr().cast::<V>()) })
+                .collect()
+        })
+        .collect())
+}
+
+/// Zeroes entries `ids` of a per-CPU array of `V` on every CPU.
+pub(crate) fn zero_per_cpu<V>(
+    maps: &impl MapSource,
+    name: &str,
+    cpus: usize,
+    ids: &[u32],
+) -> Result<()> {
+    let zeros = vec![0u8; per_cpu_stride::<V>(cpus) * ids.len()];
+    sys::map_update_batch_bytes(map_fd(maps, name)?, ids, &zeros)
+}
+
+/// Deletes every entry of hash or trie `name` (keys `K`, values `V`).
+pub(crate) fn clear<K: Copy, V: Copy>(maps: &impl MapSource, name: &str) -> Result<()> {
+    let keys: Vec<K> = dump::<K, V>(maps, name, usize::MAX)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    sys::map_delete_batch(map_fd(maps, name)?, &keys)
+}
+
+/// Replaces the contents of an LPM trie with `entries`.
+pub(crate) fn write_trie<const N: usize, V: Copy>(
+    maps: &impl MapSource,
+    name: &str,
+    entries: &[(IpNet, V)],
+) -> Result<()> {
+    let keys = entries
+        .iter()
+        .map(|(net, _)| TrieKey::<N>::of(net))
+        .collect::<Result<Vec<_>>>()?;
+    let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
+    write_trie_keys(maps, name, &keys, &values)
+}
+
+/// Replaces the contents of an LPM trie with `keys[i]` -> `values[i]`.
+pub(crate) fn write_trie_keys<const N: usize, V: Copy>(
+    maps: &impl MapSource,
+    name: &str,
+    keys: &[TrieKey<N>],
+    values: &[V],
+) -> Result<()> {
+    clear::<TrieKey<N>, V>(maps, name)?;
+    sys::map_update_batch(map_fd(maps, name)?, keys, values)
+}
+
+/// Possible CPUs: the number of values a per-CPU map holds per key.
+pub(crate) fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, source)| Error::Syscall {
+        call: "possible CPUs",
+        source,
+    })
+}
