@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "xdp-tools",
     "nftables",
     "tcpdump",
+    "iputils-ping",
 ];
 
 /// bpf-linker release known to build against Debian's LLVM 22.
