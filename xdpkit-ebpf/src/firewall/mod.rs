@@ -5,7 +5,7 @@ mod general;
 mod parse;
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -22,7 +22,7 @@ use xdpkit_common::{
     ActionCounter, XdpAction,
 };
 
-use self::parse::{parse, IpFrame, Parsed, NO_VLAN};
+use self::parse::{parse, IpFrame, Parsed};
 use crate::stats::count;
 
 #[map(name = "FW_CONFIG")]
@@ -82,25 +82,15 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
         return count(&ctx, XdpAction::Pass);
     };
     let cfg = *cfg;
-    let mut ip = IpFrame {
-        vlan: NO_VLAN,
-        smac: [0; 6],
-        v6: false,
-        src: [0; 16],
-        dst: [0; 16],
-        proto: 0,
-        later_fragment: false,
-        has_ports: false,
-        sport: 0,
-        dport: 0,
-    };
-    let (action, outcome, rule) = match parse(&ctx, &mut ip) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ip = IpFrame::zero_in(&mut slot);
+    let (action, outcome, rule) = match parse(&ctx, ip) {
         Parsed::NonIp => (policy(cfg.non_ip), Outcome::NonIp, NO_RULE),
         Parsed::Malformed => (policy(cfg.malformed), Outcome::Malformed, NO_RULE),
         Parsed::Ip if ip.later_fragment && cfg.fragments != POLICY_L3 => {
             (policy(cfg.fragments), Outcome::Fragment, NO_RULE)
         }
-        Parsed::Ip => judge(&cfg, &ip),
+        Parsed::Ip => judge(&cfg, ip),
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     bump(&OUTCOMES, outcome as u32, len);
@@ -110,7 +100,9 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
             unsafe {
                 (*h).packets += 1;
                 (*h).bytes += len;
-                (*h).last_ns = bpf_ktime_get_ns();
+                // The coarse clock (same base, jiffy resolution) is a
+                // fraction of the cost, and "last hit" needs no more.
+                (*h).last_ns = bpf_ktime_get_coarse_ns();
                 if outcome == Outcome::RateLimited {
                     (*h).limited += 1;
                 }

@@ -2,7 +2,7 @@
 //! reference): Ethernet, up to two VLAN tags, IPv4 with IHL/length checks,
 //! IPv6 with a bounded extension-header walk, TCP/UDP/ICMP/ICMPv6.
 
-use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 
 const ETH_HLEN: usize = 14;
 const MAX_VLAN_TAGS: usize = 2;
@@ -13,18 +13,39 @@ const MAX_OFFSET: usize = 4096;
 
 pub const NO_VLAN: u32 = u32::MAX;
 
+/// Aligned so that LLVM clears and copies the addresses with 8-byte stores
+/// rather than calls to a byte-wise `memset`.
+#[repr(C, align(8))]
 pub struct IpFrame {
-    pub vlan: u32,
-    pub smac: [u8; 6],
-    pub v6: bool,
     pub src: [u8; 16],
     pub dst: [u8; 16],
-    pub proto: u8,
-    pub later_fragment: bool,
-    pub has_ports: bool,
+    pub vlan: u32,
     pub sport: u16,
     pub dport: u16,
+    pub smac: [u8; 6],
+    pub proto: u8,
+    pub v6: bool,
+    pub later_fragment: bool,
+    pub has_ports: bool,
 }
+
+impl IpFrame {
+    /// Zeroes `slot` in place with 8-byte volatile stores: a zero literal,
+    /// or a zeroed value moved into place, becomes a call to a byte-wise
+    /// `memset` on BPF.
+    #[inline(always)]
+    pub fn zero_in(slot: &mut core::mem::MaybeUninit<IpFrame>) -> &mut IpFrame {
+        let words = slot.as_mut_ptr().cast::<u64>();
+        for i in 0..core::mem::size_of::<IpFrame>() / 8 {
+            // SAFETY: IpFrame is 8-aligned and a multiple of 8 bytes long.
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        }
+        // SAFETY: every field (bytes, integers, bools) is valid as zero.
+        unsafe { slot.assume_init_mut() }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<IpFrame>() % 8 == 0);
 
 pub enum Parsed {
     Ip,
@@ -32,76 +53,129 @@ pub enum Parsed {
     Malformed,
 }
 
-/// `N` bytes at `off`. The kernel checks the bounds (bpf_xdp_load_bytes):
-/// with direct packet access LLVM proves bounds from length arithmetic and
-/// drops pointer checks the verifier needs.
-#[inline(always)]
-fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
-    if off >= MAX_OFFSET {
-        return None;
+/// The frame's bounds, read once. Every read goes through [`Frame::at`]:
+/// a pointer check against `end` right before the access, which is what
+/// the verifier wants to see. The length for the header-consistency checks
+/// is read separately (`volatile`), so LLVM cannot use those checks to
+/// prove a pointer check redundant and drop it.
+struct Frame {
+    start: usize,
+    end: usize,
+    len: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    fn new(ctx: &XdpContext) -> Frame {
+        let start = ctx.data();
+        let end = ctx.data_end();
+        // Volatile loads after the plain ones: LLVM may reuse a volatile
+        // load's value for a later plain load, never the other way round,
+        // so `len` stays unrelated to `start` and `end` in its eyes.
+        // SAFETY: ctx.ctx is the program's valid context pointer.
+        let len = unsafe {
+            let md = ctx.ctx;
+            let end = core::ptr::read_volatile(&(*md).data_end) as usize;
+            let start = core::ptr::read_volatile(&(*md).data) as usize;
+            end.wrapping_sub(start)
+        };
+        Frame { start, end, len }
     }
-    let mut buf = [0u8; N];
-    // SAFETY: buf is N writable bytes; the helper fails rather than read
-    // past the frame.
-    let ret = unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.as_mut_ptr().cast(), N as u32) };
-    (ret == 0).then_some(buf)
+
+    /// A pointer to `N` readable bytes at `off`, if the frame holds them.
+    #[inline(always)]
+    fn at<const N: usize>(&self, off: usize) -> Option<*const u8> {
+        if off > MAX_OFFSET {
+            return None;
+        }
+        let p = self.start + off;
+        if p + N > self.end {
+            return None;
+        }
+        Some(p as *const u8)
+    }
+
+    /// The `N`-byte header at `off`, if the frame holds all of it. Headers
+    /// are read whole: a check for one byte (`p + 1 > end`) becomes
+    /// `p >= end` in LLVM, from which the verifier learns no range.
+    #[inline(always)]
+    fn header<const N: usize>(&self, off: usize) -> Option<Header<N>> {
+        self.at::<N>(off).map(|p| Header { p })
+    }
 }
 
-#[inline(always)]
-fn byte(ctx: &XdpContext, off: usize) -> Option<u8> {
-    load::<1>(ctx, off).map(|b| b[0])
+/// `N` bytes of the frame, checked once.
+#[derive(Clone, Copy)]
+struct Header<const N: usize> {
+    p: *const u8,
 }
 
-#[inline(always)]
-fn be16(ctx: &XdpContext, off: usize) -> Option<u16> {
-    load::<2>(ctx, off).map(u16::from_be_bytes)
+impl<const N: usize> Header<N> {
+    #[inline(always)]
+    fn byte(self, i: usize) -> u8 {
+        // SAFETY: i < N (constant at every call), and N bytes were checked.
+        unsafe { *self.p.add(i) }
+    }
+
+    #[inline(always)]
+    fn be16(self, i: usize) -> u16 {
+        u16::from_be_bytes([self.byte(i), self.byte(i + 1)])
+    }
+
+    /// Copies `M` bytes from `i` into `out`.
+    #[inline(always)]
+    fn copy<const M: usize>(self, i: usize, out: &mut [u8; M]) {
+        // A fixed-count loop: unrolled, no loop for the verifier.
+        for (k, b) in out.iter_mut().enumerate() {
+            *b = self.byte(i + k);
+        }
+    }
 }
 
 /// Reads the frame into `ip`; the return says which kind it is.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, ip: &mut IpFrame) -> Parsed {
-    let len = ctx.data_end() - ctx.data();
-    if len < ETH_HLEN {
+    let f = Frame::new(ctx);
+    if f.len < ETH_HLEN {
         return Parsed::Malformed;
     }
-    let Some(smac) = load::<6>(ctx, 6) else {
+    let Some(eth) = f.header::<ETH_HLEN>(0) else {
         return Parsed::Malformed;
     };
-    ip.smac = smac;
-    let Some(mut ethertype) = be16(ctx, 12) else {
-        return Parsed::Malformed;
-    };
+    eth.copy(6, &mut ip.smac);
+    let mut ethertype = eth.be16(12);
     let mut off = ETH_HLEN;
     ip.vlan = NO_VLAN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != 0x8100 && ethertype != 0x88a8 {
             break;
         }
-        let (Some(tci), Some(next)) = (be16(ctx, off), be16(ctx, off + 2)) else {
+        let Some(tag) = f.header::<4>(off) else {
             return Parsed::Malformed;
         };
         if ip.vlan == NO_VLAN {
-            ip.vlan = u32::from(tci & 0x0fff);
+            ip.vlan = u32::from(tag.be16(0) & 0x0fff);
         }
-        ethertype = next;
+        ethertype = tag.be16(2);
         off += 4;
     }
     match ethertype {
-        0x0800 => ipv4(ctx, off, len, ip),
-        0x86dd => ipv6(ctx, off, len, ip),
+        0x0800 => ipv4(&f, off, ip),
+        0x86dd => ipv6(&f, off, ip),
         _ => Parsed::NonIp,
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize, len: usize, ip: &mut IpFrame) -> Parsed {
-    let avail = len - l3;
-    if avail < 20 {
+fn ipv4(f: &Frame, l3: usize, ip: &mut IpFrame) -> Parsed {
+    if l3 + 20 > f.len {
         return Parsed::Malformed;
     }
-    let Some(vihl) = byte(ctx, l3) else {
+    let avail = f.len - l3;
+    let Some(h) = f.header::<20>(l3) else {
         return Parsed::Malformed;
     };
+    let vihl = h.byte(0);
     if vihl >> 4 != 4 {
         return Parsed::Malformed;
     }
@@ -109,52 +183,41 @@ fn ipv4(ctx: &XdpContext, l3: usize, len: usize, ip: &mut IpFrame) -> Parsed {
     if ihl < 20 || ihl > avail {
         return Parsed::Malformed;
     }
-    let (Some(total), Some(frag), Some(proto)) =
-        (be16(ctx, l3 + 2), be16(ctx, l3 + 6), byte(ctx, l3 + 9))
-    else {
-        return Parsed::Malformed;
-    };
-    let total = usize::from(total);
+    let total = usize::from(h.be16(2));
     if total < ihl || total > avail {
         return Parsed::Malformed;
     }
     ip.v6 = false;
-    ip.src = [0; 16];
-    ip.dst = [0; 16];
-    let Some(addrs) = load::<8>(ctx, l3 + 12) else {
-        return Parsed::Malformed;
-    };
-    ip.src[..4].copy_from_slice(&addrs[..4]);
-    ip.dst[..4].copy_from_slice(&addrs[4..]);
-    ip.proto = proto;
-    ip.later_fragment = frag & 0x1fff != 0;
-    l4(ctx, l3 + ihl, l3 + total, ip)
+    // The upper 12 bytes of src and dst stay zero from IpFrame::zero_in.
+    if let (Some(src), Some(dst)) = (ip.src.first_chunk_mut::<4>(), ip.dst.first_chunk_mut::<4>()) {
+        h.copy(12, src);
+        h.copy(16, dst);
+    }
+    ip.proto = h.byte(9);
+    ip.later_fragment = h.be16(6) & 0x1fff != 0;
+    l4(f, l3 + ihl, l3 + total, ip)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize, len: usize, ip: &mut IpFrame) -> Parsed {
-    let avail = len - l3;
-    if avail < 40 {
+fn ipv6(f: &Frame, l3: usize, ip: &mut IpFrame) -> Parsed {
+    if l3 + 40 > f.len {
         return Parsed::Malformed;
     }
-    let (Some(v), Some(payload), Some(mut next)) =
-        (byte(ctx, l3), be16(ctx, l3 + 4), byte(ctx, l3 + 6))
-    else {
+    let avail = f.len - l3;
+    let Some(h) = f.header::<40>(l3) else {
         return Parsed::Malformed;
     };
-    if v >> 4 != 6 {
+    if h.byte(0) >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let end = 40 + usize::from(payload);
+    let end = 40 + usize::from(h.be16(4));
     if end > avail {
         return Parsed::Malformed;
     }
+    let mut next = h.byte(6);
     ip.v6 = true;
-    let (Some(src), Some(dst)) = (load::<16>(ctx, l3 + 8), load::<16>(ctx, l3 + 24)) else {
-        return Parsed::Malformed;
-    };
-    ip.src = src;
-    ip.dst = dst;
+    h.copy(8, &mut ip.src);
+    h.copy(24, &mut ip.dst);
     ip.later_fragment = false;
     let mut off = 40;
     let mut walked = 0;
@@ -165,26 +228,26 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: usize, ip: &mut IpFrame) -> Parsed {
                 if off + 8 > end {
                     return Parsed::Malformed;
                 }
-                let (Some(nh), Some(hlen)) = (byte(ctx, l3 + off), byte(ctx, l3 + off + 1)) else {
+                let Some(ext) = f.header::<8>(l3 + off) else {
                     return Parsed::Malformed;
                 };
-                let hlen = (usize::from(hlen) + 1) * 8;
+                let hlen = (usize::from(ext.byte(1)) + 1) * 8;
                 if off + hlen > end {
                     return Parsed::Malformed;
                 }
-                next = nh;
+                next = ext.byte(0);
                 off += hlen;
             }
             44 => {
                 if off + 8 > end {
                     return Parsed::Malformed;
                 }
-                let (Some(nh), Some(field)) = (byte(ctx, l3 + off), be16(ctx, l3 + off + 2)) else {
+                let Some(frag) = f.header::<8>(l3 + off) else {
                     return Parsed::Malformed;
                 };
-                next = nh;
+                next = frag.byte(0);
                 off += 8;
-                if field >> 3 != 0 {
+                if frag.be16(2) >> 3 != 0 {
                     ip.proto = next;
                     ip.later_fragment = true;
                     ip.has_ports = false;
@@ -193,7 +256,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: usize, ip: &mut IpFrame) -> Parsed {
             }
             _ => {
                 ip.proto = next;
-                return l4(ctx, l3 + off, l3 + end, ip);
+                return l4(f, l3 + off, l3 + end, ip);
             }
         }
     }
@@ -201,14 +264,14 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: usize, ip: &mut IpFrame) -> Parsed {
         0 | 43 | 44 | 60 => Parsed::Malformed,
         _ => {
             ip.proto = next;
-            l4(ctx, l3 + off, l3 + end, ip)
+            l4(f, l3 + off, l3 + end, ip)
         }
     }
 }
 
 /// Checks the layer-4 header in `[start, end)` and reads TCP/UDP ports.
 #[inline(always)]
-fn l4(ctx: &XdpContext, start: usize, end: usize, ip: &mut IpFrame) -> Parsed {
+fn l4(f: &Frame, start: usize, end: usize, ip: &mut IpFrame) -> Parsed {
     ip.has_ports = false;
     if ip.later_fragment {
         return Parsed::Ip;
@@ -223,11 +286,11 @@ fn l4(ctx: &XdpContext, start: usize, end: usize, ip: &mut IpFrame) -> Parsed {
         return Parsed::Malformed;
     }
     if ip.proto == 6 || ip.proto == 17 {
-        let (Some(sport), Some(dport)) = (be16(ctx, start), be16(ctx, start + 2)) else {
+        let Some(ports) = f.header::<4>(start) else {
             return Parsed::Malformed;
         };
-        ip.sport = sport;
-        ip.dport = dport;
+        ip.sport = ports.be16(0);
+        ip.dport = ports.be16(2);
         ip.has_ports = true;
     }
     Parsed::Ip
