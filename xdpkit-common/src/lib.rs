@@ -8,6 +8,7 @@ pub mod action;
 pub mod firewall;
 pub mod maps;
 pub mod program;
+pub mod trafficgen;
 
 pub use action::XdpAction;
 pub use maps::ActionCounter;

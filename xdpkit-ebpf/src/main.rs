@@ -10,6 +10,7 @@ mod drop;
 mod firewall;
 mod pass;
 mod redirect;
+mod trafficgen;
 mod tx;
 
 #[cfg(not(test))]

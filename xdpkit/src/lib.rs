@@ -4,6 +4,7 @@
 //! - [`status`]: what is attached, with per-action counters and rates, from any process;
 //! - [`features`]: what the kernel and a device support;
 //! - [`testrun`]: BPF_PROG_TEST_RUN on crafted frames, with [`model`] as the reference;
+//! - [`trafficgen`]: a live-frames traffic generator (BPF_PROG_TEST_RUN, XDP_TX);
 //! - [`lab`]: network namespaces and veth pairs for tests, demos and benchmarks.
 
 pub mod attach;
@@ -21,6 +22,7 @@ pub mod stats;
 pub mod status;
 pub mod sys;
 pub mod testrun;
+pub mod trafficgen;
 
 pub use attach::{attach, detach, AttachReport, AttachRequest, DetachReport, Mode};
 pub use error::{Error, Result};

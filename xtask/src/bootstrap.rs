@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "tcpdump",
     "iputils-ping",
+    "fonts-dejavu-core",
 ];
 
 /// bpf-linker release known to build against Debian's LLVM 22.

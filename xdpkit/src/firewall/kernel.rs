@@ -432,6 +432,26 @@ impl FirewallHarness {
         }
     }
 
+    /// Mean ns per frame over `repeat` runs of `frame`, as the kernel timed
+    /// it, with tracing off (as on an interface); tracing is back on after.
+    pub fn ns_per_frame(&mut self, frame: &[u8], repeat: u32) -> Result<u64> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let mut cfg = read_config(&self.ebpf)?;
+        cfg.trace = 0;
+        write_config(&mut self.ebpf, cfg)?;
+        let program = object::program_by_symbol(&mut self.ebpf, SYMBOL, "firewall")?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat.max(1);
+        let result = program.test_run(opts).map_err(|source| Error::TestRun {
+            program: "firewall",
+            source,
+        });
+        cfg.trace = 1;
+        write_config(&mut self.ebpf, cfg)?;
+        Ok(u64::try_from(result?.duration.as_nanos()).unwrap_or(u64::MAX))
+    }
+
     /// Runs one frame; returns the test-run outcome and the kernel's trace.
     pub fn run(&mut self, frame: &[u8]) -> Result<(TestRunOutcome, FwTrace)> {
         use aya::programs::{TestRun as _, TestRunOptions};

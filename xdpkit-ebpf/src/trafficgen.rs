@@ -1,0 +1,71 @@
+use aya_ebpf::{
+    helpers::bpf_get_prandom_u32,
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
+};
+use xdpkit_common::{trafficgen::GenConfig, XdpAction};
+
+use crate::frame::ETH_HLEN;
+
+#[map(name = "XDPKIT_GEN_CFG")]
+static GEN_CFG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
+const IPV4_MIN_HLEN: usize = 20;
+const IPV4_CSUM: usize = ETH_HLEN + 10;
+const IPV4_SRC: usize = ETH_HLEN + 12;
+
+/// The traffic generator: run by BPF_PROG_TEST_RUN in live-frames mode, it
+/// gives each IPv4 frame a random source inside the configured range
+/// (checksum updated incrementally, RFC 1624) and sends it out of the
+/// interface named as ingress. Never attached to an interface.
+#[xdp]
+pub fn xdpkit_gen(ctx: XdpContext) -> u32 {
+    if let Some(cfg) = GEN_CFG.get(0) {
+        if cfg.src_random != 0 {
+            randomise_source(&ctx, cfg);
+        }
+    }
+    XdpAction::Tx as u32
+}
+
+#[inline(always)]
+fn randomise_source(ctx: &XdpContext, cfg: &GenConfig) {
+    let start = ctx.data();
+    if start + ETH_HLEN + IPV4_MIN_HLEN > ctx.data_end() {
+        return;
+    }
+    let base = start as *mut u8;
+    // SAFETY: every offset below is < ETH_HLEN + 20, checked above.
+    unsafe {
+        if [*base.add(12), *base.add(13)] != ETH_P_IPV4 {
+            return;
+        }
+        let src = (cfg.src_base | (bpf_get_prandom_u32() & cfg.src_random)).to_be_bytes();
+        let old = [word(base, IPV4_SRC), word(base, IPV4_SRC + 2)];
+        for (i, b) in src.iter().enumerate() {
+            *base.add(IPV4_SRC + i) = *b;
+        }
+        let new = [word(base, IPV4_SRC), word(base, IPV4_SRC + 2)];
+        let mut sum = u32::from(!word(base, IPV4_CSUM));
+        for i in 0..2 {
+            sum += u32::from(!old[i]) + u32::from(new[i]);
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let csum = (!(sum as u16)).to_be_bytes();
+        *base.add(IPV4_CSUM) = csum[0];
+        *base.add(IPV4_CSUM + 1) = csum[1];
+    }
+}
+
+/// The big-endian 16-bit word at `off`.
+///
+/// # Safety
+///
+/// `base + off + 1` is inside the frame.
+#[inline(always)]
+unsafe fn word(base: *mut u8, off: usize) -> u16 {
+    u16::from_be_bytes([*base.add(off), *base.add(off + 1)])
+}

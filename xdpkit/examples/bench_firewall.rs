@@ -1,0 +1,652 @@
+//! `cargo xtask bench firewall`: how fast the firewall drops, side by side
+//! with bare `XDP_DROP`, nftables and xdp-filter, in one run on one lab.
+//!
+//! Two namespaces joined by a veth pair. In `gen`, xdpkit's live-frames
+//! generator (pinned to CPU 0) sends 60-byte UDP frames at full speed from
+//! random sources in 198.18.0.0/22. In `dut`, each contender in turn drops
+//! them; the receiving veth runs threaded NAPI pinned to CPU 1, so every
+//! contender gets one core. The rate is what the contender's own counter
+//! saw, median of several trials. Every frame is dropped by every contender
+//! after a lookup of its source, so all do the same work:
+//!
+//! - bare `drop`: xdpkit's `drop` program, no parsing;
+//! - firewall with 0 prefixes (`--default deny`), and 1k, 100k and 1M deny
+//!   prefixes (IPv4 and IPv6; the 1,024 sources are among them);
+//! - nftables: a netdev ingress chain, `ip saddr @set drop`, the same
+//!   prefixes in interval sets;
+//! - xdp-filter (xdp-tools) with the 1,024 sources as exact IPs.
+//!
+//! Writes target/bench/firewall.csv and target/bench/firewall.png.
+
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use xdpkit::{
+    firewall::{kernel::FirewallHarness, live::LiveFirewall, Policy, Ruleset, Verdict},
+    lab::Lab,
+    trafficgen::{udp_frame, Generator},
+    AttachRequest, Mode, ProgramKind, XdpAction,
+};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const GEN_IF: &str = "xkbf-g";
+const DUT_IF: &str = "xkbf-d";
+const DUT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 2);
+/// The sources of the traffic: 1,024 addresses, all denied by every contender.
+const SOURCES: &str = "198.18.0.0/22";
+const GEN_CPU: usize = 0;
+const NAPI_CPU: usize = 1;
+const NFT_TABLE: &str = "xkbench";
+
+#[derive(Clone, Copy, Debug)]
+enum Contender {
+    BareDrop,
+    Firewall(usize),
+    Nftables(usize),
+    XdpFilter(usize),
+}
+
+impl Contender {
+    fn name(self) -> String {
+        match self {
+            Contender::BareDrop => "xdp drop (bare)".to_string(),
+            Contender::Firewall(n) => format!("xdpkit firewall, {} prefixes", count(n)),
+            Contender::Nftables(n) => format!("nftables netdev, {} prefixes", count(n)),
+            Contender::XdpFilter(n) => format!("xdp-filter, {} IPs", count(n)),
+        }
+    }
+}
+
+fn count(n: usize) -> String {
+    match n {
+        0 => "0".to_string(),
+        n if n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+struct Options {
+    trial: Duration,
+    trials: usize,
+    sizes: Vec<usize>,
+    out: PathBuf,
+}
+
+fn options() -> BoxResult<Options> {
+    let mut o = Options {
+        trial: Duration::from_secs(2),
+        trials: 5,
+        sizes: vec![1_000, 100_000, 1_000_000],
+        out: PathBuf::from("target/bench"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--trial-secs" => o.trial = Duration::from_secs_f64(value()?.parse()?),
+            "--trials" => o.trials = value()?.parse::<usize>()?.max(1),
+            "--sizes" => {
+                o.sizes = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--out" => o.out = PathBuf::from(value()?),
+            "-h" | "--help" => {
+                println!(
+                    "bench_firewall [--trial-secs S (2)] [--trials N (5)] \
+                     [--sizes 1000,100000,1000000] [--out DIR (target/bench)]"
+                );
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown argument {a}; see --help").into()),
+        }
+    }
+    Ok(o)
+}
+
+struct Row {
+    contender: Contender,
+    mpps: f64,
+    min: f64,
+    max: f64,
+    ns_per_packet: Option<f64>,
+    setup: Duration,
+}
+
+fn main() -> BoxResult<()> {
+    if !xdpkit::lab::is_root() {
+        return Err(
+            "the benchmark builds network namespaces and attaches XDP: run it as root".into(),
+        );
+    }
+    let o = options()?;
+    let started = Instant::now();
+    let lab = Lab::builder("xkbf")
+        .namespace("gen")
+        .namespace("dut")
+        .veth(
+            "gen",
+            GEN_IF,
+            Some("198.18.60.1/24"),
+            "dut",
+            DUT_IF,
+            Some("198.18.60.2/24"),
+        )
+        .gro("dut", DUT_IF)
+        .build()?;
+    threaded_napi(&lab)?;
+    let frame = udp_frame(
+        lab.mac("gen", GEN_IF)?,
+        lab.mac("dut", DUT_IF)?,
+        Ipv4Addr::new(198, 18, 0, 1),
+        DUT_ADDR,
+        (1234, 9),
+        60,
+    );
+    let sources: Ipv4Net = SOURCES.parse()?;
+    let biggest = o.sizes.iter().copied().max().unwrap_or(0);
+    let prefixes = prefixes(biggest, sources);
+    println!(
+        "lab: {GEN_IF} (gen, CPU {GEN_CPU}) -> {DUT_IF} (dut, threaded NAPI on CPU {NAPI_CPU}); \
+         60-byte UDP from random sources in {SOURCES}; {} trials of {:.1} s each",
+        o.trials,
+        o.trial.as_secs_f64()
+    );
+
+    let mut contenders = vec![Contender::BareDrop, Contender::Firewall(0)];
+    contenders.extend(o.sizes.iter().map(|&n| Contender::Firewall(n)));
+    contenders.extend(o.sizes.iter().map(|&n| Contender::Nftables(n)));
+    contenders.push(Contender::XdpFilter(sources.hosts().count() + 2));
+
+    let mut rows = Vec::new();
+    for c in contenders {
+        let row = measure(&lab, c, &frame, sources, &prefixes, &o)?;
+        println!(
+            "  {:<34} {:>6.2} Mpps (min {:.2}, max {:.2}){}   set up in {:.1} s",
+            c.name(),
+            row.mpps,
+            row.min,
+            row.max,
+            row.ns_per_packet
+                .map_or(String::new(), |ns| format!(", test_run {ns:.1} ns/packet")),
+            row.setup.as_secs_f64()
+        );
+        rows.push(row);
+    }
+    report(&rows, &o)?;
+    drop(lab);
+    println!(
+        "lab removed; {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn measure(
+    lab: &Lab,
+    c: Contender,
+    frame: &[u8],
+    sources: Ipv4Net,
+    prefixes: &[IpNet],
+    o: &Options,
+) -> BoxResult<Row> {
+    let t = Instant::now();
+    setup(lab, c, sources, prefixes)?;
+    let setup_time = t.elapsed();
+    let result = (|| -> BoxResult<(Vec<f64>, Option<f64>)> {
+        pin_napi(&lab.ns_name("dut"))?;
+        // Warm up: caches, the trie's hot path, NAPI thread placement.
+        trial(lab, c, frame, sources, Duration::from_millis(500))?;
+        let mut rates = Vec::new();
+        for _ in 0..o.trials {
+            rates.push(trial(lab, c, frame, sources, o.trial)?);
+        }
+        Ok((rates, ns_per_packet(c, frame, prefixes)?))
+    })();
+    teardown(lab, c)?;
+    let (mut rates, ns) = result?;
+    rates.sort_by(f64::total_cmp);
+    Ok(Row {
+        contender: c,
+        mpps: rates[rates.len() / 2],
+        min: rates[0],
+        max: rates[rates.len() - 1],
+        ns_per_packet: ns,
+        setup: setup_time,
+    })
+}
+
+/// One trial: Mpps the contender dropped while the generator ran.
+fn trial(lab: &Lab, c: Contender, frame: &[u8], sources: Ipv4Net, d: Duration) -> BoxResult<f64> {
+    let before = dropped(lab, c)?;
+    let frame = frame.to_vec();
+    let sent = lab.run_in("gen", move || -> Result<_, xdpkit::Error> {
+        pin_self(GEN_CPU);
+        Generator::new(GEN_IF, frame, Some(sources))?.send_for(d)
+    })??;
+    let after = dropped(lab, c)?;
+    let got = after - before;
+    if got == 0 {
+        return Err(format!("{}: nothing dropped (sent {})", c.name(), sent.frames).into());
+    }
+    Ok(got as f64 / sent.elapsed.as_secs_f64() / 1e6)
+}
+
+fn setup(lab: &Lab, c: Contender, sources: Ipv4Net, prefixes: &[IpNet]) -> BoxResult<()> {
+    match c {
+        Contender::BareDrop | Contender::Firewall(_) => {
+            let (program, policy) = match c {
+                Contender::Firewall(n) => (ProgramKind::Firewall, Some(fw_policy(n))),
+                _ => (ProgramKind::Drop, None),
+            };
+            let rules = match c {
+                Contender::Firewall(n) if n > 0 => Some(deny_rules(&prefixes[..n])?),
+                _ => None,
+            };
+            lab.run_in("dut", || -> Result<(), xdpkit::Error> {
+                xdpkit::attach(&AttachRequest {
+                    iface: DUT_IF.to_string(),
+                    program,
+                    mode: Mode::Native,
+                    to: None,
+                    force: false,
+                    policy,
+                })?;
+                if let Some(rules) = rules {
+                    LiveFirewall::open(DUT_IF)?.load(&rules, true)?;
+                }
+                Ok(())
+            })??;
+        }
+        Contender::Nftables(n) => {
+            let script = nft_script(&prefixes[..n]);
+            let path = std::env::temp_dir().join("xkbench.nft");
+            std::fs::write(&path, script)?;
+            let r = run(lab.command("dut", "nft").arg("-f").arg(&path));
+            let _ = std::fs::remove_file(&path);
+            r?;
+        }
+        Contender::XdpFilter(_) => {
+            run(lab
+                .command("dut", "xdp-filter")
+                .args(["load", DUT_IF, "--mode", "native"]))?;
+            for ip in sources
+                .hosts()
+                .chain([sources.network(), sources.broadcast()])
+            {
+                run(lab.command("dut", "xdp-filter").args([
+                    "ip",
+                    &ip.to_string(),
+                    "--mode",
+                    "src",
+                ]))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// With no rules the default drops; with rules, the deny rule for the
+/// frame's source does.
+fn fw_policy(prefixes: usize) -> Policy {
+    Policy {
+        default: if prefixes == 0 {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        },
+        ..Policy::default()
+    }
+}
+
+fn teardown(lab: &Lab, c: Contender) -> BoxResult<()> {
+    match c {
+        Contender::BareDrop | Contender::Firewall(_) => {
+            lab.run_in("dut", || xdpkit::detach(DUT_IF))??;
+        }
+        Contender::Nftables(_) => run(lab
+            .command("dut", "nft")
+            .args(["delete", "table", "netdev", NFT_TABLE]))?,
+        Contender::XdpFilter(_) => run(lab.command("dut", "xdp-filter").args(["unload", DUT_IF]))?,
+    }
+    Ok(())
+}
+
+/// Frames the contender has dropped so far.
+fn dropped(lab: &Lab, c: Contender) -> BoxResult<u64> {
+    match c {
+        Contender::BareDrop | Contender::Firewall(_) => {
+            let s = lab.run_in("dut", || xdpkit::status(Some(DUT_IF), Duration::ZERO))??;
+            Ok(s[0].actions[XdpAction::Drop as usize].packets)
+        }
+        Contender::Nftables(_) => {
+            let out = output(
+                lab.command("dut", "nft")
+                    .args(["-j", "list", "table", "netdev", NFT_TABLE]),
+            )?;
+            let json: serde_json::Value = serde_json::from_str(&out)?;
+            let mut packets = 0;
+            collect_counters(&json, &mut packets);
+            Ok(packets)
+        }
+        // xdp-filter counts per address; the veth's XDP drop counter is the sum.
+        Contender::XdpFilter(_) => {
+            let out = output(lab.command("dut", "ethtool").args(["-S", DUT_IF]))?;
+            out.lines()
+                .filter_map(|l| l.trim().strip_prefix("rx_queue_0_xdp_drops:"))
+                .map(|v| v.trim().parse::<u64>())
+                .next()
+                .ok_or("ethtool -S shows no rx_queue_0_xdp_drops")?
+                .map_err(Into::into)
+        }
+    }
+}
+
+fn collect_counters(v: &serde_json::Value, packets: &mut u64) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(p) = m
+                .get("counter")
+                .and_then(|c| c.get("packets"))
+                .and_then(serde_json::Value::as_u64)
+            {
+                *packets += p;
+            }
+            m.values().for_each(|v| collect_counters(v, packets));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_counters(v, packets)),
+        _ => {}
+    }
+}
+
+/// BPF_PROG_TEST_RUN's mean ns per frame (xdpkit's programs only).
+fn ns_per_packet(c: Contender, frame: &[u8], prefixes: &[IpNet]) -> BoxResult<Option<f64>> {
+    const REPEAT: u32 = 1_000_000;
+    Ok(match c {
+        Contender::BareDrop => {
+            Some(xdpkit::test_run(ProgramKind::Drop, frame, REPEAT)?.ns_per_run as f64)
+        }
+        Contender::Firewall(n) => {
+            let mut h = FirewallHarness::new(fw_policy(n))?;
+            if n > 0 {
+                h.load_rules(&deny_rules(&prefixes[..n])?)?;
+            }
+            Some(h.ns_per_frame(frame, REPEAT)? as f64)
+        }
+        _ => None,
+    })
+}
+
+/// `n` distinct prefixes: first the sources' /32s, then random IPv4 (/16 to
+/// /32) and IPv6 (/32 to /64, in 2001:db8::/32) prefixes, 7 to 3, none
+/// covering the sources (so each source has exactly one matching rule).
+fn prefixes(n: usize, sources: Ipv4Net) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = sources
+        .subnets(32)
+        .expect("/22 splits into /32s")
+        .map(IpNet::V4)
+        .take(n)
+        .collect();
+    let mut seen: HashSet<IpNet> = out.iter().copied().collect();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    while out.len() < n {
+        let r = next();
+        let net = if r % 10 < 7 {
+            let len = [16, 20, 24, 24, 24, 28, 32, 32, 32, 32][(r >> 8) as usize % 10];
+            let addr = Ipv4Addr::from((r >> 32) as u32);
+            let net = Ipv4Net::new(addr, len).expect("len <= 32").trunc();
+            if net.contains(&sources.network()) || sources.contains(&net.network()) {
+                continue;
+            }
+            IpNet::V4(net)
+        } else {
+            let len = [32, 48, 56, 64][(r >> 8) as usize % 4];
+            let low = next();
+            let addr = Ipv6Addr::from(
+                (0x2001_0db8u128 << 96) | (u128::from((low >> 32) as u32) << 64) | u128::from(low),
+            );
+            IpNet::V6(Ipv6Net::new(addr, len).expect("len <= 128").trunc())
+        };
+        if seen.insert(net) {
+            out.push(net);
+        }
+    }
+    out
+}
+
+fn deny_rules(prefixes: &[IpNet]) -> BoxResult<Ruleset> {
+    let mut text = String::with_capacity(prefixes.len() * 32);
+    for p in prefixes {
+        let _ = writeln!(text, "deny src {p}");
+    }
+    Ok(Ruleset::parse_file_text("bench.rules", &text)?)
+}
+
+fn nft_script(prefixes: &[IpNet]) -> String {
+    let mut s = format!(
+        "table netdev {NFT_TABLE} {{\n\
+         set v4 {{ type ipv4_addr; flags interval; auto-merge; }}\n\
+         set v6 {{ type ipv6_addr; flags interval; auto-merge; }}\n\
+         chain ingress {{ type filter hook ingress device {DUT_IF} priority 0; policy accept;\n\
+         ip saddr @v4 counter drop\n\
+         ip6 saddr @v6 counter drop\n}}\n}}\n"
+    );
+    for (set, v4) in [("v4", true), ("v6", false)] {
+        let elems: Vec<String> = prefixes
+            .iter()
+            .filter(|p| matches!(p.addr(), IpAddr::V4(_)) == v4)
+            .map(ToString::to_string)
+            .collect();
+        for chunk in elems.chunks(10_000) {
+            let _ = writeln!(
+                s,
+                "add element netdev {NFT_TABLE} {set} {{ {} }}",
+                chunk.join(", ")
+            );
+        }
+    }
+    s
+}
+
+/// The receiving veth polls in its own kernel thread, which we can pin.
+fn threaded_napi(lab: &Lab) -> BoxResult<()> {
+    // `ip netns exec` mounts the namespace's own /sys, where the veth is.
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.ns_name("dut"),
+        "sh",
+        "-c",
+        &format!("echo 1 > /sys/class/net/{DUT_IF}/threaded"),
+    ]))
+}
+
+fn pin_napi(_ns: &str) -> BoxResult<()> {
+    let mut pinned = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim().starts_with(&format!("napi/{DUT_IF}")) {
+            set_affinity(pid, NAPI_CPU)?;
+            pinned += 1;
+        }
+    }
+    if pinned == 0 {
+        return Err(format!("no napi/{DUT_IF}-* kernel thread: threaded NAPI is off").into());
+    }
+    Ok(())
+}
+
+fn pin_self(cpu: usize) {
+    // Best effort: an unpinned generator only makes the figures noisier.
+    let _ = set_affinity(0, cpu);
+}
+
+fn set_affinity(pid: i32, cpu: usize) -> BoxResult<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds
+    // for cpu < CPU_SETSIZE, and the call only reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) != 0 {
+            return Err(format!(
+                "pin pid {pid} to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> BoxResult<()> {
+    output(cmd).map(drop)
+}
+
+fn output(cmd: &mut Command) -> BoxResult<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e} (run `cargo xtask bootstrap`)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn report(rows: &[Row], o: &Options) -> BoxResult<()> {
+    let bare = rows
+        .iter()
+        .find(|r| matches!(r.contender, Contender::BareDrop))
+        .map_or(1.0, |r| r.mpps);
+    let nft_of = |n: usize| {
+        rows.iter()
+            .find(|r| matches!(r.contender, Contender::Nftables(m) if m == n))
+            .map(|r| r.mpps)
+    };
+    std::fs::create_dir_all(&o.out)?;
+    let mut csv = String::from(
+        "contender,prefixes,mpps_median,mpps_min,mpps_max,ratio_to_bare_drop,ratio_to_nftables_same_prefixes,test_run_ns_per_packet,setup_s\n",
+    );
+    println!();
+    println!("| contender | Mpps (median) | x bare drop | x nftables, same prefixes | test_run ns/packet |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in rows {
+        let n = match r.contender {
+            Contender::BareDrop => 0,
+            Contender::Firewall(n) | Contender::Nftables(n) | Contender::XdpFilter(n) => n,
+        };
+        let vs_nft = match r.contender {
+            Contender::Firewall(n) => nft_of(n).map(|m| r.mpps / m),
+            _ => None,
+        };
+        let _ = writeln!(
+            csv,
+            "{},{n},{:.3},{:.3},{:.3},{:.3},{},{},{:.1}",
+            r.contender.name(),
+            r.mpps,
+            r.min,
+            r.max,
+            r.mpps / bare,
+            vs_nft.map_or(String::new(), |v| format!("{v:.2}")),
+            r.ns_per_packet.map_or(String::new(), |v| format!("{v:.1}")),
+            r.setup.as_secs_f64()
+        );
+        println!(
+            "| {} | {:.2} | {:.2} | {} | {} |",
+            r.contender.name(),
+            r.mpps,
+            r.mpps / bare,
+            vs_nft.map_or("-".to_string(), |v| format!("{v:.1}")),
+            r.ns_per_packet
+                .map_or("-".to_string(), |v| format!("{v:.0}"))
+        );
+    }
+    let csv_path = o.out.join("firewall.csv");
+    std::fs::write(&csv_path, csv)?;
+    let png = o.out.join("firewall.png");
+    plot(rows, bare, &png)?;
+    println!();
+    println!("wrote {} and {}", csv_path.display(), png.display());
+    Ok(())
+}
+
+fn plot(rows: &[Row], bare: f64, path: &Path) -> BoxResult<()> {
+    use plotters::prelude::*;
+
+    let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+        .map_err(|e| format!("DejaVuSans.ttf (Debian's fonts-dejavu-core): {e}"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into()))
+        .map_err(|_| "DejaVuSans.ttf is not a font plotters can read")?;
+
+    let height = 120 + 40 * rows.len() as u32;
+    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = rows.iter().map(|r| r.max).fold(bare, f64::max) * 1.25;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Drop rate on one core (veth, 60-byte UDP), median of trials",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(290)
+        .build_cartesian_2d(0.0..top, (0..rows.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("Mpps")
+        .y_labels(rows.len())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) if *i < rows.len() => {
+                rows[rows.len() - 1 - i].contender.name()
+            }
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    let colour = |c: Contender| match c {
+        Contender::BareDrop => RGBColor(90, 90, 90),
+        Contender::Firewall(_) => RGBColor(31, 119, 180),
+        Contender::Nftables(_) => RGBColor(214, 39, 40),
+        Contender::XdpFilter(_) => RGBColor(44, 160, 44),
+    };
+    for (i, r) in rows.iter().enumerate() {
+        let y = rows.len() - 1 - i;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(y)),
+                (r.mpps, SegmentValue::Exact(y + 1)),
+            ],
+            colour(r.contender).filled(),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("{:.2} Mpps ({:.2}x bare drop)", r.mpps, r.mpps / bare),
+            (r.mpps + top * 0.01, SegmentValue::CenterOf(y)),
+            ("sans-serif", 14),
+        )))?;
+    }
+    root.present()?;
+    Ok(())
+}
