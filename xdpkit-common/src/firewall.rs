@@ -21,6 +21,29 @@ pub const FW_SRC6: [&str; 2] = ["FW_SRC6_0", "FW_SRC6_1"];
 /// See [`FW_SRC4`].
 pub const FW_DST6: [&str; 2] = ["FW_DST6_0", "FW_DST6_1"];
 
+/// Exact-match maps for full-length source prefixes (/32, /128), `[set 0,
+/// set 1]`, key = address bytes: a hash lookup instead of a trie walk for
+/// the usual blocklist entry. A hit is final (the value already carries the
+/// best rule of the address and every prefix containing it); a miss falls
+/// back to the trie.
+pub const FW_HOST_SRC4: [&str; 2] = ["FW_HSRC4_0", "FW_HSRC4_1"];
+/// See [`FW_HOST_SRC4`].
+pub const FW_HOST_SRC6: [&str; 2] = ["FW_HSRC6_0", "FW_HSRC6_1"];
+/// Entries per host map; beyond this, host prefixes stay in the trie.
+pub const FW_MAX_HOSTS: u32 = 1 << 20;
+
+/// [`FwConfig::present`] bit: the prefix trie of `field` (0 src4, 1 dst4,
+/// 2 src6, 3 dst6) in set `set` holds entries.
+pub const fn present_trie(set: usize, field: usize) -> u32 {
+    1 << (set * 8 + field)
+}
+
+/// [`FwConfig::present`] bit: the host map of `field` (0 src4 or 2 src6) in
+/// set `set` holds entries.
+pub const fn present_host(set: usize, field: usize) -> u32 {
+    1 << (set * 8 + 4 + field)
+}
+
 /// General rules in judging order, `[set 0, set 1]`: array of [`RuleRef`] by bit.
 pub const FW_GEN_RULES: [&str; 2] = ["FW_GEN_RULES_0", "FW_GEN_RULES_1"];
 /// Source-prefix vectors (LPM, value [`Bitmap`]): rules whose src covers the address.
@@ -106,7 +129,7 @@ impl Bitmap {
 }
 
 /// Every map of the firewall, pinned with it.
-pub const FW_MAPS: [&str; 40] = [
+pub const FW_MAPS: [&str; 44] = [
     FW_CONFIG,
     FW_TRACE,
     FW_RULE_STATS,
@@ -121,6 +144,10 @@ pub const FW_MAPS: [&str; 40] = [
     FW_SRC6[1],
     FW_DST6[0],
     FW_DST6[1],
+    FW_HOST_SRC4[0],
+    FW_HOST_SRC4[1],
+    FW_HOST_SRC6[0],
+    FW_HOST_SRC6[1],
     FW_GEN_RULES[0],
     FW_GEN_RULES[1],
     FW_GEN_SRC4[0],
@@ -194,8 +221,9 @@ pub struct FwConfig {
     pub general: [u32; 2],
     /// Id the next added rule gets (userspace bookkeeping, shared by processes).
     pub next_id: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// Which prefix maps hold entries ([`present_trie`], [`present_host`]):
+    /// empty ones are not looked up.
+    pub present: u32,
     /// Next insertion sequence number.
     pub next_seq: u64,
     /// Highest `prio` of any prefix rule per trie (src4, dst4, src6, dst6)

@@ -54,12 +54,15 @@ fn rule_line() -> impl Strategy<Value = String> {
         Just("deny".to_string()),
         Just("rate-limit 1000000000".to_string())
     ];
+    // Full-length prefixes a third of the time: they take the host-map path.
+    let v4_len = prop_oneof![1 => Just(32u8), 2 => 0u8..=32];
+    let v6_len = prop_oneof![1 => Just(128u8), 2 => 0u8..=128];
     let prefix = prop_oneof![
-        (0..V4.len(), 0u8..=32).prop_map(|(i, len)| {
+        (0..V4.len(), v4_len).prop_map(|(i, len)| {
             let net = ipnet::Ipv4Net::new(V4[i].into(), len).unwrap().trunc();
             net.to_string()
         }),
-        (0..V6.len(), 0u8..=128).prop_map(|(i, len)| {
+        (0..V6.len(), v6_len).prop_map(|(i, len)| {
             let net = ipnet::Ipv6Net::new(v6(i).into(), len).unwrap().trunc();
             net.to_string()
         }),

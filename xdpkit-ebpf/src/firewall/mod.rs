@@ -15,9 +15,9 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     firewall::{
-        FwConfig, FwTrace, Outcome, RuleHits, RuleRecord, RuleRef, ACTION_ALLOW, ACTION_DENY,
-        ACTIVE_GENERAL, ACTIVE_PREFIX, FW_MAX_PREFIXES, FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP,
-        POLICY_L3, POLICY_PASS,
+        present_host, present_trie, FwConfig, FwTrace, Outcome, RuleHits, RuleRecord, RuleRef,
+        ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_MAX_HOSTS, FW_MAX_PREFIXES,
+        FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
     },
     ActionCounter, XdpAction,
 };
@@ -54,6 +54,15 @@ static SRC6_1: LpmTrie<[u8; 16], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PRE
 static DST6_0: LpmTrie<[u8; 16], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
 #[map(name = "FW_DST6_1")]
 static DST6_1: LpmTrie<[u8; 16], RuleRef> = LpmTrie::with_max_entries(FW_MAX_PREFIXES, NO_PREALLOC);
+
+#[map(name = "FW_HSRC4_0")]
+static HSRC4_0: HashMap<[u8; 4], RuleRef> = HashMap::with_max_entries(FW_MAX_HOSTS, NO_PREALLOC);
+#[map(name = "FW_HSRC4_1")]
+static HSRC4_1: HashMap<[u8; 4], RuleRef> = HashMap::with_max_entries(FW_MAX_HOSTS, NO_PREALLOC);
+#[map(name = "FW_HSRC6_0")]
+static HSRC6_0: HashMap<[u8; 16], RuleRef> = HashMap::with_max_entries(FW_MAX_HOSTS, NO_PREALLOC);
+#[map(name = "FW_HSRC6_1")]
+static HSRC6_1: HashMap<[u8; 16], RuleRef> = HashMap::with_max_entries(FW_MAX_HOSTS, NO_PREALLOC);
 
 /// Token bucket of one (rule, source) pair, in nanotokens.
 #[repr(C)]
@@ -169,26 +178,82 @@ fn keep_better(best: &mut RuleRef, candidate: Option<&RuleRef>) {
 #[inline(always)]
 fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
     let set = cfg.active & ACTIVE_PREFIX;
+    // This set's byte of `present`, so the bits below are those of set 0.
+    let present = if set == 0 {
+        cfg.present
+    } else {
+        cfg.present >> 8
+    };
+    let has = |bit: u32| present & bit != 0;
     let mut best = NONE;
     if ip.v6 {
         let src = Key::new(128, ip.src);
         let dst = Key::new(128, ip.dst);
-        if set == 0 {
-            keep_better(&mut best, SRC6_0.get(&src));
-            keep_better(&mut best, DST6_0.get(&dst));
+        let host = if !has(present_host(0, 2)) {
+            None
+        } else if set == 0 {
+            // SAFETY: values are replaced whole by userspace, never edited.
+            unsafe { HSRC6_0.get(&ip.src) }
         } else {
-            keep_better(&mut best, SRC6_1.get(&src));
-            keep_better(&mut best, DST6_1.get(&dst));
+            // SAFETY: as above.
+            unsafe { HSRC6_1.get(&ip.src) }
+        };
+        if host.is_some() {
+            keep_better(&mut best, host);
+        } else if has(present_trie(0, 2)) {
+            keep_better(
+                &mut best,
+                if set == 0 {
+                    SRC6_0.get(&src)
+                } else {
+                    SRC6_1.get(&src)
+                },
+            );
+        }
+        if has(present_trie(0, 3)) {
+            keep_better(
+                &mut best,
+                if set == 0 {
+                    DST6_0.get(&dst)
+                } else {
+                    DST6_1.get(&dst)
+                },
+            );
         }
     } else {
-        let src = Key::new(32, [ip.src[0], ip.src[1], ip.src[2], ip.src[3]]);
+        let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
+        let src = Key::new(32, s4);
         let dst = Key::new(32, [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]]);
-        if set == 0 {
-            keep_better(&mut best, SRC4_0.get(&src));
-            keep_better(&mut best, DST4_0.get(&dst));
+        let host = if !has(present_host(0, 0)) {
+            None
+        } else if set == 0 {
+            // SAFETY: values are replaced whole by userspace, never edited.
+            unsafe { HSRC4_0.get(&s4) }
         } else {
-            keep_better(&mut best, SRC4_1.get(&src));
-            keep_better(&mut best, DST4_1.get(&dst));
+            // SAFETY: as above.
+            unsafe { HSRC4_1.get(&s4) }
+        };
+        if host.is_some() {
+            keep_better(&mut best, host);
+        } else if has(present_trie(0, 0)) {
+            keep_better(
+                &mut best,
+                if set == 0 {
+                    SRC4_0.get(&src)
+                } else {
+                    SRC4_1.get(&src)
+                },
+            );
+        }
+        if has(present_trie(0, 1)) {
+            keep_better(
+                &mut best,
+                if set == 0 {
+                    DST4_0.get(&dst)
+                } else {
+                    DST4_1.get(&dst)
+                },
+            );
         }
     }
     // A branch, not `general[set]`: LLVM turns a variable stack index into

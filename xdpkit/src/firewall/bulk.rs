@@ -156,6 +156,21 @@ pub(crate) fn write_trie_keys<const N: usize, V: Copy>(
     sys::map_update_batch(map_fd(maps, name)?, keys, values)
 }
 
+/// Replaces the contents of hash map `name` (key: the address bytes).
+pub(crate) fn write_hash<const N: usize, V: Copy>(
+    maps: &impl MapSource,
+    name: &str,
+    entries: &[(IpNet, V)],
+) -> Result<()> {
+    let keys = entries
+        .iter()
+        .map(|(net, _)| TrieKey::<N>::of(net).map(|k| k.addr))
+        .collect::<Result<Vec<[u8; N]>>>()?;
+    let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
+    clear::<[u8; N], V>(maps, name)?;
+    sys::map_update_batch(map_fd(maps, name)?, &keys, &values)
+}
+
 /// Possible CPUs: the number of values a per-CPU map holds per key.
 pub(crate) fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(_, source)| Error::Syscall {

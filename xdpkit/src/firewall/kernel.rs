@@ -13,16 +13,18 @@ use aya::{
 use ipnet::IpNet;
 use xdpkit_common::{
     firewall::{
-        FwConfig, FwTrace, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, ACTIVE_GENERAL,
-        ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP,
+        present_host, present_trie, FwConfig, FwTrace, RuleRef, ACTION_ALLOW, ACTION_DENY,
+        ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6,
+        FW_HOST_SRC4, FW_HOST_SRC6, FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP,
         POLICY_L3, POLICY_PASS,
     },
     XdpAction,
 };
 
 use super::{
-    bulk::write_trie, maps::MapSource, Action, Entry, FragmentPolicy, Policy, Rule, Ruleset,
-    Verdict,
+    bulk::{write_hash, write_trie},
+    maps::MapSource,
+    Action, Entry, FragmentPolicy, Policy, Rule, Ruleset, Verdict,
 };
 use crate::{object, testrun::TestRunOutcome, Error, Result};
 
@@ -170,7 +172,7 @@ pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         trace: u32::from(trace),
         general: [0; 2],
         next_id: 1,
-        _pad: 0,
+        present: 0,
         next_seq: 0,
         max_prio: [0; 4],
     }
@@ -248,8 +250,9 @@ pub fn apply(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
     let general = (cfg.general_set() + 1) & 1;
-    write_prefixes(maps, prefix, &compile(rules)?)?;
+    let present = write_prefixes(maps, prefix, &compile(rules)?)?;
     let count = write_general(maps, general, rules.entries())?;
+    set_present(&mut cfg, prefix, present);
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
     cfg.general[general] = count;
@@ -263,9 +266,13 @@ pub fn apply(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
 pub fn rebuild_prefixes(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
-    write_prefixes(maps, prefix, &compile(rules)?)?;
+    let present = write_prefixes(maps, prefix, &compile(rules)?)?;
+    set_present(&mut cfg, prefix, present);
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
+    // First what the new set holds, then the switch: a frame that reads
+    // the config while it is rewritten sees old or new, both consistent.
+    write_config(maps, cfg)?;
     cfg.active = (cfg.active & !ACTIVE_PREFIX) | (prefix as u32 * ACTIVE_PREFIX);
     write_config(maps, cfg)
 }
@@ -295,16 +302,107 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
         return Ok(false);
     }
     let set = cfg.prefix_set();
-    let name = [FW_SRC4, FW_DST4, FW_SRC6, FW_DST6][field][set];
+    let trie = [FW_SRC4, FW_DST4, FW_SRC6, FW_DST6][field][set];
     let new = rule_ref(entry);
-    match net {
-        IpNet::V4(n) => upsert_prefix(maps, name, n.addr().octets(), n.prefix_len(), new)?,
-        IpNet::V6(n) => upsert_prefix(maps, name, n.addr().octets(), n.prefix_len(), new)?,
+    let in_trie = cfg.present & present_trie(set, field) != 0;
+    let host = match (field, net) {
+        (0, IpNet::V4(n)) if n.prefix_len() == 32 => Some(FW_HOST_SRC4[set]),
+        (2, IpNet::V6(n)) if n.prefix_len() == 128 => Some(FW_HOST_SRC6[set]),
+        _ => None,
+    };
+    // A host goes to the host map even when a rebuild left hosts in the
+    // trie (`split_hosts`): its value there covers the trie's entries.
+    let added = match (host, net) {
+        (Some(name), IpNet::V4(n)) => {
+            upsert_host(maps, name, trie, in_trie, n.addr().octets(), new)?
+        }
+        (Some(name), IpNet::V6(n)) => {
+            upsert_host(maps, name, trie, in_trie, n.addr().octets(), new)?
+        }
+        (None, IpNet::V4(n)) => {
+            upsert_prefix(maps, trie, n.addr().octets(), n.prefix_len(), new)?;
+            true
+        }
+        (None, IpNet::V6(n)) => {
+            upsert_prefix(maps, trie, n.addr().octets(), n.prefix_len(), new)?;
+            true
+        }
+    };
+    if !added {
+        return Ok(false);
     }
+    cfg.present |= if host.is_some() {
+        present_host(set, field)
+    } else {
+        present_trie(set, field)
+    };
     cfg.max_prio[field] = cfg.max_prio[field].max(entry.rule.prio);
     note_ids(&mut cfg, std::slice::from_ref(entry));
     write_config(maps, cfg)?;
     Ok(true)
+}
+
+/// Gives host `addr` the better of `new` and what it has or inherits from
+/// the trie. Returns false, changing nothing, if the host map is full.
+fn upsert_host<const N: usize>(
+    maps: &mut impl MapSource,
+    name: &str,
+    trie_name: &str,
+    in_trie: bool,
+    addr: [u8; N],
+    new: RuleRef,
+) -> Result<bool> {
+    let full_len = (N * 8) as u32;
+    let current = {
+        let map = maps.map(name).ok_or_else(|| object::missing_map(name))?;
+        let hosts: aya::maps::HashMap<&MapData, [u8; N], RuleRef> =
+            aya::maps::HashMap::try_from(map).map_err(map_err(format!("open {name}")))?;
+        match hosts.get(&addr, 0) {
+            Ok(v) => Some(v),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(map_err(format!("look up in {name}"))(e)),
+        }
+    };
+    let current = match current {
+        Some(c) => Some(c),
+        None if in_trie => {
+            let map = maps
+                .map(trie_name)
+                .ok_or_else(|| object::missing_map(trie_name))?;
+            let trie: LpmTrie<&MapData, [u8; N], RuleRef> =
+                LpmTrie::try_from(map).map_err(map_err(format!("open {trie_name}")))?;
+            match trie.get(&Key::new(full_len, addr), 0) {
+                Ok(v) => Some(v),
+                Err(aya::maps::MapError::KeyNotFound) => None,
+                Err(e) => return Err(map_err(format!("look up in {trie_name}"))(e)),
+            }
+        }
+        None => None,
+    };
+    let value = match current {
+        Some(c) if c.rank < new.rank => RuleRef {
+            prefix_len: full_len,
+            ..c
+        },
+        _ => RuleRef {
+            prefix_len: full_len,
+            ..new
+        },
+    };
+    let map = maps
+        .map_mut(name)
+        .ok_or_else(|| object::missing_map(name))?;
+    let mut hosts: aya::maps::HashMap<&mut MapData, [u8; N], RuleRef> =
+        aya::maps::HashMap::try_from(map).map_err(map_err(format!("open {name}")))?;
+    match hosts.insert(addr, value, 0) {
+        Ok(()) => Ok(true),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(map_err(format!("insert into {name}"))(e)),
+    }
 }
 
 /// Gives prefix `addr/len` the better of `new` and what it inherits.
@@ -343,12 +441,59 @@ fn upsert_prefix<const N: usize>(
         .map_err(map_err(format!("insert into {name}")))
 }
 
-/// Writes the compiled tries into prefix set `set`.
-fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<()> {
-    write_trie::<4, _>(maps, FW_SRC4[set], &c.src4)?;
+/// Writes the compiled prefixes into prefix set `set`; returns its
+/// [`FwConfig::present`] bits (as for set 0).
+fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32> {
+    let (src4_trie, src4_hosts) = split_hosts(&c.src4);
+    let (src6_trie, src6_hosts) = split_hosts(&c.src6);
+    write_trie::<4, _>(maps, FW_SRC4[set], &src4_trie)?;
     write_trie::<4, _>(maps, FW_DST4[set], &c.dst4)?;
-    write_trie::<16, _>(maps, FW_SRC6[set], &c.src6)?;
-    write_trie::<16, _>(maps, FW_DST6[set], &c.dst6)
+    write_trie::<16, _>(maps, FW_SRC6[set], &src6_trie)?;
+    write_trie::<16, _>(maps, FW_DST6[set], &c.dst6)?;
+    write_hash::<4, _>(maps, FW_HOST_SRC4[set], &src4_hosts)?;
+    write_hash::<16, _>(maps, FW_HOST_SRC6[set], &src6_hosts)?;
+    let mut present = 0;
+    for (field, non_empty) in [
+        !src4_trie.is_empty(),
+        !c.dst4.is_empty(),
+        !src6_trie.is_empty(),
+        !c.dst6.is_empty(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if non_empty {
+            present |= present_trie(0, field);
+        }
+    }
+    if !src4_hosts.is_empty() {
+        present |= present_host(0, 0);
+    }
+    if !src6_hosts.is_empty() {
+        present |= present_host(0, 2);
+    }
+    Ok(present)
+}
+
+/// A prefix and the rule it carries.
+type Prefix = (IpNet, RuleRef);
+
+/// Full-length prefixes for the host map, the rest for the trie; all in
+/// the trie if there are more hosts than the map holds.
+fn split_hosts(entries: &[Prefix]) -> (Vec<Prefix>, Vec<Prefix>) {
+    let (hosts, trie): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .partition(|(net, _)| net.prefix_len() == net.max_prefix_len());
+    if hosts.len() > FW_MAX_HOSTS as usize {
+        return (entries.to_vec(), Vec::new());
+    }
+    (trie, hosts)
+}
+
+/// Sets the [`FwConfig::present`] byte of prefix set `set`.
+fn set_present(cfg: &mut FwConfig, set: usize, bits: u32) {
+    let shift = set * 8;
+    cfg.present = (cfg.present & !(0xff << shift)) | (bits << shift);
 }
 
 /// Writes the general rules among `entries` into general set `set`; returns how many.
