@@ -4,7 +4,7 @@
 //! Prefix rules (one `src` or `dst` prefix, nothing else) go into LPM tries;
 //! all other rules into bit vectors ([`super::general`]).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData},

@@ -290,7 +290,7 @@ impl LiveFirewall {
         let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
         if replace {
             let old = self.ids()?;
-            let keep: std::collections::HashSet<u32> = ids.iter().copied().collect();
+            let keep: foldhash::HashSet<u32> = ids.iter().copied().collect();
             let gone: Vec<u32> = old.into_iter().filter(|id| !keep.contains(id)).collect();
             let rules = Ruleset::from_entries(new.clone());
             // Records (and zeroed counters) of reused ids change before the
