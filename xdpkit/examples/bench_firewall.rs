@@ -583,6 +583,35 @@ fn report(rows: &[Row], o: &Options) -> BoxResult<()> {
                 .map_or("-".to_string(), |v| format!("{v:.0}"))
         );
     }
+    if let Some(big) = rows
+        .iter()
+        .filter(|r| matches!(r.contender, Contender::Firewall(_)))
+        .max_by_key(|r| match r.contender {
+            Contender::Firewall(n) => n,
+            _ => 0,
+        })
+    {
+        let n = match big.contender {
+            Contender::Firewall(n) => n,
+            _ => 0,
+        };
+        let mark = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!();
+        println!(
+            "targets: firewall with {} prefixes >= 0.9x bare drop: {:.2}x, {}",
+            count(n),
+            big.mpps / bare,
+            mark(big.mpps / bare >= 0.9)
+        );
+        if let Some(nft) = nft_of(n) {
+            println!(
+                "         firewall with {} prefixes >= 3x nftables: {:.1}x, {}",
+                count(n),
+                big.mpps / nft,
+                mark(big.mpps / nft >= 3.0)
+            );
+        }
+    }
     let csv_path = o.out.join("firewall.csv");
     std::fs::write(&csv_path, csv)?;
     let png = o.out.join("firewall.png");
@@ -603,7 +632,7 @@ fn plot(rows: &[Row], bare: f64, path: &Path) -> BoxResult<()> {
     let height = 120 + 40 * rows.len() as u32;
     let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let top = rows.iter().map(|r| r.max).fold(bare, f64::max) * 1.25;
+    let top = rows.iter().map(|r| r.mpps).fold(bare, f64::max) * 1.45;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "Drop rate on one core (veth, 60-byte UDP), median of trials",
@@ -612,10 +641,11 @@ fn plot(rows: &[Row], bare: f64, path: &Path) -> BoxResult<()> {
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(290)
-        .build_cartesian_2d(0.0..top, (0..rows.len()).into_segmented())?;
+        .build_cartesian_2d(0.0..top, (0..rows.len() - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
+        .light_line_style(TRANSPARENT)
         .x_desc("Mpps")
         .y_labels(rows.len())
         .y_label_formatter(&|v| match v {
