@@ -174,6 +174,52 @@ fn keep_better(best: &mut RuleRef, candidate: Option<&RuleRef>) {
     }
 }
 
+/// The prefix-rule candidates of one address family: the source host map
+/// (a hit is final), else the source trie, then the destination trie; maps
+/// that `present` marks empty are skipped. A macro rather than a function:
+/// each set's maps must reach their helper call as constants, so the set is
+/// chosen with a branch at every lookup.
+macro_rules! prefix_lookups {
+    ($best:ident, $set:ident, $has:ident, $field:literal, $src:expr, $dst:expr, $bits:literal,
+     ($h0:ident, $h1:ident), ($s0:ident, $s1:ident), ($d0:ident, $d1:ident)) => {{
+        let src = $src;
+        let dst = $dst;
+        let host = if !$has(present_host(0, $field)) {
+            None
+        } else if $set == 0 {
+            // SAFETY: values are replaced whole by userspace, never edited.
+            unsafe { $h0.get(&src) }
+        } else {
+            // SAFETY: as above.
+            unsafe { $h1.get(&src) }
+        };
+        if host.is_some() {
+            keep_better(&mut $best, host);
+        } else if $has(present_trie(0, $field)) {
+            let key = Key::new($bits, src);
+            keep_better(
+                &mut $best,
+                if $set == 0 {
+                    $s0.get(&key)
+                } else {
+                    $s1.get(&key)
+                },
+            );
+        }
+        if $has(present_trie(0, $field + 1)) {
+            let key = Key::new($bits, dst);
+            keep_better(
+                &mut $best,
+                if $set == 0 {
+                    $d0.get(&key)
+                } else {
+                    $d1.get(&key)
+                },
+            );
+        }
+    }};
+}
+
 /// The first matching rule of the active set, or the default policy.
 #[inline(always)]
 fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
@@ -187,74 +233,33 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
     let has = |bit: u32| present & bit != 0;
     let mut best = NONE;
     if ip.v6 {
-        let src = Key::new(128, ip.src);
-        let dst = Key::new(128, ip.dst);
-        let host = if !has(present_host(0, 2)) {
-            None
-        } else if set == 0 {
-            // SAFETY: values are replaced whole by userspace, never edited.
-            unsafe { HSRC6_0.get(&ip.src) }
-        } else {
-            // SAFETY: as above.
-            unsafe { HSRC6_1.get(&ip.src) }
-        };
-        if host.is_some() {
-            keep_better(&mut best, host);
-        } else if has(present_trie(0, 2)) {
-            keep_better(
-                &mut best,
-                if set == 0 {
-                    SRC6_0.get(&src)
-                } else {
-                    SRC6_1.get(&src)
-                },
-            );
-        }
-        if has(present_trie(0, 3)) {
-            keep_better(
-                &mut best,
-                if set == 0 {
-                    DST6_0.get(&dst)
-                } else {
-                    DST6_1.get(&dst)
-                },
-            );
-        }
+        prefix_lookups!(
+            best,
+            set,
+            has,
+            2,
+            ip.src,
+            ip.dst,
+            128,
+            (HSRC6_0, HSRC6_1),
+            (SRC6_0, SRC6_1),
+            (DST6_0, DST6_1)
+        );
     } else {
         let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
-        let src = Key::new(32, s4);
-        let dst = Key::new(32, [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]]);
-        let host = if !has(present_host(0, 0)) {
-            None
-        } else if set == 0 {
-            // SAFETY: values are replaced whole by userspace, never edited.
-            unsafe { HSRC4_0.get(&s4) }
-        } else {
-            // SAFETY: as above.
-            unsafe { HSRC4_1.get(&s4) }
-        };
-        if host.is_some() {
-            keep_better(&mut best, host);
-        } else if has(present_trie(0, 0)) {
-            keep_better(
-                &mut best,
-                if set == 0 {
-                    SRC4_0.get(&src)
-                } else {
-                    SRC4_1.get(&src)
-                },
-            );
-        }
-        if has(present_trie(0, 1)) {
-            keep_better(
-                &mut best,
-                if set == 0 {
-                    DST4_0.get(&dst)
-                } else {
-                    DST4_1.get(&dst)
-                },
-            );
-        }
+        let d4 = [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]];
+        prefix_lookups!(
+            best,
+            set,
+            has,
+            0,
+            s4,
+            d4,
+            32,
+            (HSRC4_0, HSRC4_1),
+            (SRC4_0, SRC4_1),
+            (DST4_0, DST4_1)
+        );
     }
     // A branch, not `general[set]`: LLVM turns a variable stack index into
     // pointer arithmetic the verifier rejects.

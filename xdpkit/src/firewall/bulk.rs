@@ -137,12 +137,7 @@ pub(crate) fn write_trie<const N: usize, V: Copy>(
     name: &str,
     entries: &[(IpNet, V)],
 ) -> Result<()> {
-    let keys = entries
-        .iter()
-        .map(|(net, _)| TrieKey::<N>::of(net))
-        .collect::<Result<Vec<_>>>()?;
-    let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
-    write_trie_keys(maps, name, &keys, &values)
+    replace(maps, name, entries, TrieKey::<N>::of)
 }
 
 /// Replaces the contents of an LPM trie with `keys[i]` -> `values[i]`.
@@ -162,12 +157,24 @@ pub(crate) fn write_hash<const N: usize, V: Copy>(
     name: &str,
     entries: &[(IpNet, V)],
 ) -> Result<()> {
+    replace(maps, name, entries, |net| {
+        TrieKey::<N>::of(net).map(|k| k.addr)
+    })
+}
+
+/// Clears map `name`, then writes `entries` with keys made by `key`.
+fn replace<K: Copy, V: Copy>(
+    maps: &impl MapSource,
+    name: &str,
+    entries: &[(IpNet, V)],
+    key: impl Fn(&IpNet) -> Result<K>,
+) -> Result<()> {
     let keys = entries
         .iter()
-        .map(|(net, _)| TrieKey::<N>::of(net).map(|k| k.addr))
-        .collect::<Result<Vec<[u8; N]>>>()?;
+        .map(|(net, _)| key(net))
+        .collect::<Result<Vec<K>>>()?;
     let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
-    clear::<[u8; N], V>(maps, name)?;
+    clear::<K, V>(maps, name)?;
     sys::map_update_batch(map_fd(maps, name)?, &keys, &values)
 }
 
