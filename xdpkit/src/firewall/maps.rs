@@ -2,7 +2,11 @@
 //! simulation) or the pins of an interface (a live firewall). The rule-set
 //! writers work on either.
 
-use std::collections::BTreeMap;
+use std::{
+    cell::OnceCell,
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{Map, MapData},
@@ -38,13 +42,20 @@ pub fn is_firewall_map(name: &str) -> bool {
     name.starts_with("FW_")
 }
 
-/// The firewall maps pinned in an interface's directory.
+/// The firewall maps pinned in an interface's directory, each opened on
+/// first use: a command touches a handful of the 44, and opening one is
+/// two syscalls (most of a `rule add`, were they all opened).
 pub struct PinnedMaps {
-    maps: BTreeMap<String, Map>,
+    maps: BTreeMap<String, Pinned>,
+}
+
+struct Pinned {
+    path: PathBuf,
+    map: OnceCell<Option<Map>>,
 }
 
 impl PinnedMaps {
-    /// Opens every `fw_*` pin in `dir`.
+    /// Lists every `fw_*` pin in `dir` (opened when first used).
     pub fn open(dir: &PinDir) -> Result<PinnedMaps> {
         let entries = std::fs::read_dir(dir.path()).map_err(|source| Error::Pin {
             what: "cannot list",
@@ -57,24 +68,38 @@ impl PinnedMaps {
             if !file.starts_with("fw_") {
                 continue;
             }
-            let path = entry.path();
-            let map_error = |e: aya::maps::MapError| Error::Map {
-                what: format!("open pinned {}", path.display()),
-                source: e.into(),
-            };
-            let map = Map::from_map_data(MapData::from_pin(&path).map_err(map_error)?)
-                .map_err(map_error)?;
-            maps.insert(file.to_ascii_uppercase(), map);
+            maps.insert(
+                file.to_ascii_uppercase(),
+                Pinned {
+                    path: entry.path(),
+                    map: OnceCell::new(),
+                },
+            );
         }
         Ok(PinnedMaps { maps })
     }
 }
 
+/// Opens a pinned map; a pin that cannot be opened reads as missing (the
+/// caller names the map), with the reason in the log.
+fn open_pin(path: &Path) -> Option<Map> {
+    let opened = MapData::from_pin(path).and_then(Map::from_map_data);
+    match opened {
+        Ok(map) => Some(map),
+        Err(e) => {
+            tracing::warn!("cannot open pinned map {}: {e}", path.display());
+            None
+        }
+    }
+}
+
 impl MapSource for PinnedMaps {
     fn map(&self, name: &str) -> Option<&Map> {
-        self.maps.get(name)
+        let pinned = self.maps.get(name)?;
+        pinned.map.get_or_init(|| open_pin(&pinned.path)).as_ref()
     }
     fn map_mut(&mut self, name: &str) -> Option<&mut Map> {
-        self.maps.get_mut(name)
+        self.map(name)?;
+        self.maps.get_mut(name)?.map.get_mut()?.as_mut()
     }
 }
