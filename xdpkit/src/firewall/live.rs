@@ -163,7 +163,12 @@ impl LiveFirewall {
             .iter()
             .map(|e| record::encode(&e.rule, e.seq))
             .collect();
-        self.reset_counters(&ids)?;
+        // Ids from `next_id` on were never in the maps, so the program never
+        // counted for them (and `forget` zeroes what it did count): only
+        // reused ids need their counters reset.
+        let next_id = read_config(&self.maps)?.next_id;
+        let reused: Vec<u32> = ids.iter().copied().filter(|id| *id < next_id).collect();
+        self.reset_counters(&reused)?;
         sys::map_update_batch(bulk::map_fd(&self.maps, FW_RULES)?, &ids, &records)
     }
 
@@ -292,18 +297,16 @@ impl LiveFirewall {
             let old = self.ids()?;
             let keep: foldhash::HashSet<u32> = ids.iter().copied().collect();
             let gone: Vec<u32> = old.into_iter().filter(|id| !keep.contains(id)).collect();
-            let rules = Ruleset::from_entries(new.clone());
             // Records (and zeroed counters) of reused ids change before the
             // switch: those old rules are on their way out.
             self.store(&new)?;
-            apply(&mut self.maps, &rules)?;
+            apply(&mut self.maps, &Ruleset::from_entries(new))?;
             self.forget(&gone)?;
         } else {
-            let mut rules = self.rules()?;
-            for e in &new {
-                rules.push_entry(e.clone());
-            }
+            let mut all = self.rules()?.into_entries();
             self.store(&new)?;
+            all.extend(new);
+            let rules = Ruleset::from_entries(all);
             if let Err(e) = apply(&mut self.maps, &rules) {
                 let _ = self.forget(&ids);
                 return Err(e);

@@ -152,7 +152,12 @@ impl Ruleset {
         self.entries.len() != before
     }
 
-    /// Rules in judging order.
+    /// The entries in judging order, by value.
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
+    /// The entries in judging order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
