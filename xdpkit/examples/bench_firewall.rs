@@ -45,6 +45,8 @@ const SOURCES: &str = "198.18.0.0/22";
 const GEN_CPU: usize = 0;
 const NAPI_CPU: usize = 1;
 const NFT_TABLE: &str = "xkbench";
+/// Pause after each contender's teardown.
+const SETTLE: Duration = Duration::from_secs(4);
 
 #[derive(Clone, Copy, Debug)]
 enum Contender {
@@ -214,6 +216,10 @@ fn measure(
         Ok((rates, ns_per_packet(c, frame, prefixes)?))
     })();
     teardown(lab, c)?;
+    // The kernel frees a detached firewall's maps (a 2M-entry per-CPU
+    // array among them) in a worker that can land on the NAPI core: let it
+    // finish before the next contender is measured.
+    std::thread::sleep(SETTLE);
     let (mut rates, ns) = result?;
     rates.sort_by(f64::total_cmp);
     Ok(Row {
