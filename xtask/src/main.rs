@@ -62,7 +62,7 @@ enum Bench {
     /// to nftables, test_run ns per packet. About 5 minutes.
     Firewall {
         /// Extra arguments for the benchmark (`--trials N`, `--trial-secs S`,
-        /// `--sizes 1000,100000,1000000`, `--out DIR`).
+        /// `--sizes 1024,100000,1000000`, `--out DIR`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
