@@ -357,11 +357,7 @@ fn upsert_host<const N: usize>(
         let map = maps.map(name).ok_or_else(|| object::missing_map(name))?;
         let hosts: aya::maps::HashMap<&MapData, [u8; N], RuleRef> =
             aya::maps::HashMap::try_from(map).map_err(map_err(format!("open {name}")))?;
-        match hosts.get(&addr, 0) {
-            Ok(v) => Some(v),
-            Err(aya::maps::MapError::KeyNotFound) => None,
-            Err(e) => return Err(map_err(format!("look up in {name}"))(e)),
-        }
+        found(hosts.get(&addr, 0), name)?
     };
     let current = match current {
         Some(c) => Some(c),
@@ -371,24 +367,11 @@ fn upsert_host<const N: usize>(
                 .ok_or_else(|| object::missing_map(trie_name))?;
             let trie: LpmTrie<&MapData, [u8; N], RuleRef> =
                 LpmTrie::try_from(map).map_err(map_err(format!("open {trie_name}")))?;
-            match trie.get(&Key::new(full_len, addr), 0) {
-                Ok(v) => Some(v),
-                Err(aya::maps::MapError::KeyNotFound) => None,
-                Err(e) => return Err(map_err(format!("look up in {trie_name}"))(e)),
-            }
+            found(trie.get(&Key::new(full_len, addr), 0), trie_name)?
         }
         None => None,
     };
-    let value = match current {
-        Some(c) if c.rank < new.rank => RuleRef {
-            prefix_len: full_len,
-            ..c
-        },
-        _ => RuleRef {
-            prefix_len: full_len,
-            ..new
-        },
-    };
+    let value = better(current, new, full_len);
     let map = maps
         .map_mut(name)
         .ok_or_else(|| object::missing_map(name))?;
@@ -402,6 +385,31 @@ fn upsert_host<const N: usize>(
             Ok(false)
         }
         Err(e) => Err(map_err(format!("insert into {name}"))(e)),
+    }
+}
+
+/// The value of a lookup, `None` for a missing key.
+fn found(
+    result: std::result::Result<RuleRef, aya::maps::MapError>,
+    map: &str,
+) -> Result<Option<RuleRef>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(map_err(format!("look up in {map}"))(e)),
+    }
+}
+
+/// The entry of a `len`-bit prefix: `new`, unless what it already has or
+/// inherits (`current`) ranks first.
+fn better(current: Option<RuleRef>, new: RuleRef, len: u32) -> RuleRef {
+    let best = match current {
+        Some(c) if c.rank < new.rank => c,
+        _ => new,
+    };
+    RuleRef {
+        prefix_len: len,
+        ..best
     }
 }
 
@@ -419,21 +427,8 @@ fn upsert_prefix<const N: usize>(
     let mut trie: LpmTrie<&mut MapData, [u8; N], RuleRef> =
         LpmTrie::try_from(map).map_err(map_err(format!("open {name}")))?;
     // The longest match is the prefix itself or its nearest ancestor.
-    let current = match trie.get(&Key::new(u32::from(len), addr), 0) {
-        Ok(v) => Some(v),
-        Err(aya::maps::MapError::KeyNotFound) => None,
-        Err(e) => return Err(map_err(format!("look up in {name}"))(e)),
-    };
-    let value = match current {
-        Some(c) if c.rank < new.rank => RuleRef {
-            prefix_len: u32::from(len),
-            ..c
-        },
-        _ => RuleRef {
-            prefix_len: u32::from(len),
-            ..new
-        },
-    };
+    let current = found(trie.get(&Key::new(u32::from(len), addr), 0), name)?;
+    let value = better(current, new, u32::from(len));
     if current == Some(value) {
         return Ok(());
     }
