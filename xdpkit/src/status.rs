@@ -137,7 +137,14 @@ pub fn status(iface: Option<&str>, interval: Duration) -> Result<Vec<IfaceStatus
     let elapsed = started.elapsed();
     dirs.iter()
         .zip(first)
-        .map(|(dir, before)| describe(dir, &before, elapsed, !interval.is_zero()))
+        .filter_map(|(dir, before)| {
+            match describe(dir, &before, elapsed, !interval.is_zero()) {
+                // Listing every interface races with detaches by other processes:
+                // an interface whose link went away meanwhile is simply no longer shown.
+                Err(_) if iface.is_none() && !dir.has_link() => None,
+                result => Some(result),
+            }
+        })
         .collect()
 }
 
