@@ -221,6 +221,63 @@ fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
         "allowed traffic fell to the default: {st}"
     );
 
+    // --replace: exactly the file's rules remain, ids are its line numbers,
+    // and a reused id starts from zero.
+    let other = dir.join("other.rules");
+    std::fs::write(&other, "allow src 198.18.0.0/16\ndeny src 198.19.41.0/24\n").unwrap();
+    ok(&xdpkit(
+        &lab,
+        &[
+            "rule",
+            "load",
+            "--dev",
+            server_if,
+            "--file",
+            other.to_str().unwrap(),
+            "--replace",
+        ],
+    ));
+    let listed: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        &["rule", "list", "--dev", server_if, "--json"],
+    )))
+    .unwrap();
+    let ids: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2], "{listed}");
+    assert_eq!(listed[1]["rule"], "deny src 198.19.41.0/24 prio 100");
+    assert_eq!(listed[1]["packets"], 0, "reused id 2 kept old counts");
+    let pins = std::path::Path::new("/sys/fs/bpf/xdpkit").join(server_if);
+    let mode = std::fs::metadata(pins.join("fw_rules"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert!(!pins.join("new_fw_rules").exists(), "swap left its pin");
+    lab.send_udp("bad", dst, N, 32).unwrap();
+    assert_eq!(sink.count(N, QUIET, MAX_WAIT), 0, "replaced set drops bad");
+    assert!(rule_packets(&lab, server_if, 2) >= u64::from(N));
+
+    // flush: no rules, everything passes; ids go on growing.
+    let out = ok(&xdpkit(&lab, &["rule", "flush", "--dev", server_if]));
+    assert!(out.contains("flushed 2 rules"), "{out}");
+    assert_eq!(
+        ok(&xdpkit(
+            &lab,
+            &["rule", "list", "--dev", server_if, "--json"]
+        ))
+        .trim(),
+        "[]"
+    );
+    lab.send_udp("bad", dst, N, 32).unwrap();
+    assert_eq!(sink.count(N, QUIET, MAX_WAIT), N, "after flush");
+
     ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
     std::fs::remove_dir_all(&dir).unwrap();
 }

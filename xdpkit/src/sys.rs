@@ -12,9 +12,12 @@ use std::{
 
 use crate::{Error, Result};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -28,6 +31,68 @@ pub struct XdpLinkInfo {
     pub prog_id: u32,
     /// Interface the link is attached to; 0 once the device is gone.
     pub ifindex: u32,
+}
+
+/// The shape of a map to create: what [`map_create`] needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    /// BPF_MAP_TYPE_*.
+    pub map_type: u32,
+    /// Key bytes.
+    pub key_size: u32,
+    /// Value bytes.
+    pub value_size: u32,
+    /// Capacity.
+    pub max_entries: u32,
+    /// BPF_F_* flags.
+    pub flags: u32,
+}
+
+/// Creates an empty map named `name` (at most 15 bytes are kept).
+pub fn map_create(name: &str, shape: MapShape) -> Result<OwnedFd> {
+    // struct { map_type, key_size, value_size, max_entries, map_flags,
+    //          inner_map_fd, numa_node: u32; char map_name[16]; ... }
+    let mut attr = [0u8; 128];
+    for (at, word) in [
+        shape.map_type,
+        shape.key_size,
+        shape.value_size,
+        shape.max_entries,
+        shape.flags,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        attr[at * 4..at * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let bytes = name.as_bytes();
+    let len = bytes.len().min(15);
+    attr[28..28 + len].copy_from_slice(&bytes[..len]);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr).map_err(|source| Error::Syscall {
+        call: "BPF_MAP_CREATE",
+        source,
+    })?;
+    // SAFETY: on success BPF_MAP_CREATE returns a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins a bpf object at `path` (BPF_OBJ_PIN); the path must not exist.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Pin {
+        what: "invalid path",
+        path: path.to_path_buf(),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_OBJ_PIN, &mut attr)
+        .map(drop)
+        .map_err(|source| Error::Pin {
+            what: "cannot pin at",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Opens a pinned bpf object (BPF_OBJ_GET).
@@ -173,6 +238,34 @@ pub fn map_dump(
     value_stride: usize,
     limit: usize,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
+    batch_read(BPF_MAP_LOOKUP_BATCH, map, key_size, value_stride, limit)
+}
+
+/// Empties a hash map in one pass (BPF_MAP_LOOKUP_AND_DELETE_BATCH), where
+/// a dump and a delete would walk it twice. Returns how many entries it held.
+pub fn hash_drain(map: BorrowedFd<'_>, key_size: usize, value_size: usize) -> Result<usize> {
+    let (keys, _) = batch_read(
+        BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+        map,
+        key_size,
+        value_size,
+        usize::MAX,
+    )?;
+    Ok(keys.len() / key_size.max(1))
+}
+
+fn batch_read(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    value_stride: usize,
+    limit: usize,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let call = if cmd == BPF_MAP_LOOKUP_BATCH {
+        "BPF_MAP_LOOKUP_BATCH"
+    } else {
+        "BPF_MAP_LOOKUP_AND_DELETE_BATCH"
+    };
     let mut keys = Vec::new();
     let mut values = Vec::new();
     // Holds the kernel's resume token: a key for tries and arrays, a bucket for hashes.
@@ -195,7 +288,7 @@ pub fn map_dump(
         attr[24..32].copy_from_slice(&(values[vstart..].as_mut_ptr() as u64).to_ne_bytes());
         attr[32..36].copy_from_slice(&(chunk as u32).to_ne_bytes());
         attr[36..40].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let result = bpf(cmd, &mut attr);
         let got = u32::from_ne_bytes(attr[32..36].try_into().expect("4 bytes")) as usize;
         keys.truncate(start + got * key_size);
         values.truncate(vstart + got * value_stride);
@@ -203,12 +296,7 @@ pub fn map_dump(
         match result {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((keys, values)),
-            Err(source) => {
-                return Err(Error::Syscall {
-                    call: "BPF_MAP_LOOKUP_BATCH",
-                    source,
-                })
-            }
+            Err(source) => return Err(Error::Syscall { call, source }),
         }
     }
 }

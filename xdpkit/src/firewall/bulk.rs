@@ -71,7 +71,12 @@ pub(crate) fn dump<K: Copy, V: Copy>(
     name: &str,
     limit: usize,
 ) -> Result<Vec<(K, V)>> {
-    let (keys, values) = sys::map_dump(map_fd(maps, name)?, size_of::<K>(), size_of::<V>(), limit)?;
+    dump_fd(map_fd(maps, name)?, limit)
+}
+
+/// [`dump`] on a map fd.
+fn dump_fd<K: Copy, V: Copy>(fd: BorrowedFd<'_>, limit: usize) -> Result<Vec<(K, V)>> {
+    let (keys, values) = sys::map_dump(fd, size_of::<K>(), size_of::<V>(), limit)?;
     Ok(keys
         .chunks_exact(size_of::<K>())
         .zip(values.chunks_exact(size_of::<V>()))
@@ -124,11 +129,16 @@ pub(crate) fn zero_per_cpu<V>(
 
 /// Deletes every entry of hash or trie `name` (keys `K`, values `V`).
 pub(crate) fn clear<K: Copy, V: Copy>(maps: &impl MapSource, name: &str) -> Result<()> {
-    let keys: Vec<K> = dump::<K, V>(maps, name, usize::MAX)?
+    clear_fd::<K, V>(map_fd(maps, name)?)
+}
+
+/// [`clear`] on a map fd.
+fn clear_fd<K: Copy, V: Copy>(fd: BorrowedFd<'_>) -> Result<()> {
+    let keys: Vec<K> = dump_fd::<K, V>(fd, usize::MAX)?
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    sys::map_delete_batch(map_fd(maps, name)?, &keys)
+    sys::map_delete_batch(fd, &keys)
 }
 
 /// Replaces the contents of an LPM trie with `entries`.
@@ -137,7 +147,17 @@ pub(crate) fn write_trie<const N: usize, V: Copy>(
     name: &str,
     entries: &[(IpNet, V)],
 ) -> Result<()> {
-    replace(maps, name, entries, TrieKey::<N>::of)
+    write_trie_fd::<N, V>(map_fd(maps, name)?, entries)
+}
+
+/// [`write_trie`] on a map fd.
+pub(crate) fn write_trie_fd<const N: usize, V: Copy>(
+    fd: BorrowedFd<'_>,
+    entries: &[(IpNet, V)],
+) -> Result<()> {
+    let (keys, values) = split(entries, TrieKey::<N>::of)?;
+    clear_fd::<TrieKey<N>, V>(fd)?;
+    sys::map_update_batch(fd, &keys, &values)
 }
 
 /// Replaces the contents of an LPM trie with `keys[i]` -> `values[i]`.
@@ -151,31 +171,46 @@ pub(crate) fn write_trie_keys<const N: usize, V: Copy>(
     sys::map_update_batch(map_fd(maps, name)?, keys, values)
 }
 
-/// Replaces the contents of hash map `name` (key: the address bytes).
-pub(crate) fn write_hash<const N: usize, V: Copy>(
-    maps: &impl MapSource,
-    name: &str,
+/// Replaces the contents of a hash map keyed by the address bytes.
+pub(crate) fn write_hash_fd<const N: usize, V: Copy>(
+    fd: BorrowedFd<'_>,
     entries: &[(IpNet, V)],
 ) -> Result<()> {
-    replace(maps, name, entries, |net| {
-        TrieKey::<N>::of(net).map(|k| k.addr)
-    })
+    let (keys, values) = split(entries, |net| TrieKey::<N>::of(net).map(|k| k.addr))?;
+    sys::hash_drain(fd, N, size_of::<V>())?;
+    sys::map_update_batch(fd, &keys, &values)
 }
 
-/// Clears map `name`, then writes `entries` with keys made by `key`.
-fn replace<K: Copy, V: Copy>(
-    maps: &impl MapSource,
-    name: &str,
+/// Keys made by `key` and the values of `entries`.
+fn split<K: Copy, V: Copy>(
     entries: &[(IpNet, V)],
     key: impl Fn(&IpNet) -> Result<K>,
-) -> Result<()> {
+) -> Result<(Vec<K>, Vec<V>)> {
     let keys = entries
         .iter()
         .map(|(net, _)| key(net))
         .collect::<Result<Vec<K>>>()?;
-    let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
-    clear::<K, V>(maps, name)?;
-    sys::map_update_batch(map_fd(maps, name)?, &keys, &values)
+    Ok((keys, entries.iter().map(|(_, v)| *v).collect()))
+}
+
+/// A piece of work for [`in_parallel`].
+pub(crate) type Job<'a> = Box<dyn FnOnce() -> Result<()> + Send + 'a>;
+
+/// Runs `jobs` on threads of their own and returns the first error. Filling
+/// big maps is kernel work done by the calling thread, so separate maps
+/// filled on separate threads use every CPU.
+pub(crate) fn in_parallel(jobs: Vec<Job<'_>>) -> Result<()> {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        running
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<Result<Vec<()>>>()
+            .map(drop)
+    })
 }
 
 /// Possible CPUs: the number of values a per-CPU map holds per key.

@@ -4,7 +4,7 @@
 //! Prefix rules (one `src` or `dst` prefix, nothing else) go into LPM tries;
 //! all other rules into bit vectors ([`super::general`]).
 
-use foldhash::{HashMap, HashMapExt as _};
+use foldhash::HashMap;
 
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData},
@@ -22,7 +22,7 @@ use xdpkit_common::{
 };
 
 use super::{
-    bulk::{write_hash, write_trie},
+    bulk::{self, write_hash_fd, write_trie_fd, Job},
     maps::MapSource,
     Action, Entry, FragmentPolicy, Policy, Rule, Ruleset, Verdict,
 };
@@ -118,35 +118,28 @@ pub fn compile(rules: &Ruleset) -> Result<Compiled> {
 
 /// Gives each prefix the best rule of itself and its ancestors in the set.
 fn inherit(own: HashMap<IpNet, RuleRef>) -> Vec<(IpNet, RuleRef)> {
-    let mut by_len: Vec<(IpNet, RuleRef)> = own.into_iter().collect();
-    by_len.sort_by_key(|(net, _)| (net.prefix_len(), *net));
-    let mut lengths: Vec<u8> = by_len.iter().map(|(n, _)| n.prefix_len()).collect();
-    lengths.dedup();
-    let mut done: HashMap<IpNet, RuleRef> = HashMap::with_capacity(by_len.len());
-    for (net, mut best) in by_len {
-        // Ancestors are shorter and already final, so the nearest one suffices.
+    let mut out: Vec<(IpNet, RuleRef)> = own.into_iter().collect();
+    // Prefixes are nested or disjoint, so in address order (shorter first)
+    // each comes after its ancestors, and the ancestors still open form a
+    // chain: one sort and one pass, with no lookups per prefix length.
+    out.sort_unstable_by_key(|(net, _)| (net.network(), net.prefix_len()));
+    let mut chain: Vec<(IpNet, RuleRef)> = Vec::new();
+    for (net, best) in &mut out {
+        while chain.last().is_some_and(|(open, _)| !open.contains(&*net)) {
+            chain.pop();
+        }
         best.prefix_len = u32::from(net.prefix_len());
-        if let Some(parent) = lengths
-            .iter()
-            .rev()
-            .filter(|l| **l < net.prefix_len())
-            .find_map(|l| {
-                IpNet::new(net.addr(), *l)
-                    .ok()
-                    .and_then(|p| done.get(&p.trunc()))
-            })
-        {
+        if let Some((_, parent)) = chain.last() {
             if parent.rank < best.rank {
-                best = RuleRef {
+                *best = RuleRef {
                     prefix_len: best.prefix_len,
                     ..*parent
                 };
             }
         }
-        done.insert(net, best);
+        chain.push((*net, *best));
     }
-    let mut out: Vec<(IpNet, RuleRef)> = done.into_iter().collect();
-    out.sort_by_key(|(net, _)| (net.prefix_len(), *net));
+    out.sort_unstable_by_key(|(net, _)| (net.prefix_len(), *net));
     out
 }
 
@@ -247,6 +240,21 @@ pub fn set_policy(maps: &mut impl MapSource, policy: &Policy) -> Result<()> {
 /// active ones with a single change of [`FwConfig::active`]: packets see the
 /// old rules or the new ones, never a mix.
 pub fn apply(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
+    let staged = stage(maps, rules)?;
+    commit(maps, staged)
+}
+
+/// A ruleset written into the inactive sets, not yet switched in.
+#[derive(Clone, Copy, Debug)]
+pub struct Staged {
+    /// The config describing both sets, the old ones still active.
+    cfg: FwConfig,
+    /// [`FwConfig::active`] that switches to the new sets.
+    active: u32,
+}
+
+/// The first half of [`apply`]: writes `rules` into the inactive sets.
+pub fn stage(maps: &impl MapSource, rules: &Ruleset) -> Result<Staged> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
     let general = (cfg.general_set() + 1) & 1;
@@ -256,8 +264,17 @@ pub fn apply(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
     cfg.general[general] = count;
+    Ok(Staged {
+        cfg,
+        active: (prefix as u32 * ACTIVE_PREFIX) | (general as u32 * ACTIVE_GENERAL),
+    })
+}
+
+/// The second half of [`apply`]: switches to the staged sets.
+pub fn commit(maps: &mut impl MapSource, staged: Staged) -> Result<()> {
+    let Staged { mut cfg, active } = staged;
     write_config(maps, cfg)?;
-    cfg.active = (prefix as u32 * ACTIVE_PREFIX) | (general as u32 * ACTIVE_GENERAL);
+    cfg.active = active;
     write_config(maps, cfg)
 }
 
@@ -441,12 +458,23 @@ fn upsert_prefix<const N: usize>(
 fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32> {
     let (src4_trie, src4_hosts) = split_hosts(&c.src4);
     let (src6_trie, src6_hosts) = split_hosts(&c.src6);
-    write_trie::<4, _>(maps, FW_SRC4[set], &src4_trie)?;
-    write_trie::<4, _>(maps, FW_DST4[set], &c.dst4)?;
-    write_trie::<16, _>(maps, FW_SRC6[set], &src6_trie)?;
-    write_trie::<16, _>(maps, FW_DST6[set], &c.dst6)?;
-    write_hash::<4, _>(maps, FW_HOST_SRC4[set], &src4_hosts)?;
-    write_hash::<16, _>(maps, FW_HOST_SRC6[set], &src6_hosts)?;
+    let fd = |name| bulk::map_fd(maps, name);
+    let (s4, d4, s6, d6) = (
+        fd(FW_SRC4[set])?,
+        fd(FW_DST4[set])?,
+        fd(FW_SRC6[set])?,
+        fd(FW_DST6[set])?,
+    );
+    let (h4, h6) = (fd(FW_HOST_SRC4[set])?, fd(FW_HOST_SRC6[set])?);
+    let jobs: Vec<Job<'_>> = vec![
+        Box::new(|| write_trie_fd::<4, _>(s4, &src4_trie)),
+        Box::new(|| write_trie_fd::<4, _>(d4, &c.dst4)),
+        Box::new(|| write_trie_fd::<16, _>(s6, &src6_trie)),
+        Box::new(|| write_trie_fd::<16, _>(d6, &c.dst6)),
+        Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
+        Box::new(|| write_hash_fd::<16, _>(h6, &src6_hosts)),
+    ];
+    bulk::in_parallel(jobs)?;
     let mut present = 0;
     for (field, non_empty) in [
         !src4_trie.is_empty(),

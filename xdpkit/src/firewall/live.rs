@@ -7,7 +7,7 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd as _,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     time::{Duration, SystemTime},
 };
 
@@ -21,7 +21,8 @@ use xdpkit_common::firewall::{
 use super::{
     bulk,
     kernel::{
-        add_prefix_in_place, apply, is_prefix_rule, read_config, rebuild_general, rebuild_prefixes,
+        add_prefix_in_place, commit, is_prefix_rule, read_config, rebuild_general,
+        rebuild_prefixes, stage, Staged,
     },
     maps::{pin_name, MapSource, PinnedMaps},
     record, Entry, Rule, Ruleset,
@@ -157,19 +158,23 @@ impl LiveFirewall {
     }
 
     /// Stores `entries` in FW_RULES with zeroed counters, before packets can hit them.
-    fn store(&mut self, entries: &[Entry]) -> Result<()> {
+    fn store(&self, entries: &[Entry]) -> Result<()> {
+        self.store_in(bulk::map_fd(&self.maps, FW_RULES)?, entries)
+    }
+
+    /// [`store`](Self::store) into the rules map `fd`.
+    fn store_in(&self, fd: BorrowedFd<'_>, entries: &[Entry]) -> Result<()> {
         let ids: Vec<u32> = entries.iter().map(|e| e.id).collect();
         let records: Vec<RuleRecord> = entries
             .iter()
             .map(|e| record::encode(&e.rule, e.seq))
             .collect();
         // Ids from `next_id` on were never in the maps, so the program never
-        // counted for them (and `forget` zeroes what it did count): only
-        // reused ids need their counters reset.
+        // counted for them: only reused ids need their counters reset.
         let next_id = read_config(&self.maps)?.next_id;
         let reused: Vec<u32> = ids.iter().copied().filter(|id| *id < next_id).collect();
         self.reset_counters(&reused)?;
-        sys::map_update_batch(bulk::map_fd(&self.maps, FW_RULES)?, &ids, &records)
+        sys::map_update_batch(fd, &ids, &records)
     }
 
     /// Forgets rules `ids` (no longer judged): records and counters.
@@ -178,7 +183,7 @@ impl LiveFirewall {
         self.reset_counters(ids)
     }
 
-    fn reset_counters(&mut self, ids: &[u32]) -> Result<()> {
+    fn reset_counters(&self, ids: &[u32]) -> Result<()> {
         let cpus = bulk::possible_cpus()?;
         bulk::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, cpus, ids)
     }
@@ -197,7 +202,7 @@ impl LiveFirewall {
         let (id, seq) = self.next()?;
         if id >= FW_MAX_RULE_IDS {
             return Err(Error::InvalidArgument(format!(
-                "rule ids are exhausted (the largest is {}): flush or load --replace to renumber",
+                "rule ids are exhausted (the largest is {}): load --replace to renumber",
                 FW_MAX_RULE_IDS - 1
             )));
         }
@@ -252,10 +257,14 @@ impl LiveFirewall {
 
     /// Deletes every rule; returns how many there were.
     pub fn flush(&mut self) -> Result<usize> {
-        let ids = self.ids()?;
-        apply(&mut self.maps, &Ruleset::new())?;
-        self.forget(&ids)?;
-        Ok(ids.len())
+        let count = self.ids()?.len();
+        // An empty FW_RULES in place of a million deletes; counters of the
+        // ids are zeroed when an id is used again (`store`).
+        let empty = self.maps.create_like(FW_RULES)?;
+        let staged = stage(&self.maps, &Ruleset::new())?;
+        self.maps.swap_in(FW_RULES, empty)?;
+        commit(&mut self.maps, staged)?;
+        Ok(count)
     }
 
     fn ids(&self) -> Result<Vec<u32>> {
@@ -294,25 +303,46 @@ impl LiveFirewall {
         }
         let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
         if replace {
-            let old = self.ids()?;
-            let keep: foldhash::HashSet<u32> = ids.iter().copied().collect();
-            let gone: Vec<u32> = old.into_iter().filter(|id| !keep.contains(id)).collect();
-            // Records (and zeroed counters) of reused ids change before the
-            // switch: those old rules are on their way out.
-            self.store(&new)?;
-            apply(&mut self.maps, &Ruleset::from_entries(new))?;
-            self.forget(&gone)?;
+            let rules = Ruleset::from_entries(new);
+            // The records go into a new FW_RULES, so the old ones leave with
+            // the old map (no dump, no deletes); the tries are filled at the
+            // same time. Zeroed counters of reused ids precede the switch:
+            // those old rules are on their way out.
+            let fresh = self.maps.create_like(FW_RULES)?;
+            let staged =
+                self.stage_while(&rules, || self.store_in(fresh.as_fd(), rules.entries()))?;
+            self.maps.swap_in(FW_RULES, fresh)?;
+            commit(&mut self.maps, staged)?;
         } else {
             let mut all = self.rules()?.into_entries();
-            self.store(&new)?;
-            all.extend(new);
+            all.extend(new.iter().cloned());
             let rules = Ruleset::from_entries(all);
-            if let Err(e) = apply(&mut self.maps, &rules) {
-                let _ = self.forget(&ids);
-                return Err(e);
+            match self.stage_while(&rules, || self.store(&new)) {
+                Ok(staged) => commit(&mut self.maps, staged)?,
+                Err(e) => {
+                    let _ = self.forget(&ids);
+                    return Err(e);
+                }
             }
         }
         Ok(ids)
+    }
+
+    /// Stages `rules` while `store` runs on a thread of its own: they fill
+    /// different maps, and each is mostly kernel time.
+    fn stage_while(
+        &self,
+        rules: &Ruleset,
+        store: impl FnOnce() -> Result<()> + Send,
+    ) -> Result<Staged> {
+        std::thread::scope(|scope| {
+            let stored = scope.spawn(store);
+            let staged = stage(&self.maps, rules);
+            let stored = stored
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            stored.and(staged)
+        })
     }
 
     /// Every rule in judging order with its counters.

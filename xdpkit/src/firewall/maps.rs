@@ -3,9 +3,11 @@
 //! writers work on either.
 
 use std::{
-    cell::OnceCell,
     collections::BTreeMap,
+    os::fd::{AsFd as _, OwnedFd},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use aya::{
@@ -13,7 +15,7 @@ use aya::{
     Ebpf,
 };
 
-use crate::{pins::PinDir, Error, Result};
+use crate::{object, pins::PinDir, sys, Error, Result};
 
 /// Maps by their object name (`FW_CONFIG`, ...).
 pub trait MapSource {
@@ -51,7 +53,8 @@ pub struct PinnedMaps {
 
 struct Pinned {
     path: PathBuf,
-    map: OnceCell<Option<Map>>,
+    // OnceLock, not OnceCell: writers on several threads share the maps.
+    map: OnceLock<Option<Map>>,
 }
 
 impl PinnedMaps {
@@ -72,11 +75,61 @@ impl PinnedMaps {
                 file.to_ascii_uppercase(),
                 Pinned {
                     path: entry.path(),
-                    map: OnceCell::new(),
+                    map: OnceLock::new(),
                 },
             );
         }
         Ok(PinnedMaps { maps })
+    }
+
+    /// A new, empty map shaped like pinned map `name`, to fill aside and
+    /// then [`swap_in`](Self::swap_in).
+    pub fn create_like(&self, name: &str) -> Result<OwnedFd> {
+        let info = super::bulk::map_info(self, name)?;
+        let map_type = info.map_type().map_err(|e| Error::Map {
+            what: format!("read the type of {name}"),
+            source: e.into(),
+        })?;
+        let shape = sys::MapShape {
+            map_type: map_type as u32,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        };
+        sys::map_create(name, shape)
+    }
+
+    /// Makes `map` the pinned map `name`: pinned beside it, then renamed
+    /// over it, so other processes see the old map or the new one. The old
+    /// map is freed by the kernel once its last user closes it.
+    pub fn swap_in(&mut self, name: &str, map: OwnedFd) -> Result<()> {
+        let pinned = self
+            .maps
+            .get_mut(name)
+            .ok_or_else(|| object::missing_map(name))?;
+        // bpffs refuses dots in names, and `open` lists only `fw_*`.
+        let aside = pinned
+            .path
+            .with_file_name(format!("new_{}", pin_name(name)));
+        let _ = std::fs::remove_file(&aside); // debris of an interrupted swap
+        sys::obj_pin(map.as_fd(), &aside)?;
+        let pin_err = |what, source| Error::Pin {
+            what,
+            path: aside.clone(),
+            source,
+        };
+        let moved = std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| pin_err("cannot chmod", e))
+            .and_then(|()| {
+                std::fs::rename(&aside, &pinned.path).map_err(|e| pin_err("cannot rename", e))
+            });
+        if let Err(e) = moved {
+            let _ = std::fs::remove_file(&aside);
+            return Err(e);
+        }
+        pinned.map = OnceLock::new();
+        Ok(())
     }
 }
 

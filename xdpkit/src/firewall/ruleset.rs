@@ -63,7 +63,7 @@ impl Ruleset {
         text: &str,
         mut progress: impl FnMut(usize),
     ) -> Result<Ruleset, FileError> {
-        let mut set = Ruleset::new();
+        let mut entries = Vec::new();
         let mut done = 0;
         for (index, line) in text.lines().enumerate() {
             done += line.len() + 1;
@@ -85,9 +85,13 @@ impl Ruleset {
                 line: line_no,
                 source: RuleError::Conflict("more than 4294967295 lines".to_string()),
             })?;
-            set.push(id, rule);
+            entries.push(Entry {
+                id,
+                seq: entries.len() as u64,
+                rule,
+            });
         }
-        Ok(set)
+        Ok(Ruleset::from_entries(entries))
     }
 
     /// Reads and parses a rule file.
