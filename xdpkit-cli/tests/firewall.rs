@@ -263,6 +263,28 @@ fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
     lab.send_udp("bad", dst, N, 32).unwrap();
     assert_eq!(sink.count(N, QUIET, MAX_WAIT), 0, "replaced set drops bad");
     assert!(rule_packets(&lab, server_if, 2) >= u64::from(N));
+    let listed: Value = serde_json::from_str(&ok(&xdpkit(
+        &lab,
+        &["rule", "list", "--dev", server_if, "--json"],
+    )))
+    .unwrap();
+    let last_hit = listed[1]["last_hit"]
+        .as_str()
+        .expect("rule 2 has a last hit");
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", last_hit, "+%s"])
+        .output()
+        .unwrap();
+    let hit: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        hit <= now && now - hit < 30,
+        "last hit {last_hit} is not just now"
+    );
+    assert!(listed[0]["last_hit"].is_null(), "{listed}");
 
     // flush: no rules, everything passes; ids go on growing.
     let out = ok(&xdpkit(&lab, &["rule", "flush", "--dev", server_if]));

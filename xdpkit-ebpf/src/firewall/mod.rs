@@ -5,7 +5,7 @@ mod general;
 mod parse;
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -109,9 +109,7 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
             unsafe {
                 (*h).packets += 1;
                 (*h).bytes += len;
-                // The coarse clock (same base, jiffy resolution) is a
-                // fraction of the cost, and "last hit" needs no more.
-                (*h).last_ns = bpf_ktime_get_coarse_ns();
+                (*h).last_ns = coarse_now();
                 if outcome == Outcome::RateLimited {
                     (*h).limited += 1;
                 }
@@ -132,6 +130,40 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
         }
     }
     count(&ctx, action)
+}
+
+/// This CPU's coarse clock as of its last tick, cached per jiffy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Clock {
+    jiffies: u64,
+    ns: u64,
+}
+
+/// Not pinned: a cache, as good fresh after a re-attach.
+#[map(name = "FW_CLOCK")]
+static CLOCK: PerCpuArray<Clock> = PerCpuArray::with_max_entries(1, 0);
+
+/// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at jiffy resolution, all a
+/// "last hit" needs) with one helper call per tick instead of per frame:
+/// the verifier inlines `bpf_jiffies64` and per-CPU array lookups, while a
+/// helper call costs tens of ns on kernels with return-stack mitigations.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: helpers without arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(clock) = CLOCK.get_ptr_mut(0) else {
+        // SAFETY: as above.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's slot of the map's one entry.
+    unsafe {
+        if (*clock).jiffies != jiffies {
+            (*clock).jiffies = jiffies;
+            (*clock).ns = bpf_ktime_get_coarse_ns();
+        }
+        (*clock).ns
+    }
 }
 
 #[inline(always)]
