@@ -29,6 +29,47 @@ pub const FW_DST6: [&str; 2] = ["FW_DST6_0", "FW_DST6_1"];
 pub const FW_HOST_SRC4: [&str; 2] = ["FW_HSRC4_0", "FW_HSRC4_1"];
 /// See [`FW_HOST_SRC4`].
 pub const FW_HOST_SRC6: [&str; 2] = ["FW_HSRC6_0", "FW_HSRC6_1"];
+/// IPv4 source hosts in an array-backed table, `[set 0, set 1]`: array of
+/// [`HostBucket`], each host in one of its two buckets ([`host_buckets`]).
+/// The program looks it up before [`FW_HOST_SRC4`]: array lookups are
+/// inlined by the verifier, a hash lookup is a helper call. Written only
+/// while its set is inactive; a hit is final like a host-map hit. Hosts that
+/// find both buckets full, and hosts added in place, use [`FW_HOST_SRC4`].
+pub const FW_HOST_TABLE4: [&str; 2] = ["FW_HTAB4_0", "FW_HTAB4_1"];
+/// Buckets per host table (4 hosts each).
+pub const FW_HOST_BUCKETS: u32 = 1 << 17;
+
+/// One host of a [`HostBucket`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostSlot {
+    /// The address, its bytes in network order read as a native `u32`.
+    pub addr: u32,
+    /// Nonzero when the slot holds a host.
+    pub used: u32,
+    /// The best rule of the host and every prefix containing it.
+    pub rule: RuleRef,
+}
+
+/// Four hosts: two cache lines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostBucket {
+    /// The hosts; unused slots are zero.
+    pub slots: [HostSlot; 4],
+}
+
+/// The two buckets a host may live in (two multiplicative hashes of its
+/// address, the same on both sides). Two choices keep buckets even: a
+/// table three-quarters full rarely has a host with both buckets full.
+#[inline(always)]
+pub const fn host_buckets(addr: u32) -> [u32; 2] {
+    const SHIFT: u32 = 32 - FW_HOST_BUCKETS.trailing_zeros();
+    let first = addr.wrapping_mul(0x9e37_79b1) >> SHIFT;
+    let second = (addr ^ (addr >> 16)).wrapping_mul(0x85eb_ca6b) >> SHIFT;
+    [first, second]
+}
+
 /// Entries per host map; beyond this, host prefixes stay in the trie.
 pub const FW_MAX_HOSTS: u32 = 1 << 20;
 
@@ -42,6 +83,11 @@ pub const fn present_trie(set: usize, field: usize) -> u32 {
 /// set `set` holds entries.
 pub const fn present_host(set: usize, field: usize) -> u32 {
     1 << (set * 8 + 4 + field)
+}
+
+/// [`FwConfig::present`] bit: the IPv4 host table of set `set` holds entries.
+pub const fn present_table(set: usize) -> u32 {
+    1 << (set * 8 + 5)
 }
 
 /// General rules in judging order, `[set 0, set 1]`: array of [`RuleRef`] by bit.
@@ -129,7 +175,7 @@ impl Bitmap {
 }
 
 /// Every map of the firewall, pinned with it.
-pub const FW_MAPS: [&str; 44] = [
+pub const FW_MAPS: [&str; 46] = [
     FW_CONFIG,
     FW_TRACE,
     FW_RULE_STATS,
@@ -148,6 +194,8 @@ pub const FW_MAPS: [&str; 44] = [
     FW_HOST_SRC4[1],
     FW_HOST_SRC6[0],
     FW_HOST_SRC6[1],
+    FW_HOST_TABLE4[0],
+    FW_HOST_TABLE4[1],
     FW_GEN_RULES[0],
     FW_GEN_RULES[1],
     FW_GEN_SRC4[0],
@@ -380,6 +428,7 @@ mod pod {
     // SAFETY: all are #[repr(C)] with only integer fields and no implicit padding.
     unsafe impl aya::Pod for super::FwConfig {}
     unsafe impl aya::Pod for super::RuleRef {}
+    unsafe impl aya::Pod for super::HostBucket {}
     unsafe impl aya::Pod for super::FwTrace {}
     unsafe impl aya::Pod for super::Bitmap {}
     unsafe impl aya::Pod for super::RuleHits {}

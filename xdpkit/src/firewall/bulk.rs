@@ -36,8 +36,13 @@ pub(crate) fn map_info(maps: &impl MapSource, name: &str) -> Result<aya::maps::M
 
 /// Writes `values` at indexes 0.. of array `name`.
 pub(crate) fn write_array<V: Copy>(maps: &impl MapSource, name: &str, values: &[V]) -> Result<()> {
+    write_array_fd(map_fd(maps, name)?, values)
+}
+
+/// [`write_array`] on a map fd.
+pub(crate) fn write_array_fd<V: Copy>(fd: BorrowedFd<'_>, values: &[V]) -> Result<()> {
     let keys: Vec<u32> = (0..values.len() as u32).collect();
-    sys::map_update_batch(map_fd(maps, name)?, &keys, values)
+    sys::map_update_batch(fd, &keys, values)
 }
 
 /// An LPM-trie key as the kernel lays it out.

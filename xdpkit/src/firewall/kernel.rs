@@ -13,10 +13,11 @@ use aya::{
 use ipnet::IpNet;
 use xdpkit_common::{
     firewall::{
-        present_host, present_trie, FwConfig, FwTrace, RuleRef, ACTION_ALLOW, ACTION_DENY,
-        ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6,
-        FW_HOST_SRC4, FW_HOST_SRC6, FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP,
-        POLICY_L3, POLICY_PASS,
+        host_buckets, present_host, present_table, present_trie, FwConfig, FwTrace, HostBucket,
+        HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, ACTIVE_GENERAL,
+        ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6, FW_HOST_BUCKETS, FW_HOST_SRC4, FW_HOST_SRC6,
+        FW_HOST_TABLE4, FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3,
+        POLICY_PASS,
     },
     XdpAction,
 };
@@ -329,7 +330,16 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     };
     // A host goes to the host map even when a rebuild left hosts in the
     // trie (`split_hosts`): its value there covers the trie's entries.
+    // A host in the table keeps its entry: the table is not changed in place,
+    // and what it holds ranks before this rule (prio >= max_prio).
+    let in_table = match net {
+        IpNet::V4(n) if host.is_some() && cfg.present & present_table(set) != 0 => {
+            table_has(maps, FW_HOST_TABLE4[set], n.addr().octets())?
+        }
+        _ => false,
+    };
     let added = match (host, net) {
+        _ if in_table => true,
         (Some(name), IpNet::V4(n)) => {
             upsert_host(maps, name, trie, in_trie, n.addr().octets(), new)?
         }
@@ -348,15 +358,70 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     if !added {
         return Ok(false);
     }
-    cfg.present |= if host.is_some() {
-        present_host(set, field)
-    } else {
-        present_trie(set, field)
+    cfg.present |= match host {
+        _ if in_table => 0,
+        Some(_) => present_host(set, field),
+        None => present_trie(set, field),
     };
     cfg.max_prio[field] = cfg.max_prio[field].max(entry.rule.prio);
     note_ids(&mut cfg, std::slice::from_ref(entry));
     write_config(maps, cfg)?;
     Ok(true)
+}
+
+/// Whether IPv4 host `addr` is in host table `name`.
+fn table_has(maps: &impl MapSource, name: &str, addr: [u8; 4]) -> Result<bool> {
+    let map = maps.map(name).ok_or_else(|| object::missing_map(name))?;
+    let table: Array<&MapData, HostBucket> =
+        Array::try_from(map).map_err(map_err(format!("open {name}")))?;
+    let key = u32::from_ne_bytes(addr);
+    for index in host_buckets(key) {
+        let bucket = table
+            .get(&index, 0)
+            .map_err(map_err(format!("read {name}")))?;
+        if bucket.slots.iter().any(|s| s.used != 0 && s.addr == key) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The host table holding `hosts` (IPv4 /32s), and the hosts that found
+/// both their buckets full.
+fn host_table(hosts: &[Prefix]) -> (Vec<HostBucket>, Vec<Prefix>) {
+    let mut table = vec![HostBucket::default(); FW_HOST_BUCKETS as usize];
+    let mut overflow = Vec::new();
+    for &(net, rule) in hosts {
+        let IpNet::V4(n) = net else {
+            overflow.push((net, rule));
+            continue;
+        };
+        let addr = u32::from_ne_bytes(n.addr().octets());
+        let [first, second] = host_buckets(addr);
+        let used = |i: u32| {
+            table[i as usize]
+                .slots
+                .iter()
+                .filter(|s| s.used != 0)
+                .count()
+        };
+        let pick = if used(second) < used(first) {
+            second
+        } else {
+            first
+        };
+        match table[pick as usize].slots.iter_mut().find(|s| s.used == 0) {
+            Some(slot) => {
+                *slot = HostSlot {
+                    addr,
+                    used: 1,
+                    rule,
+                }
+            }
+            None => overflow.push((net, rule)),
+        }
+    }
+    (table, overflow)
 }
 
 /// Gives host `addr` the better of `new` and what it has or inherits from
@@ -458,6 +523,13 @@ fn upsert_prefix<const N: usize>(
 fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32> {
     let (src4_trie, src4_hosts) = split_hosts(&c.src4);
     let (src6_trie, src6_hosts) = split_hosts(&c.src6);
+    // An empty table is not written: `present` keeps the program out of it.
+    let (table, src4_hosts) = if src4_hosts.is_empty() {
+        (None, src4_hosts)
+    } else {
+        let (table, overflow) = host_table(&src4_hosts);
+        (Some(table), overflow)
+    };
     let fd = |name| bulk::map_fd(maps, name);
     let (s4, d4, s6, d6) = (
         fd(FW_SRC4[set])?,
@@ -466,6 +538,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32
         fd(FW_DST6[set])?,
     );
     let (h4, h6) = (fd(FW_HOST_SRC4[set])?, fd(FW_HOST_SRC6[set])?);
+    let t4 = fd(FW_HOST_TABLE4[set])?;
     let jobs: Vec<Job<'_>> = vec![
         Box::new(|| write_trie_fd::<4, _>(s4, &src4_trie)),
         Box::new(|| write_trie_fd::<4, _>(d4, &c.dst4)),
@@ -473,6 +546,10 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32
         Box::new(|| write_trie_fd::<16, _>(d6, &c.dst6)),
         Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
         Box::new(|| write_hash_fd::<16, _>(h6, &src6_hosts)),
+        Box::new(|| match &table {
+            Some(table) => bulk::write_array_fd(t4, table),
+            None => Ok(()),
+        }),
     ];
     bulk::in_parallel(jobs)?;
     let mut present = 0;
@@ -491,6 +568,9 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32
     }
     if !src4_hosts.is_empty() {
         present |= present_host(0, 0);
+    }
+    if table.is_some() {
+        present |= present_table(0);
     }
     if !src6_hosts.is_empty() {
         present |= present_host(0, 2);
@@ -655,6 +735,47 @@ impl FirewallHarness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_table_keeps_every_host_in_one_of_its_buckets_or_overflows() {
+        // More hosts than slots: some must overflow, none may be lost.
+        let slots = FW_HOST_BUCKETS as usize * 4;
+        let hosts: Vec<Prefix> = (0..slots as u32 + 50_000)
+            .map(|i| {
+                let addr = std::net::Ipv4Addr::from(i.wrapping_mul(2_654_435_761));
+                let rule = RuleRef {
+                    id: i + 1,
+                    ..RuleRef::default()
+                };
+                (IpNet::V4(ipnet::Ipv4Net::new(addr, 32).unwrap()), rule)
+            })
+            .collect();
+        let (table, overflow) = host_table(&hosts);
+        assert!(overflow.len() >= 50_000, "{} overflowed", overflow.len());
+        let overflowed: foldhash::HashSet<u32> = overflow.iter().map(|(_, r)| r.id).collect();
+        let mut in_table = 0;
+        for (net, rule) in &hosts {
+            let IpNet::V4(n) = net else { unreachable!() };
+            let addr = u32::from_ne_bytes(n.addr().octets());
+            let found = host_buckets(addr)
+                .iter()
+                .flat_map(|b| table[*b as usize].slots)
+                .find(|s| s.used != 0 && s.addr == addr);
+            match found {
+                Some(slot) => {
+                    assert_eq!(slot.rule, *rule);
+                    in_table += 1;
+                }
+                None => assert!(overflowed.contains(&rule.id), "{net} lost"),
+            }
+        }
+        assert_eq!(in_table + overflow.len(), hosts.len());
+        // Two choices fill the table well before anything overflows.
+        assert!(
+            in_table * 100 >= slots * 90,
+            "only {in_table} of {slots} slots used"
+        );
+    }
 
     #[test]
     fn children_inherit_a_better_ancestor() {
