@@ -59,14 +59,26 @@ pub struct HostBucket {
     pub slots: [HostSlot; 4],
 }
 
-/// The two buckets a host may live in (two multiplicative hashes of its
-/// address, the same on both sides). Two choices keep buckets even: a
-/// table three-quarters full rarely has a host with both buckets full.
+/// Fewest and most [`FwConfig::table_bits`].
+pub const TABLE_BITS: (u32, u32) = (4, FW_HOST_BUCKETS.trailing_zeros());
+
+/// The two buckets, among the first `1 << bits`, a host may live in (two
+/// multiplicative hashes of its address, the same on both sides). Two
+/// choices keep buckets even: a table three-quarters full rarely has a
+/// host with both buckets full.
 #[inline(always)]
-pub const fn host_buckets(addr: u32) -> [u32; 2] {
-    const SHIFT: u32 = 32 - FW_HOST_BUCKETS.trailing_zeros();
-    let first = addr.wrapping_mul(0x9e37_79b1) >> SHIFT;
-    let second = (addr ^ (addr >> 16)).wrapping_mul(0x85eb_ca6b) >> SHIFT;
+pub const fn host_buckets(addr: u32, bits: u32) -> [u32; 2] {
+    // Clamped so the shift stays below 32 whatever the config holds.
+    let bits = if bits < TABLE_BITS.0 {
+        TABLE_BITS.0
+    } else if bits > TABLE_BITS.1 {
+        TABLE_BITS.1
+    } else {
+        bits
+    };
+    let shift = 32 - bits;
+    let first = addr.wrapping_mul(0x9e37_79b1) >> shift;
+    let second = (addr ^ (addr >> 16)).wrapping_mul(0x85eb_ca6b) >> shift;
     [first, second]
 }
 
@@ -278,6 +290,10 @@ pub struct FwConfig {
     /// since the last rebuild: a new rule at or above it cannot outrank a
     /// longer prefix, so it is added in place.
     pub max_prio: [u32; 4],
+    /// Per prefix set: the IPv4 host table uses its first `1 << bits`
+    /// buckets ([`host_buckets`]), sized to its hosts: a small blocklist
+    /// stays in a few pages (TLB entries) instead of spreading over 16 MB.
+    pub table_bits: [u32; 2],
 }
 
 impl FwConfig {
@@ -421,7 +437,7 @@ pub struct FwTrace {
 pub const NO_RULE: u32 = u32::MAX;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
-const _: () = assert!(core::mem::size_of::<FwConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<FwConfig>() == 72);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -213,6 +213,11 @@ fn measure(
         for _ in 0..o.trials {
             rates.push(trial(lab, c, frame, sources, o.trial)?);
         }
+        if let Contender::Firewall(n) = c {
+            if n > 0 {
+                rule_add_times(lab, n)?;
+            }
+        }
         Ok((rates, ns_per_packet(c, frame, prefixes)?))
     })();
     teardown(lab, c)?;
@@ -230,6 +235,36 @@ fn measure(
         ns_per_packet: ns,
         setup: setup_time,
     })
+}
+
+/// Times `rule add` of a source host as the CLI does it (open the pinned
+/// firewall, add, close), in this process: the work an add does, without
+/// the cost of starting a program.
+fn rule_add_times(lab: &Lab, prefixes: usize) -> BoxResult<()> {
+    const ADDS: u32 = 50;
+    let mut times = lab.run_in("dut", || -> Result<Vec<Duration>, xdpkit::Error> {
+        (0..ADDS)
+            .map(|i| {
+                // Outside the sources: these rules never decide a bench frame.
+                let rule = format!("deny src 198.19.255.{i}")
+                    .parse()
+                    .map_err(|e| xdpkit::Error::InvalidArgument(format!("bench rule: {e}")))?;
+                let t = Instant::now();
+                LiveFirewall::open(DUT_IF)?.add(rule)?;
+                Ok(t.elapsed())
+            })
+            .collect()
+    })??;
+    times.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "  rule add at {} prefixes (in process: open, add, close): median {:.0} us, min {:.0}, max {:.0}, {ADDS} adds",
+        count(prefixes),
+        us(times[times.len() / 2]),
+        us(times[0]),
+        us(times[times.len() - 1]),
+    );
+    Ok(())
 }
 
 /// One trial: Mpps the contender dropped while the generator ran.

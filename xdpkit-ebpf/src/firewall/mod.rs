@@ -73,9 +73,9 @@ static HTAB4_1: Array<HostBucket> = Array::with_max_entries(FW_HOST_BUCKETS, 0);
 /// The IPv4 source host's entry in the host table of `set`, if any: two
 /// inlined array lookups and eight compares, no helper call.
 #[inline(always)]
-fn table_lookup(set: u32, addr: [u8; 4]) -> Option<&'static RuleRef> {
+fn table_lookup(set: u32, bits: u32, addr: [u8; 4]) -> Option<&'static RuleRef> {
     let key = u32::from_ne_bytes(addr);
-    for index in host_buckets(key) {
+    for index in host_buckets(key, bits) {
         let bucket = if set == 0 {
             HTAB4_0.get(index)
         } else {
@@ -321,7 +321,13 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             d4,
             32,
             if has(present_table(0)) {
-                table_lookup(set, s4)
+                // A branch, not `table_bits[set]` (see below).
+                let bits = if set == 0 {
+                    cfg.table_bits[0]
+                } else {
+                    cfg.table_bits[1]
+                };
+                table_lookup(set, bits, s4)
             } else {
                 None
             },

@@ -15,9 +15,8 @@ use xdpkit_common::{
     firewall::{
         host_buckets, present_host, present_table, present_trie, FwConfig, FwTrace, HostBucket,
         HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, ACTIVE_GENERAL,
-        ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6, FW_HOST_BUCKETS, FW_HOST_SRC4, FW_HOST_SRC6,
-        FW_HOST_TABLE4, FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3,
-        POLICY_PASS,
+        ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
+        FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -169,6 +168,7 @@ pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         present: 0,
         next_seq: 0,
         max_prio: [0; 4],
+        table_bits: [0; 2],
     }
 }
 
@@ -259,9 +259,10 @@ pub fn stage(maps: &impl MapSource, rules: &Ruleset) -> Result<Staged> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
     let general = (cfg.general_set() + 1) & 1;
-    let present = write_prefixes(maps, prefix, &compile(rules)?)?;
+    let (present, table_bits) = write_prefixes(maps, prefix, &compile(rules)?)?;
     let count = write_general(maps, general, rules.entries())?;
     set_present(&mut cfg, prefix, present);
+    cfg.table_bits[prefix] = table_bits;
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
     cfg.general[general] = count;
@@ -284,8 +285,9 @@ pub fn commit(maps: &mut impl MapSource, staged: Staged) -> Result<()> {
 pub fn rebuild_prefixes(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
-    let present = write_prefixes(maps, prefix, &compile(rules)?)?;
+    let (present, table_bits) = write_prefixes(maps, prefix, &compile(rules)?)?;
     set_present(&mut cfg, prefix, present);
+    cfg.table_bits[prefix] = table_bits;
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
     // First what the new set holds, then the switch: a frame that reads
@@ -334,7 +336,7 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     // and what it holds ranks before this rule (prio >= max_prio).
     let in_table = match net {
         IpNet::V4(n) if host.is_some() && cfg.present & present_table(set) != 0 => {
-            table_has(maps, FW_HOST_TABLE4[set], n.addr().octets())?
+            table_has(maps, set, cfg.table_bits[set], n.addr().octets())?
         }
         _ => false,
     };
@@ -370,12 +372,13 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
 }
 
 /// Whether IPv4 host `addr` is in host table `name`.
-fn table_has(maps: &impl MapSource, name: &str, addr: [u8; 4]) -> Result<bool> {
+fn table_has(maps: &impl MapSource, set: usize, bits: u32, addr: [u8; 4]) -> Result<bool> {
+    let name = FW_HOST_TABLE4[set];
     let map = maps.map(name).ok_or_else(|| object::missing_map(name))?;
     let table: Array<&MapData, HostBucket> =
         Array::try_from(map).map_err(map_err(format!("open {name}")))?;
     let key = u32::from_ne_bytes(addr);
-    for index in host_buckets(key) {
+    for index in host_buckets(key, bits) {
         let bucket = table
             .get(&index, 0)
             .map_err(map_err(format!("read {name}")))?;
@@ -386,10 +389,19 @@ fn table_has(maps: &impl MapSource, name: &str, addr: [u8; 4]) -> Result<bool> {
     Ok(false)
 }
 
-/// The host table holding `hosts` (IPv4 /32s), and the hosts that found
-/// both their buckets full.
-fn host_table(hosts: &[Prefix]) -> (Vec<HostBucket>, Vec<Prefix>) {
-    let mut table = vec![HostBucket::default(); FW_HOST_BUCKETS as usize];
+/// A host table for `hosts`: its buckets in use and their number as bits.
+struct HostTable {
+    buckets: Vec<HostBucket>,
+    bits: u32,
+}
+
+/// The host table holding `hosts` (IPv4 /32s), with at least a third as
+/// many buckets as hosts (up to [`FW_HOST_BUCKETS`]), and the hosts that
+/// found both their buckets full.
+fn host_table(hosts: &[Prefix]) -> (HostTable, Vec<Prefix>) {
+    let wanted = (hosts.len() / 3).max(1).next_power_of_two();
+    let bits = wanted.trailing_zeros().clamp(TABLE_BITS.0, TABLE_BITS.1);
+    let mut table = vec![HostBucket::default(); 1 << bits];
     let mut overflow = Vec::new();
     for &(net, rule) in hosts {
         let IpNet::V4(n) = net else {
@@ -397,7 +409,7 @@ fn host_table(hosts: &[Prefix]) -> (Vec<HostBucket>, Vec<Prefix>) {
             continue;
         };
         let addr = u32::from_ne_bytes(n.addr().octets());
-        let [first, second] = host_buckets(addr);
+        let [first, second] = host_buckets(addr, bits);
         let used = |i: u32| {
             table[i as usize]
                 .slots
@@ -421,7 +433,13 @@ fn host_table(hosts: &[Prefix]) -> (Vec<HostBucket>, Vec<Prefix>) {
             None => overflow.push((net, rule)),
         }
     }
-    (table, overflow)
+    (
+        HostTable {
+            buckets: table,
+            bits,
+        },
+        overflow,
+    )
 }
 
 /// Gives host `addr` the better of `new` and what it has or inherits from
@@ -519,8 +537,8 @@ fn upsert_prefix<const N: usize>(
 }
 
 /// Writes the compiled prefixes into prefix set `set`; returns its
-/// [`FwConfig::present`] bits (as for set 0).
-fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32> {
+/// [`FwConfig::present`] bits (as for set 0) and its table bits.
+fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u32, u32)> {
     let (src4_trie, src4_hosts) = split_hosts(&c.src4);
     let (src6_trie, src6_hosts) = split_hosts(&c.src6);
     // An empty table is not written: `present` keeps the program out of it.
@@ -547,7 +565,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32
         Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
         Box::new(|| write_hash_fd::<16, _>(h6, &src6_hosts)),
         Box::new(|| match &table {
-            Some(table) => bulk::write_array_fd(t4, table),
+            Some(table) => bulk::write_array_fd(t4, &table.buckets),
             None => Ok(()),
         }),
     ];
@@ -575,7 +593,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<u32
     if !src6_hosts.is_empty() {
         present |= present_host(0, 2);
     }
-    Ok(present)
+    Ok((present, table.map_or(0, |t| t.bits)))
 }
 
 /// A prefix and the rule it carries.
@@ -739,7 +757,7 @@ mod tests {
     #[test]
     fn host_table_keeps_every_host_in_one_of_its_buckets_or_overflows() {
         // More hosts than slots: some must overflow, none may be lost.
-        let slots = FW_HOST_BUCKETS as usize * 4;
+        let slots = xdpkit_common::firewall::FW_HOST_BUCKETS as usize * 4;
         let hosts: Vec<Prefix> = (0..slots as u32 + 50_000)
             .map(|i| {
                 let addr = std::net::Ipv4Addr::from(i.wrapping_mul(2_654_435_761));
@@ -757,9 +775,9 @@ mod tests {
         for (net, rule) in &hosts {
             let IpNet::V4(n) = net else { unreachable!() };
             let addr = u32::from_ne_bytes(n.addr().octets());
-            let found = host_buckets(addr)
+            let found = host_buckets(addr, table.bits)
                 .iter()
-                .flat_map(|b| table[*b as usize].slots)
+                .flat_map(|b| table.buckets[*b as usize].slots)
                 .find(|s| s.used != 0 && s.addr == addr);
             match found {
                 Some(slot) => {
@@ -775,6 +793,31 @@ mod tests {
             in_table * 100 >= slots * 90,
             "only {in_table} of {slots} slots used"
         );
+    }
+
+    #[test]
+    fn host_table_is_sized_to_its_hosts() {
+        let hosts = |n: u32| -> Vec<Prefix> {
+            (0..n)
+                .map(|i| {
+                    let addr = std::net::Ipv4Addr::from(0xc612_0000 + i);
+                    let net = IpNet::V4(ipnet::Ipv4Net::new(addr, 32).unwrap());
+                    (net, RuleRef::default())
+                })
+                .collect()
+        };
+        for (n, bits) in [(1, 4), (1024, 9), (100_000, 16), (1_000_000, 17)] {
+            let (table, overflow) = host_table(&hosts(n));
+            assert_eq!(table.bits, bits, "{n} hosts");
+            assert_eq!(table.buckets.len(), 1 << bits);
+            if n <= 100_000 {
+                assert!(
+                    overflow.is_empty(),
+                    "{n} hosts: {} overflowed",
+                    overflow.len()
+                );
+            }
+        }
     }
 
     #[test]
