@@ -100,6 +100,20 @@ fn rule_packets(lab: &Lab, server_if: &str, id: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// `xdpkit rule load --replace` of `file`.
+fn load_replace(lab: &Lab, dev: &str, file: &std::path::Path) {
+    let file = file.to_str().unwrap();
+    ok(&xdpkit(
+        lab,
+        &["rule", "load", "--dev", dev, "--file", file, "--replace"],
+    ));
+}
+
+/// `xdpkit rule list --json`, parsed.
+fn rule_list(lab: &Lab, dev: &str) -> Value {
+    serde_json::from_str(&ok(&xdpkit(lab, &["rule", "list", "--dev", dev, "--json"]))).unwrap()
+}
+
 #[test]
 fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
     if !require_root("denied_range_is_dropped_allowed_one_arrives_and_rules_change_live") {
@@ -120,18 +134,7 @@ fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
     std::fs::create_dir_all(&dir).unwrap();
     let rules = dir.join("block.rules");
     std::fs::write(&rules, "# the attacker's range\ndeny src 198.19.0.0/16\n").unwrap();
-    ok(&xdpkit(
-        &lab,
-        &[
-            "rule",
-            "load",
-            "--dev",
-            server_if,
-            "--file",
-            rules.to_str().unwrap(),
-            "--replace",
-        ],
-    ));
+    load_replace(&lab, server_if, &rules);
 
     lab.send_udp("good", dst, N, 32).unwrap();
     assert_eq!(
@@ -225,23 +228,8 @@ fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
     // and a reused id starts from zero.
     let other = dir.join("other.rules");
     std::fs::write(&other, "allow src 198.18.0.0/16\ndeny src 198.19.41.0/24\n").unwrap();
-    ok(&xdpkit(
-        &lab,
-        &[
-            "rule",
-            "load",
-            "--dev",
-            server_if,
-            "--file",
-            other.to_str().unwrap(),
-            "--replace",
-        ],
-    ));
-    let listed: Value = serde_json::from_str(&ok(&xdpkit(
-        &lab,
-        &["rule", "list", "--dev", server_if, "--json"],
-    )))
-    .unwrap();
+    load_replace(&lab, server_if, &other);
+    let listed = rule_list(&lab, server_if);
     let ids: Vec<u64> = listed
         .as_array()
         .unwrap()
@@ -263,11 +251,7 @@ fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
     lab.send_udp("bad", dst, N, 32).unwrap();
     assert_eq!(sink.count(N, QUIET, MAX_WAIT), 0, "replaced set drops bad");
     assert!(rule_packets(&lab, server_if, 2) >= u64::from(N));
-    let listed: Value = serde_json::from_str(&ok(&xdpkit(
-        &lab,
-        &["rule", "list", "--dev", server_if, "--json"],
-    )))
-    .unwrap();
+    let listed = rule_list(&lab, server_if);
     let last_hit = listed[1]["last_hit"]
         .as_str()
         .expect("rule 2 has a last hit");
@@ -338,18 +322,7 @@ fn replace_under_traffic_loses_no_allowed_packet() {
     )
     .unwrap();
     std::fs::write(&b, "allow src 198.18.41.1 proto udp dport 9000-9200 prio 1\ndeny src 198.19.41.0/24 dport 9000-9100\nallow src 198.18.0.0/15 prio 300\n").unwrap();
-    ok(&xdpkit(
-        &lab,
-        &[
-            "rule",
-            "load",
-            "--dev",
-            server_if,
-            "--file",
-            a.to_str().unwrap(),
-            "--replace",
-        ],
-    ));
+    load_replace(&lab, server_if, &a);
 
     let received = std::thread::scope(|scope| {
         let counter =
@@ -366,18 +339,7 @@ fn replace_under_traffic_loses_no_allowed_packet() {
         let mut swaps = 0;
         while !sender.is_finished() && swaps < 40 {
             let file = if swaps % 2 == 0 { &b } else { &a };
-            ok(&xdpkit(
-                &lab,
-                &[
-                    "rule",
-                    "load",
-                    "--dev",
-                    server_if,
-                    "--file",
-                    file.to_str().unwrap(),
-                    "--replace",
-                ],
-            ));
+            load_replace(&lab, server_if, file);
             swaps += 1;
         }
         assert!(swaps >= 4, "only {swaps} swaps happened during the stream");

@@ -76,15 +76,26 @@ pub fn map_create(name: &str, shape: MapShape) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Pins a bpf object at `path` (BPF_OBJ_PIN); the path must not exist.
-pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Pin {
+fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Pin {
         what: "invalid path",
         path: path.to_path_buf(),
         source: io::Error::from(io::ErrorKind::InvalidInput),
-    })?;
+    })
+}
+
+/// The attr of BPF_OBJ_PIN and BPF_OBJ_GET with `path` filled in:
+/// `struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }`.
+fn path_attr(path: &CString) -> [u8; 128] {
     let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    attr
+}
+
+/// Pins a bpf object at `path` (BPF_OBJ_PIN); the path must not exist.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    let c_path = c_path(path)?;
+    let mut attr = path_attr(&c_path);
     attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     bpf(BPF_OBJ_PIN, &mut attr)
         .map(drop)
@@ -97,14 +108,8 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
 
 /// Opens a pinned bpf object (BPF_OBJ_GET).
 pub fn obj_get(path: &Path) -> Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Pin {
-        what: "invalid path",
-        path: path.to_path_buf(),
-        source: io::Error::from(io::ErrorKind::InvalidInput),
-    })?;
-    // union bpf_attr { struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }; }
-    let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    let c_path = c_path(path)?;
+    let mut attr = path_attr(&c_path);
     let fd = bpf(BPF_OBJ_GET, &mut attr).map_err(|source| Error::Pin {
         what: "cannot open pinned object",
         path: path.to_path_buf(),
