@@ -8,6 +8,7 @@ mod output;
 mod rule;
 mod simulate;
 mod status;
+mod trafficgen;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,7 @@ enum Command {
     Features(features::Args),
     Rule(rule::Args),
     Simulate(simulate::Args),
+    Trafficgen(trafficgen::Args),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Features(args) => features::run(args),
         Command::Rule(args) => rule::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Trafficgen(args) => trafficgen::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,10 @@ use aya_ebpf::{
     maps::Array,
     programs::XdpContext,
 };
-use xdpkit_common::{trafficgen::GenConfig, XdpAction};
+use xdpkit_common::{
+    trafficgen::{GenConfig, MAX_L4_CSUM},
+    XdpAction,
+};
 
 use crate::frame::ETH_HLEN;
 
@@ -15,6 +18,8 @@ const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
 const IPV4_MIN_HLEN: usize = 20;
 const IPV4_CSUM: usize = ETH_HLEN + 10;
 const IPV4_SRC: usize = ETH_HLEN + 12;
+const L4_MASK: usize = 0x7f;
+const _: () = assert!(MAX_L4_CSUM as usize <= L4_MASK);
 
 /// The traffic generator: run by BPF_PROG_TEST_RUN in live-frames mode, it
 /// gives each IPv4 frame a random source inside the configured range
@@ -48,16 +53,35 @@ fn randomise_source(ctx: &XdpContext, cfg: &GenConfig) {
             *base.add(IPV4_SRC + i) = *b;
         }
         let new = [word(base, IPV4_SRC), word(base, IPV4_SRC + 2)];
-        let mut sum = u32::from(!word(base, IPV4_CSUM));
-        for i in 0..2 {
-            sum += u32::from(!old[i]) + u32::from(new[i]);
+        fix_checksum(base, IPV4_CSUM, old, new);
+        // TCP's and UDP's checksums cover the source address too.
+        // A mask, not a comparison: LLVM checks a comparison on a copy of
+        // the register it then adds to the packet pointer, and the verifier
+        // loses the bound. Userspace keeps the offset within the mask.
+        let l4 = cfg.l4_csum as usize & L4_MASK;
+        if l4 != 0 && start + l4 + 2 <= ctx.data_end() {
+            fix_checksum(base, l4, old, new);
         }
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        let csum = (!(sum as u16)).to_be_bytes();
-        *base.add(IPV4_CSUM) = csum[0];
-        *base.add(IPV4_CSUM + 1) = csum[1];
     }
+}
+
+/// RFC 1624 incremental update of the checksum at `at` for two 16-bit
+/// words changed from `old` to `new`.
+///
+/// # Safety
+///
+/// `base + at + 1` is inside the frame.
+#[inline(always)]
+unsafe fn fix_checksum(base: *mut u8, at: usize, old: [u16; 2], new: [u16; 2]) {
+    let mut sum = u32::from(!word(base, at));
+    for i in 0..2 {
+        sum += u32::from(!old[i]) + u32::from(new[i]);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let csum = (!(sum as u16)).to_be_bytes();
+    *base.add(at) = csum[0];
+    *base.add(at + 1) = csum[1];
 }
 
 /// The big-endian 16-bit word at `off`.

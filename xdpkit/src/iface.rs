@@ -63,6 +63,21 @@ pub fn name(index: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// A MAC address written as six two-digit hex bytes separated by `:` or `-`
+/// (`02:00:00:00:00:01`).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split([':', '-']);
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

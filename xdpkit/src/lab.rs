@@ -157,7 +157,7 @@ impl Lab {
             .split_whitespace()
             .nth(2)
             .ok_or_else(|| LabError::Invalid(format!("no MAC in `{out}`")))?;
-        parse_mac(mac).ok_or_else(|| LabError::Invalid(format!("bad MAC {mac}")))
+        crate::iface::parse_mac(mac).ok_or_else(|| LabError::Invalid(format!("bad MAC {mac}")))
     }
 
     /// Makes `ip` in `ns` resolve to `mac` on `ifname` without ARP/ND, so
@@ -437,15 +437,6 @@ fn check_address(ip: &IpAddr) -> Result<(), LabError> {
     }
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 fn run(cmd: &mut Command) -> Result<String, LabError> {
     let line = format!("{cmd:?}").replace('"', "");
     let out = cmd.output().map_err(|e| LabError::Command {
@@ -490,8 +481,11 @@ mod tests {
 
     #[test]
     fn parses_macs() {
-        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
-        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(
+            crate::iface::parse_mac("02:00:0a:ff:00:01"),
+            Some([2, 0, 10, 255, 0, 1])
+        );
+        assert_eq!(crate::iface::parse_mac("02:00:0a:ff:00"), None);
     }
 
     #[test]

@@ -195,6 +195,28 @@ fn route_request(message: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
 
 /// RTM_GETLINK for `ifindex`; `Ok(None)` if no XDP program is attached.
 pub fn xdp_attachment(ifindex: u32) -> Result<Option<XdpAttachment>, NetlinkError> {
+    let xdp = get_link(ifindex)?
+        .attributes
+        .into_iter()
+        .find_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => Some(xdp),
+            _ => None,
+        });
+    Ok(xdp.and_then(|xdp| attachment_from(&xdp)))
+}
+
+/// The link-layer address of `ifindex` (RTM_GETLINK), if it has a 6-byte one.
+pub fn mac_address(ifindex: u32) -> Result<Option<[u8; 6]>, NetlinkError> {
+    Ok(get_link(ifindex)?
+        .attributes
+        .into_iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            _ => None,
+        }))
+}
+
+fn get_link(ifindex: u32) -> Result<LinkMessage, NetlinkError> {
     const REQ: &str = "RTM_GETLINK";
     let socket = open(protocols::NETLINK_ROUTE, REQ)?;
     let mut link = LinkMessage::default();
@@ -208,11 +230,7 @@ pub fn xdp_attachment(ifindex: u32) -> Result<Option<XdpAttachment>, NetlinkErro
             }
         })?;
         if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = msg.payload {
-            let xdp = link.attributes.into_iter().find_map(|a| match a {
-                LinkAttribute::Xdp(xdp) => Some(xdp),
-                _ => None,
-            });
-            return Ok(xdp.and_then(|xdp| attachment_from(&xdp)));
+            return Ok(link);
         }
     }
     Err(NetlinkError::Malformed {

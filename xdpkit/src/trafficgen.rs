@@ -15,7 +15,7 @@ use aya::{
     Ebpf,
 };
 use ipnet::Ipv4Net;
-use xdpkit_common::trafficgen::{GenConfig, GEN_CONFIG};
+use xdpkit_common::trafficgen::{GenConfig, GEN_CONFIG, MAX_L4_CSUM};
 
 use crate::{iface, object, Error, Result};
 
@@ -25,6 +25,18 @@ const SYMBOL: &str = "xdpkit_gen";
 const CHUNK: u32 = 1 << 18;
 /// Frames the kernel builds and sends per batch (it allows up to 256).
 const BATCH: u32 = 64;
+
+/// Longest sleep between paced bursts.
+const PACE_TICK: Duration = Duration::from_millis(1);
+
+/// When a run stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// After this many frames.
+    Count(u64),
+    /// After this long.
+    Duration(Duration),
+}
 
 /// What one run sent.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,6 +75,7 @@ impl Generator {
         let cfg = random_src.map_or(GenConfig::default(), |net| GenConfig {
             src_base: u32::from(net.network()),
             src_random: u32::from(net.hostmask()),
+            l4_csum: l4_checksum_offset(&frame).unwrap_or(0),
         });
         let map = ebpf
             .map_mut(GEN_CONFIG)
@@ -85,26 +98,39 @@ impl Generator {
 
     /// Sends `count` frames as fast as the kernel can.
     pub fn send(&mut self, count: u64) -> Result<Sent> {
-        let started = Instant::now();
-        let mut frames = 0;
-        while frames < count {
-            let n = (count - frames).min(u64::from(CHUNK)) as u32;
-            self.run(n)?;
-            frames += u64::from(n);
-        }
-        Ok(Sent {
-            frames,
-            elapsed: started.elapsed(),
-        })
+        self.send_paced(Limit::Count(count), None)
     }
 
     /// Sends at full speed for `duration`.
     pub fn send_for(&mut self, duration: Duration) -> Result<Sent> {
+        self.send_paced(Limit::Duration(duration), None)
+    }
+
+    /// Sends until `limit`, at most `pps` frames a second if given (in
+    /// bursts of about a millisecond's worth), else at full speed.
+    pub fn send_paced(&mut self, limit: Limit, pps: Option<u64>) -> Result<Sent> {
         let started = Instant::now();
-        let mut frames = 0;
-        while started.elapsed() < duration {
-            self.run(CHUNK)?;
-            frames += u64::from(CHUNK);
+        let mut frames: u64 = 0;
+        loop {
+            let elapsed = started.elapsed();
+            let mut n = match limit {
+                Limit::Count(count) if frames >= count => break,
+                Limit::Count(count) => count - frames,
+                Limit::Duration(d) if elapsed >= d => break,
+                Limit::Duration(_) => u64::MAX,
+            }
+            .min(u64::from(CHUNK));
+            if let Some(pps) = pps.filter(|p| *p > 0) {
+                let due = (elapsed.as_secs_f64() * pps as f64) as u64 + 1;
+                if due <= frames {
+                    let next = Duration::from_secs_f64((frames + 1) as f64 / pps as f64);
+                    std::thread::sleep(next.saturating_sub(elapsed).min(PACE_TICK));
+                    continue;
+                }
+                n = n.min(due - frames);
+            }
+            self.run(n as u32)?;
+            frames += n;
         }
         Ok(Sent {
             frames,
@@ -165,6 +191,65 @@ pub fn udp_frame(
     f
 }
 
+/// An Ethernet + IPv4 + TCP SYN frame: a 20-byte TCP header, checksums
+/// set, padded with zeros to `size` bytes (at least 54) after the IP packet.
+pub fn tcp_syn_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ports: (u16, u16),
+    size: usize,
+) -> Vec<u8> {
+    const IP_LEN: u16 = 40;
+    let mut f = vec![0u8; size.max(54)];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&IP_LEN.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let csum = !ones_complement_sum(ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&ports.0.to_be_bytes());
+    tcp[2..4].copy_from_slice(&ports.1.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x7864_6b31u32.to_be_bytes()); // sequence "xdk1"
+    tcp[12] = 5 << 4; // header length: 5 words
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(tcp);
+    let csum = !ones_complement_sum(&pseudo);
+    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+    f
+}
+
+/// Where the L4 checksum of an IPv4 TCP frame, or UDP frame with a
+/// checksum, sits: it covers the source address, so the generator fixes
+/// it up after drawing a source.
+fn l4_checksum_offset(frame: &[u8]) -> Option<u32> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let l4 = 14 + usize::from(frame.get(14)? & 0x0f) * 4;
+    let at = match frame.get(23)? {
+        6 => l4 + 16,
+        17 if frame.get(l4 + 6..l4 + 8)? != [0, 0] => l4 + 6,
+        _ => return None,
+    };
+    let at = u32::try_from(at).ok()?;
+    (at <= MAX_L4_CSUM && frame.len() >= at as usize + 2).then_some(at)
+}
+
 fn ones_complement_sum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)
@@ -193,5 +278,20 @@ mod tests {
         assert_eq!(f.len(), 60);
         assert_eq!(ones_complement_sum(&f[14..34]), 0xffff);
         assert_eq!(u16::from_be_bytes([f[38], f[39]]), 60 - 34);
+        assert_eq!(l4_checksum_offset(&f), None, "UDP without a checksum");
+    }
+
+    #[test]
+    fn tcp_syn_frame_has_valid_checksums_and_is_found() {
+        let (src, dst) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 50, 2));
+        let f = tcp_syn_frame([2; 6], [4; 6], src, dst, (40000, 80), 64);
+        assert_eq!(f.len(), 64);
+        assert_eq!(ones_complement_sum(&f[14..34]), 0xffff);
+        let mut pseudo = [src.octets(), dst.octets()].concat();
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        pseudo.extend_from_slice(&f[34..54]);
+        assert_eq!(ones_complement_sum(&pseudo), 0xffff, "TCP checksum");
+        assert_eq!(f[47], 0x02, "SYN only");
+        assert_eq!(l4_checksum_offset(&f), Some(50));
     }
 }

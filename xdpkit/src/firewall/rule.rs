@@ -185,20 +185,13 @@ fn parse_ports(what: &'static str, value: &str) -> Result<PortRange, RuleError> 
 }
 
 fn parse_mac(value: &str) -> Result<[u8; 6], RuleError> {
-    let hint = "expected six hex bytes such as 02:00:00:00:00:01";
-    let mut mac = [0u8; 6];
-    let mut parts = value.split([':', '-']);
-    for byte in &mut mac {
-        let part = parts.next().ok_or_else(|| bad("smac", value, hint))?;
-        if part.len() != 2 {
-            return Err(bad("smac", value, hint));
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad("smac", value, hint))?;
-    }
-    if parts.next().is_some() {
-        return Err(bad("smac", value, hint));
-    }
-    Ok(mac)
+    crate::iface::parse_mac(value).ok_or_else(|| {
+        bad(
+            "smac",
+            value,
+            "expected six hex bytes such as 02:00:00:00:00:01",
+        )
+    })
 }
 
 impl FromStr for Rule {
