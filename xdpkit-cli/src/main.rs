@@ -2,6 +2,7 @@
 //! `xdpkit` library: argument parsing, output and exit codes.
 
 mod attach;
+mod bench;
 mod detach;
 mod features;
 mod output;
@@ -43,6 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Attach(attach::Args),
+    Bench(bench::Args),
     Detach(detach::Args),
     Status(status::Args),
     Features(features::Args),
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Attach(args) => attach::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Detach(args) => detach::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),

@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod action;
+pub mod bench;
 pub mod firewall;
 pub mod maps;
 pub mod program;

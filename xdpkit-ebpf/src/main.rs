@@ -6,6 +6,7 @@
 mod frame;
 mod stats;
 
+mod bench;
 mod drop;
 mod firewall;
 mod pass;

@@ -50,7 +50,7 @@ impl Mode {
         }
     }
 
-    const fn xdp_mode(self) -> XdpMode {
+    pub(crate) const fn xdp_mode(self) -> XdpMode {
         match self {
             Mode::Auto => XdpMode::Default,
             Mode::Native => XdpMode::Driver,
@@ -412,7 +412,7 @@ pub fn supported_modes(features: &netlink::DeviceXdpFeatures) -> Vec<&'static st
     modes
 }
 
-fn attach_error(ifname: &str, mode: Mode, source: ProgramError) -> Error {
+pub(crate) fn attach_error(ifname: &str, mode: Mode, source: ProgramError) -> Error {
     let errno = match &source {
         ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
         _ => None,

@@ -8,6 +8,7 @@
 //! - [`lab`]: network namespaces and veth pairs for tests, demos and benchmarks.
 
 pub mod attach;
+pub mod bench;
 pub mod error;
 pub mod features;
 pub mod firewall;

@@ -13,7 +13,14 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpkit.bpf.o"));
 
 /// Maps only the firewall uses, with sizes that matter only when it runs.
-const FIREWALL_ONLY_MAPS: [&str; 3] = ["FW_RULE_STATS", "FW_BUCKETS", "FW_TRACE"];
+/// (The host tables are preallocated arrays: 32 MB for nothing otherwise.)
+const FIREWALL_ONLY_MAPS: [&str; 5] = [
+    "FW_RULE_STATS",
+    "FW_BUCKETS",
+    "FW_TRACE",
+    "FW_HTAB4_0",
+    "FW_HTAB4_1",
+];
 
 /// Parses the embedded object and creates its maps (programs load lazily).
 /// The firewall's large maps are created with one entry: use
