@@ -4,6 +4,7 @@
 mod attach;
 mod bench;
 mod detach;
+mod exporter;
 mod features;
 mod output;
 mod rule;
@@ -46,6 +47,7 @@ enum Command {
     Attach(attach::Args),
     Bench(bench::Args),
     Detach(detach::Args),
+    Exporter(exporter::Args),
     Status(status::Args),
     Features(features::Args),
     Rule(rule::Args),
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => attach::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Detach(args) => detach::run(args),
+        Command::Exporter(args) => exporter::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),
         Command::Rule(args) => rule::run(args),

@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod bench;
 pub mod error;
+pub mod exporter;
 pub mod features;
 pub mod firewall;
 pub mod iface;
