@@ -4,6 +4,7 @@
 mod attach;
 mod bench;
 mod detach;
+mod doctor;
 mod exporter;
 mod features;
 mod output;
@@ -47,6 +48,7 @@ enum Command {
     Attach(attach::Args),
     Bench(bench::Args),
     Detach(detach::Args),
+    Doctor(doctor::Args),
     Exporter(exporter::Args),
     Status(status::Args),
     Features(features::Args),
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => attach::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Detach(args) => detach::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Exporter(args) => exporter::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),
@@ -76,9 +79,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xdpkit: error: {}", output::one_line(&e));
-            let usage = e
-                .downcast_ref::<xdpkit::Error>()
-                .is_none_or(xdpkit::Error::is_usage);
+            let usage = e.downcast_ref::<doctor::DoctorFailed>().is_none()
+                && e.downcast_ref::<xdpkit::Error>()
+                    .is_none_or(xdpkit::Error::is_usage);
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod action;
 pub mod bench;
+pub mod doctor;
 pub mod firewall;
 pub mod maps;
 pub mod program;

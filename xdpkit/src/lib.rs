@@ -9,6 +9,7 @@
 
 pub mod attach;
 pub mod bench;
+pub mod doctor;
 pub mod error;
 pub mod exporter;
 pub mod features;

@@ -216,6 +216,39 @@ pub fn mac_address(ifindex: u32) -> Result<Option<[u8; 6]>, NetlinkError> {
         }))
 }
 
+/// What `xdpkit doctor` needs to know about a link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkFacts {
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Whether it is a veth.
+    pub veth: bool,
+    /// The veth peer's (or a VLAN's parent's) ifindex.
+    pub peer: Option<u32>,
+    /// The peer lives in another network namespace (its ifindex is theirs).
+    pub peer_elsewhere: bool,
+}
+
+/// MTU, veth-ness and peer of `ifindex` (RTM_GETLINK).
+pub fn link_facts(ifindex: u32) -> Result<LinkFacts, NetlinkError> {
+    use netlink_packet_route::link::{InfoKind, LinkInfo};
+    let mut facts = LinkFacts::default();
+    for attr in get_link(ifindex)?.attributes {
+        match attr {
+            LinkAttribute::Mtu(mtu) => facts.mtu = Some(mtu),
+            LinkAttribute::Link(peer) => facts.peer = Some(peer),
+            LinkAttribute::LinkNetNsId(_) => facts.peer_elsewhere = true,
+            LinkAttribute::LinkInfo(infos) => {
+                facts.veth = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
+            _ => {}
+        }
+    }
+    Ok(facts)
+}
+
 fn get_link(ifindex: u32) -> Result<LinkMessage, NetlinkError> {
     const REQ: &str = "RTM_GETLINK";
     let socket = open(protocols::NETLINK_ROUTE, REQ)?;
