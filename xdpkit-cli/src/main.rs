@@ -11,6 +11,7 @@ mod output;
 mod rule;
 mod simulate;
 mod status;
+mod top;
 mod trafficgen;
 
 use std::process::ExitCode;
@@ -54,6 +55,7 @@ enum Command {
     Features(features::Args),
     Rule(rule::Args),
     Simulate(simulate::Args),
+    Top(top::Args),
     Trafficgen(trafficgen::Args),
 }
 
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Features(args) => features::run(args),
         Command::Rule(args) => rule::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Top(args) => top::run(args),
         Command::Trafficgen(args) => trafficgen::run(args),
     };
     match result {

@@ -25,6 +25,7 @@ pub mod stats;
 pub mod status;
 pub mod sys;
 pub mod testrun;
+pub mod top;
 pub mod trafficgen;
 
 pub use attach::{attach, detach, AttachReport, AttachRequest, DetachReport, Mode};

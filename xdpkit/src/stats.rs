@@ -78,15 +78,36 @@ pub fn read_pinned(path: &Path) -> Result<ActionTotals> {
 
 fn sum(array: &PerCpuArray<&MapData, ActionCounter>) -> Result<ActionTotals> {
     let mut totals = ActionTotals::default();
-    for action in XdpAction::ALL {
-        let per_cpu = array
-            .get(&(action as u32), 0)
-            .map_err(|source| map_error("read counters", source))?;
-        totals.0[action as usize] = per_cpu
-            .iter()
-            .fold(ActionCounter::default(), |a, c| a.plus(*c));
+    for cpu in per_cpu(array)? {
+        for action in XdpAction::ALL {
+            totals.0[action as usize] = totals.0[action as usize].plus(cpu.get(action));
+        }
     }
     Ok(totals)
+}
+
+fn per_cpu(array: &PerCpuArray<&MapData, ActionCounter>) -> Result<Vec<ActionTotals>> {
+    let mut cpus: Vec<ActionTotals> = Vec::new();
+    for action in XdpAction::ALL {
+        let values = array
+            .get(&(action as u32), 0)
+            .map_err(|source| map_error("read counters", source))?;
+        cpus.resize(values.len(), ActionTotals::default());
+        for (cpu, value) in values.iter().enumerate() {
+            cpus[cpu].0[action as usize] = *value;
+        }
+    }
+    Ok(cpus)
+}
+
+/// A pinned per-CPU counter array, one [`ActionTotals`] per possible CPU.
+pub fn read_pinned_per_cpu(path: &Path) -> Result<Vec<ActionTotals>> {
+    let data =
+        MapData::from_pin(path).map_err(|source| map_error("open pinned counters", source))?;
+    let map = Map::PerCpuArray(data);
+    let array: PerCpuArray<&MapData, ActionCounter> =
+        PerCpuArray::try_from(&map).map_err(|source| map_error("open counters", source))?;
+    per_cpu(&array)
 }
 
 fn map_error(what: &str, source: aya::maps::MapError) -> Error {
