@@ -1,9 +1,6 @@
 //! `xdpkit bench`
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use xdpkit::{
@@ -12,7 +9,10 @@ use xdpkit::{
     XdpAction,
 };
 
-use crate::output::{print_json, si, DevArg, JsonArg};
+use crate::{
+    output::{print_json, si, DevArg, JsonArg},
+    signals,
+};
 
 /// Measure how fast an interface's XDP path handles frames: attach a
 /// program that gives every frame one verdict (drop, pass, tx, redirect to
@@ -132,12 +132,6 @@ struct Report {
     samples: Vec<Sample>,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let req = BenchRequest {
         iface: args.dev.dev.clone(),
@@ -161,12 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         to: args.to.clone(),
         cpu: args.cpu,
     };
-    // SAFETY: the handler only stores to an atomic, which is signal-safe.
-    unsafe {
-        let handler = on_signal as *const () as libc::sighandler_t;
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
+    signals::stop_on_interrupt();
     let bench = Bench::start(&req)?;
     let text = !args.json.json;
     if text {
@@ -188,7 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     loop {
         let tick = last.0 + Duration::from_secs(1);
         let stop_at = end.map_or(tick, |e| e.min(tick));
-        while Instant::now() < stop_at && !STOP.load(Ordering::Relaxed) {
+        while Instant::now() < stop_at && !signals::stopped() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let now = Instant::now();
@@ -204,7 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         samples.push(sample);
         last = (now, totals);
-        if STOP.load(Ordering::Relaxed) || end.is_some_and(|e| now >= e) {
+        if signals::stopped() || end.is_some_and(|e| now >= e) {
             break;
         }
     }

@@ -5,10 +5,12 @@ mod attach;
 mod bench;
 mod detach;
 mod doctor;
+mod dump;
 mod exporter;
 mod features;
 mod output;
 mod rule;
+mod signals;
 mod simulate;
 mod status;
 mod top;
@@ -50,6 +52,7 @@ enum Command {
     Bench(bench::Args),
     Detach(detach::Args),
     Doctor(doctor::Args),
+    Dump(dump::Args),
     Exporter(exporter::Args),
     Status(status::Args),
     Features(features::Args),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Detach(args) => detach::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Dump(args) => dump::run(args),
         Command::Exporter(args) => exporter::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),

@@ -7,6 +7,7 @@
 pub mod action;
 pub mod bench;
 pub mod doctor;
+pub mod dump;
 pub mod firewall;
 pub mod maps;
 pub mod program;

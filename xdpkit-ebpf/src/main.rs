@@ -8,6 +8,7 @@ mod stats;
 
 mod bench;
 mod drop;
+mod dump;
 mod exceptions;
 mod firewall;
 mod pass;

@@ -1,7 +1,7 @@
 //! Per-CPU packet and byte counters, one slot per XDP action.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
-use xdpkit_common::{ActionCounter, XdpAction};
+use xdpkit_common::{firewall::NO_RULE, ActionCounter, XdpAction};
 
 #[map(name = "XDPKIT_STATS")]
 static STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(XdpAction::COUNT, 0);
@@ -10,6 +10,13 @@ static STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(XdpActi
 /// point can end with `count(&ctx, verdict)`.
 #[inline(always)]
 pub fn count(ctx: &XdpContext, action: XdpAction) -> u32 {
+    count_rule(ctx, action, NO_RULE)
+}
+
+/// [`count`] for a verdict a firewall rule gave (dumps carry the rule id).
+#[inline(always)]
+pub fn count_rule(ctx: &XdpContext, action: XdpAction, rule: u32) -> u32 {
+    crate::dump::maybe(ctx, action, rule);
     if let Some(slot) = STATS.get_ptr_mut(action as u32) {
         let len = (ctx.data_end() - ctx.data()) as u64;
         // SAFETY: the pointer is this CPU's slot of an array entry that exists

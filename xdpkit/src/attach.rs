@@ -10,6 +10,7 @@ use aya::programs::{
 };
 use serde::Serialize;
 use xdpkit_common::{
+    dump,
     firewall::{FW_CONFIG, FW_MAPS},
     maps::REDIRECT_MAP,
     maps::STATS_MAP,
@@ -265,6 +266,8 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
     }
 
     pin_map(&ebpf, &dir, STATS_MAP, pins::STATS)?;
+    pin_map(&ebpf, &dir, dump::DUMP_CONFIG, pins::DUMP_CONFIG)?;
+    pin_map(&ebpf, &dir, dump::DUMP_RING, pins::DUMP_RING)?;
     if to_ifindex.is_some() {
         pin_map(&ebpf, &dir, REDIRECT_MAP, pins::REDIRECT)?;
     } else {

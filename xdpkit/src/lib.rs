@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod bench;
 pub mod doctor;
+pub mod dump;
 pub mod error;
 pub mod exporter;
 pub mod features;

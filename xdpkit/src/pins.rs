@@ -22,6 +22,10 @@ pub const LINK: &str = "link";
 pub const STATS: &str = "stats";
 /// Pin file of `redirect`'s DEVMAP.
 pub const REDIRECT: &str = "redirect";
+/// Pin file of the dump settings (`xdpkit dump`).
+pub const DUMP_CONFIG: &str = "dump_cfg";
+/// Pin file of the dump ring buffer.
+pub const DUMP_RING: &str = "dump_ring";
 
 /// The pin directory of one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use xdpkit_common::{
 };
 
 use self::parse::{parse, IpFrame, Parsed};
-use crate::stats::count;
+use crate::stats::{count, count_rule};
 
 #[map(name = "FW_CONFIG")]
 static CONFIG: Array<FwConfig> = Array::with_max_entries(1, 0);
@@ -157,7 +157,7 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
             }
         }
     }
-    count(&ctx, action)
+    count_rule(&ctx, action, rule)
 }
 
 /// This CPU's coarse clock as of its last tick, cached per jiffy.
