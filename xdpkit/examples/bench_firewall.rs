@@ -22,28 +22,26 @@ use std::{
     collections::HashSet,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use xdpkit::{
+    benchkit::{self, output, run, Bar, OneCoreLab, Trials},
     firewall::{kernel::FirewallHarness, live::LiveFirewall, Policy, Ruleset, Verdict},
     lab::Lab,
-    trafficgen::{udp_frame, Generator},
+    trafficgen::udp_frame,
     AttachRequest, Mode, ProgramKind, XdpAction,
 };
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+type BoxResult<T> = xdpkit::benchkit::BenchResult<T>;
 
 const GEN_IF: &str = "xkbf-g";
 const DUT_IF: &str = "xkbf-d";
 const DUT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 2);
 /// The sources of the traffic: 1,024 addresses, all denied by every contender.
 const SOURCES: &str = "198.18.0.0/22";
-const GEN_CPU: usize = 0;
-const NAPI_CPU: usize = 1;
 const NFT_TABLE: &str = "xkbench";
 /// Pause after each contender's teardown.
 const SETTLE: Duration = Duration::from_secs(4);
@@ -133,20 +131,8 @@ fn main() -> BoxResult<()> {
     }
     let o = options()?;
     let started = Instant::now();
-    let lab = Lab::builder("xkbf")
-        .namespace("gen")
-        .namespace("dut")
-        .veth(
-            "gen",
-            GEN_IF,
-            Some("198.18.60.1/24"),
-            "dut",
-            DUT_IF,
-            Some("198.18.60.2/24"),
-        )
-        .gro("dut", DUT_IF)
-        .build()?;
-    threaded_napi(&lab)?;
+    let bench_lab = OneCoreLab::new("xkbf", GEN_IF, DUT_IF, "198.18.60.0/24")?;
+    let lab = &bench_lab.lab;
     let frame = udp_frame(
         lab.mac("gen", GEN_IF)?,
         lab.mac("dut", DUT_IF)?,
@@ -159,8 +145,10 @@ fn main() -> BoxResult<()> {
     let biggest = o.sizes.iter().copied().max().unwrap_or(0);
     let prefixes = prefixes(biggest, sources);
     println!(
-        "lab: {GEN_IF} (gen, CPU {GEN_CPU}) -> {DUT_IF} (dut, threaded NAPI on CPU {NAPI_CPU}); \
+        "lab: {GEN_IF} (gen, CPU {}) -> {DUT_IF} (dut, threaded NAPI on CPU {}); \
          60-byte UDP from random sources in {SOURCES}; {} trials of {:.1} s each",
+        benchkit::GEN_CPU,
+        benchkit::NAPI_CPU,
         o.trials,
         o.trial.as_secs_f64()
     );
@@ -172,7 +160,7 @@ fn main() -> BoxResult<()> {
 
     let mut rows = Vec::new();
     for c in contenders {
-        let row = measure(&lab, c, &frame, sources, &prefixes, &o)?;
+        let row = measure(&bench_lab, c, &frame, sources, &prefixes, &o)?;
         println!(
             "  {:<34} {:>6.2} Mpps (min {:.2}, max {:.2}){}   set up in {:.1} s",
             c.name(),
@@ -186,7 +174,7 @@ fn main() -> BoxResult<()> {
         rows.push(row);
     }
     report(&rows, &o)?;
-    drop(lab);
+    drop(bench_lab);
     println!(
         "lab removed; {:.0} s in all",
         started.elapsed().as_secs_f64()
@@ -195,24 +183,22 @@ fn main() -> BoxResult<()> {
 }
 
 fn measure(
-    lab: &Lab,
+    bench_lab: &OneCoreLab,
     c: Contender,
     frame: &[u8],
     sources: Ipv4Net,
     prefixes: &[IpNet],
     o: &Options,
 ) -> BoxResult<Row> {
+    let lab = &bench_lab.lab;
     let t = Instant::now();
     setup(lab, c, sources, prefixes)?;
     let setup_time = t.elapsed();
-    let result = (|| -> BoxResult<(Vec<f64>, Option<f64>)> {
-        pin_napi(&lab.ns_name("dut"))?;
+    let result = (|| -> BoxResult<(Trials, Option<f64>)> {
+        bench_lab.pin_napi()?;
         // Warm up: caches, the trie's hot path, NAPI thread placement.
-        trial(lab, c, frame, sources, Duration::from_millis(500))?;
-        let mut rates = Vec::new();
-        for _ in 0..o.trials {
-            rates.push(trial(lab, c, frame, sources, o.trial)?);
-        }
+        trial(bench_lab, c, frame, sources, Duration::from_millis(500))?;
+        let rates = benchkit::trials(o.trials, || trial(bench_lab, c, frame, sources, o.trial))?;
         if let Contender::Firewall(n) = c {
             if n > 0 {
                 rule_add_times(lab, n)?;
@@ -225,13 +211,12 @@ fn measure(
     // array among them) in a worker that can land on the NAPI core: let it
     // finish before the next contender is measured.
     std::thread::sleep(SETTLE);
-    let (mut rates, ns) = result?;
-    rates.sort_by(f64::total_cmp);
+    let (rates, ns) = result?;
     Ok(Row {
         contender: c,
-        mpps: rates[rates.len() / 2],
-        min: rates[0],
-        max: rates[rates.len() - 1],
+        mpps: rates.median,
+        min: rates.min,
+        max: rates.max,
         ns_per_packet: ns,
         setup: setup_time,
     })
@@ -268,13 +253,16 @@ fn rule_add_times(lab: &Lab, prefixes: usize) -> BoxResult<()> {
 }
 
 /// One trial: Mpps the contender dropped while the generator ran.
-fn trial(lab: &Lab, c: Contender, frame: &[u8], sources: Ipv4Net, d: Duration) -> BoxResult<f64> {
+fn trial(
+    bench_lab: &OneCoreLab,
+    c: Contender,
+    frame: &[u8],
+    sources: Ipv4Net,
+    d: Duration,
+) -> BoxResult<f64> {
+    let lab = &bench_lab.lab;
     let before = dropped(lab, c)?;
-    let frame = frame.to_vec();
-    let sent = lab.run_in("gen", move || -> Result<_, xdpkit::Error> {
-        pin_self(GEN_CPU);
-        Generator::new(GEN_IF, frame, Some(sources))?.send_for(d)
-    })??;
+    let sent = bench_lab.send_for(frame, Some(sources), d)?;
     let after = dropped(lab, c)?;
     let got = after - before;
     if got == 0 {
@@ -503,77 +491,6 @@ fn nft_script(prefixes: &[IpNet]) -> String {
     s
 }
 
-/// The receiving veth polls in its own kernel thread, which we can pin.
-fn threaded_napi(lab: &Lab) -> BoxResult<()> {
-    // `ip netns exec` mounts the namespace's own /sys, where the veth is.
-    run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &lab.ns_name("dut"),
-        "sh",
-        "-c",
-        &format!("echo 1 > /sys/class/net/{DUT_IF}/threaded"),
-    ]))
-}
-
-fn pin_napi(_ns: &str) -> BoxResult<()> {
-    let mut pinned = 0;
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with(&format!("napi/{DUT_IF}")) {
-            set_affinity(pid, NAPI_CPU)?;
-            pinned += 1;
-        }
-    }
-    if pinned == 0 {
-        return Err(format!("no napi/{DUT_IF}-* kernel thread: threaded NAPI is off").into());
-    }
-    Ok(())
-}
-
-fn pin_self(cpu: usize) {
-    // Best effort: an unpinned generator only makes the figures noisier.
-    let _ = set_affinity(0, cpu);
-}
-
-fn set_affinity(pid: i32, cpu: usize) -> BoxResult<()> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in bounds
-    // for cpu < CPU_SETSIZE, and the call only reads the set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) != 0 {
-            return Err(format!(
-                "pin pid {pid} to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            )
-            .into());
-        }
-    }
-    Ok(())
-}
-
-fn run(cmd: &mut Command) -> BoxResult<()> {
-    output(cmd).map(drop)
-}
-
-fn output(cmd: &mut Command) -> BoxResult<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e} (run `cargo xtask bootstrap`)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 fn report(rows: &[Row], o: &Options) -> BoxResult<()> {
     let bare = rows
         .iter()
@@ -654,68 +571,27 @@ fn report(rows: &[Row], o: &Options) -> BoxResult<()> {
     let csv_path = o.out.join("firewall.csv");
     std::fs::write(&csv_path, csv)?;
     let png = o.out.join("firewall.png");
-    plot(rows, bare, &png)?;
+    let bars: Vec<Bar> = rows
+        .iter()
+        .map(|r| Bar {
+            label: r.contender.name(),
+            mpps: r.mpps,
+            group: match r.contender {
+                Contender::BareDrop => 0,
+                Contender::Firewall(_) => 1,
+                Contender::Nftables(_) => 2,
+                Contender::XdpFilter(_) => 3,
+            },
+        })
+        .collect();
+    benchkit::plot_bars(
+        &bars,
+        bare,
+        "bare drop",
+        "Drop rate on one core (veth, 60-byte UDP), median of trials",
+        &png,
+    )?;
     println!();
     println!("wrote {} and {}", csv_path.display(), png.display());
-    Ok(())
-}
-
-fn plot(rows: &[Row], bare: f64, path: &Path) -> BoxResult<()> {
-    use plotters::prelude::*;
-
-    let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-        .map_err(|e| format!("DejaVuSans.ttf (Debian's fonts-dejavu-core): {e}"))?;
-    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into()))
-        .map_err(|_| "DejaVuSans.ttf is not a font plotters can read")?;
-
-    let height = 120 + 40 * rows.len() as u32;
-    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let top = rows.iter().map(|r| r.mpps).fold(bare, f64::max) * 1.45;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Drop rate on one core (veth, 60-byte UDP), median of trials",
-            ("sans-serif", 22),
-        )
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(290)
-        .build_cartesian_2d(0.0..top, (0..rows.len() - 1).into_segmented())?;
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .light_line_style(TRANSPARENT)
-        .x_desc("Mpps")
-        .y_labels(rows.len())
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) if *i < rows.len() => {
-                rows[rows.len() - 1 - i].contender.name()
-            }
-            _ => String::new(),
-        })
-        .label_style(("sans-serif", 15))
-        .draw()?;
-    let colour = |c: Contender| match c {
-        Contender::BareDrop => RGBColor(90, 90, 90),
-        Contender::Firewall(_) => RGBColor(31, 119, 180),
-        Contender::Nftables(_) => RGBColor(214, 39, 40),
-        Contender::XdpFilter(_) => RGBColor(44, 160, 44),
-    };
-    for (i, r) in rows.iter().enumerate() {
-        let y = rows.len() - 1 - i;
-        chart.draw_series(std::iter::once(Rectangle::new(
-            [
-                (0.0, SegmentValue::Exact(y)),
-                (r.mpps, SegmentValue::Exact(y + 1)),
-            ],
-            colour(r.contender).filled(),
-        )))?;
-        chart.draw_series(std::iter::once(Text::new(
-            format!("{:.2} Mpps ({:.2}x bare drop)", r.mpps, r.mpps / bare),
-            (r.mpps + top * 0.01, SegmentValue::CenterOf(y)),
-            ("sans-serif", 14),
-        )))?;
-    }
-    root.present()?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 pub mod attach;
 pub mod bench;
+pub mod benchkit;
 pub mod doctor;
 pub mod dump;
 pub mod error;

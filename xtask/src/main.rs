@@ -66,6 +66,16 @@ enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// What touching a frame and each verdict cost (seed 001's
+    /// memory-access benchmark): xdpkit's bench program as drop with no
+    /// touch, read, parse-ip and swap-macs; pass; tx; drop in skb mode.
+    /// Mpps on one core and the ratio to drop-no-touch, with the same lab
+    /// and trials harness as `firewall`. About a minute.
+    Compare {
+        /// Extra arguments (`--trials N`, `--trial-secs S`, `--out DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +88,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Firewall { args },
         } => bench("bench_firewall", &args),
+        Task::Bench {
+            bench: Bench::Compare { args },
+        } => bench("bench_compare", &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
