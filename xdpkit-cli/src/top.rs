@@ -196,16 +196,7 @@ fn draw_iface(f: &mut Frame, i: &TopIface, area: ratatui::layout::Rect) {
         Constraint::Length(16),
     ];
     f.render_widget(Table::new(rows, widths).header(header), parts[0]);
-    let cpus: Vec<String> = i
-        .per_cpu_pps
-        .iter()
-        .enumerate()
-        .map(|(c, pps)| format!("cpu{c} {}", si(*pps)))
-        .collect();
-    f.render_widget(
-        Paragraph::new(format!("per CPU, pps: {}", cpus.join("  "))),
-        parts[1],
-    );
+    f.render_widget(Paragraph::new(per_cpu(i)), parts[1]);
     if let Some(outcomes) = &i.outcomes {
         let line: Vec<String> = outcomes
             .iter()
@@ -245,6 +236,17 @@ fn draw_iface(f: &mut Frame, i: &TopIface, area: ratatui::layout::Rect) {
     }
 }
 
+/// `per CPU, pps: cpu0 1.2 M  cpu1 0`.
+fn per_cpu(i: &TopIface) -> String {
+    let cpus: Vec<String> = i
+        .per_cpu_pps
+        .iter()
+        .enumerate()
+        .map(|(c, pps)| format!("cpu{c} {}", si(*pps)))
+        .collect();
+    format!("per CPU, pps: {}", cpus.join("  "))
+}
+
 /// `12.3 Mbps`.
 fn bits(bps: f64) -> String {
     format!("{}bps", si(bps))
@@ -268,13 +270,7 @@ fn text(i: &TopIface) -> String {
             a.packets
         );
     }
-    let cpus: Vec<String> = i
-        .per_cpu_pps
-        .iter()
-        .enumerate()
-        .map(|(c, pps)| format!("cpu{c} {}", si(*pps)))
-        .collect();
-    out += &format!("  per CPU, pps: {}\n", cpus.join("  "));
+    out += &format!("  {}\n", per_cpu(i));
     if let Some(outcomes) = &i.outcomes {
         for o in outcomes {
             out += &format!(

@@ -42,28 +42,13 @@ fn bench_under_traffic(lab: &Lab, args: &[&str]) -> String {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let mac = lab
-        .mac("dut", DUT_IF)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    ok(&xdpkit_in(
+    let mac = common::mac(lab, "dut", DUT_IF);
+    common::trafficgen(
         lab,
-        "gen",
-        &[
-            "trafficgen",
-            "--dev",
-            GEN_IF,
-            "--dst-mac",
-            &mac,
-            "--dst",
-            "198.18.66.2",
-            "--duration",
-            "1",
-        ],
-    ));
+        GEN_IF,
+        &mac,
+        &["--dst", "198.18.66.2", "--duration", "1"],
+    );
     ok(&bench.wait_with_output().unwrap())
 }
 

@@ -133,26 +133,8 @@ fn doctor_counts_xdp_exceptions() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let mac = lab
-        .mac("dut", "xkdx-d")
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    ok(&xdpkit_in(
-        &lab,
-        "gen",
-        &[
-            "trafficgen",
-            "--dev",
-            "xkdx-g",
-            "--dst-mac",
-            &mac,
-            "--count",
-            "1000",
-        ],
-    ));
+    let mac = common::mac(&lab, "dut", "xkdx-d");
+    common::trafficgen(&lab, "xkdx-g", &mac, &["--count", "1000"]);
     let checks: Value = serde_json::from_str(&ok(&doctor.wait_with_output().unwrap())).unwrap();
     let exceptions = find(&checks, "exceptions");
     assert_eq!(exceptions["status"], "warn", "{checks}");

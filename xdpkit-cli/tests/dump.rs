@@ -20,29 +20,9 @@ const FLOOD: u64 = 1000;
 const SAMPLE: u64 = 10;
 
 fn send(lab: &Lab, src: &str, count: u64) {
-    let mac = lab
-        .mac("dut", DUT_IF)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let mac = common::mac(lab, "dut", DUT_IF);
     let count = count.to_string();
-    ok(&xdpkit_in(
-        lab,
-        "gen",
-        &[
-            "trafficgen",
-            "--dev",
-            GEN_IF,
-            "--dst-mac",
-            &mac,
-            "--src",
-            src,
-            "--count",
-            &count,
-        ],
-    ));
+    common::trafficgen(lab, GEN_IF, &mac, &["--src", src, "--count", &count]);
 }
 
 /// Kills the dump if the test fails before stopping it: it has no --count.

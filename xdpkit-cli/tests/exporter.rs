@@ -134,22 +134,12 @@ fn exporter_counts_rise_while_traffic_flows() {
     assert!(before.trim_end().ends_with("# EOF"));
     let (drops_before, rule_before) = (value(&before, &drops), value(&before, &rule));
 
-    let mac = lab
-        .mac("dut", DUT_IF)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    ok(&xdpkit_in(
+    let mac = common::mac(&lab, "dut", DUT_IF);
+    common::trafficgen(
         &lab,
-        "gen",
+        GEN_IF,
+        &mac,
         &[
-            "trafficgen",
-            "--dev",
-            GEN_IF,
-            "--dst-mac",
-            &mac,
             "--src",
             "198.18.69.0/24",
             "--dst",
@@ -157,7 +147,7 @@ fn exporter_counts_rise_while_traffic_flows() {
             "--count",
             "1000",
         ],
-    ));
+    );
 
     let (_, after) = get(&lab, "/metrics");
     assert!(value(&after, &drops) >= drops_before + 1000, "{after}");

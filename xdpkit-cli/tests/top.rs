@@ -60,22 +60,12 @@ fn top_once_json_shows_rates_outcomes_and_busiest_rules() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mac = lab
-        .mac("dut", DUT_IF)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    ok(&xdpkit_in(
+    let mac = common::mac(&lab, "dut", DUT_IF);
+    common::trafficgen(
         &lab,
-        "gen",
+        GEN_IF,
+        &mac,
         &[
-            "trafficgen",
-            "--dev",
-            GEN_IF,
-            "--dst-mac",
-            &mac,
             "--src",
             "198.18.70.0/24",
             "--pps",
@@ -83,7 +73,7 @@ fn top_once_json_shows_rates_outcomes_and_busiest_rules() {
             "--duration",
             "1",
         ],
-    ));
+    );
     let sample: Value = serde_json::from_str(&ok(&top.wait_with_output().unwrap())).unwrap();
     let iface = &sample[0];
     assert_eq!(iface["iface"], DUT_IF, "{sample}");

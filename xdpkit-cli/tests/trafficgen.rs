@@ -47,12 +47,7 @@ fn lab() -> Lab {
 }
 
 fn dut_mac(lab: &Lab) -> String {
-    lab.mac("dut", DUT_IF)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    common::mac(lab, "dut", DUT_IF)
 }
 
 /// The counters of the `Tcp:` lines of /proc/net/snmp in `ns`, by name.
@@ -80,15 +75,11 @@ fn trafficgen_sends_udp_and_tcp_syn_from_random_sources() {
     let sink = lab.udp_sink("dut", dst).unwrap();
 
     // UDP: every datagram reaches the socket (few enough for its buffer).
-    let out = ok(&xdpkit_in(
+    let out = common::trafficgen(
         &lab,
-        "gen",
+        GEN_IF,
+        &mac,
         &[
-            "trafficgen",
-            "--dev",
-            GEN_IF,
-            "--dst-mac",
-            &mac,
             "--src",
             "198.18.65.0/24",
             "--dst",
@@ -99,7 +90,7 @@ fn trafficgen_sends_udp_and_tcp_syn_from_random_sources() {
             "40",
             "--json",
         ],
-    ));
+    );
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["frames"], 40, "{report}");
     assert_eq!(report["frame_bytes"], 60);
@@ -109,15 +100,11 @@ fn trafficgen_sends_udp_and_tcp_syn_from_random_sources() {
     // error would be counted, not taken) and answers each with a RST.
     let segs = tcp_counter(&lab, "dut", "InSegs");
     let errors = tcp_counter(&lab, "dut", "InCsumErrors");
-    let out = ok(&xdpkit_in(
+    let out = common::trafficgen(
         &lab,
-        "gen",
+        GEN_IF,
+        &mac,
         &[
-            "trafficgen",
-            "--dev",
-            GEN_IF,
-            "--dst-mac",
-            &mac,
             "--src",
             "198.18.65.0/24",
             "--dst",
@@ -131,7 +118,7 @@ fn trafficgen_sends_udp_and_tcp_syn_from_random_sources() {
             "--threads",
             "2",
         ],
-    ));
+    );
     assert!(out.contains("sent 50 frames of 60 bytes"), "{out}");
     let mut taken = 0;
     for _ in 0..50 {
@@ -145,22 +132,12 @@ fn trafficgen_sends_udp_and_tcp_syn_from_random_sources() {
     assert_eq!(tcp_counter(&lab, "dut", "InCsumErrors"), errors);
 
     // Pacing: never more than the rate allows (200 pps for 0.5 s).
-    let out = ok(&xdpkit_in(
+    let out = common::trafficgen(
         &lab,
-        "gen",
-        &[
-            "trafficgen",
-            "--dev",
-            GEN_IF,
-            "--dst-mac",
-            &mac,
-            "--pps",
-            "200",
-            "--duration",
-            "0.5",
-            "--json",
-        ],
-    ));
+        GEN_IF,
+        &mac,
+        &["--pps", "200", "--duration", "0.5", "--json"],
+    );
     let report: Value = serde_json::from_str(&out).unwrap();
     let frames = report["frames"].as_u64().unwrap();
     let seconds = report["seconds"].as_f64().unwrap();

@@ -170,19 +170,8 @@ pub fn udp_frame(
 ) -> Vec<u8> {
     let size = size.max(42);
     let mut f = vec![0u8; size];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip_len = (size - 14) as u16;
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let csum = !ones_complement_sum(ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    eth_ipv4(&mut f, (src_mac, dst_mac), (src, dst), 17, ip_len);
     let udp = &mut f[34..];
     udp[0..2].copy_from_slice(&ports.0.to_be_bytes());
     udp[2..4].copy_from_slice(&ports.1.to_be_bytes());
@@ -203,19 +192,7 @@ pub fn tcp_syn_frame(
 ) -> Vec<u8> {
     const IP_LEN: u16 = 40;
     let mut f = vec![0u8; size.max(54)];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&IP_LEN.to_be_bytes());
-    ip[6] = 0x40; // don't fragment
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let csum = !ones_complement_sum(ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    eth_ipv4(&mut f, (src_mac, dst_mac), (src, dst), 6, IP_LEN);
     let tcp = &mut f[34..54];
     tcp[0..2].copy_from_slice(&ports.0.to_be_bytes());
     tcp[2..4].copy_from_slice(&ports.1.to_be_bytes());
@@ -231,6 +208,30 @@ pub fn tcp_syn_frame(
     let csum = !ones_complement_sum(&pseudo);
     tcp[16..18].copy_from_slice(&csum.to_be_bytes());
     f
+}
+
+/// Writes the Ethernet header and a 20-byte IPv4 header (TTL 64, don't
+/// fragment, checksum set) at the start of `f`.
+fn eth_ipv4(
+    f: &mut [u8],
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    proto: u8,
+    ip_len: u16,
+) {
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let csum = !ones_complement_sum(ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
 }
 
 /// Where the L4 checksum of an IPv4 TCP frame, or UDP frame with a

@@ -27,3 +27,21 @@ pub fn ok(out: &Output) -> String {
     );
     String::from_utf8(out.stdout.clone()).unwrap()
 }
+
+/// The MAC address of `ifname` in `ns`, as `aa:bb:cc:dd:ee:ff`.
+pub fn mac(lab: &Lab, ns: &str, ifname: &str) -> String {
+    lab.mac(ns, ifname)
+        .expect("read MAC")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// `xdpkit trafficgen --dev DEV --dst-mac MAC ARGS` in namespace `gen`;
+/// returns its stdout.
+pub fn trafficgen(lab: &Lab, dev: &str, mac: &str, args: &[&str]) -> String {
+    let mut full = vec!["trafficgen", "--dev", dev, "--dst-mac", mac];
+    full.extend(args);
+    ok(&xdpkit_in(lab, "gen", &full))
+}
