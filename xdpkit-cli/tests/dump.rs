@@ -59,30 +59,7 @@ fn dump_writes_sampled_drops_with_verdict_comments() {
     if !require_root("dump_writes_sampled_drops_with_verdict_comments") {
         return;
     }
-    let lab = Lab::builder("xkdp")
-        .namespace("gen")
-        .namespace("dut")
-        .veth("gen", GEN_IF, None, "dut", DUT_IF, None)
-        .build()
-        .expect("build lab");
-    ok(&xdpkit_in(
-        &lab,
-        "dut",
-        &["attach", "firewall", "--dev", DUT_IF],
-    ));
-    let id = ok(&xdpkit_in(
-        &lab,
-        "dut",
-        &[
-            "rule",
-            "add",
-            "--dev",
-            DUT_IF,
-            "deny",
-            "src",
-            "198.18.72.0/24",
-        ],
-    ));
+    let (lab, id) = common::firewall_lab("xkdp", GEN_IF, DUT_IF, "198.18.72.0/24");
     let path = std::env::temp_dir().join(format!("xkdp-{}.pcapng", std::process::id()));
     let sample = SAMPLE.to_string();
     let mut dump = KillOnDrop(Some(
@@ -133,7 +110,7 @@ fn dump_writes_sampled_drops_with_verdict_comments() {
         n <= FLOOD / SAMPLE && n + cpus >= FLOOD / SAMPLE,
         "{n} frames for {FLOOD} drops sampled 1 in {SAMPLE}"
     );
-    let want = format!("verdict=drop rule={}", id.trim());
+    let want = format!("verdict=drop rule={id}");
     assert!(comments.iter().all(|c| *c == want), "{comments:?}");
     let tcpdump = std::process::Command::new("tcpdump")
         .args(["-nn", "-r"])

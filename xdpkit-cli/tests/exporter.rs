@@ -67,38 +67,7 @@ fn exporter_counts_rise_while_traffic_flows() {
     if !require_root("exporter_counts_rise_while_traffic_flows") {
         return;
     }
-    let lab = Lab::builder("xkex")
-        .namespace("gen")
-        .namespace("dut")
-        .veth(
-            "gen",
-            GEN_IF,
-            Some("198.18.68.1/24"),
-            "dut",
-            DUT_IF,
-            Some("198.18.68.2/24"),
-        )
-        .build()
-        .expect("build lab");
-    ok(&xdpkit_in(
-        &lab,
-        "dut",
-        &["attach", "firewall", "--dev", DUT_IF],
-    ));
-    let id = ok(&xdpkit_in(
-        &lab,
-        "dut",
-        &[
-            "rule",
-            "add",
-            "--dev",
-            DUT_IF,
-            "deny",
-            "src",
-            "198.18.69.0/24",
-        ],
-    ));
-    let id = id.trim();
+    let (lab, id) = common::firewall_lab("xkex", GEN_IF, DUT_IF, "198.18.69.0/24");
     let up = lab
         .command("dut", "ip")
         .args(["link", "set", "lo", "up"])

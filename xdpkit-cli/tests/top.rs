@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 
 use serde_json::Value;
-use xdpkit::lab::{require_root, Lab};
+use xdpkit::lab::require_root;
 
 use common::{ok, xdpkit_in, XDPKIT};
 
@@ -18,33 +18,8 @@ fn top_once_json_shows_rates_outcomes_and_busiest_rules() {
     if !require_root("top_once_json_shows_rates_outcomes_and_busiest_rules") {
         return;
     }
-    let lab = Lab::builder("xktp")
-        .namespace("gen")
-        .namespace("dut")
-        .veth("gen", GEN_IF, None, "dut", DUT_IF, None)
-        .build()
-        .expect("build lab");
-    ok(&xdpkit_in(
-        &lab,
-        "dut",
-        &["attach", "firewall", "--dev", DUT_IF],
-    ));
-    let id: u64 = ok(&xdpkit_in(
-        &lab,
-        "dut",
-        &[
-            "rule",
-            "add",
-            "--dev",
-            DUT_IF,
-            "deny",
-            "src",
-            "198.18.70.0/24",
-        ],
-    ))
-    .trim()
-    .parse()
-    .unwrap();
+    let (lab, id) = common::firewall_lab("xktp", GEN_IF, DUT_IF, "198.18.70.0/24");
+    let id: u64 = id.parse().unwrap();
     let top = lab
         .command("dut", XDPKIT)
         .args([

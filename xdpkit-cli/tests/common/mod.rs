@@ -45,3 +45,26 @@ pub fn trafficgen(lab: &Lab, dev: &str, mac: &str, args: &[&str]) -> String {
     full.extend(args);
     ok(&xdpkit_in(lab, "gen", &full))
 }
+
+/// Namespaces `gen` and `dut` joined by a veth pair, the firewall attached
+/// to `dut_if` with one rule, `deny src DENIED`; returns the lab and that
+/// rule's id.
+pub fn firewall_lab(prefix: &str, gen_if: &str, dut_if: &str, denied: &str) -> (Lab, String) {
+    let lab = Lab::builder(prefix)
+        .namespace("gen")
+        .namespace("dut")
+        .veth("gen", gen_if, None, "dut", dut_if, None)
+        .build()
+        .expect("build lab");
+    ok(&xdpkit_in(
+        &lab,
+        "dut",
+        &["attach", "firewall", "--dev", dut_if],
+    ));
+    let id = ok(&xdpkit_in(
+        &lab,
+        "dut",
+        &["rule", "add", "--dev", dut_if, "deny", "src", denied],
+    ));
+    (lab, id.trim().to_string())
+}
