@@ -14,6 +14,7 @@ use xdpkit_common::bench::{
     TOUCH_SWAP_MACS,
 };
 
+use crate::error::map_err;
 use crate::{
     attach::Mode, iface, netlink, object, privilege, stats, stats::ActionTotals, Error, Result,
 };
@@ -148,7 +149,7 @@ impl Bench {
             )));
         }
         let cpu = req.cpu.unwrap_or(0);
-        let cpus = possible_cpus()?.min(BENCH_MAX_CPUS);
+        let cpus = (crate::sys::possible_cpus()? as u32).min(BENCH_MAX_CPUS);
         if cpu >= cpus {
             return Err(usage(format!(
                 "--cpu {cpu} does not exist: this machine has CPUs 0 to {}",
@@ -228,22 +229,6 @@ fn set_config(ebpf: &mut Ebpf, cfg: BenchConfig) -> Result<()> {
         .map_err(map_err("write the bench config"))
 }
 
-fn possible_cpus() -> Result<u32> {
-    aya::util::nr_cpus()
-        .map(|n| n as u32)
-        .map_err(|(_, source)| Error::Syscall {
-            call: "possible CPUs",
-            source,
-        })
-}
-
 fn usage(message: String) -> Error {
     Error::InvalidArgument(message)
-}
-
-fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
-    move |e| Error::Map {
-        what: what.to_string(),
-        source: e.into(),
-    }
 }

@@ -28,6 +28,7 @@ use xdpkit_common::{
     XdpAction,
 };
 
+use crate::error::map_err;
 use crate::{iface, pins, pins::PinDir, privilege, Error, Result};
 
 /// What to capture.
@@ -200,13 +201,6 @@ fn write_config(map: &mut Map, cfg: DumpConfig) -> Result<()> {
     array
         .set(0, cfg, 0)
         .map_err(map_err("write the dump settings"))
-}
-
-fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
-    move |e| Error::Map {
-        what: what.to_string(),
-        source: e.into(),
-    }
 }
 
 /// CLOCK_REALTIME − CLOCK_MONOTONIC now.

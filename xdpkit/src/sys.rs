@@ -306,6 +306,14 @@ fn batch_read(
     }
 }
 
+/// Possible CPUs: the number of values a per-CPU map holds per key.
+pub fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, source)| Error::Syscall {
+        call: "possible CPUs",
+        source,
+    })
+}
+
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i32> {
     // SAFETY: attr is a zeroed bpf_attr-sized buffer laid out for `cmd`; the
     // kernel reads/writes at most attr.len() bytes of it and of the buffers it

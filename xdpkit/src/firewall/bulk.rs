@@ -217,11 +217,3 @@ pub(crate) fn in_parallel(jobs: Vec<Job<'_>>) -> Result<()> {
             .map(drop)
     })
 }
-
-/// Possible CPUs: the number of values a per-CPU map holds per key.
-pub(crate) fn possible_cpus() -> Result<usize> {
-    aya::util::nr_cpus().map_err(|(_, source)| Error::Syscall {
-        call: "possible CPUs",
-        source,
-    })
-}

@@ -26,6 +26,7 @@ use super::{
     maps::MapSource,
     Action, Entry, FragmentPolicy, Policy, Rule, Ruleset, Verdict,
 };
+use crate::error::map_err;
 use crate::{object, testrun::TestRunOutcome, Error, Result};
 
 /// The firewall's function (and kernel program) name.
@@ -169,14 +170,6 @@ pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         next_seq: 0,
         max_prio: [0; 4],
         table_bits: [0; 2],
-    }
-}
-
-fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error {
-    let what = what.into();
-    move |e| Error::Map {
-        what,
-        source: e.into(),
     }
 }
 

@@ -27,6 +27,7 @@ use super::{
     maps::{pin_name, MapSource, PinnedMaps},
     record, Entry, Rule, Ruleset,
 };
+use crate::error::map_err;
 use crate::{iface, object, pins::PinDir, privilege, status::rfc3339, sys, Error, Result};
 
 /// One row of `xdpkit rule list`.
@@ -55,13 +56,6 @@ pub struct LiveFirewall {
     iface: String,
     maps: PinnedMaps,
     _lock: File,
-}
-
-fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
-    move |e| Error::Map {
-        what: what.to_string(),
-        source: e.into(),
-    }
 }
 
 impl LiveFirewall {
@@ -184,7 +178,7 @@ impl LiveFirewall {
     }
 
     fn reset_counters(&self, ids: &[u32]) -> Result<()> {
-        let cpus = bulk::possible_cpus()?;
+        let cpus = sys::possible_cpus()?;
         bulk::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, cpus, ids)
     }
 
@@ -349,7 +343,7 @@ impl LiveFirewall {
     pub fn list(&self) -> Result<Vec<RuleRow>> {
         let rules = self.rules()?;
         let cfg = read_config(&self.maps)?;
-        let cpus = bulk::possible_cpus()?;
+        let cpus = sys::possible_cpus()?;
         let stats = bulk::dump_per_cpu::<RuleHits>(
             &self.maps,
             FW_RULE_STATS,
