@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod bench;
 pub mod benchkit;
+pub mod config;
 pub mod doctor;
 pub mod dump;
 pub mod error;

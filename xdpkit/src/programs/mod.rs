@@ -2,3 +2,4 @@
 //! model, error), registered in [`registry`](crate::programs).
 
 pub mod firewall;
+pub mod redirect;

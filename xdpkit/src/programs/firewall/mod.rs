@@ -3,6 +3,7 @@
 //! follow the design in docs/firewall.md.
 
 mod bulk;
+pub mod config;
 pub mod frame;
 pub mod general;
 pub mod kernel;

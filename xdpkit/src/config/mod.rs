@@ -1,0 +1,141 @@
+//! `xdpkit apply -f host.toml`: the host configuration file, pure logic.
+//!
+//! - [`file`](mod@file): parsing, with `file:line: key: message` errors;
+//! - [`export`]: printing a configuration back as TOML.
+//!
+//! Stage settings are normalised by the programs themselves
+//! (`programs/<name>/config.rs`); [`normalise_settings`] is the one place
+//! that dispatches to them by program name.
+
+pub mod export;
+pub mod file;
+
+use std::path::Path;
+
+pub use file::{ConfigError, HostConfig, IfaceConfig, StageConfig};
+
+use crate::programs::{firewall, redirect};
+
+/// The programs a stage can name, in the order error messages list them.
+pub const PROGRAMS: &[&str] = &["pass", "drop", "tx", "count", "redirect", "firewall"];
+
+/// Attach modes a configuration can ask for; the first is the default.
+pub const MODES: &[&str] = &["auto", "native", "skb"];
+
+/// Why a stage's settings are not acceptable. `key` is relative to the
+/// stage's table (`"default"`, `"rules[2]"`, or `""` for the table itself),
+/// so the file parser can turn it into a full key path and a line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SettingsError {
+    /// The key inside the stage's table; `name[i]` for an array element.
+    pub key: String,
+    /// What is wrong and, where possible, what would be right.
+    pub message: String,
+}
+
+impl SettingsError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> SettingsError {
+        SettingsError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Normalises the settings of one stage: defaults filled in, values in
+/// canonical form, so that two configurations that mean the same compare
+/// equal. `given` is `None` when the file has no table for the stage.
+///
+/// The program registry will replace this match; until then it is the only
+/// place that maps program names to their settings.
+pub fn normalise_settings(
+    program: &str,
+    given: Option<&toml::Table>,
+    base_dir: &Path,
+) -> Result<toml::Table, SettingsError> {
+    match program {
+        "firewall" => firewall::config::normalise(given.unwrap_or(&toml::Table::new()), base_dir),
+        "redirect" => match given {
+            Some(table) => redirect::config::normalise(table, base_dir),
+            None => Err(SettingsError::new(
+                "to",
+                "missing: redirect needs a target; add its settings table with to = \"<interface>\"",
+            )),
+        },
+        "pass" | "drop" | "tx" | "count" => match given {
+            Some(_) => Err(SettingsError::new(
+                "",
+                format!("{program} takes no settings: remove this table"),
+            )),
+            None => Ok(toml::Table::new()),
+        },
+        other => Err(SettingsError::new("", unknown_program(other))),
+    }
+}
+
+/// The message for a program name xdpkit does not know.
+pub(crate) fn unknown_program(name: &str) -> String {
+    format!(
+        "unknown program '{name}': known programs are {}",
+        PROGRAMS.join(", ")
+    )
+}
+
+/// Rejects keys a settings table does not know, naming the ones it does:
+/// a typo must not silently fall back to a default.
+pub(crate) fn check_keys(table: &toml::Table, known: &[&str]) -> Result<(), SettingsError> {
+    match table.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(key) => Err(SettingsError::new(
+            key.as_str(),
+            format!("unknown key '{key}': expected {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The string value of `key`, `None` if absent, an error if not a string.
+pub(crate) fn string_of<'t>(
+    table: &'t toml::Table,
+    key: &str,
+) -> Result<Option<&'t str>, SettingsError> {
+    match table.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(SettingsError::new(
+            key,
+            format!("expected a string, found {}", other.type_str()),
+        )),
+    }
+}
+
+/// The value of `key`, one of `choices` (the first is the default).
+pub(crate) fn choice_of(
+    table: &toml::Table,
+    key: &str,
+    choices: &[&'static str],
+) -> Result<&'static str, SettingsError> {
+    let Some(given) = string_of(table, key)? else {
+        return Ok(choices[0]);
+    };
+    choices
+        .iter()
+        .copied()
+        .find(|c| *c == given)
+        .ok_or_else(|| {
+            SettingsError::new(
+                key,
+                format!("unknown value '{given}': expected {}", one_of(choices)),
+            )
+        })
+}
+
+/// `a, b or c`.
+pub(crate) fn one_of(choices: &[&str]) -> String {
+    match choices.split_last() {
+        None => String::new(),
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
