@@ -1,17 +1,20 @@
 //! `xdpkit apply -f host.toml`: the host configuration file, pure logic.
 //!
 //! - [`file`](mod@file): parsing, with `file:line: key: message` errors;
+//! - [`diff`](mod@diff): what changes between a desired and a running configuration;
 //! - [`export`]: printing a configuration back as TOML.
 //!
 //! Stage settings are normalised by the programs themselves
 //! (`programs/<name>/config.rs`); [`normalise_settings`] is the one place
 //! that dispatches to them by program name.
 
+pub mod diff;
 pub mod export;
 pub mod file;
 
 use std::path::Path;
 
+pub use diff::{diff, HostDiff};
 pub use file::{ConfigError, HostConfig, IfaceConfig, StageConfig};
 
 use crate::programs::{firewall, redirect};
