@@ -1,5 +1,7 @@
-//! Builds the kernel programs (xdpkit-ebpf) and leaves the object in OUT_DIR,
-//! so the library embeds it and a copied `xdpkit` binary works on its own.
+//! Builds the kernel programs (xdpkit-ebpf) and leaves one object per
+//! program in OUT_DIR (`<program>.bpf.o`, one per `[[bin]]` of the eBPF
+//! crate), so the library embeds them and a copied `xdpkit` binary works on
+//! its own.
 //!
 //! The eBPF crate needs Debian's rustc (it ships `core` for
 //! bpfel-unknown-none) and bpf-linker; `cargo xtask bootstrap` installs both.
@@ -11,7 +13,6 @@ use std::{
 };
 
 const BPF_RUSTC: &str = "/usr/bin/rustc";
-const OBJECT: &str = "xdpkit.bpf.o";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -30,11 +31,18 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    println!("cargo:rerun-if-env-changed=XDPKIT_EBPF_OBJECT");
+    println!("cargo:rerun-if-env-changed=XDPKIT_EBPF_DIR");
+    let programs = programs(&ebpf_dir.join("Cargo.toml"));
 
-    // An already-built object can be handed in (e.g. by a packager).
-    if let Some(prebuilt) = env::var_os("XDPKIT_EBPF_OBJECT") {
-        copy(Path::new(&prebuilt), &out_dir.join(OBJECT));
+    // Already-built objects can be handed in (e.g. by a packager): a
+    // directory with one object per program, named like the programs.
+    if let Some(prebuilt) = env::var_os("XDPKIT_EBPF_DIR") {
+        for program in &programs {
+            copy(
+                &Path::new(&prebuilt).join(program),
+                &out_dir.join(object_name(program)),
+            );
+        }
         return;
     }
 
@@ -87,11 +95,32 @@ fn main() {
         "building xdpkit-ebpf failed ({status}); see the errors above"
     );
 
-    let built = target_dir
-        .join("bpfel-unknown-none")
-        .join("bpf")
-        .join("xdpkit");
-    copy(&built, &out_dir.join(OBJECT));
+    let built = target_dir.join("bpfel-unknown-none").join("bpf");
+    for program in &programs {
+        copy(&built.join(program), &out_dir.join(object_name(program)));
+    }
+}
+
+/// The `[[bin]]` names of the eBPF crate: one object per program.
+fn programs(manifest: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(manifest)
+        .unwrap_or_else(|e| panic!("read {}: {e}", manifest.display()));
+    let mut in_bin = false;
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if let (true, Some(value)) = (in_bin, line.strip_prefix("name")) {
+            let name = value.trim_start_matches([' ', '=']).trim_matches('"');
+            names.push(name.to_string());
+        }
+    }
+    assert!(!names.is_empty(), "no [[bin]] in {}", manifest.display());
+    names
+}
+
+fn object_name(program: &str) -> String {
+    format!("{program}.bpf.o")
 }
 
 fn copy(from: &Path, to: &Path) {

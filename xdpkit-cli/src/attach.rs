@@ -1,34 +1,42 @@
 //! `xdpkit attach`
 
-use xdpkit::{attach, object::parse_program, AttachRequest, ProgramKind};
+use xdpkit::{attach, AttachRequest};
 
 use crate::output::{print_json, DevArg, JsonArg, ModeArg, PolicyArgs};
 
-/// Attach an xdpkit program to an interface.
+/// Attach a program, or a chain of programs run in order, to an interface.
 ///
 /// Programs: pass (count and pass every frame), drop (count and drop), tx
-/// (swap MAC addresses and send the frame back out, XDP_TX), redirect (send
-/// every frame out of --to through a DEVMAP), firewall (rules managed with
+/// (swap MAC addresses and send the frame back out, XDP_TX), count (count
+/// and hand the frame on: a tap between stages), redirect (send every
+/// frame out of --to through a DEVMAP), firewall (rules managed with
 /// `xdpkit rule`; policies set with --default, --fragments, --non-ip and
-/// --malformed). Each counts packets and bytes per action in a per-CPU
-/// array; see `xdpkit status`. Attaching the firewall again keeps its rules
-/// and counters and, with policy flags, changes the policies.
+/// --malformed; allowed frames go on to the next stage).
 ///
-/// The program is attached through a bpf_link pinned at
-/// /sys/fs/bpf/xdpkit/<IF>/link, so it stays after xdpkit exits. Attaching
-/// again on the same interface replaces xdpkit's program atomically (no
-/// moment without a program). A program attached by another tool is left
-/// alone unless --force is given.
+/// A comma-separated list makes a chain: `firewall,redirect` runs the
+/// firewall, and what it allows is redirected. Each stage ends with a
+/// verdict or hands the frame to the next; after the last stage, frames
+/// pass to the network stack. Every stage counts packets and bytes per
+/// action (and "next") in a per-CPU array; see `xdpkit status`.
+///
+/// The interface's bpf_link (pinned at /sys/fs/bpf/xdpkit/<IF>/link, so it
+/// stays after xdpkit exits) runs a root program that tail-calls the
+/// chain. Attaching again on the same interface loads the new chain aside
+/// and switches to it in one map update (no moment without a program);
+/// stages in both chains keep their maps, rules and counters. A program
+/// attached by another tool is left alone unless --force is given.
 ///
 /// Examples:
 ///   xdpkit attach drop --dev veth0
 ///   xdpkit attach redirect --dev veth0 --to veth1 --mode native
 ///   xdpkit attach firewall --dev eth0 --default deny --fragments l3
+///   xdpkit attach firewall,count,redirect --dev eth0 --to eth1
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Program to attach: pass, drop, tx, redirect or firewall.
-    #[arg(value_name = "PROGRAM")]
+    /// Program, or comma-separated programs run in order as stages: pass,
+    /// drop, tx, count, redirect, firewall (each at most once).
+    #[arg(value_name = "PROGRAM[,PROGRAM...]")]
     pub program: String,
 
     #[command(flatten)]
@@ -55,29 +63,38 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let program: ProgramKind = parse_program(&args.program)?;
-    let report = attach(&AttachRequest {
-        iface: args.dev.dev,
-        program,
-        mode: args.mode.into(),
-        to: args.to,
-        force: args.force,
-        policy: args.policy.any().then(|| args.policy.policy()),
-    })?;
+    let policy = args.policy.any().then(|| args.policy.policy());
+    let request = AttachRequest::from_list(
+        &args.dev.dev,
+        &args.program,
+        args.mode.into(),
+        args.to.as_deref(),
+        policy.as_ref(),
+        args.force,
+    )?;
+    let report = attach(&request)?;
     if args.json.json {
         return print_json(&report);
     }
     let mode = report.mode.map(|m| m.name()).unwrap_or("unknown");
-    let target = report
+    let target = args
         .to
         .as_deref()
         .map(|t| format!(" -> {t}"))
         .unwrap_or_default();
     let replaced = match report.replaced_prog_id {
         Some(id) if report.replaced_foreign => format!(", replaced another tool's program id {id}"),
-        Some(id) => format!(", replaced program id {id}"),
-        None => String::new(),
+        Some(id) if report.root_replaced => format!(", replaced program id {id}"),
+        _ => String::new(),
     };
+    let stages: Vec<String> = report
+        .stages
+        .iter()
+        .map(|s| {
+            let state = if s.fresh { "new" } else { "state kept" };
+            format!("{} (prog id {}, {state})", s.program, s.prog_id)
+        })
+        .collect();
     println!(
         "attached {}{target} to {} in {mode} mode (prog id {}, link id {}{replaced}); state in {}",
         report.program,
@@ -86,5 +103,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.link_id,
         report.pin_dir.display()
     );
+    if report.stages.len() > 1 || report.replaced_prog_id.is_some() {
+        println!("  stages: {}", stages.join(", "));
+    }
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! `xdpkit`: attach, detach and observe XDP programs. A thin layer over the
 //! `xdpkit` library: argument parsing, output and exit codes.
 
+mod apply;
 mod attach;
 mod bench;
 mod detach;
 mod doctor;
 mod dump;
+mod export;
 mod exporter;
 mod features;
 mod output;
@@ -48,11 +50,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Apply(apply::Args),
     Attach(attach::Args),
     Bench(bench::Args),
     Detach(detach::Args),
     Doctor(doctor::Args),
     Dump(dump::Args),
+    Export(export::Args),
     Exporter(exporter::Args),
     Status(status::Args),
     Features(features::Args),
@@ -69,11 +73,13 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose);
     let result = match cli.command {
+        Command::Apply(args) => apply::run(args),
         Command::Attach(args) => attach::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Detach(args) => detach::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Dump(args) => dump::run(args),
+        Command::Export(args) => export::run(args),
         Command::Exporter(args) => exporter::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),

@@ -7,8 +7,10 @@ use xdpkit::IfaceStatus;
 
 use crate::output::{print_json, si, JsonArg};
 
-/// Show what xdpkit has attached: program, ids, mode, attach time, pinned
-/// paths, and per-action packets, bytes and current rates.
+/// Show what xdpkit has attached: the stages, ids, mode, attach time, pinned
+/// paths, per-action packets, bytes and current rates for the interface,
+/// and each stage's own counters ("next": frames it handed to the next
+/// stage).
 ///
 /// Rates are measured over --interval seconds (0 skips the sampling).
 ///
@@ -59,37 +61,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn print_one(s: &IfaceStatus) {
     let mode = s.mode.map(|m| m.name()).unwrap_or("-");
     println!(
-        "{}: {} ({}) prog id {} link id {} mode {} attached {}",
+        "{}: {} ({}) prog id {} link id {} mode {} attached {} generation {}",
         s.iface,
         s.program,
         s.state,
         s.prog_id,
         s.link_id,
         mode,
-        s.attached_at.as_deref().unwrap_or("?")
+        s.attached_at.as_deref().unwrap_or("?"),
+        s.generation
     );
     if let Some(to) = &s.redirect_to {
         println!("  redirect to {to}");
     }
-    let fw_pins = s
+    // Stage directories hold many maps (the firewall 46): one line each.
+    let iface_dir = s
         .pins
         .iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("fw_"))
-        })
-        .count();
-    for pin in s.pins.iter().filter(|p| {
-        !p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("fw_"))
-    }) {
-        println!("  pinned {}", pin.display());
+        .find_map(|p| p.parent())
+        .map(|d| d.to_path_buf());
+    let mut per_stage: Vec<(String, usize)> = Vec::new();
+    for pin in &s.pins {
+        match (pin.parent(), &iface_dir) {
+            (Some(parent), Some(dir)) if parent != dir.as_path() => {
+                let stage = parent
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match per_stage.iter_mut().find(|(name, _)| *name == stage) {
+                    Some((_, n)) => *n += 1,
+                    None => per_stage.push((stage, 1)),
+                }
+            }
+            _ => println!("  pinned {}", pin.display()),
+        }
     }
-    if fw_pins > 0 {
-        println!(
-            "  pinned {fw_pins} firewall maps fw_* (rules: `xdpkit rule list --dev {}`)",
-            s.iface
-        );
+    if let Some(dir) = &iface_dir {
+        for (stage, n) in &per_stage {
+            println!(
+                "  pinned {n} maps of stage {stage} in {}/{stage}/",
+                dir.display()
+            );
+        }
     }
     println!(
         "  {:<9} {:>14} {:>16} {:>10} {:>10}",
@@ -104,6 +117,23 @@ fn print_one(s: &IfaceStatus) {
             si(row.pps),
             si(row.bps)
         );
+    }
+    for stage in &s.stages {
+        println!("  stage {} {}:", stage.index, stage.stage);
+        let seen: Vec<_> = stage.actions.iter().filter(|r| r.packets > 0).collect();
+        if seen.is_empty() {
+            println!("    (no frames yet)");
+        }
+        for row in seen {
+            println!(
+                "    {:<7} {:>14} {:>16} {:>10} {:>10}",
+                row.action,
+                row.packets,
+                row.bytes,
+                si(row.pps),
+                si(row.bps)
+            );
+        }
     }
     if let Some(outcomes) = &s.firewall {
         println!("  {:<13} {:>10} {:>16}", "firewall", "packets", "bytes");

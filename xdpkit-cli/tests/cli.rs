@@ -103,7 +103,7 @@ fn drop_blocks_udp_until_detach_and_status_counts_it() {
         out.contains("attached drop to xkdrop-rx in native mode"),
         "{out}"
     );
-    for file in ["link", "stats"] {
+    for file in ["link", "root", "chain", "drop/stats"] {
         let meta = std::fs::metadata(pin_dir("xkdrop-rx").join(file)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file} mode");
     }
@@ -392,7 +392,7 @@ fn error_unknown_program_and_bad_arguments() {
         &xdpkit(&lab, "rx", &["attach", "firewal", "--dev", "xkargs-rx"]),
         "unknown program 'firewal'",
     );
-    assert!(err.contains("pass, drop, tx, redirect"), "{err}");
+    assert!(err.contains("pass, drop, tx, count, redirect"), "{err}");
     usage_error(&xdpkit(&lab, "rx", &["attach", "drop"]), "--dev");
     usage_error(
         &xdpkit(

@@ -239,7 +239,9 @@ fn denied_range_is_dropped_allowed_one_arrives_and_rules_change_live() {
     assert_eq!(ids, [1, 2], "{listed}");
     assert_eq!(listed[1]["rule"], "deny src 198.19.41.0/24 prio 100");
     assert_eq!(listed[1]["packets"], 0, "reused id 2 kept old counts");
-    let pins = std::path::Path::new("/sys/fs/bpf/xdpkit").join(server_if);
+    let pins = std::path::Path::new("/sys/fs/bpf/xdpkit")
+        .join(server_if)
+        .join("firewall");
     let mode = std::fs::metadata(pins.join("fw_rules"))
         .unwrap()
         .permissions();

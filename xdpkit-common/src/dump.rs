@@ -36,9 +36,12 @@ pub struct DumpHeader {
     pub cap: u32,
     /// The verdict, as [`crate::XdpAction`].
     pub action: u32,
-    /// The deciding firewall rule, or [`crate::firewall::NO_RULE`].
+    /// The deciding rule of a stage with rules (the firewall), or [`NO_RULE`].
     pub rule: u32,
 }
+
+/// [`DumpHeader::rule`] of a verdict no rule gave.
+pub const NO_RULE: u32 = u32::MAX;
 
 /// One ring-buffer record: header, then the first `cap` bytes of the frame.
 #[repr(C)]

@@ -434,7 +434,7 @@ pub struct FwTrace {
 }
 
 /// [`FwTrace::rule`] when no rule decided.
-pub const NO_RULE: u32 = u32::MAX;
+pub use crate::dump::NO_RULE;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<FwConfig>() == 72);

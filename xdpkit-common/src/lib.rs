@@ -6,13 +6,12 @@
 
 pub mod action;
 pub mod bench;
+pub mod chain;
 pub mod doctor;
 pub mod dump;
 pub mod firewall;
 pub mod maps;
-pub mod program;
 pub mod trafficgen;
 
 pub use action::XdpAction;
 pub use maps::ActionCounter;
-pub use program::ProgramKind;

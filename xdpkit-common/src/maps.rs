@@ -1,7 +1,12 @@
 //! Map names and value layouts.
 
-/// Per-CPU array indexed by [`crate::XdpAction`]: packets and bytes per verdict.
+/// Per-CPU array indexed by [`crate::XdpAction`]: packets and bytes per
+/// verdict, and in slot [`NEXT_SLOT`] the frames a stage handed on.
 pub const STATS_MAP: &str = "XDPKIT_STATS";
+/// The counter slot of "next": frames a stage passed to the stage after it.
+pub const NEXT_SLOT: u32 = crate::XdpAction::COUNT;
+/// Slots of [`STATS_MAP`]: every verdict and "next".
+pub const STATS_SLOTS: u32 = crate::XdpAction::COUNT + 1;
 /// DEVMAP with one slot (index [`REDIRECT_SLOT`]): the egress interface of `redirect`.
 pub const REDIRECT_MAP: &str = "XDPKIT_REDIRECT";
 /// The slot of [`REDIRECT_MAP`] that `redirect` sends to.

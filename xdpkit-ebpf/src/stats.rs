@@ -1,10 +1,15 @@
-//! Per-CPU packet and byte counters, one slot per XDP action.
+//! Per-CPU packet and byte counters, one slot per XDP action and one for
+//! "next" (frames handed to the following stage).
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
-use xdpkit_common::{firewall::NO_RULE, ActionCounter, XdpAction};
+use xdpkit_common::{
+    dump::NO_RULE,
+    maps::{NEXT_SLOT, STATS_SLOTS},
+    ActionCounter, XdpAction,
+};
 
 #[map(name = "XDPKIT_STATS")]
-static STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(XdpAction::COUNT, 0);
+static STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 
 /// Counts the frame under `action` and returns the action, so an entry
 /// point can end with `count(&ctx, verdict)`.
@@ -13,11 +18,24 @@ pub fn count(ctx: &XdpContext, action: XdpAction) -> u32 {
     count_rule(ctx, action, NO_RULE)
 }
 
-/// [`count`] for a verdict a firewall rule gave (dumps carry the rule id).
+/// [`count`] for a verdict a rule gave (dumps carry the rule id).
 #[inline(always)]
 pub fn count_rule(ctx: &XdpContext, action: XdpAction, rule: u32) -> u32 {
     crate::dump::maybe(ctx, action, rule);
-    if let Some(slot) = STATS.get_ptr_mut(action as u32) {
+    bump(ctx, action as u32);
+    action as u32
+}
+
+/// Counts a frame handed to the next stage (not dumped: a later stage
+/// gives its verdict).
+#[inline(always)]
+pub fn count_next(ctx: &XdpContext) {
+    bump(ctx, NEXT_SLOT);
+}
+
+#[inline(always)]
+fn bump(ctx: &XdpContext, slot: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(slot) {
         let len = (ctx.data_end() - ctx.data()) as u64;
         // SAFETY: the pointer is this CPU's slot of an array entry that exists
         // for the life of the map; no other context writes it concurrently.
@@ -26,5 +44,4 @@ pub fn count_rule(ctx: &XdpContext, action: XdpAction, rule: u32) -> u32 {
             (*slot).bytes += len;
         }
     }
-    action as u32
 }

@@ -32,7 +32,7 @@ use xdpkit::{
     firewall::{kernel::FirewallHarness, live::LiveFirewall, Policy, Ruleset, Verdict},
     lab::Lab,
     trafficgen::udp_frame,
-    AttachRequest, Mode, ProgramKind, XdpAction,
+    AttachRequest, Mode, XdpAction,
 };
 
 type BoxResult<T> = xdpkit::benchkit::BenchResult<T>;
@@ -275,22 +275,22 @@ fn setup(lab: &Lab, c: Contender, sources: Ipv4Net, prefixes: &[IpNet]) -> BoxRe
     match c {
         Contender::BareDrop | Contender::Firewall(_) => {
             let (program, policy) = match c {
-                Contender::Firewall(_) => (ProgramKind::Firewall, Some(fw_policy())),
-                _ => (ProgramKind::Drop, None),
+                Contender::Firewall(_) => ("firewall", Some(fw_policy())),
+                _ => ("drop", None),
             };
             let rules = match c {
                 Contender::Firewall(n) if n > 0 => Some(deny_rules(&prefixes[..n])?),
                 _ => None,
             };
             lab.run_in("dut", || -> Result<(), xdpkit::Error> {
-                xdpkit::attach(&AttachRequest {
-                    iface: DUT_IF.to_string(),
+                xdpkit::attach(&AttachRequest::from_list(
+                    DUT_IF,
                     program,
-                    mode: Mode::Native,
-                    to: None,
-                    force: false,
-                    policy,
-                })?;
+                    Mode::Native,
+                    None,
+                    policy.as_ref(),
+                    false,
+                )?)?;
                 if let Some(rules) = rules {
                     LiveFirewall::open(DUT_IF)?.load(&rules, true)?;
                 }
@@ -400,7 +400,7 @@ fn ns_per_packet(c: Contender, frame: &[u8], prefixes: &[IpNet]) -> BoxResult<Op
     const REPEAT: u32 = 1_000_000;
     Ok(match c {
         Contender::BareDrop => {
-            Some(xdpkit::test_run(ProgramKind::Drop, frame, REPEAT)?.ns_per_run as f64)
+            Some(xdpkit::test_run(&xdpkit::programs::drop::Drop, frame, REPEAT)?.ns_per_run as f64)
         }
         Contender::Firewall(n) => {
             let mut h = FirewallHarness::new(fw_policy())?;

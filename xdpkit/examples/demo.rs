@@ -18,7 +18,7 @@ use std::{
 use xdpkit::{
     firewall::{live::LiveFirewall, Policy, Ruleset},
     lab::Lab,
-    AttachRequest, Mode, ProgramKind, XdpAction,
+    AttachRequest, Mode, XdpAction,
 };
 
 const SERVER_IF: &str = "xkdm-s";
@@ -65,14 +65,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("lab: client 198.18.41.1, attacker 198.19.41.1-16 and 198.18.43.1, router, server {SERVER} ({SERVER_IF})");
 
     let report = lab.run_in("server", || {
-        xdpkit::attach(&AttachRequest {
-            iface: SERVER_IF.to_string(),
-            program: ProgramKind::Firewall,
-            mode: Mode::Native,
-            to: None,
-            force: false,
-            policy: Some(Policy::default()),
-        })
+        xdpkit::attach(&AttachRequest::from_list(
+            SERVER_IF,
+            "firewall",
+            Mode::Native,
+            None,
+            Some(&Policy::default()),
+            false,
+        )?)
     })??;
     println!(
         "$ xdpkit attach firewall --dev {SERVER_IF}            # prog id {}",

@@ -9,21 +9,15 @@ use aya::programs::{
     ProgramError, XdpMode,
 };
 use serde::Serialize;
-use xdpkit_common::{
-    dump,
-    firewall::{FW_CONFIG, FW_MAPS},
-    maps::REDIRECT_MAP,
-    maps::STATS_MAP,
-    ProgramKind,
-};
 
 use crate::{
-    firewall::{kernel as fw_kernel, maps as fw_maps},
+    chain::{self, StageReport, StageSpec},
     iface, netlink,
     netlink::{AttachMode, XdpAttachment},
-    object,
     pins::{self, PinDir},
-    privilege, sys, Error, Result,
+    privilege,
+    programs::{self, firewall::Firewall, redirect::Redirect, Program as _},
+    sys, Error, Result,
 };
 
 /// The XDP mode to attach in, as the user asks for it.
@@ -72,22 +66,77 @@ impl Mode {
     }
 }
 
-/// What to attach where.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What to attach where: a chain of one or more stages.
+#[derive(Clone, Debug)]
 pub struct AttachRequest {
     /// Interface to attach to.
     pub iface: String,
-    /// Program to attach.
-    pub program: ProgramKind,
+    /// The stages, in order, with their settings.
+    pub stages: Vec<StageSpec>,
     /// Attach mode.
     pub mode: Mode,
-    /// Egress interface for `redirect`.
-    pub to: Option<String>,
     /// Replace a program that xdpkit did not attach.
     pub force: bool,
-    /// Firewall policies; `None` keeps those of a firewall already attached
-    /// (or uses the defaults for a new one). Only for the firewall.
-    pub policy: Option<crate::firewall::Policy>,
+}
+
+impl AttachRequest {
+    /// The request `xdpkit attach LIST --dev IF [--to IF2] [policy flags]`
+    /// makes: `list` names the stages (`firewall,redirect`); `to` is the
+    /// redirect stage's target, `policy` the firewall stage's policies
+    /// (`None` keeps those of a firewall already running).
+    pub fn from_list(
+        iface: &str,
+        list: &str,
+        mode: Mode,
+        to: Option<&str>,
+        policy: Option<&crate::firewall::Policy>,
+        force: bool,
+    ) -> Result<AttachRequest> {
+        let programs = programs::parse_stages(list)?;
+        let has = |name: &str| programs.iter().any(|p| p.name() == name);
+        match (has(Redirect.name()), to) {
+            (true, None) => {
+                return Err(Error::InvalidArgument(
+                    "the redirect stage needs --to <IF>: the interface to send frames to"
+                        .to_string(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "--to only applies to the redirect stage, and '{list}' has none"
+                )))
+            }
+            _ => {}
+        }
+        if policy.is_some() && !has(Firewall.name()) {
+            return Err(Error::InvalidArgument(format!(
+                "--default, --fragments, --non-ip and --malformed only apply to the firewall stage, and '{list}' has none"
+            )));
+        }
+        let stages = programs
+            .into_iter()
+            .map(|program| {
+                let mut settings = toml::Table::new();
+                if program.name() == Redirect.name() {
+                    if let Some(to) = to {
+                        settings.insert("to".into(), to.into());
+                    }
+                }
+                if program.name() == Firewall.name() {
+                    if let Some(policy) = policy {
+                        settings = crate::firewall::stage::policy_settings(policy);
+                    }
+                }
+                StageSpec { program, settings }
+            })
+            .collect();
+        Ok(AttachRequest {
+            iface: iface.to_string(),
+            stages,
+            mode,
+            force,
+        })
+    }
 }
 
 /// What `attach` did.
@@ -97,20 +146,22 @@ pub struct AttachReport {
     pub iface: String,
     /// Its index.
     pub ifindex: u32,
-    /// Program name (`drop`, ...).
-    pub program: &'static str,
-    /// Kernel id of the new program.
+    /// The stages' names joined by commas (`firewall,redirect`).
+    pub program: String,
+    /// Kernel id of the root program the link runs.
     pub prog_id: u32,
     /// Kernel id of the bpf_link.
     pub link_id: u32,
     /// Mode the kernel attached it in.
     pub mode: Option<AttachMode>,
-    /// Egress interface of `redirect`.
-    pub to: Option<String>,
-    /// Program id that was replaced, if any.
+    /// The stages as installed.
+    pub stages: Vec<StageReport>,
+    /// Program id the link ran before, if any.
     pub replaced_prog_id: Option<u32>,
     /// Whether the replaced program was another tool's (only with --force).
     pub replaced_foreign: bool,
+    /// Whether the root program itself was replaced (another xdpkit build).
+    pub root_replaced: bool,
     /// The state directory.
     pub pin_dir: PathBuf,
 }
@@ -131,8 +182,10 @@ struct OwnLink {
     info: sys::XdpLinkInfo,
 }
 
-/// Attaches `req.program` to `req.iface`, or atomically replaces the program
-/// xdpkit attached there before (bpf_link update).
+/// Installs `req.stages` as the chain of `req.iface`: a new interface gets
+/// the root program on a pinned bpf_link; on an interface xdpkit already
+/// runs, the new chain is switched in with one map update (no moment
+/// without a program), and stages that stay keep their maps and counters.
 ///
 /// # Errors
 ///
@@ -142,33 +195,14 @@ struct OwnLink {
 /// what this call created.
 pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
     iface::validate_name(&req.iface)?;
-    match (req.program.needs_target(), &req.to) {
-        (true, None) => {
-            return Err(Error::InvalidArgument(format!(
-                "program '{}' needs --to <IF>: the interface to send frames to",
-                req.program.name()
-            )))
-        }
-        (false, Some(_)) => {
-            return Err(Error::InvalidArgument(format!(
-                "--to only applies to the redirect program, not '{}': drop --to",
-                req.program.name()
-            )))
-        }
-        _ => {}
-    }
-    if let Some(to) = &req.to {
-        iface::validate_name(to)?;
-    }
-    if req.policy.is_some() && req.program != ProgramKind::Firewall {
-        return Err(Error::InvalidArgument(format!(
-            "--default, --fragments, --non-ip and --malformed only apply to the firewall program, not '{}'",
-            req.program.name()
-        )));
-    }
     privilege::require("attach")?;
     let ifindex = iface::index(&req.iface)?;
-    let to_ifindex = req.to.as_deref().map(iface::index).transpose()?;
+    for stage in &req.stages {
+        if let Some(to) = stage.settings.get("to").and_then(|v| v.as_str()) {
+            iface::validate_name(to)?;
+            iface::index(to)?;
+        }
+    }
     check_mode(&req.iface, ifindex, req.mode)?;
     pins::ensure_bpffs()?;
 
@@ -189,7 +223,7 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
     }
     // A pin whose link no longer serves this interface is left over from a
     // deleted device (or another namespace's interface of the same name).
-    if own.is_none() && dir.has_link() {
+    if own.is_none() && dir.path().exists() {
         dir.remove()?;
     }
 
@@ -198,46 +232,43 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
         dir: &dir,
         armed: created,
     };
-    let firewall = req.program == ProgramKind::Firewall;
-    let config_pin = dir.file(&fw_maps::pin_name(FW_CONFIG));
-    let reused_firewall = firewall && config_pin.exists();
-    let mut ebpf = if firewall {
-        object::load_firewall_pinned(&dir, &req.iface)?
-    } else {
-        object::load()?
-    };
-    if let Some(target) = to_ifindex {
-        object::set_redirect_target(&mut ebpf, target)?;
-    }
-    let program = object::program(&mut ebpf, req.program)?;
-    let prog_id = program
-        .info()
-        .map(|i| i.id())
-        .map_err(|source| Error::Load {
-            program: req.program.name(),
-            source,
-        })?;
+    let lock = chain::IfaceLock::take(&dir)?;
+    let mut root = chain::load_root(&dir, &req.iface)?;
+    let stages = chain::install(&mut root, &dir, &req.iface, req.mode, &req.stages, &lock)?;
+    let program = chain::root_program(&mut root)?;
+    let root_info = program.info().map_err(|source| Error::Load {
+        program: "root",
+        source,
+    })?;
 
     let replace_own = match (&own, &current) {
         (Some(_), Some(att)) => req.mode.accepts(att.mode),
         _ => false,
     };
     let replaced_prog_id = current.as_ref().map(|c| c.prog_id);
+    let mut root_replaced = false;
     if replace_own {
-        // Same link, new program: no window without XDP on the interface.
-        let pinned = PinnedLink::from_pin(dir.file(pins::LINK)).map_err(|e| Error::Attach {
-            iface: req.iface.clone(),
-            source: e.into(),
-        })?;
-        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| Error::Attach {
-            iface: req.iface.clone(),
-            source: e.into(),
-        })?;
-        let id = program
-            .attach_to_link(link)
-            .map_err(|source| attach_error(&req.iface, req.mode, source))?;
-        // Our fd closes; the pin keeps the (updated) link alive.
-        drop(program.take_link(id));
+        let running_tag = own
+            .as_ref()
+            .and_then(|o| prog_info(o.info.prog_id))
+            .map(|info| info.tag());
+        if running_tag != Some(root_info.tag()) {
+            // Same link, new root: no window without XDP on the interface.
+            let pinned = PinnedLink::from_pin(dir.file(pins::LINK)).map_err(|e| Error::Attach {
+                iface: req.iface.clone(),
+                source: e.into(),
+            })?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| Error::Attach {
+                iface: req.iface.clone(),
+                source: e.into(),
+            })?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|source| attach_error(&req.iface, req.mode, source))?;
+            // Our fd closes; the pin keeps the (updated) link alive.
+            drop(program.take_link(id));
+            root_replaced = true;
+        }
     } else {
         if own.is_some() && current.is_some() {
             // Mode change: a link cannot switch modes, so replace it.
@@ -263,35 +294,10 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
             source: std::io::Error::other(e.to_string()),
         })?;
         dir.restrict(pins::LINK)?;
-    }
-
-    pin_map(&ebpf, &dir, STATS_MAP, pins::STATS)?;
-    pin_map(&ebpf, &dir, dump::DUMP_CONFIG, pins::DUMP_CONFIG)?;
-    pin_map(&ebpf, &dir, dump::DUMP_RING, pins::DUMP_RING)?;
-    if to_ifindex.is_some() {
-        pin_map(&ebpf, &dir, REDIRECT_MAP, pins::REDIRECT)?;
-    } else {
-        dir.unpin(pins::REDIRECT)?;
-    }
-    if firewall {
-        for name in FW_MAPS {
-            dir.restrict(&fw_maps::pin_name(name))?;
-        }
-        match (&req.policy, reused_firewall) {
-            (Some(policy), true) => fw_kernel::set_policy(&mut ebpf, policy)?,
-            (policy, false) => fw_kernel::write_config(
-                &mut ebpf,
-                fw_kernel::config(&policy.unwrap_or_default(), 0, false),
-            )?,
-            (None, true) => {}
-        }
-    } else {
-        // The firewall's rules go with it.
-        for name in FW_MAPS {
-            dir.unpin(&fw_maps::pin_name(name))?;
-        }
+        root_replaced = true;
     }
     rollback.disarm();
+    drop(lock);
 
     let link_fd = sys::obj_get(&dir.file(pins::LINK))?;
     let info = sys::xdp_link_info(link_fd.as_fd())?;
@@ -299,15 +305,28 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
     Ok(AttachReport {
         iface: req.iface.clone(),
         ifindex,
-        program: req.program.name(),
-        prog_id,
+        program: req
+            .stages
+            .iter()
+            .map(|s| s.program.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        prog_id: info.prog_id,
         link_id: info.id,
         mode,
-        to: req.to.clone(),
+        stages,
         replaced_prog_id,
         replaced_foreign: foreign.is_some(),
+        root_replaced,
         pin_dir: dir.path().to_path_buf(),
     })
+}
+
+/// The kernel's info on program `id`, if it still exists.
+fn prog_info(id: u32) -> Option<aya::programs::ProgramInfo> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == id)
 }
 
 /// Detaches xdpkit's program from `ifname` and removes its state directory.
@@ -351,6 +370,14 @@ fn detach_pinned(dir: &PinDir) -> Result<Option<u32>> {
     Ok(Some(info.prog_id))
 }
 
+/// Whether the link pinned in `dir` runs on the interface of that name in
+/// this network namespace (not on a deleted device or another namespace's).
+pub fn runs_here(dir: &PinDir) -> bool {
+    iface::index(dir.ifname())
+        .ok()
+        .is_some_and(|ifindex| own_link(dir, ifindex).is_some())
+}
+
 fn own_link(dir: &PinDir, ifindex: u32) -> Option<OwnLink> {
     let fd = sys::obj_get(&dir.file(pins::LINK)).ok()?;
     let info = sys::xdp_link_info(fd.as_fd()).ok()?;
@@ -380,7 +407,7 @@ fn remove_foreign(ifname: &str, ifindex: u32, att: &XdpAttachment) -> Result<()>
 }
 
 /// Refuses modes the device's XDP feature flags rule out, before loading anything.
-fn check_mode(ifname: &str, ifindex: u32, mode: Mode) -> Result<()> {
+pub(crate) fn check_mode(ifname: &str, ifindex: u32, mode: Mode) -> Result<()> {
     // Kernels before 6.3 lack the netdev family; then the attach itself decides.
     let Ok(features) = netlink::device_xdp_features(ifindex) else {
         return Ok(());
@@ -434,19 +461,6 @@ pub(crate) fn attach_error(ifname: &str, mode: Mode, source: ProgramError) -> Er
             source: source.into(),
         },
     }
-}
-
-fn pin_map(ebpf: &aya::Ebpf, dir: &PinDir, map_name: &str, file: &str) -> Result<()> {
-    let map = ebpf
-        .map(map_name)
-        .ok_or_else(|| object::missing_map(map_name))?;
-    dir.unpin(file)?;
-    map.pin(dir.file(file)).map_err(|e| Error::Pin {
-        what: "cannot pin map at",
-        path: dir.file(file),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    dir.restrict(file)
 }
 
 /// Kernel name of a program id, or "?" if it cannot be read.

@@ -19,6 +19,9 @@ use crate::{
     attach::Mode, iface, netlink, object, privilege, stats, stats::ActionTotals, Error, Result,
 };
 
+/// The bench program's object (not a stage: it runs alone, unpinned).
+pub const OBJECT: object::Object = object::embedded!("bench");
+
 const SYMBOL: &str = "xdpkit_bench";
 /// Frames a CPUMAP entry queues for its CPU.
 const CPU_QUEUE: u32 = 2048;
@@ -169,7 +172,7 @@ impl Bench {
             )));
         }
 
-        let mut ebpf = object::load()?;
+        let mut ebpf = OBJECT.load()?;
         set_config(
             &mut ebpf,
             BenchConfig {
@@ -201,7 +204,7 @@ impl Bench {
                     source: e.into(),
                 })?;
         }
-        let program = object::program_by_symbol(&mut ebpf, SYMBOL, "bench")?;
+        let program = object::program(&mut ebpf, SYMBOL, "bench")?;
         program
             .attach_to_if_index(ifindex, req.mode.xdp_mode())
             .map_err(|source| crate::attach::attach_error(&req.iface, req.mode, source))?;

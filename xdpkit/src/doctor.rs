@@ -322,13 +322,10 @@ fn gro_enabled(ifname: &str) -> Option<bool> {
 
 /// Counts xdp:xdp_exception events over `watch`, host-wide.
 fn exceptions(watch: Duration) -> Result<Check> {
-    let mut ebpf = object::load()?;
+    let mut ebpf = object::embedded!("doctor").load()?;
     let program: &mut RawTracePoint = ebpf
         .program_mut("xdpkit_xdp_exception")
-        .ok_or_else(|| Error::UnknownProgram {
-            name: "xdpkit_xdp_exception".to_string(),
-            known: "none (the embedded object lacks it: rebuild xdpkit)".to_string(),
-        })?
+        .ok_or(Error::MissingProgram { program: "doctor" })?
         .try_into()
         .map_err(|source| Error::Load {
             program: "doctor",

@@ -91,6 +91,9 @@ pub enum Error {
         /// The programs xdpkit has, comma separated.
         known: String,
     },
+    /// A host configuration file that cannot be applied (file:line: key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Options that do not fit together.
     #[error("{0}")]
     InvalidArgument(String),
@@ -113,9 +116,35 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
-    /// Parsing or creating the maps of the embedded object failed.
-    #[error("loading xdpkit's eBPF object failed: {0}")]
-    Object(#[from] aya::EbpfError),
+    /// Parsing an embedded object or creating its maps failed.
+    #[error("loading the eBPF object of '{object}' failed: {source}")]
+    Object {
+        /// The program whose object it is.
+        object: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// An embedded object does not parse: the build is broken.
+    #[error("the embedded eBPF object of '{object}' is damaged ({reason}): rebuild xdpkit")]
+    DamagedObject {
+        /// The program whose object it is.
+        object: &'static str,
+        /// What the parser said.
+        reason: String,
+    },
+    /// An embedded object lacks a map the library expects: the build is broken.
+    #[error("the embedded eBPF objects have no map {map}: rebuild xdpkit")]
+    MissingMap {
+        /// The map's name.
+        map: String,
+    },
+    /// An embedded object lacks its program: the build is broken.
+    #[error("the embedded eBPF object has no program '{program}': rebuild xdpkit")]
+    MissingProgram {
+        /// The program.
+        program: &'static str,
+    },
     /// Attaching failed for a reason other than the ones above.
     #[error("attaching to '{iface}' failed: {source}")]
     Attach {
@@ -185,6 +214,7 @@ impl Error {
                 | Error::ForeignLinkHeld { .. }
                 | Error::UnknownProgram { .. }
                 | Error::InvalidArgument(_)
+                | Error::Config(_)
                 | Error::NotAttached { .. }
                 | Error::NoFirewall { .. }
                 | Error::NoSuchRule { .. }

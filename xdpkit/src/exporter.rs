@@ -52,6 +52,16 @@ impl XdpkitCollector {
             help: "Bytes of the frames the XDP program gave each verdict.",
             series: Vec::new(),
         };
+        let mut stage_packets = Family {
+            name: "xdpkit_stage_packets",
+            help: "Frames each stage of an interface's chain gave each verdict, or handed on (action=\"next\").",
+            series: Vec::new(),
+        };
+        let mut stage_bytes = Family {
+            name: "xdpkit_stage_bytes",
+            help: "Bytes of the frames each stage gave each verdict or handed on.",
+            series: Vec::new(),
+        };
         let mut outcome_packets = Family {
             name: "xdpkit_firewall_outcome_packets",
             help: "Frames the firewall decided, by what decided them (rule, rate_limited, default, non_ip, fragment, malformed).",
@@ -95,6 +105,17 @@ impl XdpkitCollector {
                 packets.series.push((labels.clone(), a.packets));
                 bytes.series.push((labels, a.bytes));
             }
+            for stage in &st.stages {
+                for a in &stage.actions {
+                    let labels = vec![
+                        ("interface", st.iface.clone()),
+                        ("stage", stage.stage.clone()),
+                        ("action", a.action.to_string()),
+                    ];
+                    stage_packets.series.push((labels.clone(), a.packets));
+                    stage_bytes.series.push((labels, a.bytes));
+                }
+            }
             let Some(outcomes) = &st.firewall else {
                 continue;
             };
@@ -131,6 +152,8 @@ impl XdpkitCollector {
         vec![
             packets,
             bytes,
+            stage_packets,
+            stage_bytes,
             outcome_packets,
             outcome_bytes,
             rule_packets,

@@ -91,8 +91,10 @@ fn jit_from_program() -> String {
     if !crate::privilege::can_attach() {
         return "unknown (needs root to check)".to_string();
     }
-    let jitted = crate::object::load().ok().and_then(|mut ebpf| {
-        let program = crate::object::program(&mut ebpf, xdpkit_common::ProgramKind::Pass).ok()?;
+    use crate::programs::Program as _;
+    let pass = crate::programs::pass::Pass;
+    let jitted = pass.object().load().ok().and_then(|mut ebpf| {
+        let program = crate::object::program(&mut ebpf, pass.symbol(), pass.name()).ok()?;
         program.info().ok().map(|info| info.size_jitted() > 0)
     });
     match jitted {

@@ -7,9 +7,11 @@
 //! - [`trafficgen`]: a live-frames traffic generator (BPF_PROG_TEST_RUN, XDP_TX);
 //! - [`lab`]: network namespaces and veth pairs for tests, demos and benchmarks.
 
+pub mod apply;
 pub mod attach;
 pub mod bench;
 pub mod benchkit;
+pub mod chain;
 pub mod config;
 pub mod doctor;
 pub mod dump;
@@ -34,6 +36,7 @@ pub mod trafficgen;
 
 pub use attach::{attach, detach, AttachReport, AttachRequest, DetachReport, Mode};
 pub use error::{Error, Result};
+pub use programs::Program;
 pub use status::{status, IfaceStatus};
 pub use testrun::{test_run, Harness, TestRunOutcome};
-pub use xdpkit_common::{ActionCounter, ProgramKind, XdpAction};
+pub use xdpkit_common::{ActionCounter, XdpAction};

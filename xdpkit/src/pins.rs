@@ -18,7 +18,11 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/xdpkit";
 
 /// Pin file of the bpf_link that keeps the program attached.
 pub const LINK: &str = "link";
-/// Pin file of the per-action counters.
+/// Pin file of the interface's chain of stages (PROG_ARRAY).
+pub const CHAIN: &str = "chain";
+/// Pin file of the root's state: which half of the chain runs, and what.
+pub const ROOT: &str = "root";
+/// Pin file of a stage's per-action counters (in the stage's directory).
 pub const STATS: &str = "stats";
 /// Pin file of `redirect`'s DEVMAP.
 pub const REDIRECT: &str = "redirect";
@@ -64,6 +68,15 @@ impl PinDir {
             .collect();
         dirs.sort_by(|a, b| a.ifname.cmp(&b.ifname));
         Ok(dirs)
+    }
+
+    /// The directory of one stage (program) of this interface:
+    /// `<root>/<ifname>/<program>/`, holding its counters and maps.
+    pub fn stage(&self, program: &str) -> PinDir {
+        PinDir {
+            ifname: self.ifname.clone(),
+            path: self.path.join(program),
+        }
     }
 
     /// The interface this directory belongs to.

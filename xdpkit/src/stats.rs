@@ -5,13 +5,28 @@ use std::{path::Path, time::Duration};
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use serde::Serialize;
-use xdpkit_common::{ActionCounter, XdpAction};
+use xdpkit_common::{
+    maps::{NEXT_SLOT, STATS_SLOTS},
+    ActionCounter, XdpAction,
+};
 
 use crate::{Error, Result};
 
-/// Packets and bytes per action, summed over CPUs, in [`XdpAction`] order.
+/// The counter slots' names: every verdict in [`XdpAction`] order, then
+/// "next" (frames a stage handed to the stage after it).
+pub const SLOT_NAMES: [&str; STATS_SLOTS as usize] = [
+    XdpAction::ALL[0].name(),
+    XdpAction::ALL[1].name(),
+    XdpAction::ALL[2].name(),
+    XdpAction::ALL[3].name(),
+    XdpAction::ALL[4].name(),
+    "next",
+];
+
+/// Packets and bytes per action (and "next"), summed over CPUs, in
+/// [`SLOT_NAMES`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ActionTotals(pub [ActionCounter; XdpAction::COUNT as usize]);
+pub struct ActionTotals(pub [ActionCounter; STATS_SLOTS as usize]);
 
 impl ActionTotals {
     /// Counter of one action.
@@ -19,23 +34,43 @@ impl ActionTotals {
         self.0[action as usize]
     }
 
-    /// All actions together.
-    pub fn total(&self) -> ActionCounter {
-        self.0
-            .iter()
-            .fold(ActionCounter::default(), |a, c| a.plus(*c))
+    /// Frames handed on to the next stage.
+    pub fn next(&self) -> ActionCounter {
+        self.0[NEXT_SLOT as usize]
     }
 
-    /// Per-action rates between `earlier` and `self`, `elapsed` apart.
-    pub fn rates_since(&self, earlier: &ActionTotals, elapsed: Duration) -> Vec<ActionRate> {
-        let secs = elapsed.as_secs_f64();
+    /// Frames given a verdict (not handed on).
+    pub fn verdicts(&self) -> ActionCounter {
         XdpAction::ALL
             .iter()
-            .map(|&action| {
-                let (now, then) = (self.get(action), earlier.get(action));
+            .fold(ActionCounter::default(), |a, v| a.plus(self.get(*v)))
+    }
+
+    /// Every frame the program saw: its verdicts and "next".
+    pub fn total(&self) -> ActionCounter {
+        self.verdicts().plus(self.next())
+    }
+
+    /// Adds another stage's (or sample's) counts.
+    #[must_use]
+    pub fn plus(mut self, other: &ActionTotals) -> ActionTotals {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = a.plus(b);
+        }
+        self
+    }
+
+    /// Per-slot rates between `earlier` and `self`, `elapsed` apart.
+    pub fn rates_since(&self, earlier: &ActionTotals, elapsed: Duration) -> Vec<ActionRate> {
+        let secs = elapsed.as_secs_f64();
+        SLOT_NAMES
+            .iter()
+            .enumerate()
+            .map(|(slot, &name)| {
+                let (now, then) = (self.0[slot], earlier.0[slot]);
                 let per_sec = |d: u64| if secs > 0.0 { d as f64 / secs } else { 0.0 };
                 ActionRate {
-                    action: action.name(),
+                    action: name,
                     packets: now.packets,
                     bytes: now.bytes,
                     pps: per_sec(now.packets.saturating_sub(then.packets)),
@@ -77,24 +112,20 @@ pub fn read_pinned(path: &Path) -> Result<ActionTotals> {
 }
 
 fn sum(array: &PerCpuArray<&MapData, ActionCounter>) -> Result<ActionTotals> {
-    let mut totals = ActionTotals::default();
-    for cpu in per_cpu(array)? {
-        for action in XdpAction::ALL {
-            totals.0[action as usize] = totals.0[action as usize].plus(cpu.get(action));
-        }
-    }
-    Ok(totals)
+    Ok(per_cpu(array)?
+        .iter()
+        .fold(ActionTotals::default(), |sum, cpu| sum.plus(cpu)))
 }
 
 fn per_cpu(array: &PerCpuArray<&MapData, ActionCounter>) -> Result<Vec<ActionTotals>> {
     let mut cpus: Vec<ActionTotals> = Vec::new();
-    for action in XdpAction::ALL {
+    for slot in 0..STATS_SLOTS {
         let values = array
-            .get(&(action as u32), 0)
+            .get(&slot, 0)
             .map_err(|source| map_error("read counters", source))?;
         cpus.resize(values.len(), ActionTotals::default());
         for (cpu, value) in values.iter().enumerate() {
-            cpus[cpu].0[action as usize] = *value;
+            cpus[cpu].0[slot as usize] = *value;
         }
     }
     Ok(cpus)

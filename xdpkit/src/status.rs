@@ -9,17 +9,17 @@ use std::{
 };
 
 use serde::Serialize;
-use xdpkit_common::{
-    firewall::{Outcome, FW_OUTCOMES},
-    ProgramKind,
-};
+
+pub use crate::programs::OutcomeCount;
 
 use crate::{
     attach::program_name,
-    iface, netlink,
+    chain, iface, netlink,
     netlink::AttachMode,
     pins::{self, PinDir},
-    privilege, stats,
+    privilege,
+    programs::{self, firewall::Firewall, redirect::Redirect, Program as _},
+    stats,
     stats::ActionRate,
     sys, Error, Result,
 };
@@ -33,75 +33,47 @@ pub struct IfaceStatus {
     pub ifindex: Option<u32>,
     /// `attached`, or `defunct` when the interface is gone but state is left.
     pub state: &'static str,
-    /// xdpkit program name (`drop`, ...), or the kernel name if unknown.
+    /// The stages' program names joined by commas (`firewall,redirect`),
+    /// or the kernel name of the program the link runs if it is not xdpkit's root.
     pub program: String,
-    /// Kernel program id.
+    /// Kernel id of the program the link runs (the root).
     pub prog_id: u32,
     /// Kernel link id.
     pub link_id: u32,
     /// Attach mode reported by the kernel.
     pub mode: Option<AttachMode>,
-    /// When the running program was loaded and attached (RFC 3339, UTC).
+    /// When the running root was loaded and attached (RFC 3339, UTC).
     pub attached_at: Option<String>,
-    /// Egress interface of `redirect`.
+    /// Egress interface of the redirect stage.
     pub redirect_to: Option<String>,
+    /// How many chains the interface has had (each attach or apply that
+    /// changed it switched to a new one).
+    pub generation: u32,
     /// The pinned objects.
     pub pins: Vec<PathBuf>,
-    /// Per-action totals and rates.
+    /// What the interface did with frames: every stage's verdicts together.
     pub actions: Vec<ActionRate>,
-    /// The firewall's decisions by outcome (firewall only).
+    /// Each stage in order, with its own counters ("next": handed on).
+    pub stages: Vec<StageStatus>,
+    /// The firewall stage's decisions by outcome, if there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firewall: Option<Vec<OutcomeCount>>,
 }
 
-/// Frames and bytes the firewall decided one way.
+/// One stage of an interface's chain.
 #[derive(Clone, Debug, Serialize)]
-pub struct OutcomeCount {
-    /// `rule`, `rate_limited`, `default`, `non_ip`, `fragment` or `malformed`.
-    pub outcome: &'static str,
-    /// Frames.
-    pub packets: u64,
-    /// Bytes.
-    pub bytes: u64,
-}
-
-const OUTCOME_NAMES: [&str; Outcome::COUNT as usize] = [
-    "rule",
-    "rate_limited",
-    "default",
-    "non_ip",
-    "fragment",
-    "malformed",
-];
-
-fn firewall_outcomes(dir: &PinDir) -> Option<Vec<OutcomeCount>> {
-    use aya::maps::{Map, MapData, PerCpuArray};
-    let path = dir.file(&crate::firewall::maps::pin_name(FW_OUTCOMES));
-    if !path.exists() {
-        return None;
-    }
-    let map = Map::PerCpuArray(MapData::from_pin(&path).ok()?);
-    let array: PerCpuArray<&MapData, xdpkit_common::ActionCounter> =
-        PerCpuArray::try_from(&map).ok()?;
-    OUTCOME_NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let per_cpu = array.get(&(i as u32), 0).ok()?;
-            let (packets, bytes) = per_cpu
-                .iter()
-                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-            Some(OutcomeCount {
-                outcome: name,
-                packets,
-                bytes,
-            })
-        })
-        .collect()
+pub struct StageStatus {
+    /// Program name.
+    pub stage: String,
+    /// Position in the chain, from 0.
+    pub index: usize,
+    /// Per-action (and "next") totals and rates.
+    pub actions: Vec<ActionRate>,
 }
 
 /// Status of `iface` (or of every interface xdpkit manages), sampling the
-/// counters twice `interval` apart for rates (zero: no rates).
+/// counters twice `interval` apart for rates (zero: no rates). Reads pins
+/// only: never waits for a writer.
 ///
 /// # Errors
 ///
@@ -126,10 +98,7 @@ pub fn status(iface: Option<&str>, interval: Duration) -> Result<Vec<IfaceStatus
             .filter(PinDir::has_link)
             .collect(),
     };
-    let mut first = Vec::with_capacity(dirs.len());
-    for dir in &dirs {
-        first.push(stats::read_pinned(&dir.file(pins::STATS)).unwrap_or_default());
-    }
+    let first: Vec<Vec<stats::ActionTotals>> = dirs.iter().map(stage_counters).collect();
     let started = Instant::now();
     if !interval.is_zero() && !dirs.is_empty() {
         thread::sleep(interval);
@@ -148,9 +117,37 @@ pub fn status(iface: Option<&str>, interval: Duration) -> Result<Vec<IfaceStatus
         .collect()
 }
 
+/// The stages running on the interface of `dir`, in order (none if the
+/// state cannot be read).
+pub fn stages(dir: &PinDir) -> Vec<String> {
+    chain::running(dir)
+        .ok()
+        .flatten()
+        .map(|c| c.stages)
+        .unwrap_or_default()
+}
+
+/// Each stage's counters, in chain order (zeros for one that cannot be read).
+pub fn stage_counters(dir: &PinDir) -> Vec<stats::ActionTotals> {
+    stages(dir)
+        .iter()
+        .map(|stage| stats::read_pinned(&dir.stage(stage).file(pins::STATS)).unwrap_or_default())
+        .collect()
+}
+
+/// What the interface did: the verdicts of all its stages ("next" is not
+/// a verdict: the frame got one from a later stage).
+pub fn interface_totals(per_stage: &[stats::ActionTotals]) -> stats::ActionTotals {
+    let mut sum = per_stage
+        .iter()
+        .fold(stats::ActionTotals::default(), |sum, s| sum.plus(s));
+    sum.0[xdpkit_common::maps::NEXT_SLOT as usize] = Default::default();
+    sum
+}
+
 fn describe(
     dir: &PinDir,
-    before: &stats::ActionTotals,
+    before: &[stats::ActionTotals],
     elapsed: Duration,
     with_rates: bool,
 ) -> Result<IfaceStatus> {
@@ -161,35 +158,61 @@ fn describe(
     let prog = aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
         .find(|p| p.id() == link.prog_id);
-    let kernel_name = prog
-        .as_ref()
-        .and_then(|p| p.name_as_str().map(str::to_string))
-        .unwrap_or_else(|| program_name(link.prog_id));
-    let program = ProgramKind::from_symbol(&kernel_name)
-        .map(|k| k.name().to_string())
-        .unwrap_or(kernel_name);
+    let chain = chain::running(dir)?;
+    let stage_names = chain.as_ref().map(|c| c.stages.clone()).unwrap_or_default();
+    let program = if stage_names.is_empty() {
+        program_name(link.prog_id)
+    } else {
+        stage_names.join(",")
+    };
     let attached_at = prog.as_ref().and_then(|p| p.loaded_at()).map(rfc3339);
     let mode = match ifindex {
         Some(index) if live => netlink::xdp_attachment(index)?.map(|a| a.mode),
         _ => None,
     };
-    let now = stats::read_pinned(&dir.file(pins::STATS)).unwrap_or_default();
-    let mut actions = now.rates_since(before, elapsed);
-    if !with_rates {
-        for row in &mut actions {
-            row.pps = 0.0;
-            row.bps = 0.0;
+    let now = stage_counters(dir);
+    let zero = stats::ActionTotals::default();
+    let rates = |now: &stats::ActionTotals, then: &stats::ActionTotals| {
+        let mut rows = now.rates_since(then, elapsed);
+        if !with_rates {
+            for row in &mut rows {
+                row.pps = 0.0;
+                row.bps = 0.0;
+            }
         }
-    }
-    let mut pin_files: Vec<PathBuf> = std::fs::read_dir(dir.path())
-        .map_err(|source| Error::Pin {
-            what: "cannot list",
-            path: dir.path().to_path_buf(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        rows
+    };
+    let stages: Vec<StageStatus> = stage_names
+        .iter()
+        .enumerate()
+        .map(|(index, stage)| StageStatus {
+            stage: stage.clone(),
+            index,
+            actions: rates(
+                now.get(index).unwrap_or(&zero),
+                before.get(index).unwrap_or(&zero),
+            ),
+        })
         .collect();
+    let mut actions = rates(&interface_totals(&now), &interface_totals(before));
+    actions.retain(|row| row.action != "next");
+    let mut pin_files: Vec<PathBuf> = Vec::new();
+    list_pins(dir.path(), &mut pin_files)?;
     pin_files.sort();
+    let redirect_to = stage_names
+        .iter()
+        .any(|s| s == Redirect.name())
+        .then(|| {
+            programs::redirect::running_target(&dir.stage(Redirect.name()))
+                .ok()
+                .flatten()
+        })
+        .flatten()
+        .map(|index| iface::name(index).unwrap_or_else(|| format!("ifindex {index}")));
+    let firewall = stage_names
+        .iter()
+        .any(|s| s == Firewall.name())
+        .then(|| Firewall.outcomes(&dir.stage(Firewall.name())));
     Ok(IfaceStatus {
         iface: dir.ifname().to_string(),
         ifindex,
@@ -199,23 +222,31 @@ fn describe(
         link_id: link.id,
         mode,
         attached_at,
-        redirect_to: redirect_target(dir),
+        redirect_to,
+        generation: chain.map(|c| c.generation).unwrap_or(0),
         pins: pin_files,
         actions,
-        firewall: firewall_outcomes(dir),
+        stages,
+        firewall,
     })
 }
 
-fn redirect_target(dir: &PinDir) -> Option<String> {
-    use aya::maps::{DevMap, Map, MapData};
-    let path = dir.file(pins::REDIRECT);
-    if !path.exists() {
-        return None;
+/// Every pinned file under `dir`, one level of stage directories deep.
+fn list_pins(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Pin {
+        what: "cannot list",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            list_pins(&path, out)?;
+        } else {
+            out.push(path);
+        }
     }
-    let map = Map::DevMap(MapData::from_pin(&path).ok()?);
-    let devmap = DevMap::try_from(&map).ok()?;
-    let value = devmap.get(xdpkit_common::maps::REDIRECT_SLOT, 0).ok()?;
-    Some(iface::name(value.if_index).unwrap_or_else(|| format!("ifindex {}", value.if_index)))
+    Ok(())
 }
 
 /// `2026-11-25T03:04:05Z` for a wall-clock time.

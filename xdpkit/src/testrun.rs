@@ -1,18 +1,38 @@
-//! BPF_PROG_TEST_RUN harness: run a program on a crafted frame without
-//! attaching it, and read back verdict, output frame, time and counters.
+//! BPF_PROG_TEST_RUN harness: run a program, or a chain of stages, on a
+//! crafted frame without attaching it, and read back verdict, output frame,
+//! time and each stage's counters.
+//!
+//! A chain needs its maps shared between objects, which aya does through
+//! pins: a harness installs its chain under a private directory on bpffs
+//! (removed when it is dropped), with the same code as an interface's.
 
-use std::time::Duration;
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 use aya::{
     programs::{TestRun as _, TestRunOptions},
     Ebpf,
 };
-use xdpkit_common::{maps::STATS_MAP, ProgramKind, XdpAction};
+use xdpkit_common::XdpAction;
 
-use crate::{object, stats, stats::ActionTotals, Error, Result};
+use crate::{
+    attach::Mode,
+    chain::{self, IfaceLock, StageSpec},
+    object,
+    pins::{self, PinDir},
+    programs::Program,
+    stats::{self, ActionTotals},
+    Error, Result,
+};
 
 /// Room for programs that grow the frame (the kernel rejects a short output buffer).
 const OUTPUT_SLACK: usize = 256;
+
+/// Where harnesses keep their private chains.
+const HARNESS_ROOT: &str = "/sys/fs/bpf/xdpkit-harness";
 
 /// Result of running a program on one frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,72 +47,142 @@ pub struct TestRunOutcome {
     pub ns_per_run: u64,
 }
 
-/// Private copies of xdpkit's programs and maps for test runs: nothing is
-/// attached, and counters start at zero for each new harness.
+/// A private chain of stages for test runs: nothing is attached, and
+/// counters start at zero for each new harness.
 pub struct Harness {
-    ebpf: Ebpf,
+    dir: PinDir,
+    root: Ebpf,
+    lock: IfaceLock,
 }
 
 impl Harness {
-    /// Loads the embedded object (maps are created; programs load on first use).
-    pub fn new() -> Result<Harness> {
-        Ok(Harness {
-            ebpf: object::load()?,
-        })
+    /// A harness running `stages` in order (as `xdpkit attach a,b,c` would).
+    pub fn new(stages: &[StageSpec]) -> Result<Harness> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        pins::ensure_bpffs()?;
+        let name = format!(
+            "h{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = PinDir::under(&PathBuf::from(HARNESS_ROOT), &name)?;
+        dir.create()?;
+        let lock = IfaceLock::take(&dir)?;
+        let root = chain::load_root(&dir, &name)?;
+        let mut harness = Harness { dir, root, lock };
+        harness.install(stages)?;
+        Ok(harness)
     }
 
-    /// Points `redirect` at interface `ifindex` (without it, `redirect` passes frames).
-    pub fn set_redirect_target(&mut self, ifindex: u32) -> Result<()> {
-        object::set_redirect_target(&mut self.ebpf, ifindex)
+    /// A harness with one stage and no settings.
+    pub fn single(program: &'static dyn Program) -> Result<Harness> {
+        Harness::new(&[StageSpec {
+            program,
+            settings: toml::Table::new(),
+        }])
     }
 
-    /// Runs `program` on `frame` `repeat` times (at least once).
-    pub fn run(
-        &mut self,
-        program: ProgramKind,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Result<TestRunOutcome> {
-        let xdp = object::program(&mut self.ebpf, program)?;
-        let mut output = vec![0u8; frame.len() + OUTPUT_SLACK];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut output);
-        opts.repeat = repeat.max(1);
-        let result = xdp.test_run(opts).map_err(|source| Error::TestRun {
-            program: program.name(),
-            source,
-        })?;
-        output.truncate(result.data_size_out as usize);
-        Ok(TestRunOutcome {
-            verdict: XdpAction::from_u32(result.return_value),
-            code: result.return_value,
-            output,
-            ns_per_run: duration_ns(result.duration),
-        })
+    /// Switches to another chain, as `attach`/`apply` does on an interface:
+    /// stages kept keep their maps and counters.
+    pub fn install(&mut self, stages: &[StageSpec]) -> Result<()> {
+        let name = self.dir.ifname().to_string();
+        chain::install(
+            &mut self.root,
+            &self.dir,
+            &name,
+            Mode::Auto,
+            stages,
+            &self.lock,
+        )?;
+        Ok(())
     }
 
-    /// Per-action counters of this harness's programs, summed over CPUs.
-    pub fn counters(&self) -> Result<ActionTotals> {
-        let map = self
-            .ebpf
-            .map(STATS_MAP)
-            .ok_or_else(|| object::missing_map(STATS_MAP))?;
-        stats::read(map)
+    /// Runs the chain on `frame` `repeat` times (at least once).
+    pub fn run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        let program = chain::root_program(&mut self.root)?;
+        run_program(program, "chain", frame, repeat)
     }
+
+    /// A stage's counters (per action and "next"), summed over CPUs.
+    pub fn counters(&self, stage: &str) -> Result<ActionTotals> {
+        stats::read_pinned(&self.dir.stage(stage).file(pins::STATS))
+    }
+
+    /// The directory of a stage's pinned maps.
+    pub fn stage_dir(&self, stage: &str) -> PinDir {
+        self.dir.stage(stage)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Err(e) = self.dir.remove() {
+            tracing::warn!("harness cleanup: {e}");
+        }
+    }
+}
+
+/// One program loaded on its own, outside any chain ("next" passes), with
+/// private maps: the reference for what a chain costs.
+pub struct Alone {
+    ebpf: Ebpf,
+    program: &'static dyn Program,
+}
+
+impl Alone {
+    /// Loads `program` with private maps and empty settings.
+    pub fn new(program: &'static dyn Program) -> Result<Alone> {
+        let mut ebpf = program.object().load()?;
+        object::program(&mut ebpf, program.symbol(), program.name())?;
+        Ok(Alone { ebpf, program })
+    }
+
+    /// Runs it on `frame` `repeat` times.
+    pub fn run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        let program = object::program(&mut self.ebpf, self.program.symbol(), self.program.name())?;
+        run_program(program, self.program.name(), frame, repeat)
+    }
+}
+
+fn run_program(
+    xdp: &mut aya::programs::Xdp,
+    name: &'static str,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<TestRunOutcome> {
+    let mut output = vec![0u8; frame.len() + OUTPUT_SLACK];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut output);
+    opts.repeat = repeat.max(1);
+    let result = xdp.test_run(opts).map_err(|source| Error::TestRun {
+        program: name,
+        source,
+    })?;
+    output.truncate(result.data_size_out as usize);
+    Ok(TestRunOutcome {
+        verdict: XdpAction::from_u32(result.return_value),
+        code: result.return_value,
+        output,
+        ns_per_run: duration_ns(result.duration),
+    })
 }
 
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Runs `program` on `frame` in a fresh harness: verdict, output frame and
-/// ns per run.
+/// Runs `program` alone on `frame` in a fresh harness: verdict, output
+/// frame and ns per run.
 ///
 /// # Errors
 ///
 /// Loading fails without root (CAP_BPF), or the kernel rejects the frame
 /// (BPF_PROG_TEST_RUN wants at least an Ethernet header: 14 bytes).
-pub fn test_run(program: ProgramKind, frame: &[u8], repeat: u32) -> Result<TestRunOutcome> {
-    Harness::new()?.run(program, frame, repeat)
+pub fn test_run(
+    program: &'static dyn Program,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<TestRunOutcome> {
+    Alone::new(program)?.run(frame, repeat)
 }

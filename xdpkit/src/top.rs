@@ -96,7 +96,7 @@ fn read_all(dev: Option<&str>, with_rules: bool) -> Result<Vec<Reading>> {
         .filter(|s| s.state == "attached")
         .filter_map(|s| {
             let dir = PinDir::new(&s.iface).ok()?;
-            let per_cpu = stats::read_pinned_per_cpu(&dir.file(pins::STATS)).unwrap_or_default();
+            let per_cpu = per_cpu_verdicts(&dir);
             let rules = if with_rules && s.firewall.is_some() {
                 LiveFirewall::open(&s.iface)
                     .and_then(|fw| fw.list())
@@ -111,6 +111,23 @@ fn read_all(dev: Option<&str>, with_rules: bool) -> Result<Vec<Reading>> {
             })
         })
         .collect())
+}
+
+/// Each CPU's verdicts over every stage of the interface.
+fn per_cpu_verdicts(dir: &PinDir) -> Vec<ActionTotals> {
+    let mut sum: Vec<ActionTotals> = Vec::new();
+    for stage in status::stages(dir) {
+        let cpus =
+            stats::read_pinned_per_cpu(&dir.stage(&stage).file(pins::STATS)).unwrap_or_default();
+        sum.resize(sum.len().max(cpus.len()), ActionTotals::default());
+        for (total, cpu) in sum.iter_mut().zip(&cpus) {
+            *total = total.plus(cpu);
+        }
+    }
+    for cpu in &mut sum {
+        *cpu = status::interface_totals(std::slice::from_ref(cpu));
+    }
+    sum
 }
 
 fn compare(then: &Reading, now: &Reading, secs: f64, rules: usize) -> TopIface {

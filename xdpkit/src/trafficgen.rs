@@ -19,6 +19,9 @@ use xdpkit_common::trafficgen::{GenConfig, GEN_CONFIG, MAX_L4_CSUM};
 
 use crate::{iface, object, Error, Result};
 
+/// The generator's object (run by test_run, never attached).
+pub const OBJECT: object::Object = object::embedded!("trafficgen");
+
 const SYMBOL: &str = "xdpkit_gen";
 /// Frames per BPF_PROG_TEST_RUN call: about 20 ms at full speed, so a
 /// duration is kept to within a few tens of milliseconds.
@@ -71,7 +74,7 @@ impl Generator {
             )));
         }
         let ifindex = iface::index(ifname)?;
-        let mut ebpf = object::load()?;
+        let mut ebpf = OBJECT.load()?;
         let cfg = random_src.map_or(GenConfig::default(), |net| GenConfig {
             src_base: u32::from(net.network()),
             src_random: u32::from(net.hostmask()),
@@ -88,7 +91,7 @@ impl Generator {
             what: "write the generator's config".to_string(),
             source: e.into(),
         })?;
-        object::program_by_symbol(&mut ebpf, SYMBOL, "trafficgen")?;
+        object::program(&mut ebpf, SYMBOL, "trafficgen")?;
         Ok(Generator {
             ebpf,
             ifindex,
@@ -145,7 +148,7 @@ impl Generator {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(self.frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&self.ifindex.to_ne_bytes());
-        let program = object::program_by_symbol(&mut self.ebpf, SYMBOL, "trafficgen")?;
+        let program = object::program(&mut self.ebpf, SYMBOL, "trafficgen")?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(&self.frame);
         opts.ctx_in = Some(&ctx);

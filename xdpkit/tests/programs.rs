@@ -1,6 +1,7 @@
-//! Every data-plane program run through BPF_PROG_TEST_RUN on crafted frames:
-//! verdict, output frame and counters, then a property test against the
-//! reference model on random and malformed frames.
+//! Every data-plane program, alone and as stages of chains, run through
+//! BPF_PROG_TEST_RUN on crafted frames: verdict, output frame and each
+//! stage's counters; then property tests against the reference models on
+//! random and malformed frames.
 
 use std::cell::RefCell;
 
@@ -10,7 +11,14 @@ use proptest::{
     prelude::*,
     test_runner::{Config, TestRunner},
 };
-use xdpkit::{lab::require_root, model, Harness, ProgramKind, XdpAction};
+use xdpkit::{
+    chain::StageSpec,
+    lab::require_root,
+    model,
+    programs::{self, count::Count, drop::Drop, firewall::Firewall, pass::Pass, tx::Tx, Program},
+    testrun::Alone,
+    Harness, XdpAction,
+};
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -68,37 +76,74 @@ fn hex(frame: &[u8]) -> String {
     frame.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Runs every fixture through `program` once and checks verdict, output and
-/// that the counter of that verdict grew by one packet and the frame's bytes.
-fn check_program(program: ProgramKind, redirect_target: Option<u32>) {
-    let mut harness = Harness::new().expect("load xdpkit object");
-    if let Some(ifindex) = redirect_target {
-        harness.set_redirect_target(ifindex).unwrap();
+fn stage(program: &'static dyn Program, settings: &[(&str, toml::Value)]) -> StageSpec {
+    StageSpec {
+        program,
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
     }
+}
+
+fn plain(program: &'static dyn Program) -> StageSpec {
+    stage(program, &[])
+}
+
+fn names(stages: &[StageSpec]) -> String {
+    stages
+        .iter()
+        .map(|s| s.program.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs every fixture through the chain `stages` once and checks verdict,
+/// output, and each stage's counters: the stages before the deciding one
+/// counted one "next", the deciding one its verdict (packets and bytes),
+/// the ones after it nothing.
+fn check_chain(stages: &[StageSpec]) {
+    let mut harness = Harness::new(stages).expect("load the chain");
+    let models: Vec<(&dyn Program, &toml::Table)> =
+        stages.iter().map(|s| (s.program, &s.settings)).collect();
     let mut failures = Vec::new();
     for fixture in fixtures() {
-        let before = harness.counters().unwrap();
-        let got = harness.run(program, &fixture.frame, 1).unwrap();
-        let want = model::expected(program, &fixture.frame, redirect_target.is_some());
-        let after = harness.counters().unwrap();
-        let counted = after.get(want.verdict).packets - before.get(want.verdict).packets;
-        let counted_bytes = after.get(want.verdict).bytes - before.get(want.verdict).bytes;
-        let ok = got.verdict == Some(want.verdict)
-            && got.output == want.output
-            && counted == 1
-            && counted_bytes == fixture.frame.len() as u64
-            && after.total().packets == before.total().packets + 1;
+        let counters = |h: &Harness| {
+            stages
+                .iter()
+                .map(|s| h.counters(s.program.name()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let before = counters(&harness);
+        let got = harness.run(&fixture.frame, 1).unwrap();
+        let (want, at) = model::chain(&models, &fixture.frame);
+        let after = counters(&harness);
+        let mut ok = got.verdict == Some(want.verdict) && got.output == want.output;
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            let seen = a.total().packets - b.total().packets;
+            let expected_seen = u64::from(i <= at.min(stages.len() - 1));
+            ok &= seen == expected_seen;
+            if i < at && i + 1 < stages.len() {
+                ok &= a.next().packets - b.next().packets == 1;
+            }
+            if i == at.min(stages.len() - 1) {
+                let decided = a.get(want.verdict);
+                let then = b.get(want.verdict);
+                ok &= decided.packets - then.packets == 1
+                    && decided.bytes - then.bytes == fixture.frame.len() as u64;
+            }
+        }
         println!(
-            "{} {}/{}: {:?}",
+            "{} {}/{}: {:?} (stage {at})",
             if ok { "PASS" } else { "FAIL" },
-            program.name(),
+            names(stages),
             fixture.name,
             got.verdict
         );
         if !ok {
             failures.push(format!(
-                "{}/{}: got {:?} want {:?}, counted {counted} pkts {counted_bytes} bytes\n in  {}\n out {}\n exp {}",
-                program.name(),
+                "{}/{}: got {:?} want {:?} from stage {at}; counters before {before:?} after {after:?}\n in  {}\n out {}\n exp {}",
+                names(stages),
                 fixture.name,
                 got.verdict,
                 want.verdict,
@@ -112,29 +157,31 @@ fn check_program(program: ProgramKind, redirect_target: Option<u32>) {
 }
 
 #[test]
-fn pass_passes_and_counts() {
-    if !require_root("pass_passes_and_counts") {
+fn every_program_alone_in_a_chain_matches_its_model_and_counts() {
+    if !require_root("every_program_alone_in_a_chain_matches_its_model_and_counts") {
         return;
     }
-    check_program(ProgramKind::Pass, None);
+    for program in programs::REGISTRY {
+        check_chain(&[plain(*program)]);
+    }
 }
 
 #[test]
-fn drop_drops_and_counts() {
-    if !require_root("drop_drops_and_counts") {
+fn redirect_redirects_to_its_target_and_counts() {
+    if !require_root("redirect_redirects_to_its_target_and_counts") {
         return;
     }
-    check_program(ProgramKind::Drop, None);
+    // Loopback exists in every namespace; test runs do not transmit.
+    check_chain(&[stage(&programs::redirect::Redirect, &[("to", "lo".into())])]);
 }
 
 #[test]
-fn tx_swaps_macs_and_counts() {
-    if !require_root("tx_swaps_macs_and_counts") {
+fn tx_swaps_macs_and_nothing_else() {
+    if !require_root("tx_swaps_macs_and_nothing_else") {
         return;
     }
-    check_program(ProgramKind::Tx, None);
     let frame = &fixtures()[0].frame;
-    let out = xdpkit::test_run(ProgramKind::Tx, frame, 1).unwrap();
+    let out = xdpkit::test_run(&Tx, frame, 1).unwrap();
     assert_eq!(out.verdict, Some(XdpAction::Tx));
     assert_eq!(&out.output[..6], &SRC_MAC, "destination is the old source");
     assert_eq!(
@@ -146,20 +193,129 @@ fn tx_swaps_macs_and_counts() {
 }
 
 #[test]
-fn redirect_redirects_to_its_target_and_counts() {
-    if !require_root("redirect_redirects_to_its_target_and_counts") {
+fn two_stage_chain_count_then_drop() {
+    if !require_root("two_stage_chain_count_then_drop") {
         return;
     }
-    // Loopback exists in every namespace; test runs do not transmit.
-    check_program(ProgramKind::Redirect, Some(1));
+    check_chain(&[plain(&Count), plain(&Drop)]);
+    let mut harness = Harness::new(&[plain(&Count), plain(&Drop)]).unwrap();
+    let frame = &fixtures()[0].frame;
+    let out = harness.run(frame, 1000).unwrap();
+    assert_eq!(out.verdict, Some(XdpAction::Drop));
+    let count = harness.counters("count").unwrap();
+    let drop = harness.counters("drop").unwrap();
+    assert_eq!(count.next().packets, 1000, "count handed every frame on");
+    assert_eq!(count.verdicts().packets, 0, "count gave no verdict");
+    assert_eq!(drop.get(XdpAction::Drop).packets, 1000);
+    assert_eq!(drop.get(XdpAction::Drop).bytes, 1000 * frame.len() as u64);
 }
 
 #[test]
-fn redirect_without_target_passes() {
-    if !require_root("redirect_without_target_passes") {
+fn three_stage_chain_firewall_decides_in_the_middle() {
+    if !require_root("three_stage_chain_firewall_decides_in_the_middle") {
         return;
     }
-    check_program(ProgramKind::Redirect, None);
+    // The udp4 fixture comes from 198.18.0.1: allowed, then passed by the
+    // last stage; the IPv6 and non-IP fixtures hit the default (drop).
+    let firewall = stage(
+        &Firewall,
+        &[
+            ("default", "drop".into()),
+            ("non-ip", "drop".into()),
+            (
+                "rules",
+                toml::Value::Array(vec!["allow src 198.18.0.0/24".into()]),
+            ),
+        ],
+    );
+    let stages = [plain(&Count), firewall, plain(&Pass)];
+    let mut harness = Harness::new(&stages).unwrap();
+    let udp4 = &fixtures()[0].frame;
+    let tcp6 = &fixtures()[1].frame;
+    assert_eq!(
+        harness.run(udp4, 10).unwrap().verdict,
+        Some(XdpAction::Pass)
+    );
+    assert_eq!(harness.run(tcp6, 5).unwrap().verdict, Some(XdpAction::Drop));
+    let count = harness.counters("count").unwrap();
+    let fw = harness.counters("firewall").unwrap();
+    let pass = harness.counters("pass").unwrap();
+    assert_eq!(count.next().packets, 15);
+    assert_eq!(
+        fw.next().packets,
+        10,
+        "the firewall handed on what it allowed"
+    );
+    assert_eq!(fw.get(XdpAction::Drop).packets, 5);
+    assert_eq!(pass.get(XdpAction::Pass).packets, 10);
+    assert_eq!(
+        pass.total().packets,
+        10,
+        "dropped frames never reach the last stage"
+    );
+}
+
+#[test]
+fn next_after_the_last_stage_passes() {
+    if !require_root("next_after_the_last_stage_passes") {
+        return;
+    }
+    check_chain(&[plain(&Firewall), plain(&Count)]);
+    let mut harness = Harness::new(&[plain(&Firewall), plain(&Count)]).unwrap();
+    let out = harness.run(&fixtures()[0].frame, 3).unwrap();
+    assert_eq!(out.verdict, Some(XdpAction::Pass));
+    assert_eq!(harness.counters("firewall").unwrap().next().packets, 3);
+    let count = harness.counters("count").unwrap();
+    assert_eq!(
+        count.get(XdpAction::Pass).packets,
+        3,
+        "the last stage counts a pass"
+    );
+    assert_eq!(count.next().packets, 0);
+}
+
+#[test]
+fn replacing_and_reordering_stages_keeps_their_counters() {
+    if !require_root("replacing_and_reordering_stages_keeps_their_counters") {
+        return;
+    }
+    let frame = &fixtures()[0].frame;
+    let mut harness = Harness::new(&[plain(&Count), plain(&Drop)]).unwrap();
+    harness.run(frame, 7).unwrap();
+    // Reorder: drop now decides first; count is never reached.
+    harness.install(&[plain(&Drop), plain(&Count)]).unwrap();
+    assert_eq!(
+        harness.run(frame, 5).unwrap().verdict,
+        Some(XdpAction::Drop)
+    );
+    assert_eq!(
+        harness
+            .counters("drop")
+            .unwrap()
+            .get(XdpAction::Drop)
+            .packets,
+        12
+    );
+    assert_eq!(harness.counters("count").unwrap().next().packets, 7);
+    // Replace drop by pass: drop's state goes, count's stays.
+    harness.install(&[plain(&Count), plain(&Pass)]).unwrap();
+    assert_eq!(
+        harness.run(frame, 2).unwrap().verdict,
+        Some(XdpAction::Pass)
+    );
+    assert_eq!(harness.counters("count").unwrap().next().packets, 9);
+    assert_eq!(
+        harness
+            .counters("pass")
+            .unwrap()
+            .get(XdpAction::Pass)
+            .packets,
+        2
+    );
+    assert!(
+        !harness.stage_dir("drop").path().exists(),
+        "a stage that left the chain leaves no state"
+    );
 }
 
 #[test]
@@ -167,12 +323,14 @@ fn repeat_counts_every_run_and_reports_time() {
     if !require_root("repeat_counts_every_run_and_reports_time") {
         return;
     }
-    let mut harness = Harness::new().unwrap();
     let frame = &fixtures()[0].frame;
-    let out = harness.run(ProgramKind::Drop, frame, 1000).unwrap();
+    let mut alone = Alone::new(&Drop).unwrap();
+    let out = alone.run(frame, 1000).unwrap();
     assert_eq!(out.verdict, Some(XdpAction::Drop));
     assert!(out.ns_per_run > 0, "kernel measured no time");
-    let c = harness.counters().unwrap().get(XdpAction::Drop);
+    let mut harness = Harness::single(&Drop).unwrap();
+    harness.run(frame, 1000).unwrap();
+    let c = harness.counters("drop").unwrap().get(XdpAction::Drop);
     assert_eq!(c.packets, 1000);
     assert_eq!(c.bytes, 1000 * frame.len() as u64);
 }
@@ -184,59 +342,78 @@ fn kernel_rejects_frames_shorter_than_ethernet() {
     }
     // BPF_PROG_TEST_RUN refuses < 14 bytes, so the model's short-frame rule
     // for tx is only reachable through real devices, which never deliver such frames.
-    let err = xdpkit::test_run(ProgramKind::Tx, &[0u8; 13], 1).unwrap_err();
+    let err = xdpkit::test_run(&Tx, &[0u8; 13], 1).unwrap_err();
     assert!(err.to_string().contains("BPF_PROG_TEST_RUN"), "{err}");
 }
 
-fn program_strategy() -> impl Strategy<Value = ProgramKind> {
-    prop::sample::select(ProgramKind::ALL.to_vec())
-}
-
-/// Random bytes, random lengths (14 to 1600) and random "looks like a
-/// header" prefixes: the programs must agree with the model on all of them.
+/// Random bytes, random lengths (14 to 1600) through random chains of up
+/// to three stages: the kernel must agree with the models on all of them.
 #[test]
-fn programs_match_the_reference_model_on_random_frames() {
-    if !require_root("programs_match_the_reference_model_on_random_frames") {
+fn chains_match_the_reference_model_on_random_frames() {
+    if !require_root("chains_match_the_reference_model_on_random_frames") {
         return;
     }
     let cases: u32 = std::env::var("XDPKIT_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let plain = RefCell::new(Harness::new().unwrap());
-    let targeted = RefCell::new(Harness::new().unwrap());
-    targeted.borrow_mut().set_redirect_target(1).unwrap();
+    let to_lo = || stage(&programs::redirect::Redirect, &[("to", "lo".into())]);
+    let deny_ipv6 = || {
+        stage(
+            &Firewall,
+            &[(
+                "rules",
+                toml::Value::Array(vec![
+                    "deny src 2001:db8::/32".into(),
+                    "deny proto udp".into(),
+                ]),
+            )],
+        )
+    };
+    // Every program at least once, every position of "next".
+    let chains: Vec<Vec<StageSpec>> = vec![
+        vec![plain(&Pass)],
+        vec![plain(&Drop)],
+        vec![plain(&Tx)],
+        vec![plain(&Count)],
+        vec![to_lo()],
+        vec![plain(&programs::redirect::Redirect)],
+        vec![plain(&Count), plain(&Tx)],
+        vec![deny_ipv6(), plain(&Count)],
+        vec![plain(&Count), deny_ipv6(), to_lo()],
+    ];
+    let harnesses: Vec<RefCell<Harness>> = chains
+        .iter()
+        .map(|c| RefCell::new(Harness::new(c).unwrap()))
+        .collect();
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
         ..Config::default()
     });
-    let strategy = (
-        program_strategy(),
-        any::<bool>(),
-        vec(any::<u8>(), 14..1600),
-    );
+    let strategy = (0..chains.len(), vec(any::<u8>(), 14..1600));
     runner
-        .run(&strategy, |(program, with_target, frame)| {
-            let harness = if with_target { &targeted } else { &plain };
-            let got = harness.borrow_mut().run(program, &frame, 1).unwrap();
-            let want = model::expected(program, &frame, with_target);
+        .run(&strategy, |(which, frame)| {
+            let got = harnesses[which].borrow_mut().run(&frame, 1).unwrap();
+            let models: Vec<(&dyn Program, &toml::Table)> = chains[which]
+                .iter()
+                .map(|s| (s.program, &s.settings))
+                .collect();
+            let (want, _) = model::chain(&models, &frame);
+            let chain = names(&chains[which]);
             prop_assert_eq!(
                 got.verdict,
                 Some(want.verdict),
                 "{} on {}",
-                program.name(),
+                chain,
                 hex(&frame)
             );
-            prop_assert_eq!(
-                &got.output,
-                &want.output,
-                "{} on {}",
-                program.name(),
-                hex(&frame)
-            );
+            prop_assert_eq!(&got.output, &want.output, "{} on {}", chain, hex(&frame));
             Ok(())
         })
         .unwrap();
-    println!("{cases} random frames: kernel == model");
+    println!(
+        "{cases} random frames through {} chains: kernel == model",
+        chains.len()
+    );
 }

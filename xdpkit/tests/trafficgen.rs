@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use xdpkit::{
     lab::{require_root, Lab},
     trafficgen::{udp_frame, Generator},
-    AttachRequest, Mode, ProgramKind,
+    AttachRequest, Mode,
 };
 
 /// Few enough for the socket's default buffer: a datagram built from an
@@ -49,14 +49,14 @@ fn generated_frames_reach_a_socket_from_random_sources() {
     // An XDP program on the receiving veth: without one (or GRO) a veth
     // drops frames sent to it by XDP_TX.
     lab.run_in("dut", || {
-        xdpkit::attach(&AttachRequest {
-            iface: "xktg-d".to_string(),
-            program: ProgramKind::Pass,
-            mode: Mode::Native,
-            to: None,
-            force: false,
-            policy: None,
-        })
+        xdpkit::attach(&AttachRequest::from_list(
+            "xktg-d",
+            "pass",
+            Mode::Native,
+            None,
+            None,
+            false,
+        )?)
     })
     .unwrap()
     .expect("attach pass");

@@ -31,7 +31,8 @@ use toml::{
     Spanned, Table, Value,
 };
 
-use super::{normalise_settings, one_of, unknown_program, SettingsError, MODES, PROGRAMS};
+use super::{normalise_settings, one_of, unknown_program, SettingsError, MODES};
+use crate::programs;
 
 /// A whole host: what each named interface should run.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -52,7 +53,7 @@ pub struct IfaceConfig {
 /// One stage of an interface's chain.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageConfig {
-    /// The program's name, one of [`PROGRAMS`].
+    /// The program's name, one of the registered programs ([`programs::REGISTRY`]).
     pub program: String,
     /// Normalised settings (see [`normalise_settings`]); empty for programs without settings.
     pub settings: Table,
@@ -259,7 +260,7 @@ impl Parser<'_> {
             if key_name == "mode" || key_name == "stages" {
                 continue;
             }
-            let message = if !PROGRAMS.contains(&key_name) {
+            let message = if programs::by_name(key_name).is_err() {
                 format!(
                     "unknown key '{key_name}': expected mode, stages or the settings table of a listed stage"
                 )
@@ -337,7 +338,7 @@ impl Parser<'_> {
                 key,
                 format!(
                     "at least one stage is needed (programs: {}); to detach, remove the interface",
-                    PROGRAMS.join(", ")
+                    programs::names().join(", ")
                 ),
             ));
         }
@@ -354,7 +355,7 @@ impl Parser<'_> {
                     ),
                 ));
             };
-            if !PROGRAMS.contains(&name.as_ref()) {
+            if programs::by_name(name.as_ref()).is_err() {
                 return Err(self.err(item.span(), item_key, unknown_program(name)));
             }
             if let Some(first) = stages.iter().position(|(n, _)| n == name) {

@@ -17,10 +17,7 @@ use std::path::Path;
 pub use diff::{diff, HostDiff};
 pub use file::{ConfigError, HostConfig, IfaceConfig, StageConfig};
 
-use crate::programs::{firewall, redirect};
-
-/// The programs a stage can name, in the order error messages list them.
-pub const PROGRAMS: &[&str] = &["pass", "drop", "tx", "count", "redirect", "firewall"];
+use crate::programs;
 
 /// Attach modes a configuration can ask for; the first is the default.
 pub const MODES: &[&str] = &["auto", "native", "skb"];
@@ -49,32 +46,18 @@ impl SettingsError {
 
 /// Normalises the settings of one stage: defaults filled in, values in
 /// canonical form, so that two configurations that mean the same compare
-/// equal. `given` is `None` when the file has no table for the stage.
+/// equal. `given` is `None` when the file has no table for the stage. Each
+/// program checks its own settings ([`Program::normalise_settings`]).
 ///
-/// The program registry will replace this match; until then it is the only
-/// place that maps program names to their settings.
+/// [`Program::normalise_settings`]: crate::programs::Program::normalise_settings
 pub fn normalise_settings(
     program: &str,
     given: Option<&toml::Table>,
     base_dir: &Path,
 ) -> Result<toml::Table, SettingsError> {
-    match program {
-        "firewall" => firewall::config::normalise(given.unwrap_or(&toml::Table::new()), base_dir),
-        "redirect" => match given {
-            Some(table) => redirect::config::normalise(table, base_dir),
-            None => Err(SettingsError::new(
-                "to",
-                "missing: redirect needs a target; add its settings table with to = \"<interface>\"",
-            )),
-        },
-        "pass" | "drop" | "tx" | "count" => match given {
-            Some(_) => Err(SettingsError::new(
-                "",
-                format!("{program} takes no settings: remove this table"),
-            )),
-            None => Ok(toml::Table::new()),
-        },
-        other => Err(SettingsError::new("", unknown_program(other))),
+    match programs::by_name(program) {
+        Ok(program) => program.normalise_settings(given, base_dir),
+        Err(_) => Err(SettingsError::new("", unknown_program(program))),
     }
 }
 
@@ -82,7 +65,7 @@ pub fn normalise_settings(
 pub(crate) fn unknown_program(name: &str) -> String {
     format!(
         "unknown program '{name}': known programs are {}",
-        PROGRAMS.join(", ")
+        programs::names().join(", ")
     )
 }
 

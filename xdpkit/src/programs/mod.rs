@@ -1,5 +1,206 @@
-//! The data-plane programs, one folder each (config, compile, live handle,
-//! model, error), registered in [`registry`](crate::programs).
+//! The data-plane programs. Each is a unit in its own module (kernel side:
+//! `xdpkit-ebpf/src/<program>/`), behind [`Program`], and registered once
+//! in [`REGISTRY`]: attach, the chain, status, top, the exporter, dump and
+//! the reference models iterate over it.
 
+pub mod count;
+pub mod drop;
 pub mod firewall;
+pub mod pass;
 pub mod redirect;
+pub mod tx;
+
+use std::path::Path;
+
+use aya::Ebpf;
+
+use crate::{
+    config::SettingsError, model::StageOutcome, object::Object, pins::PinDir, Error, Result,
+};
+
+/// Every program that can be a stage, in the order `--help` lists them.
+pub static REGISTRY: &[&dyn Program] = &[
+    &pass::Pass,
+    &drop::Drop,
+    &tx::Tx,
+    &count::Count,
+    &redirect::Redirect,
+    &firewall::Firewall,
+];
+
+/// A data-plane program as a stage of an interface's chain.
+pub trait Program: Sync {
+    /// The name users type (`xdpkit attach firewall`), also the stage's
+    /// directory name under the interface's pin directory.
+    fn name(&self) -> &'static str;
+
+    /// One line for `--help` and `status`.
+    fn about(&self) -> &'static str;
+
+    /// The program's ELF object.
+    fn object(&self) -> Object;
+
+    /// The function (and kernel program) name in the object; at most 15
+    /// bytes, so the kernel's program name keeps all of it.
+    fn symbol(&self) -> &'static str;
+
+    /// The program's own maps, pinned in its stage directory so its state
+    /// (rules, counters, targets) outlives a reload: (map, pin file).
+    fn pinned_maps(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// Checks and completes the settings a configuration file gives the
+    /// stage (`[interfaces.IF.<program>]`; `None`: no table), so that two
+    /// configurations meaning the same compare equal. Programs without
+    /// settings refuse a table.
+    fn normalise_settings(
+        &self,
+        given: Option<&toml::Table>,
+        base_dir: &Path,
+    ) -> Result<toml::Table, SettingsError> {
+        let _ = base_dir;
+        match given {
+            Some(_) => Err(SettingsError::new(
+                "",
+                format!("{} takes no settings: remove this table", self.name()),
+            )),
+            None => Ok(toml::Table::new()),
+        }
+    }
+
+    /// Writes `settings` into a stage just loaded with its maps pinned in
+    /// `stage.dir`, before it joins the chain.
+    fn configure(&self, stage: &mut StageLoad<'_>, settings: &toml::Table) -> Result<()> {
+        let _ = (stage, settings);
+        Ok(())
+    }
+
+    /// The settings of the stage running with its maps in `dir`, in the
+    /// form [`Program::configure`] takes (what `xdpkit export` prints).
+    fn running_settings(&self, dir: &PinDir) -> Result<toml::Table> {
+        let _ = dir;
+        Ok(toml::Table::new())
+    }
+
+    /// Counters beyond the per-action ones (the firewall's decisions by
+    /// outcome), read from the stage's pins; empty for most programs.
+    fn outcomes(&self, dir: &PinDir) -> Vec<OutcomeCount> {
+        let _ = dir;
+        Vec::new()
+    }
+
+    /// What the program does with `frame` given its `settings` (the
+    /// reference model that property tests compare the kernel program with).
+    fn model(&self, frame: &[u8], settings: &toml::Table) -> StageOutcome;
+}
+
+/// Frames and bytes a stage decided one way (the firewall's outcomes).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OutcomeCount {
+    /// `rule`, `rate_limited`, `default`, `non_ip`, `fragment` or `malformed`.
+    pub outcome: &'static str,
+    /// Frames.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// A stage being loaded: its object with maps pinned in `dir`.
+pub struct StageLoad<'a> {
+    /// The interface.
+    pub iface: &'a str,
+    /// The stage's pin directory.
+    pub dir: &'a PinDir,
+    /// The loaded object.
+    pub ebpf: &'a mut Ebpf,
+    /// Whether the stage's maps were created now (not reused from pins).
+    pub fresh: bool,
+    /// The interface's writers' lock, held by the caller.
+    pub lock: &'a crate::chain::IfaceLock,
+}
+
+/// The program named `name`.
+pub fn by_name(name: &str) -> Result<&'static dyn Program> {
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| Error::UnknownProgram {
+            name: name.to_string(),
+            known: names().join(", "),
+        })
+}
+
+/// The program whose kernel name is `symbol` (as `bpftool prog` shows it).
+pub fn by_symbol(symbol: &str) -> Option<&'static dyn Program> {
+    REGISTRY.iter().copied().find(|p| p.symbol() == symbol)
+}
+
+/// Every program's name.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|p| p.name()).collect()
+}
+
+/// Parses a comma-separated list of stages (`firewall,redirect`): known
+/// programs, each at most once, at most [`MAX_STAGES`](xdpkit_common::chain::MAX_STAGES).
+pub fn parse_stages(list: &str) -> Result<Vec<&'static dyn Program>> {
+    let mut stages: Vec<&'static dyn Program> = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "'{list}' has an empty stage: list programs separated by commas, e.g. firewall,redirect"
+            )));
+        }
+        let program = by_name(name)?;
+        if stages.iter().any(|s| s.name() == name) {
+            return Err(Error::InvalidArgument(format!(
+                "'{name}' appears twice in '{list}': a program runs at most once per interface"
+            )));
+        }
+        stages.push(program);
+    }
+    let max = xdpkit_common::chain::MAX_STAGES as usize;
+    if stages.len() > max {
+        return Err(Error::InvalidArgument(format!(
+            "'{list}' has {} stages: at most {max}",
+            stages.len()
+        )));
+    }
+    Ok(stages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_symbols_are_unique_and_fit_the_kernel() {
+        for (i, p) in REGISTRY.iter().enumerate() {
+            assert!(p.symbol().len() <= 15, "{} would be truncated", p.symbol());
+            assert_eq!(by_name(p.name()).unwrap().name(), p.name());
+            assert_eq!(by_symbol(p.symbol()).unwrap().name(), p.name());
+            assert!(REGISTRY[..i].iter().all(|q| q.name() != p.name()));
+        }
+    }
+
+    #[test]
+    fn stage_lists_parse_and_refuse_repeats() {
+        let names = |l: &str| {
+            parse_stages(l)
+                .map(|v| v.iter().map(|p| p.name()).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            names("firewall,redirect").unwrap(),
+            ["firewall", "redirect"]
+        );
+        assert_eq!(names(" count , pass").unwrap(), ["count", "pass"]);
+        assert!(names("firewall,firewall").unwrap_err().contains("twice"));
+        assert!(names("firewall,,pass").unwrap_err().contains("empty stage"));
+        assert_eq!(
+            names("firewal").unwrap_err(),
+            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall"
+        );
+    }
+}

@@ -650,8 +650,8 @@ pub struct FirewallHarness {
 impl FirewallHarness {
     /// Loads the firewall with `policy`, no rules, and tracing on.
     pub fn new(policy: Policy) -> Result<FirewallHarness> {
-        let mut ebpf = object::load_firewall()?;
-        object::program_by_symbol(&mut ebpf, SYMBOL, "firewall")?;
+        let mut ebpf = crate::programs::Program::object(&super::Firewall).load()?;
+        object::program(&mut ebpf, SYMBOL, "firewall")?;
         write_config(&mut ebpf, config(&policy, 0, true))?;
         Ok(FirewallHarness { ebpf })
     }
@@ -698,7 +698,7 @@ impl FirewallHarness {
         let mut cfg = read_config(&self.ebpf)?;
         cfg.trace = 0;
         write_config(&mut self.ebpf, cfg)?;
-        let program = object::program_by_symbol(&mut self.ebpf, SYMBOL, "firewall")?;
+        let program = object::program(&mut self.ebpf, SYMBOL, "firewall")?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
@@ -714,7 +714,7 @@ impl FirewallHarness {
     /// Runs one frame; returns the test-run outcome and the kernel's trace.
     pub fn run(&mut self, frame: &[u8]) -> Result<(TestRunOutcome, FwTrace)> {
         use aya::programs::{TestRun as _, TestRunOptions};
-        let program = object::program_by_symbol(&mut self.ebpf, SYMBOL, "firewall")?;
+        let program = object::program(&mut self.ebpf, SYMBOL, "firewall")?;
         let mut output = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);

@@ -7,7 +7,7 @@
 
 use std::{
     fs::File,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd as _, BorrowedFd},
     time::{Duration, SystemTime},
 };
 
@@ -51,6 +51,17 @@ pub struct RuleRow {
     pub limited: Option<u64>,
 }
 
+/// What [`LiveFirewall::sync`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RuleChanges {
+    /// Rules that stayed (ids and counters kept).
+    pub kept: usize,
+    /// Ids of the rules added.
+    pub added: Vec<u32>,
+    /// Ids of the rules removed.
+    pub removed: Vec<u32>,
+}
+
 /// An interface's firewall, locked for this process until dropped.
 pub struct LiveFirewall {
     iface: String,
@@ -67,27 +78,22 @@ impl LiveFirewall {
     pub fn open(ifname: &str) -> Result<LiveFirewall> {
         iface::validate_name(ifname)?;
         privilege::require("changing firewall rules")?;
-        let dir = PinDir::new(ifname)?;
+        let iface_dir = PinDir::new(ifname)?;
+        let dir = iface_dir.stage(super::stage::NAME);
         if !dir.file(&pin_name(FW_CONFIG)).exists() {
             iface::index(ifname)?;
             return Err(Error::NoFirewall {
                 iface: ifname.to_string(),
             });
         }
-        let lock = File::open(dir.path()).map_err(|source| Error::Pin {
-            what: "cannot open",
-            path: dir.path().to_path_buf(),
-            source,
-        })?;
-        // SAFETY: a valid fd; flock blocks until no other xdpkit holds it.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::Pin {
-                what: "cannot lock",
-                path: dir.path().to_path_buf(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let maps = PinnedMaps::open(&dir)?;
+        let lock = crate::chain::IfaceLock::take(&iface_dir)?.share()?;
+        LiveFirewall::open_locked(ifname, &dir, lock)
+    }
+
+    /// Opens the firewall stage whose maps are pinned in `dir`, for a
+    /// caller that holds the interface's writers' lock (`lock`: a handle on it).
+    pub fn open_locked(ifname: &str, dir: &PinDir, lock: File) -> Result<LiveFirewall> {
+        let maps = PinnedMaps::open(dir)?;
         // `attach` checks every map against this build (object::check_pins);
         // here, where a millisecond counts, the two layouts every command
         // reads stand for the rest.
@@ -112,12 +118,7 @@ impl LiveFirewall {
 
     /// The stored ruleset.
     pub fn rules(&self) -> Result<Ruleset> {
-        let records = bulk::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?;
-        let entries = records
-            .into_iter()
-            .map(|(id, rec)| entry_of(id, &rec))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Ruleset::from_entries(entries))
+        read_rules(&self.maps)
     }
 
     /// The general rules (those the bit vectors judge), from the ids in the
@@ -339,6 +340,82 @@ impl LiveFirewall {
         })
     }
 
+    /// Makes the rules equal to `desired` (in order: later rules of equal
+    /// `prio` rank after earlier ones), atomically: rules already there
+    /// keep their ids, order and counters, new ones get new ids, missing
+    /// ones go. Nothing changes when the rules are the same.
+    pub fn sync(&mut self, desired: &[Rule]) -> Result<RuleChanges> {
+        let current = self.rules()?;
+        let mut by_seq: Vec<&Entry> = current.entries().iter().collect();
+        by_seq.sort_by_key(|e| e.seq);
+        let mut pool: std::collections::HashMap<String, Vec<Entry>> =
+            std::collections::HashMap::with_capacity(current.len());
+        for entry in by_seq.iter().rev() {
+            // Reversed, so pop() hands out the earliest first.
+            pool.entry(entry.rule.to_string())
+                .or_default()
+                .push((*entry).clone());
+        }
+        let (mut next_id, seq0) = self.next()?;
+        let mut entries = Vec::with_capacity(desired.len());
+        let mut added = Vec::new();
+        for (i, rule) in desired.iter().enumerate() {
+            // Sequence numbers follow the file, so rules of equal priority
+            // rank in its order.
+            let seq = seq0 + i as u64;
+            match pool.get_mut(&rule.to_string()).and_then(Vec::pop) {
+                Some(kept) => entries.push(Entry { seq, ..kept }),
+                None => {
+                    added.push(next_id);
+                    entries.push(Entry {
+                        id: next_id,
+                        seq,
+                        rule: rule.clone(),
+                    });
+                    next_id += 1;
+                }
+            }
+        }
+        let removed: Vec<u32> = pool.into_values().flatten().map(|e| e.id).collect();
+        let same_order = entries.len() == by_seq.len()
+            && entries
+                .iter()
+                .zip(&by_seq)
+                .all(|(new, old)| new.id == old.id);
+        let changes = RuleChanges {
+            kept: entries.len() - added.len(),
+            added,
+            removed,
+        };
+        if changes.added.is_empty() && changes.removed.is_empty() && same_order {
+            return Ok(changes);
+        }
+        if next_id > FW_MAX_RULE_IDS {
+            return Err(Error::InvalidArgument(format!(
+                "rule ids are exhausted (the largest is {}): load --replace to renumber",
+                FW_MAX_RULE_IDS - 1
+            )));
+        }
+        let rules = Ruleset::from_entries(entries);
+        // The records go into a new FW_RULES (kept ones under their ids, so
+        // their counters stay theirs), filled while the inactive sets are
+        // staged; then one switch.
+        let fresh = self.maps.create_like(FW_RULES)?;
+        let staged = self.stage_while(&rules, || {
+            let ids: Vec<u32> = rules.entries().iter().map(|e| e.id).collect();
+            let records: Vec<RuleRecord> = rules
+                .entries()
+                .iter()
+                .map(|e| record::encode(&e.rule, e.seq))
+                .collect();
+            sys::map_update_batch(fresh.as_fd(), &ids, &records)
+        })?;
+        self.maps.swap_in(FW_RULES, fresh)?;
+        commit(&mut self.maps, staged)?;
+        self.reset_counters(&changes.removed)?;
+        Ok(changes)
+    }
+
     /// Every rule in judging order with its counters.
     pub fn list(&self) -> Result<Vec<RuleRow>> {
         let rules = self.rules()?;
@@ -379,6 +456,17 @@ impl LiveFirewall {
             })
             .collect())
     }
+}
+
+/// The stored ruleset of the firewall whose maps are `maps` (no lock: a
+/// reader sees the records of the set in force, old or new).
+pub fn read_rules(maps: &impl MapSource) -> Result<Ruleset> {
+    let records = bulk::dump::<u32, RuleRecord>(maps, FW_RULES, usize::MAX)?;
+    let entries = records
+        .into_iter()
+        .map(|(id, rec)| entry_of(id, &rec))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Ruleset::from_entries(entries))
 }
 
 fn entry_of(id: u32, rec: &RuleRecord) -> Result<Entry> {

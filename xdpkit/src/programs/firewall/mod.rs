@@ -14,9 +14,11 @@ pub mod record;
 pub mod rule;
 pub mod ruleset;
 pub mod simulate;
+pub mod stage;
 
 pub use rule::{Action, PortRange, Rule, RuleError};
 pub use ruleset::{Entry, FileError, Ruleset};
+pub use stage::Firewall;
 
 /// What happens to frames no rule decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

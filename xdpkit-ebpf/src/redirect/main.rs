@@ -1,3 +1,7 @@
+//! The `redirect` program.
+#![no_std]
+#![no_main]
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -6,7 +10,9 @@ use aya_ebpf::{
 };
 use xdpkit_common::{maps::REDIRECT_SLOT, XdpAction};
 
-use crate::stats::count;
+use xdpkit_ebpf::stats::count;
+
+xdpkit_ebpf::license!();
 
 /// The egress interface, set by the loader (`xdpkit attach redirect --to IF`).
 #[map(name = "XDPKIT_REDIRECT")]

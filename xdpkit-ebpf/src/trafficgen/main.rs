@@ -1,3 +1,7 @@
+//! The `trafficgen` program.
+#![no_std]
+#![no_main]
+
 use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     macros::{map, xdp},
@@ -9,7 +13,9 @@ use xdpkit_common::{
     XdpAction,
 };
 
-use crate::frame::ETH_HLEN;
+use xdpkit_ebpf::frame::ETH_HLEN;
+
+xdpkit_ebpf::license!();
 
 #[map(name = "XDPKIT_GEN_CFG")]
 static GEN_CFG: Array<GenConfig> = Array::with_max_entries(1, 0);

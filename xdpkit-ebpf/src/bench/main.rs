@@ -1,5 +1,7 @@
 //! The bench program (`xdpkit bench`): one verdict for every frame, after
 //! touching the frame as much as asked, to measure what each step costs.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -15,10 +17,12 @@ use xdpkit_common::{
     XdpAction,
 };
 
-use crate::{
+use xdpkit_ebpf::{
     frame::{swap_macs, ETH_HLEN},
     stats::count,
 };
+
+xdpkit_ebpf::license!();
 
 #[map(name = "XDPKIT_BENCH_CFG")]
 static CFG: Array<BenchConfig> = Array::with_max_entries(1, 0);

@@ -1,11 +1,15 @@
 //! Counts xdp:xdp_exception events for `xdpkit doctor`: a driver reports
 //! one when a program returned XDP_ABORTED or an invalid verdict, or a TX or
 //! redirect failed. A raw tracepoint, so no tracefs mount is needed.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     macros::map, macros::raw_tracepoint, maps::PerCpuArray, programs::RawTracePointContext,
 };
 use xdpkit_common::doctor::EXCEPTION_SLOTS;
+
+xdpkit_ebpf::license!();
 
 #[map(name = "XDPKIT_EXCEPTIONS")]
 static EXCEPTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXCEPTION_SLOTS, 0);

@@ -1,5 +1,7 @@
 //! The firewall: prefix rules in LPM tries (see docs/firewall.md), policies
 //! for non-IP, malformed frames and fragments, rate limits, counters.
+#![no_std]
+#![no_main]
 
 mod general;
 mod parse;
@@ -24,7 +26,9 @@ use xdpkit_common::{
 };
 
 use self::parse::{parse, IpFrame, Parsed};
-use crate::stats::{count, count_rule};
+use xdpkit_ebpf::{chain, stats::count_rule};
+
+xdpkit_ebpf::license!();
 
 #[map(name = "FW_CONFIG")]
 static CONFIG: Array<FwConfig> = Array::with_max_entries(1, 0);
@@ -116,7 +120,7 @@ const TOKEN: u64 = 1_000_000_000;
 #[xdp]
 pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
-        return count(&ctx, XdpAction::Pass);
+        return chain::next(&ctx);
     };
     let cfg = *cfg;
     let mut slot = core::mem::MaybeUninit::uninit();
@@ -156,6 +160,10 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
                 };
             }
         }
+    }
+    if action == XdpAction::Pass {
+        // Allowed: the stages after the firewall decide (pass if none).
+        return chain::next(&ctx);
     }
     count_rule(&ctx, action, rule)
 }

@@ -1,7 +1,13 @@
+//! The `drop` program.
+#![no_std]
+#![no_main]
+
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use xdpkit_common::XdpAction;
 
-use crate::stats::count;
+use xdpkit_ebpf::stats::count;
+
+xdpkit_ebpf::license!();
 
 /// Counts every frame and drops it.
 #[xdp]

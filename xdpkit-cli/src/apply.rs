@@ -1,0 +1,113 @@
+//! `xdpkit apply`
+
+use std::path::PathBuf;
+
+use xdpkit::apply::{self, ApplyOptions};
+
+use crate::output::{print_json, JsonArg};
+
+/// Make what runs equal to a host configuration file.
+///
+/// The file declares, per interface, the attach mode, the stages in order
+/// and each stage's settings (firewall policies and rules inline or from a
+/// rules file, the redirect target). Apply compares it with what runs and
+/// changes only what differs: each changed interface gets its new chain
+/// loaded aside and switched in at once; stages that stay keep their maps,
+/// and firewall rules that stay keep their ids and counters. Applying the
+/// same file again changes nothing and says so. A stage loaded by another
+/// build of xdpkit is replaced in place (an upgrade), counters kept.
+///
+/// Everything is checked before anything changes: a bad file (named with
+/// file:line and key), an unknown interface or redirect target, a mode the
+/// device lacks, or another tool's program (without --force) exits 2 with
+/// the system untouched. Interfaces xdpkit runs that the file does not name
+/// are reported, or detached with --prune.
+///
+/// File format (see the README, "Configuration"):
+///   [interfaces.eth0]
+///   mode = "native"                     # auto (default) | native | skb
+///   stages = ["firewall", "redirect"]
+///   [interfaces.eth0.firewall]
+///   default = "drop"                    # pass | drop
+///   rules = ["allow src 198.18.41.0/24 prio 10"]
+///   rules-file = "blocklist.rules"      # relative to the file
+///   [interfaces.eth0.redirect]
+///   to = "eth1"
+///
+/// Examples:
+///   xdpkit apply -f /etc/xdpkit/host.toml --dry-run
+///   xdpkit apply -f /etc/xdpkit/host.toml
+///   xdpkit export | xdpkit apply --dry-run -f -
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The configuration file (`-`: standard input).
+    #[arg(short, long, value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Print the difference from what runs (stages added, removed or moved;
+    /// rules added and removed; policies changed) and change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Detach interfaces xdpkit manages that the file does not name.
+    #[arg(long)]
+    pub prune: bool,
+
+    /// Replace XDP programs that another tool attached to named interfaces.
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let desired = apply::read(&args.file)?;
+    let report = apply::apply(
+        &desired,
+        ApplyOptions {
+            dry_run: args.dry_run,
+            prune: args.prune,
+            force: args.force,
+        },
+    )?;
+    if args.json.json {
+        return print_json(&report);
+    }
+    let file = args.file.display();
+    if report.diff.is_empty() && report.is_noop() {
+        println!("{file}: no changes: the running state already matches");
+    } else {
+        print!("{}", with_newline(&report.diff.render()));
+    }
+    for name in &report.upgraded {
+        println!("{name}: stages loaded by another xdpkit build: replaced in place");
+    }
+    for name in &report.unmanaged {
+        println!("{name}: managed by xdpkit but not in {file}: left running (--prune detaches it)");
+    }
+    if report.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(());
+    }
+    if !report.is_noop() {
+        let mut done = Vec::new();
+        if !report.applied.is_empty() {
+            done.push(format!("applied {}", report.applied.join(", ")));
+        }
+        if !report.detached.is_empty() {
+            done.push(format!("detached {}", report.detached.join(", ")));
+        }
+        println!("{}", done.join("; "));
+    }
+    Ok(())
+}
+
+fn with_newline(text: &str) -> String {
+    if text.is_empty() || text.ends_with('\n') {
+        text.to_string()
+    } else {
+        format!("{text}\n")
+    }
+}

@@ -1,0 +1,388 @@
+//! Stages: an interface runs an ordered chain of programs. The bpf_link
+//! runs a small root program that tail-calls the first stage of the active
+//! half of the interface's PROG_ARRAY (layout: `xdpkit_common::chain`).
+//!
+//! Installing a chain loads every stage anew into the half not in use, each
+//! with its maps pinned in its own directory (so rules and counters carry
+//! over), then switches with one update of the root's state map. Frames
+//! already inside the old half finish there; the next install overwrites it.
+
+use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf, sync::LazyLock};
+
+use aya::{
+    maps::{Array, MapData, ProgramArray},
+    Ebpf,
+};
+use serde::Serialize;
+use xdpkit_common::{
+    chain::{ChainState, CHAIN_MAP, MAX_STAGES, NEXT_GLOBAL, NO_NEXT, ROOT_MAP, STAGE_NAME_LEN},
+    dump::{DUMP_CONFIG, DUMP_RING},
+    maps::STATS_MAP,
+};
+
+use crate::{
+    attach::Mode,
+    error::map_err,
+    object::{self, embedded, Object},
+    pins::{self, PinDir},
+    programs::{self, Program, StageLoad},
+    Error, Result,
+};
+
+/// The root program's object.
+pub const ROOT: Object = embedded!("root");
+const ROOT_SYMBOL: &str = "xdpkit_root";
+
+/// A fingerprint of every embedded object: stages loaded by another build
+/// are replaced even when the configuration is the same (an upgrade).
+pub static BUILD: LazyLock<u64> = LazyLock::new(|| {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let objects = std::iter::once(ROOT).chain(programs::REGISTRY.iter().map(|p| p.object()));
+    for object in objects {
+        for byte in object.bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+});
+
+/// One stage to install: a program and its settings.
+#[derive(Clone)]
+pub struct StageSpec {
+    /// The program.
+    pub program: &'static dyn Program,
+    /// Its settings (keys of [`Program::settings_keys`]).
+    pub settings: toml::Table,
+}
+
+impl std::fmt::Debug for StageSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageSpec")
+            .field("program", &self.program.name())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// A stage as installed.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageReport {
+    /// Program name.
+    pub program: &'static str,
+    /// Kernel id of the stage's program.
+    pub prog_id: u32,
+    /// Its slot in the chain PROG_ARRAY.
+    pub slot: u32,
+    /// Whether its maps were created now (not carried over).
+    pub fresh: bool,
+}
+
+/// The chain state of an interface, as the root's map holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunningChain {
+    /// Program names in order.
+    pub stages: Vec<String>,
+    /// First slot of the active half.
+    pub base: u32,
+    /// The mode asked for when it was installed.
+    pub mode: &'static str,
+    /// How many chains the interface has had.
+    pub generation: u32,
+    /// Whether this build of xdpkit loaded the stages.
+    pub same_build: bool,
+}
+
+/// The writers' lock of an interface (an flock on its pin directory): one
+/// xdpkit process changes an interface at a time. Readers never take it.
+pub struct IfaceLock {
+    file: File,
+}
+
+impl IfaceLock {
+    /// Waits for and takes the lock of `dir` (which must exist).
+    pub fn take(dir: &PinDir) -> Result<IfaceLock> {
+        let file = File::open(dir.path()).map_err(|source| Error::Pin {
+            what: "cannot open",
+            path: dir.path().to_path_buf(),
+            source,
+        })?;
+        // SAFETY: a valid fd; flock blocks until no other xdpkit holds it.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::Pin {
+                what: "cannot lock",
+                path: dir.path().to_path_buf(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(IfaceLock { file })
+    }
+
+    /// Another handle on the same lock (same open file), for a writer
+    /// called while this one is held.
+    pub fn share(&self) -> Result<File> {
+        self.file.try_clone().map_err(|source| Error::Syscall {
+            call: "dup of the interface lock",
+            source,
+        })
+    }
+}
+
+/// The interface's root program and chain maps, created or reused from
+/// the pins in `dir`.
+pub(crate) fn load_root(dir: &PinDir, iface: &str) -> Result<Ebpf> {
+    let pins = root_pins(dir);
+    ROOT.check_pins(iface, &pins)?;
+    let mut ebpf = ROOT.load_with(&pins, &[])?;
+    object::program(&mut ebpf, ROOT_SYMBOL, "root")?;
+    for (_, path) in &pins {
+        restrict(path)?;
+    }
+    Ok(ebpf)
+}
+
+/// The root program in `ebpf` (loaded by [`load_root`]).
+pub(crate) fn root_program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::Xdp> {
+    object::program(ebpf, ROOT_SYMBOL, "root")
+}
+
+fn root_pins(dir: &PinDir) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        (CHAIN_MAP, dir.file(pins::CHAIN)),
+        (ROOT_MAP, dir.file(pins::ROOT)),
+    ]
+}
+
+/// Loads `stages` into the half of the chain not in use and switches to
+/// them. `root` holds the interface's chain and root maps
+/// ([`load_root`]); the caller holds the interface's [`IfaceLock`].
+pub(crate) fn install(
+    root: &mut Ebpf,
+    dir: &PinDir,
+    iface: &str,
+    mode: Mode,
+    stages: &[StageSpec],
+    lock: &IfaceLock,
+) -> Result<Vec<StageReport>> {
+    if stages.is_empty() || stages.len() > MAX_STAGES as usize {
+        return Err(Error::InvalidArgument(format!(
+            "a chain has 1 to {MAX_STAGES} stages, not {}",
+            stages.len()
+        )));
+    }
+    let old = read_state(root)?;
+    let base = if old.len > 0 && old.base == 0 {
+        MAX_STAGES
+    } else {
+        0
+    };
+    let mut reports = Vec::with_capacity(stages.len());
+    // Kept until after the switch (the chain map holds the programs too).
+    let mut loaded = Vec::with_capacity(stages.len());
+    {
+        let chain = root
+            .map_mut(CHAIN_MAP)
+            .ok_or_else(|| object::missing_map(CHAIN_MAP))?;
+        let mut chain: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(chain).map_err(map_err("open the chain"))?;
+        for (i, stage) in stages.iter().enumerate() {
+            let slot = base + i as u32;
+            let next = if i + 1 < stages.len() {
+                slot + 1
+            } else {
+                NO_NEXT
+            };
+            let (mut ebpf, fresh) = load_stage(dir, iface, stage, next, lock)?;
+            let program = object::program(&mut ebpf, stage.program.symbol(), stage.program.name())?;
+            let prog_id = program
+                .info()
+                .map(|info| info.id())
+                .map_err(|source| Error::Load {
+                    program: stage.program.name(),
+                    source,
+                })?;
+            let fd = program.fd().map_err(|source| Error::Load {
+                program: stage.program.name(),
+                source,
+            })?;
+            chain.set(slot, fd, 0).map_err(map_err(format!(
+                "put stage {} in chain slot {slot}",
+                stage.program.name()
+            )))?;
+            reports.push(StageReport {
+                program: stage.program.name(),
+                prog_id,
+                slot,
+                fresh,
+            });
+            loaded.push(ebpf);
+        }
+        // Slots of an earlier, longer chain in this half.
+        for slot in base + stages.len() as u32..base + MAX_STAGES {
+            match chain.clear_index(&slot) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(format!("clear chain slot {slot}"))(e)),
+            }
+        }
+    }
+    let mut state = ChainState::empty();
+    state.base = base;
+    state.len = stages.len() as u32;
+    state.build = *BUILD;
+    state.mode = mode_code(mode);
+    state.generation = old.generation.wrapping_add(1);
+    for (name, stage) in state.stages.iter_mut().zip(stages) {
+        let bytes = stage.program.name().as_bytes();
+        name[..bytes.len().min(STAGE_NAME_LEN)]
+            .copy_from_slice(&bytes[..bytes.len().min(STAGE_NAME_LEN)]);
+    }
+    write_state(root, state)?;
+    drop(loaded);
+    // Stages no longer in the chain leave with their state; the old half
+    // still holds their programs (and so their maps) until it is reused.
+    for gone in old_names(&old) {
+        if !stages.iter().any(|s| s.program.name() == gone) {
+            let stage_dir = dir.stage(&gone);
+            std::fs::remove_dir_all(stage_dir.path()).map_err(|source| Error::Pin {
+                what: "cannot remove",
+                path: stage_dir.path().to_path_buf(),
+                source,
+            })?;
+        }
+    }
+    Ok(reports)
+}
+
+/// Loads one stage with its maps pinned in its directory (created or
+/// reused), the shared chain and dump maps pinned in the interface's, and
+/// `next` as the slot its "next" tail-calls; then applies its settings.
+/// Returns the object and whether its maps were created now.
+fn load_stage(
+    dir: &PinDir,
+    iface: &str,
+    stage: &StageSpec,
+    next: u32,
+    lock: &IfaceLock,
+) -> Result<(Ebpf, bool)> {
+    let program = stage.program;
+    let stage_dir = dir.stage(program.name());
+    stage_dir.create()?;
+    let fresh = !stage_dir.file(pins::STATS).exists();
+    let mut pins = vec![
+        (STATS_MAP, stage_dir.file(pins::STATS)),
+        (CHAIN_MAP, dir.file(pins::CHAIN)),
+        (DUMP_CONFIG, dir.file(pins::DUMP_CONFIG)),
+        (DUMP_RING, dir.file(pins::DUMP_RING)),
+    ];
+    pins.extend(
+        program
+            .pinned_maps()
+            .iter()
+            .map(|(map, file)| (*map, stage_dir.file(file))),
+    );
+    let object = program.object();
+    object.check_pins(iface, &pins)?;
+    let mut ebpf = object.load_with(&pins, &[(NEXT_GLOBAL, next)])?;
+    for (_, path) in &pins {
+        restrict(path)?;
+    }
+    let mut load = StageLoad {
+        iface,
+        dir: &stage_dir,
+        ebpf: &mut ebpf,
+        fresh,
+        lock,
+    };
+    program.configure(&mut load, &stage.settings)?;
+    Ok((ebpf, fresh))
+}
+
+/// Writes the root's state: the switch.
+fn write_state(root: &mut Ebpf, state: ChainState) -> Result<()> {
+    let map = root
+        .map_mut(ROOT_MAP)
+        .ok_or_else(|| object::missing_map(ROOT_MAP))?;
+    let mut array: Array<&mut MapData, ChainState> =
+        Array::try_from(map).map_err(map_err("open the chain state"))?;
+    array.set(0, state, 0).map_err(map_err("switch the chain"))
+}
+
+fn old_names(state: &ChainState) -> Vec<String> {
+    state
+        .stages
+        .iter()
+        .take(state.len.min(MAX_STAGES) as usize)
+        .map(|name| {
+            let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+            String::from_utf8_lossy(&name[..end]).into_owned()
+        })
+        .collect()
+}
+
+const fn mode_code(mode: Mode) -> u32 {
+    match mode {
+        Mode::Auto => 0,
+        Mode::Native => 1,
+        Mode::Skb => 2,
+        Mode::Offload => 3,
+    }
+}
+
+const fn mode_name(code: u32) -> &'static str {
+    match code {
+        1 => "native",
+        2 => "skb",
+        3 => "offload",
+        _ => "auto",
+    }
+}
+
+/// The chain running on the interface whose pin directory is `dir`, read
+/// from the pinned root state (no lock: a reader).
+pub fn running(dir: &PinDir) -> Result<Option<RunningChain>> {
+    let path = dir.file(pins::ROOT);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).map_err(|e| Error::Map {
+        what: format!("open {}", path.display()),
+        source: e.into(),
+    })?;
+    let array: Array<MapData, ChainState> = Array::try_from(aya::maps::Map::Array(data))
+        .map_err(map_err(format!("open {}", path.display())))?;
+    let state = array
+        .get(&0, 0)
+        .map_err(map_err(format!("read {}", path.display())))?;
+    if state.len == 0 {
+        return Ok(None);
+    }
+    Ok(Some(RunningChain {
+        stages: old_names(&state),
+        base: state.base,
+        mode: mode_name(state.mode),
+        generation: state.generation,
+        same_build: state.build == *BUILD,
+    }))
+}
+
+fn restrict(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        Error::Pin {
+            what: "cannot chmod",
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The root's state (zeros for a root map just created).
+pub(crate) fn read_state(root: &Ebpf) -> Result<ChainState> {
+    let map = root
+        .map(ROOT_MAP)
+        .ok_or_else(|| object::missing_map(ROOT_MAP))?;
+    let array: Array<&MapData, ChainState> =
+        Array::try_from(map).map_err(map_err("open the chain state"))?;
+    array.get(&0, 0).map_err(map_err("read the chain state"))
+}
