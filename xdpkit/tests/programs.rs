@@ -10,7 +10,8 @@ use proptest::{
     prelude::*,
     test_runner::{Config, TestRunner},
 };
-use xdpkit::{lab::require_root, model, Harness, ProgramKind, XdpAction};
+use xdpkit::{model, Harness, ProgramKind, XdpAction};
+use xdpkit_lab::lab::require_root;
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
