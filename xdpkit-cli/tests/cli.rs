@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use xdpkit::lab::{require_root, Lab};
+use xdpkit_lab::lab::{require_root, Lab};
 
 mod common;
 

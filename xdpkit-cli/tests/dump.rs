@@ -10,7 +10,7 @@ use std::{
 };
 
 use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
-use xdpkit::lab::{require_root, Lab};
+use xdpkit_lab::lab::{require_root, Lab};
 
 use common::{ok, xdpkit_in, XDPKIT};
 

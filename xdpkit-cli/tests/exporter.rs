@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use xdpkit::lab::{require_root, Lab};
+use xdpkit_lab::lab::{require_root, Lab};
 
 use common::{ok, xdpkit_in, XDPKIT};
 

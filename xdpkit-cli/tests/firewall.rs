@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Output, time::Duration};
 
 use serde_json::Value;
-use xdpkit::lab::{require_root, Lab};
+use xdpkit_lab::lab::{require_root, Lab};
 
 mod common;
 

@@ -14,7 +14,7 @@ use pcap_file::{
     DataLink,
 };
 use serde_json::Value;
-use xdpkit::lab::require_root;
+use xdpkit_lab::lab::require_root;
 
 const XDPKIT: &str = env!("CARGO_BIN_EXE_xdpkit");
 
@@ -193,7 +193,7 @@ fn simulate_dev_uses_the_live_rules_and_policies() {
     if !require_root("simulate_dev_uses_the_live_rules_and_policies") {
         return;
     }
-    let lab = xdpkit::lab::Lab::builder("xkt-simdev")
+    let lab = xdpkit_lab::lab::Lab::builder("xkt-simdev")
         .namespace("n")
         .veth("n", "xksimdev0", None, "n", "xksimdev1", None)
         .build()

@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 
 use serde_json::Value;
-use xdpkit::lab::require_root;
+use xdpkit_lab::lab::require_root;
 
 use common::{ok, xdpkit_in, XDPKIT};
 

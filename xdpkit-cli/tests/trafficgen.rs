@@ -7,7 +7,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use serde_json::Value;
-use xdpkit::lab::{require_root, Lab};
+use xdpkit_lab::lab::{require_root, Lab};
 
 use common::{ok, xdpkit_in};
 

@@ -1,13 +1,10 @@
 //! A Prometheus exporter: on each scrape, the counters of every interface
 //! xdpkit manages in this network namespace (per action, per firewall
 //! outcome, per firewall rule), read from the pinned maps and written in
-//! the OpenMetrics text format by the prometheus-client crate.
+//! the OpenMetrics text format by the prometheus-client crate. Serving it
+//! over HTTP is the CLI's (`xdpkit exporter`).
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    time::Duration,
-};
+use std::time::Duration;
 
 use prometheus_client::{
     collector::Collector,
@@ -17,12 +14,6 @@ use prometheus_client::{
 };
 
 use crate::{firewall::live::LiveFirewall, status, Error, Result};
-
-/// Where to listen when not told: loopback only, xdpkit's port.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9739";
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Longest request head read; more is refused.
-const MAX_REQUEST: usize = 8192;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -185,96 +176,4 @@ pub fn scrape(rules_limit: usize) -> Result<String> {
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .map_err(|_| Error::InvalidArgument("cannot encode the metrics".to_string()))?;
     Ok(text)
-}
-
-/// Serves `GET /metrics` on `listen` until the process ends, one request
-/// at a time (Prometheus scrapes every few seconds).
-pub fn serve(listen: SocketAddr, rules_limit: usize) -> Result<()> {
-    let listener = TcpListener::bind(listen).map_err(|source| Error::Syscall {
-        call: "bind the exporter's address",
-        source,
-    })?;
-    serve_on(&listener, rules_limit)
-}
-
-/// [`serve`] on a bound listener.
-pub fn serve_on(listener: &TcpListener, rules_limit: usize) -> Result<()> {
-    for stream in listener.incoming() {
-        match stream {
-            Ok(stream) => {
-                if let Err(e) = answer(stream, rules_limit) {
-                    tracing::info!("exporter: request failed: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("exporter: accept failed: {e}"),
-        }
-    }
-    Ok(())
-}
-
-fn answer(mut stream: TcpStream, rules_limit: usize) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "too long\n",
-            );
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => match scrape(rules_limit) {
-            Ok(text) => respond(&mut stream, "200 OK", CONTENT_TYPE, &text),
-            Err(e) => respond(
-                &mut stream,
-                "500 Internal Server Error",
-                "text/plain",
-                &format!("{e}\n"),
-            ),
-        },
-        ("GET", "/") => respond(
-            &mut stream,
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "xdpkit exporter: metrics at /metrics\n",
-        ),
-        ("GET", _) => respond(
-            &mut stream,
-            "404 Not Found",
-            "text/plain",
-            "not found: try /metrics\n",
-        ),
-        _ => respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n",
-        ),
-    }
-}
-
-fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
 }

@@ -4,13 +4,14 @@
 //! - [`status`]: what is attached, with per-action counters and rates, from any process;
 //! - [`features`]: what the kernel and a device support;
 //! - [`testrun`]: BPF_PROG_TEST_RUN on crafted frames, with [`model`] as the reference;
-//! - [`trafficgen`]: a live-frames traffic generator (BPF_PROG_TEST_RUN, XDP_TX);
-//! - [`lab`]: network namespaces and veth pairs for tests, demos and benchmarks.
+//! - [`trafficgen`]: a live-frames traffic generator (BPF_PROG_TEST_RUN, XDP_TX).
+//!
+//! Namespace labs, the benchmark harness and the demo are in the
+//! `xdpkit-lab` crate (test support, not part of this library).
 
 pub mod apply;
 pub mod attach;
 pub mod bench;
-pub mod benchkit;
 pub mod chain;
 pub mod config;
 pub mod doctor;
@@ -21,7 +22,6 @@ pub mod features;
 pub mod programs;
 pub use programs::firewall;
 pub mod iface;
-pub mod lab;
 pub mod model;
 pub mod netlink;
 pub mod object;

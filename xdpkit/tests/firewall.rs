@@ -20,10 +20,10 @@ use xdpkit::{
         model::{decide, RateState, Reason},
         Entry, FragmentPolicy, Policy, Ruleset, Verdict,
     },
-    lab::require_root,
     XdpAction,
 };
 use xdpkit_common::firewall::{Outcome, NO_RULE};
+use xdpkit_lab::lab::require_root;
 
 /// Addresses frames use and rules cover, so that rules actually match.
 const V4: [[u8; 4]; 5] = [

@@ -13,12 +13,12 @@ use proptest::{
 };
 use xdpkit::{
     chain::StageSpec,
-    lab::require_root,
     model,
     programs::{self, count::Count, drop::Drop, firewall::Firewall, pass::Pass, tx::Tx, Program},
     testrun::Alone,
     Harness, XdpAction,
 };
+use xdpkit_lab::lab::require_root;
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];

@@ -10,10 +10,10 @@ use std::{
 
 use ipnet::Ipv4Net;
 use xdpkit::{
-    lab::{require_root, Lab},
     trafficgen::{udp_frame, Generator},
     AttachRequest, Mode,
 };
+use xdpkit_lab::lab::{require_root, Lab};
 
 /// Few enough for the socket's default buffer: a datagram built from an
 /// XDP frame is charged a whole page.

@@ -147,6 +147,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     tests
 }
 
+/// Runs one of xdpkit-lab's benchmark examples (release build).
 fn bench(example: &str, args: &[String]) -> anyhow::Result<()> {
     bootstrap::run()?;
     anyhow::ensure!(
@@ -158,7 +159,7 @@ fn bench(example: &str, args: &[String]) -> anyhow::Result<()> {
         "--quiet",
         "--release",
         "-p",
-        "xdpkit",
+        "xdpkit-lab",
         "--example",
         example,
         "--",
@@ -167,6 +168,7 @@ fn bench(example: &str, args: &[String]) -> anyhow::Result<()> {
     util::run(&mut cmd)
 }
 
+/// Runs xdpkit-lab's `demo` example.
 fn demo() -> anyhow::Result<()> {
     bootstrap::run()?;
     anyhow::ensure!(
@@ -177,7 +179,7 @@ fn demo() -> anyhow::Result<()> {
         "run",
         "--quiet",
         "-p",
-        "xdpkit",
+        "xdpkit-lab",
         "--example",
         "demo",
     ]))

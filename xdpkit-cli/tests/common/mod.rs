@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use xdpkit::lab::Lab;
+use xdpkit_lab::lab::Lab;
 
 /// The binary under test.
 pub const XDPKIT: &str = env!("CARGO_BIN_EXE_xdpkit");

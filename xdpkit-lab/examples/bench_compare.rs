@@ -1,6 +1,6 @@
 //! `cargo xtask bench compare`: the cost of touching a frame and of each
 //! verdict, seed 001's memory-access benchmark, on the same one-core lab
-//! and trials harness as the firewall benchmark (`xdpkit::benchkit`).
+//! and trials harness as the firewall benchmark (`xdpkit_lab::benchkit`).
 //!
 //! xdpkit's generator sends 60-byte UDP frames from `gen`; in `dut`,
 //! xdpkit's bench program (`xdpkit bench`) gives each one verdict after
@@ -15,10 +15,10 @@ use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use xdpkit::{
     bench::{Bench, BenchAction, BenchRequest, Touch},
-    benchkit::{self, Bar, BenchResult, OneCoreLab},
     trafficgen::udp_frame,
     Mode,
 };
+use xdpkit_lab::benchkit::{self, Bar, BenchResult, OneCoreLab};
 
 const GEN_IF: &str = "xkbc-g";
 const DUT_IF: &str = "xkbc-d";
@@ -81,7 +81,7 @@ fn contenders() -> Vec<(String, BenchRequest)> {
 }
 
 fn main() -> BenchResult<()> {
-    if !xdpkit::lab::is_root() {
+    if !xdpkit_lab::lab::is_root() {
         return Err(
             "the benchmark builds network namespaces and attaches XDP: run it as root".into(),
         );

@@ -7,10 +7,9 @@ use std::{path::Path, process::Command, time::Duration};
 
 use ipnet::Ipv4Net;
 
-use crate::{
-    lab::Lab,
-    trafficgen::{Generator, Sent},
-};
+use xdpkit::trafficgen::{Generator, Sent};
+
+use crate::lab::Lab;
 
 /// Errors of the harness: anything, with its message.
 pub type BenchResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;

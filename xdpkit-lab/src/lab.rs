@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{iface, pins::PinDir};
+use xdpkit::{iface, pins::PinDir};
 
 /// A failed lab step.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,7 @@ impl Lab {
             .split_whitespace()
             .nth(2)
             .ok_or_else(|| LabError::Invalid(format!("no MAC in `{out}`")))?;
-        crate::iface::parse_mac(mac).ok_or_else(|| LabError::Invalid(format!("bad MAC {mac}")))
+        xdpkit::iface::parse_mac(mac).ok_or_else(|| LabError::Invalid(format!("bad MAC {mac}")))
     }
 
     /// Makes `ip` in `ns` resolve to `mac` on `ifname` without ARP/ND, so
@@ -482,10 +482,10 @@ mod tests {
     #[test]
     fn parses_macs() {
         assert_eq!(
-            crate::iface::parse_mac("02:00:0a:ff:00:01"),
+            xdpkit::iface::parse_mac("02:00:0a:ff:00:01"),
             Some([2, 0, 10, 255, 0, 1])
         );
-        assert_eq!(crate::iface::parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(xdpkit::iface::parse_mac("02:00:0a:ff:00"), None);
     }
 
     #[test]

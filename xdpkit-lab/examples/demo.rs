@@ -17,9 +17,9 @@ use std::{
 
 use xdpkit::{
     firewall::{live::LiveFirewall, Policy, Ruleset},
-    lab::Lab,
     AttachRequest, Mode, XdpAction,
 };
+use xdpkit_lab::lab::Lab;
 
 const SERVER_IF: &str = "xkdm-s";
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 42, 2);
@@ -57,7 +57,7 @@ struct Counters {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if !xdpkit::lab::is_root() {
+    if !xdpkit_lab::lab::is_root() {
         return Err("the demo builds network namespaces and attaches XDP: run it as root".into());
     }
     let started = Instant::now();

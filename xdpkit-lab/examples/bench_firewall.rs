@@ -28,14 +28,16 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use xdpkit::{
-    benchkit::{self, output, run, Bar, OneCoreLab, Trials},
     firewall::{kernel::FirewallHarness, live::LiveFirewall, Policy, Ruleset, Verdict},
-    lab::Lab,
     trafficgen::udp_frame,
     AttachRequest, Mode, XdpAction,
 };
+use xdpkit_lab::{
+    benchkit::{self, output, run, Bar, OneCoreLab, Trials},
+    lab::Lab,
+};
 
-type BoxResult<T> = xdpkit::benchkit::BenchResult<T>;
+type BoxResult<T> = xdpkit_lab::benchkit::BenchResult<T>;
 
 const GEN_IF: &str = "xkbf-g";
 const DUT_IF: &str = "xkbf-d";
@@ -124,7 +126,7 @@ struct Row {
 }
 
 fn main() -> BoxResult<()> {
-    if !xdpkit::lab::is_root() {
+    if !xdpkit_lab::lab::is_root() {
         return Err(
             "the benchmark builds network namespaces and attaches XDP: run it as root".into(),
         );

@@ -1,0 +1,15 @@
+//! Test support, benchmarks and the demo for xdpkit; not part of the
+//! library (`publish = false`).
+//!
+//! - [`lab`]: network namespaces and veth pairs for tests, demos and
+//!   benchmarks, removed again when dropped;
+//! - [`benchkit`]: the harness behind `cargo xtask bench ...`: a one-core
+//!   lab, trials with medians, CSV and PNG bars.
+//!
+//! The examples are what `cargo xtask` runs: `demo` (`cargo xtask demo`),
+//! `bench_firewall` and `bench_compare` (`cargo xtask bench firewall|compare`).
+
+pub mod benchkit;
+pub mod lab;
+
+pub use lab::{is_root, require_root, Lab, LabBuilder, LabError, UdpSink};
