@@ -19,6 +19,7 @@ pub mod programs;
 pub use programs::firewall;
 pub mod iface;
 pub mod lab;
+pub mod maps;
 pub mod model;
 pub mod netlink;
 pub mod object;

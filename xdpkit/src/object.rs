@@ -130,9 +130,7 @@ pub fn set_redirect_target(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
 
 /// The error for a map the embedded object should have but lacks.
 pub fn missing_map(name: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "the embedded object has no map {name}: rebuild xdpkit"
-    ))
+    crate::maps::missing_map(name)
 }
 
 /// Parses a program name as the user typed it.

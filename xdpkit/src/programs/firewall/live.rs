@@ -19,15 +19,15 @@ use xdpkit_common::firewall::{
 };
 
 use super::{
-    bulk,
     kernel::{
         add_prefix_in_place, commit, is_prefix_rule, read_config, rebuild_general,
         rebuild_prefixes, stage, Staged,
     },
-    maps::{pin_name, MapSource, PinnedMaps},
+    maps::{open_pinned, pin_name},
     record, Entry, Rule, Ruleset,
 };
 use crate::error::map_err;
+use crate::maps::{batch, MapSource, PinnedMaps};
 use crate::{iface, object, pins::PinDir, privilege, status::rfc3339, sys, Error, Result};
 
 /// One row of `xdpkit rule list`.
@@ -87,7 +87,7 @@ impl LiveFirewall {
                 source: std::io::Error::last_os_error(),
             });
         }
-        let maps = PinnedMaps::open(&dir)?;
+        let maps = open_pinned(&dir)?;
         // `attach` checks every map against this build (object::check_pins);
         // here, where a millisecond counts, the two layouts every command
         // reads stand for the rest.
@@ -95,7 +95,7 @@ impl LiveFirewall {
             (FW_CONFIG, std::mem::size_of::<FwConfig>()),
             (FW_RULE_STATS, std::mem::size_of::<RuleHits>()),
         ] {
-            let info = bulk::map_info(&maps, name)?;
+            let info = batch::map_info(&maps, name)?;
             if info.value_size() as usize != size {
                 return Err(Error::IncompatibleState {
                     iface: ifname.to_string(),
@@ -112,7 +112,7 @@ impl LiveFirewall {
 
     /// The stored ruleset.
     pub fn rules(&self) -> Result<Ruleset> {
-        let records = bulk::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?;
+        let records = batch::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?;
         let entries = records
             .into_iter()
             .map(|(id, rec)| entry_of(id, &rec))
@@ -126,7 +126,7 @@ impl LiveFirewall {
         let cfg = read_config(&self.maps)?;
         let set = cfg.general_set();
         let refs =
-            bulk::dump::<u32, RuleRef>(&self.maps, FW_GEN_RULES[set], cfg.general[set] as usize)?;
+            batch::dump::<u32, RuleRef>(&self.maps, FW_GEN_RULES[set], cfg.general[set] as usize)?;
         let records = self.records()?;
         refs.into_iter()
             .map(|(_, r)| {
@@ -153,7 +153,7 @@ impl LiveFirewall {
 
     /// Stores `entries` in FW_RULES with zeroed counters, before packets can hit them.
     fn store(&self, entries: &[Entry]) -> Result<()> {
-        self.store_in(bulk::map_fd(&self.maps, FW_RULES)?, entries)
+        self.store_in(batch::map_fd(&self.maps, FW_RULES)?, entries)
     }
 
     /// [`store`](Self::store) into the rules map `fd`.
@@ -173,13 +173,13 @@ impl LiveFirewall {
 
     /// Forgets rules `ids` (no longer judged): records and counters.
     fn forget(&mut self, ids: &[u32]) -> Result<()> {
-        sys::map_delete_batch(bulk::map_fd(&self.maps, FW_RULES)?, ids)?;
+        sys::map_delete_batch(batch::map_fd(&self.maps, FW_RULES)?, ids)?;
         self.reset_counters(ids)
     }
 
     fn reset_counters(&self, ids: &[u32]) -> Result<()> {
         let cpus = sys::possible_cpus()?;
-        bulk::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, cpus, ids)
+        batch::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, cpus, ids)
     }
 
     /// The next id and sequence number.
@@ -263,7 +263,7 @@ impl LiveFirewall {
 
     fn ids(&self) -> Result<Vec<u32>> {
         Ok(
-            bulk::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?
+            batch::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?
                 .into_iter()
                 .map(|(id, _)| id)
                 .collect(),
@@ -344,7 +344,7 @@ impl LiveFirewall {
         let rules = self.rules()?;
         let cfg = read_config(&self.maps)?;
         let cpus = sys::possible_cpus()?;
-        let stats = bulk::dump_per_cpu::<RuleHits>(
+        let stats = batch::dump_per_cpu::<RuleHits>(
             &self.maps,
             FW_RULE_STATS,
             cpus,
