@@ -160,6 +160,19 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A key or value type whose size is not the map's: a bug in xdpkit
+    /// (or a map made by another build), found before the syscall.
+    #[error("internal error: map {map} has {map_bytes}-byte {what}s, the type given for them has {type_bytes} bytes")]
+    MapLayout {
+        /// The kernel's name of the map.
+        map: String,
+        /// "key", "value" or "per-CPU value".
+        what: &'static str,
+        /// The size the map has (values: as batch commands copy them).
+        map_bytes: usize,
+        /// The size of the type given.
+        type_bytes: usize,
+    },
     /// A raw bpf() syscall failed.
     #[error("{call} failed: {source}")]
     Syscall {

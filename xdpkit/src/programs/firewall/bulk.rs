@@ -3,6 +3,7 @@
 
 use std::{net::IpAddr, os::fd::BorrowedFd};
 
+use aya::Pod;
 use ipnet::IpNet;
 
 use crate::maps::{
@@ -21,6 +22,9 @@ pub(crate) struct TrieKey<const N: usize> {
     pub addr: [u8; N],
 }
 
+// SAFETY: repr(C, packed): a u32 and bytes, no padding, valid for any bytes.
+unsafe impl<const N: usize> Pod for TrieKey<N> {}
+
 impl<const N: usize> TrieKey<N> {
     /// The key of `net`; fails if its family does not have `N` bytes.
     pub fn of(net: &IpNet) -> Result<TrieKey<N>> {
@@ -37,7 +41,7 @@ impl<const N: usize> TrieKey<N> {
 }
 
 /// Replaces the contents of an LPM trie with `entries`.
-pub(crate) fn write_trie<const N: usize, V: Copy>(
+pub(crate) fn write_trie<const N: usize, V: Pod>(
     maps: &impl MapSource,
     name: &str,
     entries: &[(IpNet, V)],
@@ -46,7 +50,7 @@ pub(crate) fn write_trie<const N: usize, V: Copy>(
 }
 
 /// [`write_trie`] on a map fd.
-pub(crate) fn write_trie_fd<const N: usize, V: Copy>(
+pub(crate) fn write_trie_fd<const N: usize, V: Pod>(
     fd: BorrowedFd<'_>,
     entries: &[(IpNet, V)],
 ) -> Result<()> {
@@ -56,7 +60,7 @@ pub(crate) fn write_trie_fd<const N: usize, V: Copy>(
 }
 
 /// Replaces the contents of an LPM trie with `keys[i]` -> `values[i]`.
-pub(crate) fn write_trie_keys<const N: usize, V: Copy>(
+pub(crate) fn write_trie_keys<const N: usize, V: Pod>(
     maps: &impl MapSource,
     name: &str,
     keys: &[TrieKey<N>],
@@ -67,7 +71,7 @@ pub(crate) fn write_trie_keys<const N: usize, V: Copy>(
 }
 
 /// Replaces the contents of a hash map keyed by the address bytes.
-pub(crate) fn write_hash_fd<const N: usize, V: Copy>(
+pub(crate) fn write_hash_fd<const N: usize, V: Pod>(
     fd: BorrowedFd<'_>,
     entries: &[(IpNet, V)],
 ) -> Result<()> {
@@ -77,7 +81,7 @@ pub(crate) fn write_hash_fd<const N: usize, V: Copy>(
 }
 
 /// Keys made by `key` and the values of `entries`.
-fn split<K: Copy, V: Copy>(
+fn split<K: Copy, V: Pod>(
     entries: &[(IpNet, V)],
     key: impl Fn(&IpNet) -> Result<K>,
 ) -> Result<(Vec<K>, Vec<V>)> {

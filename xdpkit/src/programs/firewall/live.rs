@@ -178,8 +178,7 @@ impl LiveFirewall {
     }
 
     fn reset_counters(&self, ids: &[u32]) -> Result<()> {
-        let cpus = sys::possible_cpus()?;
-        batch::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, cpus, ids)
+        batch::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, ids)
     }
 
     /// The next id and sequence number.
@@ -343,11 +342,9 @@ impl LiveFirewall {
     pub fn list(&self) -> Result<Vec<RuleRow>> {
         let rules = self.rules()?;
         let cfg = read_config(&self.maps)?;
-        let cpus = sys::possible_cpus()?;
         let stats = batch::dump_per_cpu::<RuleHits>(
             &self.maps,
             FW_RULE_STATS,
-            cpus,
             cfg.next_id.max(1) as usize,
         )?;
         let now_mono = monotonic_ns();
