@@ -160,7 +160,7 @@ pub fn scrape(rules_limit: usize) -> Result<String> {
     registry.register_collector(Box::new(XdpkitCollector { rules_limit }));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
-        .map_err(|_| Error::InvalidArgument("cannot encode the metrics".to_string()))?;
+        .map_err(|_| Error::Internal("cannot encode the metrics".to_string()))?;
     Ok(text)
 }
 

@@ -53,8 +53,7 @@ pub fn load_firewall_pinned(dir: &crate::pins::PinDir, iface: &str) -> Result<Eb
 /// Refuses firewall pins whose type or sizes differ from this build's maps:
 /// reusing them would make the program read values of another layout.
 pub fn check_pins(dir: &crate::pins::PinDir, iface: &str) -> Result<()> {
-    let object = aya_obj::Object::parse(EBPF_OBJECT)
-        .map_err(|e| Error::InvalidArgument(format!("the embedded eBPF object is damaged: {e}")))?;
+    let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(Error::DamagedObject)?;
     for name in xdpkit_common::firewall::FW_MAPS {
         let path = dir.file(&crate::firewall::maps::pin_name(name));
         let Some(def) = object.maps.get(name) else {
@@ -63,9 +62,11 @@ pub fn check_pins(dir: &crate::pins::PinDir, iface: &str) -> Result<()> {
         if !path.exists() {
             continue;
         }
-        let differs = || Error::IncompatibleState {
-            iface: iface.to_string(),
-            map: name.to_string(),
+        let differs = || {
+            Error::from(crate::firewall::error::FirewallError::IncompatibleState {
+                iface: iface.to_string(),
+                map: name.to_string(),
+            })
         };
         let info = aya::maps::MapInfo::from_pin(&path).map_err(|_| differs())?;
         let same = info.map_type().map(|t| t as u32).ok() == Some(def.map_type())

@@ -13,7 +13,7 @@ use crate::Error;
 /// The error for a map that should exist (in the embedded object or among
 /// the pins) but does not.
 pub(crate) fn missing_map(name: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "the embedded object has no map {name}: rebuild xdpkit"
-    ))
+    Error::MissingMap {
+        name: name.to_string(),
+    }
 }

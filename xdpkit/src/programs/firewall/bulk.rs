@@ -32,7 +32,7 @@ impl<const N: usize> TrieKey<N> {
             IpAddr::V4(a) => a.octets().as_slice().try_into(),
             IpAddr::V6(a) => a.octets().as_slice().try_into(),
         }
-        .map_err(|_| Error::InvalidArgument(format!("{net} is not a {}-byte address", N)))?;
+        .map_err(|_| Error::Internal(format!("{net} is not a {N}-byte address")))?;
         Ok(TrieKey {
             len: u32::from(net.prefix_len()),
             addr,

@@ -24,7 +24,7 @@ use super::{
         rebuild_prefixes, stage, Staged,
     },
     maps::{open_pinned, pin_name},
-    record, Entry, Rule, Ruleset,
+    record, Entry, FirewallError, Rule, Ruleset,
 };
 use crate::error::map_err;
 use crate::maps::{batch, MapSource, PinnedMaps};
@@ -70,9 +70,10 @@ impl LiveFirewall {
         let dir = PinDir::new(ifname)?;
         if !dir.file(&pin_name(FW_CONFIG)).exists() {
             iface::index(ifname)?;
-            return Err(Error::NoFirewall {
+            return Err(FirewallError::NoFirewall {
                 iface: ifname.to_string(),
-            });
+            }
+            .into());
         }
         let lock = File::open(dir.path()).map_err(|source| Error::Pin {
             what: "cannot open",
@@ -97,10 +98,11 @@ impl LiveFirewall {
         ] {
             let info = batch::map_info(&maps, name)?;
             if info.value_size() as usize != size {
-                return Err(Error::IncompatibleState {
+                return Err(FirewallError::IncompatibleState {
                     iface: ifname.to_string(),
                     map: name.to_string(),
-                });
+                }
+                .into());
             }
         }
         Ok(LiveFirewall {
@@ -194,10 +196,10 @@ impl LiveFirewall {
     pub fn add(&mut self, rule: Rule) -> Result<u32> {
         let (id, seq) = self.next()?;
         if id >= FW_MAX_RULE_IDS {
-            return Err(Error::InvalidArgument(format!(
-                "rule ids are exhausted (the largest is {}): load --replace to renumber",
-                FW_MAX_RULE_IDS - 1
-            )));
+            return Err(FirewallError::IdsExhausted {
+                largest: FW_MAX_RULE_IDS - 1,
+            }
+            .into());
         }
         let entry = Entry { id, seq, rule };
         self.store(std::slice::from_ref(&entry))?;
@@ -228,10 +230,11 @@ impl LiveFirewall {
         let rec = match self.records()?.get(&id, 0) {
             Ok(rec) => rec,
             Err(aya::maps::MapError::KeyNotFound) => {
-                return Err(Error::NoSuchRule {
+                return Err(FirewallError::NoSuchRule {
                     iface: self.iface.clone(),
                     id,
-                })
+                }
+                .into())
             }
             Err(e) => return Err(map_err("read FW_RULES")(e)),
         };
@@ -288,10 +291,11 @@ impl LiveFirewall {
             .collect();
         if let Some(last) = new.iter().map(|e| e.id).max() {
             if last >= FW_MAX_RULE_IDS {
-                return Err(Error::InvalidArgument(format!(
-                    "rule id {last} is beyond the largest, {}: use load --replace to renumber",
-                    FW_MAX_RULE_IDS - 1
-                )));
+                return Err(FirewallError::IdBeyondLargest {
+                    id: last,
+                    largest: FW_MAX_RULE_IDS - 1,
+                }
+                .into());
             }
         }
         let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
@@ -379,11 +383,7 @@ impl LiveFirewall {
 }
 
 fn entry_of(id: u32, rec: &RuleRecord) -> Result<Entry> {
-    let rule = record::decode(rec).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "rule {id} in FW_RULES is damaged: flush and reload"
-        ))
-    })?;
+    let rule = record::decode(rec).ok_or(FirewallError::DamagedRule { id })?;
     Ok(Entry {
         id,
         seq: rec.seq,

@@ -3,6 +3,7 @@
 //! follow the design in docs/firewall.md.
 
 mod bulk;
+pub mod error;
 pub mod frame;
 pub mod general;
 pub mod kernel;
@@ -14,6 +15,7 @@ pub mod rule;
 pub mod ruleset;
 pub mod simulate;
 
+pub use error::FirewallError;
 pub use rule::{Action, PortRange, Rule, RuleError};
 pub use ruleset::{Entry, FileError, Ruleset};
 
