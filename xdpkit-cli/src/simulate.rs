@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use xdpkit::firewall::{live::LiveFirewall, simulate, Ruleset};
+use xdpkit::firewall::{live::FirewallView, simulate, Ruleset};
 
 use crate::output::{JsonArg, PolicyArgs};
 
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 !args.policy.any(),
                 "policy flags only go with --rules: with --dev the firewall's own policies apply"
             );
-            let fw = LiveFirewall::open(dev)?;
+            let fw = FirewallView::open(dev)?;
             (fw.rules()?, fw.policy()?, format!("the firewall on {dev}"))
         }
         (None, None) => anyhow::bail!("give --rules FILE or --dev IF"),

@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{firewall::live::LiveFirewall, status, Error, Result};
+use crate::{firewall::live::FirewallView, status, Error, Result};
 
 /// Where to listen when not told: loopback only, xdpkit's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9739";
@@ -106,7 +106,7 @@ impl XdpkitCollector {
                 outcome_packets.series.push((labels.clone(), o.packets));
                 outcome_bytes.series.push((labels, o.bytes));
             }
-            let rows = match LiveFirewall::open(&st.iface).and_then(|fw| fw.list()) {
+            let rows = match FirewallView::open(&st.iface).and_then(|fw| fw.list()) {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!("exporter: cannot read the rules of {}: {e}", st.iface);

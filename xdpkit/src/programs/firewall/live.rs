@@ -51,23 +51,29 @@ pub struct RuleRow {
     pub limited: Option<u64>,
 }
 
-/// An interface's firewall, locked for this process until dropped.
-pub struct LiveFirewall {
+/// An interface's firewall for reading (`status`, `top`, the exporter,
+/// `simulate --dev`): it takes no lock, so readers never wait for a writer
+/// nor make one wait. A reader may see a change half made (rules stored,
+/// counters not yet reset): it reports, it does not decide.
+pub struct FirewallView {
     iface: String,
     maps: PinnedMaps,
-    _lock: File,
 }
 
-impl LiveFirewall {
-    /// Opens the firewall attached to `ifname`.
+impl FirewallView {
+    /// Opens the firewall attached to `ifname` for reading.
     ///
     /// # Errors
     ///
-    /// [`Error::NoFirewall`] if xdpkit's firewall is not attached there.
-    pub fn open(ifname: &str) -> Result<LiveFirewall> {
+    /// [`FirewallError::NoFirewall`] if xdpkit's firewall is not attached there.
+    pub fn open(ifname: &str) -> Result<FirewallView> {
         iface::validate_name(ifname)?;
-        privilege::require("changing firewall rules")?;
+        privilege::require("reading firewall rules")?;
         let dir = PinDir::new(ifname)?;
+        FirewallView::open_in(ifname, &dir)
+    }
+
+    fn open_in(ifname: &str, dir: &PinDir) -> Result<FirewallView> {
         if !dir.file(&pin_name(FW_CONFIG)).exists() {
             iface::index(ifname)?;
             return Err(FirewallError::NoFirewall {
@@ -75,20 +81,7 @@ impl LiveFirewall {
             }
             .into());
         }
-        let lock = File::open(dir.path()).map_err(|source| Error::Pin {
-            what: "cannot open",
-            path: dir.path().to_path_buf(),
-            source,
-        })?;
-        // SAFETY: a valid fd; flock blocks until no other xdpkit holds it.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::Pin {
-                what: "cannot lock",
-                path: dir.path().to_path_buf(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let maps = open_pinned(&dir)?;
+        let maps = open_pinned(dir)?;
         // `attach` checks every map against this build (object::check_pins);
         // here, where a millisecond counts, the two layouts every command
         // reads stand for the rest.
@@ -105,10 +98,9 @@ impl LiveFirewall {
                 .into());
             }
         }
-        Ok(LiveFirewall {
+        Ok(FirewallView {
             iface: ifname.to_string(),
             maps,
-            _lock: lock,
         })
     }
 
@@ -148,9 +140,101 @@ impl LiveFirewall {
         HashMap::try_from(map).map_err(map_err("open FW_RULES"))
     }
 
+    /// Every rule in judging order with its counters.
+    pub fn list(&self) -> Result<Vec<RuleRow>> {
+        let rules = self.rules()?;
+        let cfg = read_config(&self.maps)?;
+        let stats = batch::dump_per_cpu::<RuleHits>(
+            &self.maps,
+            FW_RULE_STATS,
+            cfg.next_id.max(1) as usize,
+        )?;
+        let now_mono = monotonic_ns();
+        let now = SystemTime::now();
+        Ok(rules
+            .entries()
+            .iter()
+            .map(|e| {
+                let per_cpu = stats.get(e.id as usize).map(Vec::as_slice).unwrap_or(&[]);
+                let sum = per_cpu.iter().fold(RuleHits::default(), |s, h| RuleHits {
+                    packets: s.packets + h.packets,
+                    bytes: s.bytes + h.bytes,
+                    last_ns: s.last_ns.max(h.last_ns),
+                    limited: s.limited + h.limited,
+                });
+                let last_hit = (sum.last_ns != 0).then(|| {
+                    rfc3339(now - Duration::from_nanos(now_mono.saturating_sub(sum.last_ns)))
+                });
+                let rate_limit = matches!(e.rule.action, super::Action::RateLimit(_));
+                RuleRow {
+                    id: e.id,
+                    rule: e.rule.to_string(),
+                    packets: sum.packets,
+                    bytes: sum.bytes,
+                    last_hit,
+                    passed: rate_limit.then_some(sum.packets - sum.limited),
+                    limited: rate_limit.then_some(sum.limited),
+                }
+            })
+            .collect())
+    }
+
     /// The policies in force.
     pub fn policy(&self) -> Result<super::Policy> {
         Ok(super::kernel::policy_of(&read_config(&self.maps)?))
+    }
+}
+
+/// An interface's firewall, locked for this process until dropped: what
+/// `xdpkit rule` changes it through. Reads as a [`FirewallView`].
+pub struct LiveFirewall {
+    view: FirewallView,
+    _lock: File,
+}
+
+impl std::ops::Deref for LiveFirewall {
+    type Target = FirewallView;
+    fn deref(&self) -> &FirewallView {
+        &self.view
+    }
+}
+
+impl LiveFirewall {
+    /// Opens the firewall attached to `ifname`, waiting for any other
+    /// writer to finish.
+    ///
+    /// # Errors
+    ///
+    /// [`FirewallError::NoFirewall`] if xdpkit's firewall is not attached there.
+    pub fn open(ifname: &str) -> Result<LiveFirewall> {
+        iface::validate_name(ifname)?;
+        privilege::require("changing firewall rules")?;
+        let dir = PinDir::new(ifname)?;
+        if !dir.file(&pin_name(FW_CONFIG)).exists() {
+            iface::index(ifname)?;
+            return Err(FirewallError::NoFirewall {
+                iface: ifname.to_string(),
+            }
+            .into());
+        }
+        let lock = File::open(dir.path()).map_err(|source| Error::Pin {
+            what: "cannot open",
+            path: dir.path().to_path_buf(),
+            source,
+        })?;
+        // SAFETY: a valid fd; flock blocks until no other xdpkit writer holds it.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::Pin {
+                what: "cannot lock",
+                path: dir.path().to_path_buf(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // The pins are listed once locked: a swap by the last writer is seen.
+        Ok(LiveFirewall {
+            view: FirewallView::open_in(ifname, &dir)?,
+            _lock: lock,
+        })
     }
 
     /// Stores `entries` in FW_RULES with zeroed counters, before packets can hit them.
@@ -204,18 +288,18 @@ impl LiveFirewall {
         let entry = Entry { id, seq, rule };
         self.store(std::slice::from_ref(&entry))?;
         let done = if is_prefix_rule(&entry.rule) {
-            add_prefix_in_place(&mut self.maps, &entry).and_then(|fast| {
+            add_prefix_in_place(&mut self.view.maps, &entry).and_then(|fast| {
                 if fast {
                     return Ok(());
                 }
                 let mut rules = self.rules()?;
                 rules.push_entry(entry.clone());
-                rebuild_prefixes(&mut self.maps, &rules)
+                rebuild_prefixes(&mut self.view.maps, &rules)
             })
         } else {
             let mut general = self.general_entries()?;
             general.push(entry.clone());
-            rebuild_general(&mut self.maps, &general)
+            rebuild_general(&mut self.view.maps, &general)
         };
         if let Err(e) = done {
             // Not judged yet: drop the record so the stored set stays the live one.
@@ -242,11 +326,11 @@ impl LiveFirewall {
         if is_prefix_rule(&gone.rule) {
             let mut rules = self.rules()?;
             rules.remove(id);
-            rebuild_prefixes(&mut self.maps, &rules)?;
+            rebuild_prefixes(&mut self.view.maps, &rules)?;
         } else {
             let mut general = self.general_entries()?;
             general.retain(|e| e.id != id);
-            rebuild_general(&mut self.maps, &general)?;
+            rebuild_general(&mut self.view.maps, &general)?;
         }
         self.forget(&[id])
     }
@@ -258,8 +342,8 @@ impl LiveFirewall {
         // ids are zeroed when an id is used again (`store`).
         let empty = self.maps.create_like(FW_RULES)?;
         let staged = stage(&self.maps, &Ruleset::new())?;
-        self.maps.swap_in(FW_RULES, empty)?;
-        commit(&mut self.maps, staged)?;
+        self.view.maps.swap_in(FW_RULES, empty)?;
+        commit(&mut self.view.maps, staged)?;
         Ok(count)
     }
 
@@ -308,14 +392,14 @@ impl LiveFirewall {
             let fresh = self.maps.create_like(FW_RULES)?;
             let staged =
                 self.stage_while(&rules, || self.store_in(fresh.as_fd(), rules.entries()))?;
-            self.maps.swap_in(FW_RULES, fresh)?;
-            commit(&mut self.maps, staged)?;
+            self.view.maps.swap_in(FW_RULES, fresh)?;
+            commit(&mut self.view.maps, staged)?;
         } else {
             let mut all = self.rules()?.into_entries();
             all.extend(new.iter().cloned());
             let rules = Ruleset::from_entries(all);
             match self.stage_while(&rules, || self.store(&new)) {
-                Ok(staged) => commit(&mut self.maps, staged)?,
+                Ok(staged) => commit(&mut self.view.maps, staged)?,
                 Err(e) => {
                     let _ = self.forget(&ids);
                     return Err(e);
@@ -340,45 +424,6 @@ impl LiveFirewall {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             stored.and(staged)
         })
-    }
-
-    /// Every rule in judging order with its counters.
-    pub fn list(&self) -> Result<Vec<RuleRow>> {
-        let rules = self.rules()?;
-        let cfg = read_config(&self.maps)?;
-        let stats = batch::dump_per_cpu::<RuleHits>(
-            &self.maps,
-            FW_RULE_STATS,
-            cfg.next_id.max(1) as usize,
-        )?;
-        let now_mono = monotonic_ns();
-        let now = SystemTime::now();
-        Ok(rules
-            .entries()
-            .iter()
-            .map(|e| {
-                let per_cpu = stats.get(e.id as usize).map(Vec::as_slice).unwrap_or(&[]);
-                let sum = per_cpu.iter().fold(RuleHits::default(), |s, h| RuleHits {
-                    packets: s.packets + h.packets,
-                    bytes: s.bytes + h.bytes,
-                    last_ns: s.last_ns.max(h.last_ns),
-                    limited: s.limited + h.limited,
-                });
-                let last_hit = (sum.last_ns != 0).then(|| {
-                    rfc3339(now - Duration::from_nanos(now_mono.saturating_sub(sum.last_ns)))
-                });
-                let rate_limit = matches!(e.rule.action, super::Action::RateLimit(_));
-                RuleRow {
-                    id: e.id,
-                    rule: e.rule.to_string(),
-                    packets: sum.packets,
-                    bytes: sum.bytes,
-                    last_hit,
-                    passed: rate_limit.then_some(sum.packets - sum.limited),
-                    limited: rate_limit.then_some(sum.limited),
-                }
-            })
-            .collect())
     }
 }
 
