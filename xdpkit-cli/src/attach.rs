@@ -78,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(id) => format!(", replaced program id {id}"),
         None => String::new(),
     };
-    println!(
+    outln!(
         "attached {}{target} to {} in {mode} mode (prog id {}, link id {}{replaced}); state in {}",
         report.program,
         report.iface,

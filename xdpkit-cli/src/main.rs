@@ -1,6 +1,9 @@
 //! `xdpkit`: attach, detach and observe XDP programs. A thin layer over the
 //! `xdpkit` library: argument parsing, output and exit codes.
 
+#[macro_use]
+mod output;
+
 mod attach;
 mod bench;
 mod detach;
@@ -8,7 +11,6 @@ mod doctor;
 mod dump;
 mod exporter;
 mod features;
-mod output;
 mod rule;
 mod signals;
 mod simulate;
@@ -84,6 +86,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `xdpkit ... | head`: the reader has all it wanted.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xdpkit: error: {}", output::one_line(&e));
             ExitCode::from(exit_code(&e))
@@ -116,6 +120,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// become one line naming the problem and where to look, exit code 2.
 fn clap_error(e: &clap::Error) -> ExitCode {
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        // A closed pipe (`xdpkit --help | head -c 0`) is no error.
         let _ = e.print();
         return ExitCode::SUCCESS;
     }

@@ -81,13 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dropped += 1;
         }
         if args.json.json {
-            println!("{}", serde_json::to_string(r)?);
+            outln!("{}", serde_json::to_string(r)?);
         } else {
             let rule = r
                 .rule
                 .map(|id| id.to_string())
                 .unwrap_or_else(|| "-".to_string());
-            println!("{} {} {rule}", r.index, r.verdict);
+            outln!("{} {} {rule}", r.index, r.verdict);
         }
     }
     eprintln!(

@@ -48,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return print_json(&all);
     }
     if all.is_empty() {
-        println!("no xdpkit programs attached");
+        outln!("no xdpkit programs attached");
     }
     for s in &all {
         print_one(s);
@@ -58,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn print_one(s: &IfaceStatus) {
     let mode = s.mode.map(|m| m.name()).unwrap_or("-");
-    println!(
+    outln!(
         "{}: {} ({}) prog id {} link id {} mode {} attached {}",
         s.iface,
         s.program,
@@ -69,7 +69,7 @@ fn print_one(s: &IfaceStatus) {
         s.attached_at.as_deref().unwrap_or("?")
     );
     if let Some(to) = &s.redirect_to {
-        println!("  redirect to {to}");
+        outln!("  redirect to {to}");
     }
     let fw_pins = s
         .pins
@@ -83,20 +83,24 @@ fn print_one(s: &IfaceStatus) {
         !p.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("fw_"))
     }) {
-        println!("  pinned {}", pin.display());
+        outln!("  pinned {}", pin.display());
     }
     if fw_pins > 0 {
-        println!(
+        outln!(
             "  pinned {fw_pins} firewall maps fw_* (rules: `xdpkit rule list --dev {}`)",
             s.iface
         );
     }
-    println!(
+    outln!(
         "  {:<9} {:>14} {:>16} {:>10} {:>10}",
-        "action", "packets", "bytes", "pps", "bps"
+        "action",
+        "packets",
+        "bytes",
+        "pps",
+        "bps"
     );
     for row in &s.actions {
-        println!(
+        outln!(
             "  {:<9} {:>14} {:>16} {:>10} {:>10}",
             row.action,
             row.packets,
@@ -106,9 +110,9 @@ fn print_one(s: &IfaceStatus) {
         );
     }
     if let Some(outcomes) = &s.firewall {
-        println!("  {:<13} {:>10} {:>16}", "firewall", "packets", "bytes");
+        outln!("  {:<13} {:>10} {:>16}", "firewall", "packets", "bytes");
         for o in outcomes {
-            println!("  {:<13} {:>10} {:>16}", o.outcome, o.packets, o.bytes);
+            outln!("  {:<13} {:>10} {:>16}", o.outcome, o.packets, o.bytes);
         }
     }
 }

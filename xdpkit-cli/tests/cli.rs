@@ -552,3 +552,37 @@ fn help_documents_every_command() {
     let top = ok(&Command::new(XDPKIT).arg("--help").output().unwrap());
     assert!(top.contains("Exit status"), "{top}");
 }
+
+/// Output into a pipe whose reader is gone (`xdpkit ... | head -c 0`):
+/// exit 0, nothing on stderr, no panic.
+#[test]
+fn closed_pipe_ends_output_quietly() {
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["rule", "--help"],
+        vec!["features", "--help"],
+    ];
+    if xdpkit::lab::is_root() {
+        commands.push(vec!["status", "--json"]);
+        commands.push(vec!["status"]);
+        commands.push(vec!["exporter", "--once"]);
+    } else {
+        require_root("closed_pipe_ends_output_quietly (status, exporter)");
+    }
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(XDPKIT)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run xdpkit");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
