@@ -77,18 +77,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let file = args.file.display();
     if report.diff.is_empty() && report.is_noop() {
-        println!("{file}: no changes: the running state already matches");
+        outln!("{file}: no changes: the running state already matches");
     } else {
-        print!("{}", with_newline(&report.diff.render()));
+        out!("{}", with_newline(&report.diff.render()));
     }
     for name in &report.upgraded {
-        println!("{name}: stages loaded by another xdpkit build: replaced in place");
+        outln!("{name}: stages loaded by another xdpkit build: replaced in place");
     }
     for name in &report.unmanaged {
-        println!("{name}: managed by xdpkit but not in {file}: left running (--prune detaches it)");
+        outln!("{name}: managed by xdpkit but not in {file}: left running (--prune detaches it)");
     }
     if report.dry_run {
-        println!("dry run: nothing changed");
+        outln!("dry run: nothing changed");
         return Ok(());
     }
     if !report.is_noop() {
@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if !report.detached.is_empty() {
             done.push(format!("detached {}", report.detached.join(", ")));
         }
-        println!("{}", done.join("; "));
+        outln!("{}", done.join("; "));
     }
     Ok(())
 }

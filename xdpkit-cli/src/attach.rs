@@ -95,7 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format!("{} (prog id {}, {state})", s.program, s.prog_id)
         })
         .collect();
-    println!(
+    outln!(
         "attached {}{target} to {} in {mode} mode (prog id {}, link id {}{replaced}); state in {}",
         report.program,
         report.iface,
@@ -104,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.pin_dir.display()
     );
     if report.stages.len() > 1 || report.replaced_prog_id.is_some() {
-        println!("  stages: {}", stages.join(", "));
+        outln!("  stages: {}", stages.join(", "));
     }
     Ok(())
 }

@@ -159,7 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bench = Bench::start(&req)?;
     let text = !args.json.json;
     if text {
-        println!(
+        outln!(
             "{} on {} ({} mode, touch {}): {}",
             req.action.name(),
             req.iface,
@@ -226,7 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .filter(|(_, n)| *n > 0)
         .map(|(name, n)| format!("{name} {n}"))
         .collect();
-    println!(
+    outln!(
         "summary: {} frames in {:.1} s, {} pps, {:.1} Mbps average ({}); detached from {}",
         report.packets,
         report.seconds,
@@ -266,7 +266,7 @@ fn print_sample(s: &Sample) {
         .filter(|(_, pps)| *pps > 0.0)
         .map(|(name, pps)| format!("{name} {}", si(*pps)))
         .collect();
-    println!(
+    outln!(
         "{:>6.1} s  rx {:>9} pps  {:>9.1} Mbps  {}",
         s.at,
         si(s.rx_pps),

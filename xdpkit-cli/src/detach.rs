@@ -23,12 +23,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return print_json(&report);
     }
     match report.prog_id {
-        Some(id) => println!(
+        Some(id) => outln!(
             "detached program id {id} from {}; removed {}",
             report.iface,
             report.pin_dir.display()
         ),
-        None => println!(
+        None => outln!(
             "{}: link was already gone; removed {}",
             report.iface,
             report.pin_dir.display()

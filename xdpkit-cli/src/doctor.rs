@@ -65,9 +65,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Status::Fail => "FAIL",
                 Status::Skip => "skip",
             };
-            println!("{mark:>4}  {:<11} {}", c.name, c.detail);
+            outln!("{mark:>4}  {:<11} {}", c.name, c.detail);
             if let Some(fix) = &c.fix {
-                println!("      {:<11} fix: {fix}", "");
+                outln!("      {:<11} fix: {fix}", "");
             }
         }
     }

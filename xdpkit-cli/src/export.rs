@@ -16,6 +16,6 @@ pub struct Args {}
 
 pub fn run(_args: Args) -> anyhow::Result<()> {
     let running = xdpkit::apply::running()?;
-    print!("{}", running.to_toml_string());
+    out!("{}", running.to_toml_string());
     Ok(())
 }

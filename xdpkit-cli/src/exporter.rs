@@ -53,7 +53,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     xdpkit::privilege::require("exporting counters")?;
     if args.once {
-        print!("{}", exporter::scrape(args.rules_limit)?);
+        out!("{}", exporter::scrape(args.rules_limit)?);
         return Ok(());
     }
     let listener = std::net::TcpListener::bind(args.listen).map_err(|e| {

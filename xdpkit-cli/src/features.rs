@@ -41,11 +41,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
     let k = &report.kernel;
-    println!("kernel");
-    println!("  release      {}", k.release);
-    println!("  jit          {}", k.jit);
-    println!("  btf          {}", yes(k.btf));
-    println!(
+    outln!("kernel");
+    outln!("  release      {}", k.release);
+    outln!("  jit          {}", k.jit);
+    outln!("  btf          {}", yes(k.btf));
+    outln!(
         "  bpffs        {}",
         if k.bpffs {
             "mounted at /sys/fs/bpf"
@@ -53,21 +53,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "not mounted"
         }
     );
-    println!("  af_xdp       {}", yes(k.af_xdp));
+    outln!("  af_xdp       {}", yes(k.af_xdp));
     if let Some(d) = &report.device {
-        println!("device {} (ifindex {})", d.iface, d.ifindex);
+        outln!("device {} (ifindex {})", d.iface, d.ifindex);
         let flags = if d.xdp_features.is_empty() {
             "none".to_string()
         } else {
             d.xdp_features.join(", ")
         };
-        println!("  xdp features {flags}");
-        println!("  basic        {}", yes(d.basic));
-        println!("  redirect     {}", yes(d.redirect));
-        println!("  ndo-xmit     {}", yes(d.ndo_xmit));
-        println!("  zero-copy    {}", yes(d.zero_copy));
-        println!("  multi-buffer {}", yes(d.multi_buffer));
-        println!("  modes        {}", d.modes.join(", "));
+        outln!("  xdp features {flags}");
+        outln!("  basic        {}", yes(d.basic));
+        outln!("  redirect     {}", yes(d.redirect));
+        outln!("  ndo-xmit     {}", yes(d.ndo_xmit));
+        outln!("  zero-copy    {}", yes(d.zero_copy));
+        outln!("  multi-buffer {}", yes(d.multi_buffer));
+        outln!("  modes        {}", d.modes.join(", "));
     }
     Ok(())
 }

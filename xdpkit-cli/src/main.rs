@@ -1,6 +1,9 @@
 //! `xdpkit`: attach, detach and observe XDP programs. A thin layer over the
 //! `xdpkit` library: argument parsing, output and exit codes.
 
+#[macro_use]
+mod output;
+
 mod apply;
 mod attach;
 mod bench;
@@ -10,7 +13,6 @@ mod dump;
 mod export;
 mod exporter;
 mod features;
-mod output;
 mod rule;
 mod signals;
 mod simulate;
@@ -90,13 +92,33 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `xdpkit ... | head`: the reader has all it wanted.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xdpkit: error: {}", output::one_line(&e));
-            let usage = e.downcast_ref::<doctor::DoctorFailed>().is_none()
-                && e.downcast_ref::<xdpkit::Error>()
-                    .is_none_or(xdpkit::Error::is_usage);
-            ExitCode::from(if usage { 2 } else { 1 })
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// 2 when the user or the system must fix something (bad arguments or
+/// input files, names, privileges, state: what the library calls usage
+/// errors), 1 for faults of xdpkit and failed checks (`doctor`).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let usage = if e.downcast_ref::<doctor::DoctorFailed>().is_some() {
+        false
+    } else if let Some(e) = e.downcast_ref::<xdpkit::Error>() {
+        e.is_usage()
+    } else if let Some(e) = e.downcast_ref::<xdpkit::firewall::FirewallError>() {
+        e.is_usage()
+    } else {
+        // Rule and rule-file errors, unreadable input files, bad values.
+        true
+    };
+    if usage {
+        2
+    } else {
+        1
     }
 }
 
@@ -104,6 +126,7 @@ fn main() -> ExitCode {
 /// become one line naming the problem and where to look, exit code 2.
 fn clap_error(e: &clap::Error) -> ExitCode {
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        // A closed pipe (`xdpkit --help | head -c 0`) is no error.
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
@@ -182,6 +205,50 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["xdpkit", "attach", "drop"]).is_err());
         assert!(Cli::try_parse_from(["xdpkit", "detach"]).is_err());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_error_class() {
+        use xdpkit::firewall::{FirewallError, RuleError};
+        let cases: Vec<(anyhow::Error, u8)> = vec![
+            (
+                xdpkit::Error::UnknownInterface {
+                    name: "eth9".into(),
+                }
+                .into(),
+                2,
+            ),
+            (
+                xdpkit::Error::from(FirewallError::NoFirewall {
+                    iface: "veth0".into(),
+                })
+                .into(),
+                2,
+            ),
+            (FirewallError::Rule(RuleError::Empty).into(), 2),
+            (RuleError::Empty.into(), 2),
+            (
+                anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound))
+                    .context("cannot read rules.txt"),
+                2,
+            ),
+            (
+                xdpkit::Error::MissingMap {
+                    name: "FW_CONFIG".into(),
+                }
+                .into(),
+                1,
+            ),
+            (xdpkit::Error::Internal("x".into()).into(), 1),
+            (
+                anyhow::Error::from(xdpkit::Error::Internal("x".into()))
+                    .context("simulation failed"),
+                1,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(exit_code(&e), want, "{e:#}");
+        }
     }
 
     #[test]

@@ -1,6 +1,53 @@
 //! Shared argument groups and output helpers.
 
+use std::io::Write as _;
+
 use clap::ValueEnum;
+
+/// `print!` through [`emit`]: a closed pipe ends xdpkit quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::emit(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`emit`]: a closed pipe ends xdpkit quietly.
+macro_rules! outln {
+    () => {
+        $crate::output::emit(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to stdout. A reader that went away (`| head`) ends xdpkit with
+/// exit code 0 and nothing on stderr, as ripgrep does; any other write
+/// error ends it with exit code 1 (`println!` would panic on either).
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        exit_on_write_error(&e);
+    }
+}
+
+/// Ends the process for a failed stdout write: quietly with 0 for a closed
+/// pipe, else with 1 and the error.
+pub fn exit_on_write_error(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("xdpkit: error: cannot write the output: {e}");
+    std::process::exit(1);
+}
+
+/// Whether `e` is a write into a closed pipe, somewhere in its chain.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 use serde::Serialize;
 
 /// The interface a command acts on.
@@ -46,7 +93,7 @@ impl From<ModeArg> for xdpkit::Mode {
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

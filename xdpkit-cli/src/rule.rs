@@ -122,11 +122,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if a.json.json {
                 return print_json(&json!({ "id": id }));
             }
-            println!("{id}");
+            outln!("{id}");
         }
         RuleCommand::Del(a) => {
             LiveFirewall::open(&a.dev.dev)?.delete(a.id)?;
-            println!("deleted rule {} on {}", a.id, a.dev.dev);
+            outln!("deleted rule {} on {}", a.id, a.dev.dev);
         }
         RuleCommand::List(a) => {
             let rows = LiveFirewall::open(&a.dev.dev)?.list()?;
@@ -187,11 +187,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 "added"
             };
-            println!("{how} {} rules from {} on {}", ids.len(), name, a.dev.dev);
+            outln!("{how} {} rules from {} on {}", ids.len(), name, a.dev.dev);
         }
         RuleCommand::Flush(a) => {
             let n = LiveFirewall::open(&a.dev.dev)?.flush()?;
-            println!("flushed {n} rules on {}", a.dev.dev);
+            outln!("flushed {n} rules on {}", a.dev.dev);
         }
     }
     Ok(())

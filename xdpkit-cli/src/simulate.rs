@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use xdpkit::firewall::{live::LiveFirewall, simulate, Ruleset};
+use xdpkit::firewall::{live::FirewallView, simulate, Ruleset};
 
 use crate::output::{JsonArg, PolicyArgs};
 
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 !args.policy.any(),
                 "policy flags only go with --rules: with --dev the firewall's own policies apply"
             );
-            let fw = LiveFirewall::open(dev)?;
+            let fw = FirewallView::open(dev)?;
             (fw.rules()?, fw.policy()?, format!("the firewall on {dev}"))
         }
         (None, None) => anyhow::bail!("give --rules FILE or --dev IF"),
@@ -81,13 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dropped += 1;
         }
         if args.json.json {
-            println!("{}", serde_json::to_string(r)?);
+            outln!("{}", serde_json::to_string(r)?);
         } else {
             let rule = r
                 .rule
                 .map(|id| id.to_string())
                 .unwrap_or_else(|| "-".to_string());
-            println!("{} {} {rule}", r.index, r.verdict);
+            outln!("{} {} {rule}", r.index, r.verdict);
         }
     }
     eprintln!(

@@ -50,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return print_json(&all);
     }
     if all.is_empty() {
-        println!("no xdpkit programs attached");
+        outln!("no xdpkit programs attached");
     }
     for s in &all {
         print_one(s);
@@ -60,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn print_one(s: &IfaceStatus) {
     let mode = s.mode.map(|m| m.name()).unwrap_or("-");
-    println!(
+    outln!(
         "{}: {} ({}) prog id {} link id {} mode {} attached {} generation {}",
         s.iface,
         s.program,
@@ -72,7 +72,7 @@ fn print_one(s: &IfaceStatus) {
         s.generation
     );
     if let Some(to) = &s.redirect_to {
-        println!("  redirect to {to}");
+        outln!("  redirect to {to}");
     }
     // Stage directories hold many maps (the firewall 46): one line each.
     let iface_dir = s
@@ -93,23 +93,27 @@ fn print_one(s: &IfaceStatus) {
                     None => per_stage.push((stage, 1)),
                 }
             }
-            _ => println!("  pinned {}", pin.display()),
+            _ => outln!("  pinned {}", pin.display()),
         }
     }
     if let Some(dir) = &iface_dir {
         for (stage, n) in &per_stage {
-            println!(
+            outln!(
                 "  pinned {n} maps of stage {stage} in {}/{stage}/",
                 dir.display()
             );
         }
     }
-    println!(
+    outln!(
         "  {:<9} {:>14} {:>16} {:>10} {:>10}",
-        "action", "packets", "bytes", "pps", "bps"
+        "action",
+        "packets",
+        "bytes",
+        "pps",
+        "bps"
     );
     for row in &s.actions {
-        println!(
+        outln!(
             "  {:<9} {:>14} {:>16} {:>10} {:>10}",
             row.action,
             row.packets,
@@ -136,9 +140,9 @@ fn print_one(s: &IfaceStatus) {
         }
     }
     if let Some(outcomes) = &s.firewall {
-        println!("  {:<13} {:>10} {:>16}", "firewall", "packets", "bytes");
+        outln!("  {:<13} {:>10} {:>16}", "firewall", "packets", "bytes");
         for o in outcomes {
-            println!("  {:<13} {:>10} {:>16}", o.outcome, o.packets, o.bytes);
+            outln!("  {:<13} {:>10} {:>16}", o.outcome, o.packets, o.bytes);
         }
     }
 }

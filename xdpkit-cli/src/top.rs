@@ -66,10 +66,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return print_json(&sample);
         }
         for iface in &sample {
-            print!("{}", text(iface));
+            out!("{}", text(iface));
         }
         if sample.is_empty() {
-            println!("no interface with an xdpkit program in this network namespace");
+            outln!("no interface with an xdpkit program in this network namespace");
         }
         return Ok(());
     }

@@ -193,7 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json.json {
         return print_json(&report);
     }
-    println!(
+    outln!(
         "sent {} frames of {} bytes out of {} in {:.3} s: {:.0} pps, {:.1} Mbps on the wire ({} thread{})",
         report.frames,
         report.frame_bytes,

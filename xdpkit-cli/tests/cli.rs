@@ -431,6 +431,85 @@ fn error_unknown_program_and_bad_arguments() {
     assert!(!pin_dir("xkargs-rx").exists());
 }
 
+/// Bad rule input on a live firewall: exit 2, one line, and the firewall
+/// keeps exactly the rules it had.
+#[test]
+fn error_bad_rule_input_changes_nothing() {
+    if !require_root("error_bad_rule_input_changes_nothing") {
+        return;
+    }
+    let lab = two_hosts("xkt-e-rule", "xkrule-tx", "xkrule-rx");
+    let dev = "xkrule-rx";
+    ok(&xdpkit(&lab, "rx", &["attach", "firewall", "--dev", dev]));
+    ok(&xdpkit(
+        &lab,
+        "rx",
+        &["rule", "add", "--dev", dev, "deny", "src", "198.18.7.0/24"],
+    ));
+    let list = || {
+        ok(&xdpkit(
+            &lab,
+            "rx",
+            &["rule", "list", "--dev", dev, "--json"],
+        ))
+    };
+    let before = list();
+    usage_error(
+        &xdpkit(
+            &lab,
+            "rx",
+            &[
+                "rule",
+                "add",
+                "--dev",
+                dev,
+                "deny",
+                "src",
+                "198.18.300.0/24",
+            ],
+        ),
+        "bad src",
+    );
+    usage_error(
+        &xdpkit(&lab, "rx", &["rule", "del", "--dev", dev, "999"]),
+        "no rule 999",
+    );
+    let file = std::env::temp_dir().join("xkt-e-rule.rules");
+    std::fs::write(&file, "deny src 198.18.8.0/24\npermit src 198.18.9.0/24\n").unwrap();
+    let path = file.to_str().unwrap();
+    usage_error(
+        &xdpkit(
+            &lab,
+            "rx",
+            &["rule", "load", "--replace", "--dev", dev, "--file", path],
+        ),
+        ":2: unknown action 'permit'",
+    );
+    usage_error(
+        &xdpkit(&lab, "rx", &["rule", "load", "--dev", dev, "--file", path]),
+        ":2: unknown action 'permit'",
+    );
+    let _ = std::fs::remove_file(&file);
+    usage_error(
+        &xdpkit(
+            &lab,
+            "tx",
+            &[
+                "rule",
+                "add",
+                "--dev",
+                "xkrule-tx",
+                "deny",
+                "src",
+                "198.18.9.0/24",
+            ],
+        ),
+        "no xdpkit firewall on 'xkrule-tx'",
+    );
+    assert_eq!(list(), before, "the rules are unchanged");
+    assert!(!pin_dir("xkrule-tx").exists());
+}
+
 #[test]
 fn features_reports_kernel_and_veth() {
     if !require_root("features_reports_kernel_and_veth") {
@@ -472,4 +551,38 @@ fn help_documents_every_command() {
     }
     let top = ok(&Command::new(XDPKIT).arg("--help").output().unwrap());
     assert!(top.contains("Exit status"), "{top}");
+}
+
+/// Output into a pipe whose reader is gone (`xdpkit ... | head -c 0`):
+/// exit 0, nothing on stderr, no panic.
+#[test]
+fn closed_pipe_ends_output_quietly() {
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["rule", "--help"],
+        vec!["features", "--help"],
+    ];
+    if xdpkit_lab::lab::is_root() {
+        commands.push(vec!["status", "--json"]);
+        commands.push(vec!["status"]);
+        commands.push(vec!["exporter", "--once"]);
+    } else {
+        require_root("closed_pipe_ends_output_quietly (status, exporter)");
+    }
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(XDPKIT)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run xdpkit");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
 }

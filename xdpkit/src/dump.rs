@@ -279,6 +279,6 @@ impl<W: Write> PcapngSink<W> {
 fn pcap_err(e: pcap_file::PcapError) -> Error {
     Error::Syscall {
         call: "write the capture",
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(e),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::netlink::NetlinkError;
+use crate::{firewall::error::FirewallError, netlink::NetlinkError};
 
 /// A boxed source error from aya, whose error types vary by object.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -61,28 +61,9 @@ pub enum Error {
         /// What the kernel said.
         reason: String,
     },
-    /// Rule commands on an interface without the firewall.
-    #[error("no xdpkit firewall on '{iface}': run `xdpkit attach firewall --dev {iface}` first")]
-    NoFirewall {
-        /// The interface.
-        iface: String,
-    },
-    /// Pinned firewall maps whose layout differs from this build's.
-    #[error("the firewall state of '{iface}' was made by another xdpkit version (map {map} differs): save the rules (`xdpkit rule list --dev {iface}`), run `xdpkit detach --dev {iface}`, then attach again")]
-    IncompatibleState {
-        /// The interface.
-        iface: String,
-        /// The first map that differs.
-        map: String,
-    },
-    /// A rule id that does not exist.
-    #[error("no rule {id} on '{iface}': see `xdpkit rule list --dev {iface}`")]
-    NoSuchRule {
-        /// The interface.
-        iface: String,
-        /// The id given.
-        id: u32,
-    },
+    /// The firewall's own errors (no firewall, no such rule, bad rules, ...).
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
     /// A program name xdpkit does not ship.
     #[error("unknown program '{name}': choose one of {known}")]
     UnknownProgram {
@@ -125,22 +106,8 @@ pub enum Error {
         #[source]
         source: aya::EbpfError,
     },
-    /// An embedded object does not parse: the build is broken.
-    #[error("the embedded eBPF object of '{object}' is damaged ({reason}): rebuild xdpkit")]
-    DamagedObject {
-        /// The program whose object it is.
-        object: &'static str,
-        /// What the parser said.
-        reason: String,
-    },
-    /// An embedded object lacks a map the library expects: the build is broken.
-    #[error("the embedded eBPF objects have no map {map}: rebuild xdpkit")]
-    MissingMap {
-        /// The map's name.
-        map: String,
-    },
-    /// An embedded object lacks its program: the build is broken.
-    #[error("the embedded eBPF object has no program '{program}': rebuild xdpkit")]
+    /// An embedded object lacks its program: xdpkit was built wrong.
+    #[error("internal error: the embedded eBPF object has no program '{program}': rebuild xdpkit")]
     MissingProgram {
         /// The program.
         program: &'static str,
@@ -189,6 +156,41 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A key or value type whose size is not the map's: a bug in xdpkit
+    /// (or a map made by another build), found before the syscall.
+    #[error("internal error: map {map} has {map_bytes}-byte {what}s, the type given for them has {type_bytes} bytes")]
+    MapLayout {
+        /// The kernel's name of the map.
+        map: String,
+        /// "key", "value" or "per-CPU value".
+        what: &'static str,
+        /// The size the map has (values: as batch commands copy them).
+        map_bytes: usize,
+        /// The size of the type given.
+        type_bytes: usize,
+    },
+    /// A map the embedded object (or the pins made from it) should have
+    /// but lacks: xdpkit was built wrong.
+    #[error("internal error: the embedded eBPF object has no map {name}: rebuild xdpkit")]
+    MissingMap {
+        /// The map's object name.
+        name: String,
+    },
+    /// The embedded eBPF object does not parse: xdpkit was built wrong.
+    #[error("internal error: the embedded eBPF object is damaged: rebuild xdpkit")]
+    DamagedObject(#[source] aya_obj::ParseError),
+    /// Simulating one packet failed.
+    #[error("packet {index}")]
+    Simulation {
+        /// The packet's index in the capture.
+        index: usize,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A fault of xdpkit itself that no other variant names.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A raw bpf() syscall failed.
     #[error("{call} failed: {source}")]
     Syscall {
@@ -203,24 +205,42 @@ pub enum Error {
 impl Error {
     /// Whether the user can fix this by changing the command or the system
     /// (exit code 2), as opposed to an unexpected failure (exit code 1).
+    ///
+    /// Exit 2: bad arguments or names, unknown interface, missing privilege,
+    /// unsupported mode, another tool's program, no firewall, no such rule,
+    /// incompatible pinned state, a bad rule file, bpffs not mounted.
+    /// Exit 1: faults of xdpkit or surprises of the kernel: a missing map or
+    /// a damaged embedded object, map layouts that differ, a failed load or
+    /// test run, unexpected syscall, map, pin or netlink errors.
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::UnknownInterface { .. }
-                | Error::InvalidInterfaceName { .. }
-                | Error::NotPrivileged { .. }
-                | Error::ModeNotSupported { .. }
-                | Error::ForeignProgram { .. }
-                | Error::ForeignLinkHeld { .. }
-                | Error::UnknownProgram { .. }
-                | Error::InvalidArgument(_)
-                | Error::Config(_)
-                | Error::NotAttached { .. }
-                | Error::NoFirewall { .. }
-                | Error::NoSuchRule { .. }
-                | Error::IncompatibleState { .. }
-                | Error::Bpffs(_)
-        )
+            | Error::InvalidInterfaceName { .. }
+            | Error::NotPrivileged { .. }
+            | Error::ModeNotSupported { .. }
+            | Error::ForeignProgram { .. }
+            | Error::ForeignLinkHeld { .. }
+            | Error::UnknownProgram { .. }
+            | Error::InvalidArgument(_)
+            | Error::Config(_)
+            | Error::NotAttached { .. }
+            | Error::Bpffs(_) => true,
+            Error::Firewall(e) => e.is_usage(),
+            Error::Simulation { source, .. } => source.is_usage(),
+            Error::Load { .. }
+            | Error::Object { .. }
+            | Error::Attach { .. }
+            | Error::Map { .. }
+            | Error::Pin { .. }
+            | Error::Netlink(_)
+            | Error::TestRun { .. }
+            | Error::MapLayout { .. }
+            | Error::MissingMap { .. }
+            | Error::MissingProgram { .. }
+            | Error::DamagedObject(_)
+            | Error::Internal(_)
+            | Error::Syscall { .. } => false,
+        }
     }
 }
 
@@ -233,5 +253,180 @@ pub(crate) fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapErro
     move |e| Error::Map {
         what,
         source: e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::{FileError, FirewallError, RuleError};
+
+    fn io() -> std::io::Error {
+        std::io::Error::from_raw_os_error(libc::EINVAL)
+    }
+
+    /// Exit 2 for what the user or the system must fix, 1 for faults of xdpkit.
+    #[test]
+    fn errors_map_to_their_exit_class() {
+        let fw = |e: FirewallError| Error::from(e);
+        let table: Vec<(Error, u8)> = vec![
+            (
+                Error::UnknownInterface {
+                    name: "eth9".into(),
+                },
+                2,
+            ),
+            (
+                Error::InvalidInterfaceName {
+                    name: "a/b".into(),
+                    why: "slash",
+                },
+                2,
+            ),
+            (Error::NotPrivileged { action: "attach" }, 2),
+            (
+                Error::ModeNotSupported {
+                    iface: "veth0".into(),
+                    mode: "offload",
+                    supported: "skb".into(),
+                },
+                2,
+            ),
+            (
+                Error::ForeignProgram {
+                    iface: "veth0".into(),
+                    prog_id: 7,
+                    prog_name: "x".into(),
+                },
+                2,
+            ),
+            (
+                Error::UnknownProgram {
+                    name: "firewal".into(),
+                    known: "pass".into(),
+                },
+                2,
+            ),
+            (Error::InvalidArgument("bad".into()), 2),
+            (
+                Error::NotAttached {
+                    iface: "veth0".into(),
+                    action: "detach",
+                },
+                2,
+            ),
+            (Error::Bpffs(io()), 2),
+            (
+                fw(FirewallError::NoFirewall {
+                    iface: "veth0".into(),
+                }),
+                2,
+            ),
+            (
+                fw(FirewallError::IncompatibleState {
+                    iface: "veth0".into(),
+                    map: "FW_CONFIG".into(),
+                }),
+                2,
+            ),
+            (
+                fw(FirewallError::NoSuchRule {
+                    iface: "veth0".into(),
+                    id: 3,
+                }),
+                2,
+            ),
+            (fw(FirewallError::IdsExhausted { largest: 9 }), 2),
+            (fw(FirewallError::DamagedRule { id: 3 }), 2),
+            (fw(RuleError::Empty.into()), 2),
+            (
+                fw(FileError {
+                    file: "r.txt".into(),
+                    line: 2,
+                    source: RuleError::UnknownAction("permit".into()),
+                }
+                .into()),
+                2,
+            ),
+            (
+                Error::MissingMap {
+                    name: "FW_CONFIG".into(),
+                },
+                1,
+            ),
+            (
+                Error::DamagedObject(
+                    aya_obj::Object::parse(b"not an ELF file").expect_err("not ELF"),
+                ),
+                1,
+            ),
+            (
+                Error::MapLayout {
+                    map: "m".into(),
+                    what: "value",
+                    map_bytes: 8,
+                    type_bytes: 4,
+                },
+                1,
+            ),
+            (Error::Internal("x".into()), 1),
+            (
+                Error::Syscall {
+                    call: "BPF_MAP_UPDATE_BATCH",
+                    source: io(),
+                },
+                1,
+            ),
+            (
+                Error::Map {
+                    what: "read FW_CONFIG".into(),
+                    source: Box::new(io()),
+                },
+                1,
+            ),
+            (
+                Error::Pin {
+                    what: "cannot pin at",
+                    path: "/sys/fs/bpf/x".into(),
+                    source: io(),
+                },
+                1,
+            ),
+            (
+                Error::Simulation {
+                    index: 4,
+                    source: Box::new(Error::Internal("x".into())),
+                },
+                1,
+            ),
+            (
+                Error::Simulation {
+                    index: 4,
+                    source: Box::new(Error::InvalidArgument("x".into())),
+                },
+                2,
+            ),
+        ];
+        for (error, want) in table {
+            let got = if error.is_usage() { 2 } else { 1 };
+            assert_eq!(got, want, "{error:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn firewall_errors_read_as_before_and_keep_their_source() {
+        let e = Error::from(FirewallError::NoSuchRule {
+            iface: "veth0".into(),
+            id: 3,
+        });
+        assert_eq!(
+            e.to_string(),
+            "no rule 3 on 'veth0': see `xdpkit rule list --dev veth0`"
+        );
+        let e = Error::DamagedObject(aya_obj::Object::parse(b"junk").expect_err("not ELF"));
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "aya's error is kept"
+        );
     }
 }

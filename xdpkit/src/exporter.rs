@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{firewall::live::LiveFirewall, status, Error, Result};
+use crate::{firewall::live::FirewallView, status, Error, Result};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -118,7 +118,7 @@ impl XdpkitCollector {
                 outcome_packets.series.push((labels.clone(), o.packets));
                 outcome_bytes.series.push((labels, o.bytes));
             }
-            let rows = match LiveFirewall::open(&st.iface).and_then(|fw| fw.list()) {
+            let rows = match FirewallView::open(&st.iface).and_then(|fw| fw.list()) {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!("exporter: cannot read the rules of {}: {e}", st.iface);
@@ -174,6 +174,6 @@ pub fn scrape(rules_limit: usize) -> Result<String> {
     registry.register_collector(Box::new(XdpkitCollector { rules_limit }));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
-        .map_err(|_| Error::InvalidArgument("cannot encode the metrics".to_string()))?;
+        .map_err(|_| Error::Internal("cannot encode the metrics".to_string()))?;
     Ok(text)
 }

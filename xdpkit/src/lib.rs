@@ -22,6 +22,7 @@ pub mod features;
 pub mod programs;
 pub use programs::firewall;
 pub mod iface;
+pub mod maps;
 pub mod model;
 pub mod netlink;
 pub mod object;

@@ -54,10 +54,7 @@ impl Object {
     /// Refuses pinned maps whose type or sizes differ from this object's:
     /// reusing them would make the program read values of another layout.
     pub fn check_pins(&self, iface: &str, pins: &[(&str, PathBuf)]) -> Result<()> {
-        let object = aya_obj::Object::parse(self.bytes).map_err(|e| Error::DamagedObject {
-            object: self.name,
-            reason: e.to_string(),
-        })?;
+        let object = aya_obj::Object::parse(self.bytes).map_err(Error::DamagedObject)?;
         for (name, path) in pins {
             let Some(def) = object.maps.get(*name) else {
                 continue;
@@ -65,9 +62,11 @@ impl Object {
             if !path.exists() {
                 continue;
             }
-            let differs = || Error::IncompatibleState {
-                iface: iface.to_string(),
-                map: name.to_string(),
+            let differs = || {
+                Error::from(crate::firewall::error::FirewallError::IncompatibleState {
+                    iface: iface.to_string(),
+                    map: name.to_string(),
+                })
             };
             let info = aya::maps::MapInfo::from_pin(path).map_err(|_| differs())?;
             let same = info.map_type().map(|t| t as u32).ok() == Some(def.map_type())
@@ -117,7 +116,5 @@ pub fn set_devmap(ebpf: &mut Ebpf, map: &str, slot: u32, ifindex: u32) -> Result
 /// The error for a map an embedded object should have but lacks: a build
 /// fault, not the user's.
 pub fn missing_map(name: &str) -> Error {
-    Error::MissingMap {
-        map: name.to_string(),
-    }
+    crate::maps::missing_map(name)
 }

@@ -1,4 +1,6 @@
-//! bpf() commands aya 0.14 does not expose for links.
+//! bpf() commands aya 0.14 does not expose: links, pins, batch map
+//! commands. Keys and values cross as [`Pod`] types whose sizes are
+//! checked against the map's before any batch command.
 
 use std::{
     ffi::CString,
@@ -9,6 +11,10 @@ use std::{
     },
     path::Path,
 };
+
+use std::mem::size_of;
+
+use aya::Pod;
 
 use crate::{Error, Result};
 
@@ -155,15 +161,104 @@ pub fn xdp_link_info(link: BorrowedFd<'_>) -> Result<XdpLinkInfo> {
     })
 }
 
+/// What BPF_OBJ_GET_INFO_BY_FD says about a map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapInfo {
+    /// The kernel's name of the map (at most 15 bytes of the object name).
+    pub name: String,
+    /// Type, sizes and flags.
+    pub shape: MapShape,
+}
+
+impl MapInfo {
+    /// Whether the map holds one value per possible CPU for each key.
+    pub fn is_per_cpu(&self) -> bool {
+        // BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH, _PERCPU_CGROUP_STORAGE.
+        matches!(self.shape.map_type, 5 | 6 | 10 | 21)
+    }
+
+    /// Bytes the kernel copies per value in batch commands: the value, or
+    /// for per-CPU maps one 8-byte-aligned slot per possible CPU.
+    fn value_stride(&self, cpus: usize) -> usize {
+        let size = self.shape.value_size as usize;
+        if self.is_per_cpu() {
+            size.next_multiple_of(8) * cpus
+        } else {
+            size
+        }
+    }
+
+    /// [`Error::MapLayout`] unless the map's `what` has `map_bytes` = `type_bytes`.
+    fn expect(&self, what: &'static str, map_bytes: usize, type_bytes: usize) -> Result<()> {
+        if map_bytes == type_bytes {
+            return Ok(());
+        }
+        Err(Error::MapLayout {
+            map: self.name.clone(),
+            what,
+            map_bytes,
+            type_bytes,
+        })
+    }
+}
+
+/// Type, sizes and name of a map (BPF_OBJ_GET_INFO_BY_FD).
+pub fn map_info(map: BorrowedFd<'_>) -> Result<MapInfo> {
+    // struct bpf_map_info { type, id, key_size, value_size, max_entries,
+    //                       map_flags: u32; char name[16]; ... }
+    let mut info = [0u8; 128];
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| Error::Syscall {
+        call: "BPF_OBJ_GET_INFO_BY_FD",
+        source,
+    })?;
+    let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
+    let name = &info[24..40];
+    let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+    Ok(MapInfo {
+        name: String::from_utf8_lossy(name).into_owned(),
+        shape: MapShape {
+            map_type: word(0),
+            key_size: word(8),
+            value_size: word(12),
+            max_entries: word(16),
+            flags: word(20),
+        },
+    })
+}
+
+/// The map's info once keys `K` and values `V` (per-CPU maps: `cpus`
+/// slots of `V` a key when `per_cpu`) are checked against its sizes.
+fn checked<K: Pod, V: Pod>(map: BorrowedFd<'_>, per_cpu: Option<usize>) -> Result<MapInfo> {
+    let info = map_info(map)?;
+    info.expect("key", info.shape.key_size as usize, size_of::<K>())?;
+    match per_cpu {
+        None => info.expect("value", info.value_stride(possible_cpus()?), size_of::<V>())?,
+        Some(_) if !info.is_per_cpu() => {
+            info.expect("per-CPU value", 0, size_of::<V>())?;
+        }
+        Some(_) => info.expect("value", info.shape.value_size as usize, size_of::<V>())?,
+    }
+    Ok(info)
+}
+
 /// Writes `values[i]` at `keys[i]` for all i in one BPF_MAP_UPDATE_BATCH
-/// (one syscall instead of one per entry).
-pub fn map_update_batch<K: Copy, V: Copy>(
+/// (one syscall instead of one per entry). Fails with [`Error::MapLayout`]
+/// if `K` or `V` is not the map's key or value size.
+pub fn map_update_batch<K: Pod, V: Pod>(
     map: BorrowedFd<'_>,
     keys: &[K],
     values: &[V],
 ) -> Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
-    // SAFETY: both slices hold keys.len() elements of plain data.
+    if keys.is_empty() {
+        return Ok(());
+    }
+    checked::<K, V>(map, None)?;
+    // SAFETY: both slices hold keys.len() elements of the map's sizes (checked).
     unsafe {
         update_batch(
             map,
@@ -174,19 +269,27 @@ pub fn map_update_batch<K: Copy, V: Copy>(
     }
 }
 
-/// [`map_update_batch`] with values given as bytes, `values.len() / keys.len()`
-/// each (per-CPU maps: one 8-byte-aligned slot per possible CPU).
-pub fn map_update_batch_bytes<K: Copy>(
+/// [`map_update_batch`] for a per-CPU map: `values` holds one `V` per
+/// possible CPU for each key, key after key.
+pub fn map_update_batch_per_cpu<K: Pod, V: Pod>(
     map: BorrowedFd<'_>,
     keys: &[K],
-    values: &[u8],
+    values: &[V],
 ) -> Result<()> {
-    assert!(
-        keys.is_empty() || values.len().is_multiple_of(keys.len()),
-        "same size for every value"
-    );
-    // SAFETY: keys holds keys.len() keys and values that many values.
-    unsafe { update_batch(map, keys.as_ptr().cast(), values.as_ptr(), keys.len()) }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let cpus = possible_cpus()?;
+    assert_eq!(values.len(), keys.len() * cpus, "one value per key and CPU");
+    checked::<K, V>(map, Some(cpus))?;
+    let slot = size_of::<V>().next_multiple_of(8);
+    let mut bytes = vec![0u8; slot * values.len()];
+    for (at, v) in bytes.chunks_exact_mut(slot).zip(values) {
+        // SAFETY: `at` has room for one V; V is plain data.
+        unsafe { std::ptr::write_unaligned(at.as_mut_ptr().cast::<V>(), *v) };
+    }
+    // SAFETY: keys of the map's key size, `cpus` value slots of its value size each.
+    unsafe { update_batch(map, keys.as_ptr().cast(), bytes.as_ptr(), keys.len()) }
 }
 
 /// # Safety
@@ -216,10 +319,12 @@ unsafe fn update_batch(
 }
 
 /// Deletes `keys` in one BPF_MAP_DELETE_BATCH; every key must exist.
-pub fn map_delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> Result<()> {
+pub fn map_delete_batch<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
+    let info = map_info(map)?;
+    info.expect("key", info.shape.key_size as usize, size_of::<K>())?;
     let mut attr = [0u8; 128];
     attr[16..24].copy_from_slice(&(keys.as_ptr() as u64).to_ne_bytes());
     attr[32..36].copy_from_slice(&(keys.len() as u32).to_ne_bytes());
@@ -232,31 +337,72 @@ pub fn map_delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> Result<()> 
         })
 }
 
-/// Reads every entry of a map with BPF_MAP_LOOKUP_BATCH, `chunk` entries a
-/// call. `value_stride` is the value size as the kernel copies it (per-CPU
-/// maps: one 8-byte-aligned slot per possible CPU). Returns the raw keys and
-/// values, `key_size` and `value_stride` bytes each. Stops once `limit`
-/// entries are read (arrays: the first `limit` indexes).
-pub fn map_dump(
+/// Reads every entry of a map that is not per-CPU with
+/// BPF_MAP_LOOKUP_BATCH, stopping once `limit` entries are read (arrays:
+/// the first `limit` indexes).
+pub fn map_dump<K: Pod, V: Pod>(map: BorrowedFd<'_>, limit: usize) -> Result<Vec<(K, V)>> {
+    checked::<K, V>(map, None)?;
+    let (keys, values) = batch_read(
+        BPF_MAP_LOOKUP_BATCH,
+        map,
+        size_of::<K>(),
+        size_of::<V>(),
+        limit,
+    )?;
+    Ok(keys
+        .chunks_exact(size_of::<K>())
+        .zip(values.chunks_exact(size_of::<V>()))
+        .map(|(k, v)| (read::<K>(k), read::<V>(v)))
+        .collect())
+}
+
+/// [`map_dump`] of a per-CPU map: per key, one value a possible CPU.
+pub fn map_dump_per_cpu<K: Pod, V: Pod>(
     map: BorrowedFd<'_>,
-    key_size: usize,
-    value_stride: usize,
     limit: usize,
-) -> Result<(Vec<u8>, Vec<u8>)> {
-    batch_read(BPF_MAP_LOOKUP_BATCH, map, key_size, value_stride, limit)
+) -> Result<Vec<(K, Vec<V>)>> {
+    let cpus = possible_cpus()?;
+    checked::<K, V>(map, Some(cpus))?;
+    let slot = size_of::<V>().next_multiple_of(8);
+    let (keys, values) = batch_read(
+        BPF_MAP_LOOKUP_BATCH,
+        map,
+        size_of::<K>(),
+        slot * cpus,
+        limit,
+    )?;
+    Ok(keys
+        .chunks_exact(size_of::<K>())
+        .zip(values.chunks_exact(slot * cpus))
+        .map(|(k, per_key)| {
+            (
+                read::<K>(k),
+                per_key.chunks_exact(slot).map(read::<V>).collect(),
+            )
+        })
+        .collect())
 }
 
 /// Empties a hash map in one pass (BPF_MAP_LOOKUP_AND_DELETE_BATCH), where
 /// a dump and a delete would walk it twice. Returns how many entries it held.
-pub fn hash_drain(map: BorrowedFd<'_>, key_size: usize, value_size: usize) -> Result<usize> {
+pub fn hash_drain<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> Result<usize> {
+    let info = checked::<K, V>(map, None)?;
     let (keys, _) = batch_read(
         BPF_MAP_LOOKUP_AND_DELETE_BATCH,
         map,
-        key_size,
-        value_size,
+        size_of::<K>(),
+        info.value_stride(possible_cpus()?),
         usize::MAX,
     )?;
-    Ok(keys.len() / key_size.max(1))
+    Ok(keys.len() / size_of::<K>().max(1))
+}
+
+/// The `T` at the start of `bytes` (which holds at least one).
+fn read<T: Pod>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= size_of::<T>());
+    // SAFETY: `bytes` holds a T as the kernel copied it; T is plain data,
+    // valid for any bytes.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
 }
 
 fn batch_read(

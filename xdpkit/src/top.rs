@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration, time::Instant};
 use serde::Serialize;
 
 use crate::{
-    firewall::live::{LiveFirewall, RuleRow},
+    firewall::live::{FirewallView, RuleRow},
     pins::{self, PinDir},
     stats::{self, ActionRate, ActionTotals},
     status::{self, IfaceStatus, OutcomeCount},
@@ -98,7 +98,7 @@ fn read_all(dev: Option<&str>, with_rules: bool) -> Result<Vec<Reading>> {
             let dir = PinDir::new(&s.iface).ok()?;
             let per_cpu = per_cpu_verdicts(&dir);
             let rules = if with_rules && s.firewall.is_some() {
-                LiveFirewall::open(&s.iface)
+                FirewallView::open(&s.iface)
                     .and_then(|fw| fw.list())
                     .unwrap_or_default()
             } else {

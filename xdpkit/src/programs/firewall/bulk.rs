@@ -1,49 +1,16 @@
-//! Whole-map reads and writes with the batch commands: a million entries
-//! in a few hundred syscalls instead of a million.
+//! The firewall's trie and host-map writers over the generic batch
+//! operations of [`crate::maps::batch`]: keys made from [`IpNet`]s.
 
-use std::{mem::size_of, net::IpAddr, os::fd::AsFd as _, os::fd::BorrowedFd};
+use std::{net::IpAddr, os::fd::BorrowedFd};
 
-use aya::maps::Map;
+use aya::Pod;
 use ipnet::IpNet;
 
-use super::maps::MapSource;
-use crate::{object, sys, Error, Result};
-
-/// The fd of map `name`.
-pub(crate) fn map_fd<'a>(maps: &'a impl MapSource, name: &str) -> Result<BorrowedFd<'a>> {
-    match maps.map(name).ok_or_else(|| object::missing_map(name))? {
-        Map::Array(d)
-        | Map::HashMap(d)
-        | Map::LpmTrie(d)
-        | Map::PerCpuArray(d)
-        | Map::PerCpuHashMap(d) => Ok(d.fd().as_fd()),
-        _ => Err(object::missing_map(name)),
-    }
-}
-
-/// What the kernel says about map `name`.
-pub(crate) fn map_info(maps: &impl MapSource, name: &str) -> Result<aya::maps::MapInfo> {
-    match maps.map(name).ok_or_else(|| object::missing_map(name))? {
-        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) | Map::LpmTrie(d) => {
-            d.info().map_err(|e| Error::Map {
-                what: format!("read the info of {name}"),
-                source: e.into(),
-            })
-        }
-        _ => Err(object::missing_map(name)),
-    }
-}
-
-/// Writes `values` at indexes 0.. of array `name`.
-pub(crate) fn write_array<V: Copy>(maps: &impl MapSource, name: &str, values: &[V]) -> Result<()> {
-    write_array_fd(map_fd(maps, name)?, values)
-}
-
-/// [`write_array`] on a map fd.
-pub(crate) fn write_array_fd<V: Copy>(fd: BorrowedFd<'_>, values: &[V]) -> Result<()> {
-    let keys: Vec<u32> = (0..values.len() as u32).collect();
-    sys::map_update_batch(fd, &keys, values)
-}
+use crate::maps::{
+    batch::{clear, clear_fd, drain_hash_fd, map_fd},
+    MapSource,
+};
+use crate::{sys, Error, Result};
 
 /// An LPM-trie key as the kernel lays it out.
 #[repr(C, packed)]
@@ -55,6 +22,9 @@ pub(crate) struct TrieKey<const N: usize> {
     pub addr: [u8; N],
 }
 
+// SAFETY: repr(C, packed): a u32 and bytes, no padding, valid for any bytes.
+unsafe impl<const N: usize> Pod for TrieKey<N> {}
+
 impl<const N: usize> TrieKey<N> {
     /// The key of `net`; fails if its family does not have `N` bytes.
     pub fn of(net: &IpNet) -> Result<TrieKey<N>> {
@@ -62,7 +32,7 @@ impl<const N: usize> TrieKey<N> {
             IpAddr::V4(a) => a.octets().as_slice().try_into(),
             IpAddr::V6(a) => a.octets().as_slice().try_into(),
         }
-        .map_err(|_| Error::InvalidArgument(format!("{net} is not a {}-byte address", N)))?;
+        .map_err(|_| Error::Internal(format!("{net} is not a {N}-byte address")))?;
         Ok(TrieKey {
             len: u32::from(net.prefix_len()),
             addr,
@@ -70,84 +40,8 @@ impl<const N: usize> TrieKey<N> {
     }
 }
 
-/// Every (key, value) of a map that is not per-CPU, up to `limit` entries.
-pub(crate) fn dump<K: Copy, V: Copy>(
-    maps: &impl MapSource,
-    name: &str,
-    limit: usize,
-) -> Result<Vec<(K, V)>> {
-    dump_fd(map_fd(maps, name)?, limit)
-}
-
-/// [`dump`] on a map fd.
-fn dump_fd<K: Copy, V: Copy>(fd: BorrowedFd<'_>, limit: usize) -> Result<Vec<(K, V)>> {
-    let (keys, values) = sys::map_dump(fd, size_of::<K>(), size_of::<V>(), limit)?;
-    Ok(keys
-        .chunks_exact(size_of::<K>())
-        .zip(values.chunks_exact(size_of::<V>()))
-        // SAFETY: each chunk holds one K or V as the kernel copied it; both are plain data.
-        .map(|(k, v)| unsafe {
-            (
-                std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
-                std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
-            )
-        })
-        .collect())
-}
-
-/// Bytes the kernel copies per key of a per-CPU map of `V`.
-pub(crate) fn per_cpu_stride<V>(cpus: usize) -> usize {
-    size_of::<V>().next_multiple_of(8) * cpus
-}
-
-/// The first `limit` entries of a per-CPU array: per index, one value a CPU.
-pub(crate) fn dump_per_cpu<V: Copy>(
-    maps: &impl MapSource,
-    name: &str,
-    cpus: usize,
-    limit: usize,
-) -> Result<Vec<Vec<V>>> {
-    let slot = size_of::<V>().next_multiple_of(8);
-    let (_, values) = sys::map_dump(map_fd(maps, name)?, 4, slot * cpus, limit)?;
-    Ok(values
-        .chunks_exact(slot * cpus)
-        .map(|per_key| {
-            per_key
-                .chunks_exact(slot)
-                // SAFETY: each slot starts with one V as the kernel copied it.
-                .map(|s| unsafe { std::ptr::read_unaligned(s.as_ptr().cast::<V>()) })
-                .collect()
-        })
-        .collect())
-}
-
-/// Zeroes entries `ids` of a per-CPU array of `V` on every CPU.
-pub(crate) fn zero_per_cpu<V>(
-    maps: &impl MapSource,
-    name: &str,
-    cpus: usize,
-    ids: &[u32],
-) -> Result<()> {
-    let zeros = vec![0u8; per_cpu_stride::<V>(cpus) * ids.len()];
-    sys::map_update_batch_bytes(map_fd(maps, name)?, ids, &zeros)
-}
-
-/// Deletes every entry of hash or trie `name` (keys `K`, values `V`).
-pub(crate) fn clear<K: Copy, V: Copy>(maps: &impl MapSource, name: &str) -> Result<()> {
-    clear_fd::<K, V>(map_fd(maps, name)?)
-}
-
-/// [`clear`] on a map fd.
-fn clear_fd<K: Copy, V: Copy>(fd: BorrowedFd<'_>) -> Result<()> {
-    let keys: Vec<K> = dump_fd::<K, V>(fd, usize::MAX)?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    sys::map_delete_batch(fd, &keys)
-}
-
 /// Replaces the contents of an LPM trie with `entries`.
-pub(crate) fn write_trie<const N: usize, V: Copy>(
+pub(crate) fn write_trie<const N: usize, V: Pod>(
     maps: &impl MapSource,
     name: &str,
     entries: &[(IpNet, V)],
@@ -156,7 +50,7 @@ pub(crate) fn write_trie<const N: usize, V: Copy>(
 }
 
 /// [`write_trie`] on a map fd.
-pub(crate) fn write_trie_fd<const N: usize, V: Copy>(
+pub(crate) fn write_trie_fd<const N: usize, V: Pod>(
     fd: BorrowedFd<'_>,
     entries: &[(IpNet, V)],
 ) -> Result<()> {
@@ -166,7 +60,7 @@ pub(crate) fn write_trie_fd<const N: usize, V: Copy>(
 }
 
 /// Replaces the contents of an LPM trie with `keys[i]` -> `values[i]`.
-pub(crate) fn write_trie_keys<const N: usize, V: Copy>(
+pub(crate) fn write_trie_keys<const N: usize, V: Pod>(
     maps: &impl MapSource,
     name: &str,
     keys: &[TrieKey<N>],
@@ -177,17 +71,17 @@ pub(crate) fn write_trie_keys<const N: usize, V: Copy>(
 }
 
 /// Replaces the contents of a hash map keyed by the address bytes.
-pub(crate) fn write_hash_fd<const N: usize, V: Copy>(
+pub(crate) fn write_hash_fd<const N: usize, V: Pod>(
     fd: BorrowedFd<'_>,
     entries: &[(IpNet, V)],
 ) -> Result<()> {
     let (keys, values) = split(entries, |net| TrieKey::<N>::of(net).map(|k| k.addr))?;
-    sys::hash_drain(fd, N, size_of::<V>())?;
+    drain_hash_fd::<[u8; N], V>(fd)?;
     sys::map_update_batch(fd, &keys, &values)
 }
 
 /// Keys made by `key` and the values of `entries`.
-fn split<K: Copy, V: Copy>(
+fn split<K: Copy, V: Pod>(
     entries: &[(IpNet, V)],
     key: impl Fn(&IpNet) -> Result<K>,
 ) -> Result<(Vec<K>, Vec<V>)> {
@@ -196,24 +90,4 @@ fn split<K: Copy, V: Copy>(
         .map(|(net, _)| key(net))
         .collect::<Result<Vec<K>>>()?;
     Ok((keys, entries.iter().map(|(_, v)| *v).collect()))
-}
-
-/// A piece of work for [`in_parallel`].
-pub(crate) type Job<'a> = Box<dyn FnOnce() -> Result<()> + Send + 'a>;
-
-/// Runs `jobs` on threads of their own and returns the first error. Filling
-/// big maps is kernel work done by the calling thread, so separate maps
-/// filled on separate threads use every CPU.
-pub(crate) fn in_parallel(jobs: Vec<Job<'_>>) -> Result<()> {
-    std::thread::scope(|scope| {
-        let running: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
-        running
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect::<Result<Vec<()>>>()
-            .map(drop)
-    })
 }

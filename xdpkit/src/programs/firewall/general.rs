@@ -12,10 +12,13 @@ use xdpkit_common::firewall::{
 };
 
 use super::{
-    bulk::{clear, map_fd, write_array, write_trie, write_trie_keys, TrieKey},
-    maps::MapSource,
+    bulk::{write_trie, write_trie_keys, TrieKey},
     rule::proto,
     Entry, PortRange, Rule,
+};
+use crate::maps::{
+    batch::{clear, map_fd, write_array},
+    MapSource,
 };
 use crate::{sys, Error, Result};
 

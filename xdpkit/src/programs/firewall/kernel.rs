@@ -22,11 +22,14 @@ use xdpkit_common::{
 };
 
 use super::{
-    bulk::{self, write_hash_fd, write_trie_fd, Job},
-    maps::MapSource,
+    bulk::{write_hash_fd, write_trie_fd},
     Action, Entry, FragmentPolicy, Policy, Rule, Ruleset, Verdict,
 };
 use crate::error::map_err;
+use crate::maps::{
+    batch::{self, Job},
+    MapSource,
+};
 use crate::{object, testrun::TestRunOutcome, Error, Result};
 
 /// The firewall's function (and kernel program) name.
@@ -541,7 +544,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
         let (table, overflow) = host_table(&src4_hosts);
         (Some(table), overflow)
     };
-    let fd = |name| bulk::map_fd(maps, name);
+    let fd = |name| batch::map_fd(maps, name);
     let (s4, d4, s6, d6) = (
         fd(FW_SRC4[set])?,
         fd(FW_DST4[set])?,
@@ -558,11 +561,11 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
         Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
         Box::new(|| write_hash_fd::<16, _>(h6, &src6_hosts)),
         Box::new(|| match &table {
-            Some(table) => bulk::write_array_fd(t4, &table.buckets),
+            Some(table) => batch::write_array_fd(t4, &table.buckets),
             None => Ok(()),
         }),
     ];
-    bulk::in_parallel(jobs)?;
+    batch::in_parallel(jobs)?;
     let mut present = 0;
     for (field, non_empty) in [
         !src4_trie.is_empty(),

@@ -19,16 +19,16 @@ use xdpkit_common::firewall::{
 };
 
 use super::{
-    bulk,
     kernel::{
         add_prefix_in_place, commit, is_prefix_rule, read_config, rebuild_general,
         rebuild_prefixes, stage, Staged,
     },
-    maps::{pin_name, MapSource, PinnedMaps},
-    record, Entry, Rule, Ruleset,
+    maps::{open_pinned, pin_name},
+    record, Entry, FirewallError, Rule, Ruleset,
 };
 use crate::error::map_err;
-use crate::{iface, object, pins::PinDir, privilege, status::rfc3339, sys, Error, Result};
+use crate::maps::{batch, MapSource, PinnedMaps};
+use crate::{iface, object, pins::PinDir, privilege, status::rfc3339, sys, Result};
 
 /// One row of `xdpkit rule list`.
 #[derive(Clone, Debug, Serialize)]
@@ -51,49 +51,37 @@ pub struct RuleRow {
     pub limited: Option<u64>,
 }
 
-/// What [`LiveFirewall::sync`] changed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RuleChanges {
-    /// Rules that stayed (ids and counters kept).
-    pub kept: usize,
-    /// Ids of the rules added.
-    pub added: Vec<u32>,
-    /// Ids of the rules removed.
-    pub removed: Vec<u32>,
-}
-
-/// An interface's firewall, locked for this process until dropped.
-pub struct LiveFirewall {
+/// An interface's firewall for reading (`status`, `top`, the exporter,
+/// `simulate --dev`): it takes no lock, so readers never wait for a writer
+/// nor make one wait. A reader may see a change half made (rules stored,
+/// counters not yet reset): it reports, it does not decide.
+pub struct FirewallView {
     iface: String,
     maps: PinnedMaps,
-    _lock: File,
 }
 
-impl LiveFirewall {
-    /// Opens the firewall attached to `ifname`.
+impl FirewallView {
+    /// Opens the firewall attached to `ifname` for reading.
     ///
     /// # Errors
     ///
-    /// [`Error::NoFirewall`] if xdpkit's firewall is not attached there.
-    pub fn open(ifname: &str) -> Result<LiveFirewall> {
+    /// [`FirewallError::NoFirewall`] if xdpkit's firewall is not attached there.
+    pub fn open(ifname: &str) -> Result<FirewallView> {
         iface::validate_name(ifname)?;
-        privilege::require("changing firewall rules")?;
-        let iface_dir = PinDir::new(ifname)?;
-        let dir = iface_dir.stage(super::stage::NAME);
-        if !dir.file(&pin_name(FW_CONFIG)).exists() {
-            iface::index(ifname)?;
-            return Err(Error::NoFirewall {
-                iface: ifname.to_string(),
-            });
-        }
-        let lock = crate::chain::IfaceLock::take(&iface_dir)?.share()?;
-        LiveFirewall::open_locked(ifname, &dir, lock)
+        privilege::require("reading firewall rules")?;
+        let dir = PinDir::new(ifname)?.stage(super::stage::NAME);
+        FirewallView::open_in(ifname, &dir)
     }
 
-    /// Opens the firewall stage whose maps are pinned in `dir`, for a
-    /// caller that holds the interface's writers' lock (`lock`: a handle on it).
-    pub fn open_locked(ifname: &str, dir: &PinDir, lock: File) -> Result<LiveFirewall> {
-        let maps = PinnedMaps::open(dir)?;
+    pub(crate) fn open_in(ifname: &str, dir: &PinDir) -> Result<FirewallView> {
+        if !dir.file(&pin_name(FW_CONFIG)).exists() {
+            iface::index(ifname)?;
+            return Err(FirewallError::NoFirewall {
+                iface: ifname.to_string(),
+            }
+            .into());
+        }
+        let maps = open_pinned(dir)?;
         // `attach` checks every map against this build (object::check_pins);
         // here, where a millisecond counts, the two layouts every command
         // reads stand for the rest.
@@ -101,18 +89,18 @@ impl LiveFirewall {
             (FW_CONFIG, std::mem::size_of::<FwConfig>()),
             (FW_RULE_STATS, std::mem::size_of::<RuleHits>()),
         ] {
-            let info = bulk::map_info(&maps, name)?;
+            let info = batch::map_info(&maps, name)?;
             if info.value_size() as usize != size {
-                return Err(Error::IncompatibleState {
+                return Err(FirewallError::IncompatibleState {
                     iface: ifname.to_string(),
                     map: name.to_string(),
-                });
+                }
+                .into());
             }
         }
-        Ok(LiveFirewall {
+        Ok(FirewallView {
             iface: ifname.to_string(),
             maps,
-            _lock: lock,
         })
     }
 
@@ -127,7 +115,7 @@ impl LiveFirewall {
         let cfg = read_config(&self.maps)?;
         let set = cfg.general_set();
         let refs =
-            bulk::dump::<u32, RuleRef>(&self.maps, FW_GEN_RULES[set], cfg.general[set] as usize)?;
+            batch::dump::<u32, RuleRef>(&self.maps, FW_GEN_RULES[set], cfg.general[set] as usize)?;
         let records = self.records()?;
         refs.into_iter()
             .map(|(_, r)| {
@@ -147,14 +135,112 @@ impl LiveFirewall {
         HashMap::try_from(map).map_err(map_err("open FW_RULES"))
     }
 
+    /// Every rule in judging order with its counters.
+    pub fn list(&self) -> Result<Vec<RuleRow>> {
+        let rules = self.rules()?;
+        let cfg = read_config(&self.maps)?;
+        let stats = batch::dump_per_cpu::<RuleHits>(
+            &self.maps,
+            FW_RULE_STATS,
+            cfg.next_id.max(1) as usize,
+        )?;
+        let now_mono = monotonic_ns();
+        let now = SystemTime::now();
+        Ok(rules
+            .entries()
+            .iter()
+            .map(|e| {
+                let per_cpu = stats.get(e.id as usize).map(Vec::as_slice).unwrap_or(&[]);
+                let sum = per_cpu.iter().fold(RuleHits::default(), |s, h| RuleHits {
+                    packets: s.packets + h.packets,
+                    bytes: s.bytes + h.bytes,
+                    last_ns: s.last_ns.max(h.last_ns),
+                    limited: s.limited + h.limited,
+                });
+                let last_hit = (sum.last_ns != 0).then(|| {
+                    rfc3339(now - Duration::from_nanos(now_mono.saturating_sub(sum.last_ns)))
+                });
+                let rate_limit = matches!(e.rule.action, super::Action::RateLimit(_));
+                RuleRow {
+                    id: e.id,
+                    rule: e.rule.to_string(),
+                    packets: sum.packets,
+                    bytes: sum.bytes,
+                    last_hit,
+                    passed: rate_limit.then_some(sum.packets - sum.limited),
+                    limited: rate_limit.then_some(sum.limited),
+                }
+            })
+            .collect())
+    }
+
     /// The policies in force.
     pub fn policy(&self) -> Result<super::Policy> {
         Ok(super::kernel::policy_of(&read_config(&self.maps)?))
     }
+}
+
+/// What [`LiveFirewall::sync`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RuleChanges {
+    /// Rules that stayed (ids and counters kept).
+    pub kept: usize,
+    /// Ids of the rules added.
+    pub added: Vec<u32>,
+    /// Ids of the rules removed.
+    pub removed: Vec<u32>,
+}
+
+/// An interface's firewall, locked for this process until dropped: what
+/// `xdpkit rule` changes it through. Reads as a [`FirewallView`].
+pub struct LiveFirewall {
+    view: FirewallView,
+    _lock: File,
+}
+
+impl std::ops::Deref for LiveFirewall {
+    type Target = FirewallView;
+    fn deref(&self) -> &FirewallView {
+        &self.view
+    }
+}
+
+impl LiveFirewall {
+    /// Opens the firewall attached to `ifname`, waiting for any other
+    /// writer to finish.
+    ///
+    /// # Errors
+    ///
+    /// [`FirewallError::NoFirewall`] if xdpkit's firewall is not attached there.
+    pub fn open(ifname: &str) -> Result<LiveFirewall> {
+        iface::validate_name(ifname)?;
+        privilege::require("changing firewall rules")?;
+        let iface_dir = PinDir::new(ifname)?;
+        let dir = iface_dir.stage(super::stage::NAME);
+        if !dir.file(&pin_name(FW_CONFIG)).exists() {
+            iface::index(ifname)?;
+            return Err(FirewallError::NoFirewall {
+                iface: ifname.to_string(),
+            }
+            .into());
+        }
+        let lock = crate::chain::IfaceLock::take(&iface_dir)?.share()?;
+        LiveFirewall::open_locked(ifname, &dir, lock)
+    }
+
+    /// Opens the firewall stage whose maps are pinned in `dir`, for a
+    /// caller that holds the interface's writers' lock (`lock`: a handle on it).
+    pub fn open_locked(ifname: &str, dir: &PinDir, lock: File) -> Result<LiveFirewall> {
+        // The pins are listed once locked: a swap by the last writer is seen.
+        Ok(LiveFirewall {
+            view: FirewallView::open_in(ifname, dir)?,
+            _lock: lock,
+        })
+    }
 
     /// Stores `entries` in FW_RULES with zeroed counters, before packets can hit them.
     fn store(&self, entries: &[Entry]) -> Result<()> {
-        self.store_in(bulk::map_fd(&self.maps, FW_RULES)?, entries)
+        self.store_in(batch::map_fd(&self.maps, FW_RULES)?, entries)
     }
 
     /// [`store`](Self::store) into the rules map `fd`.
@@ -174,13 +260,12 @@ impl LiveFirewall {
 
     /// Forgets rules `ids` (no longer judged): records and counters.
     fn forget(&mut self, ids: &[u32]) -> Result<()> {
-        sys::map_delete_batch(bulk::map_fd(&self.maps, FW_RULES)?, ids)?;
+        sys::map_delete_batch(batch::map_fd(&self.maps, FW_RULES)?, ids)?;
         self.reset_counters(ids)
     }
 
     fn reset_counters(&self, ids: &[u32]) -> Result<()> {
-        let cpus = sys::possible_cpus()?;
-        bulk::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, cpus, ids)
+        batch::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, ids)
     }
 
     /// The next id and sequence number.
@@ -196,26 +281,26 @@ impl LiveFirewall {
     pub fn add(&mut self, rule: Rule) -> Result<u32> {
         let (id, seq) = self.next()?;
         if id >= FW_MAX_RULE_IDS {
-            return Err(Error::InvalidArgument(format!(
-                "rule ids are exhausted (the largest is {}): load --replace to renumber",
-                FW_MAX_RULE_IDS - 1
-            )));
+            return Err(FirewallError::IdsExhausted {
+                largest: FW_MAX_RULE_IDS - 1,
+            }
+            .into());
         }
         let entry = Entry { id, seq, rule };
         self.store(std::slice::from_ref(&entry))?;
         let done = if is_prefix_rule(&entry.rule) {
-            add_prefix_in_place(&mut self.maps, &entry).and_then(|fast| {
+            add_prefix_in_place(&mut self.view.maps, &entry).and_then(|fast| {
                 if fast {
                     return Ok(());
                 }
                 let mut rules = self.rules()?;
                 rules.push_entry(entry.clone());
-                rebuild_prefixes(&mut self.maps, &rules)
+                rebuild_prefixes(&mut self.view.maps, &rules)
             })
         } else {
             let mut general = self.general_entries()?;
             general.push(entry.clone());
-            rebuild_general(&mut self.maps, &general)
+            rebuild_general(&mut self.view.maps, &general)
         };
         if let Err(e) = done {
             // Not judged yet: drop the record so the stored set stays the live one.
@@ -230,10 +315,11 @@ impl LiveFirewall {
         let rec = match self.records()?.get(&id, 0) {
             Ok(rec) => rec,
             Err(aya::maps::MapError::KeyNotFound) => {
-                return Err(Error::NoSuchRule {
+                return Err(FirewallError::NoSuchRule {
                     iface: self.iface.clone(),
                     id,
-                })
+                }
+                .into())
             }
             Err(e) => return Err(map_err("read FW_RULES")(e)),
         };
@@ -241,11 +327,11 @@ impl LiveFirewall {
         if is_prefix_rule(&gone.rule) {
             let mut rules = self.rules()?;
             rules.remove(id);
-            rebuild_prefixes(&mut self.maps, &rules)?;
+            rebuild_prefixes(&mut self.view.maps, &rules)?;
         } else {
             let mut general = self.general_entries()?;
             general.retain(|e| e.id != id);
-            rebuild_general(&mut self.maps, &general)?;
+            rebuild_general(&mut self.view.maps, &general)?;
         }
         self.forget(&[id])
     }
@@ -257,14 +343,14 @@ impl LiveFirewall {
         // ids are zeroed when an id is used again (`store`).
         let empty = self.maps.create_like(FW_RULES)?;
         let staged = stage(&self.maps, &Ruleset::new())?;
-        self.maps.swap_in(FW_RULES, empty)?;
-        commit(&mut self.maps, staged)?;
+        self.view.maps.swap_in(FW_RULES, empty)?;
+        commit(&mut self.view.maps, staged)?;
         Ok(count)
     }
 
     fn ids(&self) -> Result<Vec<u32>> {
         Ok(
-            bulk::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?
+            batch::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?
                 .into_iter()
                 .map(|(id, _)| id)
                 .collect(),
@@ -290,10 +376,11 @@ impl LiveFirewall {
             .collect();
         if let Some(last) = new.iter().map(|e| e.id).max() {
             if last >= FW_MAX_RULE_IDS {
-                return Err(Error::InvalidArgument(format!(
-                    "rule id {last} is beyond the largest, {}: use load --replace to renumber",
-                    FW_MAX_RULE_IDS - 1
-                )));
+                return Err(FirewallError::IdBeyondLargest {
+                    id: last,
+                    largest: FW_MAX_RULE_IDS - 1,
+                }
+                .into());
             }
         }
         let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
@@ -306,14 +393,14 @@ impl LiveFirewall {
             let fresh = self.maps.create_like(FW_RULES)?;
             let staged =
                 self.stage_while(&rules, || self.store_in(fresh.as_fd(), rules.entries()))?;
-            self.maps.swap_in(FW_RULES, fresh)?;
-            commit(&mut self.maps, staged)?;
+            self.view.maps.swap_in(FW_RULES, fresh)?;
+            commit(&mut self.view.maps, staged)?;
         } else {
             let mut all = self.rules()?.into_entries();
             all.extend(new.iter().cloned());
             let rules = Ruleset::from_entries(all);
             match self.stage_while(&rules, || self.store(&new)) {
-                Ok(staged) => commit(&mut self.maps, staged)?,
+                Ok(staged) => commit(&mut self.view.maps, staged)?,
                 Err(e) => {
                     let _ = self.forget(&ids);
                     return Err(e);
@@ -323,27 +410,10 @@ impl LiveFirewall {
         Ok(ids)
     }
 
-    /// Stages `rules` while `store` runs on a thread of its own: they fill
-    /// different maps, and each is mostly kernel time.
-    fn stage_while(
-        &self,
-        rules: &Ruleset,
-        store: impl FnOnce() -> Result<()> + Send,
-    ) -> Result<Staged> {
-        std::thread::scope(|scope| {
-            let stored = scope.spawn(store);
-            let staged = stage(&self.maps, rules);
-            let stored = stored
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            stored.and(staged)
-        })
-    }
-
     /// Makes the rules equal to `desired` (in order: later rules of equal
     /// `prio` rank after earlier ones), atomically: rules already there
-    /// keep their ids, order and counters, new ones get new ids, missing
-    /// ones go. Nothing changes when the rules are the same.
+    /// keep their ids and counters, new ones get new ids, missing ones go.
+    /// Nothing changes when the rules and their order are the same.
     pub fn sync(&mut self, desired: &[Rule]) -> Result<RuleChanges> {
         let current = self.rules()?;
         let mut by_seq: Vec<&Entry> = current.entries().iter().collect();
@@ -391,10 +461,10 @@ impl LiveFirewall {
             return Ok(changes);
         }
         if next_id > FW_MAX_RULE_IDS {
-            return Err(Error::InvalidArgument(format!(
-                "rule ids are exhausted (the largest is {}): load --replace to renumber",
-                FW_MAX_RULE_IDS - 1
-            )));
+            return Err(FirewallError::IdsExhausted {
+                largest: FW_MAX_RULE_IDS - 1,
+            }
+            .into());
         }
         let rules = Ruleset::from_entries(entries);
         // The records go into a new FW_RULES (kept ones under their ids, so
@@ -410,58 +480,34 @@ impl LiveFirewall {
                 .collect();
             sys::map_update_batch(fresh.as_fd(), &ids, &records)
         })?;
-        self.maps.swap_in(FW_RULES, fresh)?;
-        commit(&mut self.maps, staged)?;
+        self.view.maps.swap_in(FW_RULES, fresh)?;
+        commit(&mut self.view.maps, staged)?;
         self.reset_counters(&changes.removed)?;
         Ok(changes)
     }
 
-    /// Every rule in judging order with its counters.
-    pub fn list(&self) -> Result<Vec<RuleRow>> {
-        let rules = self.rules()?;
-        let cfg = read_config(&self.maps)?;
-        let cpus = sys::possible_cpus()?;
-        let stats = bulk::dump_per_cpu::<RuleHits>(
-            &self.maps,
-            FW_RULE_STATS,
-            cpus,
-            cfg.next_id.max(1) as usize,
-        )?;
-        let now_mono = monotonic_ns();
-        let now = SystemTime::now();
-        Ok(rules
-            .entries()
-            .iter()
-            .map(|e| {
-                let per_cpu = stats.get(e.id as usize).map(Vec::as_slice).unwrap_or(&[]);
-                let sum = per_cpu.iter().fold(RuleHits::default(), |s, h| RuleHits {
-                    packets: s.packets + h.packets,
-                    bytes: s.bytes + h.bytes,
-                    last_ns: s.last_ns.max(h.last_ns),
-                    limited: s.limited + h.limited,
-                });
-                let last_hit = (sum.last_ns != 0).then(|| {
-                    rfc3339(now - Duration::from_nanos(now_mono.saturating_sub(sum.last_ns)))
-                });
-                let rate_limit = matches!(e.rule.action, super::Action::RateLimit(_));
-                RuleRow {
-                    id: e.id,
-                    rule: e.rule.to_string(),
-                    packets: sum.packets,
-                    bytes: sum.bytes,
-                    last_hit,
-                    passed: rate_limit.then_some(sum.packets - sum.limited),
-                    limited: rate_limit.then_some(sum.limited),
-                }
-            })
-            .collect())
+    /// Stages `rules` while `store` runs on a thread of its own: they fill
+    /// different maps, and each is mostly kernel time.
+    fn stage_while(
+        &self,
+        rules: &Ruleset,
+        store: impl FnOnce() -> Result<()> + Send,
+    ) -> Result<Staged> {
+        std::thread::scope(|scope| {
+            let stored = scope.spawn(store);
+            let staged = stage(&self.maps, rules);
+            let stored = stored
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            stored.and(staged)
+        })
     }
 }
 
 /// The stored ruleset of the firewall whose maps are `maps` (no lock: a
 /// reader sees the records of the set in force, old or new).
 pub fn read_rules(maps: &impl MapSource) -> Result<Ruleset> {
-    let records = bulk::dump::<u32, RuleRecord>(maps, FW_RULES, usize::MAX)?;
+    let records = batch::dump::<u32, RuleRecord>(maps, FW_RULES, usize::MAX)?;
     let entries = records
         .into_iter()
         .map(|(id, rec)| entry_of(id, &rec))
@@ -470,11 +516,7 @@ pub fn read_rules(maps: &impl MapSource) -> Result<Ruleset> {
 }
 
 fn entry_of(id: u32, rec: &RuleRecord) -> Result<Entry> {
-    let rule = record::decode(rec).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "rule {id} in FW_RULES is damaged: flush and reload"
-        ))
-    })?;
+    let rule = record::decode(rec).ok_or(FirewallError::DamagedRule { id })?;
     Ok(Entry {
         id,
         seq: rec.seq,

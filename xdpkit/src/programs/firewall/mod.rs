@@ -4,6 +4,7 @@
 
 mod bulk;
 pub mod config;
+pub mod error;
 pub mod frame;
 pub mod general;
 pub mod kernel;
@@ -16,6 +17,7 @@ pub mod ruleset;
 pub mod simulate;
 pub mod stage;
 
+pub use error::FirewallError;
 pub use rule::{Action, PortRange, Rule, RuleError};
 pub use ruleset::{Entry, FileError, Ruleset};
 pub use stage::Firewall;

@@ -114,9 +114,10 @@ pub fn simulate(
                     rule: None,
                 });
             }
-            let (out, trace) = harness
-                .run(frame)
-                .map_err(|e| Error::InvalidArgument(format!("packet {index}: {e}")))?;
+            let (out, trace) = harness.run(frame).map_err(|e| Error::Simulation {
+                index,
+                source: Box::new(e),
+            })?;
             let verdict = match out.verdict {
                 Some(XdpAction::Drop) => "drop",
                 _ => "pass",
