@@ -123,13 +123,13 @@ fn print_one(s: &IfaceStatus) {
         );
     }
     for stage in &s.stages {
-        println!("  stage {} {}:", stage.index, stage.stage);
+        outln!("  stage {} {}:", stage.index, stage.stage);
         let seen: Vec<_> = stage.actions.iter().filter(|r| r.packets > 0).collect();
         if seen.is_empty() {
-            println!("    (no frames yet)");
+            outln!("    (no frames yet)");
         }
         for row in seen {
-            println!(
+            outln!(
                 "    {:<7} {:>14} {:>16} {:>10} {:>10}",
                 row.action,
                 row.packets,
