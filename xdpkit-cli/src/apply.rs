@@ -75,7 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json.json {
         return print_json(&report);
     }
-    let file = args.file.display();
+    let file = if args.file.as_os_str() == "-" {
+        "standard input".to_string()
+    } else {
+        args.file.display().to_string()
+    };
     if report.diff.is_empty() && report.is_noop() {
         outln!("{file}: no changes: the running state already matches");
     } else {

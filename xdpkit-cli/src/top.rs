@@ -152,7 +152,7 @@ fn draw(f: &mut Frame, shown: &Result<Vec<TopIface>, String>, interval: Duration
 fn height(i: &TopIface) -> u16 {
     let rules = i.top_rules.as_ref().map_or(0, |r| r.len() + 2);
     let outcomes = if i.outcomes.is_some() { 3 } else { 0 };
-    (2 + 6 + 1 + outcomes + rules + 1) as u16
+    (2 + 6 + 1 + i.stages.len() + outcomes + rules + 1) as u16
 }
 
 fn draw_iface(f: &mut Frame, i: &TopIface, area: ratatui::layout::Rect) {
@@ -172,7 +172,7 @@ fn draw_iface(f: &mut Frame, i: &TopIface, area: ratatui::layout::Rect) {
     let rule_rows = i.top_rules.as_ref().map_or(0, |r| r.len() as u16 + 2);
     let parts = Layout::vertical([
         Constraint::Length(6),
-        Constraint::Length(1),
+        Constraint::Length(1 + i.stages.len() as u16),
         Constraint::Length(outcome_rows),
         Constraint::Length(rule_rows),
     ])
@@ -196,7 +196,9 @@ fn draw_iface(f: &mut Frame, i: &TopIface, area: ratatui::layout::Rect) {
         Constraint::Length(16),
     ];
     f.render_widget(Table::new(rows, widths).header(header), parts[0]);
-    f.render_widget(Paragraph::new(per_cpu(i)), parts[1]);
+    let mut lines = vec![Line::from(per_cpu(i))];
+    lines.extend(i.stages.iter().map(|s| Line::from(stage_line(s))));
+    f.render_widget(Paragraph::new(lines), parts[1]);
     if let Some(outcomes) = &i.outcomes {
         let line: Vec<String> = outcomes
             .iter()
@@ -247,6 +249,22 @@ fn per_cpu(i: &TopIface) -> String {
     format!("per CPU, pps: {}", cpus.join("  "))
 }
 
+/// `stage firewall: drop 1.2 M pps, next 300 pps` (actions with traffic only).
+fn stage_line(s: &xdpkit::top::TopStage) -> String {
+    let busy: Vec<String> = s
+        .actions
+        .iter()
+        .filter(|a| a.packets > 0)
+        .map(|a| format!("{} {} pps", a.action, si(a.pps)))
+        .collect();
+    let busy = if busy.is_empty() {
+        "no frames yet".to_string()
+    } else {
+        busy.join(", ")
+    };
+    format!("stage {}: {busy}", s.stage)
+}
+
 /// `12.3 Mbps`.
 fn bits(bps: f64) -> String {
     format!("{}bps", si(bps))
@@ -271,6 +289,9 @@ fn text(i: &TopIface) -> String {
         );
     }
     out += &format!("  {}\n", per_cpu(i));
+    for stage in &i.stages {
+        out += &format!("  {}\n", stage_line(stage));
+    }
     if let Some(outcomes) = &i.outcomes {
         for o in outcomes {
             out += &format!(

@@ -72,6 +72,17 @@ pub enum Error {
         /// The programs xdpkit has, comma separated.
         known: String,
     },
+    /// Pinned maps of a stage whose layout differs from this build's: made
+    /// by another xdpkit version that changed the map.
+    #[error("the {stage} state of '{iface}' was made by another xdpkit version (map {map} differs): save what you need (`xdpkit export`), run `xdpkit detach --dev {iface}`, then attach or apply again")]
+    IncompatiblePin {
+        /// The interface.
+        iface: String,
+        /// The stage (program) whose maps differ.
+        stage: &'static str,
+        /// The first map that differs.
+        map: String,
+    },
     /// A host configuration file that cannot be applied (file:line: key).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -223,6 +234,7 @@ impl Error {
             | Error::UnknownProgram { .. }
             | Error::InvalidArgument(_)
             | Error::Config(_)
+            | Error::IncompatiblePin { .. }
             | Error::NotAttached { .. }
             | Error::Bpffs(_) => true,
             Error::Firewall(e) => e.is_usage(),

@@ -62,11 +62,10 @@ impl Object {
             if !path.exists() {
                 continue;
             }
-            let differs = || {
-                Error::from(crate::firewall::error::FirewallError::IncompatibleState {
-                    iface: iface.to_string(),
-                    map: name.to_string(),
-                })
+            let differs = || Error::IncompatiblePin {
+                iface: iface.to_string(),
+                stage: self.name,
+                map: name.to_string(),
             };
             let info = aya::maps::MapInfo::from_pin(path).map_err(|_| differs())?;
             let same = info.map_type().map(|t| t as u32).ok() == Some(def.map_type())

@@ -28,6 +28,9 @@ pub struct TopIface {
     pub bps: f64,
     /// Per action: totals and rates.
     pub actions: Vec<ActionRate>,
+    /// Each stage of the chain in order, with its own rates per action
+    /// (and "next": frames it handed on).
+    pub stages: Vec<TopStage>,
     /// Frames per second handled on each CPU (index = CPU).
     pub per_cpu_pps: Vec<f64>,
     /// Firewall only: what decided, with rates.
@@ -39,6 +42,15 @@ pub struct TopIface {
     /// Firewall only: the rules that decided most frames in the interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_rules: Option<Vec<RuleRate>>,
+}
+
+/// One stage of an interface in one sample.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopStage {
+    /// Program name.
+    pub stage: String,
+    /// Per action and "next": totals and rates.
+    pub actions: Vec<ActionRate>,
 }
 
 /// A firewall outcome's totals and rate.
@@ -132,16 +144,33 @@ fn per_cpu_verdicts(dir: &PinDir) -> Vec<ActionTotals> {
 
 fn compare(then: &Reading, now: &Reading, secs: f64, rules: usize) -> TopIface {
     let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
-    let actions: Vec<ActionRate> = now
+    let rates = |now: &[ActionRate], then: &[ActionRate]| -> Vec<ActionRate> {
+        now.iter()
+            .map(|a| {
+                let old = then.iter().find(|o| o.action == a.action);
+                ActionRate {
+                    pps: rate(a.packets, old.map_or(0, |o| o.packets)),
+                    bps: rate(a.bytes, old.map_or(0, |o| o.bytes)) * 8.0,
+                    ..a.clone()
+                }
+            })
+            .collect()
+    };
+    let actions = rates(&now.status.actions, &then.status.actions);
+    let stages = now
         .status
-        .actions
+        .stages
         .iter()
-        .map(|a| {
-            let old = then.status.actions.iter().find(|o| o.action == a.action);
-            ActionRate {
-                pps: rate(a.packets, old.map_or(0, |o| o.packets)),
-                bps: rate(a.bytes, old.map_or(0, |o| o.bytes)) * 8.0,
-                ..a.clone()
+        .map(|stage| {
+            let old = then
+                .status
+                .stages
+                .iter()
+                .find(|o| o.stage == stage.stage)
+                .map_or(&[][..], |o| o.actions.as_slice());
+            TopStage {
+                stage: stage.stage.clone(),
+                actions: rates(&stage.actions, old),
             }
         })
         .collect();
@@ -199,6 +228,7 @@ fn compare(then: &Reading, now: &Reading, secs: f64, rules: usize) -> TopIface {
         pps: actions.iter().map(|a| a.pps).sum(),
         bps: actions.iter().map(|a| a.bps).sum(),
         actions,
+        stages,
         per_cpu_pps,
         outcomes,
         parse_errors_pps,
