@@ -342,15 +342,11 @@ const fn mode_name(code: u32) -> &'static str {
 /// from the pinned root state (no lock: a reader).
 pub fn running(dir: &PinDir) -> Result<Option<RunningChain>> {
     let path = dir.file(pins::ROOT);
-    if !path.exists() {
+    let Some(map) = crate::maps::open_pin(&path)? else {
         return Ok(None);
-    }
-    let data = MapData::from_pin(&path).map_err(|e| Error::Map {
-        what: format!("open {}", path.display()),
-        source: e.into(),
-    })?;
-    let array: Array<MapData, ChainState> = Array::try_from(aya::maps::Map::Array(data))
-        .map_err(map_err(format!("open {}", path.display())))?;
+    };
+    let array: Array<MapData, ChainState> =
+        Array::try_from(map).map_err(map_err(format!("open {}", path.display())))?;
     let state = array
         .get(&0, 0)
         .map_err(map_err(format!("read {}", path.display())))?;

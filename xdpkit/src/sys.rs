@@ -139,20 +139,27 @@ pub fn link_detach(link: BorrowedFd<'_>) -> Result<()> {
         })
 }
 
-/// Id, program id and interface of an XDP link.
-pub fn xdp_link_info(link: BorrowedFd<'_>) -> Result<XdpLinkInfo> {
-    // struct bpf_link_info: type, id, prog_id (u32 each), then an 8-aligned
-    // union whose xdp member starts with the ifindex, at offset 16.
+/// The first 128 bytes of the kernel's info on a bpf object
+/// (BPF_OBJ_GET_INFO_BY_FD), zero-filled past what the kernel writes.
+fn obj_info(fd: BorrowedFd<'_>) -> Result<[u8; 128]> {
     let mut info = [0u8; 128];
     let mut attr = [0u8; 128];
     // struct { __u32 bpf_fd; __u32 info_len; __aligned_u64 info; } info;
-    attr[..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| Error::Syscall {
         call: "BPF_OBJ_GET_INFO_BY_FD",
         source,
     })?;
+    Ok(info)
+}
+
+/// Id, program id and interface of an XDP link.
+pub fn xdp_link_info(link: BorrowedFd<'_>) -> Result<XdpLinkInfo> {
+    // struct bpf_link_info: type, id, prog_id (u32 each), then an 8-aligned
+    // union whose xdp member starts with the ifindex, at offset 16.
+    let info = obj_info(link)?;
     let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
     Ok(XdpLinkInfo {
         id: word(4),
@@ -206,15 +213,7 @@ impl MapInfo {
 pub fn map_info(map: BorrowedFd<'_>) -> Result<MapInfo> {
     // struct bpf_map_info { type, id, key_size, value_size, max_entries,
     //                       map_flags: u32; char name[16]; ... }
-    let mut info = [0u8; 128];
-    let mut attr = [0u8; 128];
-    attr[..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| Error::Syscall {
-        call: "BPF_OBJ_GET_INFO_BY_FD",
-        source,
-    })?;
+    let info = obj_info(map)?;
     let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
     let name = &info[24..40];
     let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];

@@ -8,7 +8,26 @@ pub mod pinned;
 
 pub use pinned::{MapSource, PinnedMaps};
 
-use crate::Error;
+use std::path::Path;
+
+use aya::maps::{Map, MapData};
+
+use crate::{Error, Result};
+
+/// The map pinned at `path` (its type read from the kernel), or `None` if
+/// nothing is pinned there.
+pub fn open_pin(path: &Path) -> Result<Option<Map>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    MapData::from_pin(path)
+        .and_then(Map::from_map_data)
+        .map(Some)
+        .map_err(|e| Error::Map {
+            what: format!("open {}", path.display()),
+            source: e.into(),
+        })
+}
 
 /// The error for a map that should exist (in the embedded object or among
 /// the pins) but does not.

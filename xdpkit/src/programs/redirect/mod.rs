@@ -102,18 +102,13 @@ fn target(settings: &toml::Table) -> Result<&str> {
 /// The ifindex the running stage in `dir` redirects to, if any.
 pub fn running_target(dir: &PinDir) -> Result<Option<u32>> {
     let path = dir.file(PIN);
-    if !path.exists() {
+    let Some(map) = crate::maps::open_pin(&path)? else {
         return Ok(None);
-    }
-    let data = MapData::from_pin(&path).map_err(|e| Error::Map {
+    };
+    let map = DevMap::<MapData>::try_from(map).map_err(|e| Error::Map {
         what: format!("open {}", path.display()),
         source: e.into(),
     })?;
-    let map =
-        DevMap::<MapData>::try_from(aya::maps::Map::DevMap(data)).map_err(|e| Error::Map {
-            what: format!("open {}", path.display()),
-            source: e.into(),
-        })?;
     match map.get(REDIRECT_SLOT, 0) {
         Ok(value) => Ok(Some(value.if_index)),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
