@@ -69,6 +69,9 @@ pub struct StageStatus {
     pub index: usize,
     /// Per-action (and "next") totals and rates.
     pub actions: Vec<ActionRate>,
+    /// The program's own counters by outcome (the firewall's: what decided).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<OutcomeCount>,
 }
 
 /// Status of `iface` (or of every interface xdpkit manages), sampling the
@@ -192,6 +195,9 @@ fn describe(
                 now.get(index).unwrap_or(&zero),
                 before.get(index).unwrap_or(&zero),
             ),
+            outcomes: programs::by_name(stage)
+                .map(|p| p.outcomes(&dir.stage(stage)))
+                .unwrap_or_default(),
         })
         .collect();
     let mut actions = rates(&interface_totals(&now), &interface_totals(before));
@@ -209,10 +215,10 @@ fn describe(
         })
         .flatten()
         .map(|index| iface::name(index).unwrap_or_else(|| format!("ifindex {index}")));
-    let firewall = stage_names
+    let firewall = stages
         .iter()
-        .any(|s| s == Firewall.name())
-        .then(|| Firewall.outcomes(&dir.stage(Firewall.name())));
+        .find(|s| s.stage == Firewall.name())
+        .map(|s| s.outcomes.clone());
     Ok(IfaceStatus {
         iface: dir.ifname().to_string(),
         ifindex,
