@@ -75,7 +75,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json.json {
         return print_json(&report);
     }
-    let file = args.file.display();
+    // Named as in error messages: `-` is standard input.
+    let file = if args.file.as_os_str() == "-" {
+        "<stdin>".to_string()
+    } else {
+        args.file.display().to_string()
+    };
     if report.diff.is_empty() && report.is_noop() {
         outln!("{file}: no changes: the running state already matches");
     } else {
