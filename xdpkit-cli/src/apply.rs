@@ -83,7 +83,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     if report.diff.is_empty() && report.is_noop() {
         outln!("{file}: no changes: the running state already matches");
-    } else {
+    } else if !report.diff.is_empty() {
+        // An upgrade alone has no difference to show ("no changes" would
+        // contradict the "applied" line below).
         out!("{}", with_newline(&report.diff.render()));
     }
     for name in &report.upgraded {

@@ -1097,7 +1097,14 @@ fn upgrade_reloads_stages_and_counters_continue() {
     let ours = pretend_other_build(&srv);
     let json = host.apply_json(&file, &["--dry-run"]);
     assert_eq!(json["upgraded"], serde_json::json!([srv]), "{json}");
+    assert_eq!(json["applied"], serde_json::json!([srv]), "{json}");
+    let out = host.apply(&file, &["--dry-run"]);
+    assert_eq!(
+        out,
+        format!("{srv}: stages loaded by another xdpkit build: replaced in place\ndry run: nothing changed\n")
+    );
     assert_eq!(stage_prog_ids(&srv), progs_before, "a dry run reloaded");
+    assert_eq!(generation(&host.status()), generation(&before));
 
     let out = host.apply(&file, &[]);
     assert!(
@@ -1107,6 +1114,7 @@ fn upgrade_reloads_stages_and_counters_continue() {
         "{out}"
     );
     assert!(out.contains(&format!("applied {srv}")), "{out}");
+    assert!(!out.contains("no changes"), "an upgrade is a change: {out}");
     assert_eq!(read_build(&srv), ours, "the state names this build again");
     let after = host.status();
     assert_eq!(generation(&after), generation(&before) + 1, "{after}");
