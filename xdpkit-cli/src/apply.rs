@@ -75,14 +75,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json.json {
         return print_json(&report);
     }
+    // Named as in error messages: `-` is standard input.
     let file = if args.file.as_os_str() == "-" {
-        "standard input".to_string()
+        "<stdin>".to_string()
     } else {
         args.file.display().to_string()
     };
     if report.diff.is_empty() && report.is_noop() {
         outln!("{file}: no changes: the running state already matches");
-    } else {
+    } else if !report.diff.is_empty() {
+        // An upgrade alone has no difference to show ("no changes" would
+        // contradict the "applied" line below).
         out!("{}", with_newline(&report.diff.render()));
     }
     for name in &report.upgraded {
