@@ -89,7 +89,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out!("{}", with_newline(&report.diff.render()));
     }
     for name in &report.upgraded {
-        outln!("{name}: stages loaded by another xdpkit build: replaced in place");
+        let done = if report.dry_run {
+            "would be replaced in place"
+        } else {
+            "replaced in place"
+        };
+        outln!("{name}: stages loaded by another xdpkit build: {done}");
     }
     for name in &report.unmanaged {
         outln!("{name}: managed by xdpkit but not in {file}: left running (--prune detaches it)");

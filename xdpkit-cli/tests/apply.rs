@@ -1101,7 +1101,7 @@ fn upgrade_reloads_stages_and_counters_continue() {
     let out = host.apply(&file, &["--dry-run"]);
     assert_eq!(
         out,
-        format!("{srv}: stages loaded by another xdpkit build: replaced in place\ndry run: nothing changed\n")
+        format!("{srv}: stages loaded by another xdpkit build: would be replaced in place\ndry run: nothing changed\n")
     );
     assert_eq!(stage_prog_ids(&srv), progs_before, "a dry run reloaded");
     assert_eq!(generation(&host.status()), generation(&before));
