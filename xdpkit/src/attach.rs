@@ -6,9 +6,11 @@ use std::{os::fd::AsFd as _, path::PathBuf};
 use aya::programs::{
     links::{FdLink, PinnedLink},
     xdp::XdpLink,
-    ProgramError, XdpMode,
+    ProgramError,
 };
 use serde::Serialize;
+
+pub use crate::mode::Mode;
 
 use crate::{
     chain::{self, StageReport, StageSpec},
@@ -19,52 +21,6 @@ use crate::{
     programs::{self, firewall::Firewall, redirect::Redirect, Program as _},
     sys, Error, Result,
 };
-
-/// The XDP mode to attach in, as the user asks for it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    /// Native if the driver supports it, otherwise generic (the kernel decides).
-    #[default]
-    Auto,
-    /// In the driver (XDP_FLAGS_DRV_MODE).
-    Native,
-    /// Generic XDP in the network stack (XDP_FLAGS_SKB_MODE).
-    Skb,
-    /// On the NIC (XDP_FLAGS_HW_MODE).
-    Offload,
-}
-
-impl Mode {
-    /// The name used on the command line.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Mode::Auto => "auto",
-            Mode::Native => "native",
-            Mode::Skb => "skb",
-            Mode::Offload => "offload",
-        }
-    }
-
-    pub(crate) const fn xdp_mode(self) -> XdpMode {
-        match self {
-            Mode::Auto => XdpMode::Default,
-            Mode::Native => XdpMode::Driver,
-            Mode::Skb => XdpMode::Skb,
-            Mode::Offload => XdpMode::Hardware,
-        }
-    }
-
-    /// Whether a program attached in `actual` mode satisfies this request.
-    fn accepts(self, actual: AttachMode) -> bool {
-        matches!(
-            (self, actual),
-            (Mode::Auto, _)
-                | (Mode::Native, AttachMode::Native)
-                | (Mode::Skb, AttachMode::Skb)
-                | (Mode::Offload, AttachMode::Offload)
-        )
-    }
-}
 
 /// What to attach where: a chain of one or more stages.
 #[derive(Clone, Debug)]
@@ -232,7 +188,7 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
         dir: &dir,
         armed: created,
     };
-    let lock = chain::IfaceLock::take(&dir)?;
+    let lock = pins::IfaceLock::take(&dir)?;
     let mut root = chain::load_root(&dir, &req.iface)?;
     let stages = chain::install(&mut root, &dir, &req.iface, req.mode, &req.stages, &lock)?;
     let program = chain::root_program(&mut root)?;
@@ -291,7 +247,7 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
         fd_link.pin(dir.file(pins::LINK)).map_err(|e| Error::Pin {
             what: "cannot pin link at",
             path: dir.file(pins::LINK),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(e),
         })?;
         dir.restrict(pins::LINK)?;
         root_replaced = true;

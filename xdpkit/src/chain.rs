@@ -7,7 +7,7 @@
 //! over), then switches with one update of the root's state map. Frames
 //! already inside the old half finish there; the next install overwrites it.
 
-use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf, sync::LazyLock};
+use std::{path::PathBuf, sync::LazyLock};
 
 use aya::{
     maps::{Array, MapData, ProgramArray},
@@ -21,10 +21,10 @@ use xdpkit_common::{
 };
 
 use crate::{
-    attach::Mode,
     error::map_err,
+    mode::Mode,
     object::{self, embedded, Object},
-    pins::{self, PinDir},
+    pins::{self, IfaceLock, PinDir},
     programs::{self, Program, StageLoad},
     Error, Result,
 };
@@ -90,41 +90,6 @@ pub struct RunningChain {
     pub generation: u32,
     /// Whether this build of xdpkit loaded the stages.
     pub same_build: bool,
-}
-
-/// The writers' lock of an interface (an flock on its pin directory): one
-/// xdpkit process changes an interface at a time. Readers never take it.
-pub struct IfaceLock {
-    file: File,
-}
-
-impl IfaceLock {
-    /// Waits for and takes the lock of `dir` (which must exist).
-    pub fn take(dir: &PinDir) -> Result<IfaceLock> {
-        let file = File::open(dir.path()).map_err(|source| Error::Pin {
-            what: "cannot open",
-            path: dir.path().to_path_buf(),
-            source,
-        })?;
-        // SAFETY: a valid fd; flock blocks until no other xdpkit holds it.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::Pin {
-                what: "cannot lock",
-                path: dir.path().to_path_buf(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(IfaceLock { file })
-    }
-
-    /// Another handle on the same lock (same open file), for a writer
-    /// called while this one is held.
-    pub fn share(&self) -> Result<File> {
-        self.file.try_clone().map_err(|source| Error::Syscall {
-            call: "dup of the interface lock",
-            source,
-        })
-    }
 }
 
 /// The interface's root program and chain maps, created or reused from

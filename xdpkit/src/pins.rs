@@ -3,8 +3,9 @@
 //! Files are mode 0600, the directory 0700; detach removes the directory.
 
 use std::{
-    fs,
+    fs::{self, File},
     io::{self, ErrorKind},
+    os::fd::AsRawFd as _,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
@@ -142,6 +143,41 @@ impl PinDir {
             let _ = fs::remove_dir(root);
         }
         Ok(())
+    }
+}
+
+/// The writers' lock of an interface (an flock on its pin directory): one
+/// xdpkit process changes an interface at a time. Readers never take it.
+pub struct IfaceLock {
+    file: File,
+}
+
+impl IfaceLock {
+    /// Waits for and takes the lock of `dir` (which must exist).
+    pub fn take(dir: &PinDir) -> Result<IfaceLock> {
+        let file = File::open(dir.path()).map_err(|source| Error::Pin {
+            what: "cannot open",
+            path: dir.path().to_path_buf(),
+            source,
+        })?;
+        // SAFETY: a valid fd; flock blocks until no other xdpkit holds it.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::Pin {
+                what: "cannot lock",
+                path: dir.path().to_path_buf(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(IfaceLock { file })
+    }
+
+    /// Another handle on the same lock (same open file), for a writer
+    /// called while this one is held.
+    pub fn share(&self) -> Result<File> {
+        self.file.try_clone().map_err(|source| Error::Syscall {
+            call: "dup of the interface lock",
+            source,
+        })
     }
 }
 

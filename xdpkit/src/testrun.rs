@@ -19,10 +19,10 @@ use aya::{
 use xdpkit_common::XdpAction;
 
 use crate::{
-    attach::Mode,
-    chain::{self, IfaceLock, StageSpec},
+    chain::{self, StageSpec},
+    mode::Mode,
     object,
-    pins::{self, PinDir},
+    pins::{self, IfaceLock, PinDir},
     programs::Program,
     stats::{self, ActionTotals},
     Error, Result,

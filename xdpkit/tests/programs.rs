@@ -13,7 +13,6 @@ use proptest::{
 };
 use xdpkit::{
     chain::StageSpec,
-    model,
     programs::{self, count::Count, drop::Drop, firewall::Firewall, pass::Pass, tx::Tx, Program},
     testrun::Alone,
     Harness, XdpAction,
@@ -116,7 +115,7 @@ fn check_chain(stages: &[StageSpec]) {
         };
         let before = counters(&harness);
         let got = harness.run(&fixture.frame, 1).unwrap();
-        let (want, at) = model::chain(&models, &fixture.frame);
+        let (want, at) = programs::chain_model(&models, &fixture.frame);
         let after = counters(&harness);
         let mut ok = got.verdict == Some(want.verdict) && got.output == want.output;
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {
@@ -399,7 +398,7 @@ fn chains_match_the_reference_model_on_random_frames() {
                 .iter()
                 .map(|s| (s.program, &s.settings))
                 .collect();
-            let (want, _) = model::chain(&models, &frame);
+            let (want, _) = programs::chain_model(&models, &frame);
             let chain = names(&chains[which]);
             prop_assert_eq!(
                 got.verdict,

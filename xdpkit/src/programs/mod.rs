@@ -13,9 +13,14 @@ pub mod tx;
 use std::path::Path;
 
 use aya::Ebpf;
+use xdpkit_common::XdpAction;
 
 use crate::{
-    config::SettingsError, model::StageOutcome, object::Object, pins::PinDir, Error, Result,
+    model::{Decision, Expected, StageOutcome},
+    object::Object,
+    pins::PinDir,
+    settings::SettingsError,
+    Error, Result,
 };
 
 /// Every program that can be a stage, in the order `--help` lists them.
@@ -117,7 +122,7 @@ pub struct StageLoad<'a> {
     /// Whether the stage's maps were created now (not reused from pins).
     pub fresh: bool,
     /// The interface's writers' lock, held by the caller.
-    pub lock: &'a crate::chain::IfaceLock,
+    pub lock: &'a crate::pins::IfaceLock,
 }
 
 /// The program named `name`.
@@ -170,9 +175,38 @@ pub fn parse_stages(list: &str) -> Result<Vec<&'static dyn Program>> {
     Ok(stages)
 }
 
+/// What a chain of stages (each with its settings) does with `frame`: the
+/// first verdict wins; "next" after the last stage passes. Also returns
+/// the index of the stage that gave the verdict (`stages.len()` when every
+/// stage said next).
+pub fn chain_model(stages: &[(&dyn Program, &toml::Table)], frame: &[u8]) -> (Expected, usize) {
+    let mut frame = frame.to_vec();
+    for (i, (program, settings)) in stages.iter().enumerate() {
+        let out = program.model(&frame, settings);
+        frame = out.output;
+        if let Decision::Verdict(verdict) = out.decision {
+            return (
+                Expected {
+                    verdict,
+                    output: frame,
+                },
+                i,
+            );
+        }
+    }
+    (
+        Expected {
+            verdict: XdpAction::Pass,
+            output: frame,
+        },
+        stages.len(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use {count::Count, drop::Drop, pass::Pass, redirect::Redirect, tx::Tx};
 
     #[test]
     fn names_and_symbols_are_unique_and_fit_the_kernel() {
@@ -202,5 +236,45 @@ mod tests {
             names("firewal").unwrap_err(),
             "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall"
         );
+    }
+
+    #[test]
+    fn tx_swaps_only_the_macs() {
+        let none = toml::Table::new();
+        let mut frame: Vec<u8> = (0u8..20).collect();
+        let e = Tx.model(&frame, &none);
+        assert_eq!(e.decision, Decision::Verdict(XdpAction::Tx));
+        assert_eq!(&e.output[..12], &[6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]);
+        assert_eq!(&e.output[12..], &frame[12..]);
+        frame.truncate(13);
+        assert_eq!(
+            Tx.model(&frame, &none).decision,
+            Decision::Verdict(XdpAction::Drop)
+        );
+    }
+
+    #[test]
+    fn redirect_falls_back_to_pass_without_target() {
+        let none = toml::Table::new();
+        let mut to = toml::Table::new();
+        to.insert("to".into(), "veth1".into());
+        assert_eq!(
+            Redirect.model(&[0; 60], &none).decision,
+            Decision::Verdict(XdpAction::Pass)
+        );
+        assert_eq!(
+            Redirect.model(&[0; 60], &to).decision,
+            Decision::Verdict(XdpAction::Redirect)
+        );
+    }
+
+    #[test]
+    fn a_chain_ends_at_the_first_verdict_and_next_after_the_last_passes() {
+        let none = toml::Table::new();
+        let frame = [0u8; 60];
+        let (e, at) = chain_model(&[(&Count, &none), (&Drop, &none), (&Pass, &none)], &frame);
+        assert_eq!((e.verdict, at), (XdpAction::Drop, 1));
+        let (e, at) = chain_model(&[(&Count, &none)], &frame);
+        assert_eq!((e.verdict, at), (XdpAction::Pass, 1));
     }
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 use toml::{Table, Value};
 
 use super::{FragmentPolicy, Policy, Rule, Ruleset, Verdict};
-use crate::config::{check_keys, choice_of, SettingsError};
+use crate::settings::{check_keys, choice_of, SettingsError};
 
 const KEYS: &[&str] = &[
     "default",
@@ -80,7 +80,7 @@ pub fn normalise(given: &Table, base_dir: &Path) -> Result<Table, SettingsError>
             ))
         }
     }
-    if let Some(file) = crate::config::string_of(given, "rules-file")? {
+    if let Some(file) = crate::settings::string_of(given, "rules-file")? {
         let path = base_dir.join(file);
         let set = Ruleset::read_file(&path).map_err(|e| {
             // Line 0 means the file could not be read at all: no line to name.

@@ -69,7 +69,7 @@ impl FirewallView {
     pub fn open(ifname: &str) -> Result<FirewallView> {
         iface::validate_name(ifname)?;
         privilege::require("reading firewall rules")?;
-        let dir = PinDir::new(ifname)?.stage(super::stage::NAME);
+        let dir = PinDir::new(ifname)?.stage(super::NAME);
         FirewallView::open_in(ifname, &dir)
     }
 
@@ -216,7 +216,7 @@ impl LiveFirewall {
         iface::validate_name(ifname)?;
         privilege::require("changing firewall rules")?;
         let iface_dir = PinDir::new(ifname)?;
-        let dir = iface_dir.stage(super::stage::NAME);
+        let dir = iface_dir.stage(super::NAME);
         if !dir.file(&pin_name(FW_CONFIG)).exists() {
             iface::index(ifname)?;
             return Err(FirewallError::NoFirewall {
@@ -224,7 +224,7 @@ impl LiveFirewall {
             }
             .into());
         }
-        let lock = crate::chain::IfaceLock::take(&iface_dir)?.share()?;
+        let lock = crate::pins::IfaceLock::take(&iface_dir)?.share()?;
         LiveFirewall::open_locked(ifname, &dir, lock)
     }
 

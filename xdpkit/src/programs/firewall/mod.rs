@@ -22,6 +22,9 @@ pub use rule::{Action, PortRange, Rule, RuleError};
 pub use ruleset::{Entry, FileError, Ruleset};
 pub use stage::Firewall;
 
+/// The firewall's name: as a program, a stage and its pin directory.
+pub const NAME: &str = "firewall";
+
 /// What happens to frames no rule decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Verdict {

@@ -6,16 +6,15 @@ use std::path::Path;
 
 use super::{config, kernel, maps::pin_name, Policy, Verdict};
 use crate::{
-    config::SettingsError,
     model::{Decision, StageOutcome},
     object::{embedded, Object},
     pins::PinDir,
     programs::{OutcomeCount, Program, StageLoad},
+    settings::SettingsError,
     Result,
 };
 
-/// The stage (and pin directory) name.
-pub const NAME: &str = "firewall";
+pub use super::NAME;
 
 /// The `firewall` program.
 pub struct Firewall;

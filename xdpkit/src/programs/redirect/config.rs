@@ -9,7 +9,7 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use crate::config::{check_keys, string_of, SettingsError};
+use crate::settings::{check_keys, string_of, SettingsError};
 
 /// Checks the redirect's settings: `to` is required and must be a valid
 /// interface name. Whether the interface exists is the attach side's

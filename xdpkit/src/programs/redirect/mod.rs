@@ -49,10 +49,10 @@ impl Program for Redirect {
         &self,
         given: Option<&toml::Table>,
         base_dir: &std::path::Path,
-    ) -> std::result::Result<toml::Table, crate::config::SettingsError> {
+    ) -> std::result::Result<toml::Table, crate::settings::SettingsError> {
         match given {
             Some(table) => config::normalise(table, base_dir),
-            None => Err(crate::config::SettingsError::new(
+            None => Err(crate::settings::SettingsError::new(
                 "to",
                 "missing: redirect needs a target; add its settings table with to = \"<interface>\"",
             )),
