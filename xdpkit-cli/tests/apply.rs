@@ -1165,3 +1165,73 @@ fn upgrade_reloads_stages_and_counters_continue() {
     assert!(host.apply(&file, &[]).contains("no changes"));
     assert_eq!(generation(&host.status()), generation(&after));
 }
+
+/// Every interface is prepared before any switches: when the kernel side of
+/// the second interface fails (here: a pinned map of another layout where
+/// its firewall's config goes), the first, though its change was fine,
+/// keeps running what it ran, and nothing is left of the failed stage.
+#[test]
+fn failure_on_one_interface_changes_no_interface() {
+    if !require_root("failure_on_one_interface_changes_no_interface") {
+        return;
+    }
+    let host = host_lab("ap9", &["2"]);
+    let srv = host.srv.clone();
+    let other = format!("{srv}2");
+    ok(&host.xdpkit(&["attach", "pass", "--dev", &srv]));
+    ok(&host.xdpkit(&["attach", "pass", "--dev", &other]));
+    let before = host.status_text();
+    // Another build's firewall state on the second interface: FW_CONFIG
+    // with a value of another size.
+    let stale = Path::new("/sys/fs/bpf/xdpkit")
+        .join(&other)
+        .join("firewall");
+    std::fs::create_dir_all(&stale).unwrap();
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(stale.join("fw_config"))
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "1",
+            "name",
+            "fw_config",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create");
+    let text = format!(
+        "{}\n{}",
+        config(&srv, None, &["count", "pass"], ""),
+        config(&other, None, &["firewall", "pass"], &rules_line(&[ALLOW]))
+    );
+    let file = host.file("host.toml", &text);
+    let out = host.xdpkit(&["apply", "-f", &file]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("made by another xdpkit version"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.status_text(), before, "the first interface changed");
+    let st = host.status();
+    assert_eq!(stage_names(&st), ["pass"], "{st}");
+    assert_eq!(generation(&st), 1, "{st}");
+    assert!(
+        !Path::new("/sys/fs/bpf/xdpkit")
+            .join(&srv)
+            .join("count")
+            .exists(),
+        "the first interface's new stage left state"
+    );
+    // Without the stale pin the same file applies.
+    std::fs::remove_dir_all(&stale).unwrap();
+    let out = host.apply(&file, &[]);
+    assert!(out.contains(&format!("applied {srv}, {other}")), "{out}");
+    assert_eq!(stage_names(&host.status()), ["count", "pass"]);
+}

@@ -100,9 +100,10 @@ fn running_iface(dir: &PinDir) -> Result<Option<IfaceConfig>> {
 ///
 /// A named interface or redirect target that does not exist, a mode the
 /// device lacks, another tool's program without `force`, missing
-/// privileges: all found before anything changes. A kernel refusal while
-/// installing stops at that interface; interfaces before it keep their new
-/// chain, the failing one and those after it keep their old one.
+/// privileges, a program or map the kernel refuses: all found while every
+/// interface is prepared, before any switches. Only a failure of the
+/// switches themselves (a link the kernel will not create) can leave the
+/// interfaces before it switched and those after it not.
 pub fn apply(desired: &HostConfig, opts: ApplyOptions) -> Result<ApplyReport> {
     privilege::require("apply")?;
     let running = running()?;
@@ -143,8 +144,15 @@ pub fn apply(desired: &HostConfig, opts: ApplyOptions) -> Result<ApplyReport> {
     if opts.dry_run {
         return Ok(report);
     }
-    for request in &plan {
-        attach::attach(request)?;
+    // Every interface is loaded and staged before any switches: an error
+    // in any of them (a program the kernel refuses, a map that cannot be
+    // made) leaves all of them as they were.
+    let prepared = plan
+        .iter()
+        .map(attach::prepare)
+        .collect::<Result<Vec<_>>>()?;
+    for one in prepared {
+        one.commit()?;
     }
     for name in &report.detached {
         attach::detach(name)?;

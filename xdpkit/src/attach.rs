@@ -150,6 +150,30 @@ struct OwnLink {
 /// anything changes on the system. A kernel refusal after that rolls back
 /// what this call created.
 pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
+    prepare(req)?.commit()
+}
+
+/// An attach checked and loaded but not yet switched in (see [`prepare`]).
+/// Dropping it leaves the interface as it was.
+pub struct PreparedAttach {
+    req: AttachRequest,
+    ifindex: u32,
+    dir: PinDir,
+    /// Set while the directory was made by this attach and not committed.
+    rollback: bool,
+    own: Option<OwnLink>,
+    current: Option<XdpAttachment>,
+    foreign: bool,
+    root: Option<aya::Ebpf>,
+    chain: Option<chain::Prepared>,
+    _lock: pins::IfaceLock,
+}
+
+/// The first half of [`attach`]: every check, then the new chain loaded
+/// into the half not in use with its settings staged. Nothing that packets
+/// see has changed yet; [`PreparedAttach::commit`] switches. `apply`
+/// prepares every interface before it commits any.
+pub fn prepare(req: &AttachRequest) -> Result<PreparedAttach> {
     iface::validate_name(&req.iface)?;
     privilege::require("attach")?;
     let ifindex = iface::index(&req.iface)?;
@@ -177,6 +201,7 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
             });
         }
     }
+    let foreign = foreign.is_some();
     // A pin whose link no longer serves this interface is left over from a
     // deleted device (or another namespace's interface of the same name).
     if own.is_none() && dir.path().exists() {
@@ -184,98 +209,151 @@ pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
     }
 
     let created = dir.create()?;
-    let rollback = Rollback {
-        dir: &dir,
-        armed: created,
+    let mut prepared = PreparedAttach {
+        req: req.clone(),
+        ifindex,
+        _lock: pins::IfaceLock::take(&dir)?,
+        dir,
+        rollback: created,
+        own,
+        current,
+        foreign,
+        root: None,
+        chain: None,
     };
-    let lock = pins::IfaceLock::take(&dir)?;
-    let mut root = chain::load_root(&dir, &req.iface)?;
-    let stages = chain::install(&mut root, &dir, &req.iface, req.mode, &req.stages, &lock)?;
-    let program = chain::root_program(&mut root)?;
-    let root_info = program.info().map_err(|source| Error::Load {
-        program: "root",
-        source,
-    })?;
+    let root = prepared
+        .root
+        .insert(chain::load_root(&prepared.dir, &req.iface)?);
+    prepared.chain = Some(chain::prepare(
+        root,
+        &prepared.dir,
+        &req.iface,
+        req.mode,
+        &req.stages,
+        &prepared._lock,
+    )?);
+    Ok(prepared)
+}
 
-    let replace_own = match (&own, &current) {
-        (Some(_), Some(att)) => req.mode.accepts(att.mode),
-        _ => false,
-    };
-    let replaced_prog_id = current.as_ref().map(|c| c.prog_id);
-    let mut root_replaced = false;
-    if replace_own {
-        let running_tag = own
-            .as_ref()
-            .and_then(|o| prog_info(o.info.prog_id))
-            .map(|info| info.tag());
-        if running_tag != Some(root_info.tag()) {
-            // Same link, new root: no window without XDP on the interface.
-            let pinned = PinnedLink::from_pin(dir.file(pins::LINK)).map_err(|e| Error::Attach {
-                iface: req.iface.clone(),
-                source: e.into(),
-            })?;
-            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| Error::Attach {
-                iface: req.iface.clone(),
-                source: e.into(),
-            })?;
+impl PreparedAttach {
+    /// The interface.
+    pub fn iface(&self) -> &str {
+        &self.req.iface
+    }
+
+    /// The second half of [`attach`]: the switch (one map update), then the
+    /// root on the interface's link if it is new or its code changed.
+    pub fn commit(mut self) -> Result<AttachReport> {
+        let req = self.req.clone();
+        let ifindex = self.ifindex;
+        let dir = self.dir.clone();
+        let prepared = self
+            .chain
+            .take()
+            .ok_or_else(|| Error::Internal("an attach was committed twice".to_string()))?;
+        let root = self
+            .root
+            .as_mut()
+            .ok_or_else(|| Error::Internal("an attach without its root".to_string()))?;
+        let stages = chain::switch(root, &dir, prepared)?;
+        let program = chain::root_program(root)?;
+        let root_info = program.info().map_err(|source| Error::Load {
+            program: "root",
+            source,
+        })?;
+        let replace_own = match (&self.own, &self.current) {
+            (Some(_), Some(att)) => req.mode.accepts(att.mode),
+            _ => false,
+        };
+        let replaced_prog_id = self.current.as_ref().map(|c| c.prog_id);
+        let mut root_replaced = false;
+        if replace_own {
+            let running_tag = self
+                .own
+                .as_ref()
+                .and_then(|o| prog_info(o.info.prog_id))
+                .map(|info| info.tag());
+            if running_tag != Some(root_info.tag()) {
+                // Same link, new root: no window without XDP on the interface.
+                let pinned =
+                    PinnedLink::from_pin(dir.file(pins::LINK)).map_err(|e| Error::Attach {
+                        iface: req.iface.clone(),
+                        source: e.into(),
+                    })?;
+                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| Error::Attach {
+                    iface: req.iface.clone(),
+                    source: e.into(),
+                })?;
+                let id = program
+                    .attach_to_link(link)
+                    .map_err(|source| attach_error(&req.iface, req.mode, source))?;
+                // Our fd closes; the pin keeps the (updated) link alive.
+                drop(program.take_link(id));
+                root_replaced = true;
+            }
+        } else {
+            if self.own.is_some() && self.current.is_some() {
+                // Mode change: a link cannot switch modes, so replace it.
+                detach_pinned(&dir)?;
+            } else if let Some(att) = self.current.as_ref().filter(|_| self.foreign) {
+                remove_foreign(&req.iface, ifindex, att)?;
+            }
             let id = program
-                .attach_to_link(link)
+                .attach_to_if_index(ifindex, req.mode.xdp_mode())
                 .map_err(|source| attach_error(&req.iface, req.mode, source))?;
-            // Our fd closes; the pin keeps the (updated) link alive.
-            drop(program.take_link(id));
+            let link = program.take_link(id).map_err(|e| Error::Attach {
+                iface: req.iface.clone(),
+                source: e.into(),
+            })?;
+            let fd_link = FdLink::try_from(link).map_err(|e| Error::Attach {
+                iface: req.iface.clone(),
+                source: e.into(),
+            })?;
+            dir.unpin(pins::LINK)?;
+            fd_link.pin(dir.file(pins::LINK)).map_err(|e| Error::Pin {
+                what: "cannot pin link at",
+                path: dir.file(pins::LINK),
+                source: std::io::Error::other(e),
+            })?;
+            dir.restrict(pins::LINK)?;
             root_replaced = true;
         }
-    } else {
-        if own.is_some() && current.is_some() {
-            // Mode change: a link cannot switch modes, so replace it.
-            detach_pinned(&dir)?;
-        } else if let Some(att) = foreign {
-            remove_foreign(&req.iface, ifindex, att)?;
-        }
-        let id = program
-            .attach_to_if_index(ifindex, req.mode.xdp_mode())
-            .map_err(|source| attach_error(&req.iface, req.mode, source))?;
-        let link = program.take_link(id).map_err(|e| Error::Attach {
-            iface: req.iface.clone(),
-            source: e.into(),
-        })?;
-        let fd_link = FdLink::try_from(link).map_err(|e| Error::Attach {
-            iface: req.iface.clone(),
-            source: e.into(),
-        })?;
-        dir.unpin(pins::LINK)?;
-        fd_link.pin(dir.file(pins::LINK)).map_err(|e| Error::Pin {
-            what: "cannot pin link at",
-            path: dir.file(pins::LINK),
-            source: std::io::Error::other(e),
-        })?;
-        dir.restrict(pins::LINK)?;
-        root_replaced = true;
-    }
-    rollback.disarm();
-    drop(lock);
+        self.rollback = false;
 
-    let link_fd = sys::obj_get(&dir.file(pins::LINK))?;
-    let info = sys::xdp_link_info(link_fd.as_fd())?;
-    let mode = netlink::xdp_attachment(ifindex)?.map(|a| a.mode);
-    Ok(AttachReport {
-        iface: req.iface.clone(),
-        ifindex,
-        program: req
-            .stages
-            .iter()
-            .map(|s| s.program.name())
-            .collect::<Vec<_>>()
-            .join(","),
-        prog_id: info.prog_id,
-        link_id: info.id,
-        mode,
-        stages,
-        replaced_prog_id,
-        replaced_foreign: foreign.is_some(),
-        root_replaced,
-        pin_dir: dir.path().to_path_buf(),
-    })
+        let link_fd = sys::obj_get(&dir.file(pins::LINK))?;
+        let info = sys::xdp_link_info(link_fd.as_fd())?;
+        let mode = netlink::xdp_attachment(ifindex)?.map(|a| a.mode);
+        Ok(AttachReport {
+            iface: req.iface.clone(),
+            ifindex,
+            program: req
+                .stages
+                .iter()
+                .map(|s| s.program.name())
+                .collect::<Vec<_>>()
+                .join(","),
+            prog_id: info.prog_id,
+            link_id: info.id,
+            mode,
+            stages,
+            replaced_prog_id,
+            replaced_foreign: self.foreign,
+            root_replaced,
+            pin_dir: dir.path().to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PreparedAttach {
+    fn drop(&mut self) {
+        // The chain's own preparation cleans its stage directories first.
+        drop(self.chain.take());
+        if self.rollback {
+            if let Err(e) = self.dir.remove() {
+                tracing::warn!("rollback: {e}");
+            }
+        }
+    }
 }
 
 /// The kernel's info on program `id`, if it still exists.
@@ -426,26 +504,4 @@ pub fn program_name(prog_id: u32) -> String {
         .find(|p| p.id() == prog_id)
         .and_then(|p| p.name_as_str().map(str::to_string))
         .unwrap_or_else(|| "?".to_string())
-}
-
-/// Removes a freshly created state directory unless disarmed.
-struct Rollback<'a> {
-    dir: &'a PinDir,
-    armed: bool,
-}
-
-impl Rollback<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Rollback<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = self.dir.remove() {
-                tracing::warn!("rollback: {e}");
-            }
-        }
-    }
 }

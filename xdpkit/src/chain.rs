@@ -25,7 +25,7 @@ use crate::{
     mode::Mode,
     object::{self, embedded, Object},
     pins::{self, IfaceLock, PinDir},
-    programs::{self, Program, StageLoad},
+    programs::{self, Commit, Program, StageLoad},
     Error, Result,
 };
 
@@ -128,6 +128,47 @@ pub(crate) fn install(
     stages: &[StageSpec],
     lock: &IfaceLock,
 ) -> Result<Vec<StageReport>> {
+    let prepared = prepare(root, dir, iface, mode, stages, lock)?;
+    switch(root, dir, prepared)
+}
+
+/// A chain loaded into the half not in use, not yet running.
+pub(crate) struct Prepared {
+    reports: Vec<StageReport>,
+    /// The stages' objects, kept until after the switch (the chain map
+    /// holds their programs too).
+    loaded: Vec<Ebpf>,
+    /// What the stages' settings change in maps the running chain shares.
+    commits: Vec<Commit>,
+    /// The root state that switches to it.
+    state: ChainState,
+    /// The running chain's stages (their directories go if they leave).
+    old: Vec<String>,
+    /// Stage directories this preparation created, removed if it is dropped.
+    created: Vec<PinDir>,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Set only while not switched: a failed or abandoned preparation
+        // leaves no state of stages that never ran.
+        for dir in &self.created {
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
+    }
+}
+
+/// The first half of [`install`]: every stage loaded (maps pinned, settings
+/// checked and staged) and put in its slot of the half not in use. Packets
+/// still run the old chain, and dropping the result changes nothing they see.
+pub(crate) fn prepare(
+    root: &mut Ebpf,
+    dir: &PinDir,
+    iface: &str,
+    mode: Mode,
+    stages: &[StageSpec],
+    lock: &IfaceLock,
+) -> Result<Prepared> {
     if stages.is_empty() || stages.len() > MAX_STAGES as usize {
         return Err(Error::InvalidArgument(format!(
             "a chain has 1 to {MAX_STAGES} stages, not {}",
@@ -140,58 +181,63 @@ pub(crate) fn install(
     } else {
         0
     };
-    let mut reports = Vec::with_capacity(stages.len());
-    // Kept until after the switch (the chain map holds the programs too).
-    let mut loaded = Vec::with_capacity(stages.len());
-    {
-        let chain = root
-            .map_mut(CHAIN_MAP)
-            .ok_or_else(|| object::missing_map(CHAIN_MAP))?;
-        let mut chain: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(chain).map_err(map_err("open the chain"))?;
-        for (i, stage) in stages.iter().enumerate() {
-            let slot = base + i as u32;
-            let next = if i + 1 < stages.len() {
-                slot + 1
-            } else {
-                NO_NEXT
-            };
-            let (mut ebpf, fresh) = load_stage(dir, iface, stage, next, lock)?;
-            let program = object::program(&mut ebpf, stage.program.symbol(), stage.program.name())?;
-            let prog_id = program
-                .info()
-                .map(|info| info.id())
-                .map_err(|source| Error::Load {
-                    program: stage.program.name(),
-                    source,
-                })?;
-            let fd = program.fd().map_err(|source| Error::Load {
+    let mut prepared = Prepared {
+        reports: Vec::with_capacity(stages.len()),
+        loaded: Vec::with_capacity(stages.len()),
+        commits: Vec::new(),
+        state: ChainState::empty(),
+        old: old_names(&old),
+        created: Vec::new(),
+    };
+    let chain = root
+        .map_mut(CHAIN_MAP)
+        .ok_or_else(|| object::missing_map(CHAIN_MAP))?;
+    let mut chain: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(chain).map_err(map_err("open the chain"))?;
+    for (i, stage) in stages.iter().enumerate() {
+        let slot = base + i as u32;
+        let next = if i + 1 < stages.len() {
+            slot + 1
+        } else {
+            NO_NEXT
+        };
+        let loaded = load_stage(dir, iface, stage, next, lock, &mut prepared.created)?;
+        let (mut ebpf, fresh, commit) = loaded;
+        prepared.commits.extend(commit);
+        let program = object::program(&mut ebpf, stage.program.symbol(), stage.program.name())?;
+        let prog_id = program
+            .info()
+            .map(|info| info.id())
+            .map_err(|source| Error::Load {
                 program: stage.program.name(),
                 source,
             })?;
-            chain.set(slot, fd, 0).map_err(map_err(format!(
-                "put stage {} in chain slot {slot}",
-                stage.program.name()
-            )))?;
-            reports.push(StageReport {
-                program: stage.program.name(),
-                prog_id,
-                slot,
-                fresh,
-            });
-            loaded.push(ebpf);
-        }
-        // Slots of an earlier, longer chain in this half.
-        for slot in base + stages.len() as u32..base + MAX_STAGES {
-            match chain.clear_index(&slot) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(map_err(format!("clear chain slot {slot}"))(e)),
-            }
+        let fd = program.fd().map_err(|source| Error::Load {
+            program: stage.program.name(),
+            source,
+        })?;
+        chain.set(slot, fd, 0).map_err(map_err(format!(
+            "put stage {} in chain slot {slot}",
+            stage.program.name()
+        )))?;
+        prepared.reports.push(StageReport {
+            program: stage.program.name(),
+            prog_id,
+            slot,
+            fresh,
+        });
+        prepared.loaded.push(ebpf);
+    }
+    // Slots of an earlier, longer chain in this half.
+    for slot in base + stages.len() as u32..base + MAX_STAGES {
+        match chain.clear_index(&slot) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(map_err(format!("clear chain slot {slot}"))(e)),
         }
     }
-    let mut state = ChainState::empty();
+    let state = &mut prepared.state;
     state.base = base;
     state.len = stages.len() as u32;
     state.build = *BUILD;
@@ -202,13 +248,27 @@ pub(crate) fn install(
         name[..bytes.len().min(STAGE_NAME_LEN)]
             .copy_from_slice(&bytes[..bytes.len().min(STAGE_NAME_LEN)]);
     }
-    write_state(root, state)?;
-    drop(loaded);
+    Ok(prepared)
+}
+
+/// The second half of [`install`]: the stages' staged settings take
+/// effect, then one update of the root's state switches to the new half.
+pub(crate) fn switch(
+    root: &mut Ebpf,
+    dir: &PinDir,
+    mut prepared: Prepared,
+) -> Result<Vec<StageReport>> {
+    // From here the new stages' state is in use: keep it whatever happens.
+    prepared.created.clear();
+    for commit in prepared.commits.drain(..) {
+        commit()?;
+    }
+    write_state(root, prepared.state)?;
     // Stages no longer in the chain leave with their state; the old half
     // still holds their programs (and so their maps) until it is reused.
-    for gone in old_names(&old) {
-        if !stages.iter().any(|s| s.program.name() == gone) {
-            let stage_dir = dir.stage(&gone);
+    for gone in &prepared.old {
+        if !prepared.reports.iter().any(|s| s.program == gone) {
+            let stage_dir = dir.stage(gone);
             std::fs::remove_dir_all(stage_dir.path()).map_err(|source| Error::Pin {
                 what: "cannot remove",
                 path: stage_dir.path().to_path_buf(),
@@ -216,7 +276,7 @@ pub(crate) fn install(
             })?;
         }
     }
-    Ok(reports)
+    Ok(std::mem::take(&mut prepared.reports))
 }
 
 /// Loads one stage with its maps pinned in its directory (created or
@@ -229,10 +289,13 @@ fn load_stage(
     stage: &StageSpec,
     next: u32,
     lock: &IfaceLock,
-) -> Result<(Ebpf, bool)> {
+    created: &mut Vec<PinDir>,
+) -> Result<(Ebpf, bool, Option<Commit>)> {
     let program = stage.program;
     let stage_dir = dir.stage(program.name());
-    stage_dir.create()?;
+    if stage_dir.create()? {
+        created.push(stage_dir.clone());
+    }
     let fresh = !stage_dir.file(pins::STATS).exists();
     let mut pins = vec![
         (STATS_MAP, stage_dir.file(pins::STATS)),
@@ -259,8 +322,8 @@ fn load_stage(
         fresh,
         lock,
     };
-    program.configure(&mut load, &stage.settings)?;
-    Ok((ebpf, fresh))
+    let commit = program.configure(&mut load, &stage.settings)?;
+    Ok((ebpf, fresh, commit))
 }
 
 /// Writes the root's state: the switch.

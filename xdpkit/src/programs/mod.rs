@@ -75,10 +75,17 @@ pub trait Program: Sync {
     }
 
     /// Writes `settings` into a stage just loaded with its maps pinned in
-    /// `stage.dir`, before it joins the chain.
-    fn configure(&self, stage: &mut StageLoad<'_>, settings: &toml::Table) -> Result<()> {
+    /// `stage.dir`, before it joins the chain. What would change a stage
+    /// already running (its maps are shared with the new one) is not done
+    /// here but returned as a [`Commit`], run right before the switch, so
+    /// that a failure anywhere before it changes nothing.
+    fn configure(
+        &self,
+        stage: &mut StageLoad<'_>,
+        settings: &toml::Table,
+    ) -> Result<Option<Commit>> {
         let _ = (stage, settings);
-        Ok(())
+        Ok(None)
     }
 
     /// The settings of the stage running with its maps in `dir`, in the
@@ -110,6 +117,9 @@ pub struct OutcomeCount {
     /// Bytes.
     pub bytes: u64,
 }
+
+/// The part of a stage's configuration that takes effect at the switch.
+pub type Commit = Box<dyn FnOnce() -> Result<()> + Send>;
 
 /// A stage being loaded: its object with maps pinned in `dir`.
 pub struct StageLoad<'a> {

@@ -250,6 +250,18 @@ pub struct Staged {
     active: u32,
 }
 
+impl Staged {
+    /// Makes the switch also set `policy`: one config update for both.
+    pub fn with_policy(mut self, policy: &Policy) -> Staged {
+        let new = config(policy, 0, false);
+        self.cfg.default_policy = new.default_policy;
+        self.cfg.fragments = new.fragments;
+        self.cfg.non_ip = new.non_ip;
+        self.cfg.malformed = new.malformed;
+        self
+    }
+}
+
 /// The first half of [`apply`]: writes `rules` into the inactive sets.
 pub fn stage(maps: &impl MapSource, rules: &Ruleset) -> Result<Staged> {
     let mut cfg = read_config(maps)?;

@@ -191,6 +191,23 @@ pub struct RuleChanges {
     pub removed: Vec<u32>,
 }
 
+/// Rules built aside by [`LiveFirewall::prepare_sync`], not yet in force.
+pub struct PreparedSync {
+    changes: RuleChanges,
+    /// The new FW_RULES and the staged sets; `None` when nothing changes.
+    staged: Option<(std::os::fd::OwnedFd, Staged)>,
+}
+
+impl PreparedSync {
+    /// No change of rules (a policy may still change at the commit).
+    pub fn nothing() -> PreparedSync {
+        PreparedSync {
+            changes: RuleChanges::default(),
+            staged: None,
+        }
+    }
+}
+
 /// An interface's firewall, locked for this process until dropped: what
 /// `xdpkit rule` changes it through. Reads as a [`FirewallView`].
 pub struct LiveFirewall {
@@ -415,6 +432,15 @@ impl LiveFirewall {
     /// keep their ids and counters, new ones get new ids, missing ones go.
     /// Nothing changes when the rules and their order are the same.
     pub fn sync(&mut self, desired: &[Rule]) -> Result<RuleChanges> {
+        let prepared = self.prepare_sync(desired)?;
+        self.commit_sync(prepared, None)
+    }
+
+    /// The first half of [`sync`](Self::sync): the new rule records and
+    /// judging sets are built aside (a new FW_RULES, the inactive sets);
+    /// packets still see the old rules, and dropping the result changes
+    /// nothing.
+    pub fn prepare_sync(&mut self, desired: &[Rule]) -> Result<PreparedSync> {
         let current = self.rules()?;
         let mut by_seq: Vec<&Entry> = current.entries().iter().collect();
         by_seq.sort_by_key(|e| e.seq);
@@ -458,7 +484,10 @@ impl LiveFirewall {
             removed,
         };
         if changes.added.is_empty() && changes.removed.is_empty() && same_order {
-            return Ok(changes);
+            return Ok(PreparedSync {
+                changes,
+                staged: None,
+            });
         }
         if next_id > FW_MAX_RULE_IDS {
             return Err(FirewallError::IdsExhausted {
@@ -480,9 +509,33 @@ impl LiveFirewall {
                 .collect();
             sys::map_update_batch(fresh.as_fd(), &ids, &records)
         })?;
-        self.view.maps.swap_in(FW_RULES, fresh)?;
-        commit(&mut self.view.maps, staged)?;
-        self.reset_counters(&changes.removed)?;
+        Ok(PreparedSync {
+            changes,
+            staged: Some((fresh, staged)),
+        })
+    }
+
+    /// The second half of [`sync`](Self::sync): the prepared rules (and
+    /// `policy`, if given) switched in with one config update.
+    pub fn commit_sync(
+        &mut self,
+        prepared: PreparedSync,
+        policy: Option<super::Policy>,
+    ) -> Result<RuleChanges> {
+        let PreparedSync { changes, staged } = prepared;
+        match (staged, policy) {
+            (Some((fresh, staged)), policy) => {
+                let staged = match policy {
+                    Some(policy) => staged.with_policy(&policy),
+                    None => staged,
+                };
+                self.view.maps.swap_in(FW_RULES, fresh)?;
+                commit(&mut self.view.maps, staged)?;
+                self.reset_counters(&changes.removed)?;
+            }
+            (None, Some(policy)) => super::kernel::set_policy(&mut self.view.maps, &policy)?,
+            (None, None) => {}
+        }
         Ok(changes)
     }
 

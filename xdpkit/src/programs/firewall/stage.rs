@@ -4,12 +4,17 @@ use xdpkit_common::firewall::{Outcome, FW_CONFIG, FW_MAPS, FW_OUTCOMES};
 
 use std::path::Path;
 
-use super::{config, kernel, maps::pin_name, Policy, Verdict};
+use super::{
+    config, kernel,
+    live::{LiveFirewall, PreparedSync},
+    maps::pin_name,
+    Policy, Verdict,
+};
 use crate::{
     model::{Decision, StageOutcome},
     object::{embedded, Object},
     pins::PinDir,
-    programs::{OutcomeCount, Program, StageLoad},
+    programs::{Commit, OutcomeCount, Program, StageLoad},
     settings::SettingsError,
     Result,
 };
@@ -67,7 +72,11 @@ impl Program for Firewall {
         config::normalise(given.unwrap_or(&toml::Table::new()), base_dir)
     }
 
-    fn configure(&self, stage: &mut StageLoad<'_>, settings: &toml::Table) -> Result<()> {
+    fn configure(
+        &self,
+        stage: &mut StageLoad<'_>,
+        settings: &toml::Table,
+    ) -> Result<Option<Commit>> {
         // `attach` gives policies only when asked to change them, and no
         // rules (those stay as `xdpkit rule` left them); `apply` gives both.
         let policy = POLICY_KEYS
@@ -77,23 +86,25 @@ impl Program for Firewall {
         let rules = settings
             .contains_key("rules")
             .then(|| config::rules_of(settings));
-        match (policy, stage.fresh) {
-            (policy, true) => kernel::write_config(
+        if stage.fresh {
+            // New maps: nothing runs on them yet.
+            kernel::write_config(
                 stage.ebpf,
                 kernel::config(&policy.unwrap_or_default(), 0, false),
-            )?,
-            (Some(policy), false) => kernel::set_policy(stage.ebpf, &policy)?,
-            (None, false) => {}
-        }
-        if let Some(rules) = rules {
-            let mut live = super::live::LiveFirewall::open_locked(
-                stage.iface,
-                stage.dir,
-                stage.lock.share()?,
             )?;
-            live.sync(&rules)?;
         }
-        Ok(())
+        let policy = policy.filter(|_| !stage.fresh);
+        if rules.is_none() && policy.is_none() {
+            return Ok(None);
+        }
+        let mut live = LiveFirewall::open_locked(stage.iface, stage.dir, stage.lock.share()?)?;
+        let prepared = match &rules {
+            Some(rules) => live.prepare_sync(rules)?,
+            None => PreparedSync::nothing(),
+        };
+        Ok(Some(Box::new(move || {
+            live.commit_sync(prepared, policy).map(drop)
+        })))
     }
 
     fn running_settings(&self, dir: &PinDir) -> Result<toml::Table> {

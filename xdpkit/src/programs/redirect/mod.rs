@@ -9,7 +9,7 @@ use xdpkit_common::{
     XdpAction,
 };
 
-use super::{Program, StageLoad};
+use super::{Commit, Program, StageLoad};
 use crate::{
     iface,
     model::StageOutcome,
@@ -59,14 +59,24 @@ impl Program for Redirect {
         }
     }
 
-    fn configure(&self, stage: &mut StageLoad<'_>, settings: &toml::Table) -> Result<()> {
+    fn configure(
+        &self,
+        stage: &mut StageLoad<'_>,
+        settings: &toml::Table,
+    ) -> Result<Option<Commit>> {
         // Without a target (only in test harnesses: attach and apply require
         // one) the program passes frames.
         if !settings.contains_key("to") {
-            return Ok(());
+            return Ok(None);
         }
         let ifindex = iface::index(target(settings)?)?;
-        object::set_devmap(stage.ebpf, REDIRECT_MAP, REDIRECT_SLOT, ifindex)
+        if stage.fresh {
+            object::set_devmap(stage.ebpf, REDIRECT_MAP, REDIRECT_SLOT, ifindex)?;
+            return Ok(None);
+        }
+        // The DEVMAP is shared with the running stage: change it at the switch.
+        let dir = stage.dir.clone();
+        Ok(Some(Box::new(move || set_running_target(&dir, ifindex))))
     }
 
     fn running_settings(&self, dir: &PinDir) -> Result<toml::Table> {
@@ -97,6 +107,22 @@ fn target(settings: &toml::Table) -> Result<&str> {
                 .to_string(),
         )
     })
+}
+
+/// Points the pinned DEVMAP of the stage in `dir` at `ifindex`.
+fn set_running_target(dir: &PinDir, ifindex: u32) -> Result<()> {
+    let path = dir.file(PIN);
+    let map =
+        crate::maps::open_pin(&path)?.ok_or_else(|| crate::maps::missing_map(REDIRECT_MAP))?;
+    let mut map = DevMap::<MapData>::try_from(map).map_err(|e| Error::Map {
+        what: format!("open {}", path.display()),
+        source: e.into(),
+    })?;
+    map.set(REDIRECT_SLOT, ifindex, None, 0)
+        .map_err(|e| Error::Map {
+            what: format!("set {} to ifindex {ifindex}", path.display()),
+            source: e.into(),
+        })
 }
 
 /// The ifindex the running stage in `dir` redirects to, if any.
