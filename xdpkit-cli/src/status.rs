@@ -123,7 +123,12 @@ fn print_one(s: &IfaceStatus) {
         );
     }
     for stage in &s.stages {
-        outln!("  stage {} {}:", stage.index, stage.stage);
+        outln!(
+            "  stage {} {} (prog id {}):",
+            stage.index,
+            stage.stage,
+            stage.prog_id
+        );
         let seen: Vec<_> = stage.actions.iter().filter(|r| r.packets > 0).collect();
         if seen.is_empty() {
             outln!("    (no frames yet)");

@@ -10,7 +10,6 @@
 use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
     process::{Output, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -976,57 +975,13 @@ fn prune_detaches_unnamed_interfaces() {
     assert!(out.contains("no changes"), "{out}");
 }
 
-/// `[u32 fd, pad, u64 key, u64 value, u64 flags]`: BPF_MAP_LOOKUP_ELEM's attr.
-#[repr(C)]
-struct LookupAttr {
-    map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// The program ids in the chain PROG_ARRAY slots of the running chain (a
-/// lookup from userspace gives a program's id).
-fn stage_prog_ids(srv: &str) -> Vec<u32> {
-    use aya::maps::{Array, Map, MapData};
-    use xdpkit_common::chain::ChainState;
-    let dir = Path::new("/sys/fs/bpf/xdpkit").join(srv);
-    let root = Array::<MapData, ChainState>::try_from(Map::Array(
-        MapData::from_pin(dir.join("root")).unwrap(),
-    ))
-    .unwrap();
-    let state = root.get(&0, 0).unwrap();
-    let chain = MapData::from_pin(dir.join("chain")).unwrap();
-    let fd = chain.fd().as_fd().as_raw_fd();
-    (state.base..state.base + state.len)
-        .map(|slot| {
-            let mut id: u32 = 0;
-            let attr = LookupAttr {
-                map_fd: fd as u32,
-                pad: 0,
-                key: std::ptr::addr_of!(slot) as u64,
-                value: std::ptr::addr_of_mut!(id) as u64,
-                flags: 0,
-            };
-            // SAFETY: a valid attr for BPF_MAP_LOOKUP_ELEM (1) whose key and
-            // value point at live u32s (a PROG_ARRAY's key and id sizes).
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    1,
-                    std::ptr::addr_of!(attr),
-                    std::mem::size_of::<LookupAttr>(),
-                )
-            };
-            assert_eq!(
-                rc,
-                0,
-                "lookup chain slot {slot}: {}",
-                std::io::Error::last_os_error()
-            );
-            id
-        })
+/// The program ids of the running chain's stages, from `status`.
+fn stage_prog_ids(host: &Host) -> Vec<u32> {
+    host.status()["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["prog_id"].as_u64().unwrap() as u32)
         .collect()
 }
 
@@ -1086,7 +1041,7 @@ fn upgrade_reloads_stages_and_counters_continue() {
     assert_eq!(sink.count(N, QUIET, MAX_WAIT), 0);
     let before = host.status();
     let rules_before = host.rules();
-    let progs_before = stage_prog_ids(&srv);
+    let progs_before = stage_prog_ids(&host);
     assert_eq!(progs_before.len(), 3);
     assert_eq!(stage_count(&before, "count", "next"), 2 * n, "{before}");
     assert_eq!(stage_count(&before, "firewall", "next"), n, "{before}");
@@ -1103,7 +1058,7 @@ fn upgrade_reloads_stages_and_counters_continue() {
         out,
         format!("{srv}: stages loaded by another xdpkit build: would be replaced in place\ndry run: nothing changed\n")
     );
-    assert_eq!(stage_prog_ids(&srv), progs_before, "a dry run reloaded");
+    assert_eq!(stage_prog_ids(&host), progs_before, "a dry run reloaded");
     assert_eq!(generation(&host.status()), generation(&before));
 
     let out = host.apply(&file, &[]);
@@ -1119,7 +1074,7 @@ fn upgrade_reloads_stages_and_counters_continue() {
     let after = host.status();
     assert_eq!(generation(&after), generation(&before) + 1, "{after}");
     assert_eq!(stage_names(&after), ["count", "firewall", "pass"]);
-    let progs_after = stage_prog_ids(&srv);
+    let progs_after = stage_prog_ids(&host);
     assert_eq!(progs_after.len(), 3);
     for (old, new) in progs_before.iter().zip(&progs_after) {
         assert_ne!(

@@ -7,7 +7,7 @@
 //! over), then switches with one update of the root's state map. Frames
 //! already inside the old half finish there; the next install overwrites it.
 
-use std::{path::PathBuf, sync::LazyLock};
+use std::{os::fd::AsFd as _, path::PathBuf, sync::LazyLock};
 
 use aya::{
     maps::{Array, MapData, ProgramArray},
@@ -90,6 +90,8 @@ pub struct RunningChain {
     pub generation: u32,
     /// Whether this build of xdpkit loaded the stages.
     pub same_build: bool,
+    /// The stages' kernel program ids, in order (0 where a slot reads empty).
+    pub prog_ids: Vec<u32>,
 }
 
 /// The interface's root program and chain maps, created or reused from
@@ -381,7 +383,13 @@ pub fn running(dir: &PinDir) -> Result<Option<RunningChain>> {
     if state.len == 0 {
         return Ok(None);
     }
+    let chain = crate::sys::obj_get(&dir.file(pins::CHAIN))?;
+    let prog_ids = (state.base..state.base + state.len.min(MAX_STAGES))
+        .map(|slot| crate::sys::map_lookup::<u32, u32>(chain.as_fd(), &slot))
+        .map(|id| id.map(Option::unwrap_or_default))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Some(RunningChain {
+        prog_ids,
         stages: old_names(&state),
         base: state.base,
         mode: mode_name(state.mode),

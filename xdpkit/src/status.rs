@@ -67,6 +67,8 @@ pub struct StageStatus {
     pub stage: String,
     /// Position in the chain, from 0.
     pub index: usize,
+    /// Kernel id of the stage's program (in the chain's PROG_ARRAY).
+    pub prog_id: u32,
     /// Per-action (and "next") totals and rates.
     pub actions: Vec<ActionRate>,
     /// The program's own counters by outcome (the firewall's: what decided).
@@ -163,6 +165,10 @@ fn describe(
         .find(|p| p.id() == link.prog_id);
     let chain = chain::running(dir)?;
     let stage_names = chain.as_ref().map(|c| c.stages.clone()).unwrap_or_default();
+    let prog_ids = chain
+        .as_ref()
+        .map(|c| c.prog_ids.clone())
+        .unwrap_or_default();
     let program = if stage_names.is_empty() {
         program_name(link.prog_id)
     } else {
@@ -191,6 +197,7 @@ fn describe(
         .map(|(index, stage)| StageStatus {
             stage: stage.clone(),
             index,
+            prog_id: prog_ids.get(index).copied().unwrap_or(0),
             actions: rates(
                 now.get(index).unwrap_or(&zero),
                 before.get(index).unwrap_or(&zero),

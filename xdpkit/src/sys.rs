@@ -19,6 +19,7 @@ use aya::Pod;
 use crate::{Error, Result};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -242,6 +243,29 @@ fn checked<K: Pod, V: Pod>(map: BorrowedFd<'_>, per_cpu: Option<usize>) -> Resul
         Some(_) => info.expect("value", info.shape.value_size as usize, size_of::<V>())?,
     }
     Ok(info)
+}
+
+/// The value at `key` (BPF_MAP_LOOKUP_ELEM), or `None` if there is none;
+/// for a PROG_ARRAY the value is the program's id. Fails with
+/// [`Error::MapLayout`] if `K` or `V` is not the map's key or value size.
+pub fn map_lookup<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K) -> Result<Option<V>> {
+    checked::<K, V>(map, None)?;
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let mut attr = [0u8; 128];
+    // struct { __u32 map_fd; __aligned_u64 key; __aligned_u64 value; __u64 flags; }
+    attr[..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(std::ptr::from_ref(key) as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(value.as_mut_ptr() as u64).to_ne_bytes());
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        // SAFETY: the kernel wrote a whole value of the map's size, which is
+        // V's (checked), and V is Pod: any bytes are a valid V.
+        Ok(_) => Ok(Some(unsafe { value.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(source) => Err(Error::Syscall {
+            call: "BPF_MAP_LOOKUP_ELEM",
+            source,
+        }),
+    }
 }
 
 /// Writes `values[i]` at `keys[i]` for all i in one BPF_MAP_UPDATE_BATCH
