@@ -7,7 +7,7 @@ use xdpkit_common::{
     XdpAction,
 };
 
-use crate::stats::{count, count_next};
+use crate::stats::{count, count_next, uncount_next};
 
 /// The interface's stages; the loader pins one per interface and gives it
 /// to the root and to every stage.
@@ -32,6 +32,8 @@ pub fn next(ctx: &XdpContext) -> u32 {
     // SAFETY: the slot holds an XDP program of this interface's chain (or
     // nothing, and the call returns).
     unsafe { CHAIN.tail_call(ctx, slot) };
-    // An empty slot: the chain is being rebuilt under us; pass rather than drop.
+    // An empty slot: the chain is being rebuilt under us; pass rather than
+    // drop, counted once.
+    uncount_next(ctx);
     count(ctx, XdpAction::Pass)
 }

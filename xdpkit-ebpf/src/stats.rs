@@ -33,6 +33,20 @@ pub fn count_next(ctx: &XdpContext) {
     bump(ctx, NEXT_SLOT);
 }
 
+/// Takes back a [`count_next`] whose tail call found no stage (the chain
+/// was being rebuilt): the frame is counted once, as the pass it becomes.
+#[inline(always)]
+pub fn uncount_next(ctx: &XdpContext) {
+    if let Some(slot) = STATS.get_ptr_mut(NEXT_SLOT) {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        // SAFETY: as in `bump`: this CPU's slot, which `count_next` just raised.
+        unsafe {
+            (*slot).packets = (*slot).packets.wrapping_sub(1);
+            (*slot).bytes = (*slot).bytes.wrapping_sub(len);
+        }
+    }
+}
+
 #[inline(always)]
 fn bump(ctx: &XdpContext, slot: u32) {
     if let Some(slot) = STATS.get_ptr_mut(slot) {
