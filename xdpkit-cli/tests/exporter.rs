@@ -89,6 +89,9 @@ fn exporter_counts_rise_while_traffic_flows() {
     let rule = format!(
         "xdpkit_firewall_rule_packets_total{{interface=\"{DUT_IF}\",rule_id=\"{id}\",rule=\"deny src 198.18.69.0/24 prio 100\"}}"
     );
+    let stage_drops = format!(
+        "xdpkit_stage_packets_total{{interface=\"{DUT_IF}\",stage=\"firewall\",action=\"drop\"}}"
+    );
     let (status, before) = get(&lab, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(
@@ -102,6 +105,7 @@ fn exporter_counts_rise_while_traffic_flows() {
     assert!(before.contains("# TYPE xdpkit_firewall_rule_packets counter"));
     assert!(before.trim_end().ends_with("# EOF"));
     let (drops_before, rule_before) = (value(&before, &drops), value(&before, &rule));
+    let stage_before = value(&before, &stage_drops);
 
     let mac = common::mac(&lab, "dut", DUT_IF);
     common::trafficgen(
@@ -121,6 +125,10 @@ fn exporter_counts_rise_while_traffic_flows() {
     let (_, after) = get(&lab, "/metrics");
     assert!(value(&after, &drops) >= drops_before + 1000, "{after}");
     assert!(value(&after, &rule) >= rule_before + 1000, "{after}");
+    assert!(
+        value(&after, &stage_drops) >= stage_before + 1000,
+        "the firewall stage's own drops: {after}"
+    );
     let (status, _) = get(&lab, "/nope");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 

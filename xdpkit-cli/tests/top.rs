@@ -61,6 +61,15 @@ fn top_once_json_shows_rates_outcomes_and_busiest_rules() {
         .find(|a| a["action"] == "drop")
         .unwrap();
     assert!(drop["pps"].as_f64().unwrap() > 0.0, "{sample}");
+    let stage = &iface["stages"][0];
+    assert_eq!(stage["stage"], "firewall", "{sample}");
+    let stage_drop = stage["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "drop")
+        .unwrap();
+    assert!(stage_drop["pps"].as_f64().unwrap() > 0.0, "{sample}");
     let cpus = iface["per_cpu_pps"].as_array().unwrap();
     assert!(!cpus.is_empty());
     let busiest = &iface["top_rules"][0];
