@@ -190,6 +190,44 @@ pub fn plot_bars(
     caption: &str,
     path: &Path,
 ) -> BenchResult<()> {
+    let bars: Vec<ValueBar> = bars
+        .iter()
+        .map(|b| ValueBar {
+            label: b.label.clone(),
+            value: b.mpps,
+            group: b.group,
+            text: format!(
+                "{:.2} Mpps ({:.2}x {baseline_name})",
+                b.mpps,
+                b.mpps / baseline
+            ),
+        })
+        .collect();
+    plot_value_bars(&bars, baseline, "Mpps", caption, path)
+}
+
+/// One bar of [`plot_value_bars`]: any unit, any text beside it.
+#[derive(Clone, Debug)]
+pub struct ValueBar {
+    /// Label on the left.
+    pub label: String,
+    /// Length, in the chart's unit.
+    pub value: f64,
+    /// Colour group (0 = the baseline's grey).
+    pub group: usize,
+    /// Text written after the bar.
+    pub text: String,
+}
+
+/// Horizontal bars of `unit` (the x axis reaches at least `min_top`),
+/// each followed by its text, written as a PNG.
+pub fn plot_value_bars(
+    bars: &[ValueBar],
+    min_top: f64,
+    unit: &str,
+    caption: &str,
+    path: &Path,
+) -> BenchResult<()> {
     use plotters::prelude::*;
 
     let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -202,7 +240,7 @@ pub fn plot_bars(
     let height = 120 + 40 * bars.len() as u32;
     let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let top = bars.iter().map(|b| b.mpps).fold(baseline, f64::max) * 1.45;
+    let top = bars.iter().map(|b| b.value).fold(min_top, f64::max) * 1.45;
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 22))
         .margin(15)
@@ -213,7 +251,7 @@ pub fn plot_bars(
         .configure_mesh()
         .disable_y_mesh()
         .light_line_style(TRANSPARENT)
-        .x_desc("Mpps")
+        .x_desc(unit)
         .y_labels(bars.len())
         .y_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) if *i < bars.len() => bars[bars.len() - 1 - i].label.clone(),
@@ -227,17 +265,13 @@ pub fn plot_bars(
         chart.draw_series(std::iter::once(Rectangle::new(
             [
                 (0.0, SegmentValue::Exact(y)),
-                (b.mpps, SegmentValue::Exact(y + 1)),
+                (b.value, SegmentValue::Exact(y + 1)),
             ],
             RGBColor(r, g, bl).filled(),
         )))?;
         chart.draw_series(std::iter::once(Text::new(
-            format!(
-                "{:.2} Mpps ({:.2}x {baseline_name})",
-                b.mpps,
-                b.mpps / baseline
-            ),
-            (b.mpps + top * 0.01, SegmentValue::CenterOf(y)),
+            b.text.clone(),
+            (b.value + top * 0.01, SegmentValue::CenterOf(y)),
             ("sans-serif", 14),
         )))?;
     }

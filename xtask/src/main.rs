@@ -76,6 +76,18 @@ enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// What each extra stage of a chain costs (issue 9: at most 10 ns per
+    /// extra stage), against the program attached alone: `drop` alone and
+    /// the chains [drop], [count,drop], [firewall,drop],
+    /// [firewall,count,drop], in test_run (ns per frame) and live on the
+    /// one-core lab (ns per frame from bpf_stats, Mpps); root overhead,
+    /// cost per extra `count` stage, firewall stage cost. About 2 minutes.
+    Stages {
+        /// Extra arguments (`--trials N`, `--trial-secs S`, `--repeat R`,
+        /// `--only test-run|live`, `--out DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +103,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Compare { args },
         } => bench("bench_compare", &args),
+        Task::Bench {
+            bench: Bench::Stages { args },
+        } => bench("bench_stages", &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
