@@ -13,10 +13,11 @@ use aya::{
 use ipnet::IpNet;
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_host, present_table, present_trie, FwConfig, FwTrace, HostBucket,
-        HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, ACTIVE_GENERAL,
-        ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
-        FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
+        host_buckets, present_dir, present_host, present_table, present_trie, FwConfig, FwTrace,
+        HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT,
+        ACTIVE_GENERAL, ACTIVE_PREFIX, FW_CONFIG, FW_DIR4_CHUNKS, FW_DIR4_L1, FW_DIR4_REFS,
+        FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_HOSTS, FW_SRC4,
+        FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -173,6 +174,7 @@ pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         next_seq: 0,
         max_prio: [0; 4],
         table_bits: [0; 2],
+        dir_chunks: [0; 2],
     }
 }
 
@@ -267,10 +269,9 @@ pub fn stage(maps: &impl MapSource, rules: &Ruleset) -> Result<Staged> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
     let general = (cfg.general_set() + 1) & 1;
-    let (present, table_bits) = write_prefixes(maps, prefix, &compile(rules)?)?;
+    let written = write_prefixes(maps, prefix, &compile(rules)?)?;
     let count = write_general(maps, general, rules.entries())?;
-    set_present(&mut cfg, prefix, present);
-    cfg.table_bits[prefix] = table_bits;
+    note_written(&mut cfg, prefix, written);
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
     cfg.general[general] = count;
@@ -293,9 +294,8 @@ pub fn commit(maps: &mut impl MapSource, staged: Staged) -> Result<()> {
 pub fn rebuild_prefixes(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
-    let (present, table_bits) = write_prefixes(maps, prefix, &compile(rules)?)?;
-    set_present(&mut cfg, prefix, present);
-    cfg.table_bits[prefix] = table_bits;
+    let written = write_prefixes(maps, prefix, &compile(rules)?)?;
+    note_written(&mut cfg, prefix, written);
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
     // First what the new set holds, then the switch: a frame that reads
@@ -330,6 +330,10 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
         return Ok(false);
     }
     let set = cfg.prefix_set();
+    if field < 2 && cfg.present & (present_dir(set, 0) | present_dir(set, 1)) != 0 {
+        // The DIR table inherits differently from the trie: rebuilt.
+        return Ok(false);
+    }
     let trie = [FW_SRC4, FW_DST4, FW_SRC6, FW_DST6][field][set];
     let new = rule_ref(entry);
     let in_trie = cfg.present & present_trie(set, field) != 0;
@@ -544,9 +548,47 @@ fn upsert_prefix<const N: usize>(
         .map_err(map_err(format!("insert into {name}")))
 }
 
-/// Writes the compiled prefixes into prefix set `set`; returns its
-/// [`FwConfig::present`] bits (as for set 0) and its table bits.
-fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u32, u32)> {
+/// What [`write_prefixes`] put in a set.
+#[derive(Clone, Copy, Debug, Default)]
+struct Written {
+    /// [`FwConfig::present`] bits, as for set 0.
+    present: u32,
+    /// [`FwConfig::table_bits`] of the set.
+    table_bits: u32,
+    /// [`FwConfig::dir_chunks`] of the set.
+    dir_chunks: u32,
+}
+
+/// The DIR table of the IPv4 prefixes (source hosts aside), or `None`
+/// when there are none or they need more chunks than a set has (then they
+/// stay in the tries).
+pub fn build_dir4(src4: &[Prefix], dst4: &[Prefix]) -> Option<super::dir::Dir4> {
+    if src4.is_empty() && dst4.is_empty() {
+        return None;
+    }
+    let (src, dst) = (super::dir::v4_entries(src4), super::dir::v4_entries(dst4));
+    super::dir::Dir4::build(&src, &dst).ok()
+}
+
+/// The rules the leaves of a DIR table name, once each.
+fn dir_rules(fields: &[&[Prefix]]) -> Vec<RuleRef> {
+    let mut by_id: HashMap<u32, RuleRef> = HashMap::default();
+    for entries in fields {
+        for (_, r) in entries.iter() {
+            by_id.insert(
+                r.id,
+                RuleRef {
+                    prefix_len: 0,
+                    ..*r
+                },
+            );
+        }
+    }
+    by_id.into_values().collect()
+}
+
+/// Writes the compiled prefixes into prefix set `set`.
+fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Written> {
     let (src4_trie, src4_hosts) = split_hosts(&c.src4);
     let (src6_trie, src6_hosts) = split_hosts(&c.src6);
     // An empty table is not written: `present` keeps the program out of it.
@@ -555,6 +597,14 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
     } else {
         let (table, overflow) = host_table(&src4_hosts);
         (Some(table), overflow)
+    };
+    // IPv4 prefixes go to the DIR table when it fits, else to the tries.
+    let dir = build_dir4(&src4_trie, &c.dst4);
+    let none: Vec<Prefix> = Vec::new();
+    let (trie_src4, trie_dst4) = if dir.is_some() {
+        (&none, &none)
+    } else {
+        (&src4_trie, &c.dst4)
     };
     let fd = |name| batch::map_fd(maps, name);
     let (s4, d4, s6, d6) = (
@@ -565,9 +615,15 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
     );
     let (h4, h6) = (fd(FW_HOST_SRC4[set])?, fd(FW_HOST_SRC6[set])?);
     let t4 = fd(FW_HOST_TABLE4[set])?;
+    let (dl1, dch, drefs) = (
+        fd(FW_DIR4_L1[set])?,
+        fd(FW_DIR4_CHUNKS[set])?,
+        fd(FW_DIR4_REFS)?,
+    );
+    let dir_refs = dir_rules(&[&src4_trie, &c.dst4]);
     let jobs: Vec<Job<'_>> = vec![
-        Box::new(|| write_trie_fd::<4, _>(s4, &src4_trie)),
-        Box::new(|| write_trie_fd::<4, _>(d4, &c.dst4)),
+        Box::new(|| write_trie_fd::<4, _>(s4, trie_src4)),
+        Box::new(|| write_trie_fd::<4, _>(d4, trie_dst4)),
         Box::new(|| write_trie_fd::<16, _>(s6, &src6_trie)),
         Box::new(|| write_trie_fd::<16, _>(d6, &c.dst6)),
         Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
@@ -576,12 +632,16 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
             Some(table) => batch::write_array_fd(t4, &table.buckets),
             None => Ok(()),
         }),
+        Box::new(|| match &dir {
+            Some(dir) => super::dir::write_fds(dl1, dch, drefs, dir, &dir_refs),
+            None => Ok(()),
+        }),
     ];
     batch::in_parallel(jobs)?;
     let mut present = 0;
     for (field, non_empty) in [
-        !src4_trie.is_empty(),
-        !c.dst4.is_empty(),
+        !trie_src4.is_empty(),
+        !trie_dst4.is_empty(),
         !src6_trie.is_empty(),
         !c.dst6.is_empty(),
     ]
@@ -590,6 +650,14 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
     {
         if non_empty {
             present |= present_trie(0, field);
+        }
+    }
+    if dir.is_some() {
+        if !src4_trie.is_empty() {
+            present |= present_dir(0, 0);
+        }
+        if !c.dst4.is_empty() {
+            present |= present_dir(0, 1);
         }
     }
     if !src4_hosts.is_empty() {
@@ -601,7 +669,11 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
     if !src6_hosts.is_empty() {
         present |= present_host(0, 2);
     }
-    Ok((present, table.map_or(0, |t| t.bits)))
+    Ok(Written {
+        present,
+        table_bits: table.map_or(0, |t| t.bits),
+        dir_chunks: dir.map_or(0, |d| d.chunks.len() as u32),
+    })
 }
 
 /// A prefix and the rule it carries.
@@ -622,7 +694,15 @@ fn split_hosts(entries: &[Prefix]) -> (Vec<Prefix>, Vec<Prefix>) {
 /// Sets the [`FwConfig::present`] byte of prefix set `set`.
 fn set_present(cfg: &mut FwConfig, set: usize, bits: u32) {
     let shift = set * 8;
-    cfg.present = (cfg.present & !(0xff << shift)) | (bits << shift);
+    let mask = 0xff | present_dir(0, 0) | present_dir(0, 1);
+    cfg.present = (cfg.present & !(mask << shift)) | (bits << shift);
+}
+
+/// Records in `cfg` what [`write_prefixes`] put in prefix set `set`.
+fn note_written(cfg: &mut FwConfig, set: usize, w: Written) {
+    set_present(cfg, set, w.present);
+    cfg.table_bits[set] = w.table_bits;
+    cfg.dir_chunks[set] = w.dir_chunks;
 }
 
 /// Writes the general rules among `entries` into general set `set`; returns how many.
@@ -704,6 +784,57 @@ impl FirewallHarness {
         } else {
             rebuild_general(&mut self.ebpf, after.entries())
         }
+    }
+
+    /// Loads `rules` with every IPv4 prefix rule (source hosts too) in the
+    /// DIR table of the new set, and returns its index: then
+    /// [`FirewallHarness::dir_update`] applies adds and deletes made to the
+    /// index to the active set, slot by slot, as an in-place update would.
+    pub fn load_dir4(&mut self, rules: &Ruleset) -> Result<super::dir::Dir4Index> {
+        let staged = stage(&self.ebpf, rules)?;
+        let set = (staged.active & ACTIVE_PREFIX) as usize;
+        let c = compile(rules)?;
+        let table = build_dir4(&c.src4, &c.dst4).unwrap_or_default();
+        let v4: Vec<(usize, ipnet::Ipv4Net, RuleRef)> = rules
+            .entries()
+            .iter()
+            .filter_map(|e| match prefix_field(&e.rule) {
+                Some((field, IpNet::V4(n))) => Some((field, n, rule_ref(e))),
+                _ => None,
+            })
+            .collect();
+        let index = super::dir::Dir4Index::new(&v4, table);
+        super::dir::write(&self.ebpf, set, &index.table, &index.rules())?;
+        let mut cfg = staged.cfg;
+        let keep = !(present_trie(set, 0)
+            | present_trie(set, 1)
+            | present_host(set, 0)
+            | present_table(set));
+        cfg.present = (cfg.present & keep) | present_dir(set, 0) | present_dir(set, 1);
+        cfg.dir_chunks[set] = index.table.chunks.len() as u32;
+        commit(
+            &mut self.ebpf,
+            Staged {
+                cfg,
+                active: staged.active,
+            },
+        )?;
+        Ok(index)
+    }
+
+    /// Writes the slots `index` changed since the last call into the
+    /// active set (see [`FirewallHarness::load_dir4`]).
+    pub fn dir_update(&mut self, index: &mut super::dir::Dir4Index) -> Result<()> {
+        let set = read_config(&self.ebpf)?.prefix_set();
+        let changes = index.take_changes();
+        super::dir::write_changes(&self.ebpf, set, &index.table, &changes)
+    }
+
+    /// The DIR table a fresh compile of `rules` gives, every IPv4 prefix
+    /// rule in it (as [`FirewallHarness::load_dir4`] loads it).
+    pub fn fresh_dir4(rules: &Ruleset) -> Result<super::dir::Dir4> {
+        let c = compile(rules)?;
+        Ok(build_dir4(&c.src4, &c.dst4).unwrap_or_default())
     }
 
     /// Mean ns per frame over `repeat` runs of `frame`, as the kernel timed

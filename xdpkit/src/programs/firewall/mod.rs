@@ -4,6 +4,7 @@
 
 mod bulk;
 pub mod config;
+pub mod dir;
 pub mod error;
 pub mod frame;
 pub mod general;

@@ -1,0 +1,502 @@
+//! IPv4 prefix rules in DIR-16-8-8 tables (see docs/firewall.md): a first
+//! level of 65,536 slots per field indexed by the top 16 address bits, and
+//! 256-slot chunks for the next 8 bits and the last 8. A slot holds the best
+//! rule of every address it covers (rule id + 1), or a chunk index. The
+//! packet path reads at most three slots and one [`RuleRef`].
+//!
+//! [`Dir4`] is the table of one set; [`Dir4Index`] keeps it with the rules
+//! per prefix so that adding or deleting one rule rewrites only the slots it
+//! covers ([`Dir4Index::add`], [`Dir4Index::delete`]).
+
+use foldhash::{HashMap, HashSet};
+
+use ipnet::{IpNet, Ipv4Net};
+use xdpkit_common::firewall::{
+    DirChunk, DirSlot, RuleRef, DIR4_L1_SLOTS, DIR_CHUNK, FW_DIR4_CHUNKS, FW_DIR4_L1,
+    FW_DIR4_MAX_CHUNKS, FW_DIR4_REFS,
+};
+
+use std::os::fd::BorrowedFd;
+
+use crate::maps::{batch, MapSource};
+use crate::{sys, Result};
+
+/// The chunk pool is full: the set keeps its prefixes in the tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolFull;
+
+/// The DIR-16-8-8 table of one set, both fields (0 src, 1 dst).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dir4 {
+    /// First level: `field << 16 | addr >> 16`.
+    pub l1: Vec<DirSlot>,
+    /// Chunks in use, by index.
+    pub chunks: Vec<DirChunk>,
+}
+
+impl Default for Dir4 {
+    fn default() -> Dir4 {
+        Dir4 {
+            l1: vec![0; 2 * DIR4_L1_SLOTS as usize],
+            chunks: Vec::new(),
+        }
+    }
+}
+
+/// The slot value of a rule.
+pub fn leaf(rule: &RuleRef) -> DirSlot {
+    rule.id + 1
+}
+
+/// A slot of a [`Dir4`]: first level or a chunk's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum At {
+    L1(usize),
+    Chunk(usize, usize),
+}
+
+impl Dir4 {
+    /// The table of compiled prefixes (`compile()`'s inherited best rules),
+    /// or [`PoolFull`] if it needs more chunks than a set has.
+    pub fn build(src: &[(Ipv4Net, RuleRef)], dst: &[(Ipv4Net, RuleRef)]) -> Result<Dir4, PoolFull> {
+        let mut dir = Dir4::default();
+        for (field, entries) in [src, dst].into_iter().enumerate() {
+            let mut sorted: Vec<&(Ipv4Net, RuleRef)> = entries.iter().collect();
+            sorted.sort_by_key(|(n, _)| n.prefix_len());
+            // Shorter first: a longer prefix overwrites its part of the range.
+            for (net, rule) in sorted {
+                dir.cover(field, *net, &mut |_, _| Some(leaf(rule)), &mut |_| {})?;
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The slot holding `addr` of `field`, after chunks.
+    pub fn lookup(&self, field: usize, addr: u32) -> DirSlot {
+        let mut slot = self.l1[(field << 16) | (addr >> 16) as usize];
+        for shift in [8, 0] {
+            if slot & DIR_CHUNK == 0 {
+                break;
+            }
+            slot =
+                self.chunks[(slot & !DIR_CHUNK) as usize].slots[((addr >> shift) & 0xff) as usize];
+        }
+        slot
+    }
+
+    fn get(&self, at: At) -> DirSlot {
+        match at {
+            At::L1(i) => self.l1[i],
+            At::Chunk(c, i) => self.chunks[c].slots[i],
+        }
+    }
+
+    fn set(&mut self, at: At, v: DirSlot) {
+        match at {
+            At::L1(i) => self.l1[i] = v,
+            At::Chunk(c, i) => self.chunks[c].slots[i] = v,
+        }
+    }
+
+    /// The chunk below slot `at`, made (a copy of its leaf) if needed.
+    fn chunk_below(&mut self, at: At, touched: &mut impl FnMut(At)) -> Result<usize, PoolFull> {
+        let v = self.get(at);
+        if v & DIR_CHUNK != 0 {
+            return Ok((v & !DIR_CHUNK) as usize);
+        }
+        if self.chunks.len() >= FW_DIR4_MAX_CHUNKS as usize {
+            return Err(PoolFull);
+        }
+        self.chunks.push(DirChunk { slots: [v; 256] });
+        let c = self.chunks.len() - 1;
+        touched(At::Chunk(c, 0));
+        self.set(at, DIR_CHUNK | c as u32);
+        touched(at);
+        Ok(c)
+    }
+
+    /// Calls `f(leaf, covered prefix length)` on every leaf slot inside
+    /// `net` (descending into chunks), and stores what it returns.
+    /// Makes chunks where `net` is longer than a slot.
+    fn cover(
+        &mut self,
+        field: usize,
+        net: Ipv4Net,
+        f: &mut impl FnMut(DirSlot, (u32, u8)) -> Option<DirSlot>,
+        touched: &mut impl FnMut(At),
+    ) -> Result<(), PoolFull> {
+        let addr = u32::from(net.network());
+        let len = net.prefix_len();
+        let base = field << 16;
+        let top = (addr >> 16) as usize;
+        if len <= 16 {
+            let n = 1usize << (16 - len);
+            for i in top..top + n {
+                self.cover_slot(At::L1(base + i), ((i as u32) << 16, 16), f, touched);
+            }
+            return Ok(());
+        }
+        let c2 = self.chunk_below(At::L1(base + top), touched)?;
+        let mid = ((addr >> 8) & 0xff) as usize;
+        if len <= 24 {
+            let n = 1usize << (24 - len);
+            for i in mid..mid + n {
+                let a = (addr & 0xffff_0000) | ((i as u32) << 8);
+                self.cover_slot(At::Chunk(c2, i), (a, 24), f, touched);
+            }
+            return Ok(());
+        }
+        let c3 = self.chunk_below(At::Chunk(c2, mid), touched)?;
+        let low = (addr & 0xff) as usize;
+        let n = 1usize << (32 - len);
+        for i in low..low + n {
+            let a = (addr & 0xffff_ff00) | i as u32;
+            self.cover_slot(At::Chunk(c3, i), (a, 32), f, touched);
+        }
+        Ok(())
+    }
+
+    fn cover_slot(
+        &mut self,
+        at: At,
+        range: (u32, u8),
+        f: &mut impl FnMut(DirSlot, (u32, u8)) -> Option<DirSlot>,
+        touched: &mut impl FnMut(At),
+    ) {
+        let v = self.get(at);
+        if v & DIR_CHUNK != 0 {
+            let c = (v & !DIR_CHUNK) as usize;
+            let (addr, len) = range;
+            let shift = 32 - (len + 8);
+            for i in 0..256usize {
+                let a = addr | ((i as u32) << shift);
+                self.cover_slot(At::Chunk(c, i), (a, len + 8), f, touched);
+            }
+            return;
+        }
+        if let Some(new) = f(v, range) {
+            if new != v {
+                self.set(at, new);
+                touched(at);
+            }
+        }
+    }
+
+    /// The table as runs `(field, first address, leaf)`, each run starting
+    /// where the leaf changes: equal for equal lookups, whatever the chunks.
+    pub fn runs(&self) -> Vec<(usize, u32, DirSlot)> {
+        let mut out: Vec<(usize, u32, DirSlot)> = Vec::new();
+        for field in 0..2 {
+            for top in 0..DIR4_L1_SLOTS as usize {
+                self.runs_of(
+                    field,
+                    self.l1[(field << 16) | top],
+                    (top as u32) << 16,
+                    16,
+                    &mut out,
+                );
+            }
+        }
+        out
+    }
+
+    fn runs_of(
+        &self,
+        field: usize,
+        v: DirSlot,
+        addr: u32,
+        len: u8,
+        out: &mut Vec<(usize, u32, DirSlot)>,
+    ) {
+        if v & DIR_CHUNK != 0 {
+            let chunk = &self.chunks[(v & !DIR_CHUNK) as usize];
+            let shift = 32 - (len + 8);
+            for (i, s) in chunk.slots.iter().enumerate() {
+                self.runs_of(field, *s, addr | ((i as u32) << shift), len + 8, out);
+            }
+            return;
+        }
+        match out.last() {
+            Some(&(f, _, last)) if f == field && last == v => {}
+            _ => out.push((field, addr, v)),
+        }
+    }
+}
+
+/// A [`Dir4`] with the rules of every prefix: adds and deletes one rule by
+/// rewriting only the slots it covers, and records them for [`write_changes`].
+#[derive(Clone, Debug, Default)]
+pub struct Dir4Index {
+    /// The table.
+    pub table: Dir4,
+    /// Rules by id.
+    refs: HashMap<u32, RuleRef>,
+    /// Rules on each (field, address, length).
+    own: HashMap<(usize, u32, u8), Vec<RuleRef>>,
+    /// Slots changed since the last [`Dir4Index::take_changes`].
+    changed: HashSet<At>,
+    /// Rules added since then.
+    added: Vec<RuleRef>,
+}
+
+/// Slots an update changed: first-level indices and chunk indices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// First-level slots.
+    pub l1: Vec<u32>,
+    /// Whole chunks.
+    pub chunks: Vec<u32>,
+    /// Rules for [`FW_DIR4_REFS`].
+    pub refs: Vec<RuleRef>,
+}
+
+impl Dir4Index {
+    /// The index of `rules`: `(field, prefix, rule)` for the prefix rules
+    /// the DIR tables hold, and their compiled table.
+    pub fn new(rules: &[(usize, Ipv4Net, RuleRef)], table: Dir4) -> Dir4Index {
+        let mut index = Dir4Index {
+            table,
+            ..Dir4Index::default()
+        };
+        for &(field, net, rule) in rules {
+            index.note(field, net, rule);
+        }
+        index
+    }
+
+    fn note(&mut self, field: usize, net: Ipv4Net, rule: RuleRef) {
+        let rule = RuleRef {
+            prefix_len: 0,
+            ..rule
+        };
+        self.refs.insert(rule.id, rule);
+        self.own
+            .entry((field, u32::from(net.network()), net.prefix_len()))
+            .or_default()
+            .push(rule);
+    }
+
+    /// Adds `rule` on `net` of `field`: every slot it covers keeps the better
+    /// of its rule and this one.
+    pub fn add(&mut self, field: usize, net: Ipv4Net, rule: RuleRef) -> Result<(), PoolFull> {
+        let net = net.trunc();
+        self.note(field, net, rule);
+        self.added.push(RuleRef {
+            prefix_len: 0,
+            ..rule
+        });
+        let refs = &self.refs;
+        let changed = &mut self.changed;
+        let rank = |slot: DirSlot| {
+            if slot == 0 {
+                u64::MAX
+            } else {
+                refs.get(&(slot - 1)).map_or(u64::MAX, |r| r.rank)
+            }
+        };
+        let new = leaf(&rule);
+        self.table.cover(
+            field,
+            net,
+            &mut |v, _| (rule.rank < rank(v)).then_some(new),
+            &mut |at| {
+                changed.insert(at);
+            },
+        )
+    }
+
+    /// Deletes rule `id` on `net` of `field`: the slots that held it get the
+    /// best of the rules left on the prefixes containing them.
+    pub fn delete(&mut self, field: usize, net: Ipv4Net, id: u32) -> Result<(), PoolFull> {
+        let net = net.trunc();
+        let key = (field, u32::from(net.network()), net.prefix_len());
+        if let Some(list) = self.own.get_mut(&key) {
+            list.retain(|r| r.id != id);
+            if list.is_empty() {
+                self.own.remove(&key);
+            }
+        }
+        self.refs.remove(&id);
+        let own = &self.own;
+        let changed = &mut self.changed;
+        let gone = id + 1;
+        self.table.cover(
+            field,
+            net,
+            &mut |v, (addr, len)| {
+                if v != gone {
+                    return None;
+                }
+                // A leaf slot has no rule strictly inside it: its rules are
+                // those on the prefixes containing it.
+                let mut best: Option<RuleRef> = None;
+                for l in 0..=len {
+                    let a = if l == 0 {
+                        0
+                    } else {
+                        addr & (u32::MAX << (32 - l))
+                    };
+                    for r in own.get(&(field, a, l)).into_iter().flatten() {
+                        if best.is_none_or(|b| r.rank < b.rank) {
+                            best = Some(*r);
+                        }
+                    }
+                }
+                Some(best.map_or(0, |r| leaf(&r)))
+            },
+            &mut |at| {
+                changed.insert(at);
+            },
+        )
+    }
+
+    /// Every rule, for [`FW_DIR4_REFS`].
+    pub fn rules(&self) -> Vec<RuleRef> {
+        self.refs.values().copied().collect()
+    }
+
+    /// The rule a slot value stands for.
+    pub fn rule(&self, slot: DirSlot) -> Option<RuleRef> {
+        (slot != 0 && slot & DIR_CHUNK == 0)
+            .then(|| self.refs.get(&(slot - 1)).copied())
+            .flatten()
+    }
+
+    /// The slots changed since the last call, as map updates.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut out = Changes::default();
+        let mut chunks = HashSet::default();
+        for at in self.changed.drain() {
+            match at {
+                At::L1(i) => out.l1.push(i as u32),
+                At::Chunk(c, _) => {
+                    chunks.insert(c as u32);
+                }
+            }
+        }
+        out.chunks = chunks.into_iter().collect();
+        out.refs = std::mem::take(&mut self.added);
+        out.l1.sort_unstable();
+        out.chunks.sort_unstable();
+        out
+    }
+}
+
+/// The IPv4 prefixes of a compiled field, for [`Dir4::build`].
+pub fn v4_entries(entries: &[(IpNet, RuleRef)]) -> Vec<(Ipv4Net, RuleRef)> {
+    entries
+        .iter()
+        .filter_map(|(net, r)| match net {
+            IpNet::V4(n) => Some((*n, *r)),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Writes `dir` whole into set `set` (while it is inactive), and the rules
+/// its leaves name into the shared [`FW_DIR4_REFS`].
+pub fn write(maps: &impl MapSource, set: usize, dir: &Dir4, rules: &[RuleRef]) -> Result<()> {
+    write_fds(
+        batch::map_fd(maps, FW_DIR4_L1[set])?,
+        batch::map_fd(maps, FW_DIR4_CHUNKS[set])?,
+        batch::map_fd(maps, FW_DIR4_REFS)?,
+        dir,
+        rules,
+    )
+}
+
+/// [`write`] on the maps' fds: first level, chunks, rules.
+pub fn write_fds(
+    l1: BorrowedFd<'_>,
+    chunks: BorrowedFd<'_>,
+    refs: BorrowedFd<'_>,
+    dir: &Dir4,
+    rules: &[RuleRef],
+) -> Result<()> {
+    write_refs(refs, rules)?;
+    if !dir.chunks.is_empty() {
+        batch::write_array_fd(chunks, &dir.chunks)?;
+    }
+    batch::write_array_fd(l1, &dir.l1)
+}
+
+/// Writes rules into [`FW_DIR4_REFS`] by id.
+fn write_refs(fd: BorrowedFd<'_>, rules: &[RuleRef]) -> Result<()> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let max = rules.iter().map(|r| r.id).max().unwrap_or(0) as usize;
+    if rules.len() * 8 >= max {
+        // Dense ids (the usual case): one batch write of the range.
+        let mut dense = vec![RuleRef::default(); max + 1];
+        for r in rules {
+            dense[r.id as usize] = *r;
+        }
+        return batch::write_array_fd(fd, &dense);
+    }
+    let ids: Vec<u32> = rules.iter().map(|r| r.id).collect();
+    sys::map_update_batch(fd, &ids, rules)
+}
+
+/// Writes the slots `changes` names from `dir` into set `set`: rules and
+/// chunks first, then first-level slots, so a frame never reaches a chunk
+/// or a rule before it is written.
+pub fn write_changes(
+    maps: &impl MapSource,
+    set: usize,
+    dir: &Dir4,
+    changes: &Changes,
+) -> Result<()> {
+    if !changes.refs.is_empty() {
+        let ids: Vec<u32> = changes.refs.iter().map(|r| r.id).collect();
+        batch::update(maps, FW_DIR4_REFS, &ids, &changes.refs)?;
+    }
+    if !changes.chunks.is_empty() {
+        let values: Vec<DirChunk> = changes
+            .chunks
+            .iter()
+            .map(|&c| dir.chunks[c as usize])
+            .collect();
+        batch::update(maps, FW_DIR4_CHUNKS[set], &changes.chunks, &values)?;
+    }
+    if !changes.l1.is_empty() {
+        let values: Vec<DirSlot> = changes.l1.iter().map(|&i| dir.l1[i as usize]).collect();
+        batch::update(maps, FW_DIR4_L1[set], &changes.l1, &values)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: u32, rank: u64) -> RuleRef {
+        RuleRef {
+            rank,
+            id,
+            ..RuleRef::default()
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_holds_its_inherited_rule() {
+        let src = [
+            (net("10.0.0.0/8"), r(1, 5)),
+            (net("10.1.0.0/16"), r(1, 5)),
+            (net("10.1.2.0/24"), r(3, 7)),
+            (net("10.1.2.128/25"), r(4, 1)),
+        ];
+        let dir = Dir4::build(&src, &[]).unwrap();
+        let at = |a: [u8; 4]| dir.lookup(0, u32::from_be_bytes(a));
+        assert_eq!(at([10, 9, 9, 9]), 2);
+        assert_eq!(at([10, 1, 2, 1]), 4);
+        assert_eq!(at([10, 1, 2, 200]), 5);
+        assert_eq!(at([11, 0, 0, 0]), 0);
+        assert_eq!(dir.lookup(1, u32::from_be_bytes([10, 1, 2, 200])), 0);
+        assert_eq!(dir.chunks.len(), 2);
+    }
+}
