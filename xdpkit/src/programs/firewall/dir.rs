@@ -18,8 +18,11 @@ use xdpkit_common::firewall::{
 
 use std::os::fd::BorrowedFd;
 
+use aya::maps::{Array, MapData};
+
+use crate::error::map_err;
 use crate::maps::{batch, MapSource};
-use crate::{sys, Result};
+use crate::{object, sys, Result};
 
 /// The chunk pool is full: the set keeps its prefixes in the tries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,19 +87,54 @@ impl Dir4 {
         slot
     }
 
-    fn get(&self, at: At) -> DirSlot {
-        match at {
-            At::L1(i) => self.l1[i],
-            At::Chunk(c, i) => self.chunks[c].slots[i],
+    /// The table as runs `(field, first address, leaf)`, each run starting
+    /// where the leaf changes: equal for equal lookups, whatever the chunks.
+    pub fn runs(&self) -> Vec<(usize, u32, DirSlot)> {
+        let mut out: Vec<(usize, u32, DirSlot)> = Vec::new();
+        for field in 0..2 {
+            for top in 0..DIR4_L1_SLOTS as usize {
+                self.runs_of(
+                    field,
+                    self.l1[(field << 16) | top],
+                    (top as u32) << 16,
+                    16,
+                    &mut out,
+                );
+            }
         }
+        out
     }
 
-    fn set(&mut self, at: At, v: DirSlot) {
-        match at {
-            At::L1(i) => self.l1[i] = v,
-            At::Chunk(c, i) => self.chunks[c].slots[i] = v,
+    fn runs_of(
+        &self,
+        field: usize,
+        v: DirSlot,
+        addr: u32,
+        len: u8,
+        out: &mut Vec<(usize, u32, DirSlot)>,
+    ) {
+        if v & DIR_CHUNK != 0 {
+            let chunk = &self.chunks[(v & !DIR_CHUNK) as usize];
+            let shift = 32 - (len + 8);
+            for (i, s) in chunk.slots.iter().enumerate() {
+                self.runs_of(field, *s, addr | ((i as u32) << shift), len + 8, out);
+            }
+            return;
+        }
+        match out.last() {
+            Some(&(f, _, last)) if f == field && last == v => {}
+            _ => out.push((field, addr, v)),
         }
     }
+}
+
+/// Slots of a DIR table: in memory ([`Dir4`]) or in a set's maps
+/// ([`MapSlots`]). The table walks are written once, here.
+trait Slots {
+    fn get(&mut self, at: At) -> DirSlot;
+    fn set(&mut self, at: At, v: DirSlot);
+    /// A new chunk with every slot `fill`.
+    fn push_chunk(&mut self, fill: DirSlot) -> Result<usize, PoolFull>;
 
     /// The chunk below slot `at`, made (a copy of its leaf) if needed.
     fn chunk_below(&mut self, at: At, touched: &mut impl FnMut(At)) -> Result<usize, PoolFull> {
@@ -104,11 +142,7 @@ impl Dir4 {
         if v & DIR_CHUNK != 0 {
             return Ok((v & !DIR_CHUNK) as usize);
         }
-        if self.chunks.len() >= FW_DIR4_MAX_CHUNKS as usize {
-            return Err(PoolFull);
-        }
-        self.chunks.push(DirChunk { slots: [v; 256] });
-        let c = self.chunks.len() - 1;
+        let c = self.push_chunk(v)?;
         touched(At::Chunk(c, 0));
         self.set(at, DIR_CHUNK | c as u32);
         touched(at);
@@ -181,45 +215,29 @@ impl Dir4 {
             }
         }
     }
+}
 
-    /// The table as runs `(field, first address, leaf)`, each run starting
-    /// where the leaf changes: equal for equal lookups, whatever the chunks.
-    pub fn runs(&self) -> Vec<(usize, u32, DirSlot)> {
-        let mut out: Vec<(usize, u32, DirSlot)> = Vec::new();
-        for field in 0..2 {
-            for top in 0..DIR4_L1_SLOTS as usize {
-                self.runs_of(
-                    field,
-                    self.l1[(field << 16) | top],
-                    (top as u32) << 16,
-                    16,
-                    &mut out,
-                );
-            }
+impl Slots for Dir4 {
+    fn get(&mut self, at: At) -> DirSlot {
+        match at {
+            At::L1(i) => self.l1[i],
+            At::Chunk(c, i) => self.chunks[c].slots[i],
         }
-        out
     }
 
-    fn runs_of(
-        &self,
-        field: usize,
-        v: DirSlot,
-        addr: u32,
-        len: u8,
-        out: &mut Vec<(usize, u32, DirSlot)>,
-    ) {
-        if v & DIR_CHUNK != 0 {
-            let chunk = &self.chunks[(v & !DIR_CHUNK) as usize];
-            let shift = 32 - (len + 8);
-            for (i, s) in chunk.slots.iter().enumerate() {
-                self.runs_of(field, *s, addr | ((i as u32) << shift), len + 8, out);
-            }
-            return;
+    fn set(&mut self, at: At, v: DirSlot) {
+        match at {
+            At::L1(i) => self.l1[i] = v,
+            At::Chunk(c, i) => self.chunks[c].slots[i] = v,
         }
-        match out.last() {
-            Some(&(f, _, last)) if f == field && last == v => {}
-            _ => out.push((field, addr, v)),
+    }
+
+    fn push_chunk(&mut self, fill: DirSlot) -> Result<usize, PoolFull> {
+        if self.chunks.len() >= FW_DIR4_MAX_CHUNKS as usize {
+            return Err(PoolFull);
         }
+        self.chunks.push(DirChunk { slots: [fill; 256] });
+        Ok(self.chunks.len() - 1)
     }
 }
 
@@ -379,6 +397,283 @@ impl Dir4Index {
         out.l1.sort_unstable();
         out.chunks.sort_unstable();
         out
+    }
+}
+
+/// The slots of one set in its maps, read as a walk reaches them and
+/// written back by [`MapSlots::flush`]: an in-place change in a `rule add`
+/// or `rule del` process, without reading the whole table.
+pub struct MapSlots<'a, M: MapSource> {
+    maps: &'a M,
+    set: usize,
+    l1: HashMap<usize, DirSlot>,
+    chunks: HashMap<usize, DirChunk>,
+    dirty: HashSet<At>,
+    refs: HashMap<u32, RuleRef>,
+    next_chunk: u32,
+    error: Option<crate::Error>,
+}
+
+/// One element of array `name`.
+fn read_one<V: aya::Pod>(maps: &impl MapSource, name: &str, index: u32) -> Result<V> {
+    let map = maps.map(name).ok_or_else(|| object::missing_map(name))?;
+    let array: Array<&MapData, V> =
+        Array::try_from(map).map_err(map_err(format!("open {name}")))?;
+    array
+        .get(&index, 0)
+        .map_err(map_err(format!("read {name}")))
+}
+
+impl<'a, M: MapSource> MapSlots<'a, M> {
+    /// Set `set` of `maps`, whose first `chunks` chunks are in use.
+    pub fn new(maps: &'a M, set: usize, chunks: u32) -> MapSlots<'a, M> {
+        MapSlots {
+            maps,
+            set,
+            l1: HashMap::default(),
+            chunks: HashMap::default(),
+            dirty: HashSet::default(),
+            refs: HashMap::default(),
+            next_chunk: chunks,
+            error: None,
+        }
+    }
+
+    fn keep<V>(&mut self, r: Result<V>, default: V) -> V {
+        match r {
+            Ok(v) => v,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                default
+            }
+        }
+    }
+
+    fn chunk(&mut self, c: usize) -> &mut DirChunk {
+        if !self.chunks.contains_key(&c) {
+            let r = read_one::<DirChunk>(self.maps, FW_DIR4_CHUNKS[self.set], c as u32);
+            let chunk = self.keep(r, DirChunk::default());
+            self.chunks.insert(c, chunk);
+        }
+        self.chunks.get_mut(&c).expect("just read")
+    }
+
+    /// The rule of a leaf slot.
+    fn rule(&mut self, slot: DirSlot) -> Option<RuleRef> {
+        if slot == 0 || slot & DIR_CHUNK != 0 {
+            return None;
+        }
+        if let Some(r) = self.refs.get(&(slot - 1)) {
+            return Some(*r);
+        }
+        let r = read_one::<RuleRef>(self.maps, FW_DIR4_REFS, slot - 1);
+        let r = self.keep(r, RuleRef::default());
+        self.refs.insert(slot - 1, r);
+        Some(r)
+    }
+
+    /// The rule the table gives `addr` of `field`.
+    pub fn lookup(&mut self, field: usize, addr: u32) -> Result<Option<RuleRef>> {
+        let mut slot = self.get(At::L1((field << 16) | (addr >> 16) as usize));
+        for shift in [8, 0] {
+            if slot & DIR_CHUNK == 0 {
+                break;
+            }
+            let c = (slot & !DIR_CHUNK) as usize;
+            slot = self.get(At::Chunk(c, ((addr >> shift) & 0xff) as usize));
+        }
+        let rule = self.rule(slot);
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(rule),
+        }
+    }
+
+    /// Adds `rule` on `net` of `field` (see [`Dir4Index::add`]); returns
+    /// false, with nothing written, if the chunk pool is full.
+    pub fn add(&mut self, field: usize, net: Ipv4Net, rule: RuleRef) -> Result<bool> {
+        let rule = RuleRef {
+            prefix_len: 0,
+            ..rule
+        };
+        self.refs.insert(rule.id, rule);
+        let mut touched = HashSet::default();
+        let new = leaf(&rule);
+        let done = self.cover(field, net.trunc(), &mut |_, _| None, &mut |at| {
+            touched.insert(at);
+        });
+        // The walk above only made the chunks; now the better of each slot
+        // and the new rule (the ranks need `self`, so a second walk).
+        let _ = touched;
+        if done.is_err() {
+            return Ok(false);
+        }
+        let leaves = self.leaves_in(field, net.trunc());
+        for (at, v, _) in leaves {
+            let better = match self.rule(v) {
+                Some(r) => rule.rank < r.rank,
+                None => true,
+            };
+            if better && v != new {
+                self.set(at, new);
+            }
+        }
+        self.write(&[rule])
+    }
+
+    /// Deletes rule `id` on `net` of `field` (see [`Dir4Index::delete`]).
+    /// `others` are the field's rules left that overlap `net`.
+    pub fn delete(
+        &mut self,
+        field: usize,
+        net: Ipv4Net,
+        id: u32,
+        others: &[(Ipv4Net, RuleRef)],
+    ) -> Result<bool> {
+        let net = net.trunc();
+        let gone = id + 1;
+        let mut named: Vec<RuleRef> = Vec::new();
+        for (at, v, (addr, len)) in self.leaves_in(field, net) {
+            if v != gone {
+                continue;
+            }
+            let best = others
+                .iter()
+                .filter(|(n, _)| {
+                    n.prefix_len() <= len && n.contains(&std::net::Ipv4Addr::from(addr))
+                })
+                .min_by_key(|(_, r)| r.rank);
+            let value = best.map_or(0, |(_, r)| leaf(r));
+            if let Some((_, r)) = best {
+                let r = RuleRef {
+                    prefix_len: 0,
+                    ..*r
+                };
+                self.refs.insert(r.id, r);
+                named.push(r);
+            }
+            self.set(at, value);
+        }
+        named.sort_unstable_by_key(|r| r.id);
+        named.dedup();
+        self.write(&named)
+    }
+
+    /// Every leaf slot inside `net` (chunks below it followed), with its
+    /// value and the range it covers; makes no chunk.
+    fn leaves_in(&mut self, field: usize, net: Ipv4Net) -> Vec<(At, DirSlot, (u32, u8))> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(At, (u32, u8))> = Vec::new();
+        let addr = u32::from(net.network());
+        let len = net.prefix_len();
+        let top = (addr >> 16) as usize;
+        let l1 = |i: usize| (At::L1((field << 16) | i), ((i as u32) << 16, 16u8));
+        if len <= 16 {
+            stack.extend((0..1usize << (16 - len)).map(|i| l1(top + i)));
+        } else {
+            stack.push(l1(top));
+        }
+        while let Some((at, (a, l))) = stack.pop() {
+            let v = self.get(at);
+            if v & DIR_CHUNK == 0 {
+                out.push((at, v, (a, l)));
+                continue;
+            }
+            let c = (v & !DIR_CHUNK) as usize;
+            let shift = 24 - l;
+            // Only the chunk slots inside `net`.
+            let (first, count) = if len > l {
+                let first = ((addr >> shift) & 0xff) as usize;
+                let count = if len >= l + 8 {
+                    1
+                } else {
+                    1usize << (l + 8 - len)
+                };
+                (first, count)
+            } else {
+                (0, 256)
+            };
+            for i in first..first + count {
+                stack.push((At::Chunk(c, i), (a | ((i as u32) << shift), l + 8)));
+            }
+        }
+        out
+    }
+
+    /// Writes what the walks changed: the rule, chunks, then first-level
+    /// slots (a frame never reaches a chunk before it is written).
+    fn write(&mut self, rules: &[RuleRef]) -> Result<bool> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if !rules.is_empty() {
+            let ids: Vec<u32> = rules.iter().map(|r| r.id).collect();
+            batch::update(self.maps, FW_DIR4_REFS, &ids, rules)?;
+        }
+        let mut chunks: Vec<u32> = Vec::new();
+        let mut l1: Vec<u32> = Vec::new();
+        for at in self.dirty.drain() {
+            match at {
+                At::L1(i) => l1.push(i as u32),
+                At::Chunk(c, _) => chunks.push(c as u32),
+            }
+        }
+        chunks.sort_unstable();
+        chunks.dedup();
+        l1.sort_unstable();
+        if !chunks.is_empty() {
+            let values: Vec<DirChunk> =
+                chunks.iter().map(|c| self.chunks[&(*c as usize)]).collect();
+            batch::update(self.maps, FW_DIR4_CHUNKS[self.set], &chunks, &values)?;
+        }
+        if !l1.is_empty() {
+            let values: Vec<DirSlot> = l1.iter().map(|i| self.l1[&(*i as usize)]).collect();
+            batch::update(self.maps, FW_DIR4_L1[self.set], &l1, &values)?;
+        }
+        Ok(true)
+    }
+
+    /// Chunks in use after the change.
+    pub fn chunks_used(&self) -> u32 {
+        self.next_chunk
+    }
+}
+
+impl<M: MapSource> Slots for MapSlots<'_, M> {
+    fn get(&mut self, at: At) -> DirSlot {
+        match at {
+            At::L1(i) => {
+                if let Some(v) = self.l1.get(&i) {
+                    return *v;
+                }
+                let r = read_one::<DirSlot>(self.maps, FW_DIR4_L1[self.set], i as u32);
+                let v = self.keep(r, 0);
+                self.l1.insert(i, v);
+                v
+            }
+            At::Chunk(c, i) => self.chunk(c).slots[i],
+        }
+    }
+
+    fn set(&mut self, at: At, v: DirSlot) {
+        match at {
+            At::L1(i) => {
+                self.l1.insert(i, v);
+            }
+            At::Chunk(c, i) => self.chunk(c).slots[i] = v,
+        }
+        self.dirty.insert(at);
+    }
+
+    fn push_chunk(&mut self, fill: DirSlot) -> Result<usize, PoolFull> {
+        if self.next_chunk >= FW_DIR4_MAX_CHUNKS {
+            return Err(PoolFull);
+        }
+        let c = self.next_chunk as usize;
+        self.next_chunk += 1;
+        self.chunks.insert(c, DirChunk { slots: [fill; 256] });
+        self.dirty.insert(At::Chunk(c, 0));
+        Ok(c)
     }
 }
 

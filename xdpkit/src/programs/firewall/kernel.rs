@@ -326,12 +326,11 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
         return Ok(false);
     };
     let mut cfg = read_config(maps)?;
-    if entry.rule.prio < cfg.max_prio[field] {
-        return Ok(false);
-    }
     let set = cfg.prefix_set();
-    if field < 2 && cfg.present & (present_dir(set, 0) | present_dir(set, 1)) != 0 {
-        // The DIR table inherits differently from the trie: rebuilt.
+    if let (true, IpNet::V4(n)) = (field < 2 && dir_in(&cfg, set), net) {
+        return add_dir_in_place(maps, cfg, set, field, n, entry);
+    }
+    if entry.rule.prio < cfg.max_prio[field] {
         return Ok(false);
     }
     let trie = [FW_SRC4, FW_DST4, FW_SRC6, FW_DST6][field][set];
@@ -381,6 +380,99 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     note_ids(&mut cfg, std::slice::from_ref(entry));
     write_config(maps, cfg)?;
     Ok(true)
+}
+
+/// Whether prefix set `set` holds its IPv4 prefixes in the DIR table.
+fn dir_in(cfg: &FwConfig, set: usize) -> bool {
+    cfg.present & (present_dir(set, 0) | present_dir(set, 1)) != 0
+}
+
+/// [`add_prefix_in_place`] into the DIR table: only the slots the prefix
+/// covers change, whatever its priority. Source host entries (table or
+/// map) are final, so a source rule that might outrank one of them (below
+/// [`FwConfig::max_prio`]) needs a rebuild; a source host that already has
+/// an entry keeps it (it ranks first).
+fn add_dir_in_place(
+    maps: &mut impl MapSource,
+    mut cfg: FwConfig,
+    set: usize,
+    field: usize,
+    net: ipnet::Ipv4Net,
+    entry: &Entry,
+) -> Result<bool> {
+    let hosts = cfg.present & (present_host(set, 0) | present_table(set)) != 0;
+    let known_host = if field == 0 && hosts {
+        if entry.rule.prio < cfg.max_prio[0] {
+            return Ok(false);
+        }
+        net.prefix_len() == 32 && host_known(maps, &cfg, set, net.addr().octets())?
+    } else {
+        false
+    };
+    if !known_host {
+        let mut slots = super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set]);
+        if !slots.add(field, net, rule_ref(entry))? {
+            return Ok(false);
+        }
+        cfg.dir_chunks[set] = slots.chunks_used();
+        cfg.present |= present_dir(set, field);
+    }
+    cfg.max_prio[field] = cfg.max_prio[field].max(entry.rule.prio);
+    note_ids(&mut cfg, std::slice::from_ref(entry));
+    write_config(maps, cfg)?;
+    Ok(true)
+}
+
+/// Deletes IPv4 prefix rule `gone` from the active DIR table in place:
+/// the slots that held it get the best rule left over them. `after` is the
+/// ruleset without it. Returns false, changing nothing, when a rebuild is
+/// needed (no DIR table, or a source rule while source hosts have entries
+/// of their own, which may carry it).
+pub fn delete_prefix_in_place(
+    maps: &mut impl MapSource,
+    gone: &Entry,
+    after: &Ruleset,
+) -> Result<bool> {
+    let Some((field, IpNet::V4(net))) = prefix_field(&gone.rule) else {
+        return Ok(false);
+    };
+    let cfg = read_config(maps)?;
+    let set = cfg.prefix_set();
+    let hosts = cfg.present & (present_host(set, 0) | present_table(set)) != 0;
+    if field >= 2 || !dir_in(&cfg, set) || (field == 0 && hosts) {
+        return Ok(false);
+    }
+    let net = net.trunc();
+    let others: Vec<(ipnet::Ipv4Net, RuleRef)> = after
+        .entries()
+        .iter()
+        .filter_map(|e| match prefix_field(&e.rule) {
+            Some((f, IpNet::V4(m)))
+                if f == field && (m.contains(&net.network()) || net.contains(&m.network())) =>
+            {
+                Some((m.trunc(), rule_ref(e)))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut slots = super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set]);
+    slots.delete(field, net, gone.id, &others)
+}
+
+/// Whether IPv4 source host `addr` has an entry of its own in set `set`
+/// (host table or host map).
+fn host_known(maps: &impl MapSource, cfg: &FwConfig, set: usize, addr: [u8; 4]) -> Result<bool> {
+    if cfg.present & present_table(set) != 0 && table_has(maps, set, cfg.table_bits[set], addr)? {
+        return Ok(true);
+    }
+    if cfg.present & present_host(set, 0) == 0 {
+        return Ok(false);
+    }
+    let name = FW_HOST_SRC4[set];
+    let map = maps.map(name).ok_or_else(|| object::missing_map(name))?;
+    let hosts: aya::maps::HashMap<&MapData, [u8; 4], RuleRef> =
+        aya::maps::HashMap::try_from(map).map_err(map_err(format!("open {name}")))?;
+    Ok(found(hosts.get(&addr, 0), name)?.is_some())
 }
 
 /// Whether IPv4 host `addr` is in host table `name`.
@@ -780,6 +872,9 @@ impl FirewallHarness {
     /// ruleset without it.
     pub fn delete_rule(&mut self, entry: &Entry, after: &Ruleset) -> Result<()> {
         if is_prefix_rule(&entry.rule) {
+            if delete_prefix_in_place(&mut self.ebpf, entry, after)? {
+                return Ok(());
+            }
             rebuild_prefixes(&mut self.ebpf, after)
         } else {
             rebuild_general(&mut self.ebpf, after.entries())
@@ -828,6 +923,22 @@ impl FirewallHarness {
         let set = read_config(&self.ebpf)?.prefix_set();
         let changes = index.take_changes();
         super::dir::write_changes(&self.ebpf, set, &index.table, &changes)
+    }
+
+    /// The active set's DIR table, read back from its maps.
+    pub fn read_dir4(&self) -> Result<super::dir::Dir4> {
+        use xdpkit_common::firewall::{DirChunk, DirSlot};
+        let cfg = read_config(&self.ebpf)?;
+        let set = cfg.prefix_set();
+        let mut dir = super::dir::Dir4::default();
+        for (i, v) in batch::dump::<u32, DirSlot>(&self.ebpf, FW_DIR4_L1[set], dir.l1.len())? {
+            dir.l1[i as usize] = v;
+        }
+        let used = cfg.dir_chunks[set] as usize;
+        let mut chunks = batch::dump::<u32, DirChunk>(&self.ebpf, FW_DIR4_CHUNKS[set], used)?;
+        chunks.truncate(used);
+        dir.chunks = chunks.into_iter().map(|(_, c)| c).collect();
+        Ok(dir)
     }
 
     /// The DIR table a fresh compile of `rules` gives, every IPv4 prefix

@@ -20,8 +20,8 @@ use xdpkit_common::firewall::{
 
 use super::{
     kernel::{
-        add_prefix_in_place, commit, is_prefix_rule, read_config, rebuild_general,
-        rebuild_prefixes, stage, Staged,
+        add_prefix_in_place, commit, delete_prefix_in_place, is_prefix_rule, read_config,
+        rebuild_general, rebuild_prefixes, stage, Staged,
     },
     maps::{open_pinned, pin_name},
     record, Entry, FirewallError, Rule, Ruleset,
@@ -344,7 +344,9 @@ impl LiveFirewall {
         if is_prefix_rule(&gone.rule) {
             let mut rules = self.rules()?;
             rules.remove(id);
-            rebuild_prefixes(&mut self.view.maps, &rules)?;
+            if !delete_prefix_in_place(&mut self.view.maps, &gone, &rules)? {
+                rebuild_prefixes(&mut self.view.maps, &rules)?;
+            }
         } else {
             let mut general = self.general_entries()?;
             general.retain(|e| e.id != id);
