@@ -89,9 +89,10 @@ pub const FW_DIR4_L1: [&str; 2] = ["FW_DIR4_L1_0", "FW_DIR4_L1_1"];
 /// The chunk pool of a set, shared by both fields and both lower levels:
 /// array of [`DirChunk`] (256 slots, indexed by the next 8 address bits).
 pub const FW_DIR4_CHUNKS: [&str; 2] = ["FW_DIR4_CH_0", "FW_DIR4_CH_1"];
-/// Rule id -> [`RuleRef`], shared by both sets (a rule's rank, action and
-/// rate never change while its id is in use): what a leaf slot points to.
-pub const FW_DIR4_REFS: &str = "FW_DIR4_REFS";
+/// Rule id -> [`RuleRef`] of the rules a set's leaves name, `[set 0, set
+/// 1]`: per set, because `rule load --replace` gives ids (line numbers) to
+/// other rules while the old set is still judging.
+pub const FW_DIR4_REFS: [&str; 2] = ["FW_DIR4_REFS_0", "FW_DIR4_REFS_1"];
 /// Chunks per set in [`FW_DIR4_CHUNKS`]: one per /16 that holds a longer
 /// prefix, plus one per /24 that holds a prefix longer than /24.
 pub const FW_DIR4_MAX_CHUNKS: u32 = (1 << 16) + (1 << 12);
@@ -228,7 +229,7 @@ impl Bitmap {
 }
 
 /// Every map of the firewall, pinned with it.
-pub const FW_MAPS: [&str; 51] = [
+pub const FW_MAPS: [&str; 52] = [
     FW_CONFIG,
     FW_TRACE,
     FW_RULE_STATS,
@@ -253,7 +254,8 @@ pub const FW_MAPS: [&str; 51] = [
     FW_DIR4_L1[1],
     FW_DIR4_CHUNKS[0],
     FW_DIR4_CHUNKS[1],
-    FW_DIR4_REFS,
+    FW_DIR4_REFS[0],
+    FW_DIR4_REFS[1],
     FW_GEN_RULES[0],
     FW_GEN_RULES[1],
     FW_GEN_SRC4[0],

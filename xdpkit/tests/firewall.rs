@@ -600,3 +600,186 @@ fn dir4_tables_match_the_model_at_their_edges() {
     assert!(frames >= 100_000 || rulesets < 40);
     assert!(live_in_place > 0 || rulesets < 2);
 }
+
+/// `bytes_memlock` of a harness map, from bpftool.
+fn memlock(harness: &FirewallHarness, name: &str) -> u64 {
+    let id = harness.map_id(name).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "show", "id", &id.to_string(), "-j"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["bytes_memlock"].as_u64().unwrap_or(0)
+}
+
+/// `n` distinct /24 deny rules (then `hosts` /32 ones), as rule lines.
+fn blocklist(n: u32, hosts: u32) -> (String, Vec<u32>) {
+    let mut text = String::new();
+    let mut firsts = Vec::new();
+    for i in 0..n {
+        // An odd multiplier permutes the 2^24 /24s: all distinct.
+        let net = (i.wrapping_mul(2_654_435_761) & 0xff_ffff) << 8;
+        firsts.push(net);
+        text.push_str(&format!("deny src {}/24\n", std::net::Ipv4Addr::from(net)));
+    }
+    for i in 0..hosts {
+        let host = i.wrapping_mul(0x9e37_79b1) | 1;
+        text.push_str(&format!("deny src {}/32\n", std::net::Ipv4Addr::from(host)));
+    }
+    (text, firsts)
+}
+
+/// Issue 10 point 4 for IPv4 (run in release: `cargo test --release -p
+/// xdpkit --test firewall dir4_at -- --ignored --nocapture`): test_run ns
+/// per frame through the LPM trie and the DIR table in the same run, the
+/// maps' bytes_memlock at 1k, 100k and 1M prefixes, and the time of an
+/// in-place add/delete at 1M prefixes.
+#[test]
+#[ignore]
+fn dir4_at_a_million_prefixes() {
+    if !require_root("dir4_at_a_million_prefixes") {
+        return;
+    }
+    let maps = [
+        "FW_SRC4_0",
+        "FW_SRC4_1",
+        "FW_HTAB4_0",
+        "FW_HTAB4_1",
+        "FW_DIR4_L1_0",
+        "FW_DIR4_L1_1",
+        "FW_DIR4_CH_0",
+        "FW_DIR4_CH_1",
+        "FW_DIR4_REFS",
+    ];
+    for n in [1_000u32, 100_000] {
+        let rules = Ruleset::parse_file_text("bl", &blocklist(n, 0).0).unwrap();
+        for tries in [true, false] {
+            xdpkit::firewall::kernel::ipv4_in_tries(tries);
+            let mut h = FirewallHarness::new(Policy::default()).unwrap();
+            h.load_rules(&rules).unwrap();
+            let mem: Vec<String> = maps
+                .iter()
+                .map(|m| format!("{m}={}", memlock(&h, m)))
+                .collect();
+            println!("{n} /24s, tries={tries}: {}", mem.join(" "));
+        }
+    }
+    let n = 1_000_000;
+    let (text, firsts) = blocklist(n, 1024);
+    let rules = Ruleset::parse_file_text("bl", &text).unwrap();
+    xdpkit::firewall::kernel::ipv4_in_tries(true);
+    let mut trie = FirewallHarness::new(Policy::default()).unwrap();
+    let t = std::time::Instant::now();
+    trie.load_rules(&rules).unwrap();
+    println!("load into tries: {:?}", t.elapsed());
+    xdpkit::firewall::kernel::ipv4_in_tries(false);
+    let mut dir = FirewallHarness::new(Policy::default()).unwrap();
+    let t = std::time::Instant::now();
+    dir.load_rules(&rules).unwrap();
+    println!("load into DIR: {:?}", t.elapsed());
+    for (label, h) in [("tries", &trie), ("DIR", &dir)] {
+        let mem: Vec<String> = maps
+            .iter()
+            .map(|m| format!("{m}={}", memlock(h, m)))
+            .collect();
+        println!("1M /24s + 1024 hosts, {label}: {}", mem.join(" "));
+    }
+    let in_24 = udp4(firsts[12_345] | 77, 0xc633_6401);
+    let host = udp4(7u32.wrapping_mul(0x9e37_79b1) | 1, 0xc633_6401);
+    let miss = udp4(0x0a00_0001, 0xc633_6401);
+    for (label, frame) in [("/24", &in_24), ("host", &host), ("miss", &miss)] {
+        let (_, tr) = dir.run(frame).unwrap();
+        let (_, tt) = trie.run(frame).unwrap();
+        assert_eq!(tr.rule, tt.rule, "{label}");
+        let mut t_ns = Vec::new();
+        let mut d_ns = Vec::new();
+        for _ in 0..5 {
+            t_ns.push(trie.ns_per_frame(frame, 1_000_000).unwrap());
+            d_ns.push(dir.ns_per_frame(frame, 1_000_000).unwrap());
+        }
+        t_ns.sort_unstable();
+        d_ns.sort_unstable();
+        println!(
+            "test_run ns/frame, src {label} (rule {}): trie median {} ({:?}), DIR median {} ({:?})",
+            tr.rule, t_ns[2], t_ns, d_ns[2], d_ns
+        );
+    }
+    // In place at 1M prefixes, the `rule add`/`rule del` path (slots read
+    // from the maps): adds of new /24s, then their deletes.
+    let mut after = rules.clone();
+    let mut next = n + 2000;
+    let mut added = Vec::new();
+    let mut add_ns = Vec::new();
+    for k in 0..200u32 {
+        let net = ((k.wrapping_mul(40_503) + 0x70_0000) & 0xff_ffff) << 8;
+        let line = format!("deny src {}/24", std::net::Ipv4Addr::from(net));
+        let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
+            .rule
+            .clone();
+        let entry = Entry {
+            id: next,
+            seq: u64::from(next),
+            rule,
+        };
+        next += 1;
+        after.push_entry(entry.clone());
+        let t = std::time::Instant::now();
+        assert!(dir.add_rule(&entry, &after).unwrap(), "in place");
+        add_ns.push(t.elapsed().as_nanos() as u64);
+        added.push(entry);
+    }
+    let mut del_ns = Vec::new();
+    for entry in &added {
+        after.remove(entry.id);
+        let t = std::time::Instant::now();
+        dir.delete_rule(entry, &after).unwrap();
+        del_ns.push(t.elapsed().as_nanos() as u64);
+    }
+    add_ns.sort_unstable();
+    del_ns.sort_unstable();
+    println!(
+        "live path at 1M: add /24 median {} us (max {}), del /24 median {} us (max {})",
+        add_ns[100] / 1000,
+        add_ns[199] / 1000,
+        del_ns[100] / 1000,
+        del_ns[199] / 1000
+    );
+    // The library's index (rules per prefix kept in memory): add and delete
+    // with the slot writes into the maps.
+    let mut index = dir.load_dir4(&rules).unwrap();
+    for (len, count) in [(24u8, 1000u32), (16, 200), (8, 20), (32, 1000)] {
+        let mut a_ns = Vec::new();
+        let mut d_ns = Vec::new();
+        for k in 0..count {
+            let addr = k.wrapping_mul(2_246_822_519).wrapping_add(0x3000_0000);
+            let net = ipnet::Ipv4Net::new(addr.into(), len).unwrap().trunc();
+            let id = next;
+            next += 1;
+            let rule = xdpkit_common::firewall::RuleRef {
+                rank: u64::from(id),
+                id,
+                action: 1,
+                pps: 0,
+                prefix_len: 0,
+            };
+            let t = std::time::Instant::now();
+            index.add(0, net, rule).unwrap();
+            dir.dir_update(&mut index).unwrap();
+            a_ns.push(t.elapsed().as_nanos() as u64);
+            let t = std::time::Instant::now();
+            index.delete(0, net, id).unwrap();
+            dir.dir_update(&mut index).unwrap();
+            d_ns.push(t.elapsed().as_nanos() as u64);
+        }
+        a_ns.sort_unstable();
+        d_ns.sort_unstable();
+        let c = count as usize;
+        println!(
+            "library at 1M: /{len} add median {} us (max {}), delete median {} us (max {})",
+            a_ns[c / 2] / 1000,
+            a_ns[c - 1] / 1000,
+            d_ns[c / 2] / 1000,
+            d_ns[c - 1] / 1000
+        );
+    }
+}

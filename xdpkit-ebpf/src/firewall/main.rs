@@ -106,8 +106,10 @@ static DIR4_L1_1: Array<DirSlot> = Array::with_max_entries(2 * DIR4_L1_SLOTS, 0)
 static DIR4_CH_0: Array<DirChunk> = Array::with_max_entries(FW_DIR4_MAX_CHUNKS, 0);
 #[map(name = "FW_DIR4_CH_1")]
 static DIR4_CH_1: Array<DirChunk> = Array::with_max_entries(FW_DIR4_MAX_CHUNKS, 0);
-#[map(name = "FW_DIR4_REFS")]
-static DIR4_REFS: Array<RuleRef> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
+#[map(name = "FW_DIR4_REFS_0")]
+static DIR4_REFS_0: Array<RuleRef> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
+#[map(name = "FW_DIR4_REFS_1")]
+static DIR4_REFS_1: Array<RuleRef> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
 
 /// The slot of `addr`'s next 8 bits in chunk `slot` (a chunk index).
 #[inline(always)]
@@ -148,7 +150,11 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Option<&'static RuleRef> {
     if slot == 0 || slot & DIR_CHUNK != 0 {
         return None;
     }
-    DIR4_REFS.get(slot - 1)
+    if set == 0 {
+        DIR4_REFS_0.get(slot - 1)
+    } else {
+        DIR4_REFS_1.get(slot - 1)
+    }
 }
 
 /// Token bucket of one (rule, source) pair, in nanotokens.

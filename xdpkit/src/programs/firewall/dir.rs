@@ -466,7 +466,7 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
         if let Some(r) = self.refs.get(&(slot - 1)) {
             return Some(*r);
         }
-        let r = read_one::<RuleRef>(self.maps, FW_DIR4_REFS, slot - 1);
+        let r = read_one::<RuleRef>(self.maps, FW_DIR4_REFS[self.set], slot - 1);
         let r = self.keep(r, RuleRef::default());
         self.refs.insert(slot - 1, r);
         Some(r)
@@ -608,7 +608,7 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
         }
         if !rules.is_empty() {
             let ids: Vec<u32> = rules.iter().map(|r| r.id).collect();
-            batch::update(self.maps, FW_DIR4_REFS, &ids, rules)?;
+            batch::update(self.maps, FW_DIR4_REFS[self.set], &ids, rules)?;
         }
         let mut chunks: Vec<u32> = Vec::new();
         let mut l1: Vec<u32> = Vec::new();
@@ -689,12 +689,12 @@ pub fn v4_entries(entries: &[(IpNet, RuleRef)]) -> Vec<(Ipv4Net, RuleRef)> {
 }
 
 /// Writes `dir` whole into set `set` (while it is inactive), and the rules
-/// its leaves name into the shared [`FW_DIR4_REFS`].
+/// its leaves name into the set's [`FW_DIR4_REFS`].
 pub fn write(maps: &impl MapSource, set: usize, dir: &Dir4, rules: &[RuleRef]) -> Result<()> {
     write_fds(
         batch::map_fd(maps, FW_DIR4_L1[set])?,
         batch::map_fd(maps, FW_DIR4_CHUNKS[set])?,
-        batch::map_fd(maps, FW_DIR4_REFS)?,
+        batch::map_fd(maps, FW_DIR4_REFS[set])?,
         dir,
         rules,
     )
@@ -744,7 +744,7 @@ pub fn write_changes(
 ) -> Result<()> {
     if !changes.refs.is_empty() {
         let ids: Vec<u32> = changes.refs.iter().map(|r| r.id).collect();
-        batch::update(maps, FW_DIR4_REFS, &ids, &changes.refs)?;
+        batch::update(maps, FW_DIR4_REFS[set], &ids, &changes.refs)?;
     }
     if !changes.chunks.is_empty() {
         let values: Vec<DirChunk> = changes

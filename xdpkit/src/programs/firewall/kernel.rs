@@ -651,6 +651,17 @@ struct Written {
     dir_chunks: u32,
 }
 
+/// Set: IPv4 prefixes go to the LPM tries as before the DIR tables (only to
+/// measure one against the other in the same run).
+static IPV4_IN_TRIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes later rebuilds of this process put IPv4 prefixes in the LPM tries
+/// (`true`) or the DIR tables (`false`, the default). For benchmarks.
+#[doc(hidden)]
+pub fn ipv4_in_tries(on: bool) {
+    IPV4_IN_TRIES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The DIR table of the IPv4 prefixes (source hosts aside), or `None`
 /// when there are none or they need more chunks than a set has (then they
 /// stay in the tries).
@@ -691,7 +702,11 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         (Some(table), overflow)
     };
     // IPv4 prefixes go to the DIR table when it fits, else to the tries.
-    let dir = build_dir4(&src4_trie, &c.dst4);
+    let dir = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
+        None
+    } else {
+        build_dir4(&src4_trie, &c.dst4)
+    };
     let none: Vec<Prefix> = Vec::new();
     let (trie_src4, trie_dst4) = if dir.is_some() {
         (&none, &none)
@@ -710,7 +725,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     let (dl1, dch, drefs) = (
         fd(FW_DIR4_L1[set])?,
         fd(FW_DIR4_CHUNKS[set])?,
-        fd(FW_DIR4_REFS)?,
+        fd(FW_DIR4_REFS[set])?,
     );
     let dir_refs = dir_rules(&[&src4_trie, &c.dst4]);
     let jobs: Vec<Job<'_>> = vec![
@@ -923,6 +938,11 @@ impl FirewallHarness {
         let set = read_config(&self.ebpf)?.prefix_set();
         let changes = index.take_changes();
         super::dir::write_changes(&self.ebpf, set, &index.table, &changes)
+    }
+
+    /// The id of map `name` (for `bpftool map show id N`).
+    pub fn map_id(&self, name: &str) -> Result<u32> {
+        Ok(batch::map_info(&self.ebpf, name)?.id())
     }
 
     /// The active set's DIR table, read back from its maps.
