@@ -649,7 +649,8 @@ fn dir4_at_a_million_prefixes() {
         "FW_DIR4_L1_1",
         "FW_DIR4_CH_0",
         "FW_DIR4_CH_1",
-        "FW_DIR4_REFS",
+        "FW_DIR4_REFS_0",
+        "FW_DIR4_REFS_1",
     ];
     for n in [1_000u32, 100_000] {
         let rules = Ruleset::parse_file_text("bl", &blocklist(n, 0).0).unwrap();
@@ -782,4 +783,50 @@ fn dir4_at_a_million_prefixes() {
             d_ns[c - 1] / 1000
         );
     }
+}
+
+/// IPv6 prefixes stay in the LPM trie: its cost at 300,000 random /48s
+/// (`cargo test --release -p xdpkit --test firewall ipv6_trie -- --ignored
+/// --nocapture`).
+#[test]
+#[ignore]
+fn ipv6_trie_at_300k_prefixes() {
+    if !require_root("ipv6_trie_at_300k_prefixes") {
+        return;
+    }
+    let mut text = String::new();
+    let mut first = 0u128;
+    for i in 0..300_000u128 {
+        let net = (0x2001_0000_0000u128
+            | ((i.wrapping_mul(2_654_435_761) & 0xffff_ffff) ^ (i << 32)))
+            << 80;
+        if i == 1234 {
+            first = net;
+        }
+        text.push_str(&format!("deny src {}/48\n", std::net::Ipv6Addr::from(net)));
+    }
+    let rules = Ruleset::parse_file_text("v6", &text).unwrap();
+    let mut h = FirewallHarness::new(Policy::default()).unwrap();
+    h.load_rules(&rules).unwrap();
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(
+            (first | 77).to_be_bytes(),
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            64,
+        )
+        .udp(1, 2)
+        .write(&mut f, &[])
+        .unwrap();
+    let (_, trace) = h.run(&f).unwrap();
+    assert_eq!(trace.rule, 1235);
+    let mut ns: Vec<u64> = (0..5)
+        .map(|_| h.ns_per_frame(&f, 1_000_000).unwrap())
+        .collect();
+    ns.sort_unstable();
+    println!(
+        "300k IPv6 /48s: test_run ns/frame, src inside a listed /48: median {} ({ns:?}); FW_SRC6_1 bytes_memlock {}",
+        ns[2],
+        memlock(&h, "FW_SRC6_1")
+    );
 }
