@@ -527,8 +527,14 @@ fn dir4_tables_match_the_model_at_their_edges() {
         // Fresh compile, the usual way (source hosts in the host table).
         harness.load_rules(&rules).unwrap();
         frames += edge_frames(&mut harness, &mut rng, &rules, bases, 1000);
-        // In place: every IPv4 rule in the DIR table, then adds and deletes.
+        // In place: every IPv4 rule in the DIR table, then adds and deletes;
+        // one live round in two keeps the source hosts in the host table
+        // as a rebuild leaves them (their entries are final).
+        let hosts_apart = live && round % 4 == 3;
         let mut index = harness.load_dir4(&rules).unwrap();
+        if hosts_apart {
+            harness.load_rules(&rules).unwrap();
+        }
         let mut next = rules.entries().iter().map(|e| e.id).max().unwrap_or(0) + 1;
         for _ in 0..30 {
             let ids: Vec<u32> = rules.entries().iter().map(|e| e.id).collect();
@@ -583,13 +589,15 @@ fn dir4_tables_match_the_model_at_their_edges() {
             ops += 1;
             frames += edge_frames(&mut harness, &mut rng, &rules, bases, 40);
         }
-        let fresh = FirewallHarness::fresh_dir4(&rules).unwrap();
-        let changed = if live {
-            harness.read_dir4().unwrap()
-        } else {
-            index.table.clone()
-        };
-        assert_eq!(changed.runs(), fresh.runs(), "rules:\n{rules}");
+        if !hosts_apart {
+            let fresh = FirewallHarness::fresh_dir4(&rules).unwrap();
+            let changed = if live {
+                harness.read_dir4().unwrap()
+            } else {
+                index.table.clone()
+            };
+            assert_eq!(changed.runs(), fresh.runs(), "rules:\n{rules}");
+        }
         // And the fresh compile of the changed rules, the usual way.
         harness.load_rules(&rules).unwrap();
         frames += edge_frames(&mut harness, &mut rng, &rules, bases, 300);

@@ -426,8 +426,8 @@ fn add_dir_in_place(
 /// Deletes IPv4 prefix rule `gone` from the active DIR table in place:
 /// the slots that held it get the best rule left over them. `after` is the
 /// ruleset without it. Returns false, changing nothing, when a rebuild is
-/// needed (no DIR table, or a source rule while source hosts have entries
-/// of their own, which may carry it).
+/// needed (no DIR table, a source host with an entry of its own, or a
+/// source prefix with source hosts under it, whose entries may carry it).
 pub fn delete_prefix_in_place(
     maps: &mut impl MapSource,
     gone: &Entry,
@@ -438,8 +438,7 @@ pub fn delete_prefix_in_place(
     };
     let cfg = read_config(maps)?;
     let set = cfg.prefix_set();
-    let hosts = cfg.present & (present_host(set, 0) | present_table(set)) != 0;
-    if field >= 2 || !dir_in(&cfg, set) || (field == 0 && hosts) {
+    if field >= 2 || !dir_in(&cfg, set) {
         return Ok(false);
     }
     let net = net.trunc();
@@ -455,6 +454,19 @@ pub fn delete_prefix_in_place(
             _ => None,
         })
         .collect();
+    // Source host entries (table or map) are final and carry the best rule
+    // of their prefixes: the rule may be in those of the hosts under it.
+    let hosts = cfg.present & (present_host(set, 0) | present_table(set)) != 0;
+    if field == 0 && hosts {
+        let host_under = others
+            .iter()
+            .any(|(m, _)| m.prefix_len() == 32 && net.contains(&m.network()));
+        if host_under
+            || (net.prefix_len() == 32 && host_known(maps, &cfg, set, net.addr().octets())?)
+        {
+            return Ok(false);
+        }
+    }
     let mut slots = super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set]);
     slots.delete(field, net, gone.id, &others)
 }
