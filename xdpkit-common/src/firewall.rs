@@ -12,6 +12,8 @@ pub const FW_RULE_STATS: &str = "FW_RULE_STATS";
 pub const FW_RULES: &str = "FW_RULES";
 /// Per-CPU array of [`crate::ActionCounter`] indexed by [`Outcome`].
 pub const FW_OUTCOMES: &str = "FW_OUTCOMES";
+/// LRU hash of [`BucketKey`] -> [`Bucket`]: the token buckets of rate limits.
+pub const FW_BUCKETS: &str = "FW_BUCKETS";
 /// Prefix-rule tries, `[set 0, set 1]`, key = address bytes in network order.
 pub const FW_SRC4: [&str; 2] = ["FW_SRC4_0", "FW_SRC4_1"];
 /// See [`FW_SRC4`].
@@ -193,7 +195,7 @@ pub const FW_MAPS: [&str; 46] = [
     FW_RULE_STATS,
     FW_RULES,
     FW_OUTCOMES,
-    "FW_BUCKETS",
+    FW_BUCKETS,
     FW_SRC4[0],
     FW_SRC4[1],
     FW_DST4[0],
@@ -339,6 +341,29 @@ pub struct RuleHits {
     pub limited: u64,
 }
 
+/// Token bucket of one (rate-limit rule, source) pair, in nanotokens (a
+/// packet costs 1e9; `elapsed_ns * pps` refills up to `pps * 1e9`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Nanotokens left after the last frame.
+    pub credit: u64,
+    /// `bpf_ktime_get_ns()` of the last frame that looked at the bucket.
+    pub last_ns: u64,
+}
+
+/// Key of [`FW_BUCKETS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketKey {
+    /// The rate-limit rule's id.
+    pub rule: u32,
+    /// 1 for an IPv6 source, 0 for IPv4.
+    pub v6: u32,
+    /// The source address; IPv4 in the first four bytes, the rest zero.
+    pub addr: [u8; 16],
+}
+
 /// A rule as stored in [`FW_RULES`]; `flags` says which fields are set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -438,6 +463,8 @@ pub use crate::dump::NO_RULE;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<FwConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
+const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -449,4 +476,6 @@ mod pod {
     unsafe impl aya::Pod for super::Bitmap {}
     unsafe impl aya::Pod for super::RuleHits {}
     unsafe impl aya::Pod for super::RuleRecord {}
+    unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::BucketKey {}
 }

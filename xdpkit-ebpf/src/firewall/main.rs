@@ -17,10 +17,10 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_host, present_table, present_trie, FwConfig, FwTrace, HostBucket,
-        Outcome, RuleHits, RuleRecord, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL,
-        ACTIVE_PREFIX, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS, NO_RULE,
-        POLICY_DROP, POLICY_L3, POLICY_PASS,
+        host_buckets, present_host, present_table, present_trie, Bucket, BucketKey, FwConfig,
+        FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, ACTION_ALLOW, ACTION_DENY,
+        ACTIVE_GENERAL, ACTIVE_PREFIX, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES,
+        FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
     },
     ActionCounter, XdpAction,
 };
@@ -94,22 +94,6 @@ fn table_lookup(set: u32, bits: u32, addr: [u8; 4]) -> Option<&'static RuleRef> 
         }
     }
     None
-}
-
-/// Token bucket of one (rule, source) pair, in nanotokens.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Bucket {
-    credit: u64,
-    last_ns: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct BucketKey {
-    rule: u32,
-    v6: u32,
-    addr: [u8; 16],
 }
 
 #[map(name = "FW_BUCKETS")]

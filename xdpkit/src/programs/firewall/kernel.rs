@@ -13,10 +13,11 @@ use aya::{
 use ipnet::IpNet;
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_host, present_table, present_trie, FwConfig, FwTrace, HostBucket,
-        HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, ACTIVE_GENERAL,
-        ACTIVE_PREFIX, FW_CONFIG, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
-        FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
+        host_buckets, present_host, present_table, present_trie, Bucket, BucketKey, FwConfig,
+        FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT,
+        ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DST4, FW_DST6, FW_HOST_SRC4,
+        FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP,
+        POLICY_L3, POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -497,10 +498,7 @@ fn upsert_host<const N: usize>(
 }
 
 /// The value of a lookup, `None` for a missing key.
-fn found(
-    result: std::result::Result<RuleRef, aya::maps::MapError>,
-    map: &str,
-) -> Result<Option<RuleRef>> {
+fn found<T>(result: std::result::Result<T, aya::maps::MapError>, map: &str) -> Result<Option<T>> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -724,6 +722,29 @@ impl FirewallHarness {
         cfg.trace = 1;
         write_config(&mut self.ebpf, cfg)?;
         Ok(u64::try_from(result?.duration.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// The token bucket of rate-limit rule `rule` for source `src`, as the
+    /// kernel left it (`None` before the rule's first frame from `src`).
+    pub fn bucket(&self, rule: u32, src: std::net::IpAddr) -> Result<Option<Bucket>> {
+        let map = self
+            .ebpf
+            .map(FW_BUCKETS)
+            .ok_or_else(|| object::missing_map(FW_BUCKETS))?;
+        let buckets: aya::maps::HashMap<&MapData, BucketKey, Bucket> =
+            aya::maps::HashMap::try_from(map).map_err(map_err("open FW_BUCKETS"))?;
+        let mut key = BucketKey {
+            rule,
+            ..BucketKey::default()
+        };
+        match src {
+            std::net::IpAddr::V4(a) => key.addr[..4].copy_from_slice(&a.octets()),
+            std::net::IpAddr::V6(a) => {
+                key.v6 = 1;
+                key.addr = a.octets();
+            }
+        }
+        found(buckets.get(&key, 0), FW_BUCKETS)
     }
 
     /// Runs one frame; returns the test-run outcome and the kernel's trace.
