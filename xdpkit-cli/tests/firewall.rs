@@ -495,3 +495,47 @@ fn a_small_firewall_is_small_and_grows_under_traffic_keeping_counters() {
     ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn max_rules_sizes_a_new_firewall_and_grows_a_running_one() {
+    if !require_root("max_rules_sizes_a_new_firewall_and_grows_a_running_one") {
+        return;
+    }
+    let Routed { lab, server_if } = routed_lab("fwm");
+    let dev = server_if.as_str();
+    let attach = |extra: &[&str]| {
+        let mut args = vec!["attach", "firewall", "--dev", dev];
+        args.extend(extra);
+        ok(&xdpkit(&lab, &args));
+    };
+    attach(&["--max-rules", "3000"]);
+    assert_eq!(exported_max_rules(&lab, dev), 4095);
+    let sized = firewall_memory(&lab, dev);
+    let id: u64 = ok(&xdpkit(
+        &lab,
+        &["rule", "add", "--dev", dev, "deny", "src", "198.19.41.1"],
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    // Attaching again without --max-rules keeps the room; asking for less too.
+    attach(&[]);
+    attach(&["--max-rules", "100"]);
+    assert_eq!(exported_max_rules(&lab, dev), 4095);
+    // More grows the running firewall; its rule stays.
+    attach(&["--max-rules", "10000"]);
+    assert_eq!(exported_max_rules(&lab, dev), 16383);
+    assert!(firewall_memory(&lab, dev) > sized);
+    let rows = rule_list(&lab, dev);
+    assert_eq!(rows[0]["id"].as_u64(), Some(id), "{rows}");
+    // Out of range.
+    let out = xdpkit(
+        &lab,
+        &["attach", "firewall", "--dev", dev, "--max-rules", "4000000"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = xdpkit(&lab, &["attach", "pass", "--dev", dev, "--max-rules", "10"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(exported_max_rules(&lab, dev), 16383);
+    ok(&xdpkit(&lab, &["detach", "--dev", dev]));
+}
