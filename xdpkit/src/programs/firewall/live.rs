@@ -453,9 +453,13 @@ impl LiveFirewall {
     /// keep their ids and counters, new ones get new ids, missing ones go.
     /// Nothing changes when the rules and their order are the same.
     pub fn sync(&mut self, desired: &[Rule]) -> Result<RuleChanges> {
-        let (next_id, _) = self.next()?;
-        let added = count_new(&self.rules()?, desired);
-        self.ensure_ids(u64::from(next_id) + added as u64)?;
+        let next_id = u64::from(self.next()?.0);
+        // Counting the new rules reads every stored one: only when they
+        // may not fit.
+        if next_id + desired.len() as u64 > u64::from(capacity::capacity(&self.maps)?) {
+            let added = count_new(&self.rules()?, desired);
+            self.ensure_ids(next_id + added as u64)?;
+        }
         let prepared = self.prepare_sync(desired)?;
         self.commit_sync(prepared, None)
     }
@@ -630,4 +634,24 @@ fn monotonic_ns() -> u64 {
     // SAFETY: ts is a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_rules_are_counted_with_repeats() {
+        let rule = |text: &str| text.parse::<Rule>().unwrap();
+        let mut current = Ruleset::new();
+        current.add(rule("deny src 198.19.0.1"));
+        current.add(rule("deny src 198.19.0.2"));
+        let desired = [
+            rule("deny src 198.19.0.1"),
+            rule("deny src 198.19.0.1"),
+            rule("deny src 198.19.0.3"),
+        ];
+        assert_eq!(count_new(&current, &desired), 2);
+        assert_eq!(count_new(&current, &desired[..1]), 0);
+    }
 }
