@@ -492,6 +492,22 @@ fn a_small_firewall_is_small_and_grows_under_traffic_keeping_counters() {
     let status = ok(&xdpkit(&lab, &["status", "--dev", server_if]));
     assert!(status.contains("kernel memory"), "{status}");
 
+    // `rule add` past the capacity grows it too (id 2048 needs 4,096 ids).
+    let good = rule_packets(&lab, server_if, 2);
+    let mut last = 0;
+    for i in 0..45 {
+        last = add(&format!(
+            "deny src 198.19.200.{i} dport 53 prio {}",
+            300 + i
+        ));
+    }
+    assert_eq!(last, 2048);
+    assert_eq!(exported_max_rules(&lab, server_if), 4095);
+    assert_eq!(rule_packets(&lab, server_if, 2), good);
+    lab.send_udp("good", dst, 100, 32).unwrap();
+    assert_eq!(sink.count(100, QUIET, MAX_WAIT), 100);
+    assert_eq!(rule_packets(&lab, server_if, 2), good + 100);
+
     ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
     std::fs::remove_dir_all(&dir).unwrap();
 }
