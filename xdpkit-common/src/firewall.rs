@@ -238,8 +238,44 @@ pub const FW_MAPS: [&str; 46] = [
     FW_GEN_WILD[1],
 ];
 
-/// Largest rule id + 1 (rule-file line numbers are ids).
+/// Largest rule id + 1 (rule-file line numbers are ids): the most rule
+/// ids a firewall can grow to. The object's maps are declared at this size;
+/// a stage is loaded with them sized to its capacity ([`FW_SIZED_MAPS`]).
 pub const FW_MAX_RULE_IDS: u32 = 1 << 21;
+/// Rule ids of a new firewall unless asked for more (`--max-rules`):
+/// grown on demand, by powers of two, when a change needs larger ids.
+pub const FW_DEFAULT_RULE_IDS: u32 = 1024;
+
+/// Maps sized to the firewall's capacity in rule ids, not declared size:
+/// created with [`sized_entries`] entries, grown (copied into bigger maps,
+/// the stage reloaded) when the capacity grows.
+pub const FW_SIZED_MAPS: [&str; 8] = [
+    FW_RULE_STATS,
+    FW_RULES,
+    FW_HOST_SRC4[0],
+    FW_HOST_SRC4[1],
+    FW_HOST_SRC6[0],
+    FW_HOST_SRC6[1],
+    FW_HOST_TABLE4[0],
+    FW_HOST_TABLE4[1],
+];
+
+/// Entries of sized map `map` ([`FW_SIZED_MAPS`]) for a firewall of
+/// `capacity` rule ids (a power of two); `None` for other maps. Host maps
+/// hold at most one entry per rule (and at most [`FW_MAX_HOSTS`]); the host
+/// table has a bucket for every two rules (it uses a third as many buckets
+/// as hosts, rounded up to a power of two).
+pub fn sized_entries(map: &str, capacity: u32) -> Option<u32> {
+    if map == FW_RULE_STATS || map == FW_RULES {
+        Some(capacity)
+    } else if FW_HOST_SRC4.contains(&map) || FW_HOST_SRC6.contains(&map) {
+        Some(capacity.min(FW_MAX_HOSTS))
+    } else if FW_HOST_TABLE4.contains(&map) {
+        Some((capacity / 2).clamp(1 << TABLE_BITS.0, FW_HOST_BUCKETS))
+    } else {
+        None
+    }
+}
 /// Entries per prefix trie.
 pub const FW_MAX_PREFIXES: u32 = 1 << 21;
 

@@ -16,8 +16,8 @@ use xdpkit_common::{
         host_buckets, present_host, present_table, present_trie, Bucket, BucketKey, FwConfig,
         FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT,
         ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DST4, FW_DST6, FW_HOST_SRC4,
-        FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_HOSTS, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP,
-        POLICY_L3, POLICY_PASS, TABLE_BITS,
+        FW_HOST_SRC6, FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3,
+        POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -407,9 +407,11 @@ struct HostTable {
 /// The host table holding `hosts` (IPv4 /32s), with at least a third as
 /// many buckets as hosts (up to [`FW_HOST_BUCKETS`]), and the hosts that
 /// found both their buckets full.
-fn host_table(hosts: &[Prefix]) -> (HostTable, Vec<Prefix>) {
+fn host_table(hosts: &[Prefix], max_bits: u32) -> (HostTable, Vec<Prefix>) {
     let wanted = (hosts.len() / 3).max(1).next_power_of_two();
-    let bits = wanted.trailing_zeros().clamp(TABLE_BITS.0, TABLE_BITS.1);
+    let bits = wanted
+        .trailing_zeros()
+        .clamp(TABLE_BITS.0, TABLE_BITS.1.min(max_bits).max(TABLE_BITS.0));
     let mut table = vec![HostBucket::default(); 1 << bits];
     let mut overflow = Vec::new();
     for &(net, rule) in hosts {
@@ -545,13 +547,16 @@ fn upsert_prefix<const N: usize>(
 /// Writes the compiled prefixes into prefix set `set`; returns its
 /// [`FwConfig::present`] bits (as for set 0) and its table bits.
 fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u32, u32)> {
-    let (src4_trie, src4_hosts) = split_hosts(&c.src4);
-    let (src6_trie, src6_hosts) = split_hosts(&c.src6);
+    // The host maps and table are sized to the firewall's capacity.
+    let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
+    let (src4_trie, src4_hosts) = split_hosts(&c.src4, entries(FW_HOST_SRC4[set])?);
+    let (src6_trie, src6_hosts) = split_hosts(&c.src6, entries(FW_HOST_SRC6[set])?);
+    let max_bits = entries(FW_HOST_TABLE4[set])?.max(1).ilog2();
     // An empty table is not written: `present` keeps the program out of it.
     let (table, src4_hosts) = if src4_hosts.is_empty() {
         (None, src4_hosts)
     } else {
-        let (table, overflow) = host_table(&src4_hosts);
+        let (table, overflow) = host_table(&src4_hosts, max_bits);
         (Some(table), overflow)
     };
     let fd = |name| batch::map_fd(maps, name);
@@ -606,12 +611,12 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
 type Prefix = (IpNet, RuleRef);
 
 /// Full-length prefixes for the host map, the rest for the trie; all in
-/// the trie if there are more hosts than the map holds.
-fn split_hosts(entries: &[Prefix]) -> (Vec<Prefix>, Vec<Prefix>) {
+/// the trie if there are more hosts than the map holds (`room`).
+fn split_hosts(entries: &[Prefix], room: usize) -> (Vec<Prefix>, Vec<Prefix>) {
     let (hosts, trie): (Vec<_>, Vec<_>) = entries
         .iter()
         .partition(|(net, _)| net.prefix_len() == net.max_prefix_len());
-    if hosts.len() > FW_MAX_HOSTS as usize {
+    if hosts.len() > room {
         return (entries.to_vec(), Vec::new());
     }
     (trie, hosts)
@@ -797,7 +802,7 @@ mod tests {
                 (IpNet::V4(ipnet::Ipv4Net::new(addr, 32).unwrap()), rule)
             })
             .collect();
-        let (table, overflow) = host_table(&hosts);
+        let (table, overflow) = host_table(&hosts, TABLE_BITS.1);
         assert!(overflow.len() >= 50_000, "{} overflowed", overflow.len());
         let overflowed: foldhash::HashSet<u32> = overflow.iter().map(|(_, r)| r.id).collect();
         let mut in_table = 0;
@@ -836,7 +841,7 @@ mod tests {
                 .collect()
         };
         for (n, bits) in [(1, 4), (1024, 9), (100_000, 16), (1_000_000, 17)] {
-            let (table, overflow) = host_table(&hosts(n));
+            let (table, overflow) = host_table(&hosts(n), TABLE_BITS.1);
             assert_eq!(table.bits, bits, "{n} hosts");
             assert_eq!(table.buckets.len(), 1 << bits);
             if n <= 100_000 {
