@@ -58,13 +58,19 @@ pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
+    /// Firewall: rules to make room for at once (its per-rule counters and
+    /// tables are sized for them; default 1023). It grows on demand anyway,
+    /// by reloading its stage with bigger maps.
+    #[arg(long, value_name = "N")]
+    pub max_rules: Option<u64>,
+
     #[command(flatten)]
     pub json: JsonArg,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let policy = args.policy.any().then(|| args.policy.policy());
-    let request = AttachRequest::from_list(
+    let mut request = AttachRequest::from_list(
         &args.dev.dev,
         &args.program,
         args.mode.into(),
@@ -72,6 +78,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         policy.as_ref(),
         args.force,
     )?;
+    if let Some(n) = args.max_rules {
+        request.max_rules(n)?;
+    }
     let report = attach(&request)?;
     if args.json.json {
         return print_json(&report);

@@ -129,6 +129,18 @@ fn print_one(s: &IfaceStatus) {
             stage.stage,
             stage.prog_id
         );
+        if let Some(total) = stage.memory_bytes {
+            let parts: Vec<String> = stage
+                .memory
+                .iter()
+                .map(|p| format!("{} {}", p.part, megabytes(p.bytes)))
+                .collect();
+            outln!(
+                "    kernel memory {} ({})",
+                megabytes(total),
+                parts.join(", ")
+            );
+        }
         let seen: Vec<_> = stage.actions.iter().filter(|r| r.packets > 0).collect();
         if seen.is_empty() {
             outln!("    (no frames yet)");
@@ -150,4 +162,9 @@ fn print_one(s: &IfaceStatus) {
             outln!("  {:<13} {:>10} {:>16}", o.outcome, o.packets, o.bytes);
         }
     }
+}
+
+/// Bytes as megabytes (10^6, as bytes_memlock is usually quoted), one decimal.
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }

@@ -1190,3 +1190,85 @@ fn failure_on_one_interface_changes_no_interface() {
     assert!(out.contains(&format!("applied {srv}, {other}")), "{out}");
     assert_eq!(stage_names(&host.status()), ["count", "pass"]);
 }
+
+/// The firewall's `max-rules` as `xdpkit export` reports it.
+fn exported_max_rules(host: &Host) -> i64 {
+    let text = ok(&host.xdpkit(&["export"]));
+    let parsed = xdpkit::config::HostConfig::parse("export", &text, Path::new("."))
+        .unwrap_or_else(|e| panic!("export does not parse: {e}\n{text}"));
+    let stage = parsed.interfaces[&host.srv]
+        .stages
+        .iter()
+        .find(|s| s.program == "firewall")
+        .unwrap();
+    stage.settings["max-rules"].as_integer().unwrap()
+}
+
+#[test]
+fn rules_past_the_capacity_grow_the_firewall_and_apply_stays_idempotent() {
+    if !require_root("rules_past_the_capacity_grow_the_firewall_and_apply_stays_idempotent") {
+        return;
+    }
+    let host = host_lab("amx", &[]);
+    let small = host.file(
+        "small.toml",
+        &config(
+            &host.srv,
+            None,
+            &["firewall", "pass"],
+            &format!("max-rules = 100\n{}", rules_line(&[ALLOW])),
+        ),
+    );
+    host.apply(&small, &[]);
+    assert_eq!(exported_max_rules(&host), 1023);
+    let kept = host.rules();
+
+    // 1,500 more rules: ids past 1,023, so the apply grows the firewall
+    // (its own reinstall) before it installs the new chain.
+    let many: String = (0..1500)
+        .map(|i| format!("deny src 198.19.{}.{}\n", i / 250, 1 + i % 250))
+        .collect();
+    host.file("many.rules", &many);
+    let big = host.file(
+        "big.toml",
+        &config(
+            &host.srv,
+            None,
+            &["firewall", "pass"],
+            &format!(
+                "max-rules = 100\n{}rules-file = \"many.rules\"\n",
+                rules_line(&[ALLOW])
+            ),
+        ),
+    );
+    host.apply(&big, &[]);
+    assert_eq!(exported_max_rules(&host), 2047);
+    let rules = host.rules();
+    assert_eq!(rules.len(), 1501);
+    assert!(rules.contains(&kept[0]), "the kept rule keeps its id");
+    // The grown firewall meets the file's max-rules (and an export's).
+    let again = host.apply(&big, &[]);
+    assert_eq!(
+        again.trim_end(),
+        format!("{big}: no changes: the running state already matches")
+    );
+    let exported = host.file("exported.toml", &ok(&host.xdpkit(&["export"])));
+    let again = host.apply(&exported, &[]);
+    assert!(again.contains("no changes"), "{again}");
+    // A larger max-rules is a change, and grows it.
+    let larger = host.file(
+        "larger.toml",
+        &config(
+            &host.srv,
+            None,
+            &["firewall", "pass"],
+            &format!(
+                "max-rules = 5000\n{}rules-file = \"many.rules\"\n",
+                rules_line(&[ALLOW])
+            ),
+        ),
+    );
+    host.apply(&larger, &[]);
+    assert_eq!(exported_max_rules(&host), 8191);
+    assert_eq!(ids(&host.rules()), ids(&rules), "rule ids changed");
+}

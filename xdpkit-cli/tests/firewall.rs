@@ -353,3 +353,282 @@ fn replace_under_traffic_loses_no_allowed_packet() {
     ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The firewall stage's kernel memory (bytes_memlock of its maps) as
+/// `status --json` reports it.
+fn firewall_memory(lab: &Lab, dev: &str) -> u64 {
+    let all: Value =
+        serde_json::from_str(&ok(&xdpkit(lab, &["status", "--dev", dev, "--json"]))).unwrap();
+    let stage = all[0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "firewall")
+        .unwrap()
+        .clone();
+    let parts: Vec<&str> = stage["memory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["part"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts, ["set 0", "set 1", "shared"], "{stage}");
+    stage["memory_bytes"].as_u64().unwrap()
+}
+
+/// The `max-rules` that `xdpkit export` reports for the firewall of `dev`.
+fn exported_max_rules(lab: &Lab, dev: &str) -> i64 {
+    let text = ok(&xdpkit(lab, &["export"]));
+    let host = xdpkit::config::HostConfig::parse("export", &text, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("export does not parse: {e}\n{text}"));
+    let firewall = host.interfaces[dev]
+        .stages
+        .iter()
+        .find(|s| s.program == "firewall")
+        .unwrap();
+    firewall.settings["max-rules"]
+        .as_integer()
+        .unwrap_or_else(|| panic!("no max-rules in {text}"))
+}
+
+#[test]
+fn a_small_firewall_is_small_and_grows_under_traffic_keeping_counters() {
+    if !require_root("a_small_firewall_is_small_and_grows_under_traffic_keeping_counters") {
+        return;
+    }
+    const N: u32 = 1000;
+    let Routed { lab, server_if } = routed_lab("fwg");
+    let server_if = server_if.as_str();
+    let dst: SocketAddr = "198.18.42.2:9300".parse().unwrap();
+    let sink = lab.udp_sink("server", dst).unwrap();
+    lab.send_udp("good", dst, 1, 8).unwrap();
+    lab.send_udp("bad", dst, 1, 8).unwrap();
+    assert_eq!(sink.count(2, QUIET, MAX_WAIT), 2, "lab routes both sources");
+
+    ok(&xdpkit(&lab, &["attach", "firewall", "--dev", server_if]));
+    let add = |rule: &str| -> u64 {
+        let mut args = vec!["rule", "add", "--dev", server_if];
+        args.extend(rule.split_whitespace());
+        ok(&xdpkit(&lab, &args)).trim().parse().unwrap()
+    };
+    assert_eq!(add("deny src 198.19.41.1"), 1);
+    assert_eq!(add("allow src 198.18.41.1"), 2);
+    assert_eq!(add("deny src 198.19.99.0/24 dport 53"), 3);
+    // A handful of rules: counters and tables sized for 1,024 ids, not 2^21.
+    let small = firewall_memory(&lab, server_if);
+    assert!(small < 16_000_000, "{small} bytes for three rules");
+    assert_eq!(exported_max_rules(&lab, server_if), 1023);
+
+    lab.send_udp("bad", dst, 100, 32).unwrap();
+    lab.send_udp("good", dst, 100, 32).unwrap();
+    assert_eq!(sink.count(100, QUIET, MAX_WAIT), 100);
+    let (bad0, good0) = (
+        rule_packets(&lab, server_if, 1),
+        rule_packets(&lab, server_if, 2),
+    );
+    assert!(bad0 >= 100 && good0 >= 100, "{bad0} {good0}");
+
+    // 2,000 more rules (ids 4..2003) while the good source streams: the
+    // firewall grows to 2,048 ids (a reinstall), no allowed frame is lost
+    // and no count of the old rules either.
+    let dir = std::env::temp_dir().join(format!("xkfwg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let many = dir.join("many.rules");
+    let mut text = String::new();
+    for i in 0..1999u32 {
+        text.push_str(&format!(
+            "deny src 198.19.{}.{}\n",
+            100 + i / 250,
+            1 + i % 250
+        ));
+    }
+    text.push_str("deny src 198.19.41.0/24 prio 50\n");
+    std::fs::write(&many, text).unwrap();
+    let received = std::thread::scope(|scope| {
+        let counter =
+            scope.spawn(|| sink.count(N, Duration::from_secs(2), Duration::from_secs(30)));
+        let sender = scope.spawn(|| {
+            let mut sent = 0;
+            for _ in 0..N / 50 {
+                sent += lab.send_udp("good", dst, 50, 32).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let file = many.to_str().unwrap();
+        ok(&xdpkit(
+            &lab,
+            &["rule", "load", "--dev", server_if, "--file", file],
+        ));
+        assert_eq!(sender.join().unwrap(), N);
+        counter.join().unwrap()
+    });
+    assert_eq!(
+        received, N,
+        "allowed datagrams lost while the firewall grew"
+    );
+    assert_eq!(
+        rule_packets(&lab, server_if, 1),
+        bad0,
+        "rule 1 kept its count"
+    );
+    assert_eq!(
+        rule_packets(&lab, server_if, 2),
+        good0 + u64::from(N),
+        "rule 2 counted every allowed frame, before, during and after the growth"
+    );
+    assert_eq!(exported_max_rules(&lab, server_if), 2047);
+    let grown = firewall_memory(&lab, server_if);
+    assert!(grown > small, "{grown} <= {small}");
+
+    // The new ids judge: the /24 at prio 50 (id 2003) now drops bad.
+    lab.send_udp("bad", dst, 100, 32).unwrap();
+    assert_eq!(sink.count(100, QUIET, MAX_WAIT), 0, "bad got through");
+    assert_eq!(rule_packets(&lab, server_if, 2003), 100);
+    assert_eq!(rule_packets(&lab, server_if, 1), bad0);
+    let rows = rule_list(&lab, server_if);
+    assert_eq!(rows.as_array().unwrap().len(), 2003);
+    let status = ok(&xdpkit(&lab, &["status", "--dev", server_if]));
+    assert!(status.contains("kernel memory"), "{status}");
+
+    // `rule add` past the capacity grows it too (id 2048 needs 4,096 ids).
+    let good = rule_packets(&lab, server_if, 2);
+    let mut last = 0;
+    for i in 0..45 {
+        last = add(&format!(
+            "deny src 198.19.200.{i} dport 53 prio {}",
+            300 + i
+        ));
+    }
+    assert_eq!(last, 2048);
+    assert_eq!(exported_max_rules(&lab, server_if), 4095);
+    assert_eq!(rule_packets(&lab, server_if, 2), good);
+    lab.send_udp("good", dst, 100, 32).unwrap();
+    assert_eq!(sink.count(100, QUIET, MAX_WAIT), 100);
+    assert_eq!(rule_packets(&lab, server_if, 2), good + 100);
+
+    ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn max_rules_sizes_a_new_firewall_and_grows_a_running_one() {
+    if !require_root("max_rules_sizes_a_new_firewall_and_grows_a_running_one") {
+        return;
+    }
+    let Routed { lab, server_if } = routed_lab("fwm");
+    let dev = server_if.as_str();
+    let attach = |extra: &[&str]| {
+        let mut args = vec!["attach", "firewall", "--dev", dev];
+        args.extend(extra);
+        ok(&xdpkit(&lab, &args));
+    };
+    attach(&["--max-rules", "3000"]);
+    assert_eq!(exported_max_rules(&lab, dev), 4095);
+    let sized = firewall_memory(&lab, dev);
+    let id: u64 = ok(&xdpkit(
+        &lab,
+        &["rule", "add", "--dev", dev, "deny", "src", "198.19.41.1"],
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    // Attaching again without --max-rules keeps the room; asking for less too.
+    attach(&[]);
+    attach(&["--max-rules", "100"]);
+    assert_eq!(exported_max_rules(&lab, dev), 4095);
+    // More grows the running firewall; its rule stays.
+    attach(&["--max-rules", "10000"]);
+    assert_eq!(exported_max_rules(&lab, dev), 16383);
+    assert!(firewall_memory(&lab, dev) > sized);
+    let rows = rule_list(&lab, dev);
+    assert_eq!(rows[0]["id"].as_u64(), Some(id), "{rows}");
+    // Out of range.
+    let out = xdpkit(
+        &lab,
+        &["attach", "firewall", "--dev", dev, "--max-rules", "4000000"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = xdpkit(&lab, &["attach", "pass", "--dev", dev, "--max-rules", "10"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(exported_max_rules(&lab, dev), 16383);
+    ok(&xdpkit(&lab, &["detach", "--dev", dev]));
+}
+
+/// Entries of the firewall map `file` pinned for `dev` (its chunk pool...).
+fn pinned_entries(dev: &str, file: &str) -> u32 {
+    let path = format!("/sys/fs/bpf/xdpkit/{dev}/firewall/{file}");
+    let map = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    map.info().unwrap().max_entries()
+}
+
+#[test]
+fn prefix_tables_grow_with_the_prefixes_under_traffic() {
+    if !require_root("prefix_tables_grow_with_the_prefixes_under_traffic") {
+        return;
+    }
+    const N: u32 = 600;
+    let Routed { lab, server_if } = routed_lab("fwp");
+    let server_if = server_if.as_str();
+    let dst: SocketAddr = "198.18.42.2:9301".parse().unwrap();
+    let sink = lab.udp_sink("server", dst).unwrap();
+    ok(&xdpkit(&lab, &["attach", "firewall", "--dev", server_if]));
+    // A new firewall's DIR pools hold 64 chunks.
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 64);
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_1"), 64);
+    lab.send_udp("bad", dst, 50, 32).unwrap();
+    assert_eq!(sink.count(50, QUIET, MAX_WAIT), 50, "nothing denies yet");
+
+    // 150 /25s in distinct /24s of 198.19.0.0/16 need 151 chunks: the
+    // pools grow to 256 (a reinstall) while the good source streams.
+    let dir = std::env::temp_dir().join(format!("xkfwp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prefixes.rules");
+    let mut text = String::new();
+    for x in 100..250u32 {
+        text.push_str(&format!("deny src 198.19.{x}.0/25\n"));
+    }
+    text.push_str("deny src 198.19.41.0/25\n");
+    std::fs::write(&file, text).unwrap();
+    let received = std::thread::scope(|scope| {
+        let counter =
+            scope.spawn(|| sink.count(N, Duration::from_secs(2), Duration::from_secs(30)));
+        let sender = scope.spawn(|| {
+            let mut sent = 0;
+            for _ in 0..N / 50 {
+                sent += lab.send_udp("good", dst, 50, 32).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        load_replace(&lab, server_if, &file);
+        assert_eq!(sender.join().unwrap(), N);
+        counter.join().unwrap()
+    });
+    assert_eq!(received, N, "allowed datagrams lost while the tables grew");
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 256);
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_1"), 256);
+
+    // The last prefix (line 151) judges bad's source from the DIR table.
+    lab.send_udp("bad", dst, 100, 32).unwrap();
+    assert_eq!(sink.count(100, QUIET, MAX_WAIT), 0, "bad got through");
+    assert_eq!(rule_packets(&lab, server_if, 151), 100);
+    // One more /25 in a new /24 goes in place, the pool has room.
+    ok(&xdpkit(
+        &lab,
+        &[
+            "rule",
+            "add",
+            "--dev",
+            server_if,
+            "deny",
+            "src",
+            "198.19.7.0/25",
+        ],
+    ));
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 256);
+    ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

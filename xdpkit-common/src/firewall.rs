@@ -12,6 +12,8 @@ pub const FW_RULE_STATS: &str = "FW_RULE_STATS";
 pub const FW_RULES: &str = "FW_RULES";
 /// Per-CPU array of [`crate::ActionCounter`] indexed by [`Outcome`].
 pub const FW_OUTCOMES: &str = "FW_OUTCOMES";
+/// LRU hash of [`BucketKey`] -> [`Bucket`]: the token buckets of rate limits.
+pub const FW_BUCKETS: &str = "FW_BUCKETS";
 /// Prefix-rule tries, `[set 0, set 1]`, key = address bytes in network order.
 pub const FW_SRC4: [&str; 2] = ["FW_SRC4_0", "FW_SRC4_1"];
 /// See [`FW_SRC4`].
@@ -96,6 +98,9 @@ pub const FW_DIR4_REFS: [&str; 2] = ["FW_DIR4_REFS_0", "FW_DIR4_REFS_1"];
 /// Chunks per set in [`FW_DIR4_CHUNKS`]: one per /16 that holds a longer
 /// prefix, plus one per /24 that holds a prefix longer than /24.
 pub const FW_DIR4_MAX_CHUNKS: u32 = (1 << 16) + (1 << 12);
+/// Chunks of a new firewall's pools: grown (powers of two, up to
+/// [`FW_DIR4_MAX_CHUNKS`]) when a ruleset needs more.
+pub const FW_DIR4_MIN_CHUNKS: u32 = 64;
 /// Slots per first level field.
 pub const DIR4_L1_SLOTS: u32 = 1 << 16;
 /// A DIR slot: 0 no rule; [`DIR_CHUNK`] set: index of the chunk holding the
@@ -235,7 +240,7 @@ pub const FW_MAPS: [&str; 52] = [
     FW_RULE_STATS,
     FW_RULES,
     FW_OUTCOMES,
-    "FW_BUCKETS",
+    FW_BUCKETS,
     FW_SRC4[0],
     FW_SRC4[1],
     FW_DST4[0],
@@ -284,8 +289,46 @@ pub const FW_MAPS: [&str; 52] = [
     FW_GEN_WILD[1],
 ];
 
-/// Largest rule id + 1 (rule-file line numbers are ids).
+/// Largest rule id + 1 (rule-file line numbers are ids): the most rule
+/// ids a firewall can grow to. The object's maps are declared at this size;
+/// a stage is loaded with them sized to its capacity ([`FW_SIZED_MAPS`]).
 pub const FW_MAX_RULE_IDS: u32 = 1 << 21;
+/// Rule ids of a new firewall unless asked for more (`--max-rules`):
+/// grown on demand, by powers of two, when a change needs larger ids.
+pub const FW_DEFAULT_RULE_IDS: u32 = 1024;
+
+/// Maps sized to the firewall's capacity in rule ids, not declared size:
+/// created with [`sized_entries`] entries, grown (copied into bigger maps,
+/// the stage reloaded) when the capacity grows.
+pub const FW_SIZED_MAPS: [&str; 10] = [
+    FW_RULE_STATS,
+    FW_RULES,
+    FW_DIR4_REFS[0],
+    FW_DIR4_REFS[1],
+    FW_HOST_SRC4[0],
+    FW_HOST_SRC4[1],
+    FW_HOST_SRC6[0],
+    FW_HOST_SRC6[1],
+    FW_HOST_TABLE4[0],
+    FW_HOST_TABLE4[1],
+];
+
+/// Entries of sized map `map` ([`FW_SIZED_MAPS`]) for a firewall of
+/// `capacity` rule ids (a power of two); `None` for other maps. Host maps
+/// hold at most one entry per rule (and at most [`FW_MAX_HOSTS`]); the host
+/// table has a bucket for every two rules (it uses a third as many buckets
+/// as hosts, rounded up to a power of two).
+pub fn sized_entries(map: &str, capacity: u32) -> Option<u32> {
+    if map == FW_RULE_STATS || map == FW_RULES || FW_DIR4_REFS.contains(&map) {
+        Some(capacity)
+    } else if FW_HOST_SRC4.contains(&map) || FW_HOST_SRC6.contains(&map) {
+        Some(capacity.min(FW_MAX_HOSTS))
+    } else if FW_HOST_TABLE4.contains(&map) {
+        Some((capacity / 2).clamp(1 << TABLE_BITS.0, FW_HOST_BUCKETS))
+    } else {
+        None
+    }
+}
 /// Entries per prefix trie.
 pub const FW_MAX_PREFIXES: u32 = 1 << 21;
 
@@ -389,6 +432,29 @@ pub struct RuleHits {
     pub limited: u64,
 }
 
+/// Token bucket of one (rate-limit rule, source) pair, in nanotokens (a
+/// packet costs 1e9; `elapsed_ns * pps` refills up to `pps * 1e9`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Nanotokens left after the last frame.
+    pub credit: u64,
+    /// `bpf_ktime_get_ns()` of the last frame that looked at the bucket.
+    pub last_ns: u64,
+}
+
+/// Key of [`FW_BUCKETS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketKey {
+    /// The rate-limit rule's id.
+    pub rule: u32,
+    /// 1 for an IPv6 source, 0 for IPv4.
+    pub v6: u32,
+    /// The source address; IPv4 in the first four bytes, the rest zero.
+    pub addr: [u8; 16],
+}
+
 /// A rule as stored in [`FW_RULES`]; `flags` says which fields are set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -488,6 +554,8 @@ pub use crate::dump::NO_RULE;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<FwConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
+const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -500,4 +568,6 @@ mod pod {
     unsafe impl aya::Pod for super::Bitmap {}
     unsafe impl aya::Pod for super::RuleHits {}
     unsafe impl aya::Pod for super::RuleRecord {}
+    unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::BucketKey {}
 }

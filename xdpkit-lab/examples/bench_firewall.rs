@@ -1,39 +1,53 @@
-//! `cargo xtask bench firewall`: how fast the firewall drops, side by side
-//! with bare `XDP_DROP`, nftables and xdp-filter, in one run on one lab.
+//! `cargo xtask bench firewall`: the firewall with a million prefixes
+//! against the anchors of ../shared/PERF.md, side by side in one run.
 //!
-//! Two namespaces joined by a veth pair. In `gen`, xdpkit's live-frames
-//! generator (pinned to CPU 0) sends 60-byte UDP frames at full speed from
-//! random sources in 198.18.0.0/22. In `dut`, each contender in turn drops
-//! them; the receiving veth runs threaded NAPI pinned to CPU 1, so every
-//! contender gets one core. The rate is what the contender's own counter
-//! saw, median of several trials. Every frame is dropped by every contender
-//! after a lookup of its source, so all do the same work:
+//! The one-core lab: the generator (xdpkit's live-frames trafficgen) on CPU
+//! 0 sends 60-byte UDP frames (80-byte for IPv6) to `dut`, whose veth polls
+//! in a threaded NAPI thread pinned to CPU 1 with GRO on, so each contender
+//! gets one core, nftables included. Contenders, set up once per round in
+//! a rotated order, each measured on every flood:
 //!
-//! - bare `drop`: xdpkit's `drop` program, no parsing;
-//! - firewall (`--default deny`) with 0, and 1k (the 1,024 sources), 100k
-//!   and 1M deny prefixes (IPv4 and IPv6; the sources are among them);
-//! - nftables: a netdev ingress chain, `ip saddr @set drop`, then drop,
-//!   the same prefixes in interval sets;
-//! - xdp-filter (xdp-tools) with the 1,024 sources as exact IPs.
+//! - `drop.c`: bare drop (the anchor for "line rate"), `drop_hash.c`:
+//!   parse and one hash lookup, both from ../shared/perf/anchors, built
+//!   with clang and attached with iproute2;
+//! - the xdpkit firewall (default deny) holding the ruleset;
+//! - nftables: a netdev ingress chain, the same prefixes in interval sets.
 //!
-//! Writes target/bench/firewall.csv and target/bench/firewall.png.
+//! The ruleset: `--prefixes` deny prefixes (default 1,000,000), among them
+//! the 1,024 /32 hosts of 198.18.0.0/22, the four /24s of 198.18.12.0/22,
+//! 2001:db8:62::/48 and its first 1,024 /64s; the rest random IPv4 /16 to
+//! /32 (7 in 10) and IPv6 /32 to /64 under 2001:db8::/32 (3 in 10) that
+//! cover none of the flood sources. The floods:
+//!
+//! - (a) from the 1,024 listed /32 hosts;
+//! - (b) from 1,024 random sources inside the listed /24s;
+//! - (c) IPv6, from 1,024 /64s inside the listed /48 (and each listed);
+//! - (d) from 1,024 sources no prefix covers: the default path.
+//!
+//! Per contender and flood: received Mpps (the contender's own drop count
+//! over the send time), median and spread over the rounds; the ratio to
+//! bare drop and to nftables; the live program ns per frame from bpf_stats
+//! (run time over run count of the program the link runs; for xdpkit the
+//! root, which covers the firewall stage it tail-calls); and test_run ns
+//! per frame (one frame of the flood, cache-hot). Writes
+//! target/bench/firewall.csv and firewall.png.
 
 use std::{
     collections::HashSet,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use xdpkit::{
     firewall::{kernel::FirewallHarness, live::LiveFirewall, Policy, Ruleset, Verdict},
-    trafficgen::udp_frame,
-    AttachRequest, Mode, XdpAction,
+    trafficgen::{udp6_frame, udp_frame},
+    AttachRequest, Mode,
 };
 use xdpkit_lab::{
-    benchkit::{self, output, run, Bar, OneCoreLab, Trials},
+    benchkit::{self, output, run, OneCoreLab, Trials, ValueBar},
     lab::Lab,
 };
 
@@ -42,71 +56,142 @@ type BoxResult<T> = xdpkit_lab::benchkit::BenchResult<T>;
 const GEN_IF: &str = "xkbf-g";
 const DUT_IF: &str = "xkbf-d";
 const DUT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 2);
-/// The sources of the traffic: 1,024 addresses, all denied by every contender.
-const SOURCES: &str = "198.18.0.0/22";
 const NFT_TABLE: &str = "xkbench";
-/// Pause after each contender's teardown.
-const SETTLE: Duration = Duration::from_secs(4);
+/// Pause after each teardown: the kernel frees big maps in a worker that
+/// can land on the measured core.
+const SETTLE: Duration = Duration::from_secs(3);
+const CLANG: &str = "clang-14";
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contender {
     BareDrop,
-    Firewall(usize),
-    Nftables(usize),
-    XdpFilter(usize),
+    DropHash,
+    Firewall,
+    Nftables,
 }
 
 impl Contender {
-    fn name(self) -> String {
+    const ALL: [Contender; 4] = [
+        Contender::BareDrop,
+        Contender::DropHash,
+        Contender::Firewall,
+        Contender::Nftables,
+    ];
+
+    fn name(self) -> &'static str {
         match self {
-            Contender::BareDrop => "xdp drop (bare)".to_string(),
-            Contender::Firewall(n) => format!("xdpkit firewall, {} prefixes", count(n)),
-            Contender::Nftables(n) => format!("nftables netdev, {} prefixes", count(n)),
-            Contender::XdpFilter(n) => format!("xdp-filter, {} IPs", count(n)),
+            Contender::BareDrop => "bare drop (drop.c)",
+            Contender::DropHash => "parse + hash lookup (drop_hash.c)",
+            Contender::Firewall => "xdpkit firewall",
+            Contender::Nftables => "nftables netdev",
+        }
+    }
+
+    /// Whether it handles the flood's frames at all (drop_hash.c parses
+    /// IPv4 only and passes the rest).
+    fn handles(self, flood: Flood) -> bool {
+        !(self == Contender::DropHash && flood == Flood::Ipv6InsideListed)
+    }
+
+    /// The anchor's C source, for the anchors.
+    fn anchor(self) -> Option<&'static str> {
+        match self {
+            Contender::BareDrop => Some("drop"),
+            Contender::DropHash => Some("drop_hash"),
+            _ => None,
         }
     }
 }
 
-fn count(n: usize) -> String {
-    match n {
-        0 => "0".to_string(),
-        n if n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
-        n if n >= 1_000 => format!("{}k", n / 1_000),
-        n => n.to_string(),
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flood {
+    ListedHosts,
+    InsideListed24s,
+    Ipv6InsideListed,
+    Unlisted,
+}
+
+impl Flood {
+    const ALL: [Flood; 4] = [
+        Flood::ListedHosts,
+        Flood::InsideListed24s,
+        Flood::Ipv6InsideListed,
+        Flood::Unlisted,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Flood::ListedHosts => "(a) 1,024 listed /32 hosts",
+            Flood::InsideListed24s => "(b) 1,024 sources inside listed /24s",
+            Flood::Ipv6InsideListed => "(c) IPv6, 1,024 /64s inside a listed /48",
+            Flood::Unlisted => "(d) 1,024 unlisted sources (default)",
+        }
+    }
+
+    fn sources(self) -> IpNet {
+        match self {
+            Flood::ListedHosts => "198.18.0.0/22",
+            Flood::InsideListed24s => "198.18.12.0/22",
+            Flood::Ipv6InsideListed => "2001:db8:62::/54",
+            Flood::Unlisted => "198.18.128.0/22",
+        }
+        .parse()
+        .expect("a valid prefix")
+    }
+
+    fn frame(self, lab: &Lab) -> BoxResult<Vec<u8>> {
+        let (src_mac, dst_mac) = (lab.mac("gen", GEN_IF)?, lab.mac("dut", DUT_IF)?);
+        Ok(match self.sources() {
+            IpNet::V4(net) => udp_frame(src_mac, dst_mac, net.network(), DUT_ADDR, (1234, 9), 60),
+            IpNet::V6(net) => udp6_frame(
+                src_mac,
+                dst_mac,
+                net.network(),
+                "2001:db8:60::2".parse()?,
+                (1234, 9),
+                80,
+            ),
+        })
     }
 }
 
 struct Options {
     trial: Duration,
-    trials: usize,
-    sizes: Vec<usize>,
+    rounds: usize,
+    prefixes: usize,
+    repeat: u32,
     out: PathBuf,
+    anchors: PathBuf,
 }
 
 fn options() -> BoxResult<Options> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xdpkit-lab sits in the workspace")?
+        .to_path_buf();
     let mut o = Options {
         trial: Duration::from_secs(2),
-        trials: 5,
-        sizes: vec![1_024, 100_000, 1_000_000],
-        out: PathBuf::from("target/bench"),
+        rounds: 5,
+        prefixes: 1_000_000,
+        repeat: 1_000_000,
+        out: workspace.join("target/bench"),
+        anchors: workspace.join("../shared/perf/anchors"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--trial-secs" => o.trial = Duration::from_secs_f64(value()?.parse()?),
-            "--trials" => o.trials = value()?.parse::<usize>()?.max(1),
-            "--sizes" => {
-                o.sizes = value()?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
+            "--rounds" | "--trials" => o.rounds = value()?.parse::<usize>()?.max(1),
+            "--prefixes" => o.prefixes = value()?.parse::<usize>()?.max(MUST_LIST),
+            "--repeat" => o.repeat = value()?.parse::<u32>()?.max(1),
             "--out" => o.out = PathBuf::from(value()?),
+            "--anchors" => o.anchors = PathBuf::from(value()?),
             "-h" | "--help" => {
                 println!(
-                    "bench_firewall [--trial-secs S (2)] [--trials N (5)] \
-                     [--sizes 1024,100000,1000000] [--out DIR (target/bench)]"
+                    "bench_firewall [--rounds N (5)] [--trial-secs S (2)] [--prefixes N (1000000)] \
+                     [--repeat R (1000000)] [--out DIR (target/bench)] \
+                     [--anchors DIR (../shared/perf/anchors)]"
                 );
                 std::process::exit(0);
             }
@@ -116,13 +201,15 @@ fn options() -> BoxResult<Options> {
     Ok(o)
 }
 
-struct Row {
-    contender: Contender,
+/// The prefixes every ruleset holds, whatever its size: the floods' targets.
+const MUST_LIST: usize = 1_024 + 4 + 1 + 1_024;
+
+/// One measurement of one contender on one flood in one round (`mpps`
+/// NaN where the contender does not handle the flood).
+#[derive(Clone, Copy)]
+struct Sample {
     mpps: f64,
-    min: f64,
-    max: f64,
-    ns_per_packet: Option<f64>,
-    setup: Duration,
+    live_ns: Option<f64>,
 }
 
 fn main() -> BoxResult<()> {
@@ -133,49 +220,74 @@ fn main() -> BoxResult<()> {
     }
     let o = options()?;
     let started = Instant::now();
+    std::fs::create_dir_all(&o.out)?;
+    let anchors = build_anchors(&o)?;
+    let prefixes = prefixes(o.prefixes);
+    let rules = deny_rules(&prefixes)?;
     let bench_lab = OneCoreLab::new("xkbf", GEN_IF, DUT_IF, "198.18.60.0/24")?;
     let lab = &bench_lab.lab;
-    let frame = udp_frame(
-        lab.mac("gen", GEN_IF)?,
-        lab.mac("dut", DUT_IF)?,
-        Ipv4Addr::new(198, 18, 0, 1),
-        DUT_ADDR,
-        (1234, 9),
-        60,
-    );
-    let sources: Ipv4Net = SOURCES.parse()?;
-    let biggest = o.sizes.iter().copied().max().unwrap_or(0);
-    let prefixes = prefixes(biggest, sources);
+    // Replies to IPv6 are not needed, but the veth needs no address for XDP.
+    let frames: Vec<Vec<u8>> = Flood::ALL
+        .iter()
+        .map(|f| f.frame(lab))
+        .collect::<BoxResult<_>>()?;
     println!(
-        "lab: {GEN_IF} (gen, CPU {}) -> {DUT_IF} (dut, threaded NAPI on CPU {}); \
-         60-byte UDP from random sources in {SOURCES}; {} trials of {:.1} s each",
+        "lab: {GEN_IF} (gen, CPU {}) -> {DUT_IF} (dut, threaded NAPI on CPU {}, GRO on); \
+         {} deny prefixes, default deny; {} rounds, {:.1} s per flood",
         benchkit::GEN_CPU,
         benchkit::NAPI_CPU,
-        o.trials,
+        count(o.prefixes),
+        o.rounds,
         o.trial.as_secs_f64()
     );
 
-    let mut contenders = vec![Contender::BareDrop, Contender::Firewall(0)];
-    contenders.extend(o.sizes.iter().map(|&n| Contender::Firewall(n)));
-    contenders.extend(o.sizes.iter().map(|&n| Contender::Nftables(n)));
-    contenders.push(Contender::XdpFilter(sources.hosts().count() + 2));
-
-    let mut rows = Vec::new();
-    for c in contenders {
-        let row = measure(&bench_lab, c, &frame, sources, &prefixes, &o)?;
-        println!(
-            "  {:<34} {:>6.2} Mpps (min {:.2}, max {:.2}){}   set up in {:.1} s",
-            c.name(),
-            row.mpps,
-            row.min,
-            row.max,
-            row.ns_per_packet
-                .map_or(String::new(), |ns| format!(", test_run {ns:.1} ns/packet")),
-            row.setup.as_secs_f64()
-        );
-        rows.push(row);
+    let test_run = test_run_ns(&rules, &frames, o.repeat)?;
+    // Live per-program time needs the kernel's stats, on for the run only.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let mut samples: Vec<Vec<Vec<Sample>>> =
+        vec![vec![Vec::new(); Flood::ALL.len()]; Contender::ALL.len()];
+    for round in 0..o.rounds {
+        // A rotated order: no contender always follows the same one.
+        for k in 0..Contender::ALL.len() {
+            let ci = (round + k) % Contender::ALL.len();
+            let c = Contender::ALL[ci];
+            let t = Instant::now();
+            setup(lab, c, &anchors, &rules, &prefixes)?;
+            let setup_s = t.elapsed().as_secs_f64();
+            let measured = (|| -> BoxResult<Vec<Sample>> {
+                bench_lab.pin_napi()?;
+                Flood::ALL
+                    .iter()
+                    .zip(&frames)
+                    .map(|(flood, frame)| {
+                        if !c.handles(*flood) {
+                            return Ok(Sample {
+                                mpps: f64::NAN,
+                                live_ns: None,
+                            });
+                        }
+                        // Warm up caches and the NAPI thread's placement.
+                        trial(&bench_lab, c, *flood, frame, Duration::from_millis(300))?;
+                        trial(&bench_lab, c, *flood, frame, o.trial)
+                    })
+                    .collect()
+            })();
+            teardown(lab, c)?;
+            std::thread::sleep(SETTLE);
+            let measured = measured?;
+            let line: Vec<String> = measured.iter().map(|s| format!("{:.2}", s.mpps)).collect();
+            println!(
+                "  round {} {:<34} Mpps a-d: {}   (set up in {setup_s:.1} s)",
+                round + 1,
+                c.name(),
+                line.join(" ")
+            );
+            for (fi, s) in measured.into_iter().enumerate() {
+                samples[ci][fi].push(s);
+            }
+        }
     }
-    report(&rows, &o)?;
+    report(&samples, &test_run, &o)?;
     drop(bench_lab);
     println!(
         "lab removed; {:.0} s in all",
@@ -184,152 +296,90 @@ fn main() -> BoxResult<()> {
     Ok(())
 }
 
-fn measure(
-    bench_lab: &OneCoreLab,
-    c: Contender,
-    frame: &[u8],
-    sources: Ipv4Net,
-    prefixes: &[IpNet],
-    o: &Options,
-) -> BoxResult<Row> {
-    let lab = &bench_lab.lab;
-    let t = Instant::now();
-    setup(lab, c, sources, prefixes)?;
-    let setup_time = t.elapsed();
-    let result = (|| -> BoxResult<(Trials, Option<f64>)> {
-        bench_lab.pin_napi()?;
-        // Warm up: caches, the trie's hot path, NAPI thread placement.
-        trial(bench_lab, c, frame, sources, Duration::from_millis(500))?;
-        let rates = benchkit::trials(o.trials, || trial(bench_lab, c, frame, sources, o.trial))?;
-        if let Contender::Firewall(n) = c {
-            if n > 0 {
-                rule_add_times(lab, n)?;
-            }
-        }
-        Ok((rates, ns_per_packet(c, frame, prefixes)?))
-    })();
-    teardown(lab, c)?;
-    // The kernel frees a detached firewall's maps (a 2M-entry per-CPU
-    // array among them) in a worker that can land on the NAPI core: let it
-    // finish before the next contender is measured.
-    std::thread::sleep(SETTLE);
-    let (rates, ns) = result?;
-    Ok(Row {
-        contender: c,
-        mpps: rates.median,
-        min: rates.min,
-        max: rates.max,
-        ns_per_packet: ns,
-        setup: setup_time,
-    })
+/// Builds the C anchors with clang into the output directory.
+fn build_anchors(o: &Options) -> BoxResult<Vec<(Contender, PathBuf)>> {
+    Contender::ALL
+        .iter()
+        .filter_map(|c| c.anchor().map(|name| (*c, name)))
+        .map(|(c, name)| {
+            let src = o.anchors.join(format!("{name}.c"));
+            let obj = o.out.join(format!("{name}.o"));
+            run(std::process::Command::new(CLANG)
+                .args([
+                    "-O2",
+                    "-g",
+                    "-target",
+                    "bpf",
+                    "-I/usr/include/x86_64-linux-gnu",
+                    "-c",
+                ])
+                .arg(&src)
+                .arg("-o")
+                .arg(&obj))
+            .map_err(|e| {
+                format!(
+                    "building the anchor {} ({e}): run `cargo xtask bootstrap`",
+                    src.display()
+                )
+            })?;
+            Ok((c, obj))
+        })
+        .collect()
 }
 
-/// Times `rule add` of a source host as the CLI does it (open the pinned
-/// firewall, add, close), in this process: the work an add does, without
-/// the cost of starting a program.
-fn rule_add_times(lab: &Lab, prefixes: usize) -> BoxResult<()> {
-    const ADDS: u32 = 50;
-    let mut times = lab.run_in("dut", || -> Result<Vec<Duration>, xdpkit::Error> {
-        (0..ADDS)
-            .map(|i| {
-                // Outside the sources: these rules never decide a bench frame.
-                let rule = format!("deny src 198.19.255.{i}")
-                    .parse()
-                    .map_err(|e| xdpkit::Error::InvalidArgument(format!("bench rule: {e}")))?;
-                let t = Instant::now();
-                LiveFirewall::open(DUT_IF)?.add(rule)?;
-                Ok(t.elapsed())
-            })
-            .collect()
-    })??;
-    times.sort();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!(
-        "  rule add at {} prefixes (in process: open, add, close): median {:.0} us, min {:.0}, max {:.0}, {ADDS} adds",
-        count(prefixes),
-        us(times[times.len() / 2]),
-        us(times[0]),
-        us(times[times.len() - 1]),
-    );
-    Ok(())
-}
-
-/// One trial: Mpps the contender dropped while the generator ran.
+/// One flood: (Mpps, live ns per frame) of the contender while the
+/// generator sends for `d`.
 fn trial(
     bench_lab: &OneCoreLab,
     c: Contender,
+    flood: Flood,
     frame: &[u8],
-    sources: Ipv4Net,
     d: Duration,
-) -> BoxResult<f64> {
+) -> BoxResult<Sample> {
     let lab = &bench_lab.lab;
-    let before = dropped(lab, c)?;
-    let sent = bench_lab.send_for(frame, Some(sources), d)?;
-    let after = dropped(lab, c)?;
-    let got = after - before;
+    let prog = xdp_prog(lab)?;
+    let (before, stats_before) = (dropped(lab, c)?, prog.map(prog_stats).transpose()?);
+    let sent = bench_lab.send_from(frame, Some(flood.sources()), d)?;
+    let (after, stats_after) = (dropped(lab, c)?, prog.map(prog_stats).transpose()?);
+    let got = after.saturating_sub(before);
     if got == 0 {
-        return Err(format!("{}: nothing dropped (sent {})", c.name(), sent.frames).into());
+        return Err(format!(
+            "{} on {}: nothing dropped (sent {})",
+            c.name(),
+            flood.name(),
+            sent.frames
+        )
+        .into());
     }
-    Ok(got as f64 / sent.elapsed.as_secs_f64() / 1e6)
+    let live_ns = match (stats_before, stats_after) {
+        (Some((t0, n0)), Some((t1, n1))) if n1 > n0 => Some((t1 - t0) as f64 / (n1 - n0) as f64),
+        _ => None,
+    };
+    Ok(Sample {
+        mpps: got as f64 / sent.elapsed.as_secs_f64() / 1e6,
+        live_ns,
+    })
 }
 
-fn setup(lab: &Lab, c: Contender, sources: Ipv4Net, prefixes: &[IpNet]) -> BoxResult<()> {
-    match c {
-        Contender::BareDrop | Contender::Firewall(_) => {
-            let (program, policy) = match c {
-                Contender::Firewall(_) => ("firewall", Some(fw_policy())),
-                _ => ("drop", None),
-            };
-            let rules = match c {
-                Contender::Firewall(n) if n > 0 => Some(deny_rules(&prefixes[..n])?),
-                _ => None,
-            };
-            lab.run_in("dut", || -> Result<(), xdpkit::Error> {
-                xdpkit::attach(&AttachRequest::from_list(
-                    DUT_IF,
-                    program,
-                    Mode::Native,
-                    None,
-                    policy.as_ref(),
-                    false,
-                )?)?;
-                if let Some(rules) = rules {
-                    LiveFirewall::open(DUT_IF)?.load(&rules, true)?;
-                }
-                Ok(())
-            })??;
-        }
-        Contender::Nftables(n) => {
-            let script = nft_script(&prefixes[..n]);
-            let path = std::env::temp_dir().join("xkbench.nft");
-            std::fs::write(&path, script)?;
-            let r = run(lab.command("dut", "nft").arg("-f").arg(&path));
-            let _ = std::fs::remove_file(&path);
-            r?;
-        }
-        Contender::XdpFilter(_) => {
-            run(lab
-                .command("dut", "xdp-filter")
-                .args(["load", DUT_IF, "--mode", "native"]))?;
-            for ip in sources
-                .hosts()
-                .chain([sources.network(), sources.broadcast()])
-            {
-                run(lab.command("dut", "xdp-filter").args([
-                    "ip",
-                    &ip.to_string(),
-                    "--mode",
-                    "src",
-                ]))?;
-            }
-        }
-    }
-    Ok(())
+/// The id of the XDP program on the receiving veth, if any.
+fn xdp_prog(lab: &Lab) -> BoxResult<Option<u32>> {
+    let out = output(
+        lab.command("dut", "ip")
+            .args(["-j", "-d", "link", "show", "dev", DUT_IF]),
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(json[0]["xdp"]["prog"]["id"].as_u64().map(|id| id as u32))
 }
 
-/// The default drops too: a source no prefix covers (with `--sizes` below
-/// 1,024) is dropped after the lookups rather than sent up the stack,
-/// which would cost far more and not be counted.
+/// (run time ns, run count) of program `id` from bpf_stats.
+fn prog_stats(id: u32) -> BoxResult<(u64, u64)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .map(|p| (p.run_time().as_nanos() as u64, p.run_count()))
+        .ok_or_else(|| format!("program {id} is gone").into())
+}
+
 fn fw_policy() -> Policy {
     Policy {
         default: Verdict::Drop,
@@ -337,27 +387,73 @@ fn fw_policy() -> Policy {
     }
 }
 
-fn teardown(lab: &Lab, c: Contender) -> BoxResult<()> {
+fn setup(
+    lab: &Lab,
+    c: Contender,
+    anchors: &[(Contender, PathBuf)],
+    rules: &Ruleset,
+    prefixes: &[IpNet],
+) -> BoxResult<()> {
     match c {
-        Contender::BareDrop | Contender::Firewall(_) => {
-            lab.run_in("dut", || xdpkit::detach(DUT_IF))??;
+        Contender::BareDrop | Contender::DropHash => {
+            let obj = &anchors
+                .iter()
+                .find(|(a, _)| *a == c)
+                .ok_or("anchor not built")?
+                .1;
+            run(lab
+                .command("dut", "ip")
+                .args(["-force", "link", "set", "dev", DUT_IF, "xdpdrv", "obj"])
+                .arg(obj)
+                .args(["sec", "xdp"]))?;
         }
-        Contender::Nftables(_) => run(lab
-            .command("dut", "nft")
-            .args(["delete", "table", "netdev", NFT_TABLE]))?,
-        Contender::XdpFilter(_) => run(lab.command("dut", "xdp-filter").args(["unload", DUT_IF]))?,
+        Contender::Firewall => {
+            let rules = rules.clone();
+            lab.run_in("dut", move || -> Result<(), xdpkit::Error> {
+                xdpkit::attach(&AttachRequest::from_list(
+                    DUT_IF,
+                    "firewall",
+                    Mode::Native,
+                    None,
+                    Some(&fw_policy()),
+                    false,
+                )?)?;
+                LiveFirewall::open(DUT_IF)?.load(&rules, true)?;
+                Ok(())
+            })??;
+        }
+        Contender::Nftables => {
+            let path = std::env::temp_dir().join("xkbench.nft");
+            std::fs::write(&path, nft_script(prefixes))?;
+            let r = run(lab.command("dut", "nft").arg("-f").arg(&path));
+            let _ = std::fs::remove_file(&path);
+            r?;
+        }
     }
     Ok(())
 }
 
-/// Frames the contender has dropped so far.
+fn teardown(lab: &Lab, c: Contender) -> BoxResult<()> {
+    match c {
+        Contender::BareDrop | Contender::DropHash => run(lab
+            .command("dut", "ip")
+            .args(["link", "set", "dev", DUT_IF, "xdpdrv", "off"]))?,
+        Contender::Firewall => {
+            lab.run_in("dut", || xdpkit::detach(DUT_IF))??;
+        }
+        Contender::Nftables => run(lab
+            .command("dut", "nft")
+            .args(["delete", "table", "netdev", NFT_TABLE]))?,
+    }
+    Ok(())
+}
+
+/// Frames the contender has dropped so far: the veth's XDP drop counter
+/// for XDP contenders (the anchors count nothing themselves), nftables'
+/// own counters for nftables.
 fn dropped(lab: &Lab, c: Contender) -> BoxResult<u64> {
     match c {
-        Contender::BareDrop | Contender::Firewall(_) => {
-            let s = lab.run_in("dut", || xdpkit::status(Some(DUT_IF), Duration::ZERO))??;
-            Ok(s[0].actions[XdpAction::Drop as usize].packets)
-        }
-        Contender::Nftables(_) => {
+        Contender::Nftables => {
             let out = output(
                 lab.command("dut", "nft")
                     .args(["-j", "list", "table", "netdev", NFT_TABLE]),
@@ -367,8 +463,7 @@ fn dropped(lab: &Lab, c: Contender) -> BoxResult<u64> {
             collect_counters(&json, &mut packets);
             Ok(packets)
         }
-        // xdp-filter counts per address; the veth's XDP drop counter is the sum.
-        Contender::XdpFilter(_) => {
+        _ => {
             let out = output(lab.command("dut", "ethtool").args(["-S", DUT_IF]))?;
             out.lines()
                 .filter_map(|l| l.trim().strip_prefix("rx_queue_0_xdp_drops:"))
@@ -397,35 +492,52 @@ fn collect_counters(v: &serde_json::Value, packets: &mut u64) {
     }
 }
 
-/// BPF_PROG_TEST_RUN's mean ns per frame (xdpkit's programs only).
-fn ns_per_packet(c: Contender, frame: &[u8], prefixes: &[IpNet]) -> BoxResult<Option<f64>> {
-    const REPEAT: u32 = 1_000_000;
-    Ok(match c {
-        Contender::BareDrop => {
-            Some(xdpkit::test_run(&xdpkit::programs::drop::Drop, frame, REPEAT)?.ns_per_run as f64)
-        }
-        Contender::Firewall(n) => {
-            let mut h = FirewallHarness::new(fw_policy())?;
-            if n > 0 {
-                h.load_rules(&deny_rules(&prefixes[..n])?)?;
-            }
-            Some(h.ns_per_frame(frame, REPEAT)? as f64)
-        }
-        _ => None,
-    })
+/// test_run ns per frame of each flood's frame: xdpkit's bare drop program
+/// and the firewall with the ruleset (BPF_PROG_TEST_RUN, cache-hot).
+fn test_run_ns(rules: &Ruleset, frames: &[Vec<u8>], repeat: u32) -> BoxResult<TestRunNs> {
+    let drop: Vec<f64> = frames
+        .iter()
+        .map(|f| Ok(xdpkit::test_run(&xdpkit::programs::drop::Drop, f, repeat)?.ns_per_run as f64))
+        .collect::<BoxResult<_>>()?;
+    let mut h = FirewallHarness::new(fw_policy())?;
+    h.load_rules(rules)?;
+    let firewall: Vec<f64> = frames
+        .iter()
+        .map(|f| Ok(h.ns_per_frame(f, repeat)? as f64))
+        .collect::<BoxResult<_>>()?;
+    Ok(TestRunNs { drop, firewall })
 }
 
-/// `n` distinct prefixes: first the sources' /32s, then random IPv4 (/16 to
-/// /32) and IPv6 (/32 to /64, in 2001:db8::/32) prefixes, 7 to 3, none
-/// covering the sources (so each source has exactly one matching rule).
-fn prefixes(n: usize, sources: Ipv4Net) -> Vec<IpNet> {
-    let mut out: Vec<IpNet> = sources
-        .subnets(32)
-        .expect("/22 splits into /32s")
-        .map(IpNet::V4)
-        .take(n)
-        .collect();
+struct TestRunNs {
+    drop: Vec<f64>,
+    firewall: Vec<f64>,
+}
+
+/// The ruleset's prefixes: the floods' targets, then random filler that
+/// covers none of the flood sources, `n` in all, distinct.
+fn prefixes(n: usize) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::with_capacity(n);
+    let hosts: Ipv4Net = "198.18.0.0/22".parse().expect("prefix");
+    out.extend(hosts.subnets(32).expect("/32s").map(IpNet::V4));
+    let nets: Ipv4Net = "198.18.12.0/22".parse().expect("prefix");
+    out.extend(nets.subnets(24).expect("/24s").map(IpNet::V4));
+    let v6: Ipv6Net = "2001:db8:62::/48".parse().expect("prefix");
+    out.push(IpNet::V6(v6));
+    out.extend(
+        "2001:db8:62::/54"
+            .parse::<Ipv6Net>()
+            .expect("prefix")
+            .subnets(64)
+            .expect("/64s")
+            .map(IpNet::V6),
+    );
     let mut seen: HashSet<IpNet> = out.iter().copied().collect();
+    let flood_sources: Vec<IpNet> = Flood::ALL.iter().map(|f| f.sources()).collect();
+    let covers = |net: &IpNet| {
+        flood_sources
+            .iter()
+            .any(|s| net.contains(&s.network()) || s.contains(&net.network()))
+    };
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move || {
         x ^= x << 13;
@@ -438,11 +550,7 @@ fn prefixes(n: usize, sources: Ipv4Net) -> Vec<IpNet> {
         let net = if r % 10 < 7 {
             let len = [16, 20, 24, 24, 24, 28, 32, 32, 32, 32][(r >> 8) as usize % 10];
             let addr = Ipv4Addr::from((r >> 32) as u32);
-            let net = Ipv4Net::new(addr, len).expect("len <= 32").trunc();
-            if net.contains(&sources.network()) || sources.contains(&net.network()) {
-                continue;
-            }
-            IpNet::V4(net)
+            IpNet::V4(Ipv4Net::new(addr, len).expect("len <= 32").trunc())
         } else {
             let len = [32, 48, 56, 64][(r >> 8) as usize % 4];
             let low = next();
@@ -451,10 +559,11 @@ fn prefixes(n: usize, sources: Ipv4Net) -> Vec<IpNet> {
             );
             IpNet::V6(Ipv6Net::new(addr, len).expect("len <= 128").trunc())
         };
-        if seen.insert(net) {
+        if !covers(&net) && seen.insert(net) {
             out.push(net);
         }
     }
+    out.truncate(n);
     out
 }
 
@@ -493,107 +602,133 @@ fn nft_script(prefixes: &[IpNet]) -> String {
     s
 }
 
-fn report(rows: &[Row], o: &Options) -> BoxResult<()> {
-    let bare = rows
-        .iter()
-        .find(|r| matches!(r.contender, Contender::BareDrop))
-        .map_or(1.0, |r| r.mpps);
-    let nft_of = |n: usize| {
-        rows.iter()
-            .find(|r| matches!(r.contender, Contender::Nftables(m) if m == n))
-            .map(|r| r.mpps)
-    };
-    std::fs::create_dir_all(&o.out)?;
-    let mut csv = String::from(
-        "contender,prefixes,mpps_median,mpps_min,mpps_max,ratio_to_bare_drop,ratio_to_nftables_same_prefixes,test_run_ns_per_packet,setup_s\n",
-    );
-    println!();
-    println!("| contender | Mpps (median) | x bare drop | x nftables, same prefixes | test_run ns/packet |");
-    println!("|---|---:|---:|---:|---:|");
-    for r in rows {
-        let n = match r.contender {
-            Contender::BareDrop => 0,
-            Contender::Firewall(n) | Contender::Nftables(n) | Contender::XdpFilter(n) => n,
-        };
-        let vs_nft = match r.contender {
-            Contender::Firewall(n) => nft_of(n).map(|m| r.mpps / m),
-            _ => None,
-        };
-        let _ = writeln!(
-            csv,
-            "{},{n},{:.3},{:.3},{:.3},{:.3},{},{},{:.1}",
-            r.contender.name(),
-            r.mpps,
-            r.min,
-            r.max,
-            r.mpps / bare,
-            vs_nft.map_or(String::new(), |v| format!("{v:.2}")),
-            r.ns_per_packet.map_or(String::new(), |v| format!("{v:.1}")),
-            r.setup.as_secs_f64()
-        );
-        println!(
-            "| {} | {:.2} | {:.2} | {} | {} |",
-            r.contender.name(),
-            r.mpps,
-            r.mpps / bare,
-            vs_nft.map_or("-".to_string(), |v| format!("{v:.1}")),
-            r.ns_per_packet
-                .map_or("-".to_string(), |v| format!("{v:.0}"))
-        );
+fn count(n: usize) -> String {
+    match n {
+        n if n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 => format!("{}k", n / 1_000),
+        n => n.to_string(),
     }
-    if let Some(big) = rows
-        .iter()
-        .filter(|r| matches!(r.contender, Contender::Firewall(_)))
-        .max_by_key(|r| match r.contender {
-            Contender::Firewall(n) => n,
-            _ => 0,
-        })
-    {
-        let n = match big.contender {
-            Contender::Firewall(n) => n,
-            _ => 0,
-        };
-        let mark = |ok: bool| if ok { "met" } else { "NOT met" };
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn report(samples: &[Vec<Vec<Sample>>], test_run: &TestRunNs, o: &Options) -> BoxResult<()> {
+    let stat = |ci: usize, fi: usize| -> Trials {
+        let mut v: Vec<f64> = samples[ci][fi].iter().map(|s| s.mpps).collect();
+        v.sort_by(f64::total_cmp);
+        Trials {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    };
+    let live =
+        |ci: usize, fi: usize| median(samples[ci][fi].iter().filter_map(|s| s.live_ns).collect());
+    let idx = |c: Contender| Contender::ALL.iter().position(|x| *x == c).expect("listed");
+    let mut csv = String::from(
+        "flood,contender,mpps_median,mpps_min,mpps_max,ratio_to_bare_drop,ratio_to_nftables,live_ns_per_frame,test_run_ns_per_frame\n",
+    );
+    let mut bars = Vec::new();
+    let mut misses = Vec::new();
+    for (fi, flood) in Flood::ALL.iter().enumerate() {
+        let bare = stat(idx(Contender::BareDrop), fi).median;
+        let nft = stat(idx(Contender::Nftables), fi).median;
         println!();
-        println!(
-            "targets: firewall with {} prefixes >= 0.9x bare drop: {:.2}x, {}",
-            count(n),
-            big.mpps / bare,
-            mark(big.mpps / bare >= 0.9)
-        );
-        if let Some(nft) = nft_of(n) {
+        println!("{} ({} prefixes)", flood.name(), count(o.prefixes));
+        println!("| contender | Mpps (median) | min-max | x bare drop | x nftables | live ns/frame | test_run ns/frame |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for (ci, c) in Contender::ALL.iter().enumerate() {
+            if !c.handles(*flood) {
+                println!("| {} | - | - | - | - | - | - |", c.name());
+                continue;
+            }
+            let t = stat(ci, fi);
+            let ns = match c {
+                Contender::BareDrop => Some(test_run.drop[fi]),
+                Contender::Firewall => Some(test_run.firewall[fi]),
+                _ => None,
+            };
+            let live_ns = live(ci, fi);
+            let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
             println!(
-                "         firewall with {} prefixes >= 3x nftables: {:.1}x, {}",
-                count(n),
-                big.mpps / nft,
-                mark(big.mpps / nft >= 3.0)
+                "| {} | {:.2} | {:.2}-{:.2} | {:.2} | {:.2} | {} | {} |",
+                c.name(),
+                t.median,
+                t.min,
+                t.max,
+                t.median / bare,
+                t.median / nft,
+                show(live_ns),
+                show(ns)
             );
+            let _ = writeln!(
+                csv,
+                "{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{}",
+                flood.name(),
+                c.name(),
+                t.median,
+                t.min,
+                t.max,
+                t.median / bare,
+                t.median / nft,
+                live_ns.map_or(String::new(), |v| format!("{v:.1}")),
+                ns.map_or(String::new(), |v| format!("{v:.1}")),
+            );
+            bars.push(ValueBar {
+                label: format!("{} {}", &flood.name()[..3], c.name()),
+                value: t.median,
+                group: ci,
+                text: format!("{:.2} Mpps, {:.2}x bare drop", t.median, t.median / bare),
+            });
+            if *c == Contender::Firewall {
+                let (vs_bare, vs_nft) = (t.median / bare, t.median / nft);
+                let ns = ns.unwrap_or(f64::MAX);
+                if vs_bare < 0.9 {
+                    misses.push(format!(
+                        "{}: {vs_bare:.2}x bare drop (target 0.9x)",
+                        flood.name()
+                    ));
+                }
+                if vs_nft < 3.0 {
+                    misses.push(format!(
+                        "{}: {vs_nft:.1}x nftables (target 3x)",
+                        flood.name()
+                    ));
+                }
+                if ns > 70.0 {
+                    misses.push(format!(
+                        "{}: test_run {ns:.0} ns (target 70 ns)",
+                        flood.name()
+                    ));
+                }
+            }
+        }
+    }
+    println!();
+    if misses.is_empty() {
+        println!("targets: all met");
+    } else {
+        println!("targets not met:");
+        for m in &misses {
+            println!("  {m}");
         }
     }
     let csv_path = o.out.join("firewall.csv");
     std::fs::write(&csv_path, csv)?;
     let png = o.out.join("firewall.png");
-    let bars: Vec<Bar> = rows
-        .iter()
-        .map(|r| Bar {
-            label: r.contender.name(),
-            mpps: r.mpps,
-            group: match r.contender {
-                Contender::BareDrop => 0,
-                Contender::Firewall(_) => 1,
-                Contender::Nftables(_) => 2,
-                Contender::XdpFilter(_) => 3,
-            },
-        })
-        .collect();
-    benchkit::plot_bars(
+    benchkit::plot_value_bars(
         &bars,
-        bare,
-        "bare drop",
-        "Drop rate on one core (veth, 60-byte UDP), median of trials",
+        0.0,
+        "Mpps",
+        "Drop rate on one core per flood (veth, median of rounds)",
         &png,
     )?;
-    println!();
     println!("wrote {} and {}", csv_path.display(), png.display());
     Ok(())
 }

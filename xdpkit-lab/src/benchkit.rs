@@ -5,7 +5,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use xdpkit::trafficgen::{Generator, Sent};
 
@@ -109,12 +109,23 @@ impl OneCoreLab {
         sources: Option<Ipv4Net>,
         d: Duration,
     ) -> BenchResult<Sent> {
+        self.send_from(frame, sources.map(IpNet::V4), d)
+    }
+
+    /// [`OneCoreLab::send_for`] for IPv4 or IPv6 frames: sources random in
+    /// `sources` (of the frame's family) if given.
+    pub fn send_from(
+        &self,
+        frame: &[u8],
+        sources: Option<IpNet>,
+        d: Duration,
+    ) -> BenchResult<Sent> {
         let frame = frame.to_vec();
         let gen_if = self.gen_if.clone();
         let sent = self.lab.run_in("gen", move || {
             // Best effort: an unpinned generator only makes figures noisier.
             let _ = set_affinity(0, GEN_CPU);
-            Generator::new(&gen_if, frame, sources)?.send_for(d)
+            Generator::with_sources(&gen_if, frame, sources)?.send_for(d)
         })??;
         Ok(sent)
     }

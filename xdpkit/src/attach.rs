@@ -93,6 +93,27 @@ impl AttachRequest {
             force,
         })
     }
+
+    /// Makes the firewall stage hold `rules` rules without growing
+    /// (`attach firewall --max-rules N`); a running firewall with more room
+    /// keeps it.
+    pub fn max_rules(&mut self, rules: u64) -> Result<()> {
+        use crate::programs::firewall::capacity::{capacity_for_rules, MAX_RULES};
+        capacity_for_rules(rules)?;
+        let Some(stage) = self
+            .stages
+            .iter_mut()
+            .find(|s| s.program.name() == Firewall.name())
+        else {
+            return Err(Error::InvalidArgument(
+                "--max-rules only applies to the firewall stage".to_string(),
+            ));
+        };
+        let rules = i64::try_from(rules)
+            .map_err(|_| Error::InvalidArgument(format!("--max-rules {rules} is too large")))?;
+        stage.settings.insert(MAX_RULES.into(), rules.into());
+        Ok(())
+    }
 }
 
 /// What `attach` did.

@@ -98,7 +98,7 @@ pub struct RunningChain {
 /// the pins in `dir`.
 pub(crate) fn load_root(dir: &PinDir, iface: &str) -> Result<Ebpf> {
     let pins = root_pins(dir);
-    ROOT.check_pins(iface, &pins)?;
+    ROOT.check_pins(iface, &pins, &[])?;
     let mut ebpf = ROOT.load_with(&pins, &[])?;
     object::program(&mut ebpf, ROOT_SYMBOL, "root")?;
     for (_, path) in &pins {
@@ -176,6 +176,13 @@ pub(crate) fn prepare(
             "a chain has 1 to {MAX_STAGES} stages, not {}",
             stages.len()
         )));
+    }
+    // A running stage whose maps are too small for its new settings grows
+    // them first (a reinstall of the running chain of its own).
+    for stage in stages {
+        stage
+            .program
+            .before_install(iface, dir, &stage.settings, lock)?;
     }
     let old = read_state(root)?;
     let base = if old.len > 0 && old.base == 0 {
@@ -312,8 +319,10 @@ fn load_stage(
             .map(|(map, file)| (*map, stage_dir.file(file))),
     );
     let object = program.object();
-    object.check_pins(iface, &pins)?;
-    let mut ebpf = object.load_with(&pins, &[(NEXT_GLOBAL, next)])?;
+    let sizes = program.map_sizes(&stage_dir, &stage.settings)?;
+    let sized: Vec<&str> = sizes.iter().map(|(map, _)| *map).collect();
+    object.check_pins(iface, &pins, &sized)?;
+    let mut ebpf = object.load_sized(&pins, &[(NEXT_GLOBAL, next)], &sizes)?;
     for (_, path) in &pins {
         restrict(path)?;
     }
@@ -326,6 +335,35 @@ fn load_stage(
     };
     let commit = program.configure(&mut load, &stage.settings)?;
     Ok((ebpf, fresh, commit))
+}
+
+/// Installs the running chain of the interface whose pin directory is
+/// `dir` again: the same stages in the same order, each loaded anew with
+/// the maps now pinned in its directory and no settings (each keeps its
+/// state). What a stage needs once maps it sized were replaced in its pins
+/// by bigger copies. The caller holds the interface's [`IfaceLock`].
+pub(crate) fn reinstall(dir: &PinDir, iface: &str, lock: &IfaceLock) -> Result<()> {
+    let mut root = load_root(dir, iface)?;
+    let state = read_state(&root)?;
+    let stages = old_names(&state)
+        .iter()
+        .map(|name| {
+            Ok(StageSpec {
+                program: programs::by_name(name)?,
+                settings: toml::Table::new(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    install(&mut root, dir, iface, mode_of(state.mode), &stages, lock).map(drop)
+}
+
+const fn mode_of(code: u32) -> Mode {
+    match code {
+        1 => Mode::Native,
+        2 => Mode::Skb,
+        3 => Mode::Offload,
+        _ => Mode::Auto,
+    }
 }
 
 /// Writes the root's state: the switch.

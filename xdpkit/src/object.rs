@@ -38,7 +38,21 @@ impl Object {
     /// their paths are reused, the others created and pinned) and globals
     /// set in .rodata.
     pub fn load_with(&self, pins: &[(&str, PathBuf)], globals: &[(&str, u32)]) -> Result<Ebpf> {
+        self.load_sized(pins, globals, &[])
+    }
+
+    /// Like [`Object::load_with`], with the maps of `sizes` created with
+    /// that many entries (maps reused from pins keep theirs).
+    pub fn load_sized(
+        &self,
+        pins: &[(&str, PathBuf)],
+        globals: &[(&str, u32)],
+        sizes: &[(&str, u32)],
+    ) -> Result<Ebpf> {
         let mut loader = EbpfLoader::new();
+        for (map, entries) in sizes {
+            loader.map_max_entries(map, *entries);
+        }
         for (map, path) in pins {
             loader.map_pin_path(map, path.as_path());
         }
@@ -53,7 +67,9 @@ impl Object {
 
     /// Refuses pinned maps whose type or sizes differ from this object's:
     /// reusing them would make the program read values of another layout.
-    pub fn check_pins(&self, iface: &str, pins: &[(&str, PathBuf)]) -> Result<()> {
+    /// Maps named in `sized` may have any number of entries (the program
+    /// sizes them to its state, [`Program::map_sizes`](crate::programs::Program::map_sizes)).
+    pub fn check_pins(&self, iface: &str, pins: &[(&str, PathBuf)], sized: &[&str]) -> Result<()> {
         let object = aya_obj::Object::parse(self.bytes).map_err(Error::DamagedObject)?;
         for (name, path) in pins {
             let Some(def) = object.maps.get(*name) else {
@@ -71,7 +87,7 @@ impl Object {
             let same = info.map_type().map(|t| t as u32).ok() == Some(def.map_type())
                 && info.key_size() == def.key_size()
                 && info.value_size() == def.value_size()
-                && info.max_entries() == def.max_entries();
+                && (info.max_entries() == def.max_entries() || sized.contains(name));
             if !same {
                 return Err(differs());
             }

@@ -171,6 +171,11 @@ impl IfaceLock {
         Ok(IfaceLock { file })
     }
 
+    /// The lock held through `file`, a handle from [`IfaceLock::share`].
+    pub(crate) fn from_shared(file: File) -> IfaceLock {
+        IfaceLock { file }
+    }
+
     /// Another handle on the same lock (same open file), for a writer
     /// called while this one is held.
     pub fn share(&self) -> Result<File> {

@@ -10,7 +10,7 @@ use std::{
 
 use serde::Serialize;
 
-pub use crate::programs::OutcomeCount;
+pub use crate::programs::{MemoryPart, OutcomeCount};
 
 use crate::{
     attach::program_name,
@@ -74,6 +74,13 @@ pub struct StageStatus {
     /// The program's own counters by outcome (the firewall's: what decided).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<OutcomeCount>,
+    /// Kernel memory of the stage's own maps by part (the firewall's:
+    /// set 0, set 1, shared), bytes_memlock; empty if not reported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub memory: Vec<MemoryPart>,
+    /// Their sum, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// Status of `iface` (or of every interface xdpkit manages), sampling the
@@ -205,6 +212,14 @@ fn describe(
             outcomes: programs::by_name(stage)
                 .map(|p| p.outcomes(&dir.stage(stage)))
                 .unwrap_or_default(),
+            memory: programs::by_name(stage)
+                .map(|p| p.memory(&dir.stage(stage)))
+                .unwrap_or_default(),
+            memory_bytes: None,
+        })
+        .map(|mut s: StageStatus| {
+            s.memory_bytes = (!s.memory.is_empty()).then(|| s.memory.iter().map(|p| p.bytes).sum());
+            s
         })
         .collect();
     let mut actions = rates(&interface_totals(&now), &interface_totals(before));

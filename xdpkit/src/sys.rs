@@ -475,6 +475,27 @@ fn batch_read(
     }
 }
 
+/// The kernel memory charged to map `map`: the `memlock` line of its fd's
+/// fdinfo (what `bpftool map show` prints as bytes_memlock; the kernel's
+/// `map_mem_usage` estimate since 6.4).
+pub fn map_memlock(map: BorrowedFd<'_>) -> Result<u64> {
+    let path = format!("/proc/self/fdinfo/{}", map.as_raw_fd());
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Syscall {
+        call: "read fdinfo",
+        source,
+    })?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Error::Syscall {
+            call: "read fdinfo",
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{path}: no memlock line"),
+            ),
+        })
+}
+
 /// Possible CPUs: the number of values a per-CPU map holds per key.
 pub fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(_, source)| Error::Syscall {

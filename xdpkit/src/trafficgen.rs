@@ -5,7 +5,7 @@
 //! an IPv4 prefix (a DDoS from many addresses).
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -14,7 +14,7 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions},
     Ebpf,
 };
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use xdpkit_common::trafficgen::{GenConfig, GEN_CONFIG, MAX_L4_CSUM};
 
 use crate::{iface, object, Error, Result};
@@ -67,6 +67,19 @@ impl Generator {
     /// The interface does not exist, the frame is shorter than an Ethernet
     /// header, or the program cannot be loaded (needs root).
     pub fn new(ifname: &str, frame: Vec<u8>, random_src: Option<Ipv4Net>) -> Result<Generator> {
+        Generator::with_sources(ifname, frame, random_src.map(IpNet::V4))
+    }
+
+    /// Like [`Generator::new`], for IPv4 or IPv6 frames: each frame gets a
+    /// source drawn from `random_src`, of the frame's family. For IPv6 the
+    /// random bits are those of the prefix's host part inside the 32-bit
+    /// word where the prefix ends (at most 32 bits vary; the rest of the
+    /// frame's source is kept, the prefix's bits are set).
+    pub fn with_sources(
+        ifname: &str,
+        mut frame: Vec<u8>,
+        random_src: Option<IpNet>,
+    ) -> Result<Generator> {
         if frame.len() < 14 {
             return Err(Error::InvalidArgument(format!(
                 "a generated frame needs at least an Ethernet header (14 bytes), got {}",
@@ -75,11 +88,33 @@ impl Generator {
         }
         let ifindex = iface::index(ifname)?;
         let mut ebpf = OBJECT.load()?;
-        let cfg = random_src.map_or(GenConfig::default(), |net| GenConfig {
-            src_base: u32::from(net.network()),
-            src_random: u32::from(net.hostmask()),
-            l4_csum: l4_checksum_offset(&frame).unwrap_or(0),
-        });
+        let cfg = match random_src {
+            None => GenConfig::default(),
+            Some(IpNet::V4(net)) => GenConfig {
+                src_base: u32::from(net.network()),
+                src_random: u32::from(net.hostmask()),
+                l4_csum: l4_checksum_offset(&frame).unwrap_or(0),
+                src_word: 0,
+            },
+            Some(IpNet::V6(net)) => {
+                // The frame carries the prefix; one word of it varies.
+                if frame.len() >= 14 + 40 && frame[12..14] == [0x86, 0xdd] {
+                    let mut src = u128::from_be_bytes(frame[22..38].try_into().unwrap_or_default());
+                    let mask = u128::from(net.hostmask());
+                    src = (src & mask) | u128::from(net.network());
+                    frame[22..38].copy_from_slice(&src.to_be_bytes());
+                }
+                let word = (u32::from(net.prefix_len()) / 32).min(3);
+                let shift = 96 - 32 * word;
+                let bits = |a: u128| (a >> shift) as u32;
+                GenConfig {
+                    src_base: bits(u128::from(net.network())),
+                    src_random: bits(u128::from(net.hostmask())),
+                    l4_csum: l4_checksum_offset(&frame).unwrap_or(0),
+                    src_word: word,
+                }
+            }
+        };
         let map = ebpf
             .map_mut(GEN_CONFIG)
             .ok_or_else(|| object::missing_map(GEN_CONFIG))?;
@@ -183,6 +218,47 @@ pub fn udp_frame(
     f
 }
 
+/// An Ethernet + IPv6 + UDP frame of `size` bytes (at least 62), UDP
+/// checksum set (IPv6 requires one).
+pub fn udp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ports: (u16, u16),
+    size: usize,
+) -> Vec<u8> {
+    let size = size.max(62);
+    let mut f = vec![0u8; size];
+    let payload = (size - 54) as u16;
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut f[14..54];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&payload.to_be_bytes());
+    ip[6] = 17;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    let udp = &mut f[54..];
+    udp[0..2].copy_from_slice(&ports.0.to_be_bytes());
+    udp[2..4].copy_from_slice(&ports.1.to_be_bytes());
+    udp[4..6].copy_from_slice(&payload.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(40 + usize::from(payload));
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&u32::from(payload).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(&f[54..]);
+    let csum = match !ones_complement_sum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    };
+    f[60..62].copy_from_slice(&csum.to_be_bytes());
+    f
+}
+
 /// An Ethernet + IPv4 + TCP SYN frame: a 20-byte TCP header, checksums
 /// set, padded with zeros to `size` bytes (at least 54) after the IP packet.
 pub fn tcp_syn_frame(
@@ -237,15 +313,16 @@ fn eth_ipv4(
     ip[10..12].copy_from_slice(&csum.to_be_bytes());
 }
 
-/// Where the L4 checksum of an IPv4 TCP frame, or UDP frame with a
-/// checksum, sits: it covers the source address, so the generator fixes
-/// it up after drawing a source.
+/// Where the L4 checksum of a TCP frame, or UDP frame with a checksum,
+/// sits (IPv4 or IPv6 without extension headers): it covers the source
+/// address, so the generator fixes it up after drawing a source.
 fn l4_checksum_offset(frame: &[u8]) -> Option<u32> {
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let l4 = 14 + usize::from(frame.get(14)? & 0x0f) * 4;
-    let at = match frame.get(23)? {
+    let (l4, proto) = match frame.get(12..14)? {
+        [0x08, 0x00] => (14 + usize::from(frame.get(14)? & 0x0f) * 4, *frame.get(23)?),
+        [0x86, 0xdd] => (14 + 40, *frame.get(20)?),
+        _ => return None,
+    };
+    let at = match proto {
         6 => l4 + 16,
         17 if frame.get(l4 + 6..l4 + 8)? != [0, 0] => l4 + 6,
         _ => return None,
@@ -283,6 +360,22 @@ mod tests {
         assert_eq!(ones_complement_sum(&f[14..34]), 0xffff);
         assert_eq!(u16::from_be_bytes([f[38], f[39]]), 60 - 34);
         assert_eq!(l4_checksum_offset(&f), None, "UDP without a checksum");
+    }
+
+    #[test]
+    fn udp6_frame_has_a_valid_checksum_and_is_found() {
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        let f = udp6_frame([2; 6], [4; 6], src, dst, (1234, 9), 80);
+        assert_eq!(f.len(), 80);
+        let mut pseudo = [src.octets(), dst.octets()].concat();
+        pseudo.extend_from_slice(&26u32.to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+        pseudo.extend_from_slice(&f[54..]);
+        assert_eq!(ones_complement_sum(&pseudo), 0xffff, "UDP checksum");
+        assert_eq!(l4_checksum_offset(&f), Some(60));
     }
 
     #[test]

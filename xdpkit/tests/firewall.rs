@@ -5,6 +5,7 @@
 
 use std::{
     cell::{Cell, RefCell},
+    collections::BTreeMap,
     net::IpAddr,
 };
 
@@ -16,6 +17,7 @@ use proptest::{
 };
 use xdpkit::{
     firewall::{
+        frame::{parse, Fragment, Parsed, MAX_IPV6_EXT},
         kernel::FirewallHarness,
         model::{decide, RateState, Reason},
         Entry, FragmentPolicy, Policy, Ruleset, Verdict,
@@ -106,7 +108,10 @@ fn general_rule_line() -> impl Strategy<Value = String> {
         Just(Some("tcp")),
         Just(Some("udp")),
         Just(Some("icmp")),
-        Just(Some("47"))
+        Just(Some("icmpv6")),
+        Just(Some("47")),
+        // A later IPv6 fragment's next header can be another extension header.
+        Just(Some("60"))
     ];
     let port = prop_oneof![
         Just("53"),
@@ -255,6 +260,258 @@ fn frame() -> impl Strategy<Value = Vec<u8>> {
     )
 }
 
+/// A byte flip or a cut somewhere in a hand-built frame.
+fn light_mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        6 => Just(Mutation::None),
+        1 => (0usize..160).prop_map(Mutation::Truncate),
+        1 => (0usize..160, any::<u8>()).prop_map(|(i, b)| Mutation::Byte(i, b)),
+    ]
+}
+
+fn mutate(f: &mut Vec<u8>, mutation: Mutation) {
+    match mutation {
+        Mutation::Truncate(n) => f.truncate(n.max(14)),
+        Mutation::Byte(i, b) => {
+            let i = i % f.len();
+            f[i] = b;
+        }
+        Mutation::None | Mutation::Ihl(_) => {}
+    }
+}
+
+/// Ethernet with 0, 1 or 2 VLAN tags (ids 10 and 20) and `ethertype`.
+fn ethernet(tags: u8, ethertype: u16) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+    for (i, id) in [10u16, 20].iter().take(usize::from(tags)).enumerate() {
+        let tpid: u16 = if i == 0 && tags == 2 { 0x88a8 } else { 0x8100 };
+        f.extend(tpid.to_be_bytes());
+        f.extend(id.to_be_bytes());
+    }
+    f.extend(ethertype.to_be_bytes());
+    f
+}
+
+/// A layer-4 protocol and its header (ports the rules name), `keep` bytes
+/// of it: all of it, or cut short.
+fn l4_header(proto: u8, ports: (u16, u16), keep: usize) -> Vec<u8> {
+    let (sp, dp) = (ports.0.to_be_bytes(), ports.1.to_be_bytes());
+    let mut h = match proto {
+        17 => vec![sp[0], sp[1], dp[0], dp[1], 0, 8, 0, 0],
+        6 => vec![
+            sp[0], sp[1], dp[0], dp[1], 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+        ],
+        // ICMP / ICMPv6 echo request.
+        1 => vec![8, 0, 0, 0, 0, 1, 0, 1],
+        58 => vec![128, 0, 0, 0, 0, 1, 0, 1],
+        _ => vec![0xab; 8],
+    };
+    h.truncate(keep);
+    h
+}
+
+/// One IPv6 extension header of a generated chain.
+#[derive(Clone, Debug)]
+enum Ext {
+    /// Hop-by-hop (0), routing (43) or destination options (60), of
+    /// (1 + units) x 8 bytes.
+    Opts(u8, u8),
+    /// Fragment header: offset in 8-byte units, more-fragments flag.
+    Frag(u16, bool),
+}
+
+fn ext_header() -> impl Strategy<Value = Ext> {
+    let offset = prop_oneof![2 => Just(0u16), 1 => Just(1), 1 => 2u16..8192];
+    prop_oneof![
+        1 => (0u8..2).prop_map(|u| Ext::Opts(0, u)),
+        1 => (0u8..3).prop_map(|u| Ext::Opts(43, u)),
+        1 => (0u8..2).prop_map(|u| Ext::Opts(60, u)),
+        1 => (offset, any::<bool>()).prop_map(|(o, m)| Ext::Frag(o, m)),
+    ]
+}
+
+/// Layer-4 protocols after the headers: UDP, TCP, ICMP(v6), GRE, and for
+/// IPv6 "no next header".
+fn l4_proto(v6: bool) -> impl Strategy<Value = u8> {
+    let icmp = if v6 { 58 } else { 1 };
+    prop_oneof![
+        Just(17u8),
+        Just(6),
+        Just(icmp),
+        Just(47),
+        Just(if v6 { 59 } else { 17 })
+    ]
+}
+
+fn ports() -> impl Strategy<Value = (u16, u16)> {
+    (
+        prop_oneof![Just(7u16), Just(1000), Just(1002), Just(40000)],
+        prop_oneof![Just(53u16), Just(80), Just(7), Just(1001)],
+    )
+}
+
+/// IPv6 with a chain of extension headers (hop-by-hop, routing, fragment,
+/// destination options in any order) of up to the parser's limit and one
+/// past it, then a layer-4 header, cut short, or none. Returns the frame
+/// and the chain's length.
+fn ipv6_ext_frame() -> impl Strategy<Value = (Vec<u8>, usize)> {
+    let chain_len = prop_oneof![
+        3 => 1..MAX_IPV6_EXT,
+        2 => Just(MAX_IPV6_EXT),
+        2 => Just(MAX_IPV6_EXT + 1),
+    ];
+    let chain = chain_len.prop_flat_map(|n| vec(ext_header(), n));
+    // Some payload lengths stop inside the chain.
+    let cut = prop_oneof![5 => Just(None), 1 => (0u16..80).prop_map(Some)];
+    (
+        (0u8..3, 0..V6.len(), 0..V6.len()),
+        chain,
+        (
+            l4_proto(true),
+            ports(),
+            prop_oneof![3 => Just(40usize), 1 => 0usize..20],
+        ),
+        vec(any::<u8>(), 0..24),
+        cut,
+        light_mutation(),
+    )
+        .prop_map(
+            |((tags, s, d), chain, (proto, ports, keep), payload, cut, mutation)| {
+                let mut exts = Vec::new();
+                for (i, ext) in chain.iter().enumerate() {
+                    let next = match chain.get(i + 1) {
+                        Some(Ext::Opts(kind, _)) => *kind,
+                        Some(Ext::Frag(..)) => 44,
+                        None => proto,
+                    };
+                    match *ext {
+                        Ext::Opts(kind, units) => {
+                            let len = (usize::from(units) + 1) * 8;
+                            let mut h = vec![0u8; len];
+                            h[0] = next;
+                            h[1] = units;
+                            if kind == 43 {
+                                // Type 4 (segment routing), no segments left.
+                                h[2] = 4;
+                            } else {
+                                // PadN over the rest of the header.
+                                h[2] = 1;
+                                h[3] = (len - 4) as u8;
+                            }
+                            exts.extend(h);
+                        }
+                        Ext::Frag(offset, more) => {
+                            let field = (offset << 3) | u16::from(more);
+                            exts.push(next);
+                            exts.push(0);
+                            exts.extend(field.to_be_bytes());
+                            exts.extend(0x1234_5678u32.to_be_bytes());
+                        }
+                    }
+                }
+                let first = match chain.first() {
+                    Some(Ext::Opts(kind, _)) => *kind,
+                    Some(Ext::Frag(..)) => 44,
+                    None => proto,
+                };
+                let mut body = exts;
+                body.extend(l4_header(proto, ports, keep));
+                body.extend(&payload);
+                let len = cut.map_or(body.len(), |c| body.len().min(usize::from(c)));
+                let mut f = ethernet(tags, 0x86dd);
+                f.extend([0x60, 0, 0, 0]);
+                f.extend((len as u16).to_be_bytes());
+                f.extend([first, 64]);
+                f.extend(v6(s));
+                f.extend(v6(d));
+                f.extend(body);
+                mutate(&mut f, mutation);
+                (f, chain.len())
+            },
+        )
+}
+
+/// IPv4 fragments: first (MF, offset 0), middle (MF, offset > 0) and last
+/// (offset > 0) ones, with the layer-4 header, a piece of it, or none.
+fn ipv4_fragment() -> impl Strategy<Value = Vec<u8>> {
+    let offset = prop_oneof![Just(0u16), Just(1), Just(2), Just(185), Just(8191)];
+    (
+        (0u8..3, 0..V4.len(), 0..V4.len()),
+        (offset, any::<bool>(), any::<bool>()),
+        (
+            l4_proto(false),
+            ports(),
+            prop_oneof![2 => Just(40usize), 1 => 0usize..20],
+        ),
+        vec(any::<u8>(), 0..24),
+        light_mutation(),
+    )
+        .prop_map(
+            |((tags, s, d), (offset, more, df), (proto, ports, keep), payload, mutation)| {
+                // Offset 0 without MF would be no fragment: make it a first one.
+                let more = more || offset == 0;
+                let flags = (u16::from(df) << 14) | (u16::from(more) << 13) | offset;
+                let mut body = l4_header(proto, ports, keep);
+                body.extend(&payload);
+                let mut f = ethernet(tags, 0x0800);
+                f.extend([0x45, 0]);
+                f.extend(((20 + body.len()) as u16).to_be_bytes());
+                f.extend([0x12, 0x34]);
+                f.extend(flags.to_be_bytes());
+                f.extend([64, proto, 0, 0]);
+                f.extend(V4[s]);
+                f.extend(V4[d]);
+                f.extend(body);
+                mutate(&mut f, mutation);
+                f
+            },
+        )
+}
+
+/// A frame for the property test and, for IPv6 extension chains, the
+/// chain's length.
+fn any_frame() -> impl Strategy<Value = (Vec<u8>, Option<usize>)> {
+    prop_oneof![
+        6 => frame().prop_map(|f| (f, None)),
+        2 => ipv6_ext_frame().prop_map(|(f, n)| (f, Some(n))),
+        2 => ipv4_fragment().prop_map(|f| (f, None)),
+    ]
+}
+
+/// The frame kinds every full run must have compared.
+const KINDS: [&str; 6] = [
+    "ipv6 chain at the limit, read",
+    "ipv6 chain past the limit, malformed",
+    "ipv6 first fragment",
+    "ipv6 later fragment",
+    "ipv4 first fragment",
+    "ipv4 later fragment",
+];
+
+/// What the reference reads `frame` as, for the coverage tally.
+fn kind_of(frame: &[u8], chain: Option<usize>) -> &'static str {
+    let parsed = parse(frame);
+    match (chain, parsed) {
+        (Some(n), Parsed::Ip(ip)) if n == MAX_IPV6_EXT && ip.fragment != Fragment::Later => {
+            KINDS[0]
+        }
+        (Some(n), Parsed::Malformed("more IPv6 extension headers than the walk allows"))
+            if n == MAX_IPV6_EXT + 1 =>
+        {
+            KINDS[1]
+        }
+        (_, Parsed::Ip(ip)) => match (ip.src.is_ipv6(), ip.fragment) {
+            (true, Fragment::First) => KINDS[2],
+            (true, Fragment::Later) => KINDS[3],
+            (false, Fragment::First) => KINDS[4],
+            (false, Fragment::Later) => KINDS[5],
+            (_, Fragment::No) => "not a fragment",
+        },
+        (_, Parsed::Malformed(_)) => "malformed",
+        (_, Parsed::NonIp) => "not IP",
+    }
+}
+
 fn outcome_of(reason: Reason) -> u32 {
     (match reason {
         Reason::Rule => Outcome::Rule,
@@ -291,8 +548,9 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
         0usize..12,
         proptest::option::of(0usize..12),
         policy(),
-        vec(frame(), 100),
+        vec(any_frame(), 100),
     );
+    let seen = RefCell::new(BTreeMap::<&'static str, u64>::new());
     runner
         .run(&strategy, |(lines, loaded, deleted, policy, frames)| {
             let all = Ruleset::parse_file_text("random", &lines.join("\n")).unwrap();
@@ -315,7 +573,9 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
             }
             let rules = rules;
             let mut rate = RateState::default();
-            for frame in &frames {
+            for (frame, chain) in &frames {
+                let kind = kind_of(frame, *chain);
+                *seen.borrow_mut().entry(kind).or_default() += 1;
                 let want = decide(&rules, &policy, frame, &mut rate, 0);
                 let (got, trace) = harness.run(frame).unwrap();
                 let want_action = if want.verdict == Verdict::Drop {
@@ -356,6 +616,13 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
         in_place.get()
     );
     assert!(in_place.get() > 0, "the in-place add path was never taken");
+    let seen = seen.into_inner();
+    println!("frames by kind: {seen:?}");
+    if rulesets >= 100 {
+        for kind in KINDS {
+            assert!(seen.get(kind).is_some_and(|n| *n > 0), "no {kind} frame");
+        }
+    }
     assert!(frames_run >= u64::from(rulesets) * 100);
 }
 

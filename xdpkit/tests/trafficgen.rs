@@ -105,3 +105,92 @@ fn generated_frames_reach_a_socket_from_random_sources() {
         .unwrap()
         .expect("detach");
 }
+
+/// IPv6: random sources in one word of the address, the UDP checksum
+/// (which IPv6 requires) fixed up for each: the kernel delivers only
+/// datagrams whose checksum is right.
+#[test]
+fn generated_ipv6_frames_reach_a_socket_from_random_sources() {
+    if !require_root("generated_ipv6_frames_reach_a_socket_from_random_sources") {
+        return;
+    }
+    let lab = Lab::builder("xktg6")
+        .namespace("gen")
+        .namespace("dut")
+        .veth("gen", "xktg6-g", None, "dut", "xktg6-d", None)
+        .build()
+        .expect("lab");
+    for (ns, dev, addr) in [
+        ("gen", "xktg6-g", "2001:db8:61::1/64"),
+        ("dut", "xktg6-d", "2001:db8:61::2/64"),
+    ] {
+        let status = lab
+            .command(ns, "ip")
+            .args(["-6", "addr", "add", addr, "dev", dev, "nodad"])
+            .status()
+            .expect("ip addr");
+        assert!(status.success());
+    }
+    // 1,024 source /64s under 2001:db8:62::/48; a route back for them.
+    let sources: ipnet::IpNet = "2001:db8:62::/54".parse().unwrap();
+    let status = lab
+        .command("dut", "ip")
+        .args(["-6", "route", "add", "2001:db8:62::/48", "dev", "xktg6-d"])
+        .status()
+        .expect("ip route");
+    assert!(status.success());
+    lab.run_in("dut", || {
+        xdpkit::attach(&AttachRequest::from_list(
+            "xktg6-d",
+            "pass",
+            Mode::Native,
+            None,
+            None,
+            false,
+        )?)
+    })
+    .unwrap()
+    .expect("attach pass");
+    let socket = lab
+        .run_in("dut", || UdpSocket::bind(("::", PORT)))
+        .unwrap()
+        .expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let frame = xdpkit::trafficgen::udp6_frame(
+        lab.mac("gen", "xktg6-g").unwrap(),
+        lab.mac("dut", "xktg6-d").unwrap(),
+        "2001:db8:62::1".parse().unwrap(),
+        "2001:db8:61::2".parse().unwrap(),
+        (4321, PORT),
+        80,
+    );
+    let sent = lab
+        .run_in("gen", move || {
+            Generator::with_sources("xktg6-g", frame, Some(sources))?.send(FRAMES)
+        })
+        .unwrap()
+        .expect("generator");
+    assert_eq!(sent.frames, FRAMES);
+    let mut got = 0;
+    let mut seen = HashSet::new();
+    let mut buf = [0u8; 64];
+    while let Ok((n, from)) = socket.recv_from(&mut buf) {
+        assert_eq!(n, 80 - 62, "payload of an 80-byte frame");
+        let SocketAddr::V6(from) = from else {
+            panic!("IPv4 source {from}");
+        };
+        assert!(
+            sources.contains(&std::net::IpAddr::V6(*from.ip())),
+            "{from} outside {sources}"
+        );
+        seen.insert(*from.ip());
+        got += 1;
+    }
+    assert_eq!(got, FRAMES, "datagrams received");
+    assert!(seen.len() > 10, "only {} distinct sources", seen.len());
+    lab.run_in("dut", || xdpkit::detach("xktg6-d"))
+        .unwrap()
+        .expect("detach");
+}

@@ -24,6 +24,9 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "iputils-ping",
     "fonts-dejavu-core",
+    // The C anchors of `cargo xtask bench firewall` (../shared/perf/anchors).
+    "clang-14",
+    "libbpf-dev",
 ];
 
 /// bpf-linker release known to build against Debian's LLVM 22.

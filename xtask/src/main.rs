@@ -56,13 +56,16 @@ enum Task {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
-    /// Drop rate on one core: bare XDP drop; the firewall with 0, 1k, 100k
-    /// and 1M prefixes; nftables netdev ingress with the same prefixes in
-    /// interval sets; xdp-filter with 1k IPs. Mpps, ratio to bare drop and
-    /// to nftables, test_run ns per packet. About 5 minutes.
+    /// The firewall with a million prefixes against ../shared/PERF.md's
+    /// anchors, one run: bare drop (drop.c), parse + hash lookup
+    /// (drop_hash.c), the firewall and nftables with the same prefixes,
+    /// each on four floods (listed /32 hosts, sources inside listed /24s,
+    /// IPv6 inside a listed /48, unlisted sources), rounds interleaved.
+    /// Mpps (median, spread), ratios to bare drop and nftables, live ns
+    /// from bpf_stats and test_run ns. About 6 minutes.
     Firewall {
-        /// Extra arguments for the benchmark (`--trials N`, `--trial-secs S`,
-        /// `--sizes 1024,100000,1000000`, `--out DIR`).
+        /// Extra arguments for the benchmark (`--rounds N`, `--trial-secs S`,
+        /// `--prefixes N`, `--repeat R`, `--out DIR`, `--anchors DIR`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -18,11 +18,11 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_dir, present_host, present_table, present_trie, DirChunk, DirSlot,
-        FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, ACTION_ALLOW,
-        ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, FW_DIR4_MAX_CHUNKS,
-        FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP,
-        POLICY_L3, POLICY_PASS,
+        host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
+        DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef,
+        ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
+        FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS,
+        NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
     },
     ActionCounter, XdpAction,
 };
@@ -155,22 +155,6 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Option<&'static RuleRef> {
     } else {
         DIR4_REFS_1.get(slot - 1)
     }
-}
-
-/// Token bucket of one (rule, source) pair, in nanotokens.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Bucket {
-    credit: u64,
-    last_ns: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct BucketKey {
-    rule: u32,
-    v6: u32,
-    addr: [u8; 16],
 }
 
 #[map(name = "FW_BUCKETS")]

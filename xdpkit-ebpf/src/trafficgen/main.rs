@@ -21,6 +21,9 @@ xdpkit_ebpf::license!();
 static GEN_CFG: Array<GenConfig> = Array::with_max_entries(1, 0);
 
 const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const IPV6_HLEN: usize = 40;
+const IPV6_SRC: usize = ETH_HLEN + 8;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV4_CSUM: usize = ETH_HLEN + 10;
 const IPV4_SRC: usize = ETH_HLEN + 12;
@@ -28,9 +31,9 @@ const L4_MASK: usize = 0x7f;
 const _: () = assert!(MAX_L4_CSUM as usize <= L4_MASK);
 
 /// The traffic generator: run by BPF_PROG_TEST_RUN in live-frames mode, it
-/// gives each IPv4 frame a random source inside the configured range
-/// (checksum updated incrementally, RFC 1624) and sends it out of the
-/// interface named as ingress. Never attached to an interface.
+/// gives each IPv4 or IPv6 frame a random source inside the configured
+/// range (checksums updated incrementally, RFC 1624) and sends it out of
+/// the interface named as ingress. Never attached to an interface.
 #[xdp]
 pub fn xdpkit_gen(ctx: XdpContext) -> u32 {
     if let Some(cfg) = GEN_CFG.get(0) {
@@ -50,6 +53,10 @@ fn randomise_source(ctx: &XdpContext, cfg: &GenConfig) {
     let base = start as *mut u8;
     // SAFETY: every offset below is < ETH_HLEN + 20, checked above.
     unsafe {
+        if [*base.add(12), *base.add(13)] == ETH_P_IPV6 {
+            randomise_source6(ctx, cfg);
+            return;
+        }
         if [*base.add(12), *base.add(13)] != ETH_P_IPV4 {
             return;
         }
@@ -64,6 +71,38 @@ fn randomise_source(ctx: &XdpContext, cfg: &GenConfig) {
         // A mask, not a comparison: LLVM checks a comparison on a copy of
         // the register it then adds to the packet pointer, and the verifier
         // loses the bound. Userspace keeps the offset within the mask.
+        let l4 = cfg.l4_csum as usize & L4_MASK;
+        if l4 != 0 && start + l4 + 2 <= ctx.data_end() {
+            fix_checksum(base, l4, old, new);
+        }
+    }
+}
+
+/// IPv6: the configured word of the source gets a random value in range;
+/// no header checksum, only the L4 one over the pseudo-header.
+#[inline(always)]
+fn randomise_source6(ctx: &XdpContext, cfg: &GenConfig) {
+    let start = ctx.data();
+    if start + ETH_HLEN + IPV6_HLEN > ctx.data_end() {
+        return;
+    }
+    let base = start as *mut u8;
+    let at = IPV6_SRC + 4 * (cfg.src_word & 3) as usize;
+    // LLVM turns the offset into pointer arithmetic: bound the pointer it
+    // makes, not only the header, or the verifier loses the range.
+    let word_at = start + at;
+    if word_at + 4 > ctx.data_end() {
+        return;
+    }
+    let p = word_at as *mut u8;
+    // SAFETY: `p .. p + 4` is inside the frame, checked just above.
+    unsafe {
+        let src = (cfg.src_base | (bpf_get_prandom_u32() & cfg.src_random)).to_be_bytes();
+        let old = [word(p, 0), word(p, 2)];
+        for (i, b) in src.iter().enumerate() {
+            *p.add(i) = *b;
+        }
+        let new = [word(p, 0), word(p, 2)];
         let l4 = cfg.l4_csum as usize & L4_MASK;
         if l4 != 0 && start + l4 + 2 <= ctx.data_end() {
             fix_checksum(base, l4, old, new);

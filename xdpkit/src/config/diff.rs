@@ -389,10 +389,27 @@ fn diff_settings(program: &str, want: &Table, have: &Table) -> Option<SettingsDi
         rules_added: 0,
         rules_removed: 0,
     };
+    let minimums = crate::programs::by_name(program)
+        .map(|p| p.minimum_settings())
+        .unwrap_or_default();
     for key in keys {
         let (to, from) = (want.get(key), have.get(key));
         if to == from {
             continue;
+        }
+        if minimums.contains(&key.as_str()) {
+            // Asks for at least a value: unset asks nothing, and more is fine.
+            let met = match (
+                to.and_then(Value::as_integer),
+                from.and_then(Value::as_integer),
+            ) {
+                (None, _) => true,
+                (Some(to), Some(from)) => to <= from,
+                (Some(_), None) => false,
+            };
+            if met {
+                continue;
+            }
         }
         let change = match (string_list(to), string_list(from)) {
             (Some(to), Some(from)) => {
@@ -647,6 +664,25 @@ eth2: not in the file (running: firewall)
                 ("malformed", &value("drop", "pass"))
             ]
         );
+    }
+
+    #[test]
+    fn max_rules_asks_for_at_least_that_many() {
+        let fw = |settings: &str| {
+            config(&format!(
+                "[interfaces.eth0]\nstages = [\"firewall\"]\n[interfaces.eth0.firewall]\n{settings}"
+            ))
+        };
+        // A firewall grown to 4095 rules meets 1000 and an unset max-rules.
+        let running = fw("max-rules = 4095");
+        assert!(diff(&fw("max-rules = 1000"), &running).is_empty());
+        assert!(diff(&fw(""), &running).is_empty());
+        assert!(diff(&fw("max-rules = 4095"), &running).is_empty());
+        let c = changes(
+            "[interfaces.eth0]\nstages = [\"firewall\"]\n[interfaces.eth0.firewall]\nmax-rules = 5000",
+            "[interfaces.eth0]\nstages = [\"firewall\"]\n[interfaces.eth0.firewall]\nmax-rules = 4095",
+        );
+        assert_eq!(c.settings[0].keys[0].key, "max-rules");
     }
 
     #[test]

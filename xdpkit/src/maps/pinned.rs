@@ -83,6 +83,12 @@ impl PinnedMaps {
     /// A new, empty map shaped like pinned map `name`, to fill aside and
     /// then [`swap_in`](Self::swap_in).
     pub fn create_like(&self, name: &str) -> Result<OwnedFd> {
+        let entries = batch::map_info(self, name)?.max_entries();
+        self.create_sized(name, entries)
+    }
+
+    /// Like [`create_like`](Self::create_like), with `max_entries` entries.
+    pub fn create_sized(&self, name: &str, max_entries: u32) -> Result<OwnedFd> {
         let info = batch::map_info(self, name)?;
         let map_type = info.map_type().map_err(|e| Error::Map {
             what: format!("read the type of {name}"),
@@ -92,7 +98,7 @@ impl PinnedMaps {
             map_type: map_type as u32,
             key_size: info.key_size(),
             value_size: info.value_size(),
-            max_entries: info.max_entries(),
+            max_entries,
             flags: info.map_flags(),
         };
         sys::map_create(name, shape)
@@ -128,6 +134,11 @@ impl PinnedMaps {
         }
         pinned.map = OnceLock::new();
         Ok(())
+    }
+
+    /// Where map `name` is pinned.
+    pub fn path(&self, name: &str) -> Option<&Path> {
+        self.maps.get(name).map(|p| p.path.as_path())
     }
 }
 

@@ -95,6 +95,47 @@ pub trait Program: Sync {
         Ok(toml::Table::new())
     }
 
+    /// Entries of the maps this program sizes to its state rather than to
+    /// their declared size (the firewall's per-rule maps), for a stage
+    /// about to load with `settings` and its maps pinned in `dir`: maps
+    /// created now get these sizes, and pinned ones may have any (they
+    /// keep theirs; see [`Program::before_install`] for growing them).
+    fn map_sizes(&self, dir: &PinDir, settings: &toml::Table) -> Result<Vec<(&'static str, u32)>> {
+        let _ = (dir, settings);
+        Ok(Vec::new())
+    }
+
+    /// Runs before a chain with this stage (given `settings`) is loaded on
+    /// the interface whose pin directory is `iface_dir`, the writers' lock
+    /// held: a running stage whose sized maps are too small for `settings`
+    /// grows them here (the firewall: bigger maps with the same contents,
+    /// switched in by reinstalling the running chain), so the chain then
+    /// loads with them. It changes no decision.
+    fn before_install(
+        &self,
+        iface: &str,
+        iface_dir: &PinDir,
+        settings: &toml::Table,
+        lock: &crate::pins::IfaceLock,
+    ) -> Result<()> {
+        let _ = (iface, iface_dir, settings, lock);
+        Ok(())
+    }
+
+    /// Settings keys that ask for at least a value: a running stage with a
+    /// larger one meets them (the firewall's `max-rules`, grown on demand),
+    /// and a configuration without them asks for nothing.
+    fn minimum_settings(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Kernel memory of the stage's own maps pinned in `dir`, by part
+    /// (bytes_memlock); empty for programs that do not report it.
+    fn memory(&self, dir: &PinDir) -> Vec<MemoryPart> {
+        let _ = dir;
+        Vec::new()
+    }
+
     /// Counters beyond the per-action ones (the firewall's decisions by
     /// outcome), read from the stage's pins; empty for most programs.
     fn outcomes(&self, dir: &PinDir) -> Vec<OutcomeCount> {
@@ -115,6 +156,18 @@ pub struct OutcomeCount {
     /// Frames.
     pub packets: u64,
     /// Bytes.
+    pub bytes: u64,
+}
+
+/// Kernel memory of a part of a stage's maps (the firewall: `set 0`,
+/// `set 1`, `shared`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryPart {
+    /// Which maps.
+    pub part: &'static str,
+    /// Their number.
+    pub maps: usize,
+    /// The sum of their bytes_memlock.
     pub bytes: u64,
 }
 

@@ -8,6 +8,7 @@
 //! malformed = "drop"      # drop (default) | pass
 //! rules = ["allow src 198.18.41.0/24 prio 10"]
 //! rules-file = "blocklist.rules"   # relative to the config file; appended after `rules`
+//! max-rules = 100000      # rule ids to make room for at once (grown on demand anyway)
 //! ```
 //!
 //! Normalised, the table has all four policies and `rules` (canonical rule
@@ -18,7 +19,9 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use super::{FragmentPolicy, Policy, Rule, Ruleset, Verdict};
+use xdpkit_common::firewall::FW_MAX_RULE_IDS;
+
+use super::{capacity::MAX_RULES, FragmentPolicy, Policy, Rule, Ruleset, Verdict};
 use crate::settings::{check_keys, choice_of, SettingsError};
 
 const KEYS: &[&str] = &[
@@ -28,6 +31,7 @@ const KEYS: &[&str] = &[
     "malformed",
     "rules",
     "rules-file",
+    "max-rules",
 ];
 
 const VERDICTS: &[&str] = &["pass", "drop"];
@@ -102,7 +106,29 @@ pub fn normalise(given: &Table, base_dir: &Path) -> Result<Table, SettingsError>
         );
     }
     out.insert("rules".to_string(), Value::Array(rules));
+    if let Some(value) = given.get(MAX_RULES) {
+        let largest = i64::from(FW_MAX_RULE_IDS) - 1;
+        match value.as_integer() {
+            Some(n) if (1..=largest).contains(&n) => {
+                out.insert(MAX_RULES.to_string(), Value::Integer(n));
+            }
+            _ => {
+                return Err(SettingsError::new(
+                    MAX_RULES,
+                    format!("expected a number of rules from 1 to {largest}, found {value}"),
+                ))
+            }
+        }
+    }
     Ok(out)
+}
+
+/// The `max-rules` of a table, if it sets one.
+pub fn max_rules_of(table: &Table) -> Option<u64> {
+    table
+        .get(MAX_RULES)
+        .and_then(Value::as_integer)
+        .and_then(|n| u64::try_from(n).ok())
 }
 
 /// The policies of a normalised table; absent or unknown values (which
@@ -176,6 +202,24 @@ mod tests {
 
     fn table(text: &str) -> Table {
         text.parse().expect("test TOML")
+    }
+
+    #[test]
+    fn max_rules_is_a_positive_count() {
+        let out = normalise(&table("max-rules = 100000"), Path::new(".")).unwrap();
+        assert_eq!(max_rules_of(&out), Some(100_000));
+        assert_eq!(
+            max_rules_of(&normalise(&table(""), Path::new(".")).unwrap()),
+            None
+        );
+        for bad in [
+            "max-rules = 0",
+            "max-rules = \"many\"",
+            "max-rules = 4194304",
+        ] {
+            let e = normalise(&table(bad), Path::new(".")).unwrap_err();
+            assert!(e.to_string().contains("max-rules"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -411,6 +411,8 @@ pub struct MapSlots<'a, M: MapSource> {
     dirty: HashSet<At>,
     refs: HashMap<u32, RuleRef>,
     next_chunk: u32,
+    /// Chunks the set's pool holds (its map's entries).
+    pool: u32,
     error: Option<crate::Error>,
 }
 
@@ -435,6 +437,7 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
             dirty: HashSet::default(),
             refs: HashMap::default(),
             next_chunk: chunks,
+            pool: batch::map_info(maps, FW_DIR4_CHUNKS[set]).map_or(0, |i| i.max_entries()),
             error: None,
         }
     }
@@ -666,7 +669,7 @@ impl<M: MapSource> Slots for MapSlots<'_, M> {
     }
 
     fn push_chunk(&mut self, fill: DirSlot) -> Result<usize, PoolFull> {
-        if self.next_chunk >= FW_DIR4_MAX_CHUNKS {
+        if self.next_chunk >= self.pool.min(FW_DIR4_MAX_CHUNKS) {
             return Err(PoolFull);
         }
         let c = self.next_chunk as usize;
@@ -675,6 +678,34 @@ impl<M: MapSource> Slots for MapSlots<'_, M> {
         self.dirty.insert(At::Chunk(c, 0));
         Ok(c)
     }
+}
+
+/// The chunks a DIR table of `rules`' IPv4 prefix rules needs (per field,
+/// one per /16 holding a longer prefix and one per /24 holding a longer
+/// one). Source /32s are left out: a rebuild puts them in the host table
+/// or map, and only hosts those cannot hold land in the DIR table.
+pub fn chunks_needed<'r>(
+    rules: impl IntoIterator<Item = &'r crate::programs::firewall::Rule>,
+) -> u32 {
+    let mut chunks: HashSet<(bool, u32)> = HashSet::default();
+    for rule in rules {
+        let (field, net) = match (rule.src, rule.dst) {
+            (Some(IpNet::V4(n)), None) if n.prefix_len() < 32 => (false, n),
+            (None, Some(IpNet::V4(n))) => (true, n),
+            _ => continue,
+        };
+        if !super::kernel::is_prefix_rule(rule) {
+            continue;
+        }
+        let addr = u32::from(net.network());
+        if net.prefix_len() > 16 {
+            chunks.insert((field, addr >> 16 << 16 | 1));
+        }
+        if net.prefix_len() > 24 {
+            chunks.insert((field, addr >> 8 << 8));
+        }
+    }
+    chunks.len() as u32
 }
 
 /// The IPv4 prefixes of a compiled field, for [`Dir4::build`].

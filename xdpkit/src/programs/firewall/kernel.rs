@@ -13,11 +13,11 @@ use aya::{
 use ipnet::IpNet;
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_dir, present_host, present_table, present_trie, FwConfig, FwTrace,
-        HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT,
-        ACTIVE_GENERAL, ACTIVE_PREFIX, FW_CONFIG, FW_DIR4_CHUNKS, FW_DIR4_L1, FW_DIR4_REFS,
-        FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_HOSTS, FW_SRC4,
-        FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
+        host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
+        FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY,
+        ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS,
+        FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
+        FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -514,9 +514,11 @@ struct HostTable {
 /// The host table holding `hosts` (IPv4 /32s), with at least a third as
 /// many buckets as hosts (up to [`FW_HOST_BUCKETS`]), and the hosts that
 /// found both their buckets full.
-fn host_table(hosts: &[Prefix]) -> (HostTable, Vec<Prefix>) {
+fn host_table(hosts: &[Prefix], max_bits: u32) -> (HostTable, Vec<Prefix>) {
     let wanted = (hosts.len() / 3).max(1).next_power_of_two();
-    let bits = wanted.trailing_zeros().clamp(TABLE_BITS.0, TABLE_BITS.1);
+    let bits = wanted
+        .trailing_zeros()
+        .clamp(TABLE_BITS.0, TABLE_BITS.1.min(max_bits).max(TABLE_BITS.0));
     let mut table = vec![HostBucket::default(); 1 << bits];
     let mut overflow = Vec::new();
     for &(net, rule) in hosts {
@@ -605,10 +607,7 @@ fn upsert_host<const N: usize>(
 }
 
 /// The value of a lookup, `None` for a missing key.
-fn found(
-    result: std::result::Result<RuleRef, aya::maps::MapError>,
-    map: &str,
-) -> Result<Option<RuleRef>> {
+fn found<T>(result: std::result::Result<T, aya::maps::MapError>, map: &str) -> Result<Option<T>> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -704,20 +703,25 @@ fn dir_rules(fields: &[&[Prefix]]) -> Vec<RuleRef> {
 
 /// Writes the compiled prefixes into prefix set `set`.
 fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Written> {
-    let (src4_trie, src4_hosts) = split_hosts(&c.src4);
-    let (src6_trie, src6_hosts) = split_hosts(&c.src6);
+    // The host maps and table are sized to the firewall's capacity.
+    let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
+    let (src4_trie, src4_hosts) = split_hosts(&c.src4, entries(FW_HOST_SRC4[set])?);
+    let (src6_trie, src6_hosts) = split_hosts(&c.src6, entries(FW_HOST_SRC6[set])?);
+    let max_bits = entries(FW_HOST_TABLE4[set])?.max(1).ilog2();
     // An empty table is not written: `present` keeps the program out of it.
     let (table, src4_hosts) = if src4_hosts.is_empty() {
         (None, src4_hosts)
     } else {
-        let (table, overflow) = host_table(&src4_hosts);
+        let (table, overflow) = host_table(&src4_hosts, max_bits);
         (Some(table), overflow)
     };
-    // IPv4 prefixes go to the DIR table when it fits, else to the tries.
+    // IPv4 prefixes go to the DIR table when it fits the set's pool (the
+    // writers grow it first: `LiveFirewall::ensure_chunks`), else to the tries.
+    let pool = entries(FW_DIR4_CHUNKS[set])?;
     let dir = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
         None
     } else {
-        build_dir4(&src4_trie, &c.dst4)
+        build_dir4(&src4_trie, &c.dst4).filter(|d| d.chunks.len() <= pool)
     };
     let none: Vec<Prefix> = Vec::new();
     let (trie_src4, trie_dst4) = if dir.is_some() {
@@ -799,12 +803,12 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
 type Prefix = (IpNet, RuleRef);
 
 /// Full-length prefixes for the host map, the rest for the trie; all in
-/// the trie if there are more hosts than the map holds.
-fn split_hosts(entries: &[Prefix]) -> (Vec<Prefix>, Vec<Prefix>) {
+/// the trie if there are more hosts than the map holds (`room`).
+fn split_hosts(entries: &[Prefix], room: usize) -> (Vec<Prefix>, Vec<Prefix>) {
     let (hosts, trie): (Vec<_>, Vec<_>) = entries
         .iter()
         .partition(|(net, _)| net.prefix_len() == net.max_prefix_len());
-    if hosts.len() > FW_MAX_HOSTS as usize {
+    if hosts.len() > room {
         return (entries.to_vec(), Vec::new());
     }
     (trie, hosts)
@@ -1000,6 +1004,29 @@ impl FirewallHarness {
         Ok(u64::try_from(result?.duration.as_nanos()).unwrap_or(u64::MAX))
     }
 
+    /// The token bucket of rate-limit rule `rule` for source `src`, as the
+    /// kernel left it (`None` before the rule's first frame from `src`).
+    pub fn bucket(&self, rule: u32, src: std::net::IpAddr) -> Result<Option<Bucket>> {
+        let map = self
+            .ebpf
+            .map(FW_BUCKETS)
+            .ok_or_else(|| object::missing_map(FW_BUCKETS))?;
+        let buckets: aya::maps::HashMap<&MapData, BucketKey, Bucket> =
+            aya::maps::HashMap::try_from(map).map_err(map_err("open FW_BUCKETS"))?;
+        let mut key = BucketKey {
+            rule,
+            ..BucketKey::default()
+        };
+        match src {
+            std::net::IpAddr::V4(a) => key.addr[..4].copy_from_slice(&a.octets()),
+            std::net::IpAddr::V6(a) => {
+                key.v6 = 1;
+                key.addr = a.octets();
+            }
+        }
+        found(buckets.get(&key, 0), FW_BUCKETS)
+    }
+
     /// Runs one frame; returns the test-run outcome and the kernel's trace.
     pub fn run(&mut self, frame: &[u8]) -> Result<(TestRunOutcome, FwTrace)> {
         use aya::programs::{TestRun as _, TestRunOptions};
@@ -1050,7 +1077,7 @@ mod tests {
                 (IpNet::V4(ipnet::Ipv4Net::new(addr, 32).unwrap()), rule)
             })
             .collect();
-        let (table, overflow) = host_table(&hosts);
+        let (table, overflow) = host_table(&hosts, TABLE_BITS.1);
         assert!(overflow.len() >= 50_000, "{} overflowed", overflow.len());
         let overflowed: foldhash::HashSet<u32> = overflow.iter().map(|(_, r)| r.id).collect();
         let mut in_table = 0;
@@ -1089,7 +1116,7 @@ mod tests {
                 .collect()
         };
         for (n, bits) in [(1, 4), (1024, 9), (100_000, 16), (1_000_000, 17)] {
-            let (table, overflow) = host_table(&hosts(n));
+            let (table, overflow) = host_table(&hosts(n), TABLE_BITS.1);
             assert_eq!(table.bits, bits, "{n} hosts");
             assert_eq!(table.buckets.len(), 1 << bits);
             if n <= 100_000 {

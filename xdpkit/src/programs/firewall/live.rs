@@ -19,6 +19,7 @@ use xdpkit_common::firewall::{
 };
 
 use super::{
+    capacity,
     kernel::{
         add_prefix_in_place, commit, delete_prefix_in_place, is_prefix_rule, read_config,
         rebuild_general, rebuild_prefixes, stage, Staged,
@@ -57,6 +58,7 @@ pub struct RuleRow {
 /// counters not yet reset): it reports, it does not decide.
 pub struct FirewallView {
     iface: String,
+    dir: PinDir,
     maps: PinnedMaps,
 }
 
@@ -100,6 +102,7 @@ impl FirewallView {
         }
         Ok(FirewallView {
             iface: ifname.to_string(),
+            dir: dir.clone(),
             maps,
         })
     }
@@ -285,6 +288,50 @@ impl LiveFirewall {
         batch::zero_per_cpu::<RuleHits>(&self.maps, FW_RULE_STATS, ids)
     }
 
+    /// Makes room for rule ids below `ids`: grows the firewall (bigger
+    /// maps, the chain reinstalled; see [`capacity::grow`]) if its
+    /// capacity is smaller.
+    fn ensure_ids(&mut self, ids: u64) -> Result<()> {
+        if ids <= u64::from(capacity::capacity(&self.maps)?) {
+            return Ok(());
+        }
+        let wanted = capacity::capacity_for(ids)?;
+        let iface_dir = PinDir::new(&self.iface)?;
+        let lock = self.shared_lock()?;
+        capacity::grow(&self.iface, &iface_dir, &lock, wanted)?;
+        // The pins now hold the bigger maps.
+        self.view.maps = open_pinned(&self.view.dir)?;
+        Ok(())
+    }
+
+    /// Makes room in the DIR chunk pools for the IPv4 prefixes of `rules`:
+    /// grows them (the chain reinstalled, as [`ensure_ids`](Self::ensure_ids))
+    /// when they are smaller. A ruleset past the largest pool keeps its
+    /// IPv4 prefixes in the tries.
+    fn ensure_chunks<'r>(&mut self, rules: impl IntoIterator<Item = &'r Rule>) -> Result<()> {
+        let needed = super::dir::chunks_needed(rules);
+        if needed <= capacity::chunk_pool(&self.maps)? {
+            return Ok(());
+        }
+        let iface_dir = PinDir::new(&self.iface)?;
+        let lock = self.shared_lock()?;
+        capacity::grow_chunks(&self.iface, &iface_dir, &lock, needed)?;
+        self.view.maps = open_pinned(&self.view.dir)?;
+        Ok(())
+    }
+
+    /// The writers' lock this handle holds, to pass on to a reinstall.
+    fn shared_lock(&self) -> Result<crate::pins::IfaceLock> {
+        let fd = self
+            ._lock
+            .try_clone()
+            .map_err(|source| crate::Error::Syscall {
+                call: "dup of the interface lock",
+                source,
+            })?;
+        Ok(crate::pins::IfaceLock::from_shared(fd))
+    }
+
     /// The next id and sequence number.
     fn next(&self) -> Result<(u32, u64)> {
         let cfg = read_config(&self.maps)?;
@@ -297,12 +344,7 @@ impl LiveFirewall {
     /// aside and switched in. A general rule rebuilds the (small) general set.
     pub fn add(&mut self, rule: Rule) -> Result<u32> {
         let (id, seq) = self.next()?;
-        if id >= FW_MAX_RULE_IDS {
-            return Err(FirewallError::IdsExhausted {
-                largest: FW_MAX_RULE_IDS - 1,
-            }
-            .into());
-        }
+        self.ensure_ids(u64::from(id) + 1)?;
         let entry = Entry { id, seq, rule };
         self.store(std::slice::from_ref(&entry))?;
         let done = if is_prefix_rule(&entry.rule) {
@@ -312,6 +354,7 @@ impl LiveFirewall {
                 }
                 let mut rules = self.rules()?;
                 rules.push_entry(entry.clone());
+                self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
                 rebuild_prefixes(&mut self.view.maps, &rules)
             })
         } else {
@@ -401,10 +444,12 @@ impl LiveFirewall {
                 }
                 .into());
             }
+            self.ensure_ids(u64::from(last) + 1)?;
         }
         let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
         if replace {
             let rules = Ruleset::from_entries(new);
+            self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
             // The records go into a new FW_RULES, so the old ones leave with
             // the old map (no dump, no deletes); the tries are filled at the
             // same time. Zeroed counters of reused ids precede the switch:
@@ -418,6 +463,7 @@ impl LiveFirewall {
             let mut all = self.rules()?.into_entries();
             all.extend(new.iter().cloned());
             let rules = Ruleset::from_entries(all);
+            self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
             match self.stage_while(&rules, || self.store(&new)) {
                 Ok(staged) => commit(&mut self.view.maps, staged)?,
                 Err(e) => {
@@ -434,6 +480,14 @@ impl LiveFirewall {
     /// keep their ids and counters, new ones get new ids, missing ones go.
     /// Nothing changes when the rules and their order are the same.
     pub fn sync(&mut self, desired: &[Rule]) -> Result<RuleChanges> {
+        let next_id = u64::from(self.next()?.0);
+        // Counting the new rules reads every stored one: only when they
+        // may not fit.
+        if next_id + desired.len() as u64 > u64::from(capacity::capacity(&self.maps)?) {
+            let added = count_new(&self.rules()?, desired);
+            self.ensure_ids(next_id + added as u64)?;
+        }
+        self.ensure_chunks(desired)?;
         let prepared = self.prepare_sync(desired)?;
         self.commit_sync(prepared, None)
     }
@@ -491,11 +545,11 @@ impl LiveFirewall {
                 staged: None,
             });
         }
-        if next_id > FW_MAX_RULE_IDS {
-            return Err(FirewallError::IdsExhausted {
-                largest: FW_MAX_RULE_IDS - 1,
-            }
-            .into());
+        // A writer that needs more ids grows the firewall first (`sync`,
+        // or the install's `before_install`).
+        let room = capacity::capacity(&self.maps)?;
+        if next_id > room {
+            return Err(FirewallError::IdsExhausted { largest: room - 1 }.into());
         }
         let rules = Ruleset::from_entries(entries);
         // The records go into a new FW_RULES (kept ones under their ids, so
@@ -559,6 +613,26 @@ impl LiveFirewall {
     }
 }
 
+/// How many of `desired` a sync with `current` adds (rules not already
+/// there, counted with repeats): the new ids it takes.
+pub fn count_new(current: &Ruleset, desired: &[Rule]) -> usize {
+    let mut have: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(current.len());
+    for e in current.entries() {
+        *have.entry(e.rule.to_string()).or_default() += 1;
+    }
+    desired
+        .iter()
+        .filter(|rule| match have.get_mut(&rule.to_string()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        })
+        .count()
+}
+
 /// The stored ruleset of the firewall whose maps are `maps` (no lock: a
 /// reader sees the records of the set in force, old or new).
 pub fn read_rules(maps: &impl MapSource) -> Result<Ruleset> {
@@ -588,4 +662,24 @@ fn monotonic_ns() -> u64 {
     // SAFETY: ts is a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_rules_are_counted_with_repeats() {
+        let rule = |text: &str| text.parse::<Rule>().unwrap();
+        let mut current = Ruleset::new();
+        current.add(rule("deny src 198.19.0.1"));
+        current.add(rule("deny src 198.19.0.2"));
+        let desired = [
+            rule("deny src 198.19.0.1"),
+            rule("deny src 198.19.0.1"),
+            rule("deny src 198.19.0.3"),
+        ];
+        assert_eq!(count_new(&current, &desired), 2);
+        assert_eq!(count_new(&current, &desired[..1]), 0);
+    }
 }

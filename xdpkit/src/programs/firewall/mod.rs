@@ -3,6 +3,7 @@
 //! follow the design in docs/firewall.md.
 
 mod bulk;
+pub mod capacity;
 pub mod config;
 pub mod dir;
 pub mod error;

@@ -63,6 +63,12 @@ impl RateState {
             false
         }
     }
+
+    /// The bucket of `src` under rule `id` as (credit in nanotokens, time of
+    /// the last take), the kernel's `Bucket`; `None` before the first take.
+    pub fn bucket(&self, id: u32, src: IpAddr) -> Option<(u64, u64)> {
+        self.buckets.get(&(id, src)).copied()
+    }
 }
 
 /// Whether `rule` matches `ip` (a later fragment under `l3` only reaches

@@ -5,7 +5,7 @@ use xdpkit_common::firewall::{Outcome, FW_CONFIG, FW_MAPS, FW_OUTCOMES};
 use std::path::Path;
 
 use super::{
-    config, kernel,
+    capacity, config, kernel,
     live::{LiveFirewall, PreparedSync},
     maps::pin_name,
     Policy, Verdict,
@@ -13,8 +13,8 @@ use super::{
 use crate::{
     model::{Decision, StageOutcome},
     object::{embedded, Object},
-    pins::PinDir,
-    programs::{Commit, OutcomeCount, Program, StageLoad},
+    pins::{IfaceLock, PinDir},
+    programs::{Commit, MemoryPart, OutcomeCount, Program, StageLoad},
     settings::SettingsError,
     Result,
 };
@@ -72,6 +72,75 @@ impl Program for Firewall {
         config::normalise(given.unwrap_or(&toml::Table::new()), base_dir)
     }
 
+    fn map_sizes(&self, dir: &PinDir, settings: &toml::Table) -> Result<Vec<(&'static str, u32)>> {
+        // Pinned maps keep their size (`before_install` grew them if
+        // needed); new ones are sized for the settings' rules.
+        let pinned = match super::maps::open_pinned(dir) {
+            Ok(maps) if attached_in(dir) => {
+                Some((capacity::capacity(&maps)?, capacity::chunk_pool(&maps)?))
+            }
+            _ => None,
+        };
+        let wanted = capacity::capacity_for(fresh_ids(settings))?;
+        let chunks = match pinned {
+            Some((_, pool)) => pool,
+            None => capacity::chunk_capacity(super::dir::chunks_needed(
+                config::rules_of(settings).iter(),
+            )),
+        };
+        let mut sizes = capacity::sizes(pinned.map_or(0, |p| p.0).max(wanted));
+        sizes.extend(capacity::chunk_sizes(chunks));
+        Ok(sizes)
+    }
+
+    fn before_install(
+        &self,
+        iface: &str,
+        iface_dir: &PinDir,
+        settings: &toml::Table,
+        lock: &IfaceLock,
+    ) -> Result<()> {
+        let dir = iface_dir.stage(NAME);
+        let running = crate::chain::running(iface_dir)?
+            .is_some_and(|chain| chain.stages.iter().any(|s| s == NAME));
+        if !running || !attached_in(&dir) {
+            return Ok(());
+        }
+        let maps = super::maps::open_pinned(&dir)?;
+        let has = capacity::capacity(&maps)?;
+        let mut ids = config::max_rules_of(settings).map_or(0, |n| n + 1);
+        if settings.contains_key("rules") {
+            let next_id = u64::from(kernel::read_config(&maps)?.next_id.max(1));
+            let desired = config::rules_of(settings);
+            // Only when the bound says it may not fit: counting the new
+            // rules reads every stored one.
+            if next_id + desired.len() as u64 > u64::from(has) {
+                let added = super::live::count_new(&super::live::read_rules(&maps)?, &desired);
+                ids = ids.max(next_id + added as u64);
+            }
+        }
+        let wanted = capacity::capacity_for(ids)?;
+        if wanted > has {
+            capacity::grow(iface, iface_dir, lock, wanted)?;
+        }
+        if settings.contains_key("rules") {
+            let needed = super::dir::chunks_needed(config::rules_of(settings).iter());
+            let maps = super::maps::open_pinned(&dir)?;
+            if needed > capacity::chunk_pool(&maps)? {
+                capacity::grow_chunks(iface, iface_dir, lock, needed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn minimum_settings(&self) -> &'static [&'static str] {
+        &[capacity::MAX_RULES]
+    }
+
+    fn memory(&self, dir: &PinDir) -> Vec<MemoryPart> {
+        capacity::memory(dir).unwrap_or_default()
+    }
+
     fn configure(
         &self,
         stage: &mut StageLoad<'_>,
@@ -114,7 +183,11 @@ impl Program for Firewall {
         // In the order they were given: that order ranks rules of equal prio.
         rules.sort_by_key(|e| e.seq);
         let rules: Vec<super::Rule> = rules.into_iter().map(|e| e.rule).collect();
-        Ok(config::to_table(&kernel::policy_of(&cfg), &rules))
+        let mut table = config::to_table(&kernel::policy_of(&cfg), &rules);
+        // What it holds without growing (ids start at 1).
+        let room = capacity::capacity(&maps)?.saturating_sub(1);
+        table.insert(capacity::MAX_RULES.into(), i64::from(room).into());
+        Ok(table)
     }
 
     fn outcomes(&self, dir: &PinDir) -> Vec<OutcomeCount> {
@@ -137,7 +210,21 @@ impl Program for Firewall {
 
 /// Whether `dir` (an interface's pin directory) has a firewall stage.
 pub fn attached(iface_dir: &PinDir) -> bool {
-    iface_dir.stage(NAME).file(&pin_name(FW_CONFIG)).exists()
+    attached_in(&iface_dir.stage(NAME))
+}
+
+/// Whether the firewall stage directory `dir` holds its maps.
+fn attached_in(dir: &PinDir) -> bool {
+    dir.file(&pin_name(FW_CONFIG)).exists()
+}
+
+/// Rule ids a new firewall with `settings` needs: its rules get ids 1 on.
+fn fresh_ids(settings: &toml::Table) -> u64 {
+    let rules = settings
+        .get("rules")
+        .and_then(toml::Value::as_array)
+        .map_or(0, Vec::len) as u64;
+    config::max_rules_of(settings).unwrap_or(0).max(rules) + 1
 }
 
 const OUTCOME_NAMES: [&str; Outcome::COUNT as usize] = [

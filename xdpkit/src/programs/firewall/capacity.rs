@@ -1,0 +1,329 @@
+//! The firewall's capacity: how many rule ids its per-rule maps hold
+//! ([`FW_SIZED_MAPS`]: counters, records, host maps and tables). A new
+//! firewall gets [`FW_DEFAULT_RULE_IDS`] (or `--max-rules`); a change that
+//! needs larger ids grows it to the next power of two: bigger maps are
+//! filled with the contents of the old ones, pinned in their place, and the
+//! running chain is installed again so the program uses them (one switch,
+//! as for any install). Rule ids and counters carry over.
+
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+
+use aya::Pod;
+use xdpkit_common::firewall::{
+    sized_entries, DirChunk, HostBucket, RuleHits, RuleRecord, RuleRef, FW_DEFAULT_RULE_IDS,
+    FW_DIR4_CHUNKS, FW_DIR4_MAX_CHUNKS, FW_DIR4_MIN_CHUNKS, FW_DIR4_REFS, FW_HOST_SRC4,
+    FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_RULE_IDS, FW_RULES, FW_RULE_STATS, FW_SIZED_MAPS,
+};
+
+use super::{kernel::read_config, maps::open_pinned, FirewallError, NAME};
+use crate::{
+    chain,
+    maps::{batch, MapSource},
+    pins::{IfaceLock, PinDir},
+    programs::MemoryPart,
+    sys, Error, Result,
+};
+
+/// The settings key (`[interfaces.IF.firewall] max-rules = N`) and the
+/// `attach firewall --max-rules N` option: rules the firewall holds
+/// without growing.
+pub const MAX_RULES: &str = "max-rules";
+
+/// The capacity for rule ids below `ids`: a power of two, at least
+/// [`FW_DEFAULT_RULE_IDS`].
+///
+/// # Errors
+///
+/// [`FirewallError::IdsExhausted`] beyond [`FW_MAX_RULE_IDS`].
+pub fn capacity_for(ids: u64) -> Result<u32> {
+    if ids > u64::from(FW_MAX_RULE_IDS) {
+        return Err(FirewallError::IdsExhausted {
+            largest: FW_MAX_RULE_IDS - 1,
+        }
+        .into());
+    }
+    Ok((ids as u32).next_power_of_two().max(FW_DEFAULT_RULE_IDS))
+}
+
+/// The capacity for `max-rules = rules` (ids start at 1).
+pub fn capacity_for_rules(rules: u64) -> Result<u32> {
+    capacity_for(rules + 1)
+}
+
+/// The capacity of the firewall whose maps are `maps`: its counters' entries.
+pub fn capacity(maps: &impl MapSource) -> Result<u32> {
+    Ok(batch::map_info(maps, FW_RULE_STATS)?.max_entries())
+}
+
+/// The entries of every sized map of a firewall of `capacity` rule ids.
+pub fn sizes(capacity: u32) -> Vec<(&'static str, u32)> {
+    FW_SIZED_MAPS
+        .iter()
+        .map(|m| (*m, sized_entries(m, capacity).unwrap_or(capacity)))
+        .collect()
+}
+
+/// Chunks a DIR pool gets for a ruleset that needs `needed`: a power of
+/// two, at least [`FW_DIR4_MIN_CHUNKS`], at most [`FW_DIR4_MAX_CHUNKS`]
+/// (a ruleset that needs more keeps its IPv4 prefixes in the tries).
+pub fn chunk_capacity(needed: u32) -> u32 {
+    needed
+        .next_power_of_two()
+        .clamp(FW_DIR4_MIN_CHUNKS, FW_DIR4_MAX_CHUNKS)
+}
+
+/// Chunks the DIR pools of the firewall whose maps are `maps` hold.
+pub fn chunk_pool(maps: &impl MapSource) -> Result<u32> {
+    Ok(batch::map_info(maps, FW_DIR4_CHUNKS[0])?.max_entries())
+}
+
+/// The entries of both DIR pools for `chunks` chunks.
+pub fn chunk_sizes(chunks: u32) -> Vec<(&'static str, u32)> {
+    FW_DIR4_CHUNKS.iter().map(|m| (*m, chunks)).collect()
+}
+
+/// Grows the maps of the firewall running on `iface` (pin directory
+/// `iface_dir`, whose writers' lock the caller holds) to `capacity` rule
+/// ids; returns whether anything grew. Maps already that large stay.
+pub(crate) fn grow(
+    iface: &str,
+    iface_dir: &PinDir,
+    lock: &IfaceLock,
+    capacity: u32,
+) -> Result<bool> {
+    let grew = grow_maps(iface, iface_dir, lock, &sizes(capacity))?;
+    if grew {
+        tracing::info!("grew the firewall of {iface} to {capacity} rule ids");
+    }
+    Ok(grew)
+}
+
+/// Grows the DIR chunk pools of the firewall running on `iface` to hold
+/// `needed` chunks (see [`grow`]; the same switch).
+pub(crate) fn grow_chunks(
+    iface: &str,
+    iface_dir: &PinDir,
+    lock: &IfaceLock,
+    needed: u32,
+) -> Result<bool> {
+    let chunks = chunk_capacity(needed);
+    let grew = grow_maps(iface, iface_dir, lock, &chunk_sizes(chunks))?;
+    if grew {
+        tracing::info!("grew the firewall's prefix tables of {iface} to {chunks} chunks");
+    }
+    Ok(grew)
+}
+
+/// Grows the firewall maps named in `wanted` to their entries there:
+///
+/// The bigger maps get the old ones' contents, replace them in the pins,
+/// and the running chain is installed again; counts the old program made
+/// while that happened are added to the new counters after the switch. A
+/// failed reinstall puts the old maps back in the pins.
+fn grow_maps(
+    iface: &str,
+    iface_dir: &PinDir,
+    lock: &IfaceLock,
+    wanted: &[(&'static str, u32)],
+) -> Result<bool> {
+    let dir = iface_dir.stage(NAME);
+    let mut maps = open_pinned(&dir)?;
+    let used = read_config(&maps)?.next_id.max(1) as usize;
+    let mut bigger: Vec<(&'static str, OwnedFd)> = Vec::new();
+    let mut counted = Vec::new();
+    for &(name, entries) in wanted {
+        let had = batch::map_info(&maps, name)?.max_entries();
+        if had >= entries {
+            continue;
+        }
+        let new = maps.create_sized(name, entries)?;
+        let old = batch::map_fd(&maps, name)?;
+        if name == FW_RULE_STATS {
+            counted = copy_counters(old, new.as_fd(), used.min(had as usize))?;
+        } else {
+            copy_contents(name, old, new.as_fd())?;
+        }
+        bigger.push((name, new));
+    }
+    if bigger.is_empty() {
+        return Ok(false);
+    }
+    // The old maps stay open: to put them back, and for the last counts.
+    let mut old: Vec<(&'static str, OwnedFd)> = Vec::with_capacity(bigger.len());
+    for (name, _) in &bigger {
+        let fd = batch::map_fd(&maps, name)?
+            .try_clone_to_owned()
+            .map_err(|source| Error::Syscall {
+                call: "dup of a map fd",
+                source,
+            })?;
+        old.push((name, fd));
+    }
+    let switched = bigger
+        .into_iter()
+        .try_for_each(|(name, new)| maps.swap_in(name, new))
+        .and_then(|()| chain::reinstall(iface_dir, iface, lock));
+    if let Err(e) = switched {
+        for (name, fd) in old {
+            let _ = maps.swap_in(name, fd);
+        }
+        return Err(e);
+    }
+    if let Some((_, old_stats)) = old.iter().find(|(name, _)| *name == FW_RULE_STATS) {
+        add_counts_since(
+            old_stats.as_fd(),
+            batch::map_fd(&maps, FW_RULE_STATS)?,
+            &counted,
+        )?;
+    }
+    Ok(true)
+}
+
+/// Per-rule counters (per CPU) by id.
+type Counters = Vec<(u32, Vec<RuleHits>)>;
+
+/// Copies the counters of ids below `used` from `old` to `new`; returns them.
+fn copy_counters(old: BorrowedFd<'_>, new: BorrowedFd<'_>, used: usize) -> Result<Counters> {
+    let rows = sys::map_dump_per_cpu::<u32, RuleHits>(old, used)?;
+    write_counters(new, &rows)?;
+    Ok(rows)
+}
+
+fn write_counters(map: BorrowedFd<'_>, rows: &Counters) -> Result<()> {
+    let ids: Vec<u32> = rows.iter().map(|(id, _)| *id).collect();
+    let values: Vec<RuleHits> = rows.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    sys::map_update_batch_per_cpu(map, &ids, &values)
+}
+
+/// Adds to `new` what `old` counted since it read `before`.
+fn add_counts_since(old: BorrowedFd<'_>, new: BorrowedFd<'_>, before: &Counters) -> Result<()> {
+    let after = sys::map_dump_per_cpu::<u32, RuleHits>(old, before.len())?;
+    let current = sys::map_dump_per_cpu::<u32, RuleHits>(new, before.len())?;
+    let mut changed = Vec::new();
+    for ((then, now), (id, cur)) in before.iter().zip(&after).zip(current) {
+        if then.1 == now.1 {
+            continue;
+        }
+        let sum = cur
+            .iter()
+            .zip(then.1.iter().zip(&now.1))
+            .map(|(c, (t, n))| RuleHits {
+                packets: c.packets + n.packets.saturating_sub(t.packets),
+                bytes: c.bytes + n.bytes.saturating_sub(t.bytes),
+                last_ns: c.last_ns.max(n.last_ns),
+                limited: c.limited + n.limited.saturating_sub(t.limited),
+            })
+            .collect();
+        changed.push((id, sum));
+    }
+    write_counters(new, &changed)
+}
+
+/// Copies every entry of sized map `name` from `old` into `new`.
+fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result<()> {
+    if name == FW_RULES {
+        copy::<u32, RuleRecord>(old, new)
+    } else if FW_HOST_SRC4.contains(&name) {
+        copy::<[u8; 4], RuleRef>(old, new)
+    } else if FW_HOST_SRC6.contains(&name) {
+        copy::<[u8; 16], RuleRef>(old, new)
+    } else if FW_HOST_TABLE4.contains(&name) {
+        copy::<u32, HostBucket>(old, new)
+    } else if FW_DIR4_CHUNKS.contains(&name) {
+        copy::<u32, DirChunk>(old, new)
+    } else if FW_DIR4_REFS.contains(&name) {
+        copy::<u32, RuleRef>(old, new)
+    } else {
+        Err(Error::Internal(format!("no copy for firewall map {name}")))
+    }
+}
+
+fn copy<K: Pod, V: Pod>(old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result<()> {
+    let entries = sys::map_dump::<K, V>(old, usize::MAX)?;
+    let (keys, values): (Vec<K>, Vec<V>) = entries.into_iter().unzip();
+    sys::map_update_batch(new, &keys, &values)
+}
+
+/// Kernel memory of the firewall maps pinned in `dir` (bytes_memlock),
+/// by part: the maps of prefix and general set 0, of set 1, and the
+/// shared ones (config, counters, records, rate-limit buckets).
+pub fn memory(dir: &PinDir) -> Result<Vec<MemoryPart>> {
+    let mut parts = [
+        MemoryPart {
+            part: "set 0",
+            maps: 0,
+            bytes: 0,
+        },
+        MemoryPart {
+            part: "set 1",
+            maps: 0,
+            bytes: 0,
+        },
+        MemoryPart {
+            part: "shared",
+            maps: 0,
+            bytes: 0,
+        },
+    ];
+    let entries = std::fs::read_dir(dir.path()).map_err(|source| Error::Pin {
+        what: "cannot list",
+        path: dir.path().to_path_buf(),
+        source,
+    })?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with("new_") {
+            continue; // a swap under way: not (yet) the firewall's
+        }
+        let Ok(fd) = sys::obj_get(&entry.path()) else {
+            continue;
+        };
+        let Ok(bytes) = sys::map_memlock(fd.as_fd()) else {
+            continue;
+        };
+        let part = if file.ends_with("_0") {
+            &mut parts[0]
+        } else if file.ends_with("_1") {
+            &mut parts[1]
+        } else {
+            &mut parts[2]
+        };
+        part.maps += 1;
+        part.bytes += bytes;
+    }
+    Ok(parts.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacities_are_powers_of_two_from_the_default() {
+        assert_eq!(capacity_for(0).unwrap(), FW_DEFAULT_RULE_IDS);
+        assert_eq!(capacity_for(5).unwrap(), FW_DEFAULT_RULE_IDS);
+        assert_eq!(capacity_for(1025).unwrap(), 2048);
+        assert_eq!(capacity_for_rules(1023).unwrap(), 1024);
+        assert_eq!(capacity_for_rules(1024).unwrap(), 2048);
+        assert_eq!(
+            capacity_for(u64::from(FW_MAX_RULE_IDS)).unwrap(),
+            FW_MAX_RULE_IDS
+        );
+        assert!(capacity_for(u64::from(FW_MAX_RULE_IDS) + 1).is_err());
+    }
+
+    #[test]
+    fn sized_maps_follow_the_capacity() {
+        let small: std::collections::HashMap<_, _> = sizes(1024).into_iter().collect();
+        assert_eq!(small[FW_RULE_STATS], 1024);
+        assert_eq!(small[FW_RULES], 1024);
+        assert_eq!(small[FW_HOST_SRC4[0]], 1024);
+        assert_eq!(small[FW_HOST_TABLE4[1]], 512);
+        let big: std::collections::HashMap<_, _> = sizes(FW_MAX_RULE_IDS).into_iter().collect();
+        assert_eq!(big[FW_HOST_SRC6[1]], xdpkit_common::firewall::FW_MAX_HOSTS);
+        assert_eq!(
+            big[FW_HOST_TABLE4[0]],
+            xdpkit_common::firewall::FW_HOST_BUCKETS
+        );
+    }
+}
