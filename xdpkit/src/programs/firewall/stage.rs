@@ -76,9 +76,10 @@ impl Program for Firewall {
         // Pinned maps keep their size (`before_install` grew them if
         // needed); new ones are sized for the settings' rules.
         let pinned = match super::maps::open_pinned(dir) {
-            Ok(maps) if attached_in(dir) => {
-                Some((capacity::capacity(&maps)?, capacity::chunk_pool(&maps)?))
-            }
+            // Unreadable pins are refused later, with the reason.
+            Ok(maps) if attached_in(dir) => capacity::capacity(&maps)
+                .and_then(|c| Ok((c, capacity::chunk_pool(&maps)?)))
+                .ok(),
             _ => None,
         };
         let wanted = capacity::capacity_for(fresh_ids(settings))?;
