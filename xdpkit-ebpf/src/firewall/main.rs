@@ -39,7 +39,7 @@ static TRACE: Array<FwTrace> = Array::with_max_entries(1, 0);
 #[map(name = "FW_RULE_STATS")]
 static RULE_STATS: PerCpuArray<RuleHits> = PerCpuArray::with_max_entries(FW_MAX_RULE_IDS, 0);
 #[map(name = "FW_RULES")]
-static RULES: HashMap<u32, RuleRecord> = HashMap::with_max_entries(FW_MAX_RULE_IDS, NO_PREALLOC);
+static RULES: Array<RuleRecord> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
 #[map(name = "FW_OUTCOMES")]
 static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
 

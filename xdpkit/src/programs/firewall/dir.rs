@@ -680,6 +680,18 @@ impl<M: MapSource> Slots for MapSlots<'_, M> {
     }
 }
 
+/// What a ruleset needs of the maps sized to its prefixes, not to its ids
+/// ([`capacity::pool_sizes`](super::capacity::pool_sizes)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolNeeds {
+    /// Chunks of its DIR table ([`chunks_needed`]).
+    pub chunks: u32,
+    /// Distinct IPv4 source hosts (/32 source prefix rules).
+    pub hosts4: u32,
+    /// Distinct IPv6 source hosts (/128 source prefix rules).
+    pub hosts6: u32,
+}
+
 /// The chunks a DIR table of `rules`' IPv4 prefix rules needs (per field,
 /// one per /16 holding a longer prefix and one per /24 holding a longer
 /// one). Source /32s are left out: a rebuild puts them in the host table
@@ -687,16 +699,33 @@ impl<M: MapSource> Slots for MapSlots<'_, M> {
 pub fn chunks_needed<'r>(
     rules: impl IntoIterator<Item = &'r crate::programs::firewall::Rule>,
 ) -> u32 {
+    pool_needs(rules).chunks
+}
+
+/// The chunks ([`chunks_needed`]) and source hosts of `rules`.
+pub fn pool_needs<'r>(
+    rules: impl IntoIterator<Item = &'r crate::programs::firewall::Rule>,
+) -> PoolNeeds {
     let mut chunks: HashSet<(bool, u32)> = HashSet::default();
+    let mut hosts4: HashSet<u32> = HashSet::default();
+    let mut hosts6: HashSet<u128> = HashSet::default();
     for rule in rules {
-        let (field, net) = match (rule.src, rule.dst) {
-            (Some(IpNet::V4(n)), None) if n.prefix_len() < 32 => (false, n),
-            (None, Some(IpNet::V4(n))) => (true, n),
-            _ => continue,
-        };
         if !super::kernel::is_prefix_rule(rule) {
             continue;
         }
+        let (field, net) = match (rule.src, rule.dst) {
+            (Some(IpNet::V4(n)), None) if n.prefix_len() == 32 => {
+                hosts4.insert(u32::from(n.addr()));
+                continue;
+            }
+            (Some(IpNet::V6(n)), None) if n.prefix_len() == 128 => {
+                hosts6.insert(u128::from(n.addr()));
+                continue;
+            }
+            (Some(IpNet::V4(n)), None) => (false, n),
+            (None, Some(IpNet::V4(n))) => (true, n),
+            _ => continue,
+        };
         let addr = u32::from(net.network());
         if net.prefix_len() > 16 {
             chunks.insert((field, addr >> 16 << 16 | 1));
@@ -705,7 +734,11 @@ pub fn chunks_needed<'r>(
             chunks.insert((field, addr >> 8 << 8));
         }
     }
-    chunks.len() as u32
+    PoolNeeds {
+        chunks: chunks.len() as u32,
+        hosts4: hosts4.len() as u32,
+        hosts6: hosts6.len() as u32,
+    }
 }
 
 /// The IPv4 prefixes of a compiled field, for [`Dir4::build`].

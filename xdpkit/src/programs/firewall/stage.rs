@@ -78,19 +78,17 @@ impl Program for Firewall {
         let pinned = match super::maps::open_pinned(dir) {
             // Unreadable pins are refused later, with the reason.
             Ok(maps) if attached_in(dir) => capacity::capacity(&maps)
-                .and_then(|c| Ok((c, capacity::chunk_pool(&maps)?)))
+                .and_then(|c| Ok((c, capacity::pools(&maps)?)))
                 .ok(),
             _ => None,
         };
         let wanted = capacity::capacity_for(fresh_ids(settings))?;
-        let chunks = match pinned {
-            Some((_, pool)) => pool,
-            None => capacity::chunk_capacity(super::dir::chunks_needed(
-                config::rules_of(settings).iter(),
-            )),
+        let pools = match &pinned {
+            Some((_, pools)) => pools.clone(),
+            None => capacity::pool_sizes(super::dir::pool_needs(config::rules_of(settings).iter())),
         };
         let mut sizes = capacity::sizes(pinned.map_or(0, |p| p.0).max(wanted));
-        sizes.extend(capacity::chunk_sizes(chunks));
+        sizes.extend(pools);
         Ok(sizes)
     }
 
@@ -125,10 +123,10 @@ impl Program for Firewall {
             capacity::grow(iface, iface_dir, lock, wanted)?;
         }
         if settings.contains_key("rules") {
-            let needed = super::dir::chunks_needed(config::rules_of(settings).iter());
+            let needs = super::dir::pool_needs(config::rules_of(settings).iter());
             let maps = super::maps::open_pinned(&dir)?;
-            if needed > capacity::chunk_pool(&maps)? {
-                capacity::grow_chunks(iface, iface_dir, lock, needed)?;
+            if capacity::pools_short(&maps, needs)? {
+                capacity::grow_pools(iface, iface_dir, lock, needs)?;
             }
         }
         Ok(())
