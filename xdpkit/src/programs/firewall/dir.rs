@@ -829,6 +829,33 @@ pub fn write_changes(
 mod tests {
     use super::*;
 
+    #[test]
+    fn pool_needs_count_chunks_and_distinct_source_hosts() {
+        let rules: Vec<crate::programs::firewall::Rule> = [
+            "deny src 198.18.0.1",
+            "allow src 198.18.0.1 prio 5",
+            "deny src 198.18.0.2",
+            "deny dst 198.18.0.3",
+            "deny src 2001:db8::1",
+            "deny src 198.18.1.0/24",
+            "deny src 198.18.0.9 proto tcp",
+        ]
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+        let needs = pool_needs(&rules);
+        // dst /32: one /16 chunk and one /24 chunk; src /24: one /16 chunk.
+        assert_eq!(
+            needs,
+            PoolNeeds {
+                chunks: 3,
+                hosts4: 2,
+                hosts6: 1
+            }
+        );
+        assert_eq!(chunks_needed(&rules), 3);
+    }
+
     fn r(id: u32, rank: u64) -> RuleRef {
         RuleRef {
             rank,
