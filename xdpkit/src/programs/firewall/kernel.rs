@@ -16,8 +16,9 @@ use xdpkit_common::{
         host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
         FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY,
         ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS,
-        FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
-        FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
+        FW_DIR4_L1, FW_DIR4_MAX_CHUNKS, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6,
+        FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        TABLE_BITS,
     },
     XdpAction,
 };
@@ -721,7 +722,14 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     let dir = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
         None
     } else {
-        build_dir4(&src4_trie, &c.dst4).filter(|d| d.chunks.len() <= pool)
+        let dir = build_dir4(&src4_trie, &c.dst4);
+        if dir.is_none() && !(src4_trie.is_empty() && c.dst4.is_empty()) {
+            tracing::warn!(
+                "the IPv4 prefixes need more than {FW_DIR4_MAX_CHUNKS} DIR chunks \
+                 (prefixes /25-/31 in many /24s): they are judged by the LPM tries, slower"
+            );
+        }
+        dir.filter(|d| d.chunks.len() <= pool)
     };
     let none: Vec<Prefix> = Vec::new();
     let (trie_src4, trie_dst4) = if dir.is_some() {
