@@ -548,11 +548,10 @@ fn prefixes(n: usize) -> Vec<IpNet> {
     while out.len() < n {
         let r = next();
         let net = if r % 10 < 7 {
-            // A blocklist's shape: hosts and aggregates up to /24. Random
-            // /25-/31s would each need a 1 KiB third-level DIR chunk; past
-            // the pool's 69,632 chunks the IPv4 prefixes go to the tries
-            // (docs/firewall.md).
-            let len = [16, 20, 22, 24, 24, 24, 32, 32, 32, 32][(r >> 8) as usize % 10];
+            // Random /28s each need a 1 KiB third-level DIR chunk: past the
+            // pool's 69,632 chunks their /24s are judged by the trie
+            // (docs/firewall.md), which no flood source touches.
+            let len = [16, 20, 24, 24, 24, 28, 32, 32, 32, 32][(r >> 8) as usize % 10];
             let addr = Ipv4Addr::from((r >> 32) as u32);
             IpNet::V4(Ipv4Net::new(addr, len).expect("len <= 32").trunc())
         } else {
