@@ -884,8 +884,14 @@ mod tests {
         // Room for the /24 chunk of 10.1 and one /32 chunk (10.1.2.x).
         let built = Dir4::build_within(&src, &[], 2).unwrap();
         assert_eq!(built.table.chunks.len(), 2);
-        assert_eq!(built.table.lookup(0, u32::from_be_bytes([10, 1, 3, 7])), DIR_TRIE);
-        assert_eq!(built.table.lookup(0, u32::from_be_bytes([10, 1, 2, 200])), 3);
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 1, 3, 7])),
+            DIR_TRIE
+        );
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 1, 2, 200])),
+            3
+        );
         assert_eq!(built.table.lookup(0, u32::from_be_bytes([10, 1, 4, 1])), 2);
         let spilled: Vec<(String, u32, u32)> = built.spill[0]
             .iter()
