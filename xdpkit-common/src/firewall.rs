@@ -108,6 +108,9 @@ pub const DIR4_L1_SLOTS: u32 = 1 << 16;
 pub type DirSlot = u32;
 /// [`DirSlot`] bit marking a chunk index.
 pub const DIR_CHUNK: u32 = 1 << 31;
+/// [`DirSlot`] of a /24 whose addresses the set's trie judges: its longer
+/// prefixes found no room in the chunk pool (see `Dir4::build_within`).
+pub const DIR_TRIE: u32 = 1 << 30;
 
 /// 256 slots for the next 8 bits of the address.
 #[repr(C)]

@@ -21,8 +21,8 @@ use xdpkit_common::{
         host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
         DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef,
         ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
-        FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS,
-        NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES,
+        FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
     },
     ActionCounter, XdpAction,
 };
@@ -129,8 +129,9 @@ fn dir4_chunk(set: u32, slot: DirSlot, byte: u32) -> DirSlot {
 /// The best prefix rule of IPv4 `addr` (host order) for `field` (0 src, 1
 /// dst) in the DIR-16-8-8 table of `set`: at most three inlined array reads
 /// (first level, /24 chunk, /32 chunk) and one of the rule, no helper call.
+/// `Err(())`: the address sits in a /24 the set's trie judges (`DIR_TRIE`).
 #[inline(always)]
-fn dir4_lookup(set: u32, field: u32, addr: u32) -> Option<&'static RuleRef> {
+fn dir4_lookup(set: u32, field: u32, addr: u32) -> Result<Option<&'static RuleRef>, ()> {
     let index = (field << 16) | (addr >> 16);
     let first = if set == 0 {
         DIR4_L1_0.get(index)
@@ -143,18 +144,21 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Option<&'static RuleRef> {
     };
     if slot & DIR_CHUNK != 0 {
         slot = dir4_chunk(set, slot, addr >> 8);
+        if slot == DIR_TRIE {
+            return Err(());
+        }
         if slot & DIR_CHUNK != 0 {
             slot = dir4_chunk(set, slot, addr);
         }
     }
-    if slot == 0 || slot & DIR_CHUNK != 0 {
-        return None;
+    if slot == 0 || slot & (DIR_CHUNK | DIR_TRIE) != 0 {
+        return Ok(None);
     }
-    if set == 0 {
+    Ok(if set == 0 {
         DIR4_REFS_0.get(slot - 1)
     } else {
         DIR4_REFS_1.get(slot - 1)
-    }
+    })
 }
 
 #[map(name = "FW_BUCKETS")]
@@ -310,33 +314,48 @@ macro_rules! prefix_lookups {
             // SAFETY: as above.
             unsafe { $h1.get(&src) }
         };
-        if host.is_some() {
-            keep_better(&mut $best, host);
+        // The DIR table answers, or sends the address to the trie (`Err`).
+        let dir: Result<Option<&RuleRef>, ()> = if host.is_some() {
+            Ok(host)
         } else if $has(present_dir(0, $field)) {
-            keep_better(&mut $best, $dir_src);
-        } else if $has(present_trie(0, $field)) {
-            let key = Key::new($bits, src);
-            keep_better(
-                &mut $best,
-                if $set == 0 {
-                    $s0.get(&key)
-                } else {
-                    $s1.get(&key)
-                },
-            );
+            $dir_src
+        } else {
+            Err(())
+        };
+        match dir {
+            Ok(found) => keep_better(&mut $best, found),
+            Err(()) if $has(present_trie(0, $field)) => {
+                let key = Key::new($bits, src);
+                keep_better(
+                    &mut $best,
+                    if $set == 0 {
+                        $s0.get(&key)
+                    } else {
+                        $s1.get(&key)
+                    },
+                );
+            }
+            Err(()) => {}
         }
-        if $has(present_dir(0, $field + 1)) {
-            keep_better(&mut $best, $dir_dst);
-        } else if $has(present_trie(0, $field + 1)) {
-            let key = Key::new($bits, dst);
-            keep_better(
-                &mut $best,
-                if $set == 0 {
-                    $d0.get(&key)
-                } else {
-                    $d1.get(&key)
-                },
-            );
+        let dir: Result<Option<&RuleRef>, ()> = if $has(present_dir(0, $field + 1)) {
+            $dir_dst
+        } else {
+            Err(())
+        };
+        match dir {
+            Ok(found) => keep_better(&mut $best, found),
+            Err(()) if $has(present_trie(0, $field + 1)) => {
+                let key = Key::new($bits, dst);
+                keep_better(
+                    &mut $best,
+                    if $set == 0 {
+                        $d0.get(&key)
+                    } else {
+                        $d1.get(&key)
+                    },
+                );
+            }
+            Err(()) => {}
         }
     }};
 }
@@ -366,8 +385,8 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             (HSRC6_0, HSRC6_1),
             (SRC6_0, SRC6_1),
             (DST6_0, DST6_1),
-            None,
-            None
+            Err(()),
+            Err(())
         );
     } else {
         let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];

@@ -12,7 +12,7 @@ use foldhash::{HashMap, HashSet};
 
 use ipnet::{IpNet, Ipv4Net};
 use xdpkit_common::firewall::{
-    DirChunk, DirSlot, RuleRef, DIR4_L1_SLOTS, DIR_CHUNK, FW_DIR4_CHUNKS, FW_DIR4_L1,
+    DirChunk, DirSlot, RuleRef, DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_DIR4_CHUNKS, FW_DIR4_L1,
     FW_DIR4_MAX_CHUNKS, FW_DIR4_REFS,
 };
 
@@ -35,6 +35,16 @@ pub struct Dir4 {
     pub l1: Vec<DirSlot>,
     /// Chunks in use, by index.
     pub chunks: Vec<DirChunk>,
+}
+
+/// A [`Dir4`] built within a pool ([`Dir4::build_within`]) and, per field,
+/// the prefixes it leaves to the trie.
+#[derive(Clone, Debug, Default)]
+pub struct Dir4Spill {
+    /// The table.
+    pub table: Dir4,
+    /// Per field (0 src, 1 dst): prefixes for the trie, with their rules.
+    pub spill: [Vec<(Ipv4Net, RuleRef)>; 2],
 }
 
 impl Default for Dir4 {
@@ -62,16 +72,68 @@ impl Dir4 {
     /// The table of compiled prefixes (`compile()`'s inherited best rules),
     /// or [`PoolFull`] if it needs more chunks than a set has.
     pub fn build(src: &[(Ipv4Net, RuleRef)], dst: &[(Ipv4Net, RuleRef)]) -> Result<Dir4, PoolFull> {
+        let built = Dir4::build_within(src, dst, FW_DIR4_MAX_CHUNKS as usize)?;
+        if built.spill.iter().any(|s| !s.is_empty()) {
+            return Err(PoolFull);
+        }
+        Ok(built.table)
+    }
+
+    /// The table of compiled prefixes in at most `pool` chunks. A /24 whose
+    /// longer prefixes find no room for their chunk is left to the set's
+    /// trie: its slot says [`DIR_TRIE`], and [`Dir4Spill::spill`] holds its
+    /// longer prefixes and the /24 itself with the best rule of the shorter
+    /// ones (a trie lookup then answers for every address in it).
+    /// [`PoolFull`] when a prefix of /17-/24 finds no room for its chunk.
+    pub fn build_within(
+        src: &[(Ipv4Net, RuleRef)],
+        dst: &[(Ipv4Net, RuleRef)],
+        pool: usize,
+    ) -> Result<Dir4Spill, PoolFull> {
         let mut dir = Dir4::default();
+        let mut spill: [Vec<(Ipv4Net, RuleRef)>; 2] = [Vec::new(), Vec::new()];
         for (field, entries) in [src, dst].into_iter().enumerate() {
+            let by_leaf: HashMap<DirSlot, RuleRef> =
+                entries.iter().map(|(_, r)| (leaf(r), *r)).collect();
             let mut sorted: Vec<&(Ipv4Net, RuleRef)> = entries.iter().collect();
             sorted.sort_by_key(|(n, _)| n.prefix_len());
             // Shorter first: a longer prefix overwrites its part of the range.
             for (net, rule) in sorted {
+                let addr = u32::from(net.network());
+                let l1 = At::L1((field << 16) | (addr >> 16) as usize);
+                let full = dir.chunks.len() >= pool;
+                if net.prefix_len() > 16 && full && dir.get(l1) & DIR_CHUNK == 0 {
+                    return Err(PoolFull);
+                }
+                if net.prefix_len() > 24 {
+                    let c2 = dir.chunk_below(l1, &mut |_| {})?;
+                    let mid = At::Chunk(c2, ((addr >> 8) & 0xff) as usize);
+                    let v = dir.get(mid);
+                    if v == DIR_TRIE {
+                        spill[field].push((*net, *rule));
+                        continue;
+                    }
+                    if v & DIR_CHUNK == 0 && dir.chunks.len() >= pool {
+                        if let Some(r) = by_leaf.get(&v) {
+                            let p24 =
+                                Ipv4Net::new((addr & 0xffff_ff00).into(), 24).expect("24 <= 32");
+                            spill[field].push((
+                                p24,
+                                RuleRef {
+                                    prefix_len: 24,
+                                    ..*r
+                                },
+                            ));
+                        }
+                        dir.set(mid, DIR_TRIE);
+                        spill[field].push((*net, *rule));
+                        continue;
+                    }
+                }
                 dir.cover(field, *net, &mut |_, _| Some(leaf(rule)), &mut |_| {})?;
             }
         }
-        Ok(dir)
+        Ok(Dir4Spill { table: dir, spill })
     }
 
     /// The slot holding `addr` of `field`, after chunks.
@@ -866,6 +928,46 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_pool_leaves_a_24_to_the_trie_with_its_inherited_rule() {
+        // Inherited rules, as compile() gives them.
+        let src = [
+            (net("10.1.0.0/16"), r(1, 5)),
+            (net("10.1.2.0/24"), r(2, 7)),
+            (net("10.1.2.128/25"), r(2, 7)),
+            (net("10.1.3.0/24"), r(3, 9)),
+            (net("10.1.3.7/32"), r(4, 1)),
+            (net("10.1.3.8/31"), r(3, 9)),
+        ];
+        // Room for the /24 chunk of 10.1 and one /32 chunk (10.1.2.x).
+        let built = Dir4::build_within(&src, &[], 2).unwrap();
+        assert_eq!(built.table.chunks.len(), 2);
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 1, 3, 7])),
+            DIR_TRIE
+        );
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 1, 2, 200])),
+            3
+        );
+        assert_eq!(built.table.lookup(0, u32::from_be_bytes([10, 1, 4, 1])), 2);
+        let spilled: Vec<(String, u32, u32)> = built.spill[0]
+            .iter()
+            .map(|(n, r)| (n.to_string(), r.id, r.prefix_len))
+            .collect();
+        assert_eq!(
+            spilled,
+            [
+                ("10.1.3.0/24".to_string(), 3, 24),
+                ("10.1.3.8/31".to_string(), 3, 0),
+                ("10.1.3.7/32".to_string(), 4, 0),
+            ]
+        );
+        // No room for the /24 chunk: every IPv4 prefix goes to the tries.
+        assert_eq!(Dir4::build_within(&src, &[], 0).unwrap_err(), PoolFull);
+        assert_eq!(Dir4::build(&src, &[]).unwrap().chunks.len(), 3);
     }
 
     #[test]

@@ -328,6 +328,9 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     let mut cfg = read_config(maps)?;
     let set = cfg.prefix_set();
     if let (true, IpNet::V4(n)) = (field < 2 && dir_in(&cfg, set), net) {
+        if dir_spilled(&cfg, set) {
+            return Ok(false);
+        }
         return add_dir_in_place(maps, cfg, set, field, n, entry);
     }
     if entry.rule.prio < cfg.max_prio[field] {
@@ -387,6 +390,13 @@ fn dir_in(cfg: &FwConfig, set: usize) -> bool {
     cfg.present & (present_dir(set, 0) | present_dir(set, 1)) != 0
 }
 
+/// Whether set `set` has a DIR table that left /24s to the IPv4 tries
+/// (`Dir4::build_within`): the slots and the tries would have to change
+/// together, so changes rebuild.
+fn dir_spilled(cfg: &FwConfig, set: usize) -> bool {
+    dir_in(cfg, set) && cfg.present & (present_trie(set, 0) | present_trie(set, 1)) != 0
+}
+
 /// [`add_prefix_in_place`] into the DIR table: only the slots the prefix
 /// covers change, whatever its priority. Source host entries (table or
 /// map) are final, so a source rule that might outrank one of them (below
@@ -438,7 +448,7 @@ pub fn delete_prefix_in_place(
     };
     let cfg = read_config(maps)?;
     let set = cfg.prefix_set();
-    if field >= 2 || !dir_in(&cfg, set) {
+    if field >= 2 || !dir_in(&cfg, set) || dir_spilled(&cfg, set) {
         return Ok(false);
     }
     let net = net.trunc();
@@ -715,17 +725,47 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         let (table, overflow) = host_table(&src4_hosts, max_bits);
         (Some(table), overflow)
     };
-    // IPv4 prefixes go to the DIR table when it fits the set's pool (the
-    // writers grow it first: `LiveFirewall::ensure_chunks`), else to the tries.
+    // IPv4 prefixes go to the DIR table, in the set's pool (the writers
+    // grow it first: `LiveFirewall::ensure_chunks`): /24s whose longer
+    // prefixes find no room stay in the tries, all of them if a shorter
+    // prefix finds none.
     let pool = entries(FW_DIR4_CHUNKS[set])?;
-    let dir = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
+    let built = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed)
+        || (src4_trie.is_empty() && c.dst4.is_empty())
+    {
         None
     } else {
-        build_dir4(&src4_trie, &c.dst4).filter(|d| d.chunks.len() <= pool)
+        let (src, dst) = (
+            super::dir::v4_entries(&src4_trie),
+            super::dir::v4_entries(&c.dst4),
+        );
+        let built = super::dir::Dir4::build_within(&src, &dst, pool).ok();
+        match &built {
+            None => tracing::warn!(
+                "the IPv4 prefixes need more than the {pool} DIR chunks of the pool: \
+                 they are judged by the LPM tries, slower"
+            ),
+            Some(b) if b.spill.iter().any(|s| !s.is_empty()) => tracing::warn!(
+                "prefixes /25-/31 in more /24s than the {pool} DIR chunks hold: \
+                 {} of them are judged by the LPM tries, slower",
+                b.spill[0].len() + b.spill[1].len()
+            ),
+            _ => {}
+        }
+        built
     };
-    let none: Vec<Prefix> = Vec::new();
+    let spilled = |field: usize| -> Vec<Prefix> {
+        built.as_ref().map_or_else(Vec::new, |b| {
+            b.spill[field]
+                .iter()
+                .map(|(n, r)| (IpNet::V4(*n), *r))
+                .collect()
+        })
+    };
+    let (spill_src4, spill_dst4) = (spilled(0), spilled(1));
+    let dir = built.map(|b| b.table);
     let (trie_src4, trie_dst4) = if dir.is_some() {
-        (&none, &none)
+        (&spill_src4, &spill_dst4)
     } else {
         (&src4_trie, &c.dst4)
     };
@@ -869,6 +909,17 @@ impl FirewallHarness {
     /// Loads the firewall with `policy`, no rules, and tracing on.
     pub fn new(policy: Policy) -> Result<FirewallHarness> {
         let mut ebpf = crate::programs::Program::object(&super::Firewall).load()?;
+        object::program(&mut ebpf, SYMBOL, "firewall")?;
+        write_config(&mut ebpf, config(&policy, 0, true))?;
+        Ok(FirewallHarness { ebpf })
+    }
+
+    /// [`FirewallHarness::new`] with DIR chunk pools of `chunks` chunks, so
+    /// that a ruleset can outgrow them.
+    pub fn with_chunk_pool(policy: Policy, chunks: u32) -> Result<FirewallHarness> {
+        let sizes: Vec<(&str, u32)> = FW_DIR4_CHUNKS.iter().map(|m| (*m, chunks)).collect();
+        let mut ebpf =
+            crate::programs::Program::object(&super::Firewall).load_sized(&[], &[], &sizes)?;
         object::program(&mut ebpf, SYMBOL, "firewall")?;
         write_config(&mut ebpf, config(&policy, 0, true))?;
         Ok(FirewallHarness { ebpf })
