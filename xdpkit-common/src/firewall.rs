@@ -12,8 +12,14 @@ pub const FW_RULE_STATS: &str = "FW_RULE_STATS";
 pub const FW_RULES: &str = "FW_RULES";
 /// Per-CPU array of [`crate::ActionCounter`] indexed by [`Outcome`].
 pub const FW_OUTCOMES: &str = "FW_OUTCOMES";
-/// LRU hash of [`BucketKey`] -> [`Bucket`]: the token buckets of rate limits.
+/// LRU hash of [`BucketKey`] -> [`Bucket`]: the token buckets of rate
+/// limits. A pool map ([`FW_POOL_MAPS`]): [`FW_MIN_BUCKETS`] entries while
+/// the ruleset has no rate-limit rule, [`FW_MAX_BUCKETS`] once it has one.
 pub const FW_BUCKETS: &str = "FW_BUCKETS";
+/// Entries of [`FW_BUCKETS`] with rate-limit rules (its declared size).
+pub const FW_MAX_BUCKETS: u32 = 65_536;
+/// Entries of [`FW_BUCKETS`] without rate-limit rules.
+pub const FW_MIN_BUCKETS: u32 = 64;
 /// Prefix-rule tries, `[set 0, set 1]`, key = address bytes in network order.
 pub const FW_SRC4: [&str; 2] = ["FW_SRC4_0", "FW_SRC4_1"];
 /// See [`FW_SRC4`].
@@ -308,7 +314,8 @@ pub const FW_SIZED_MAPS: [&str; 4] = [FW_RULE_STATS, FW_RULES, FW_DIR4_REFS[0], 
 
 /// Maps sized to the ruleset's prefixes (DIR chunks, source hosts), grown
 /// when a ruleset needs more: [`pool_entries`].
-pub const FW_POOL_MAPS: [&str; 8] = [
+pub const FW_POOL_MAPS: [&str; 9] = [
+    FW_BUCKETS,
     FW_DIR4_CHUNKS[0],
     FW_DIR4_CHUNKS[1],
     FW_HOST_SRC4[0],
@@ -328,17 +335,45 @@ pub fn sized_entries(map: &str, capacity: u32) -> Option<u32> {
     (FW_SIZED_MAPS.contains(&map)).then_some(capacity)
 }
 
-/// Entries of pool map `map` ([`FW_POOL_MAPS`]) for a ruleset whose DIR
-/// table needs `chunks` chunks and that has `hosts4` IPv4 and `hosts6`
-/// IPv6 source hosts; `None` for other maps. Powers of two: the pools
+/// What a ruleset needs of the maps sized to it, not to its ids
+/// ([`FW_POOL_MAPS`], [`pool_entries`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolNeeds {
+    /// Chunks of its DIR table.
+    pub chunks: u32,
+    /// Distinct IPv4 source hosts (/32 source prefix rules).
+    pub hosts4: u32,
+    /// Distinct IPv6 source hosts (/128 source prefix rules).
+    pub hosts6: u32,
+    /// Whether it has a rate-limit rule ([`FW_BUCKETS`]).
+    pub rate_limits: bool,
+}
+
+/// Entries of pool map `map` ([`FW_POOL_MAPS`]) for a ruleset that needs
+/// `needs` (its DIR table's `chunks` chunks, its `hosts4` IPv4 and
+/// `hosts6` IPv6 source hosts, its rate limits); `None` for other maps.
+/// [`FW_BUCKETS`]: [`FW_MAX_BUCKETS`] with rate limits, else
+/// [`FW_MIN_BUCKETS`]. The others are powers of two: the pools
 /// hold at least [`FW_DIR4_MIN_CHUNKS`] chunks, at most
 /// [`FW_DIR4_MAX_CHUNKS`]; a host map holds every host (the table takes
 /// most IPv4 ones, the map the overflow, but a rebuild puts all of them in
 /// the prefix table when the map could not hold them all); the host table
 /// has a bucket for every three hosts, as the rebuild fills it.
-pub fn pool_entries(map: &str, chunks: u32, hosts4: u32, hosts6: u32) -> Option<u32> {
+pub fn pool_entries(map: &str, needs: &PoolNeeds) -> Option<u32> {
+    let PoolNeeds {
+        chunks,
+        hosts4,
+        hosts6,
+        rate_limits,
+    } = *needs;
     let hosts = |n: u32| n.next_power_of_two().clamp(FW_MIN_HOSTS, FW_MAX_HOSTS);
-    if FW_DIR4_CHUNKS.contains(&map) {
+    if map == FW_BUCKETS {
+        Some(if rate_limits {
+            FW_MAX_BUCKETS
+        } else {
+            FW_MIN_BUCKETS
+        })
+    } else if FW_DIR4_CHUNKS.contains(&map) {
         Some(
             chunks
                 .next_power_of_two()

@@ -21,8 +21,8 @@ use xdpkit_common::{
         host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
         DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef,
         ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
-        DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES,
-        FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS,
+        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
     },
     ActionCounter, XdpAction,
 };
@@ -162,7 +162,7 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Result<Option<&'static RuleRe
 }
 
 #[map(name = "FW_BUCKETS")]
-static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(65536, 0);
+static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(FW_MAX_BUCKETS, 0);
 
 const TOKEN: u64 = 1_000_000_000;
 

@@ -16,7 +16,8 @@ pub fn map_fd<'a>(maps: &'a impl MapSource, name: &str) -> Result<BorrowedFd<'a>
         | Map::HashMap(d)
         | Map::LpmTrie(d)
         | Map::PerCpuArray(d)
-        | Map::PerCpuHashMap(d) => Ok(d.fd().as_fd()),
+        | Map::PerCpuHashMap(d)
+        | Map::LruHashMap(d) => Ok(d.fd().as_fd()),
         _ => Err(missing_map(name)),
     }
 }
@@ -28,7 +29,8 @@ pub fn map_info(maps: &impl MapSource, name: &str) -> Result<aya::maps::MapInfo>
         | Map::PerCpuArray(d)
         | Map::HashMap(d)
         | Map::LpmTrie(d)
-        | Map::PerCpuHashMap(d) => d.info().map_err(|e| Error::Map {
+        | Map::PerCpuHashMap(d)
+        | Map::LruHashMap(d) => d.info().map_err(|e| Error::Map {
             what: format!("read the info of {name}"),
             source: e.into(),
         }),

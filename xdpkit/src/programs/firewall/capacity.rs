@@ -1,6 +1,7 @@
 //! The firewall's capacity: how many rule ids its per-rule maps hold
 //! ([`FW_SIZED_MAPS`]: counters, records, DIR rule refs), and the pools
-//! sized to its prefixes ([`FW_POOL_MAPS`]: DIR chunks, host maps and tables). A new
+//! sized to its rules ([`FW_POOL_MAPS`]: DIR chunks, host maps and tables,
+//! rate-limit buckets). A new
 //! firewall gets [`FW_DEFAULT_RULE_IDS`] (or `--max-rules`); a change that
 //! needs larger ids grows it to the next power of two: bigger maps are
 //! filled with the contents of the old ones, pinned in their place, and the
@@ -11,9 +12,10 @@ use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 
 use aya::Pod;
 use xdpkit_common::firewall::{
-    pool_entries, sized_entries, DirChunk, HostBucket, RuleHits, RuleRecord, RuleRef,
-    FW_DEFAULT_RULE_IDS, FW_DIR4_CHUNKS, FW_DIR4_REFS, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
-    FW_MAX_RULE_IDS, FW_POOL_MAPS, FW_RULES, FW_RULE_STATS, FW_SIZED_MAPS,
+    pool_entries, sized_entries, Bucket, BucketKey, DirChunk, HostBucket, RuleHits, RuleRecord,
+    RuleRef, FW_BUCKETS, FW_DEFAULT_RULE_IDS, FW_DIR4_CHUNKS, FW_DIR4_REFS, FW_HOST_SRC4,
+    FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_RULE_IDS, FW_POOL_MAPS, FW_RULES, FW_RULE_STATS,
+    FW_SIZED_MAPS,
 };
 
 use super::{dir::PoolNeeds, kernel::read_config, maps::open_pinned, FirewallError, NAME};
@@ -65,11 +67,11 @@ pub fn sizes(capacity: u32) -> Vec<(&'static str, u32)> {
 }
 
 /// The entries of every pool map ([`FW_POOL_MAPS`]: DIR chunk pools, host
-/// maps and tables) for a ruleset that needs `needs`.
+/// maps and tables, rate-limit buckets) for a ruleset that needs `needs`.
 pub fn pool_sizes(needs: PoolNeeds) -> Vec<(&'static str, u32)> {
     FW_POOL_MAPS
         .iter()
-        .filter_map(|m| pool_entries(m, needs.chunks, needs.hosts4, needs.hosts6).map(|e| (*m, e)))
+        .filter_map(|m| pool_entries(m, &needs).map(|e| (*m, e)))
         .collect()
 }
 
@@ -113,7 +115,8 @@ pub(crate) fn grow(
     Ok(grew)
 }
 
-/// Grows the pool maps (DIR chunk pools, host maps and tables) of the
+/// Grows the pool maps (DIR chunk pools, host maps and tables, rate-limit
+/// buckets) of the
 /// firewall running on `iface` to what a ruleset that needs `needs` asks
 /// for (see [`grow`]; the same switch). Pools never shrink.
 pub(crate) fn grow_pools(
@@ -124,7 +127,7 @@ pub(crate) fn grow_pools(
 ) -> Result<bool> {
     let grew = grow_maps(iface, iface_dir, lock, &pool_sizes(needs))?;
     if grew {
-        tracing::info!("grew the firewall's prefix tables and host maps of {iface} for {needs:?}");
+        tracing::info!("grew the firewall's prefix tables, host maps and rate-limit buckets of {iface} for {needs:?}");
     }
     Ok(grew)
 }
@@ -248,6 +251,8 @@ fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result
         copy::<u32, DirChunk>(old, new)
     } else if FW_DIR4_REFS.contains(&name) {
         copy::<u32, RuleRef>(old, new)
+    } else if name == FW_BUCKETS {
+        copy::<BucketKey, Bucket>(old, new)
     } else {
         Err(Error::Internal(format!("no copy for firewall map {name}")))
     }
@@ -339,7 +344,8 @@ mod tests {
     #[test]
     fn pools_follow_the_prefixes() {
         use xdpkit_common::firewall::{
-            FW_DIR4_MAX_CHUNKS, FW_DIR4_MIN_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MIN_HOSTS,
+            FW_DIR4_MAX_CHUNKS, FW_DIR4_MIN_CHUNKS, FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS,
+            FW_MIN_BUCKETS, FW_MIN_HOSTS,
         };
         let none: std::collections::HashMap<_, _> =
             pool_sizes(PoolNeeds::default()).into_iter().collect();
@@ -347,10 +353,12 @@ mod tests {
         assert_eq!(none[FW_HOST_SRC4[0]], FW_MIN_HOSTS);
         assert_eq!(none[FW_HOST_SRC6[1]], FW_MIN_HOSTS);
         assert_eq!(none[FW_HOST_TABLE4[1]], 16);
+        assert_eq!(none[FW_BUCKETS], FW_MIN_BUCKETS);
         let some: std::collections::HashMap<_, _> = pool_sizes(PoolNeeds {
             chunks: 1000,
             hosts4: 131_072,
             hosts6: 100,
+            rate_limits: true,
         })
         .into_iter()
         .collect();
@@ -358,10 +366,12 @@ mod tests {
         assert_eq!(some[FW_HOST_SRC4[1]], 131_072);
         assert_eq!(some[FW_HOST_SRC6[0]], 128);
         assert_eq!(some[FW_HOST_TABLE4[0]], 65_536);
+        assert_eq!(some[FW_BUCKETS], FW_MAX_BUCKETS);
         let all: std::collections::HashMap<_, _> = pool_sizes(PoolNeeds {
             chunks: u32::MAX / 2,
             hosts4: u32::MAX / 2,
             hosts6: u32::MAX / 2,
+            rate_limits: false,
         })
         .into_iter()
         .collect();

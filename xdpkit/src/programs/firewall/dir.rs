@@ -742,17 +742,7 @@ impl<M: MapSource> Slots for MapSlots<'_, M> {
     }
 }
 
-/// What a ruleset needs of the maps sized to its prefixes, not to its ids
-/// ([`capacity::pool_sizes`](super::capacity::pool_sizes)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolNeeds {
-    /// Chunks of its DIR table ([`chunks_needed`]).
-    pub chunks: u32,
-    /// Distinct IPv4 source hosts (/32 source prefix rules).
-    pub hosts4: u32,
-    /// Distinct IPv6 source hosts (/128 source prefix rules).
-    pub hosts6: u32,
-}
+pub use xdpkit_common::firewall::PoolNeeds;
 
 /// The chunks a DIR table of `rules`' IPv4 prefix rules needs (per field,
 /// one per /16 holding a longer prefix and one per /24 holding a longer
@@ -771,7 +761,9 @@ pub fn pool_needs<'r>(
     let mut chunks: HashSet<(bool, u32)> = HashSet::default();
     let mut hosts4: HashSet<u32> = HashSet::default();
     let mut hosts6: HashSet<u128> = HashSet::default();
+    let mut rate_limits = false;
     for rule in rules {
+        rate_limits |= matches!(rule.action, super::Action::RateLimit(_));
         if !super::kernel::is_prefix_rule(rule) {
             continue;
         }
@@ -800,6 +792,7 @@ pub fn pool_needs<'r>(
         chunks: chunks.len() as u32,
         hosts4: hosts4.len() as u32,
         hosts6: hosts6.len() as u32,
+        rate_limits,
     }
 }
 
@@ -901,6 +894,7 @@ mod tests {
             "deny src 2001:db8::1",
             "deny src 198.18.1.0/24",
             "deny src 198.18.0.9 proto tcp",
+            "rate-limit 10 src 198.18.0.0/16 proto udp",
         ]
         .iter()
         .map(|l| l.parse().unwrap())
@@ -912,7 +906,8 @@ mod tests {
             PoolNeeds {
                 chunks: 3,
                 hosts4: 2,
-                hosts6: 1
+                hosts6: 1,
+                rate_limits: true,
             }
         );
         assert_eq!(chunks_needed(&rules), 3);

@@ -317,8 +317,8 @@ impl LiveFirewall {
         Ok(())
     }
 
-    /// Makes room in the DIR chunk pools and the host maps and tables for
-    /// the prefixes of `rules`: grows them (the chain reinstalled, as
+    /// Makes room in the DIR chunk pools, the host maps and tables and the
+    /// rate-limit buckets for `rules`: grows them (the chain reinstalled, as
     /// [`ensure_ids`](Self::ensure_ids)) when they are smaller. A ruleset
     /// past the largest pool keeps its IPv4 prefixes in the tries.
     fn ensure_chunks<'r>(&mut self, rules: impl IntoIterator<Item = &'r Rule>) -> Result<()> {
@@ -358,6 +358,10 @@ impl LiveFirewall {
     pub fn add(&mut self, rule: Rule) -> Result<u32> {
         let (id, seq) = self.next()?;
         self.ensure_ids(u64::from(id) + 1)?;
+        if matches!(rule.action, super::Action::RateLimit(_)) {
+            // Its buckets: the in-place and general paths grow nothing else.
+            self.ensure_chunks(std::iter::once(&rule))?;
+        }
         let entry = Entry { id, seq, rule };
         self.store(std::slice::from_ref(&entry))?;
         let done = if is_prefix_rule(&entry.rule) {
