@@ -97,9 +97,13 @@ pub const FW_DIR4_L1: [&str; 2] = ["FW_DIR4_L1_0", "FW_DIR4_L1_1"];
 /// The chunk pool of a set, shared by both fields and both lower levels:
 /// array of [`DirChunk`] (256 slots, indexed by the next 8 address bits).
 pub const FW_DIR4_CHUNKS: [&str; 2] = ["FW_DIR4_CH_0", "FW_DIR4_CH_1"];
-/// Rule id -> [`RuleRef`] of the rules a set's leaves name, `[set 0, set
-/// 1]`: per set, because `rule load --replace` gives ids (line numbers) to
-/// other rules while the old set is still judging.
+/// The rules a set's leaves name, `[set 0, set 1]`: array of [`RuleRef`]
+/// by a dense number per set (a leaf holds it + 1), not by rule id, so it
+/// is sized to the rules the table names ([`PoolNeeds::refs`]). A rebuild
+/// numbers them 0.. ([`FwConfig::dir_refs`]); an in-place change takes the
+/// next free numbers, and the ones it leaves unused stay until the next
+/// rebuild of the set. Per set, because `rule load --replace` gives ids
+/// (line numbers) to other rules while the old set is still judging.
 pub const FW_DIR4_REFS: [&str; 2] = ["FW_DIR4_REFS_0", "FW_DIR4_REFS_1"];
 /// Chunks per set in [`FW_DIR4_CHUNKS`]: one per /16 that holds a longer
 /// prefix, plus one per /24 that holds a prefix longer than /24.
@@ -110,7 +114,8 @@ pub const FW_DIR4_MIN_CHUNKS: u32 = 64;
 /// Slots per first level field.
 pub const DIR4_L1_SLOTS: u32 = 1 << 16;
 /// A DIR slot: 0 no rule; [`DIR_CHUNK`] set: index of the chunk holding the
-/// next 8 bits; otherwise rule id + 1 (index + 1 into [`FW_DIR4_REFS`]).
+/// next 8 bits; otherwise index + 1 into [`FW_DIR4_REFS`] (the in-memory
+/// tables of the library, `Dir4`, number rules by id: rule id + 1).
 pub type DirSlot = u32;
 /// [`DirSlot`] bit marking a chunk index.
 pub const DIR_CHUNK: u32 = 1 << 31;
@@ -310,12 +315,14 @@ pub const FW_DEFAULT_RULE_IDS: u32 = 1024;
 /// created with [`sized_entries`] entries, grown (copied into bigger maps,
 /// the stage reloaded) when the capacity grows. The DIR chunk pools, host
 /// maps and host tables are sized to the prefixes instead ([`FW_POOL_MAPS`]).
-pub const FW_SIZED_MAPS: [&str; 4] = [FW_RULE_STATS, FW_RULES, FW_DIR4_REFS[0], FW_DIR4_REFS[1]];
+pub const FW_SIZED_MAPS: [&str; 2] = [FW_RULE_STATS, FW_RULES];
 
 /// Maps sized to the ruleset's prefixes (DIR chunks, source hosts), grown
 /// when a ruleset needs more: [`pool_entries`].
-pub const FW_POOL_MAPS: [&str; 9] = [
+pub const FW_POOL_MAPS: [&str; 11] = [
     FW_BUCKETS,
+    FW_DIR4_REFS[0],
+    FW_DIR4_REFS[1],
     FW_DIR4_CHUNKS[0],
     FW_DIR4_CHUNKS[1],
     FW_HOST_SRC4[0],
@@ -328,6 +335,8 @@ pub const FW_POOL_MAPS: [&str; 9] = [
 
 /// Entries of a new host map: grown for more hosts.
 pub const FW_MIN_HOSTS: u32 = 64;
+/// Entries of a new [`FW_DIR4_REFS`]: grown for more rules.
+pub const FW_MIN_REFS: u32 = 64;
 
 /// Entries of sized map `map` ([`FW_SIZED_MAPS`]) for a firewall of
 /// `capacity` rule ids (a power of two); `None` for other maps.
@@ -347,6 +356,9 @@ pub struct PoolNeeds {
     pub hosts6: u32,
     /// Whether it has a rate-limit rule ([`FW_BUCKETS`]).
     pub rate_limits: bool,
+    /// IPv4 prefix rules its DIR tables may name ([`FW_DIR4_REFS`]): all
+    /// but the source hosts.
+    pub refs: u32,
 }
 
 /// Entries of pool map `map` ([`FW_POOL_MAPS`]) for a ruleset that needs
@@ -365,6 +377,7 @@ pub fn pool_entries(map: &str, needs: &PoolNeeds) -> Option<u32> {
         hosts4,
         hosts6,
         rate_limits,
+        refs,
     } = *needs;
     let hosts = |n: u32| n.next_power_of_two().clamp(FW_MIN_HOSTS, FW_MAX_HOSTS);
     if map == FW_BUCKETS {
@@ -373,6 +386,8 @@ pub fn pool_entries(map: &str, needs: &PoolNeeds) -> Option<u32> {
         } else {
             FW_MIN_BUCKETS
         })
+    } else if FW_DIR4_REFS.contains(&map) {
+        Some(refs.next_power_of_two().clamp(FW_MIN_REFS, FW_MAX_RULE_IDS))
     } else if FW_DIR4_CHUNKS.contains(&map) {
         Some(
             chunks
@@ -452,6 +467,9 @@ pub struct FwConfig {
     pub table_bits: [u32; 2],
     /// Per prefix set: chunks of [`FW_DIR4_CHUNKS`] in use (the next free one).
     pub dir_chunks: [u32; 2],
+    /// Per prefix set: entries of [`FW_DIR4_REFS`] in use (the next free
+    /// dense number).
+    pub dir_refs: [u32; 2],
 }
 
 impl FwConfig {
@@ -622,7 +640,7 @@ pub struct FwTrace {
 pub use crate::dump::NO_RULE;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
-const _: () = assert!(core::mem::size_of::<FwConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<FwConfig>() == 88);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
 

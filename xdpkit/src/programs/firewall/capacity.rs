@@ -1,6 +1,6 @@
 //! The firewall's capacity: how many rule ids its per-rule maps hold
-//! ([`FW_SIZED_MAPS`]: counters, records, DIR rule refs), and the pools
-//! sized to its rules ([`FW_POOL_MAPS`]: DIR chunks, host maps and tables,
+//! ([`FW_SIZED_MAPS`]: counters, records), and the pools sized to its
+//! rules ([`FW_POOL_MAPS`]: DIR chunks and rule refs, host maps and tables,
 //! rate-limit buckets). A new
 //! firewall gets [`FW_DEFAULT_RULE_IDS`] (or `--max-rules`); a change that
 //! needs larger ids grows it to the next power of two: bigger maps are
@@ -337,7 +337,7 @@ mod tests {
         let small: std::collections::HashMap<_, _> = sizes(1024).into_iter().collect();
         assert_eq!(small[FW_RULE_STATS], 1024);
         assert_eq!(small[FW_RULES], 1024);
-        assert_eq!(small[FW_DIR4_REFS[1]], 1024);
+        assert!(!small.contains_key(FW_DIR4_REFS[1]));
         assert!(!small.contains_key(FW_HOST_SRC4[0]));
     }
 
@@ -354,11 +354,13 @@ mod tests {
         assert_eq!(none[FW_HOST_SRC6[1]], FW_MIN_HOSTS);
         assert_eq!(none[FW_HOST_TABLE4[1]], 16);
         assert_eq!(none[FW_BUCKETS], FW_MIN_BUCKETS);
+        assert_eq!(none[FW_DIR4_REFS[0]], 64);
         let some: std::collections::HashMap<_, _> = pool_sizes(PoolNeeds {
             chunks: 1000,
             hosts4: 131_072,
             hosts6: 100,
             rate_limits: true,
+            refs: 393_000,
         })
         .into_iter()
         .collect();
@@ -367,16 +369,19 @@ mod tests {
         assert_eq!(some[FW_HOST_SRC6[0]], 128);
         assert_eq!(some[FW_HOST_TABLE4[0]], 65_536);
         assert_eq!(some[FW_BUCKETS], FW_MAX_BUCKETS);
+        assert_eq!(some[FW_DIR4_REFS[1]], 1 << 19);
         let all: std::collections::HashMap<_, _> = pool_sizes(PoolNeeds {
             chunks: u32::MAX / 2,
             hosts4: u32::MAX / 2,
             hosts6: u32::MAX / 2,
             rate_limits: false,
+            refs: u32::MAX / 2,
         })
         .into_iter()
         .collect();
         assert_eq!(all[FW_DIR4_CHUNKS[0]], FW_DIR4_MAX_CHUNKS);
         assert_eq!(all[FW_HOST_SRC6[1]], FW_MAX_HOSTS);
         assert_eq!(all[FW_HOST_TABLE4[0]], FW_HOST_BUCKETS);
+        assert_eq!(all[FW_DIR4_REFS[0]], FW_MAX_RULE_IDS);
     }
 }

@@ -56,7 +56,9 @@ impl Default for Dir4 {
     }
 }
 
-/// The slot value of a rule.
+/// The slot value of a rule in a table numbered by rule id ([`Dir4`],
+/// [`Dir4Index`]); the maps' tables hold a dense number + 1 instead
+/// ([`Dir4::build_within_by`], [`MapSlots`]).
 pub fn leaf(rule: &RuleRef) -> DirSlot {
     rule.id + 1
 }
@@ -89,6 +91,18 @@ impl Dir4 {
         src: &[(Ipv4Net, RuleRef)],
         dst: &[(Ipv4Net, RuleRef)],
         pool: usize,
+    ) -> Result<Dir4Spill, PoolFull> {
+        Dir4::build_within_by(src, dst, pool, &leaf)
+    }
+
+    /// [`Dir4::build_within`] with the slot value of each rule given by
+    /// `leaf` (one value per rule id, nonzero, below [`DIR_TRIE`]): the
+    /// dense numbers of [`FW_DIR4_REFS`] + 1 for the maps.
+    pub fn build_within_by(
+        src: &[(Ipv4Net, RuleRef)],
+        dst: &[(Ipv4Net, RuleRef)],
+        pool: usize,
+        leaf: &impl Fn(&RuleRef) -> DirSlot,
     ) -> Result<Dir4Spill, PoolFull> {
         let mut dir = Dir4::default();
         let mut spill: [Vec<(Ipv4Net, RuleRef)>; 2] = [Vec::new(), Vec::new()];
@@ -471,10 +485,15 @@ pub struct MapSlots<'a, M: MapSource> {
     l1: HashMap<usize, DirSlot>,
     chunks: HashMap<usize, DirChunk>,
     dirty: HashSet<At>,
+    /// Rules by dense number (leaf - 1), as read or allocated.
     refs: HashMap<u32, RuleRef>,
     next_chunk: u32,
     /// Chunks the set's pool holds (its map's entries).
     pool: u32,
+    /// The next free dense number of [`FW_DIR4_REFS`].
+    next_ref: u32,
+    /// Entries of the set's [`FW_DIR4_REFS`].
+    ref_pool: u32,
     error: Option<crate::Error>,
 }
 
@@ -489,8 +508,12 @@ fn read_one<V: aya::Pod>(maps: &impl MapSource, name: &str, index: u32) -> Resul
 }
 
 impl<'a, M: MapSource> MapSlots<'a, M> {
-    /// Set `set` of `maps`, whose first `chunks` chunks are in use.
-    pub fn new(maps: &'a M, set: usize, chunks: u32) -> MapSlots<'a, M> {
+    /// Set `set` of `maps`, whose first `chunks` chunks and `refs` rule
+    /// numbers are in use ([`FwConfig::dir_chunks`], [`FwConfig::dir_refs`]).
+    ///
+    /// [`FwConfig::dir_chunks`]: xdpkit_common::firewall::FwConfig::dir_chunks
+    /// [`FwConfig::dir_refs`]: xdpkit_common::firewall::FwConfig::dir_refs
+    pub fn new(maps: &'a M, set: usize, chunks: u32, refs: u32) -> MapSlots<'a, M> {
         MapSlots {
             maps,
             set,
@@ -500,6 +523,8 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
             refs: HashMap::default(),
             next_chunk: chunks,
             pool: batch::map_info(maps, FW_DIR4_CHUNKS[set]).map_or(0, |i| i.max_entries()),
+            next_ref: refs,
+            ref_pool: batch::map_info(maps, FW_DIR4_REFS[set]).map_or(0, |i| i.max_entries()),
             error: None,
         }
     }
@@ -554,16 +579,30 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
         }
     }
 
-    /// Adds `rule` on `net` of `field` (see [`Dir4Index::add`]); returns
-    /// false, with nothing written, if the chunk pool is full.
+    /// A new dense number for `rule`, or `None` when the set's
+    /// [`FW_DIR4_REFS`] is full.
+    fn allocate(&mut self, rule: RuleRef) -> Option<DirSlot> {
+        if self.next_ref >= self.ref_pool {
+            return None;
+        }
+        let n = self.next_ref;
+        self.next_ref += 1;
+        self.refs.insert(n, rule);
+        Some(n + 1)
+    }
+
+    /// Adds `rule` on `net` of `field` (see [`Dir4Index::add`]) under a new
+    /// dense number; returns false, with nothing written, if the chunk pool
+    /// or the set's [`FW_DIR4_REFS`] is full.
     pub fn add(&mut self, field: usize, net: Ipv4Net, rule: RuleRef) -> Result<bool> {
         let rule = RuleRef {
             prefix_len: 0,
             ..rule
         };
-        self.refs.insert(rule.id, rule);
+        let Some(new) = self.allocate(rule) else {
+            return Ok(false);
+        };
         let mut touched = HashSet::default();
-        let new = leaf(&rule);
         let done = self.cover(field, net.trunc(), &mut |_, _| None, &mut |at| {
             touched.insert(at);
         });
@@ -583,11 +622,13 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
                 self.set(at, new);
             }
         }
-        self.write(&[rule])
+        self.write(&[(new - 1, rule)])
     }
 
     /// Deletes rule `id` on `net` of `field` (see [`Dir4Index::delete`]).
-    /// `others` are the field's rules left that overlap `net`.
+    /// `others` are the field's rules left that overlap `net`; those that
+    /// take slots get new dense numbers. Returns false, with nothing
+    /// written, if the set's [`FW_DIR4_REFS`] has no room for them.
     pub fn delete(
         &mut self,
         field: usize,
@@ -596,10 +637,9 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
         others: &[(Ipv4Net, RuleRef)],
     ) -> Result<bool> {
         let net = net.trunc();
-        let gone = id + 1;
-        let mut named: Vec<RuleRef> = Vec::new();
+        let mut named: HashMap<u32, DirSlot> = HashMap::default();
         for (at, v, (addr, len)) in self.leaves_in(field, net) {
-            if v != gone {
+            if self.rule(v).is_none_or(|r| r.id != id) {
                 continue;
             }
             let best = others
@@ -608,20 +648,31 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
                     n.prefix_len() <= len && n.contains(&std::net::Ipv4Addr::from(addr))
                 })
                 .min_by_key(|(_, r)| r.rank);
-            let value = best.map_or(0, |(_, r)| leaf(r));
-            if let Some((_, r)) = best {
-                let r = RuleRef {
-                    prefix_len: 0,
-                    ..*r
-                };
-                self.refs.insert(r.id, r);
-                named.push(r);
-            }
+            let value = match best {
+                None => 0,
+                Some((_, r)) => match named.get(&r.id) {
+                    Some(v) => *v,
+                    None => {
+                        let r = RuleRef {
+                            prefix_len: 0,
+                            ..*r
+                        };
+                        let Some(v) = self.allocate(r) else {
+                            return Ok(false);
+                        };
+                        named.insert(r.id, v);
+                        v
+                    }
+                },
+            };
             self.set(at, value);
         }
-        named.sort_unstable_by_key(|r| r.id);
-        named.dedup();
-        self.write(&named)
+        let mut rules: Vec<(u32, RuleRef)> = named
+            .values()
+            .map(|v| (v - 1, self.refs[&(v - 1)]))
+            .collect();
+        rules.sort_unstable_by_key(|(n, _)| *n);
+        self.write(&rules)
     }
 
     /// Every leaf slot inside `net` (chunks below it followed), with its
@@ -665,15 +716,16 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
         out
     }
 
-    /// Writes what the walks changed: the rule, chunks, then first-level
-    /// slots (a frame never reaches a chunk before it is written).
-    fn write(&mut self, rules: &[RuleRef]) -> Result<bool> {
+    /// Writes what the walks changed: the rules (by dense number), chunks,
+    /// then first-level slots (a frame never reaches a chunk or a rule
+    /// before it is written).
+    fn write(&mut self, rules: &[(u32, RuleRef)]) -> Result<bool> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
         if !rules.is_empty() {
-            let ids: Vec<u32> = rules.iter().map(|r| r.id).collect();
-            batch::update(self.maps, FW_DIR4_REFS[self.set], &ids, rules)?;
+            let (numbers, values): (Vec<u32>, Vec<RuleRef>) = rules.iter().copied().unzip();
+            batch::update(self.maps, FW_DIR4_REFS[self.set], &numbers, &values)?;
         }
         let mut chunks: Vec<u32> = Vec::new();
         let mut l1: Vec<u32> = Vec::new();
@@ -701,6 +753,11 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
     /// Chunks in use after the change.
     pub fn chunks_used(&self) -> u32 {
         self.next_chunk
+    }
+
+    /// Dense rule numbers in use after the change.
+    pub fn refs_used(&self) -> u32 {
+        self.next_ref
     }
 }
 
@@ -762,6 +819,7 @@ pub fn pool_needs<'r>(
     let mut hosts4: HashSet<u32> = HashSet::default();
     let mut hosts6: HashSet<u128> = HashSet::default();
     let mut rate_limits = false;
+    let mut refs = 0u32;
     for rule in rules {
         rate_limits |= matches!(rule.action, super::Action::RateLimit(_));
         if !super::kernel::is_prefix_rule(rule) {
@@ -780,6 +838,7 @@ pub fn pool_needs<'r>(
             (None, Some(IpNet::V4(n))) => (true, n),
             _ => continue,
         };
+        refs += 1;
         let addr = u32::from(net.network());
         if net.prefix_len() > 16 {
             chunks.insert((field, addr >> 16 << 16 | 1));
@@ -793,6 +852,7 @@ pub fn pool_needs<'r>(
         hosts4: hosts4.len() as u32,
         hosts6: hosts6.len() as u32,
         rate_limits,
+        refs,
     }
 }
 
@@ -807,19 +867,22 @@ pub fn v4_entries(entries: &[(IpNet, RuleRef)]) -> Vec<(Ipv4Net, RuleRef)> {
         .collect()
 }
 
-/// Writes `dir` whole into set `set` (while it is inactive), and the rules
-/// its leaves name into the set's [`FW_DIR4_REFS`].
+/// Writes `dir`, a table numbered by rule id ([`Dir4Index`]), whole into
+/// set `set` (while it is inactive), and the rules its leaves name into
+/// the set's [`FW_DIR4_REFS`] by id: the map must have room for the ids
+/// (the test harness's maps have their declared size).
 pub fn write(maps: &impl MapSource, set: usize, dir: &Dir4, rules: &[RuleRef]) -> Result<()> {
-    write_fds(
+    write_refs(batch::map_fd(maps, FW_DIR4_REFS[set])?, rules)?;
+    write_table(
         batch::map_fd(maps, FW_DIR4_L1[set])?,
         batch::map_fd(maps, FW_DIR4_CHUNKS[set])?,
-        batch::map_fd(maps, FW_DIR4_REFS[set])?,
         dir,
-        rules,
     )
 }
 
-/// [`write`] on the maps' fds: first level, chunks, rules.
+/// Writes a table numbered densely (`Dir4::build_within_by`) on the maps'
+/// fds: the rules by dense number (`rules[n]` for leaf `n + 1`), chunks,
+/// first level.
 pub fn write_fds(
     l1: BorrowedFd<'_>,
     chunks: BorrowedFd<'_>,
@@ -827,7 +890,14 @@ pub fn write_fds(
     dir: &Dir4,
     rules: &[RuleRef],
 ) -> Result<()> {
-    write_refs(refs, rules)?;
+    if !rules.is_empty() {
+        batch::write_array_fd(refs, rules)?;
+    }
+    write_table(l1, chunks, dir)
+}
+
+/// Chunks, then the first level.
+fn write_table(l1: BorrowedFd<'_>, chunks: BorrowedFd<'_>, dir: &Dir4) -> Result<()> {
     if !dir.chunks.is_empty() {
         batch::write_array_fd(chunks, &dir.chunks)?;
     }
@@ -908,6 +978,7 @@ mod tests {
                 hosts4: 2,
                 hosts6: 1,
                 rate_limits: true,
+                refs: 2,
             }
         );
         assert_eq!(chunks_needed(&rules), 3);

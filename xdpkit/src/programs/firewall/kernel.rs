@@ -175,6 +175,7 @@ pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         max_prio: [0; 4],
         table_bits: [0; 2],
         dir_chunks: [0; 2],
+        dir_refs: [0; 2],
     }
 }
 
@@ -420,11 +421,13 @@ fn add_dir_in_place(
         false
     };
     if !known_host {
-        let mut slots = super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set]);
+        let mut slots =
+            super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set], cfg.dir_refs[set]);
         if !slots.add(field, net, rule_ref(entry))? {
             return Ok(false);
         }
         cfg.dir_chunks[set] = slots.chunks_used();
+        cfg.dir_refs[set] = slots.refs_used();
         cfg.present |= present_dir(set, field);
     }
     cfg.max_prio[field] = cfg.max_prio[field].max(entry.rule.prio);
@@ -446,7 +449,7 @@ pub fn delete_prefix_in_place(
     let Some((field, IpNet::V4(net))) = prefix_field(&gone.rule) else {
         return Ok(false);
     };
-    let cfg = read_config(maps)?;
+    let mut cfg = read_config(maps)?;
     let set = cfg.prefix_set();
     if field >= 2 || !dir_in(&cfg, set) || dir_spilled(&cfg, set) {
         return Ok(false);
@@ -477,8 +480,16 @@ pub fn delete_prefix_in_place(
             return Ok(false);
         }
     }
-    let mut slots = super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set]);
-    slots.delete(field, net, gone.id, &others)
+    let mut slots = super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set], cfg.dir_refs[set]);
+    if !slots.delete(field, net, gone.id, &others)? {
+        return Ok(false);
+    }
+    let used = slots.refs_used();
+    if used != cfg.dir_refs[set] {
+        cfg.dir_refs[set] = used;
+        write_config(maps, cfg)?;
+    }
+    Ok(true)
 }
 
 /// Whether IPv4 source host `addr` has an entry of its own in set `set`
@@ -670,6 +681,8 @@ struct Written {
     table_bits: u32,
     /// [`FwConfig::dir_chunks`] of the set.
     dir_chunks: u32,
+    /// [`FwConfig::dir_refs`] of the set.
+    dir_refs: u32,
 }
 
 /// Set: IPv4 prefixes go to the LPM tries as before the DIR tables (only to
@@ -694,8 +707,12 @@ pub fn build_dir4(src4: &[Prefix], dst4: &[Prefix]) -> Option<super::dir::Dir4> 
     super::dir::Dir4::build(&src, &dst).ok()
 }
 
-/// The rules the leaves of a DIR table name, once each.
-fn dir_rules(fields: &[&[Prefix]]) -> Vec<RuleRef> {
+/// The dense numbering of the rules a set's prefix tables name, for
+/// [`FW_DIR4_REFS`]: each rule of `fields` once, numbered 0.. in id order;
+/// returns rule id -> number and the rules by number (`refs[n]`, leaf
+/// `n + 1`). Every table that names rules through the set's refs takes
+/// its numbers from here.
+pub fn dense_refs(fields: &[&[Prefix]]) -> (HashMap<u32, u32>, Vec<RuleRef>) {
     let mut by_id: HashMap<u32, RuleRef> = HashMap::default();
     for entries in fields {
         for (_, r) in entries.iter() {
@@ -708,7 +725,14 @@ fn dir_rules(fields: &[&[Prefix]]) -> Vec<RuleRef> {
             );
         }
     }
-    by_id.into_values().collect()
+    let mut refs: Vec<RuleRef> = by_id.into_values().collect();
+    refs.sort_unstable_by_key(|r| r.id);
+    let numbers = refs
+        .iter()
+        .enumerate()
+        .map(|(n, r)| (r.id, n as u32))
+        .collect();
+    (numbers, refs)
 }
 
 /// Writes the compiled prefixes into prefix set `set`.
@@ -730,16 +754,29 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     // prefixes find no room stay in the tries, all of them if a shorter
     // prefix finds none.
     let pool = entries(FW_DIR4_CHUNKS[set])?;
+    // The leaves name rules by dense number (the writers grow the refs
+    // first, as the pool): a set whose refs cannot hold them keeps its
+    // IPv4 prefixes in the tries.
+    let (numbers, dir_refs) = dense_refs(&[&src4_trie, &c.dst4]);
+    let ref_room = entries(FW_DIR4_REFS[set])?;
     let built = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed)
         || (src4_trie.is_empty() && c.dst4.is_empty())
     {
+        None
+    } else if dir_refs.len() > ref_room {
+        tracing::warn!(
+            "the IPv4 prefixes name {} rules, more than the {ref_room} DIR rule refs hold: \
+             they are judged by the LPM tries, slower",
+            dir_refs.len()
+        );
         None
     } else {
         let (src, dst) = (
             super::dir::v4_entries(&src4_trie),
             super::dir::v4_entries(&c.dst4),
         );
-        let built = super::dir::Dir4::build_within(&src, &dst, pool).ok();
+        let leaf = |r: &RuleRef| numbers.get(&r.id).map_or(0, |n| n + 1);
+        let built = super::dir::Dir4::build_within_by(&src, &dst, pool, &leaf).ok();
         match &built {
             None => tracing::warn!(
                 "the IPv4 prefixes need more than the {pool} DIR chunks of the pool: \
@@ -783,7 +820,6 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         fd(FW_DIR4_CHUNKS[set])?,
         fd(FW_DIR4_REFS[set])?,
     );
-    let dir_refs = dir_rules(&[&src4_trie, &c.dst4]);
     let jobs: Vec<Job<'_>> = vec![
         Box::new(|| write_trie_fd::<4, _>(s4, trie_src4)),
         Box::new(|| write_trie_fd::<4, _>(d4, trie_dst4)),
@@ -835,6 +871,11 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     Ok(Written {
         present,
         table_bits: table.map_or(0, |t| t.bits),
+        dir_refs: if dir.is_some() {
+            dir_refs.len() as u32
+        } else {
+            0
+        },
         dir_chunks: dir.map_or(0, |d| d.chunks.len() as u32),
     })
 }
@@ -866,6 +907,7 @@ fn note_written(cfg: &mut FwConfig, set: usize, w: Written) {
     set_present(cfg, set, w.present);
     cfg.table_bits[set] = w.table_bits;
     cfg.dir_chunks[set] = w.dir_chunks;
+    cfg.dir_refs[set] = w.dir_refs;
 }
 
 /// Writes the general rules among `entries` into general set `set`; returns how many.
@@ -989,6 +1031,9 @@ impl FirewallHarness {
             | present_table(set));
         cfg.present = (cfg.present & keep) | present_dir(set, 0) | present_dir(set, 1);
         cfg.dir_chunks[set] = index.table.chunks.len() as u32;
+        // The index numbers rules by id: new ones added in place take
+        // numbers past the largest.
+        cfg.dir_refs[set] = index.rules().iter().map(|r| r.id + 1).max().unwrap_or(0);
         commit(
             &mut self.ebpf,
             Staged {
@@ -1012,9 +1057,10 @@ impl FirewallHarness {
         Ok(batch::map_info(&self.ebpf, name)?.id())
     }
 
-    /// The active set's DIR table, read back from its maps.
+    /// The active set's DIR table, read back from its maps, its leaves
+    /// numbered by rule id (rule id + 1, as [`FirewallHarness::fresh_dir4`]).
     pub fn read_dir4(&self) -> Result<super::dir::Dir4> {
-        use xdpkit_common::firewall::{DirChunk, DirSlot};
+        use xdpkit_common::firewall::{DirChunk, DirSlot, DIR_CHUNK, DIR_TRIE};
         let cfg = read_config(&self.ebpf)?;
         let set = cfg.prefix_set();
         let mut dir = super::dir::Dir4::default();
@@ -1025,6 +1071,27 @@ impl FirewallHarness {
         let mut chunks = batch::dump::<u32, DirChunk>(&self.ebpf, FW_DIR4_CHUNKS[set], used)?;
         chunks.truncate(used);
         dir.chunks = chunks.into_iter().map(|(_, c)| c).collect();
+        let numbered = cfg.dir_refs[set] as usize;
+        let refs: HashMap<u32, RuleRef> =
+            batch::dump::<u32, RuleRef>(&self.ebpf, FW_DIR4_REFS[set], numbered)?
+                .into_iter()
+                .filter(|(n, _)| (*n as usize) < numbered)
+                .collect();
+        let by_id = |v: DirSlot| {
+            if v == 0 || v & (DIR_CHUNK | DIR_TRIE) != 0 {
+                v
+            } else {
+                refs.get(&(v - 1)).map_or(DIR_TRIE - 1, |r| r.id + 1)
+            }
+        };
+        for v in dir.l1.iter_mut() {
+            *v = by_id(*v);
+        }
+        for c in dir.chunks.iter_mut() {
+            for v in c.slots.iter_mut() {
+                *v = by_id(*v);
+            }
+        }
         Ok(dir)
     }
 

@@ -407,6 +407,8 @@ impl LiveFirewall {
             let mut rules = self.rules()?;
             rules.remove(id);
             if !delete_prefix_in_place(&mut self.view.maps, &gone, &rules)? {
+                // In-place adds may have used up the DIR rule refs.
+                self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
                 rebuild_prefixes(&mut self.view.maps, &rules)?;
             }
         } else {
