@@ -599,9 +599,6 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
             prefix_len: 0,
             ..rule
         };
-        let Some(new) = self.allocate(rule) else {
-            return Ok(false);
-        };
         let mut touched = HashSet::default();
         let done = self.cover(field, net.trunc(), &mut |_, _| None, &mut |at| {
             touched.insert(at);
@@ -613,14 +610,25 @@ impl<'a, M: MapSource> MapSlots<'a, M> {
             return Ok(false);
         }
         let leaves = self.leaves_in(field, net.trunc());
+        let mut won = Vec::new();
         for (at, v, _) in leaves {
             let better = match self.rule(v) {
                 Some(r) => rule.rank < r.rank,
                 None => true,
             };
-            if better && v != new {
-                self.set(at, new);
+            if better {
+                won.push(at);
             }
+        }
+        // A number only for a rule that takes a slot.
+        if won.is_empty() {
+            return self.write(&[]);
+        }
+        let Some(new) = self.allocate(rule) else {
+            return Ok(false);
+        };
+        for at in won {
+            self.set(at, new);
         }
         self.write(&[(new - 1, rule)])
     }
@@ -811,7 +819,14 @@ pub fn chunks_needed<'r>(
     pool_needs(rules).chunks
 }
 
-/// The chunks ([`chunks_needed`]) and source hosts of `rules`.
+/// The chunks ([`chunks_needed`]), source hosts, rate limits and DIR rule
+/// refs of `rules`, given in rank order or in insertion order (a
+/// [`Ruleset`](super::Ruleset)'s entries, a rule file, `sync`'s rules):
+/// the refs are the rules a compiled DIR table names (each prefix's best
+/// rule after inheriting from the prefixes containing it, as
+/// [`kernel::compile`](super::kernel::compile) does), ties of `prio`
+/// broken by their order here, plus half as many again for the numbers
+/// in-place changes take before the next rebuild.
 pub fn pool_needs<'r>(
     rules: impl IntoIterator<Item = &'r crate::programs::firewall::Rule>,
 ) -> PoolNeeds {
@@ -819,8 +834,8 @@ pub fn pool_needs<'r>(
     let mut hosts4: HashSet<u32> = HashSet::default();
     let mut hosts6: HashSet<u128> = HashSet::default();
     let mut rate_limits = false;
-    let mut refs = 0u32;
-    for rule in rules {
+    let mut prefixes: [Vec<(Ipv4Net, (u32, u32))>; 2] = [Vec::new(), Vec::new()];
+    for (order, rule) in rules.into_iter().enumerate() {
         rate_limits |= matches!(rule.action, super::Action::RateLimit(_));
         if !super::kernel::is_prefix_rule(rule) {
             continue;
@@ -838,7 +853,7 @@ pub fn pool_needs<'r>(
             (None, Some(IpNet::V4(n))) => (true, n),
             _ => continue,
         };
-        refs += 1;
+        prefixes[usize::from(field)].push((net, (rule.prio, order as u32)));
         let addr = u32::from(net.network());
         if net.prefix_len() > 16 {
             chunks.insert((field, addr >> 16 << 16 | 1));
@@ -847,12 +862,37 @@ pub fn pool_needs<'r>(
             chunks.insert((field, addr >> 8 << 8));
         }
     }
+    let mut named: HashSet<u32> = HashSet::default();
+    for list in prefixes {
+        named_rules(list, &mut named);
+    }
+    let refs = named.len() as u32;
     PoolNeeds {
         chunks: chunks.len() as u32,
         hosts4: hosts4.len() as u32,
         hosts6: hosts6.len() as u32,
         rate_limits,
-        refs,
+        refs: refs.saturating_add(refs / 2),
+    }
+}
+
+/// Adds to `named` the rules (by rank: prio, order) the compiled prefixes
+/// of one field carry: the best on each prefix, or the better one it
+/// inherits (`kernel::inherit`'s single pass over the sorted prefixes).
+fn named_rules(mut list: Vec<(Ipv4Net, (u32, u32))>, named: &mut HashSet<u32>) {
+    list.sort_unstable_by_key(|(n, rank)| (n.network(), n.prefix_len(), *rank));
+    list.dedup_by_key(|(n, _)| (n.network(), n.prefix_len()));
+    let mut chain: Vec<(Ipv4Net, (u32, u32))> = Vec::new();
+    for (net, own) in list {
+        while chain.last().is_some_and(|(open, _)| !open.contains(&net)) {
+            chain.pop();
+        }
+        let best = match chain.last() {
+            Some((_, parent)) if *parent < own => *parent,
+            _ => own,
+        };
+        named.insert(best.1);
+        chain.push((net, best));
     }
 }
 
@@ -978,10 +1018,25 @@ mod tests {
                 hosts4: 2,
                 hosts6: 1,
                 rate_limits: true,
-                refs: 2,
+                refs: 3,
             }
         );
         assert_eq!(chunks_needed(&rules), 3);
+        // Nested prefixes of one prio name the first rule only; a better
+        // prio on a longer prefix names its own, and a later one on the
+        // same prefix loses.
+        let nested: Vec<crate::programs::firewall::Rule> = [
+            "deny src 10.0.0.0/8",
+            "deny src 10.1.0.0/16",
+            "deny src 10.1.2.0/24",
+            "allow src 10.1.3.0/24 prio 5",
+            "deny src 10.1.3.0/24 prio 5",
+            "deny dst 10.1.3.0/24",
+        ]
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+        assert_eq!(pool_needs(&nested).refs, 3 + 1);
     }
 
     fn r(id: u32, rank: u64) -> RuleRef {
