@@ -123,6 +123,147 @@ impl Default for DirChunk {
     }
 }
 
+/// IPv6 prefix tables (see docs/firewall.md), `[set 0, set 1]`: array of
+/// [`V6Bucket`], each entry (a prefix or a marker of the binary search on
+/// lengths) in one of its two buckets ([`v6_buckets`]), both fields in one
+/// table. Sized to the rulesets (powers of two, [`FW_V6_MIN_BUCKETS`] to
+/// [`FW_V6_MAX_BUCKETS`]); a set uses the first `1 << bits` buckets
+/// ([`V6Lengths::bits`]).
+pub const FW_V6TAB: [&str; 2] = ["FW_V6TAB_0", "FW_V6TAB_1"];
+/// The distinct prefix lengths of each IPv6 field, `[set 0, set 1]`: array
+/// of two [`V6Lengths`] (field 0 src, 1 dst), the implicit tree of the
+/// binary search on lengths.
+pub const FW_V6LENS: [&str; 2] = ["FW_V6LENS_0", "FW_V6LENS_1"];
+/// Buckets of a new firewall's IPv6 tables, grown on demand.
+pub const FW_V6_MIN_BUCKETS: u32 = 16;
+/// Most buckets per IPv6 table (4 entries each): beyond, the tries.
+pub const FW_V6_MAX_BUCKETS: u32 = 1 << 20;
+/// Most probes of the binary search on the (at most 128) distinct lengths
+/// of a field above /0: `floor(log2 128) + 1`.
+pub const V6_MAX_PROBES: u32 = 8;
+
+/// One entry of an IPv6 table: a prefix (or marker) of one field and length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Slot {
+    /// The first 64 bits of the address, masked to the length, as a
+    /// big-endian number.
+    pub hi: u64,
+    /// The last 64 bits, likewise.
+    pub lo: u64,
+    /// [`v6_tag`] of field and length; 0 for an unused slot.
+    pub tag: u32,
+    /// The best rule of the longest listed prefix containing this one (the
+    /// prefix itself, if listed): rule id + 1 (index + 1 into
+    /// [`FW_DIR4_REFS`]), 0 for none.
+    pub rule: u32,
+}
+
+/// Four entries (96 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Bucket {
+    /// The entries; unused slots are zero.
+    pub slots: [V6Slot; 4],
+}
+
+/// One length of the binary search on lengths: a node of its tree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Node {
+    /// The prefix length probed here.
+    pub len: u32,
+    /// Node searched after a miss (shorter lengths), [`V6_NO_NODE`] for none.
+    pub left: u32,
+    /// Node searched after a hit (longer lengths), [`V6_NO_NODE`] for none.
+    pub right: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// The mask of `len` bits over the first 64 bits of an address.
+    pub mask_hi: u64,
+    /// The same over the last 64 bits.
+    pub mask_lo: u64,
+}
+
+/// [`V6Node::left`], [`V6Node::right`], [`V6Lengths::root`]: no node.
+pub const V6_NO_NODE: u32 = 0xff;
+
+/// The tree of lengths of one IPv6 field in one set: the binary search on
+/// its distinct lengths above /0 (midpoint `(low + high - 1) / 2` of the
+/// half-open range), one node per length. Children are read from the
+/// nodes, not computed, so the verifier sees one state per step, not one
+/// per path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V6Lengths {
+    /// The rule of the field's /0 prefix + 1, 0 for none: where a lookup starts.
+    pub zero: u32,
+    /// The set's table uses its first `1 << bits` buckets.
+    pub bits: u32,
+    /// The first node, [`V6_NO_NODE`] when the field has no length above /0.
+    pub root: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// The nodes (index < 128).
+    pub nodes: [V6Node; 128],
+}
+
+impl Default for V6Lengths {
+    fn default() -> V6Lengths {
+        V6Lengths {
+            zero: 0,
+            bits: 0,
+            root: V6_NO_NODE,
+            _pad: 0,
+            nodes: [V6Node::default(); 128],
+        }
+    }
+}
+
+/// The [`V6Slot::tag`] of an entry of `field` (0 src, 1 dst) and length `len`.
+#[inline(always)]
+pub const fn v6_tag(field: u32, len: u32) -> u32 {
+    (1 << 31) | (field << 8) | len
+}
+
+/// Fewest and most bits of an IPv6 table.
+pub const V6_BITS: (u32, u32) = (
+    FW_V6_MIN_BUCKETS.trailing_zeros(),
+    FW_V6_MAX_BUCKETS.trailing_zeros(),
+);
+
+/// `hi`, `lo` (an address as two big-endian halves) masked to `len` bits
+/// (userspace: the program uses the masks of [`V6Node`]).
+#[inline(always)]
+pub const fn v6_mask(hi: u64, lo: u64, len: u32) -> (u64, u64) {
+    if len == 0 {
+        (0, 0)
+    } else if len < 64 {
+        (hi & (u64::MAX << (64 - len)), 0)
+    } else if len == 64 {
+        (hi, 0)
+    } else if len < 128 {
+        (hi, lo & (u64::MAX << (128 - len)))
+    } else {
+        (hi, lo)
+    }
+}
+
+/// The two buckets, among the first `1 << bits`, an IPv6 entry (masked
+/// address halves and [`v6_tag`]) may live in: two multiplicative hashes,
+/// the same on both sides.
+#[inline(always)]
+pub const fn v6_buckets(hi: u64, lo: u64, tag: u32, bits: u32) -> [u32; 2] {
+    // No branches (the verifier would follow each): a `bits` out of range
+    // gives indexes past the table, which its lookup refuses.
+    let shift = 64u32.wrapping_sub(bits) & 63;
+    let h = (hi ^ lo.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31) ^ (tag as u64))
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let first = (h >> shift) as u32;
+    let second = ((h ^ (h >> 31)).wrapping_mul(0x94d0_49bb_1331_11eb) >> shift) as u32;
+    [first, second]
+}
+
 /// Entries per host map; beyond this, host prefixes stay in the trie.
 pub const FW_MAX_HOSTS: u32 = 1 << 20;
 
@@ -144,7 +285,8 @@ pub const fn present_table(set: usize) -> u32 {
 }
 
 /// [`FwConfig::present`] bit: the DIR table of `field` (0 src4, 1 dst4) in
-/// set `set` holds entries and replaces that field's trie.
+/// set `set` holds entries and replaces that field's trie; for `field` 2
+/// (src6) and 3 (dst6), the IPv6 table ([`FW_V6TAB`]) does.
 pub const fn present_dir(set: usize, field: usize) -> u32 {
     1 << (set * 8 + 16 + field)
 }
@@ -234,7 +376,7 @@ impl Bitmap {
 }
 
 /// Every map of the firewall, pinned with it.
-pub const FW_MAPS: [&str; 52] = [
+pub const FW_MAPS: [&str; 56] = [
     FW_CONFIG,
     FW_TRACE,
     FW_RULE_STATS,
@@ -261,6 +403,10 @@ pub const FW_MAPS: [&str; 52] = [
     FW_DIR4_CHUNKS[1],
     FW_DIR4_REFS[0],
     FW_DIR4_REFS[1],
+    FW_V6TAB[0],
+    FW_V6TAB[1],
+    FW_V6LENS[0],
+    FW_V6LENS[1],
     FW_GEN_RULES[0],
     FW_GEN_RULES[1],
     FW_GEN_SRC4[0],
@@ -553,6 +699,8 @@ pub struct FwTrace {
 pub use crate::dump::NO_RULE;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<V6Bucket>() == 96);
+const _: () = assert!(core::mem::size_of::<V6Lengths>() == 16 + 128 * 32);
 const _: () = assert!(core::mem::size_of::<FwConfig>() == 80);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
@@ -564,6 +712,8 @@ mod pod {
     unsafe impl aya::Pod for super::RuleRef {}
     unsafe impl aya::Pod for super::HostBucket {}
     unsafe impl aya::Pod for super::DirChunk {}
+    unsafe impl aya::Pod for super::V6Bucket {}
+    unsafe impl aya::Pod for super::V6Lengths {}
     unsafe impl aya::Pod for super::FwTrace {}
     unsafe impl aya::Pod for super::Bitmap {}
     unsafe impl aya::Pod for super::RuleHits {}

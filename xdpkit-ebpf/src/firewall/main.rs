@@ -1,5 +1,5 @@
-//! The firewall: IPv4 prefix rules in DIR-16-8-8 tables, IPv6 ones in LPM
-//! tries (see docs/firewall.md), policies
+//! The firewall: IPv4 prefix rules in DIR-16-8-8 tables, IPv6 ones in
+//! hash tables searched by binary search on lengths (see docs/firewall.md), policies
 //! for non-IP, malformed frames and fragments, rate limits, counters.
 #![no_std]
 #![no_main]
@@ -18,11 +18,12 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
-        DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef,
-        ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
-        FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS,
-        NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        host_buckets, present_dir, present_host, present_table, present_trie, v6_buckets, v6_tag,
+        Bucket, BucketKey, DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits,
+        RuleRecord, RuleRef, V6Bucket, V6Lengths, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL,
+        ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS,
+        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, NO_RULE, POLICY_DROP, POLICY_L3,
+        POLICY_PASS, V6_MAX_PROBES,
     },
     ActionCounter, XdpAction,
 };
@@ -154,6 +155,85 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Option<&'static RuleRef> {
         DIR4_REFS_0.get(slot - 1)
     } else {
         DIR4_REFS_1.get(slot - 1)
+    }
+}
+
+#[map(name = "FW_V6TAB_0")]
+static V6TAB_0: Array<V6Bucket> = Array::with_max_entries(FW_V6_MAX_BUCKETS, 0);
+#[map(name = "FW_V6TAB_1")]
+static V6TAB_1: Array<V6Bucket> = Array::with_max_entries(FW_V6_MAX_BUCKETS, 0);
+#[map(name = "FW_V6LENS_0")]
+static V6LENS_0: Array<V6Lengths> = Array::with_max_entries(2, 0);
+#[map(name = "FW_V6LENS_1")]
+static V6LENS_1: Array<V6Lengths> = Array::with_max_entries(2, 0);
+
+/// The entry of the IPv6 table of `set` with tag `tag` and masked address
+/// `(hi, lo)`: its rule + 1 (0 for none), or `None` if absent. Two inlined
+/// array reads and eight compares.
+#[inline(always)]
+fn v6_probe(set: u32, bits: u32, tag: u32, hi: u64, lo: u64) -> Option<u32> {
+    for index in v6_buckets(hi, lo, tag, bits) {
+        let bucket = if set == 0 {
+            V6TAB_0.get(index)
+        } else {
+            V6TAB_1.get(index)
+        };
+        if let Some(bucket) = bucket {
+            for slot in &bucket.slots {
+                if slot.tag == tag && slot.hi == hi && slot.lo == lo {
+                    return Some(slot.rule);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The best prefix rule of IPv6 `addr` for `field` (0 src, 1 dst) in the
+/// table of `set`: binary search on the field's distinct lengths
+/// (Waldvogel), at most [`V6_MAX_PROBES`] probes of two inlined bucket
+/// reads each, one read of the tree of lengths and one of the rule; no
+/// helper call. A hit (a prefix or a marker) carries the best rule of the
+/// longest listed prefix it lies in, and sends the search to longer
+/// lengths; a miss to shorter ones.
+#[inline(always)]
+fn v6_lookup(set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> {
+    let tree = if set == 0 {
+        V6LENS_0.get(field)
+    } else {
+        V6LENS_1.get(field)
+    };
+    let tree = tree?;
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let bits = tree.bits;
+    let mut best = tree.zero;
+    let mut node = tree.root;
+    for _ in 0..V6_MAX_PROBES {
+        if node >= 128 {
+            break;
+        }
+        let n = &tree.nodes[(node & 127) as usize];
+        let tag = v6_tag(field, n.len & 0xff);
+        match v6_probe(set, bits, tag, hi & n.mask_hi, lo & n.mask_lo) {
+            Some(rule) => {
+                best = rule;
+                node = n.right;
+            }
+            None => node = n.left,
+        }
+    }
+    if best == 0 {
+        return None;
+    }
+    if set == 0 {
+        DIR4_REFS_0.get(best - 1)
+    } else {
+        DIR4_REFS_1.get(best - 1)
     }
 }
 
@@ -366,8 +446,8 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             (HSRC6_0, HSRC6_1),
             (SRC6_0, SRC6_1),
             (DST6_0, DST6_1),
-            None,
-            None
+            v6_lookup(set, 0, &ip.src),
+            v6_lookup(set, 1, &ip.dst)
         );
     } else {
         let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];

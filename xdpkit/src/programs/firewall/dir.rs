@@ -739,7 +739,7 @@ pub fn write_fds(
     dir: &Dir4,
     rules: &[RuleRef],
 ) -> Result<()> {
-    write_refs(refs, rules)?;
+    write_refs_fd(refs, rules)?;
     if !dir.chunks.is_empty() {
         batch::write_array_fd(chunks, &dir.chunks)?;
     }
@@ -747,7 +747,7 @@ pub fn write_fds(
 }
 
 /// Writes rules into [`FW_DIR4_REFS`] by id.
-fn write_refs(fd: BorrowedFd<'_>, rules: &[RuleRef]) -> Result<()> {
+pub fn write_refs_fd(fd: BorrowedFd<'_>, rules: &[RuleRef]) -> Result<()> {
     if rules.is_empty() {
         return Ok(());
     }

@@ -17,8 +17,8 @@ use xdpkit_common::{
         FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY,
         ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS,
         FW_DIR4_L1, FW_DIR4_MAX_CHUNKS, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6,
-        FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS,
-        TABLE_BITS,
+        FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, FW_V6LENS, FW_V6TAB, POLICY_DROP, POLICY_L3,
+        POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -331,6 +331,10 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     if let (true, IpNet::V4(n)) = (field < 2 && dir_in(&cfg, set), net) {
         return add_dir_in_place(maps, cfg, set, field, n, entry);
     }
+    if field >= 2 && v6_table_in(&cfg, set) {
+        // The IPv6 table is written only while its set is inactive.
+        return Ok(false);
+    }
     if entry.rule.prio < cfg.max_prio[field] {
         return Ok(false);
     }
@@ -386,6 +390,11 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
 /// Whether prefix set `set` holds its IPv4 prefixes in the DIR table.
 fn dir_in(cfg: &FwConfig, set: usize) -> bool {
     cfg.present & (present_dir(set, 0) | present_dir(set, 1)) != 0
+}
+
+/// Whether prefix set `set` holds its IPv6 prefixes in the IPv6 table.
+fn v6_table_in(cfg: &FwConfig, set: usize) -> bool {
+    cfg.present & (present_dir(set, 2) | present_dir(set, 3)) != 0
 }
 
 /// [`add_prefix_in_place`] into the DIR table: only the slots the prefix
@@ -674,6 +683,17 @@ pub fn ipv4_in_tries(on: bool) {
     IPV4_IN_TRIES.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Set: IPv6 prefixes go to the LPM tries and host maps as before the IPv6
+/// tables (only to measure one against the other in the same run).
+static IPV6_IN_TRIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes later rebuilds of this process put IPv6 prefixes in the LPM tries
+/// (`true`) or the IPv6 tables (`false`, the default). For benchmarks.
+#[doc(hidden)]
+pub fn ipv6_in_tries(on: bool) {
+    IPV6_IN_TRIES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The DIR table of the IPv4 prefixes (source hosts aside), or `None`
 /// when there are none or they need more chunks than a set has (then they
 /// stay in the tries).
@@ -707,7 +727,30 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     // The host maps and table are sized to the firewall's capacity.
     let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
     let (src4_trie, src4_hosts) = split_hosts(&c.src4, entries(FW_HOST_SRC4[set])?);
-    let (src6_trie, src6_hosts) = split_hosts(&c.src6, entries(FW_HOST_SRC6[set])?);
+    // IPv6 prefixes, source hosts included, go to the IPv6 table when it
+    // fits the set's map (the writers grow it first), else to the tries
+    // and host map.
+    let v6 = if IPV6_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
+        None
+    } else {
+        let max_bits = entries(FW_V6TAB[set])?.max(1).ilog2();
+        let table = super::v6tab::build(&c.src6, &c.dst6, max_bits);
+        if table.is_none() && !(c.src6.is_empty() && c.dst6.is_empty()) {
+            tracing::warn!(
+                "the IPv6 prefixes do not fit the IPv6 table ({} buckets): \
+                 they are judged by the LPM tries, slower",
+                1u64 << max_bits
+            );
+        }
+        table
+    };
+    let none6: Vec<Prefix> = Vec::new();
+    let (src6_trie, src6_hosts) = if v6.is_some() {
+        (Vec::new(), Vec::new())
+    } else {
+        split_hosts(&c.src6, entries(FW_HOST_SRC6[set])?)
+    };
+    let trie_dst6 = if v6.is_some() { &none6 } else { &c.dst6 };
     let max_bits = entries(FW_HOST_TABLE4[set])?.max(1).ilog2();
     // An empty table is not written: `present` keeps the program out of it.
     let (table, src4_hosts) = if src4_hosts.is_empty() {
@@ -751,12 +794,18 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         fd(FW_DIR4_CHUNKS[set])?,
         fd(FW_DIR4_REFS[set])?,
     );
-    let dir_refs = dir_rules(&[&src4_trie, &c.dst4]);
+    let (v6tab, v6lens) = (fd(FW_V6TAB[set])?, fd(FW_V6LENS[set])?);
+    let dir_refs = if v6.is_some() {
+        dir_rules(&[&src4_trie, &c.dst4, &c.src6, &c.dst6])
+    } else {
+        dir_rules(&[&src4_trie, &c.dst4])
+    };
+    let v6_or_dir = dir.is_some() || v6.is_some();
     let jobs: Vec<Job<'_>> = vec![
         Box::new(|| write_trie_fd::<4, _>(s4, trie_src4)),
         Box::new(|| write_trie_fd::<4, _>(d4, trie_dst4)),
         Box::new(|| write_trie_fd::<16, _>(s6, &src6_trie)),
-        Box::new(|| write_trie_fd::<16, _>(d6, &c.dst6)),
+        Box::new(|| write_trie_fd::<16, _>(d6, trie_dst6)),
         Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
         Box::new(|| write_hash_fd::<16, _>(h6, &src6_hosts)),
         Box::new(|| match &table {
@@ -765,6 +814,15 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         }),
         Box::new(|| match &dir {
             Some(dir) => super::dir::write_fds(dl1, dch, drefs, dir, &dir_refs),
+            // The IPv6 table's leaves name rules in the same array.
+            None if v6_or_dir => super::dir::write_refs_fd(drefs, &dir_refs),
+            None => Ok(()),
+        }),
+        Box::new(|| match &v6 {
+            Some(t) => {
+                batch::write_array_fd(v6tab, &t.buckets)?;
+                batch::write_array_fd(v6lens, &t.lens)
+            }
             None => Ok(()),
         }),
     ];
@@ -774,7 +832,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         !trie_src4.is_empty(),
         !trie_dst4.is_empty(),
         !src6_trie.is_empty(),
-        !c.dst6.is_empty(),
+        !trie_dst6.is_empty(),
     ]
     .into_iter()
     .enumerate()
@@ -789,6 +847,14 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         }
         if !c.dst4.is_empty() {
             present |= present_dir(0, 1);
+        }
+    }
+    if v6.is_some() {
+        if !c.src6.is_empty() {
+            present |= present_dir(0, 2);
+        }
+        if !c.dst6.is_empty() {
+            present |= present_dir(0, 3);
         }
     }
     if !src4_hosts.is_empty() {
@@ -825,7 +891,7 @@ fn split_hosts(entries: &[Prefix], room: usize) -> (Vec<Prefix>, Vec<Prefix>) {
 /// Sets the [`FwConfig::present`] byte of prefix set `set`.
 fn set_present(cfg: &mut FwConfig, set: usize, bits: u32) {
     let shift = set * 8;
-    let mask = 0xff | present_dir(0, 0) | present_dir(0, 1);
+    let mask = 0xff | present_dir(0, 0) | present_dir(0, 1) | present_dir(0, 2) | present_dir(0, 3);
     cfg.present = (cfg.present & !(mask << shift)) | (bits << shift);
 }
 

@@ -304,19 +304,29 @@ impl LiveFirewall {
         Ok(())
     }
 
-    /// Makes room in the DIR chunk pools for the IPv4 prefixes of `rules`:
-    /// grows them (the chain reinstalled, as [`ensure_ids`](Self::ensure_ids))
-    /// when they are smaller. A ruleset past the largest pool keeps its
-    /// IPv4 prefixes in the tries.
-    fn ensure_chunks<'r>(&mut self, rules: impl IntoIterator<Item = &'r Rule>) -> Result<()> {
-        let needed = super::dir::chunks_needed(rules);
-        if needed <= capacity::chunk_pool(&self.maps)? {
-            return Ok(());
+    /// Makes room in the DIR chunk pools for the IPv4 prefixes of `rules`,
+    /// and in the IPv6 tables for their IPv6 prefixes: grows them (the
+    /// chain reinstalled, as [`ensure_ids`](Self::ensure_ids)) when they
+    /// are smaller. A ruleset past the largest pool or table keeps those
+    /// prefixes in the tries.
+    fn ensure_chunks<'r>(
+        &mut self,
+        rules: impl IntoIterator<Item = &'r Rule> + Clone,
+    ) -> Result<()> {
+        let needed = super::dir::chunks_needed(rules.clone());
+        if needed > capacity::chunk_pool(&self.maps)? {
+            let iface_dir = PinDir::new(&self.iface)?;
+            let lock = self.shared_lock()?;
+            capacity::grow_chunks(&self.iface, &iface_dir, &lock, needed)?;
+            self.view.maps = open_pinned(&self.view.dir)?;
         }
-        let iface_dir = PinDir::new(&self.iface)?;
-        let lock = self.shared_lock()?;
-        capacity::grow_chunks(&self.iface, &iface_dir, &lock, needed)?;
-        self.view.maps = open_pinned(&self.view.dir)?;
+        let entries = super::v6tab::entries_needed(rules);
+        if super::v6tab::buckets_for(entries) > capacity::v6_pool(&self.maps)? {
+            let iface_dir = PinDir::new(&self.iface)?;
+            let lock = self.shared_lock()?;
+            capacity::grow_v6(&self.iface, &iface_dir, &lock, entries)?;
+            self.view.maps = open_pinned(&self.view.dir)?;
+        }
         Ok(())
     }
 

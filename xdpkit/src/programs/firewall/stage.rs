@@ -78,19 +78,24 @@ impl Program for Firewall {
         let pinned = match super::maps::open_pinned(dir) {
             // Unreadable pins are refused later, with the reason.
             Ok(maps) if attached_in(dir) => capacity::capacity(&maps)
-                .and_then(|c| Ok((c, capacity::chunk_pool(&maps)?)))
+                .and_then(|c| Ok((c, capacity::chunk_pool(&maps)?, capacity::v6_pool(&maps)?)))
                 .ok(),
             _ => None,
         };
         let wanted = capacity::capacity_for(fresh_ids(settings))?;
-        let chunks = match pinned {
-            Some((_, pool)) => pool,
-            None => capacity::chunk_capacity(super::dir::chunks_needed(
-                config::rules_of(settings).iter(),
-            )),
+        let (chunks, buckets) = match pinned {
+            Some((_, pool, v6)) => (pool, v6),
+            None => {
+                let rules = config::rules_of(settings);
+                (
+                    capacity::chunk_capacity(super::dir::chunks_needed(rules.iter())),
+                    super::v6tab::buckets_for(super::v6tab::entries_needed(rules.iter())),
+                )
+            }
         };
         let mut sizes = capacity::sizes(pinned.map_or(0, |p| p.0).max(wanted));
         sizes.extend(capacity::chunk_sizes(chunks));
+        sizes.extend(capacity::v6_sizes(buckets));
         Ok(sizes)
     }
 
@@ -125,10 +130,16 @@ impl Program for Firewall {
             capacity::grow(iface, iface_dir, lock, wanted)?;
         }
         if settings.contains_key("rules") {
-            let needed = super::dir::chunks_needed(config::rules_of(settings).iter());
+            let rules = config::rules_of(settings);
+            let needed = super::dir::chunks_needed(rules.iter());
             let maps = super::maps::open_pinned(&dir)?;
             if needed > capacity::chunk_pool(&maps)? {
                 capacity::grow_chunks(iface, iface_dir, lock, needed)?;
+            }
+            let entries = super::v6tab::entries_needed(rules.iter());
+            let maps = super::maps::open_pinned(&dir)?;
+            if super::v6tab::buckets_for(entries) > capacity::v6_pool(&maps)? {
+                capacity::grow_v6(iface, iface_dir, lock, entries)?;
             }
         }
         Ok(())
