@@ -128,19 +128,32 @@ impl Default for DirChunk {
 /// lengths) in one of its two buckets ([`v6_buckets`]), both fields in one
 /// table. Sized to the rulesets (powers of two, [`FW_V6_MIN_BUCKETS`] to
 /// [`FW_V6_MAX_BUCKETS`]); a set uses the first `1 << bits` buckets
-/// ([`V6Lengths::bits`]).
+/// ([`V6Root::bits`]).
 pub const FW_V6TAB: [&str; 2] = ["FW_V6TAB_0", "FW_V6TAB_1"];
-/// The distinct prefix lengths of each IPv6 field, `[set 0, set 1]`: array
-/// of two [`V6Lengths`] (field 0 src, 1 dst), the implicit tree of the
-/// binary search on lengths.
-pub const FW_V6LENS: [&str; 2] = ["FW_V6LENS_0", "FW_V6LENS_1"];
+/// Where the search of each IPv6 field starts, `[set 0, set 1]`: array of
+/// two [`V6Root`] (field 0 src, 1 dst).
+pub const FW_V6ROOT: [&str; 2] = ["FW_V6ROOT_0", "FW_V6ROOT_1"];
+/// The search trees of a set's IPv6 fields, `[set 0, set 1]`: array of
+/// [`FW_V6_NODES`] [`V6Node`]s shared by every tree (one per distinct set
+/// of lengths a search may go on with).
+pub const FW_V6NODE: [&str; 2] = ["FW_V6NODE_0", "FW_V6NODE_1"];
+/// Nodes per set: trees needing more leave the IPv6 prefixes in the tries.
+pub const FW_V6_NODES: u32 = 1 << 16;
 /// Buckets of a new firewall's IPv6 tables, grown on demand.
 pub const FW_V6_MIN_BUCKETS: u32 = 16;
 /// Most buckets per IPv6 table (4 entries each): beyond, the tries.
 pub const FW_V6_MAX_BUCKETS: u32 = 1 << 20;
-/// Most probes of the binary search on the (at most 128) distinct lengths
-/// of a field above /0: `floor(log2 128) + 1`.
+/// Most probes of a lookup: each probe at least halves the lengths left
+/// (at most 128 above /0), so `floor(log2 128) + 1`.
 pub const V6_MAX_PROBES: u32 = 8;
+/// No node (a search that ends): in [`V6Node::left`], [`V6Root::root`],
+/// and the next-node bits of [`V6Slot::key`].
+pub const V6_NO_NODE: u32 = (1 << 22) - 1;
+/// [`V6Slot::key`]: the bits of [`v6_tag`]; the node the search goes on
+/// with after a hit is `key >> V6_NEXT_SHIFT`.
+pub const V6_TAG_MASK: u32 = (1 << V6_NEXT_SHIFT) - 1;
+/// See [`V6_TAG_MASK`].
+pub const V6_NEXT_SHIFT: u32 = 10;
 
 /// One entry of an IPv6 table: a prefix (or marker) of one field and length.
 #[repr(C)]
@@ -151,8 +164,10 @@ pub struct V6Slot {
     pub hi: u64,
     /// The last 64 bits, likewise.
     pub lo: u64,
-    /// [`v6_tag`] of field and length; 0 for an unused slot.
-    pub tag: u32,
+    /// [`v6_tag`] of field and length, with the node where the search goes
+    /// on after a hit here (a tree of the longer lengths of listed prefixes
+    /// inside this one) above [`V6_NEXT_SHIFT`]; 0 for an unused slot.
+    pub key: u32,
     /// The best rule of the longest listed prefix containing this one (the
     /// prefix itself, if listed): rule id + 1 (index + 1 into
     /// [`FW_DIR4_REFS`]), 0 for none.
@@ -167,36 +182,26 @@ pub struct V6Bucket {
     pub slots: [V6Slot; 4],
 }
 
-/// One length of the binary search on lengths: a node of its tree.
+/// A node of a search tree: the length probed here; a miss goes on with
+/// `left` (shorter lengths), a hit with the entry's next node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct V6Node {
     /// The prefix length probed here.
     pub len: u32,
-    /// Node searched after a miss (shorter lengths), [`V6_NO_NODE`] for none.
+    /// Node searched after a miss, [`V6_NO_NODE`] for none.
     pub left: u32,
-    /// Node searched after a hit (longer lengths), [`V6_NO_NODE`] for none.
-    pub right: u32,
-    /// Padding, zero.
-    pub _pad: u32,
     /// The mask of `len` bits over the first 64 bits of an address.
     pub mask_hi: u64,
     /// The same over the last 64 bits.
     pub mask_lo: u64,
 }
 
-/// [`V6Node::left`], [`V6Node::right`], [`V6Lengths::root`]: no node.
-pub const V6_NO_NODE: u32 = 0xff;
-
-/// The tree of lengths of one IPv6 field in one set: the binary search on
-/// its distinct lengths above /0 (midpoint `(low + high - 1) / 2` of the
-/// half-open range), one node per length. Children are read from the
-/// nodes, not computed, so the verifier sees one state per step, not one
-/// per path.
+/// Where the search of one IPv6 field of one set starts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct V6Lengths {
-    /// The rule of the field's /0 prefix + 1, 0 for none: where a lookup starts.
+pub struct V6Root {
+    /// The rule of the field's /0 prefix + 1, 0 for none.
     pub zero: u32,
     /// The set's table uses its first `1 << bits` buckets.
     pub bits: u32,
@@ -204,26 +209,24 @@ pub struct V6Lengths {
     pub root: u32,
     /// Padding, zero.
     pub _pad: u32,
-    /// The nodes (index < 128).
-    pub nodes: [V6Node; 128],
 }
 
-impl Default for V6Lengths {
-    fn default() -> V6Lengths {
-        V6Lengths {
+impl Default for V6Root {
+    fn default() -> V6Root {
+        V6Root {
             zero: 0,
             bits: 0,
             root: V6_NO_NODE,
             _pad: 0,
-            nodes: [V6Node::default(); 128],
         }
     }
 }
 
-/// The [`V6Slot::tag`] of an entry of `field` (0 src, 1 dst) and length `len`.
+/// The tag of an entry of `field` (0 src, 1 dst) and length `len` (the low
+/// bits of [`V6Slot::key`]).
 #[inline(always)]
 pub const fn v6_tag(field: u32, len: u32) -> u32 {
-    (1 << 31) | (field << 8) | len
+    (1 << 9) | ((field & 1) << 8) | (len & 0xff)
 }
 
 /// Fewest and most bits of an IPv6 table.
@@ -376,7 +379,7 @@ impl Bitmap {
 }
 
 /// Every map of the firewall, pinned with it.
-pub const FW_MAPS: [&str; 56] = [
+pub const FW_MAPS: [&str; 58] = [
     FW_CONFIG,
     FW_TRACE,
     FW_RULE_STATS,
@@ -405,8 +408,10 @@ pub const FW_MAPS: [&str; 56] = [
     FW_DIR4_REFS[1],
     FW_V6TAB[0],
     FW_V6TAB[1],
-    FW_V6LENS[0],
-    FW_V6LENS[1],
+    FW_V6ROOT[0],
+    FW_V6ROOT[1],
+    FW_V6NODE[0],
+    FW_V6NODE[1],
     FW_GEN_RULES[0],
     FW_GEN_RULES[1],
     FW_GEN_SRC4[0],
@@ -700,7 +705,8 @@ pub use crate::dump::NO_RULE;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<V6Bucket>() == 96);
-const _: () = assert!(core::mem::size_of::<V6Lengths>() == 16 + 128 * 32);
+const _: () = assert!(core::mem::size_of::<V6Node>() == 24);
+const _: () = assert!(core::mem::size_of::<V6Root>() == 16);
 const _: () = assert!(core::mem::size_of::<FwConfig>() == 80);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
@@ -713,7 +719,8 @@ mod pod {
     unsafe impl aya::Pod for super::HostBucket {}
     unsafe impl aya::Pod for super::DirChunk {}
     unsafe impl aya::Pod for super::V6Bucket {}
-    unsafe impl aya::Pod for super::V6Lengths {}
+    unsafe impl aya::Pod for super::V6Root {}
+    unsafe impl aya::Pod for super::V6Node {}
     unsafe impl aya::Pod for super::FwTrace {}
     unsafe impl aya::Pod for super::Bitmap {}
     unsafe impl aya::Pod for super::RuleHits {}

@@ -20,10 +20,10 @@ use xdpkit_common::{
     firewall::{
         host_buckets, present_dir, present_host, present_table, present_trie, v6_buckets, v6_tag,
         Bucket, BucketKey, DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits,
-        RuleRecord, RuleRef, V6Bucket, V6Lengths, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL,
+        RuleRecord, RuleRef, V6Bucket, V6Node, V6Root, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL,
         ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS,
-        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, NO_RULE, POLICY_DROP, POLICY_L3,
-        POLICY_PASS, V6_MAX_PROBES,
+        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE, POLICY_DROP,
+        POLICY_L3, POLICY_PASS, V6_MAX_PROBES, V6_NEXT_SHIFT, V6_TAG_MASK,
     },
     ActionCounter, XdpAction,
 };
@@ -162,16 +162,20 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Option<&'static RuleRef> {
 static V6TAB_0: Array<V6Bucket> = Array::with_max_entries(FW_V6_MAX_BUCKETS, 0);
 #[map(name = "FW_V6TAB_1")]
 static V6TAB_1: Array<V6Bucket> = Array::with_max_entries(FW_V6_MAX_BUCKETS, 0);
-#[map(name = "FW_V6LENS_0")]
-static V6LENS_0: Array<V6Lengths> = Array::with_max_entries(2, 0);
-#[map(name = "FW_V6LENS_1")]
-static V6LENS_1: Array<V6Lengths> = Array::with_max_entries(2, 0);
+#[map(name = "FW_V6ROOT_0")]
+static V6ROOT_0: Array<V6Root> = Array::with_max_entries(2, 0);
+#[map(name = "FW_V6ROOT_1")]
+static V6ROOT_1: Array<V6Root> = Array::with_max_entries(2, 0);
+#[map(name = "FW_V6NODE_0")]
+static V6NODE_0: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
+#[map(name = "FW_V6NODE_1")]
+static V6NODE_1: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
 
 /// The entry of the IPv6 table of `set` with tag `tag` and masked address
-/// `(hi, lo)`: its rule + 1 (0 for none), or `None` if absent. Two inlined
-/// array reads and eight compares.
+/// `(hi, lo)`: its key and rule + 1 (0 for none), or `None` if absent. Two
+/// inlined array reads and eight compares.
 #[inline(always)]
-fn v6_probe(set: u32, bits: u32, tag: u32, hi: u64, lo: u64) -> Option<u32> {
+fn v6_probe(set: u32, bits: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u32)> {
     for index in v6_buckets(hi, lo, tag, bits) {
         let bucket = if set == 0 {
             V6TAB_0.get(index)
@@ -180,8 +184,10 @@ fn v6_probe(set: u32, bits: u32, tag: u32, hi: u64, lo: u64) -> Option<u32> {
         };
         if let Some(bucket) = bucket {
             for slot in &bucket.slots {
-                if slot.tag == tag && slot.hi == hi && slot.lo == lo {
-                    return Some(slot.rule);
+                // One branch per slot.
+                let tag_diff = u64::from((slot.key & V6_TAG_MASK) ^ tag);
+                if (tag_diff | (slot.hi ^ hi) | (slot.lo ^ lo)) == 0 {
+                    return Some((slot.key, slot.rule));
                 }
             }
         }
@@ -190,39 +196,46 @@ fn v6_probe(set: u32, bits: u32, tag: u32, hi: u64, lo: u64) -> Option<u32> {
 }
 
 /// The best prefix rule of IPv6 `addr` for `field` (0 src, 1 dst) in the
-/// table of `set`: binary search on the field's distinct lengths
-/// (Waldvogel), at most [`V6_MAX_PROBES`] probes of two inlined bucket
-/// reads each, one read of the tree of lengths and one of the rule; no
-/// helper call. A hit (a prefix or a marker) carries the best rule of the
-/// longest listed prefix it lies in, and sends the search to longer
-/// lengths; a miss to shorter ones.
+/// table of `set`: binary search on the field's prefix lengths (Waldvogel),
+/// where a hit goes on with the lengths of the listed prefixes inside the
+/// entry found (its next node) and a miss with the shorter lengths (the
+/// node's left); each probe at least halves the lengths left, so at most
+/// [`V6_MAX_PROBES`] probes of two inlined bucket reads each, plus one read
+/// of the root, one of each node and one of the rule; no helper call. A
+/// hit (a prefix or a marker) carries the best rule of the longest listed
+/// prefix it lies in.
 #[inline(always)]
 fn v6_lookup(set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> {
-    let tree = if set == 0 {
-        V6LENS_0.get(field)
+    let root = if set == 0 {
+        V6ROOT_0.get(field)
     } else {
-        V6LENS_1.get(field)
+        V6ROOT_1.get(field)
     };
-    let tree = tree?;
+    let root = root?;
     let hi = u64::from_be_bytes([
         addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
     ]);
     let lo = u64::from_be_bytes([
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
-    let bits = tree.bits;
-    let mut best = tree.zero;
-    let mut node = tree.root;
+    let bits = root.bits;
+    let mut best = root.zero;
+    let mut node = root.root;
     for _ in 0..V6_MAX_PROBES {
-        if node >= 128 {
+        let n = if set == 0 {
+            V6NODE_0.get(node)
+        } else {
+            V6NODE_1.get(node)
+        };
+        // V6_NO_NODE is past the array: the search ends.
+        let Some(n) = n else {
             break;
-        }
-        let n = &tree.nodes[(node & 127) as usize];
-        let tag = v6_tag(field, n.len & 0xff);
+        };
+        let tag = v6_tag(field, n.len);
         match v6_probe(set, bits, tag, hi & n.mask_hi, lo & n.mask_lo) {
-            Some(rule) => {
+            Some((key, rule)) => {
                 best = rule;
-                node = n.right;
+                node = key >> V6_NEXT_SHIFT;
             }
             None => node = n.left,
         }

@@ -17,8 +17,8 @@ use xdpkit_common::{
         FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY,
         ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS,
         FW_DIR4_L1, FW_DIR4_MAX_CHUNKS, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6,
-        FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, FW_V6LENS, FW_V6TAB, POLICY_DROP, POLICY_L3,
-        POLICY_PASS, TABLE_BITS,
+        FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, FW_V6NODE, FW_V6ROOT, FW_V6TAB, POLICY_DROP,
+        POLICY_L3, POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -794,7 +794,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         fd(FW_DIR4_CHUNKS[set])?,
         fd(FW_DIR4_REFS[set])?,
     );
-    let (v6tab, v6lens) = (fd(FW_V6TAB[set])?, fd(FW_V6LENS[set])?);
+    let (v6tab, v6root, v6node) = (fd(FW_V6TAB[set])?, fd(FW_V6ROOT[set])?, fd(FW_V6NODE[set])?);
     let dir_refs = if v6.is_some() {
         dir_rules(&[&src4_trie, &c.dst4, &c.src6, &c.dst6])
     } else {
@@ -821,7 +821,8 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         Box::new(|| match &v6 {
             Some(t) => {
                 batch::write_array_fd(v6tab, &t.buckets)?;
-                batch::write_array_fd(v6lens, &t.lens)
+                batch::write_array_fd(v6node, &t.nodes)?;
+                batch::write_array_fd(v6root, &t.roots)
             }
             None => Ok(()),
         }),
@@ -946,6 +947,21 @@ impl FirewallHarness {
         object::program(&mut ebpf, SYMBOL, "firewall")?;
         write_config(&mut ebpf, config(&policy, 0, true))?;
         Ok(FirewallHarness { ebpf })
+    }
+
+    /// Like [`FirewallHarness::new`], with the maps of `sizes` created with
+    /// that many entries (as a stage sizes them: [`super::capacity`]).
+    pub fn sized(policy: Policy, sizes: &[(&str, u32)]) -> Result<FirewallHarness> {
+        let mut ebpf =
+            crate::programs::Program::object(&super::Firewall).load_sized(&[], &[], sizes)?;
+        object::program(&mut ebpf, SYMBOL, "firewall")?;
+        write_config(&mut ebpf, config(&policy, 0, true))?;
+        Ok(FirewallHarness { ebpf })
+    }
+
+    /// The config the program reads.
+    pub fn config(&self) -> Result<FwConfig> {
+        read_config(&self.ebpf)
     }
 
     /// Changes the policy (takes effect for the next frame).

@@ -1,29 +1,35 @@
 //! IPv6 prefix tables (see docs/firewall.md, "IPv6 prefix rules"): binary
 //! search on prefix lengths (Waldvogel et al.) over hash tables in array
 //! maps, so the program reads at most [`V6_MAX_PROBES`] x 2 buckets, the
-//! lengths and the rule, with no helper call and no pointer walk.
+//! nodes, the root and the rule, with no helper call and no pointer walk.
 //!
-//! Per field, the distinct lengths above /0 are sorted; a lookup is a
-//! binary search over them (`mid = (low + high - 1) / 2` on the half-open
-//! range `[low, high)`): it probes the address masked to `lens[mid]`; a hit
-//! sends it to longer lengths, a miss to shorter ones. So that a hit is
-//! never missed, every prefix leaves a *marker* (its address masked to the
-//! probed length) at each length where the search for it goes longer. Each
-//! entry, prefix or marker, carries the best rule of the longest listed
-//! prefix containing it (a prefix's own compiled value: the inherited best
-//! rule), so the last hit of a search is the answer.
+//! A search holds a sorted list of candidate lengths (at first every
+//! length of the field above /0). It probes the shortest first, then
+//! midpoints `lens[(k - 1) / 2]` (the address masked to that length). A
+//! miss goes on with the shorter half (after the shortest: nothing, the
+//! address is in no listed prefix). A hit on entry E goes on with the
+//! lengths of the listed prefixes inside E, among the longer half: none of
+//! the others can match (Waldvogel's ropes). Each midpoint probe at least
+//! halves the list, so 128 lengths take at most 1 + 7 probes. Every prefix
+//! leaves a *marker* (its address masked to the probed length) where its
+//! own search hits on its way; each entry, prefix or marker, carries the
+//! best rule of the longest listed prefix containing it (a prefix's own
+//! compiled value: the inherited best rule), so the last hit of a search
+//! is the answer. The lists a search may go on with are trees of
+//! [`V6Node`]s (midpoint, left = shorter half), each distinct list once;
+//! an entry names the tree after it.
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use ipnet::IpNet;
 use xdpkit_common::firewall::{
-    v6_buckets, v6_mask, v6_tag, RuleRef, V6Bucket, V6Lengths, V6Node, V6Slot, FW_V6_MAX_BUCKETS,
-    FW_V6_MIN_BUCKETS, V6_BITS, V6_MAX_PROBES, V6_NO_NODE,
+    v6_buckets, v6_mask, v6_tag, RuleRef, V6Bucket, V6Node, V6Root, V6Slot, FW_V6_MAX_BUCKETS,
+    FW_V6_MIN_BUCKETS, FW_V6_NODES, V6_BITS, V6_NEXT_SHIFT, V6_NO_NODE, V6_TAG_MASK,
 };
 
 /// A compiled prefix and its (inherited) rule.
 type Prefix = (IpNet, RuleRef);
 
-/// An IPv6 table: the buckets in use and the tree of lengths of each field.
+/// An IPv6 table: the buckets in use, the trees and the roots.
 #[derive(Clone, Debug)]
 pub struct V6Table {
     /// `1 << bits` buckets.
@@ -31,7 +37,9 @@ pub struct V6Table {
     /// log2 of the buckets.
     pub bits: u32,
     /// Field 0 (src) and 1 (dst).
-    pub lens: [V6Lengths; 2],
+    pub roots: [V6Root; 2],
+    /// The nodes of every tree.
+    pub nodes: Vec<V6Node>,
     /// Entries (prefixes and markers) in the buckets.
     pub entries: usize,
 }
@@ -53,162 +61,216 @@ fn key_of(net: &IpNet) -> Option<(u128, u8)> {
     }
 }
 
-/// The distinct lengths above /0 of `prefixes`, ascending.
-fn lengths<'a>(prefixes: impl IntoIterator<Item = &'a (u128, u8)>) -> Vec<u8> {
-    let mut lens: Vec<u8> = prefixes
-        .into_iter()
-        .map(|(_, len)| *len)
-        .filter(|len| *len > 0)
-        .collect();
-    lens.sort_unstable();
-    lens.dedup();
-    lens
-}
+/// The entries of one field: `(address, length)` -> (the list of lengths
+/// the search goes on with after a hit there, the rule + 1 if it is a
+/// listed prefix).
+type Entries = HashMap<(u128, u8), (Vec<u8>, Option<u32>)>;
 
-/// The tree of the binary search on `lens` (ascending, at most 128):
-/// nodes in preorder, the midpoint `(low + high - 1) / 2` of each range.
-fn tree(lens: &[u8]) -> V6Lengths {
-    fn node(lens: &[u8], low: usize, high: usize, t: &mut V6Lengths, next: &mut u32) -> u32 {
-        if low >= high {
-            return V6_NO_NODE;
-        }
-        let mid = (low + high - 1) / 2;
-        let at = *next;
-        *next += 1;
-        let len = u32::from(lens[mid]);
-        let (mask_hi, mask_lo) = v6_mask(u64::MAX, u64::MAX, len);
-        let left = node(lens, low, mid, t, next);
-        let right = node(lens, mid + 1, high, t, next);
-        t.nodes[at as usize] = V6Node {
-            len,
-            left,
-            right,
-            _pad: 0,
-            mask_hi,
-            mask_lo,
-        };
-        at
-    }
-    let mut t = V6Lengths::default();
-    let mut next = 0;
-    t.root = node(
-        &lens[..lens.len().min(128)],
-        0,
-        lens.len().min(128),
-        &mut t,
-        &mut next,
-    );
-    t
-}
-
-/// Calls `marker` with the (length, masked address) of every marker the
-/// search for `addr/len` needs: the lengths where it goes longer.
-fn path_markers(tree: &V6Lengths, addr: u128, len: u8, mut marker: impl FnMut(u8, u128)) {
-    let mut node = tree.root;
-    while node != V6_NO_NODE {
-        let n = &tree.nodes[node as usize];
-        let at = n.len as u8;
-        if at == len {
-            return;
-        }
-        if at < len {
-            marker(at, trunc(addr, at));
-            node = n.right;
-        } else {
-            node = n.left;
-        }
-    }
-}
-
-/// The markers of a field's prefixes that are not prefixes themselves.
-fn markers(tree: &V6Lengths, reals: &HashSet<(u128, u8)>) -> HashSet<(u128, u8)> {
-    let mut out = HashSet::default();
-    for &(addr, len) in reals {
+/// The entries of a field whose listed prefixes are `reals` (`(address,
+/// length)` -> rule + 1), and the list of lengths a search starts with.
+fn field_entries(reals: &HashMap<(u128, u8), u32>) -> (Entries, Vec<u8>) {
+    let mut sorted: Vec<(u128, u8)> = reals.keys().copied().collect();
+    sorted.sort_unstable();
+    let mut all: Vec<u8> = sorted.iter().map(|k| k.1).filter(|l| *l > 0).collect();
+    all.sort_unstable();
+    all.dedup();
+    // The lengths of the listed prefixes strictly inside `addr/len`.
+    let inside = |addr: u128, len: u8| -> Vec<u8> {
+        let last = addr | !trunc(u128::MAX, len);
+        let from = sorted.partition_point(|k| k.0 < addr);
+        let mut lens: Vec<u8> = sorted[from..]
+            .iter()
+            .take_while(|k| k.0 <= last)
+            .map(|k| k.1)
+            .filter(|l| *l > len)
+            .collect();
+        lens.sort_unstable();
+        lens.dedup();
+        lens
+    };
+    let mut entries: Entries = HashMap::default();
+    for &(addr, len) in &sorted {
         if len == 0 {
             continue;
         }
-        path_markers(tree, addr, len, |l, a| {
-            if !reals.contains(&(a, l)) {
-                out.insert((a, l));
+        // The search for the prefix itself, as the program makes it: the
+        // shortest length first, then midpoints.
+        let mut cands = all.clone();
+        let mut first = true;
+        loop {
+            let mid = if first { 0 } else { (cands.len() - 1) / 2 };
+            first = false;
+            let at = cands[mid];
+            if at > len {
+                cands.truncate(mid);
+                continue;
             }
-        });
+            let key = (trunc(addr, at), at);
+            let next = match entries.get(&key) {
+                Some((next, _)) => next.clone(),
+                None => {
+                    let longer = &cands[mid + 1..];
+                    let next: Vec<u8> = inside(key.0, at)
+                        .into_iter()
+                        .filter(|l| longer.binary_search(l).is_ok())
+                        .collect();
+                    entries.insert(key, (next.clone(), reals.get(&key).copied()));
+                    next
+                }
+            };
+            if at == len {
+                break;
+            }
+            cands = next;
+        }
     }
-    out
+    (entries, all)
+}
+
+/// The listed prefixes of both IPv6 fields of `rules` (value: rule + 1).
+fn reals_of<'r>(rules: impl IntoIterator<Item = &'r super::Rule>) -> [HashMap<(u128, u8), u32>; 2] {
+    let mut fields: [HashMap<(u128, u8), u32>; 2] = Default::default();
+    for rule in rules {
+        if let Some((field @ 2..=3, net)) = super::kernel::prefix_field(rule) {
+            if let Some(key) = key_of(&net) {
+                fields[field - 2].insert(key, 1);
+            }
+        }
+    }
+    fields
 }
 
 /// Table entries (prefixes and markers, /0 aside) of the IPv6 prefix rules
 /// among `rules`: what the table must hold.
 pub fn entries_needed<'r>(rules: impl IntoIterator<Item = &'r super::Rule>) -> usize {
-    let mut fields: [HashSet<(u128, u8)>; 2] = Default::default();
-    for rule in rules {
-        if let Some((field @ 2..=3, net)) = super::kernel::prefix_field(rule) {
-            if let Some(key) = key_of(&net) {
-                fields[field - 2].insert(key);
-            }
-        }
-    }
-    fields
+    reals_of(rules)
         .iter()
-        .map(|reals| {
-            let tree = tree(&lengths(reals));
-            let prefixes = reals.iter().filter(|(_, len)| *len > 0).count();
-            prefixes + markers(&tree, reals).len()
-        })
+        .map(|reals| field_entries(reals).0.len())
         .sum()
 }
 
-/// Buckets a table of `entries` entries gets: at least a third as many as
-/// entries (three quarters full at most, where two choices of four-entry
-/// buckets place every entry), a power of two.
+/// Buckets a table of `entries` entries gets: a power of two, the table at
+/// most 90% full (cuckoo insertion into two choices of four-entry buckets
+/// places every entry up to about 97%; on a failure the build tries twice
+/// the buckets).
 pub fn buckets_for(entries: usize) -> u32 {
-    let wanted = (entries / 3).max(1).min(FW_V6_MAX_BUCKETS as usize) as u32;
+    let wanted = (entries * 10 / 36).max(1).min(FW_V6_MAX_BUCKETS as usize) as u32;
     wanted
         .next_power_of_two()
         .clamp(FW_V6_MIN_BUCKETS, FW_V6_MAX_BUCKETS)
 }
 
-/// One field's entries, `(masked address, length, rule id + 1)`, and its
-/// tree of lengths (without `bits`).
-fn field_entries(prefixes: &[Prefix]) -> (Vec<(u128, u8, u32)>, V6Lengths) {
+/// The trees of the lists of lengths, each distinct list once.
+#[derive(Default)]
+struct Trees {
+    nodes: Vec<V6Node>,
+    made: HashMap<Vec<u8>, u32>,
+}
+
+impl Trees {
+    /// The first node of a field's search: its shortest length `lens[0]`,
+    /// nothing after a miss (nothing shorter is listed).
+    fn start(&mut self, lens: &[u8]) -> u32 {
+        let Some(&shortest) = lens.first() else {
+            return V6_NO_NODE;
+        };
+        let len = u32::from(shortest);
+        let (mask_hi, mask_lo) = v6_mask(u64::MAX, u64::MAX, len);
+        self.nodes.push(V6Node {
+            len,
+            left: V6_NO_NODE,
+            mask_hi,
+            mask_lo,
+        });
+        self.nodes.len() as u32 - 1
+    }
+
+    /// The first node of the tree of `lens` (ascending): its midpoint,
+    /// left = the tree of the shorter half.
+    fn of(&mut self, lens: &[u8]) -> u32 {
+        if lens.is_empty() {
+            return V6_NO_NODE;
+        }
+        if let Some(&at) = self.made.get(lens) {
+            return at;
+        }
+        let mid = (lens.len() - 1) / 2;
+        let left = self.of(&lens[..mid]);
+        let len = u32::from(lens[mid]);
+        let (mask_hi, mask_lo) = v6_mask(u64::MAX, u64::MAX, len);
+        let at = self.nodes.len() as u32;
+        self.nodes.push(V6Node {
+            len,
+            left,
+            mask_hi,
+            mask_lo,
+        });
+        self.made.insert(lens.to_vec(), at);
+        at
+    }
+}
+
+/// One entry as the table holds it.
+struct Placed {
+    hi: u64,
+    lo: u64,
+    key: u32,
+    rule: u32,
+}
+
+/// One field's entries with their rule + 1 and next node, and its root.
+fn field_slots(prefixes: &[Prefix], field: u32, trees: &mut Trees) -> (Vec<Placed>, V6Root) {
     let mut reals: HashMap<(u128, u8), u32> = HashMap::default();
     for (net, rule) in prefixes {
         if let Some(key) = key_of(net) {
             reals.insert(key, rule.id + 1);
         }
     }
-    let keys: HashSet<(u128, u8)> = reals.keys().copied().collect();
-    let mut tree = tree(&lengths(&keys));
-    tree.zero = reals.get(&(0, 0)).copied().unwrap_or(0);
+    let (entries, all) = field_entries(&reals);
+    let root = V6Root {
+        zero: reals.get(&(0, 0)).copied().unwrap_or(0),
+        bits: 0,
+        root: trees.start(&all),
+        _pad: 0,
+    };
     // Address order (shorter first at one address): each entry comes after
     // the prefixes containing it, and those still open form a chain whose
     // top is the longest listed prefix containing a marker.
-    let mut all: Vec<(u128, u8, Option<u32>)> = reals
-        .iter()
-        .map(|(&(addr, len), &rule)| (addr, len, Some(rule)))
-        .collect();
-    all.extend(markers(&tree, &keys).into_iter().map(|(a, l)| (a, l, None)));
-    all.sort_unstable_by_key(|&(addr, len, _)| (addr, len));
+    let mut order: Vec<(u128, u8)> = entries.keys().copied().collect();
+    if let Some(&zero) = reals.get(&(0, 0)) {
+        order.push((0, 0));
+        let _ = zero;
+    }
+    order.sort_unstable();
     let mut chain: Vec<(u128, u8, u32)> = Vec::new();
-    let mut out = Vec::with_capacity(all.len());
-    for (addr, len, rule) in all {
+    let mut out = Vec::with_capacity(entries.len());
+    for (addr, len) in order {
         while chain
             .last()
             .is_some_and(|&(a, l, _)| l > len || trunc(addr, l) != a)
         {
             chain.pop();
         }
-        let value = match rule {
+        let own = reals.get(&(addr, len)).copied();
+        let rule = match own {
             Some(r) => {
                 chain.push((addr, len, r));
                 r
             }
             None => chain.last().map_or(0, |&(_, _, r)| r),
         };
-        if len > 0 {
-            out.push((addr, len, value));
+        if len == 0 {
+            continue;
         }
+        let next = trees.of(&entries[&(addr, len)].0);
+        out.push(Placed {
+            hi: (addr >> 64) as u64,
+            lo: addr as u64,
+            key: v6_tag(field, u32::from(len)) | (next << V6_NEXT_SHIFT),
+            rule,
+        });
     }
-    (out, tree)
+    (out, root)
 }
 
 /// The table of the compiled IPv6 prefixes of both fields, with at most
@@ -218,20 +280,25 @@ pub fn build(src6: &[Prefix], dst6: &[Prefix], max_bits: u32) -> Option<V6Table>
     if src6.is_empty() && dst6.is_empty() {
         return None;
     }
-    let (src, src_tree) = field_entries(src6);
-    let (dst, dst_tree) = field_entries(dst6);
+    let mut trees = Trees::default();
+    let (src, src_root) = field_slots(src6, 0, &mut trees);
+    let (dst, dst_root) = field_slots(dst6, 1, &mut trees);
+    if trees.nodes.len() > FW_V6_NODES as usize {
+        return None;
+    }
     let entries = src.len() + dst.len();
     let mut bits = buckets_for(entries).trailing_zeros();
     while bits <= max_bits.min(V6_BITS.1) {
         if let Some(buckets) = place(&[&src, &dst], bits) {
-            let mut lens = [src_tree, dst_tree];
-            for tree in &mut lens {
-                tree.bits = bits;
+            let mut roots = [src_root, dst_root];
+            for root in &mut roots {
+                root.bits = bits;
             }
             return Some(V6Table {
                 buckets,
                 bits,
-                lens,
+                roots,
+                nodes: trees.nodes,
                 entries,
             });
         }
@@ -240,29 +307,47 @@ pub fn build(src6: &[Prefix], dst6: &[Prefix], max_bits: u32) -> Option<V6Table>
     None
 }
 
-/// The entries of both fields in `1 << bits` buckets, each in the emptier
-/// of its two; `None` if one finds both full.
-fn place(fields: &[&Vec<(u128, u8, u32)>; 2], bits: u32) -> Option<Vec<V6Bucket>> {
+/// Moves of one insertion before the build gives up on a table size.
+const MAX_KICKS: usize = 2000;
+
+/// The entries of both fields in `1 << bits` buckets, each in one of its
+/// two (cuckoo insertion: an entry that finds both full takes the place of
+/// one already there, which moves to its other bucket, and so on); `None`
+/// if an insertion still finds no room after [`MAX_KICKS`] moves.
+fn place(fields: &[&Vec<Placed>; 2], bits: u32) -> Option<Vec<V6Bucket>> {
     let mut table = vec![V6Bucket::default(); 1 << bits];
-    for (field, entries) in fields.iter().enumerate() {
-        for &(addr, len, rule) in entries.iter() {
-            let (hi, lo) = ((addr >> 64) as u64, addr as u64);
-            let tag = v6_tag(field as u32, u32::from(len));
-            let [first, second] = v6_buckets(hi, lo, tag, bits);
-            let used = |i: u32| {
-                table[i as usize]
-                    .slots
-                    .iter()
-                    .filter(|s| s.tag != 0)
-                    .count()
+    let mut kick = 0usize;
+    let free = |t: &[V6Bucket], i: u32| t[i as usize].slots.iter().filter(|s| s.key == 0).count();
+    for entries in fields {
+        for p in entries.iter() {
+            let mut entry = V6Slot {
+                hi: p.hi,
+                lo: p.lo,
+                key: p.key,
+                rule: p.rule,
             };
-            let pick = if used(second) < used(first) {
+            let [first, second] = v6_buckets(p.hi, p.lo, p.key & V6_TAG_MASK, bits);
+            let mut at = if free(&table, second) > free(&table, first) {
                 second
             } else {
                 first
             };
-            let slot = table[pick as usize].slots.iter_mut().find(|s| s.tag == 0)?;
-            *slot = V6Slot { hi, lo, tag, rule };
+            let mut placed = false;
+            for _ in 0..MAX_KICKS {
+                if let Some(slot) = table[at as usize].slots.iter_mut().find(|s| s.key == 0) {
+                    *slot = entry;
+                    placed = true;
+                    break;
+                }
+                // Full: evict one (in turn) and send it to its other bucket.
+                kick = kick.wrapping_add(1);
+                std::mem::swap(&mut table[at as usize].slots[kick % 4], &mut entry);
+                let [a, b] = v6_buckets(entry.hi, entry.lo, entry.key & V6_TAG_MASK, bits);
+                at = if a == at { b } else { a };
+            }
+            if !placed {
+                return None;
+            }
         }
     }
     Some(table)
@@ -270,38 +355,39 @@ fn place(fields: &[&Vec<(u128, u8, u32)>; 2], bits: u32) -> Option<Vec<V6Bucket>
 
 impl V6Table {
     /// What the program finds for `addr` in `field` (0 src, 1 dst): rule
-    /// id + 1, 0 for none. The same search as the kernel's.
-    pub fn lookup(&self, field: usize, addr: u128) -> u32 {
-        let tree = &self.lens[field];
+    /// id + 1 (0 for none) and the probes it took. The same search as the
+    /// kernel's.
+    pub fn lookup(&self, field: usize, addr: u128) -> (u32, u32) {
+        let root = &self.roots[field];
         let (hi, lo) = ((addr >> 64) as u64, addr as u64);
-        let mut best = tree.zero;
-        let mut node = tree.root;
-        for _ in 0..V6_MAX_PROBES {
-            if node >= 128 {
-                break;
-            }
-            let n = &tree.nodes[node as usize];
+        let mut best = root.zero;
+        let mut node = root.root;
+        let mut probes = 0;
+        // Unbounded here, to count: the tests hold it to V6_MAX_PROBES.
+        while let Some(n) = self.nodes.get(node as usize) {
+            probes += 1;
             let (mhi, mlo) = (hi & n.mask_hi, lo & n.mask_lo);
             let tag = v6_tag(field as u32, n.len);
             let found = v6_buckets(mhi, mlo, tag, self.bits)
                 .iter()
                 .flat_map(|b| self.buckets[*b as usize].slots)
-                .find(|s| s.tag == tag && s.hi == mhi && s.lo == mlo);
+                .find(|s| s.key & V6_TAG_MASK == tag && s.hi == mhi && s.lo == mlo);
             match found {
                 Some(slot) => {
                     best = slot.rule;
-                    node = n.right;
+                    node = slot.key >> V6_NEXT_SHIFT;
                 }
                 None => node = n.left,
             }
         }
-        best
+        (best, probes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xdpkit_common::firewall::V6_MAX_PROBES;
 
     /// A small deterministic generator (xorshift64*).
     struct Rng(u64);
@@ -324,6 +410,7 @@ mod tests {
     #[test]
     fn the_search_finds_the_longest_listed_prefix() {
         let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut most = 0;
         for round in 0..300 {
             let base = (u128::from(rng.next()) << 64) | u128::from(rng.next());
             let lens: Vec<u8> = match round % 3 {
@@ -368,25 +455,49 @@ mod tests {
                     })
                     .max_by_key(|(n, _)| n.prefix_len())
                     .map_or(0, |(_, r)| r.id + 1);
-                assert_eq!(table.lookup(0, addr), want, "round {round} addr {addr:x}");
-                assert_eq!(table.lookup(1, addr), 0);
+                let (found, probes) = table.lookup(0, addr);
+                assert_eq!(found, want, "round {round} addr {addr:x}");
+                assert!(probes <= V6_MAX_PROBES, "{probes} probes");
+                most = most.max(probes);
+                assert_eq!(table.lookup(1, addr).0, 0);
             }
         }
+        assert!(most > 1);
     }
 
+    /// Every length /1../128 listed along one address and beside it: the
+    /// longest searches still take at most eight probes.
     #[test]
-    fn the_tree_of_lengths_is_at_most_eight_deep() {
-        fn depth(t: &V6Lengths, node: u32) -> u32 {
-            if node == V6_NO_NODE {
-                return 0;
+    fn every_length_takes_at_most_eight_probes() {
+        let mut rng = Rng(0x0bad_cafe_dead_beef);
+        for _ in 0..20 {
+            let base = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            let mut prefixes: Vec<Prefix> = Vec::new();
+            for len in 0..=128u8 {
+                let rule = RuleRef {
+                    id: u32::from(len),
+                    ..RuleRef::default()
+                };
+                prefixes.push((net(base, len), rule));
+                if len > 0 {
+                    let beside = base ^ (1u128 << (128 - u32::from(len)));
+                    let rule = RuleRef {
+                        id: 1000 + u32::from(len),
+                        ..RuleRef::default()
+                    };
+                    prefixes.push((net(beside, len), rule));
+                }
             }
-            let n = &t.nodes[node as usize];
-            1 + depth(t, n.left).max(depth(t, n.right))
-        }
-        for count in 0..=128u8 {
-            let lens: Vec<u8> = (1..=count).collect();
-            let t = tree(&lens);
-            assert!(depth(&t, t.root) <= V6_MAX_PROBES, "{count} lengths");
+            let table = build(&prefixes, &[], V6_BITS.1).unwrap();
+            for len in 0..=128u32 {
+                let addr = if len == 128 {
+                    base
+                } else {
+                    base ^ (1u128 << len)
+                };
+                let (_, probes) = table.lookup(0, addr);
+                assert!(probes <= V6_MAX_PROBES, "{probes} probes");
+            }
         }
     }
 
@@ -394,6 +505,8 @@ mod tests {
     fn tables_are_sized_to_their_entries() {
         assert_eq!(buckets_for(0), FW_V6_MIN_BUCKETS);
         assert_eq!(buckets_for(300_000), 1 << 17);
+        assert_eq!(buckets_for(471_000), 1 << 17);
+        assert_eq!(buckets_for(472_000), 1 << 18);
         let prefixes: Vec<Prefix> = (0..100_000u128)
             .map(|i| {
                 let rule = RuleRef {
