@@ -1237,10 +1237,11 @@ fn v6_tables_match_the_model_at_their_edges() {
     assert!(frames >= 70_000 || rulesets < 40);
 }
 
-/// `n` distinct random IPv6 prefixes /32../64 in 2000::/3, as deny-source
-/// rule lines, with a /48 at line 1235 and a /64 at line 2346; returns the
-/// text and those two prefixes' addresses.
-fn random_v6_prefixes(n: usize) -> (String, u128, u128) {
+/// `n` distinct random IPv6 prefixes /32../64 in 2000::/3 (or, with
+/// `db8`, in 2001:db8::/32 as the Memory section's gen.py makes them), as
+/// deny-source rule lines, with a /48 at line 1235 and a /64 at line 2346;
+/// returns the text and those two prefixes' addresses.
+fn random_v6_prefixes(n: usize, db8: bool) -> (String, u128, u128) {
     let mut rng = Rng(0x0123_4567_89ab_cdef);
     let mut seen = std::collections::HashSet::new();
     let mut text = String::new();
@@ -1251,7 +1252,11 @@ fn random_v6_prefixes(n: usize) -> (String, u128, u128) {
             2345 => 64,
             _ => 32 + rng.below(33) as u8,
         };
-        let addr = (rand128(&mut rng) >> 3) | (1u128 << 125);
+        let addr = if db8 {
+            (rand128(&mut rng) >> 32) | (0x2001_0db8 << 96)
+        } else {
+            (rand128(&mut rng) >> 3) | (1u128 << 125)
+        };
         let net = ipnet::Ipv6Net::new(addr.into(), len).unwrap().trunc();
         if !seen.insert(net) {
             continue;
@@ -1277,11 +1282,25 @@ fn ipv6_tables_at_300k_prefixes() {
     if !require_root("ipv6_tables_at_300k_prefixes") {
         return;
     }
-    let (text, p48, p64) = random_v6_prefixes(300_000);
+    for db8 in [false, true] {
+        ipv6_tables_of(db8);
+    }
+}
+
+fn ipv6_tables_of(db8: bool) {
+    let (text, p48, p64) = random_v6_prefixes(300_000, db8);
+    let place = if db8 { "2001:db8::/32" } else { "2000::/3" };
     let rules = Ruleset::parse_file_text("v6", &text).unwrap();
     let entries = xdpkit::firewall::v6tab::entries_needed(rules.entries().iter().map(|e| &e.rule));
     let buckets = xdpkit::firewall::v6tab::buckets_for(entries);
-    println!("300k prefixes: {entries} table entries (prefixes and markers), {buckets} buckets");
+    let c = xdpkit::firewall::kernel::compile(&rules).unwrap();
+    let nodes = xdpkit::firewall::v6tab::build(&c.src6, &c.dst6, 20)
+        .unwrap()
+        .nodes
+        .len();
+    println!(
+        "300k prefixes in {place}: {entries} table entries (prefixes and markers), {buckets} buckets, {nodes} nodes"
+    );
     // As a stage sizes them: the capacity for 300k rule ids, the table for
     // these rules.
     let mut sizes = xdpkit::firewall::capacity::sizes(1 << 19);
@@ -1315,7 +1334,7 @@ fn ipv6_tables_at_300k_prefixes() {
             .iter()
             .map(|m| format!("{m}={}", memlock(h, m)))
             .collect();
-        println!("300k IPv6 prefixes, {label}: {}", mem.join(" "));
+        println!("300k IPv6 prefixes in {place}, {label}: {}", mem.join(" "));
     }
     let dst = 0x2001_0db8_u128 << 96 | 1;
     let in48 = udp6(p48 | 0x77_0000_0000_0000_0001, dst);
