@@ -1174,9 +1174,11 @@ fn v6_structures(harness: &FirewallHarness) -> (bool, bool) {
 /// Point 5 of issue 10 for IPv6: the IPv6 tables against the model on
 /// rulesets built to hit their edges (every length /0../128, nested
 /// prefixes whose shorter ones often win, markers with and without a rule,
-/// hosts), loaded, then changed rule by rule (adds and deletes, each a
-/// rebuild of the prefix set). One round in four uses a table too small
-/// for its rules: they must fall back to the tries, still equal.
+/// hosts), loaded, then changed rule by rule: deletes rebuild the prefix
+/// set, adds that rank after every prefix rule of their field go in place
+/// (into the trie the program reads where the table has no rule), others
+/// rebuild. One round in four uses a table too small for its rules: they
+/// must fall back to the tries, still equal.
 #[test]
 fn v6_tables_match_the_model_at_their_edges() {
     if !require_root("v6_tables_match_the_model_at_their_edges") {
@@ -1190,7 +1192,7 @@ fn v6_tables_match_the_model_at_their_edges() {
     let tiny = [("FW_V6TAB_0", 16), ("FW_V6TAB_1", 16)];
     let mut small = FirewallHarness::sized(Policy::default(), &tiny).unwrap();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let (mut frames, mut ops, mut fallbacks) = (0u64, 0u64, 0u64);
+    let (mut frames, mut ops, mut fallbacks, mut in_place) = (0u64, 0u64, 0u64, 0u64);
     for round in 0..rulesets {
         let fallback = round % 4 == 3;
         let h = if fallback { &mut small } else { &mut harness };
@@ -1225,16 +1227,19 @@ fn v6_tables_match_the_model_at_their_edges() {
                 };
                 next += 1;
                 rules.push_entry(entry.clone());
-                h.add_rule(&entry, &rules).unwrap();
+                if h.add_rule(&entry, &rules).unwrap() {
+                    in_place += 1;
+                }
             }
             ops += 1;
             frames += edge_frames6(h, &mut rng, &rules, bases, 50);
         }
     }
     println!(
-        "{frames} IPv6 frames, {ops} changes over {rulesets} edge rulesets ({fallbacks} in the tries): kernel == model"
+        "{frames} IPv6 frames, {ops} changes ({in_place} adds in place) over {rulesets} edge rulesets ({fallbacks} in the tries): kernel == model"
     );
     assert!(frames >= 70_000 || rulesets < 40);
+    assert!(in_place > 0 || rulesets < 4);
 }
 
 /// `n` distinct random IPv6 prefixes /32../64 in 2000::/3 (or, with

@@ -405,32 +405,37 @@ macro_rules! prefix_lookups {
         };
         if host.is_some() {
             keep_better(&mut $best, host);
-        } else if $has(present_dir(0, $field)) {
-            keep_better(&mut $best, $dir_src);
-        } else if $has(present_trie(0, $field)) {
-            let key = Key::new($bits, src);
-            keep_better(
-                &mut $best,
-                if $set == 0 {
+        } else {
+            // The table first; the trie (IPv6 prefixes added in place while
+            // the table holds the rest: they rank after all of it) only
+            // for addresses the table has no rule for.
+            let mut hit: Option<&RuleRef> = None;
+            if $has(present_dir(0, $field)) {
+                hit = $dir_src;
+            }
+            if hit.is_none() && $has(present_trie(0, $field)) {
+                let key = Key::new($bits, src);
+                hit = if $set == 0 {
                     $s0.get(&key)
                 } else {
                     $s1.get(&key)
-                },
-            );
+                };
+            }
+            keep_better(&mut $best, hit);
         }
+        let mut hit: Option<&RuleRef> = None;
         if $has(present_dir(0, $field + 1)) {
-            keep_better(&mut $best, $dir_dst);
-        } else if $has(present_trie(0, $field + 1)) {
-            let key = Key::new($bits, dst);
-            keep_better(
-                &mut $best,
-                if $set == 0 {
-                    $d0.get(&key)
-                } else {
-                    $d1.get(&key)
-                },
-            );
+            hit = $dir_dst;
         }
+        if hit.is_none() && $has(present_trie(0, $field + 1)) {
+            let key = Key::new($bits, dst);
+            hit = if $set == 0 {
+                $d0.get(&key)
+            } else {
+                $d1.get(&key)
+            };
+        }
+        keep_better(&mut $best, hit);
     }};
 }
 

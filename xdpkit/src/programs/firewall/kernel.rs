@@ -331,10 +331,12 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     if let (true, IpNet::V4(n)) = (field < 2 && dir_in(&cfg, set), net) {
         return add_dir_in_place(maps, cfg, set, field, n, entry);
     }
-    if field >= 2 && v6_table_in(&cfg, set) {
-        // The IPv6 table is written only while its set is inactive.
-        return Ok(false);
-    }
+    // The IPv6 table is written only while its set is inactive: a prefix
+    // added in place goes to the trie, which the program reads for the
+    // addresses the table has no rule for (this one ranks after all of
+    // the table's: prio >= max_prio), hosts included (a host-map entry
+    // would be final, and could not know the table's rules).
+    let table6 = field >= 2 && v6_table_in(&cfg, set);
     if entry.rule.prio < cfg.max_prio[field] {
         return Ok(false);
     }
@@ -343,7 +345,7 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     let in_trie = cfg.present & present_trie(set, field) != 0;
     let host = match (field, net) {
         (0, IpNet::V4(n)) if n.prefix_len() == 32 => Some(FW_HOST_SRC4[set]),
-        (2, IpNet::V6(n)) if n.prefix_len() == 128 => Some(FW_HOST_SRC6[set]),
+        (2, IpNet::V6(n)) if n.prefix_len() == 128 && !table6 => Some(FW_HOST_SRC6[set]),
         _ => None,
     };
     // A host goes to the host map even when a rebuild left hosts in the
