@@ -1299,10 +1299,8 @@ fn ipv6_tables_of(db8: bool) {
     let entries = xdpkit::firewall::v6tab::entries_needed(rules.entries().iter().map(|e| &e.rule));
     let buckets = xdpkit::firewall::v6tab::buckets_for(entries);
     let c = xdpkit::firewall::kernel::compile(&rules).unwrap();
-    let nodes = xdpkit::firewall::v6tab::build(&c.src6, &c.dst6, 20)
-        .unwrap()
-        .nodes
-        .len();
+    let built = xdpkit::firewall::v6tab::build(&c.src6, &c.dst6, 20).unwrap();
+    let nodes = built.nodes.len();
     println!(
         "300k prefixes in {place}: {entries} table entries (prefixes and markers), {buckets} buckets, {nodes} nodes"
     );
@@ -1363,9 +1361,57 @@ fn ipv6_tables_of(db8: bool) {
         t_ns.sort_unstable();
         b_ns.sort_unstable();
         e_ns.sort_unstable();
+        let src = u128::from_be_bytes(frame[22..38].try_into().unwrap());
         println!(
-            "test_run ns/frame, src {label} (rule {}): trie median {} ({t_ns:?}), table median {} ({b_ns:?}), no rules median {} ({e_ns:?})",
-            tb.rule, t_ns[2], b_ns[2], e_ns[2]
+            "test_run ns/frame, src {label} (rule {}, {} probes): trie median {} ({t_ns:?}), table median {} ({b_ns:?}), no rules median {} ({e_ns:?})",
+            tb.rule, built.lookup(0, src).1, t_ns[2], b_ns[2], e_ns[2]
         );
     }
+    if db8 {
+        return;
+    }
+    // `rule add` of a /48 ranking last (same prio, later line): in place,
+    // into the trie read where the table has no rule; `rule del`: a rebuild.
+    let mut after = rules.clone();
+    let (mut add_ns, mut added) = (Vec::new(), Vec::new());
+    for (next, k) in (300_001u32..).zip(0..200u128) {
+        let net = (0x3fff_u128 << 112) | (k << 80);
+        let line = format!("deny src {}/48", std::net::Ipv6Addr::from(net));
+        let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
+            .rule
+            .clone();
+        let entry = Entry {
+            id: next,
+            seq: u64::from(next),
+            rule,
+        };
+        after.push_entry(entry.clone());
+        let t = std::time::Instant::now();
+        assert!(table.add_rule(&entry, &after).unwrap(), "in place");
+        add_ns.push(t.elapsed().as_nanos() as u64);
+        added.push(entry);
+    }
+    add_ns.sort_unstable();
+    let in_added = udp6((0x3fff_u128 << 112) | (7 << 80) | 1, dst);
+    let (_, tr) = table.run(&in_added).unwrap();
+    assert_eq!(tr.rule, added[7].id);
+    let mut ns: Vec<u64> = (0..5)
+        .map(|_| table.ns_per_frame(&in_added, 1_000_000).unwrap())
+        .collect();
+    ns.sort_unstable();
+    let mut del_ns = Vec::new();
+    for entry in added.iter().take(3) {
+        after.remove(entry.id);
+        let t = std::time::Instant::now();
+        table.delete_rule(entry, &after).unwrap();
+        del_ns.push(t.elapsed().as_nanos() as u64);
+    }
+    del_ns.sort_unstable();
+    println!(
+        "in place at 300k: add /48 median {} us (max {}); src in an added /48: table then trie median {} ns ({ns:?}); del (rebuild) median {} ms",
+        add_ns[100] / 1000,
+        add_ns[199] / 1000,
+        ns[2],
+        del_ns[1] / 1_000_000
+    );
 }
