@@ -126,9 +126,8 @@ impl Default for DirChunk {
 /// IPv6 prefix tables (see docs/firewall.md), `[set 0, set 1]`: array of
 /// [`V6Bucket`], each entry (a prefix or a marker of the binary search on
 /// lengths) in one of its two buckets ([`v6_buckets`]), both fields in one
-/// table. Sized to the rulesets (powers of two, [`FW_V6_MIN_BUCKETS`] to
-/// [`FW_V6_MAX_BUCKETS`]); a set uses the first `1 << bits` buckets
-/// ([`V6Root::bits`]).
+/// table. Sized to the rulesets ([`FW_V6_MIN_BUCKETS`] to
+/// [`FW_V6_MAX_BUCKETS`]); a set uses the first [`V6Root::buckets`].
 pub const FW_V6TAB: [&str; 2] = ["FW_V6TAB_0", "FW_V6TAB_1"];
 /// Where the search of each IPv6 field starts, `[set 0, set 1]`: array of
 /// two [`V6Root`] (field 0 src, 1 dst).
@@ -203,8 +202,8 @@ pub struct V6Node {
 pub struct V6Root {
     /// The rule of the field's /0 prefix + 1, 0 for none.
     pub zero: u32,
-    /// The set's table uses its first `1 << bits` buckets.
-    pub bits: u32,
+    /// The set's table uses its first `buckets` buckets.
+    pub buckets: u32,
     /// The first node, [`V6_NO_NODE`] when the field has no length above /0.
     pub root: u32,
     /// Padding, zero.
@@ -215,7 +214,7 @@ impl Default for V6Root {
     fn default() -> V6Root {
         V6Root {
             zero: 0,
-            bits: 0,
+            buckets: 0,
             root: V6_NO_NODE,
             _pad: 0,
         }
@@ -228,12 +227,6 @@ impl Default for V6Root {
 pub const fn v6_tag(field: u32, len: u32) -> u32 {
     (1 << 9) | ((field & 1) << 8) | (len & 0xff)
 }
-
-/// Fewest and most bits of an IPv6 table.
-pub const V6_BITS: (u32, u32) = (
-    FW_V6_MIN_BUCKETS.trailing_zeros(),
-    FW_V6_MAX_BUCKETS.trailing_zeros(),
-);
 
 /// `hi`, `lo` (an address as two big-endian halves) masked to `len` bits
 /// (userspace: the program uses the masks of [`V6Node`]).
@@ -252,18 +245,18 @@ pub const fn v6_mask(hi: u64, lo: u64, len: u32) -> (u64, u64) {
     }
 }
 
-/// The two buckets, among the first `1 << bits`, an IPv6 entry (masked
+/// The two buckets, among the first `count`, an IPv6 entry (masked
 /// address halves and [`v6_tag`]) may live in: two multiplicative hashes,
-/// the same on both sides.
+/// each mapped onto `0..count` by a multiply and a shift (any `count`, not
+/// only powers of two), the same on both sides. No branches: the verifier
+/// would follow each.
 #[inline(always)]
-pub const fn v6_buckets(hi: u64, lo: u64, tag: u32, bits: u32) -> [u32; 2] {
-    // No branches (the verifier would follow each): a `bits` out of range
-    // gives indexes past the table, which its lookup refuses.
-    let shift = 64u32.wrapping_sub(bits) & 63;
+pub const fn v6_buckets(hi: u64, lo: u64, tag: u32, count: u32) -> [u32; 2] {
     let h = (hi ^ lo.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31) ^ (tag as u64))
         .wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    let first = (h >> shift) as u32;
-    let second = ((h ^ (h >> 31)).wrapping_mul(0x94d0_49bb_1331_11eb) >> shift) as u32;
+    let h2 = (h ^ (h >> 31)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let first = (((h >> 32) * count as u64) >> 32) as u32;
+    let second = (((h2 >> 32) * count as u64) >> 32) as u32;
     [first, second]
 }
 

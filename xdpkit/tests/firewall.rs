@@ -1297,12 +1297,13 @@ fn ipv6_tables_of(db8: bool) {
     let place = if db8 { "2001:db8::/32" } else { "2000::/3" };
     let rules = Ruleset::parse_file_text("v6", &text).unwrap();
     let entries = xdpkit::firewall::v6tab::entries_needed(rules.entries().iter().map(|e| &e.rule));
-    let buckets = xdpkit::firewall::v6tab::buckets_for(entries);
+    let buckets = xdpkit::firewall::v6tab::pool_for(entries);
     let c = xdpkit::firewall::kernel::compile(&rules).unwrap();
-    let built = xdpkit::firewall::v6tab::build(&c.src6, &c.dst6, 20).unwrap();
+    let built = xdpkit::firewall::v6tab::build(&c.src6, &c.dst6, buckets).unwrap();
     let nodes = built.nodes.len();
     println!(
-        "300k prefixes in {place}: {entries} table entries (prefixes and markers), {buckets} buckets, {nodes} nodes"
+        "300k prefixes in {place}: {entries} table entries (prefixes and markers), {} buckets used, {buckets} in the map, {nodes} nodes",
+        built.buckets.len()
     );
     // As a stage sizes them: the capacity for 300k rule ids, the table for
     // these rules.

@@ -175,8 +175,8 @@ static V6NODE_1: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
 /// `(hi, lo)`: its key and rule + 1 (0 for none), or `None` if absent. Two
 /// inlined array reads and eight compares.
 #[inline(always)]
-fn v6_probe(set: u32, bits: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u32)> {
-    for index in v6_buckets(hi, lo, tag, bits) {
+fn v6_probe(set: u32, count: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u32)> {
+    for index in v6_buckets(hi, lo, tag, count) {
         let bucket = if set == 0 {
             V6TAB_0.get(index)
         } else {
@@ -218,7 +218,7 @@ fn v6_lookup(set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> 
     let lo = u64::from_be_bytes([
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
-    let bits = root.bits;
+    let count = root.buckets;
     let mut best = root.zero;
     let mut node = root.root;
     for _ in 0..V6_MAX_PROBES {
@@ -232,7 +232,7 @@ fn v6_lookup(set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> 
             break;
         };
         let tag = v6_tag(field, n.len);
-        match v6_probe(set, bits, tag, hi & n.mask_hi, lo & n.mask_lo) {
+        match v6_probe(set, count, tag, hi & n.mask_hi, lo & n.mask_lo) {
             Some((key, rule)) => {
                 best = rule;
                 node = key >> V6_NEXT_SHIFT;

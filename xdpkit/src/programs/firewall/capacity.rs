@@ -102,7 +102,7 @@ pub(crate) fn grow_v6(
     lock: &IfaceLock,
     entries: usize,
 ) -> Result<bool> {
-    let buckets = super::v6tab::buckets_for(entries);
+    let buckets = super::v6tab::pool_for(entries);
     let grew = grow_maps(iface, iface_dir, lock, &v6_sizes(buckets))?;
     if grew {
         tracing::info!("grew the firewall's IPv6 tables of {iface} to {buckets} buckets");

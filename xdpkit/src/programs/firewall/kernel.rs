@@ -735,13 +735,13 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     let v6 = if IPV6_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
         None
     } else {
-        let max_bits = entries(FW_V6TAB[set])?.max(1).ilog2();
-        let table = super::v6tab::build(&c.src6, &c.dst6, max_bits);
+        let pool = entries(FW_V6TAB[set])? as u32;
+        let table = super::v6tab::build(&c.src6, &c.dst6, pool);
         if table.is_none() && !(c.src6.is_empty() && c.dst6.is_empty()) {
             tracing::warn!(
                 "the IPv6 prefixes do not fit the IPv6 table ({} buckets): \
                  they are judged by the LPM tries, slower",
-                1u64 << max_bits
+                pool
             );
         }
         table

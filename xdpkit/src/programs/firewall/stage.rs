@@ -89,7 +89,7 @@ impl Program for Firewall {
                 let rules = config::rules_of(settings);
                 (
                     capacity::chunk_capacity(super::dir::chunks_needed(rules.iter())),
-                    super::v6tab::buckets_for(super::v6tab::entries_needed(rules.iter())),
+                    super::v6tab::pool_for(super::v6tab::entries_needed(rules.iter())),
                 )
             }
         };

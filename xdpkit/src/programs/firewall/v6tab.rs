@@ -23,7 +23,7 @@ use foldhash::HashMap;
 use ipnet::IpNet;
 use xdpkit_common::firewall::{
     v6_buckets, v6_mask, v6_tag, RuleRef, V6Bucket, V6Node, V6Root, V6Slot, FW_V6_MAX_BUCKETS,
-    FW_V6_MIN_BUCKETS, FW_V6_NODES, V6_BITS, V6_NEXT_SHIFT, V6_NO_NODE, V6_TAG_MASK,
+    FW_V6_MIN_BUCKETS, FW_V6_NODES, V6_NEXT_SHIFT, V6_NO_NODE, V6_TAG_MASK,
 };
 
 /// A compiled prefix and its (inherited) rule.
@@ -32,10 +32,8 @@ type Prefix = (IpNet, RuleRef);
 /// An IPv6 table: the buckets in use, the trees and the roots.
 #[derive(Clone, Debug)]
 pub struct V6Table {
-    /// `1 << bits` buckets.
+    /// The buckets in use.
     pub buckets: Vec<V6Bucket>,
-    /// log2 of the buckets.
-    pub bits: u32,
     /// Field 0 (src) and 1 (dst).
     pub roots: [V6Root; 2],
     /// The nodes of every tree.
@@ -149,15 +147,21 @@ pub fn entries_needed<'r>(rules: impl IntoIterator<Item = &'r super::Rule>) -> u
         .sum()
 }
 
-/// Buckets a table of `entries` entries gets: a power of two, the table at
-/// most 90% full (cuckoo insertion into two choices of four-entry buckets
-/// places every entry up to about 97%; on a failure the build tries twice
-/// the buckets).
+/// Buckets a table of `entries` entries uses: the table 90% full, a
+/// multiple of 16 (cuckoo insertion into two choices of four-entry buckets
+/// places every entry up to about 97%; on a failure the build tries more
+/// buckets, up to the map's).
 pub fn buckets_for(entries: usize) -> u32 {
-    let wanted = (entries * 10 / 36).max(1).min(FW_V6_MAX_BUCKETS as usize) as u32;
+    let wanted = (entries * 10).div_ceil(36).min(FW_V6_MAX_BUCKETS as usize) as u32;
     wanted
-        .next_power_of_two()
+        .next_multiple_of(16)
         .clamp(FW_V6_MIN_BUCKETS, FW_V6_MAX_BUCKETS)
+}
+
+/// Buckets a map gets when a ruleset of `entries` entries needs it to grow:
+/// a quarter more than it uses, so the next adds fit without growing.
+pub fn pool_for(entries: usize) -> u32 {
+    buckets_for(entries + entries / 4)
 }
 
 /// The trees of the lists of lengths, each distinct list once.
@@ -229,7 +233,7 @@ fn field_slots(prefixes: &[Prefix], field: u32, trees: &mut Trees) -> (Vec<Place
     let (entries, all) = field_entries(&reals);
     let root = V6Root {
         zero: reals.get(&(0, 0)).copied().unwrap_or(0),
-        bits: 0,
+        buckets: 0,
         root: trees.start(&all),
         _pad: 0,
     };
@@ -274,9 +278,9 @@ fn field_slots(prefixes: &[Prefix], field: u32, trees: &mut Trees) -> (Vec<Place
 }
 
 /// The table of the compiled IPv6 prefixes of both fields, with at most
-/// `1 << max_bits` buckets; `None` when they do not fit (then they stay
+/// `pool` buckets (the map's); `None` when they do not fit (then they stay
 /// in the tries) or there are none.
-pub fn build(src6: &[Prefix], dst6: &[Prefix], max_bits: u32) -> Option<V6Table> {
+pub fn build(src6: &[Prefix], dst6: &[Prefix], pool: u32) -> Option<V6Table> {
     if src6.is_empty() && dst6.is_empty() {
         return None;
     }
@@ -287,22 +291,24 @@ pub fn build(src6: &[Prefix], dst6: &[Prefix], max_bits: u32) -> Option<V6Table>
         return None;
     }
     let entries = src.len() + dst.len();
-    let mut bits = buckets_for(entries).trailing_zeros();
-    while bits <= max_bits.min(V6_BITS.1) {
-        if let Some(buckets) = place(&[&src, &dst], bits) {
+    let pool = pool.min(FW_V6_MAX_BUCKETS);
+    let first = buckets_for(entries);
+    let mut tries = vec![first, first + first / 8, first + first / 4, pool];
+    tries.retain(|&n| n <= pool && n as usize * 4 >= entries);
+    tries.dedup();
+    for count in tries {
+        if let Some(buckets) = place(&[&src, &dst], count) {
             let mut roots = [src_root, dst_root];
             for root in &mut roots {
-                root.bits = bits;
+                root.buckets = count;
             }
             return Some(V6Table {
                 buckets,
-                bits,
                 roots,
                 nodes: trees.nodes,
                 entries,
             });
         }
-        bits += 1;
     }
     None
 }
@@ -310,12 +316,12 @@ pub fn build(src6: &[Prefix], dst6: &[Prefix], max_bits: u32) -> Option<V6Table>
 /// Moves of one insertion before the build gives up on a table size.
 const MAX_KICKS: usize = 2000;
 
-/// The entries of both fields in `1 << bits` buckets, each in one of its
+/// The entries of both fields in `count` buckets, each in one of its
 /// two (cuckoo insertion: an entry that finds both full takes the place of
 /// one already there, which moves to its other bucket, and so on); `None`
 /// if an insertion still finds no room after [`MAX_KICKS`] moves.
-fn place(fields: &[&Vec<Placed>; 2], bits: u32) -> Option<Vec<V6Bucket>> {
-    let mut table = vec![V6Bucket::default(); 1 << bits];
+fn place(fields: &[&Vec<Placed>; 2], count: u32) -> Option<Vec<V6Bucket>> {
+    let mut table = vec![V6Bucket::default(); count as usize];
     let mut kick = 0usize;
     let free = |t: &[V6Bucket], i: u32| t[i as usize].slots.iter().filter(|s| s.key == 0).count();
     for entries in fields {
@@ -326,7 +332,7 @@ fn place(fields: &[&Vec<Placed>; 2], bits: u32) -> Option<Vec<V6Bucket>> {
                 key: p.key,
                 rule: p.rule,
             };
-            let [first, second] = v6_buckets(p.hi, p.lo, p.key & V6_TAG_MASK, bits);
+            let [first, second] = v6_buckets(p.hi, p.lo, p.key & V6_TAG_MASK, count);
             let mut at = if free(&table, second) > free(&table, first) {
                 second
             } else {
@@ -342,7 +348,7 @@ fn place(fields: &[&Vec<Placed>; 2], bits: u32) -> Option<Vec<V6Bucket>> {
                 // Full: evict one (in turn) and send it to its other bucket.
                 kick = kick.wrapping_add(1);
                 std::mem::swap(&mut table[at as usize].slots[kick % 4], &mut entry);
-                let [a, b] = v6_buckets(entry.hi, entry.lo, entry.key & V6_TAG_MASK, bits);
+                let [a, b] = v6_buckets(entry.hi, entry.lo, entry.key & V6_TAG_MASK, count);
                 at = if a == at { b } else { a };
             }
             if !placed {
@@ -368,7 +374,7 @@ impl V6Table {
             probes += 1;
             let (mhi, mlo) = (hi & n.mask_hi, lo & n.mask_lo);
             let tag = v6_tag(field as u32, n.len);
-            let found = v6_buckets(mhi, mlo, tag, self.bits)
+            let found = v6_buckets(mhi, mlo, tag, root.buckets)
                 .iter()
                 .flat_map(|b| self.buckets[*b as usize].slots)
                 .find(|s| s.key & V6_TAG_MASK == tag && s.hi == mhi && s.lo == mlo);
@@ -435,7 +441,7 @@ mod tests {
             }
             prefixes.sort_by_key(|(n, _)| *n);
             prefixes.dedup_by_key(|(n, _)| *n);
-            let table = build(&prefixes, &[], V6_BITS.1).unwrap();
+            let table = build(&prefixes, &[], FW_V6_MAX_BUCKETS).unwrap();
             let mut addrs = vec![base];
             for (n, _) in &prefixes {
                 let IpNet::V6(n) = n else { unreachable!() };
@@ -488,7 +494,7 @@ mod tests {
                     prefixes.push((net(beside, len), rule));
                 }
             }
-            let table = build(&prefixes, &[], V6_BITS.1).unwrap();
+            let table = build(&prefixes, &[], FW_V6_MAX_BUCKETS).unwrap();
             for len in 0..=128u32 {
                 let addr = if len == 128 {
                     base
@@ -504,9 +510,9 @@ mod tests {
     #[test]
     fn tables_are_sized_to_their_entries() {
         assert_eq!(buckets_for(0), FW_V6_MIN_BUCKETS);
-        assert_eq!(buckets_for(300_000), 1 << 17);
-        assert_eq!(buckets_for(471_000), 1 << 17);
-        assert_eq!(buckets_for(472_000), 1 << 18);
+        assert_eq!(buckets_for(200), 64);
+        assert_eq!(buckets_for(300_000), 83_344);
+        assert_eq!(pool_for(300_000), 104_176);
         let prefixes: Vec<Prefix> = (0..100_000u128)
             .map(|i| {
                 let rule = RuleRef {
@@ -516,8 +522,8 @@ mod tests {
                 (net((0x2001_0db8u128 << 96) | (i << 64), 64), rule)
             })
             .collect();
-        let table = build(&prefixes, &[], V6_BITS.1).unwrap();
+        let table = build(&prefixes, &[], FW_V6_MAX_BUCKETS).unwrap();
         assert_eq!(table.entries, 100_000);
-        assert_eq!(table.bits, buckets_for(100_000).trailing_zeros());
+        assert_eq!(table.buckets.len() as u32, buckets_for(100_000));
     }
 }
