@@ -25,7 +25,7 @@ use xdpkit_common::{
     ActionCounter, XdpAction,
 };
 
-use self::parse::{parse, IpFrame, Parsed};
+use self::parse::{parse, read_addresses, IpFrame, Parsed};
 use xdpkit_ebpf::{chain, stats::count_rule};
 
 xdpkit_ebpf::license!();
@@ -120,7 +120,10 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
             (policy(cfg.fragments), Outcome::Fragment, NO_RULE)
         }
         Parsed::Ip if no_rules(cfg) => (policy(cfg.default_policy), Outcome::Default, NO_RULE),
-        Parsed::Ip => judge(cfg, ip),
+        Parsed::Ip => {
+            read_addresses(&ctx, ip);
+            judge(cfg, ip)
+        }
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     bump(&OUTCOMES, outcome as u32, len);

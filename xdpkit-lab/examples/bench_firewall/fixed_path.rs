@@ -278,6 +278,12 @@ fn report(samples: &[Vec<Sample>], o: &Options) -> BoxResult<()> {
     let ratio = paired(Fixed::Firewall, Fixed::DropHash, |a, b| a / b);
     let alone = paired(Fixed::FirewallAlone, Fixed::DropHash, |a, b| a / b);
     let root = paired(Fixed::Firewall, Fixed::FirewallAlone, |a, b| a - b);
+    // Bare drop reads one cache line of the frame and no map: the steadiest
+    // anchor when other processes share the core (they evict drop_hash.c's
+    // hash buckets, not bare drop's nothing).
+    let over_bare = paired(Fixed::Firewall, Fixed::BareDrop, |a, b| a - b);
+    let alone_over_bare = paired(Fixed::FirewallAlone, Fixed::BareDrop, |a, b| a - b);
+    let hash_over_bare = paired(Fixed::DropHash, Fixed::BareDrop, |a, b| a - b);
     println!();
     println!(
         "firewall / drop_hash (live, per round): {:.2}x (min-max {:.2}-{:.2}), target at most {TARGET}x: {}",
@@ -289,6 +295,24 @@ fn report(samples: &[Vec<Sample>], o: &Options) -> BoxResult<()> {
     println!(
         "firewall alone / drop_hash: {:.2}x ({:.2}-{:.2}); root + tail call: {:.1} ns ({:.1} to {:.1})",
         alone.median, alone.min, alone.max, root.median, root.min, root.max
+    );
+    println!(
+        "over bare drop (ns, per round): firewall {:.1} ({:.1} to {:.1}), firewall alone {:.1} \
+         ({:.1} to {:.1}), drop_hash {:.1} ({:.1} to {:.1})",
+        over_bare.median,
+        over_bare.min,
+        over_bare.max,
+        alone_over_bare.median,
+        alone_over_bare.min,
+        alone_over_bare.max,
+        hash_over_bare.median,
+        hash_over_bare.min,
+        hash_over_bare.max
+    );
+    let _ = writeln!(
+        csv,
+        "firewall minus bare drop ns,{:.1},{:.1},{:.1},,",
+        over_bare.median, over_bare.min, over_bare.max
     );
     let _ = writeln!(
         csv,
