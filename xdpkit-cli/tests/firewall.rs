@@ -555,3 +555,80 @@ fn max_rules_sizes_a_new_firewall_and_grows_a_running_one() {
     assert_eq!(exported_max_rules(&lab, dev), 16383);
     ok(&xdpkit(&lab, &["detach", "--dev", dev]));
 }
+
+/// Entries of the firewall map `file` pinned for `dev` (its chunk pool...).
+fn pinned_entries(dev: &str, file: &str) -> u32 {
+    let path = format!("/sys/fs/bpf/xdpkit/{dev}/firewall/{file}");
+    let map = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    map.info().unwrap().max_entries()
+}
+
+#[test]
+fn prefix_tables_grow_with_the_prefixes_under_traffic() {
+    if !require_root("prefix_tables_grow_with_the_prefixes_under_traffic") {
+        return;
+    }
+    const N: u32 = 600;
+    let Routed { lab, server_if } = routed_lab("fwp");
+    let server_if = server_if.as_str();
+    let dst: SocketAddr = "198.18.42.2:9301".parse().unwrap();
+    let sink = lab.udp_sink("server", dst).unwrap();
+    ok(&xdpkit(&lab, &["attach", "firewall", "--dev", server_if]));
+    // A new firewall's DIR pools hold 64 chunks.
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 64);
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_1"), 64);
+    lab.send_udp("bad", dst, 50, 32).unwrap();
+    assert_eq!(sink.count(50, QUIET, MAX_WAIT), 50, "nothing denies yet");
+
+    // 150 /25s in distinct /24s of 198.19.0.0/16 need 151 chunks: the
+    // pools grow to 256 (a reinstall) while the good source streams.
+    let dir = std::env::temp_dir().join(format!("xkfwp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prefixes.rules");
+    let mut text = String::new();
+    for x in 100..250u32 {
+        text.push_str(&format!("deny src 198.19.{x}.0/25\n"));
+    }
+    text.push_str("deny src 198.19.41.0/25\n");
+    std::fs::write(&file, text).unwrap();
+    let received = std::thread::scope(|scope| {
+        let counter =
+            scope.spawn(|| sink.count(N, Duration::from_secs(2), Duration::from_secs(30)));
+        let sender = scope.spawn(|| {
+            let mut sent = 0;
+            for _ in 0..N / 50 {
+                sent += lab.send_udp("good", dst, 50, 32).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        load_replace(&lab, server_if, &file);
+        assert_eq!(sender.join().unwrap(), N);
+        counter.join().unwrap()
+    });
+    assert_eq!(received, N, "allowed datagrams lost while the tables grew");
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 256);
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_1"), 256);
+
+    // The last prefix (line 151) judges bad's source from the DIR table.
+    lab.send_udp("bad", dst, 100, 32).unwrap();
+    assert_eq!(sink.count(100, QUIET, MAX_WAIT), 0, "bad got through");
+    assert_eq!(rule_packets(&lab, server_if, 151), 100);
+    // One more /25 in a new /24 goes in place, the pool has room.
+    ok(&xdpkit(
+        &lab,
+        &[
+            "rule",
+            "add",
+            "--dev",
+            server_if,
+            "deny",
+            "src",
+            "198.19.7.0/25",
+        ],
+    ));
+    assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 256);
+    ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -84,6 +84,48 @@ pub const fn host_buckets(addr: u32, bits: u32) -> [u32; 2] {
     [first, second]
 }
 
+/// IPv4 DIR-16-8-8 tables (see docs/firewall.md), `[set 0, set 1]`: the
+/// first level, an array of `2 * 65536` [`DirSlot`]s indexed by
+/// `field << 16 | addr >> 16` (field 0 src, 1 dst).
+pub const FW_DIR4_L1: [&str; 2] = ["FW_DIR4_L1_0", "FW_DIR4_L1_1"];
+/// The chunk pool of a set, shared by both fields and both lower levels:
+/// array of [`DirChunk`] (256 slots, indexed by the next 8 address bits).
+pub const FW_DIR4_CHUNKS: [&str; 2] = ["FW_DIR4_CH_0", "FW_DIR4_CH_1"];
+/// Rule id -> [`RuleRef`] of the rules a set's leaves name, `[set 0, set
+/// 1]`: per set, because `rule load --replace` gives ids (line numbers) to
+/// other rules while the old set is still judging.
+pub const FW_DIR4_REFS: [&str; 2] = ["FW_DIR4_REFS_0", "FW_DIR4_REFS_1"];
+/// Chunks per set in [`FW_DIR4_CHUNKS`]: one per /16 that holds a longer
+/// prefix, plus one per /24 that holds a prefix longer than /24.
+pub const FW_DIR4_MAX_CHUNKS: u32 = (1 << 16) + (1 << 12);
+/// Chunks of a new firewall's pools: grown (powers of two, up to
+/// [`FW_DIR4_MAX_CHUNKS`]) when a ruleset needs more.
+pub const FW_DIR4_MIN_CHUNKS: u32 = 64;
+/// Slots per first level field.
+pub const DIR4_L1_SLOTS: u32 = 1 << 16;
+/// A DIR slot: 0 no rule; [`DIR_CHUNK`] set: index of the chunk holding the
+/// next 8 bits; otherwise rule id + 1 (index + 1 into [`FW_DIR4_REFS`]).
+pub type DirSlot = u32;
+/// [`DirSlot`] bit marking a chunk index.
+pub const DIR_CHUNK: u32 = 1 << 31;
+/// [`DirSlot`] of a /24 whose addresses the set's trie judges: its longer
+/// prefixes found no room in the chunk pool (see `Dir4::build_within`).
+pub const DIR_TRIE: u32 = 1 << 30;
+
+/// 256 slots for the next 8 bits of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirChunk {
+    /// Slots, by the byte of the address this level looks at.
+    pub slots: [DirSlot; 256],
+}
+
+impl Default for DirChunk {
+    fn default() -> DirChunk {
+        DirChunk { slots: [0; 256] }
+    }
+}
+
 /// Entries per host map; beyond this, host prefixes stay in the trie.
 pub const FW_MAX_HOSTS: u32 = 1 << 20;
 
@@ -102,6 +144,12 @@ pub const fn present_host(set: usize, field: usize) -> u32 {
 /// [`FwConfig::present`] bit: the IPv4 host table of set `set` holds entries.
 pub const fn present_table(set: usize) -> u32 {
     1 << (set * 8 + 5)
+}
+
+/// [`FwConfig::present`] bit: the DIR table of `field` (0 src4, 1 dst4) in
+/// set `set` holds entries and replaces that field's trie.
+pub const fn present_dir(set: usize, field: usize) -> u32 {
+    1 << (set * 8 + 16 + field)
 }
 
 /// General rules in judging order, `[set 0, set 1]`: array of [`RuleRef`] by bit.
@@ -189,7 +237,7 @@ impl Bitmap {
 }
 
 /// Every map of the firewall, pinned with it.
-pub const FW_MAPS: [&str; 46] = [
+pub const FW_MAPS: [&str; 52] = [
     FW_CONFIG,
     FW_TRACE,
     FW_RULE_STATS,
@@ -210,6 +258,12 @@ pub const FW_MAPS: [&str; 46] = [
     FW_HOST_SRC6[1],
     FW_HOST_TABLE4[0],
     FW_HOST_TABLE4[1],
+    FW_DIR4_L1[0],
+    FW_DIR4_L1[1],
+    FW_DIR4_CHUNKS[0],
+    FW_DIR4_CHUNKS[1],
+    FW_DIR4_REFS[0],
+    FW_DIR4_REFS[1],
     FW_GEN_RULES[0],
     FW_GEN_RULES[1],
     FW_GEN_SRC4[0],
@@ -249,9 +303,11 @@ pub const FW_DEFAULT_RULE_IDS: u32 = 1024;
 /// Maps sized to the firewall's capacity in rule ids, not declared size:
 /// created with [`sized_entries`] entries, grown (copied into bigger maps,
 /// the stage reloaded) when the capacity grows.
-pub const FW_SIZED_MAPS: [&str; 8] = [
+pub const FW_SIZED_MAPS: [&str; 10] = [
     FW_RULE_STATS,
     FW_RULES,
+    FW_DIR4_REFS[0],
+    FW_DIR4_REFS[1],
     FW_HOST_SRC4[0],
     FW_HOST_SRC4[1],
     FW_HOST_SRC6[0],
@@ -266,7 +322,7 @@ pub const FW_SIZED_MAPS: [&str; 8] = [
 /// table has a bucket for every two rules (it uses a third as many buckets
 /// as hosts, rounded up to a power of two).
 pub fn sized_entries(map: &str, capacity: u32) -> Option<u32> {
-    if map == FW_RULE_STATS || map == FW_RULES {
+    if map == FW_RULE_STATS || map == FW_RULES || FW_DIR4_REFS.contains(&map) {
         Some(capacity)
     } else if FW_HOST_SRC4.contains(&map) || FW_HOST_SRC6.contains(&map) {
         Some(capacity.min(FW_MAX_HOSTS))
@@ -332,6 +388,8 @@ pub struct FwConfig {
     /// buckets ([`host_buckets`]), sized to its hosts: a small blocklist
     /// stays in a few pages (TLB entries) instead of spreading over 16 MB.
     pub table_bits: [u32; 2],
+    /// Per prefix set: chunks of [`FW_DIR4_CHUNKS`] in use (the next free one).
+    pub dir_chunks: [u32; 2],
 }
 
 impl FwConfig {
@@ -498,7 +556,7 @@ pub struct FwTrace {
 pub use crate::dump::NO_RULE;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
-const _: () = assert!(core::mem::size_of::<FwConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<FwConfig>() == 80);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
 
@@ -508,6 +566,7 @@ mod pod {
     unsafe impl aya::Pod for super::FwConfig {}
     unsafe impl aya::Pod for super::RuleRef {}
     unsafe impl aya::Pod for super::HostBucket {}
+    unsafe impl aya::Pod for super::DirChunk {}
     unsafe impl aya::Pod for super::FwTrace {}
     unsafe impl aya::Pod for super::Bitmap {}
     unsafe impl aya::Pod for super::RuleHits {}

@@ -566,6 +566,9 @@ fn prefixes(n: usize) -> Vec<IpNet> {
     while out.len() < n {
         let r = next();
         let net = if r % 10 < 7 {
+            // Random /28s each need a 1 KiB third-level DIR chunk: past the
+            // pool's 69,632 chunks their /24s are judged by the trie
+            // (docs/firewall.md), which no flood source touches.
             let len = [16, 20, 24, 24, 24, 28, 32, 32, 32, 32][(r >> 8) as usize % 10];
             let addr = Ipv4Addr::from((r >> 32) as u32);
             IpNet::V4(Ipv4Net::new(addr, len).expect("len <= 32").trunc())

@@ -648,3 +648,520 @@ fn priority_not_longest_prefix_decides_in_the_kernel() {
     assert_eq!((out.verdict, trace.rule), (Some(XdpAction::Drop), 2));
     let _: IpAddr = "198.18.1.9".parse().unwrap();
 }
+
+/// A small deterministic generator (xorshift64*), so a failure reruns alike.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+fn prefix_line(rng: &mut Rng, field: &str, addr: u32, len: u8) -> String {
+    let net = ipnet::Ipv4Net::new(addr.into(), len).unwrap().trunc();
+    let action = rng.pick(&["allow", "deny"]);
+    let prio = rng.pick(&[10u32, 50, 100, 200]);
+    format!("{action} {field} {net} prio {prio}")
+}
+
+/// Rules at the DIR table's edges around `base` (source) and `dbase`
+/// (destination): nested prefixes at (about half of) every length 0..=32
+/// with /0 and /32 always, hosts under them, prefixes ending at the level
+/// boundaries (/16, /24) and beside them, a few elsewhere.
+fn edge_lines(rng: &mut Rng, base: u32, dbase: u32) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (field, b) in [("src", base), ("dst", dbase)] {
+        for len in 0..=32u8 {
+            if len == 0 || len == 32 || len == 16 || len == 24 || rng.below(2) == 0 {
+                lines.push(prefix_line(rng, field, b, len));
+            }
+        }
+        for _ in 0..8 {
+            let spread = rng.below(24) as u32;
+            let host = b ^ (rng.next() as u32 & ((1u32 << spread) - 1).max(1));
+            lines.push(prefix_line(rng, field, host, 32));
+        }
+        for _ in 0..6 {
+            let len = 8 + rng.below(25) as u8;
+            let near = b ^ (rng.next() as u32 & ((1u64 << (32 - u32::from(len).min(31))) as u32));
+            lines.push(prefix_line(rng, field, near, len));
+        }
+    }
+    for _ in 0..4 {
+        let field = rng.pick(&["src", "dst"]);
+        let len = rng.below(33) as u8;
+        let addr = rng.next() as u32;
+        lines.push(prefix_line(rng, field, addr, len));
+    }
+    lines
+}
+
+/// Addresses at the edges of `rules`' prefixes: each prefix's first and
+/// last address and their neighbours, the base with one bit flipped.
+fn edge_addrs(rng: &mut Rng, rules: &Ruleset, base: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in rules.entries() {
+        for net in [e.rule.src, e.rule.dst].into_iter().flatten() {
+            if let ipnet::IpNet::V4(n) = net {
+                let (first, last) = (u32::from(n.network()), u32::from(n.broadcast()));
+                out.extend([first, last, first.wrapping_sub(1), last.wrapping_add(1)]);
+            }
+        }
+    }
+    for bit in 0..32 {
+        out.push(base ^ (1 << bit));
+    }
+    out.push(rng.next() as u32);
+    out
+}
+
+fn udp4(src: u32, dst: u32) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src.to_be_bytes(), dst.to_be_bytes(), 64)
+        .udp(1000, 53)
+        .write(&mut f, &[])
+        .unwrap();
+    f
+}
+
+/// Runs `count` frames between edge addresses through the kernel and the
+/// model; returns how many.
+fn edge_frames(
+    harness: &mut FirewallHarness,
+    rng: &mut Rng,
+    rules: &Ruleset,
+    (base, dbase): (u32, u32),
+    count: usize,
+) -> u64 {
+    let srcs = edge_addrs(rng, rules, base);
+    let dsts = edge_addrs(rng, rules, dbase);
+    let policy = Policy::default();
+    let mut rate = RateState::default();
+    for _ in 0..count {
+        let (s, d) = (rng.pick(&srcs), rng.pick(&dsts));
+        let frame = udp4(s, d);
+        let want = decide(rules, &policy, &frame, &mut rate, 0);
+        let (_, trace) = harness.run(&frame).unwrap();
+        assert_eq!(
+            trace.rule,
+            want.rule.unwrap_or(NO_RULE),
+            "src {} dst {}, rules:\n{rules}",
+            std::net::Ipv4Addr::from(s),
+            std::net::Ipv4Addr::from(d)
+        );
+    }
+    count as u64
+}
+
+/// Point 5 of issue 10 for IPv4: the DIR tables against the model on
+/// rulesets built to hit their edges, loaded fresh and changed rule by rule
+/// in place (the changed table must equal a fresh compile's, slot for slot
+/// as lookups see them).
+#[test]
+fn dir4_tables_match_the_model_at_their_edges() {
+    if !require_root("dir4_tables_match_the_model_at_their_edges") {
+        return;
+    }
+    let rulesets: u64 = std::env::var("XDPKIT_FW_DIR_RULESETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let mut harness = FirewallHarness::new(Policy::default()).unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut frames = 0u64;
+    let mut ops = 0u64;
+    let mut live_in_place = 0u64;
+    for round in 0..rulesets {
+        // Even rounds change the table through the library's index, odd
+        // ones the way `rule add`/`rule del` do (slots read from the maps).
+        let live = round % 2 == 1;
+        let bases = (rng.next() as u32, rng.next() as u32);
+        let lines = edge_lines(&mut rng, bases.0, bases.1);
+        let mut rules = Ruleset::parse_file_text("edges", &lines.join("\n")).unwrap();
+        // Fresh compile, the usual way (source hosts in the host table).
+        harness.load_rules(&rules).unwrap();
+        frames += edge_frames(&mut harness, &mut rng, &rules, bases, 1000);
+        // In place: every IPv4 rule in the DIR table, then adds and deletes;
+        // one live round in two keeps the source hosts in the host table
+        // as a rebuild leaves them (their entries are final).
+        let hosts_apart = live && round % 4 == 3;
+        let mut index = harness.load_dir4(&rules).unwrap();
+        if hosts_apart {
+            harness.load_rules(&rules).unwrap();
+        }
+        let mut next = rules.entries().iter().map(|e| e.id).max().unwrap_or(0) + 1;
+        for _ in 0..30 {
+            let ids: Vec<u32> = rules.entries().iter().map(|e| e.id).collect();
+            if rng.below(3) == 0 && !ids.is_empty() {
+                let id = rng.pick(&ids);
+                let gone = rules.entries().iter().find(|e| e.id == id).unwrap().clone();
+                let Some((field, ipnet::IpNet::V4(net))) =
+                    xdpkit::firewall::kernel::prefix_field(&gone.rule)
+                else {
+                    unreachable!()
+                };
+                rules.remove(id);
+                if live {
+                    harness.delete_rule(&gone, &rules).unwrap();
+                } else {
+                    index.delete(field, net, id).unwrap();
+                }
+            } else {
+                let field = rng.pick(&["src", "dst"]);
+                let b = if field == "src" { bases.0 } else { bases.1 };
+                let len = rng.below(33) as u8;
+                let addr = b ^ (rng.next() as u32 & ((rng.below(1 << 20) as u32) | 1));
+                let line = prefix_line(&mut rng, field, addr, len);
+                let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
+                    .rule
+                    .clone();
+                let entry = Entry {
+                    id: next,
+                    seq: u64::from(next),
+                    rule,
+                };
+                next += 1;
+                let Some((field, ipnet::IpNet::V4(net))) =
+                    xdpkit::firewall::kernel::prefix_field(&entry.rule)
+                else {
+                    unreachable!()
+                };
+                rules.push_entry(entry.clone());
+                if live {
+                    if harness.add_rule(&entry, &rules).unwrap() {
+                        live_in_place += 1;
+                    }
+                } else {
+                    index
+                        .add(field, net, xdpkit::firewall::kernel::rule_ref(&entry))
+                        .unwrap();
+                }
+            }
+            if !live {
+                harness.dir_update(&mut index).unwrap();
+            }
+            ops += 1;
+            frames += edge_frames(&mut harness, &mut rng, &rules, bases, 40);
+        }
+        if !hosts_apart {
+            let fresh = FirewallHarness::fresh_dir4(&rules).unwrap();
+            let changed = if live {
+                harness.read_dir4().unwrap()
+            } else {
+                index.table.clone()
+            };
+            assert_eq!(changed.runs(), fresh.runs(), "rules:\n{rules}");
+        }
+        // And the fresh compile of the changed rules, the usual way.
+        harness.load_rules(&rules).unwrap();
+        frames += edge_frames(&mut harness, &mut rng, &rules, bases, 300);
+    }
+    println!(
+        "{frames} frames, {ops} in-place changes ({live_in_place} live adds) over {rulesets} edge rulesets: kernel == model"
+    );
+    assert!(frames >= 100_000 || rulesets < 40);
+    assert!(live_in_place > 0 || rulesets < 2);
+}
+
+/// `bytes_memlock` of a harness map, from bpftool.
+fn memlock(harness: &FirewallHarness, name: &str) -> u64 {
+    let id = harness.map_id(name).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "show", "id", &id.to_string(), "-j"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["bytes_memlock"].as_u64().unwrap_or(0)
+}
+
+/// `n` distinct /24 deny rules (then `hosts` /32 ones), as rule lines.
+fn blocklist(n: u32, hosts: u32) -> (String, Vec<u32>) {
+    let mut text = String::new();
+    let mut firsts = Vec::new();
+    for i in 0..n {
+        // An odd multiplier permutes the 2^24 /24s: all distinct.
+        let net = (i.wrapping_mul(2_654_435_761) & 0xff_ffff) << 8;
+        firsts.push(net);
+        text.push_str(&format!("deny src {}/24\n", std::net::Ipv4Addr::from(net)));
+    }
+    for i in 0..hosts {
+        let host = i.wrapping_mul(0x9e37_79b1) | 1;
+        text.push_str(&format!("deny src {}/32\n", std::net::Ipv4Addr::from(host)));
+    }
+    (text, firsts)
+}
+
+/// Issue 10 point 4 for IPv4 (run in release: `cargo test --release -p
+/// xdpkit --test firewall dir4_at -- --ignored --nocapture`): test_run ns
+/// per frame through the LPM trie and the DIR table in the same run, the
+/// maps' bytes_memlock at 1k, 100k and 1M prefixes, and the time of an
+/// in-place add/delete at 1M prefixes.
+#[test]
+#[ignore]
+fn dir4_at_a_million_prefixes() {
+    if !require_root("dir4_at_a_million_prefixes") {
+        return;
+    }
+    let maps = [
+        "FW_SRC4_0",
+        "FW_SRC4_1",
+        "FW_HTAB4_0",
+        "FW_HTAB4_1",
+        "FW_DIR4_L1_0",
+        "FW_DIR4_L1_1",
+        "FW_DIR4_CH_0",
+        "FW_DIR4_CH_1",
+        "FW_DIR4_REFS_0",
+        "FW_DIR4_REFS_1",
+    ];
+    for n in [1_000u32, 100_000] {
+        let rules = Ruleset::parse_file_text("bl", &blocklist(n, 0).0).unwrap();
+        for tries in [true, false] {
+            xdpkit::firewall::kernel::ipv4_in_tries(tries);
+            let mut h = FirewallHarness::new(Policy::default()).unwrap();
+            h.load_rules(&rules).unwrap();
+            let mem: Vec<String> = maps
+                .iter()
+                .map(|m| format!("{m}={}", memlock(&h, m)))
+                .collect();
+            println!("{n} /24s, tries={tries}: {}", mem.join(" "));
+        }
+    }
+    let n = 1_000_000;
+    let (text, firsts) = blocklist(n, 1024);
+    let rules = Ruleset::parse_file_text("bl", &text).unwrap();
+    xdpkit::firewall::kernel::ipv4_in_tries(true);
+    let mut trie = FirewallHarness::new(Policy::default()).unwrap();
+    let t = std::time::Instant::now();
+    trie.load_rules(&rules).unwrap();
+    println!("load into tries: {:?}", t.elapsed());
+    xdpkit::firewall::kernel::ipv4_in_tries(false);
+    let mut dir = FirewallHarness::new(Policy::default()).unwrap();
+    let t = std::time::Instant::now();
+    dir.load_rules(&rules).unwrap();
+    println!("load into DIR: {:?}", t.elapsed());
+    for (label, h) in [("tries", &trie), ("DIR", &dir)] {
+        let mem: Vec<String> = maps
+            .iter()
+            .map(|m| format!("{m}={}", memlock(h, m)))
+            .collect();
+        println!("1M /24s + 1024 hosts, {label}: {}", mem.join(" "));
+    }
+    let in_24 = udp4(firsts[12_345] | 77, 0xc633_6401);
+    let host = udp4(7u32.wrapping_mul(0x9e37_79b1) | 1, 0xc633_6401);
+    let miss = udp4(0x0a00_0001, 0xc633_6401);
+    for (label, frame) in [("/24", &in_24), ("host", &host), ("miss", &miss)] {
+        let (_, tr) = dir.run(frame).unwrap();
+        let (_, tt) = trie.run(frame).unwrap();
+        assert_eq!(tr.rule, tt.rule, "{label}");
+        let mut t_ns = Vec::new();
+        let mut d_ns = Vec::new();
+        for _ in 0..5 {
+            t_ns.push(trie.ns_per_frame(frame, 1_000_000).unwrap());
+            d_ns.push(dir.ns_per_frame(frame, 1_000_000).unwrap());
+        }
+        t_ns.sort_unstable();
+        d_ns.sort_unstable();
+        println!(
+            "test_run ns/frame, src {label} (rule {}): trie median {} ({:?}), DIR median {} ({:?})",
+            tr.rule, t_ns[2], t_ns, d_ns[2], d_ns
+        );
+    }
+    // In place at 1M prefixes, the `rule add`/`rule del` path (slots read
+    // from the maps): adds of new /24s, then their deletes.
+    let mut after = rules.clone();
+    let mut next = n + 2000;
+    let mut added = Vec::new();
+    let mut add_ns = Vec::new();
+    for k in 0..200u32 {
+        let net = ((k.wrapping_mul(40_503) + 0x70_0000) & 0xff_ffff) << 8;
+        let line = format!("deny src {}/24", std::net::Ipv4Addr::from(net));
+        let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
+            .rule
+            .clone();
+        let entry = Entry {
+            id: next,
+            seq: u64::from(next),
+            rule,
+        };
+        next += 1;
+        after.push_entry(entry.clone());
+        let t = std::time::Instant::now();
+        assert!(dir.add_rule(&entry, &after).unwrap(), "in place");
+        add_ns.push(t.elapsed().as_nanos() as u64);
+        added.push(entry);
+    }
+    let mut del_ns = Vec::new();
+    for entry in &added {
+        after.remove(entry.id);
+        let t = std::time::Instant::now();
+        dir.delete_rule(entry, &after).unwrap();
+        del_ns.push(t.elapsed().as_nanos() as u64);
+    }
+    add_ns.sort_unstable();
+    del_ns.sort_unstable();
+    println!(
+        "live path at 1M: add /24 median {} us (max {}), del /24 median {} us (max {})",
+        add_ns[100] / 1000,
+        add_ns[199] / 1000,
+        del_ns[100] / 1000,
+        del_ns[199] / 1000
+    );
+    // The library's index (rules per prefix kept in memory): add and delete
+    // with the slot writes into the maps.
+    let mut index = dir.load_dir4(&rules).unwrap();
+    for (len, count) in [(24u8, 1000u32), (16, 200), (8, 20), (32, 1000)] {
+        let mut a_ns = Vec::new();
+        let mut d_ns = Vec::new();
+        for k in 0..count {
+            let addr = k.wrapping_mul(2_246_822_519).wrapping_add(0x3000_0000);
+            let net = ipnet::Ipv4Net::new(addr.into(), len).unwrap().trunc();
+            let id = next;
+            next += 1;
+            let rule = xdpkit_common::firewall::RuleRef {
+                rank: u64::from(id),
+                id,
+                action: 1,
+                pps: 0,
+                prefix_len: 0,
+            };
+            let t = std::time::Instant::now();
+            index.add(0, net, rule).unwrap();
+            dir.dir_update(&mut index).unwrap();
+            a_ns.push(t.elapsed().as_nanos() as u64);
+            let t = std::time::Instant::now();
+            index.delete(0, net, id).unwrap();
+            dir.dir_update(&mut index).unwrap();
+            d_ns.push(t.elapsed().as_nanos() as u64);
+        }
+        a_ns.sort_unstable();
+        d_ns.sort_unstable();
+        let c = count as usize;
+        println!(
+            "library at 1M: /{len} add median {} us (max {}), delete median {} us (max {})",
+            a_ns[c / 2] / 1000,
+            a_ns[c - 1] / 1000,
+            d_ns[c / 2] / 1000,
+            d_ns[c - 1] / 1000
+        );
+    }
+}
+
+/// IPv6 prefixes stay in the LPM trie: its cost at 300,000 random /48s
+/// (`cargo test --release -p xdpkit --test firewall ipv6_trie -- --ignored
+/// --nocapture`).
+#[test]
+#[ignore]
+fn ipv6_trie_at_300k_prefixes() {
+    if !require_root("ipv6_trie_at_300k_prefixes") {
+        return;
+    }
+    let mut text = String::new();
+    let mut first = 0u128;
+    for i in 0..300_000u128 {
+        let net = (0x2001_0000_0000u128
+            | ((i.wrapping_mul(2_654_435_761) & 0xffff_ffff) ^ (i << 32)))
+            << 80;
+        if i == 1234 {
+            first = net;
+        }
+        text.push_str(&format!("deny src {}/48\n", std::net::Ipv6Addr::from(net)));
+    }
+    let rules = Ruleset::parse_file_text("v6", &text).unwrap();
+    let mut h = FirewallHarness::new(Policy::default()).unwrap();
+    h.load_rules(&rules).unwrap();
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(
+            (first | 77).to_be_bytes(),
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            64,
+        )
+        .udp(1, 2)
+        .write(&mut f, &[])
+        .unwrap();
+    let (_, trace) = h.run(&f).unwrap();
+    assert_eq!(trace.rule, 1235);
+    let mut ns: Vec<u64> = (0..5)
+        .map(|_| h.ns_per_frame(&f, 1_000_000).unwrap())
+        .collect();
+    ns.sort_unstable();
+    println!(
+        "300k IPv6 /48s: test_run ns/frame, src inside a listed /48: median {} ({ns:?}); FW_SRC6_1 bytes_memlock {}",
+        ns[2],
+        memlock(&h, "FW_SRC6_1")
+    );
+}
+
+/// DIR pools too small for a ruleset: /24s whose longer prefixes find no
+/// chunk are judged by the trie (`DIR_TRIE`), or every IPv4 prefix is when
+/// a shorter one finds none; verdicts stay the model's, through rebuilds
+/// and the adds and deletes that follow.
+#[test]
+fn dir4_pools_too_small_leave_prefixes_to_the_tries() {
+    if !require_root("dir4_pools_too_small_leave_prefixes_to_the_tries") {
+        return;
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut frames = 0u64;
+    for pool in 1..=6u32 {
+        let mut harness = FirewallHarness::with_chunk_pool(Policy::default(), pool).unwrap();
+        for _ in 0..4 {
+            let bases = (rng.next() as u32, rng.next() as u32);
+            let mut lines = edge_lines(&mut rng, bases.0, bases.1);
+            // Longer prefixes in a few more /24s of the same /16s.
+            for (field, b) in [("src", bases.0), ("dst", bases.1)] {
+                for k in 1..4u32 {
+                    let len = 25 + rng.below(7) as u8;
+                    let addr = b ^ (k << 8) ^ (rng.next() as u32 & 0xff);
+                    lines.push(prefix_line(&mut rng, field, addr, len));
+                }
+            }
+            let mut rules = Ruleset::parse_file_text("small pool", &lines.join("\n")).unwrap();
+            harness.load_rules(&rules).unwrap();
+            frames += edge_frames(&mut harness, &mut rng, &rules, bases, 300);
+            let mut next = rules.entries().iter().map(|e| e.id).max().unwrap_or(0) + 1;
+            for _ in 0..6 {
+                let ids: Vec<u32> = rules.entries().iter().map(|e| e.id).collect();
+                if rng.below(2) == 0 {
+                    let id = rng.pick(&ids);
+                    let gone = rules.entries().iter().find(|e| e.id == id).unwrap().clone();
+                    rules.remove(id);
+                    harness.delete_rule(&gone, &rules).unwrap();
+                } else {
+                    let field = rng.pick(&["src", "dst"]);
+                    let b = if field == "src" { bases.0 } else { bases.1 };
+                    let addr = b ^ (rng.next() as u32 & 0x3ff);
+                    let len = 16 + rng.below(17) as u8;
+                    let line = prefix_line(&mut rng, field, addr, len);
+                    let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
+                        .rule
+                        .clone();
+                    let entry = Entry {
+                        id: next,
+                        seq: u64::from(next),
+                        rule,
+                    };
+                    next += 1;
+                    rules.push_entry(entry.clone());
+                    harness.add_rule(&entry, &rules).unwrap();
+                }
+                frames += edge_frames(&mut harness, &mut rng, &rules, bases, 100);
+            }
+        }
+    }
+    println!("{frames} frames through DIR pools of 1 to 6 chunks: kernel == model");
+}

@@ -1,4 +1,5 @@
-//! The firewall: prefix rules in LPM tries (see docs/firewall.md), policies
+//! The firewall: IPv4 prefix rules in DIR-16-8-8 tables, IPv6 ones in LPM
+//! tries (see docs/firewall.md), policies
 //! for non-IP, malformed frames and fragments, rate limits, counters.
 #![no_std]
 #![no_main]
@@ -17,9 +18,10 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_host, present_table, present_trie, Bucket, BucketKey, FwConfig,
-        FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, ACTION_ALLOW, ACTION_DENY,
-        ACTIVE_GENERAL, ACTIVE_PREFIX, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES,
+        host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
+        DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef,
+        ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
+        DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES,
         FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
     },
     ActionCounter, XdpAction,
@@ -94,6 +96,69 @@ fn table_lookup(set: u32, bits: u32, addr: [u8; 4]) -> Option<&'static RuleRef> 
         }
     }
     None
+}
+
+#[map(name = "FW_DIR4_L1_0")]
+static DIR4_L1_0: Array<DirSlot> = Array::with_max_entries(2 * DIR4_L1_SLOTS, 0);
+#[map(name = "FW_DIR4_L1_1")]
+static DIR4_L1_1: Array<DirSlot> = Array::with_max_entries(2 * DIR4_L1_SLOTS, 0);
+#[map(name = "FW_DIR4_CH_0")]
+static DIR4_CH_0: Array<DirChunk> = Array::with_max_entries(FW_DIR4_MAX_CHUNKS, 0);
+#[map(name = "FW_DIR4_CH_1")]
+static DIR4_CH_1: Array<DirChunk> = Array::with_max_entries(FW_DIR4_MAX_CHUNKS, 0);
+#[map(name = "FW_DIR4_REFS_0")]
+static DIR4_REFS_0: Array<RuleRef> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
+#[map(name = "FW_DIR4_REFS_1")]
+static DIR4_REFS_1: Array<RuleRef> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
+
+/// The slot of `addr`'s next 8 bits in chunk `slot` (a chunk index).
+#[inline(always)]
+fn dir4_chunk(set: u32, slot: DirSlot, byte: u32) -> DirSlot {
+    let index = slot & !DIR_CHUNK;
+    let chunk = if set == 0 {
+        DIR4_CH_0.get(index)
+    } else {
+        DIR4_CH_1.get(index)
+    };
+    match chunk {
+        Some(c) => c.slots[(byte & 0xff) as usize],
+        None => 0,
+    }
+}
+
+/// The best prefix rule of IPv4 `addr` (host order) for `field` (0 src, 1
+/// dst) in the DIR-16-8-8 table of `set`: at most three inlined array reads
+/// (first level, /24 chunk, /32 chunk) and one of the rule, no helper call.
+/// `Err(())`: the address sits in a /24 the set's trie judges (`DIR_TRIE`).
+#[inline(always)]
+fn dir4_lookup(set: u32, field: u32, addr: u32) -> Result<Option<&'static RuleRef>, ()> {
+    let index = (field << 16) | (addr >> 16);
+    let first = if set == 0 {
+        DIR4_L1_0.get(index)
+    } else {
+        DIR4_L1_1.get(index)
+    };
+    let mut slot = match first {
+        Some(s) => *s,
+        None => 0,
+    };
+    if slot & DIR_CHUNK != 0 {
+        slot = dir4_chunk(set, slot, addr >> 8);
+        if slot == DIR_TRIE {
+            return Err(());
+        }
+        if slot & DIR_CHUNK != 0 {
+            slot = dir4_chunk(set, slot, addr);
+        }
+    }
+    if slot == 0 || slot & (DIR_CHUNK | DIR_TRIE) != 0 {
+        return Ok(None);
+    }
+    Ok(if set == 0 {
+        DIR4_REFS_0.get(slot - 1)
+    } else {
+        DIR4_REFS_1.get(slot - 1)
+    })
 }
 
 #[map(name = "FW_BUCKETS")]
@@ -241,7 +306,8 @@ fn keep_better(best: &mut RuleRef, candidate: Option<&RuleRef>) {
 /// chosen with a branch at every lookup.
 macro_rules! prefix_lookups {
     ($best:ident, $set:ident, $has:ident, $field:literal, $src:expr, $dst:expr, $bits:literal,
-     $table:expr, ($h0:ident, $h1:ident), ($s0:ident, $s1:ident), ($d0:ident, $d1:ident)) => {{
+     $table:expr, ($h0:ident, $h1:ident), ($s0:ident, $s1:ident), ($d0:ident, $d1:ident),
+     $dir_src:expr, $dir_dst:expr) => {{
         let src = $src;
         let dst = $dst;
         let table: Option<&RuleRef> = $table;
@@ -256,29 +322,48 @@ macro_rules! prefix_lookups {
             // SAFETY: as above.
             unsafe { $h1.get(&src) }
         };
-        if host.is_some() {
-            keep_better(&mut $best, host);
-        } else if $has(present_trie(0, $field)) {
-            let key = Key::new($bits, src);
-            keep_better(
-                &mut $best,
-                if $set == 0 {
-                    $s0.get(&key)
-                } else {
-                    $s1.get(&key)
-                },
-            );
+        // The DIR table answers, or sends the address to the trie (`Err`).
+        let dir: Result<Option<&RuleRef>, ()> = if host.is_some() {
+            Ok(host)
+        } else if $has(present_dir(0, $field)) {
+            $dir_src
+        } else {
+            Err(())
+        };
+        match dir {
+            Ok(found) => keep_better(&mut $best, found),
+            Err(()) if $has(present_trie(0, $field)) => {
+                let key = Key::new($bits, src);
+                keep_better(
+                    &mut $best,
+                    if $set == 0 {
+                        $s0.get(&key)
+                    } else {
+                        $s1.get(&key)
+                    },
+                );
+            }
+            Err(()) => {}
         }
-        if $has(present_trie(0, $field + 1)) {
-            let key = Key::new($bits, dst);
-            keep_better(
-                &mut $best,
-                if $set == 0 {
-                    $d0.get(&key)
-                } else {
-                    $d1.get(&key)
-                },
-            );
+        let dir: Result<Option<&RuleRef>, ()> = if $has(present_dir(0, $field + 1)) {
+            $dir_dst
+        } else {
+            Err(())
+        };
+        match dir {
+            Ok(found) => keep_better(&mut $best, found),
+            Err(()) if $has(present_trie(0, $field + 1)) => {
+                let key = Key::new($bits, dst);
+                keep_better(
+                    &mut $best,
+                    if $set == 0 {
+                        $d0.get(&key)
+                    } else {
+                        $d1.get(&key)
+                    },
+                );
+            }
+            Err(()) => {}
         }
     }};
 }
@@ -307,7 +392,9 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             None,
             (HSRC6_0, HSRC6_1),
             (SRC6_0, SRC6_1),
-            (DST6_0, DST6_1)
+            (DST6_0, DST6_1),
+            Err(()),
+            Err(())
         );
     } else {
         let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
@@ -333,7 +420,9 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             },
             (HSRC4_0, HSRC4_1),
             (SRC4_0, SRC4_1),
-            (DST4_0, DST4_1)
+            (DST4_0, DST4_1),
+            dir4_lookup(set, 0, u32::from_be_bytes(s4)),
+            dir4_lookup(set, 1, u32::from_be_bytes(d4))
         );
     }
     // A branch, not `general[set]`: LLVM turns a variable stack index into

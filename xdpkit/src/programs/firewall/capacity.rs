@@ -10,7 +10,8 @@ use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 
 use aya::Pod;
 use xdpkit_common::firewall::{
-    sized_entries, HostBucket, RuleHits, RuleRecord, RuleRef, FW_DEFAULT_RULE_IDS, FW_HOST_SRC4,
+    sized_entries, DirChunk, HostBucket, RuleHits, RuleRecord, RuleRef, FW_DEFAULT_RULE_IDS,
+    FW_DIR4_CHUNKS, FW_DIR4_MAX_CHUNKS, FW_DIR4_MIN_CHUNKS, FW_DIR4_REFS, FW_HOST_SRC4,
     FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_RULE_IDS, FW_RULES, FW_RULE_STATS, FW_SIZED_MAPS,
 };
 
@@ -62,26 +63,75 @@ pub fn sizes(capacity: u32) -> Vec<(&'static str, u32)> {
         .collect()
 }
 
+/// Chunks a DIR pool gets for a ruleset that needs `needed`: a power of
+/// two, at least [`FW_DIR4_MIN_CHUNKS`], at most [`FW_DIR4_MAX_CHUNKS`]
+/// (a ruleset that needs more keeps its IPv4 prefixes in the tries).
+pub fn chunk_capacity(needed: u32) -> u32 {
+    needed
+        .next_power_of_two()
+        .clamp(FW_DIR4_MIN_CHUNKS, FW_DIR4_MAX_CHUNKS)
+}
+
+/// Chunks the DIR pools of the firewall whose maps are `maps` hold.
+pub fn chunk_pool(maps: &impl MapSource) -> Result<u32> {
+    Ok(batch::map_info(maps, FW_DIR4_CHUNKS[0])?.max_entries())
+}
+
+/// The entries of both DIR pools for `chunks` chunks.
+pub fn chunk_sizes(chunks: u32) -> Vec<(&'static str, u32)> {
+    FW_DIR4_CHUNKS.iter().map(|m| (*m, chunks)).collect()
+}
+
 /// Grows the maps of the firewall running on `iface` (pin directory
 /// `iface_dir`, whose writers' lock the caller holds) to `capacity` rule
 /// ids; returns whether anything grew. Maps already that large stay.
-///
-/// The bigger maps get the old ones' contents, replace them in the pins,
-/// and the running chain is installed again; counts the old program made
-/// while that happened are added to the new counters after the switch. A
-/// failed reinstall puts the old maps back in the pins.
 pub(crate) fn grow(
     iface: &str,
     iface_dir: &PinDir,
     lock: &IfaceLock,
     capacity: u32,
 ) -> Result<bool> {
+    let grew = grow_maps(iface, iface_dir, lock, &sizes(capacity))?;
+    if grew {
+        tracing::info!("grew the firewall of {iface} to {capacity} rule ids");
+    }
+    Ok(grew)
+}
+
+/// Grows the DIR chunk pools of the firewall running on `iface` to hold
+/// `needed` chunks (see [`grow`]; the same switch).
+pub(crate) fn grow_chunks(
+    iface: &str,
+    iface_dir: &PinDir,
+    lock: &IfaceLock,
+    needed: u32,
+) -> Result<bool> {
+    let chunks = chunk_capacity(needed);
+    let grew = grow_maps(iface, iface_dir, lock, &chunk_sizes(chunks))?;
+    if grew {
+        tracing::info!("grew the firewall's prefix tables of {iface} to {chunks} chunks");
+    }
+    Ok(grew)
+}
+
+/// Grows the firewall maps named in `wanted` to their entries there:
+///
+/// The bigger maps get the old ones' contents, replace them in the pins,
+/// and the running chain is installed again; counts the old program made
+/// while that happened are added to the new counters after the switch. A
+/// failed reinstall puts the old maps back in the pins.
+fn grow_maps(
+    iface: &str,
+    iface_dir: &PinDir,
+    lock: &IfaceLock,
+    wanted: &[(&'static str, u32)],
+) -> Result<bool> {
     let dir = iface_dir.stage(NAME);
     let mut maps = open_pinned(&dir)?;
     let used = read_config(&maps)?.next_id.max(1) as usize;
     let mut bigger: Vec<(&'static str, OwnedFd)> = Vec::new();
     let mut counted = Vec::new();
-    for (name, entries) in sizes(capacity) {
+    for &(name, entries) in wanted {
         let had = batch::map_info(&maps, name)?.max_entries();
         if had >= entries {
             continue;
@@ -126,7 +176,6 @@ pub(crate) fn grow(
             &counted,
         )?;
     }
-    tracing::info!("grew the firewall of {iface} to {capacity} rule ids");
     Ok(true)
 }
 
@@ -180,6 +229,10 @@ fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result
         copy::<[u8; 16], RuleRef>(old, new)
     } else if FW_HOST_TABLE4.contains(&name) {
         copy::<u32, HostBucket>(old, new)
+    } else if FW_DIR4_CHUNKS.contains(&name) {
+        copy::<u32, DirChunk>(old, new)
+    } else if FW_DIR4_REFS.contains(&name) {
+        copy::<u32, RuleRef>(old, new)
     } else {
         Err(Error::Internal(format!("no copy for firewall map {name}")))
     }

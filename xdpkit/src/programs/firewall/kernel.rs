@@ -13,11 +13,11 @@ use aya::{
 use ipnet::IpNet;
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_host, present_table, present_trie, Bucket, BucketKey, FwConfig,
-        FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT,
-        ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DST4, FW_DST6, FW_HOST_SRC4,
-        FW_HOST_SRC6, FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3,
-        POLICY_PASS, TABLE_BITS,
+        host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
+        FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY,
+        ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS,
+        FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
+        FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -174,6 +174,7 @@ pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         next_seq: 0,
         max_prio: [0; 4],
         table_bits: [0; 2],
+        dir_chunks: [0; 2],
     }
 }
 
@@ -268,10 +269,9 @@ pub fn stage(maps: &impl MapSource, rules: &Ruleset) -> Result<Staged> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
     let general = (cfg.general_set() + 1) & 1;
-    let (present, table_bits) = write_prefixes(maps, prefix, &compile(rules)?)?;
+    let written = write_prefixes(maps, prefix, &compile(rules)?)?;
     let count = write_general(maps, general, rules.entries())?;
-    set_present(&mut cfg, prefix, present);
-    cfg.table_bits[prefix] = table_bits;
+    note_written(&mut cfg, prefix, written);
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
     cfg.general[general] = count;
@@ -294,9 +294,8 @@ pub fn commit(maps: &mut impl MapSource, staged: Staged) -> Result<()> {
 pub fn rebuild_prefixes(maps: &mut impl MapSource, rules: &Ruleset) -> Result<()> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
-    let (present, table_bits) = write_prefixes(maps, prefix, &compile(rules)?)?;
-    set_present(&mut cfg, prefix, present);
-    cfg.table_bits[prefix] = table_bits;
+    let written = write_prefixes(maps, prefix, &compile(rules)?)?;
+    note_written(&mut cfg, prefix, written);
     cfg.max_prio = max_prio(rules);
     note_ids(&mut cfg, rules.entries());
     // First what the new set holds, then the switch: a frame that reads
@@ -327,10 +326,16 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
         return Ok(false);
     };
     let mut cfg = read_config(maps)?;
+    let set = cfg.prefix_set();
+    if let (true, IpNet::V4(n)) = (field < 2 && dir_in(&cfg, set), net) {
+        if dir_spilled(&cfg, set) {
+            return Ok(false);
+        }
+        return add_dir_in_place(maps, cfg, set, field, n, entry);
+    }
     if entry.rule.prio < cfg.max_prio[field] {
         return Ok(false);
     }
-    let set = cfg.prefix_set();
     let trie = [FW_SRC4, FW_DST4, FW_SRC6, FW_DST6][field][set];
     let new = rule_ref(entry);
     let in_trie = cfg.present & present_trie(set, field) != 0;
@@ -378,6 +383,118 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     note_ids(&mut cfg, std::slice::from_ref(entry));
     write_config(maps, cfg)?;
     Ok(true)
+}
+
+/// Whether prefix set `set` holds its IPv4 prefixes in the DIR table.
+fn dir_in(cfg: &FwConfig, set: usize) -> bool {
+    cfg.present & (present_dir(set, 0) | present_dir(set, 1)) != 0
+}
+
+/// Whether set `set` has a DIR table that left /24s to the IPv4 tries
+/// (`Dir4::build_within`): the slots and the tries would have to change
+/// together, so changes rebuild.
+fn dir_spilled(cfg: &FwConfig, set: usize) -> bool {
+    dir_in(cfg, set) && cfg.present & (present_trie(set, 0) | present_trie(set, 1)) != 0
+}
+
+/// [`add_prefix_in_place`] into the DIR table: only the slots the prefix
+/// covers change, whatever its priority. Source host entries (table or
+/// map) are final, so a source rule that might outrank one of them (below
+/// [`FwConfig::max_prio`]) needs a rebuild; a source host that already has
+/// an entry keeps it (it ranks first).
+fn add_dir_in_place(
+    maps: &mut impl MapSource,
+    mut cfg: FwConfig,
+    set: usize,
+    field: usize,
+    net: ipnet::Ipv4Net,
+    entry: &Entry,
+) -> Result<bool> {
+    let hosts = cfg.present & (present_host(set, 0) | present_table(set)) != 0;
+    let known_host = if field == 0 && hosts {
+        if entry.rule.prio < cfg.max_prio[0] {
+            return Ok(false);
+        }
+        net.prefix_len() == 32 && host_known(maps, &cfg, set, net.addr().octets())?
+    } else {
+        false
+    };
+    if !known_host {
+        let mut slots = super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set]);
+        if !slots.add(field, net, rule_ref(entry))? {
+            return Ok(false);
+        }
+        cfg.dir_chunks[set] = slots.chunks_used();
+        cfg.present |= present_dir(set, field);
+    }
+    cfg.max_prio[field] = cfg.max_prio[field].max(entry.rule.prio);
+    note_ids(&mut cfg, std::slice::from_ref(entry));
+    write_config(maps, cfg)?;
+    Ok(true)
+}
+
+/// Deletes IPv4 prefix rule `gone` from the active DIR table in place:
+/// the slots that held it get the best rule left over them. `after` is the
+/// ruleset without it. Returns false, changing nothing, when a rebuild is
+/// needed (no DIR table, a source host with an entry of its own, or a
+/// source prefix with source hosts under it, whose entries may carry it).
+pub fn delete_prefix_in_place(
+    maps: &mut impl MapSource,
+    gone: &Entry,
+    after: &Ruleset,
+) -> Result<bool> {
+    let Some((field, IpNet::V4(net))) = prefix_field(&gone.rule) else {
+        return Ok(false);
+    };
+    let cfg = read_config(maps)?;
+    let set = cfg.prefix_set();
+    if field >= 2 || !dir_in(&cfg, set) || dir_spilled(&cfg, set) {
+        return Ok(false);
+    }
+    let net = net.trunc();
+    let others: Vec<(ipnet::Ipv4Net, RuleRef)> = after
+        .entries()
+        .iter()
+        .filter_map(|e| match prefix_field(&e.rule) {
+            Some((f, IpNet::V4(m)))
+                if f == field && (m.contains(&net.network()) || net.contains(&m.network())) =>
+            {
+                Some((m.trunc(), rule_ref(e)))
+            }
+            _ => None,
+        })
+        .collect();
+    // Source host entries (table or map) are final and carry the best rule
+    // of their prefixes: the rule may be in those of the hosts under it.
+    let hosts = cfg.present & (present_host(set, 0) | present_table(set)) != 0;
+    if field == 0 && hosts {
+        let host_under = others
+            .iter()
+            .any(|(m, _)| m.prefix_len() == 32 && net.contains(&m.network()));
+        if host_under
+            || (net.prefix_len() == 32 && host_known(maps, &cfg, set, net.addr().octets())?)
+        {
+            return Ok(false);
+        }
+    }
+    let mut slots = super::dir::MapSlots::new(&*maps, set, cfg.dir_chunks[set]);
+    slots.delete(field, net, gone.id, &others)
+}
+
+/// Whether IPv4 source host `addr` has an entry of its own in set `set`
+/// (host table or host map).
+fn host_known(maps: &impl MapSource, cfg: &FwConfig, set: usize, addr: [u8; 4]) -> Result<bool> {
+    if cfg.present & present_table(set) != 0 && table_has(maps, set, cfg.table_bits[set], addr)? {
+        return Ok(true);
+    }
+    if cfg.present & present_host(set, 0) == 0 {
+        return Ok(false);
+    }
+    let name = FW_HOST_SRC4[set];
+    let map = maps.map(name).ok_or_else(|| object::missing_map(name))?;
+    let hosts: aya::maps::HashMap<&MapData, [u8; 4], RuleRef> =
+        aya::maps::HashMap::try_from(map).map_err(map_err(format!("open {name}")))?;
+    Ok(found(hosts.get(&addr, 0), name)?.is_some())
 }
 
 /// Whether IPv4 host `addr` is in host table `name`.
@@ -544,9 +661,58 @@ fn upsert_prefix<const N: usize>(
         .map_err(map_err(format!("insert into {name}")))
 }
 
-/// Writes the compiled prefixes into prefix set `set`; returns its
-/// [`FwConfig::present`] bits (as for set 0) and its table bits.
-fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u32, u32)> {
+/// What [`write_prefixes`] put in a set.
+#[derive(Clone, Copy, Debug, Default)]
+struct Written {
+    /// [`FwConfig::present`] bits, as for set 0.
+    present: u32,
+    /// [`FwConfig::table_bits`] of the set.
+    table_bits: u32,
+    /// [`FwConfig::dir_chunks`] of the set.
+    dir_chunks: u32,
+}
+
+/// Set: IPv4 prefixes go to the LPM tries as before the DIR tables (only to
+/// measure one against the other in the same run).
+static IPV4_IN_TRIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes later rebuilds of this process put IPv4 prefixes in the LPM tries
+/// (`true`) or the DIR tables (`false`, the default). For benchmarks.
+#[doc(hidden)]
+pub fn ipv4_in_tries(on: bool) {
+    IPV4_IN_TRIES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The DIR table of the IPv4 prefixes (source hosts aside), or `None`
+/// when there are none or they need more chunks than a set has (then they
+/// stay in the tries).
+pub fn build_dir4(src4: &[Prefix], dst4: &[Prefix]) -> Option<super::dir::Dir4> {
+    if src4.is_empty() && dst4.is_empty() {
+        return None;
+    }
+    let (src, dst) = (super::dir::v4_entries(src4), super::dir::v4_entries(dst4));
+    super::dir::Dir4::build(&src, &dst).ok()
+}
+
+/// The rules the leaves of a DIR table name, once each.
+fn dir_rules(fields: &[&[Prefix]]) -> Vec<RuleRef> {
+    let mut by_id: HashMap<u32, RuleRef> = HashMap::default();
+    for entries in fields {
+        for (_, r) in entries.iter() {
+            by_id.insert(
+                r.id,
+                RuleRef {
+                    prefix_len: 0,
+                    ..*r
+                },
+            );
+        }
+    }
+    by_id.into_values().collect()
+}
+
+/// Writes the compiled prefixes into prefix set `set`.
+fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Written> {
     // The host maps and table are sized to the firewall's capacity.
     let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
     let (src4_trie, src4_hosts) = split_hosts(&c.src4, entries(FW_HOST_SRC4[set])?);
@@ -559,6 +725,50 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
         let (table, overflow) = host_table(&src4_hosts, max_bits);
         (Some(table), overflow)
     };
+    // IPv4 prefixes go to the DIR table, in the set's pool (the writers
+    // grow it first: `LiveFirewall::ensure_chunks`): /24s whose longer
+    // prefixes find no room stay in the tries, all of them if a shorter
+    // prefix finds none.
+    let pool = entries(FW_DIR4_CHUNKS[set])?;
+    let built = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed)
+        || (src4_trie.is_empty() && c.dst4.is_empty())
+    {
+        None
+    } else {
+        let (src, dst) = (
+            super::dir::v4_entries(&src4_trie),
+            super::dir::v4_entries(&c.dst4),
+        );
+        let built = super::dir::Dir4::build_within(&src, &dst, pool).ok();
+        match &built {
+            None => tracing::warn!(
+                "the IPv4 prefixes need more than the {pool} DIR chunks of the pool: \
+                 they are judged by the LPM tries, slower"
+            ),
+            Some(b) if b.spill.iter().any(|s| !s.is_empty()) => tracing::warn!(
+                "prefixes /25-/31 in more /24s than the {pool} DIR chunks hold: \
+                 {} of them are judged by the LPM tries, slower",
+                b.spill[0].len() + b.spill[1].len()
+            ),
+            _ => {}
+        }
+        built
+    };
+    let spilled = |field: usize| -> Vec<Prefix> {
+        built.as_ref().map_or_else(Vec::new, |b| {
+            b.spill[field]
+                .iter()
+                .map(|(n, r)| (IpNet::V4(*n), *r))
+                .collect()
+        })
+    };
+    let (spill_src4, spill_dst4) = (spilled(0), spilled(1));
+    let dir = built.map(|b| b.table);
+    let (trie_src4, trie_dst4) = if dir.is_some() {
+        (&spill_src4, &spill_dst4)
+    } else {
+        (&src4_trie, &c.dst4)
+    };
     let fd = |name| batch::map_fd(maps, name);
     let (s4, d4, s6, d6) = (
         fd(FW_SRC4[set])?,
@@ -568,9 +778,15 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
     );
     let (h4, h6) = (fd(FW_HOST_SRC4[set])?, fd(FW_HOST_SRC6[set])?);
     let t4 = fd(FW_HOST_TABLE4[set])?;
+    let (dl1, dch, drefs) = (
+        fd(FW_DIR4_L1[set])?,
+        fd(FW_DIR4_CHUNKS[set])?,
+        fd(FW_DIR4_REFS[set])?,
+    );
+    let dir_refs = dir_rules(&[&src4_trie, &c.dst4]);
     let jobs: Vec<Job<'_>> = vec![
-        Box::new(|| write_trie_fd::<4, _>(s4, &src4_trie)),
-        Box::new(|| write_trie_fd::<4, _>(d4, &c.dst4)),
+        Box::new(|| write_trie_fd::<4, _>(s4, trie_src4)),
+        Box::new(|| write_trie_fd::<4, _>(d4, trie_dst4)),
         Box::new(|| write_trie_fd::<16, _>(s6, &src6_trie)),
         Box::new(|| write_trie_fd::<16, _>(d6, &c.dst6)),
         Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
@@ -579,12 +795,16 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
             Some(table) => batch::write_array_fd(t4, &table.buckets),
             None => Ok(()),
         }),
+        Box::new(|| match &dir {
+            Some(dir) => super::dir::write_fds(dl1, dch, drefs, dir, &dir_refs),
+            None => Ok(()),
+        }),
     ];
     batch::in_parallel(jobs)?;
     let mut present = 0;
     for (field, non_empty) in [
-        !src4_trie.is_empty(),
-        !c.dst4.is_empty(),
+        !trie_src4.is_empty(),
+        !trie_dst4.is_empty(),
         !src6_trie.is_empty(),
         !c.dst6.is_empty(),
     ]
@@ -593,6 +813,14 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
     {
         if non_empty {
             present |= present_trie(0, field);
+        }
+    }
+    if dir.is_some() {
+        if !src4_trie.is_empty() {
+            present |= present_dir(0, 0);
+        }
+        if !c.dst4.is_empty() {
+            present |= present_dir(0, 1);
         }
     }
     if !src4_hosts.is_empty() {
@@ -604,7 +832,11 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<(u3
     if !src6_hosts.is_empty() {
         present |= present_host(0, 2);
     }
-    Ok((present, table.map_or(0, |t| t.bits)))
+    Ok(Written {
+        present,
+        table_bits: table.map_or(0, |t| t.bits),
+        dir_chunks: dir.map_or(0, |d| d.chunks.len() as u32),
+    })
 }
 
 /// A prefix and the rule it carries.
@@ -625,7 +857,15 @@ fn split_hosts(entries: &[Prefix], room: usize) -> (Vec<Prefix>, Vec<Prefix>) {
 /// Sets the [`FwConfig::present`] byte of prefix set `set`.
 fn set_present(cfg: &mut FwConfig, set: usize, bits: u32) {
     let shift = set * 8;
-    cfg.present = (cfg.present & !(0xff << shift)) | (bits << shift);
+    let mask = 0xff | present_dir(0, 0) | present_dir(0, 1);
+    cfg.present = (cfg.present & !(mask << shift)) | (bits << shift);
+}
+
+/// Records in `cfg` what [`write_prefixes`] put in prefix set `set`.
+fn note_written(cfg: &mut FwConfig, set: usize, w: Written) {
+    set_present(cfg, set, w.present);
+    cfg.table_bits[set] = w.table_bits;
+    cfg.dir_chunks[set] = w.dir_chunks;
 }
 
 /// Writes the general rules among `entries` into general set `set`; returns how many.
@@ -674,6 +914,17 @@ impl FirewallHarness {
         Ok(FirewallHarness { ebpf })
     }
 
+    /// [`FirewallHarness::new`] with DIR chunk pools of `chunks` chunks, so
+    /// that a ruleset can outgrow them.
+    pub fn with_chunk_pool(policy: Policy, chunks: u32) -> Result<FirewallHarness> {
+        let sizes: Vec<(&str, u32)> = FW_DIR4_CHUNKS.iter().map(|m| (*m, chunks)).collect();
+        let mut ebpf =
+            crate::programs::Program::object(&super::Firewall).load_sized(&[], &[], &sizes)?;
+        object::program(&mut ebpf, SYMBOL, "firewall")?;
+        write_config(&mut ebpf, config(&policy, 0, true))?;
+        Ok(FirewallHarness { ebpf })
+    }
+
     /// Changes the policy (takes effect for the next frame).
     pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
         set_policy(&mut self.ebpf, &policy)
@@ -703,10 +954,85 @@ impl FirewallHarness {
     /// ruleset without it.
     pub fn delete_rule(&mut self, entry: &Entry, after: &Ruleset) -> Result<()> {
         if is_prefix_rule(&entry.rule) {
+            if delete_prefix_in_place(&mut self.ebpf, entry, after)? {
+                return Ok(());
+            }
             rebuild_prefixes(&mut self.ebpf, after)
         } else {
             rebuild_general(&mut self.ebpf, after.entries())
         }
+    }
+
+    /// Loads `rules` with every IPv4 prefix rule (source hosts too) in the
+    /// DIR table of the new set, and returns its index: then
+    /// [`FirewallHarness::dir_update`] applies adds and deletes made to the
+    /// index to the active set, slot by slot, as an in-place update would.
+    pub fn load_dir4(&mut self, rules: &Ruleset) -> Result<super::dir::Dir4Index> {
+        let staged = stage(&self.ebpf, rules)?;
+        let set = (staged.active & ACTIVE_PREFIX) as usize;
+        let c = compile(rules)?;
+        let table = build_dir4(&c.src4, &c.dst4).unwrap_or_default();
+        let v4: Vec<(usize, ipnet::Ipv4Net, RuleRef)> = rules
+            .entries()
+            .iter()
+            .filter_map(|e| match prefix_field(&e.rule) {
+                Some((field, IpNet::V4(n))) => Some((field, n, rule_ref(e))),
+                _ => None,
+            })
+            .collect();
+        let index = super::dir::Dir4Index::new(&v4, table);
+        super::dir::write(&self.ebpf, set, &index.table, &index.rules())?;
+        let mut cfg = staged.cfg;
+        let keep = !(present_trie(set, 0)
+            | present_trie(set, 1)
+            | present_host(set, 0)
+            | present_table(set));
+        cfg.present = (cfg.present & keep) | present_dir(set, 0) | present_dir(set, 1);
+        cfg.dir_chunks[set] = index.table.chunks.len() as u32;
+        commit(
+            &mut self.ebpf,
+            Staged {
+                cfg,
+                active: staged.active,
+            },
+        )?;
+        Ok(index)
+    }
+
+    /// Writes the slots `index` changed since the last call into the
+    /// active set (see [`FirewallHarness::load_dir4`]).
+    pub fn dir_update(&mut self, index: &mut super::dir::Dir4Index) -> Result<()> {
+        let set = read_config(&self.ebpf)?.prefix_set();
+        let changes = index.take_changes();
+        super::dir::write_changes(&self.ebpf, set, &index.table, &changes)
+    }
+
+    /// The id of map `name` (for `bpftool map show id N`).
+    pub fn map_id(&self, name: &str) -> Result<u32> {
+        Ok(batch::map_info(&self.ebpf, name)?.id())
+    }
+
+    /// The active set's DIR table, read back from its maps.
+    pub fn read_dir4(&self) -> Result<super::dir::Dir4> {
+        use xdpkit_common::firewall::{DirChunk, DirSlot};
+        let cfg = read_config(&self.ebpf)?;
+        let set = cfg.prefix_set();
+        let mut dir = super::dir::Dir4::default();
+        for (i, v) in batch::dump::<u32, DirSlot>(&self.ebpf, FW_DIR4_L1[set], dir.l1.len())? {
+            dir.l1[i as usize] = v;
+        }
+        let used = cfg.dir_chunks[set] as usize;
+        let mut chunks = batch::dump::<u32, DirChunk>(&self.ebpf, FW_DIR4_CHUNKS[set], used)?;
+        chunks.truncate(used);
+        dir.chunks = chunks.into_iter().map(|(_, c)| c).collect();
+        Ok(dir)
+    }
+
+    /// The DIR table a fresh compile of `rules` gives, every IPv4 prefix
+    /// rule in it (as [`FirewallHarness::load_dir4`] loads it).
+    pub fn fresh_dir4(rules: &Ruleset) -> Result<super::dir::Dir4> {
+        let c = compile(rules)?;
+        Ok(build_dir4(&c.src4, &c.dst4).unwrap_or_default())
     }
 
     /// Mean ns per frame over `repeat` runs of `frame`, as the kernel timed

@@ -21,8 +21,8 @@ use xdpkit_common::firewall::{
 use super::{
     capacity,
     kernel::{
-        add_prefix_in_place, commit, is_prefix_rule, read_config, rebuild_general,
-        rebuild_prefixes, stage, Staged,
+        add_prefix_in_place, commit, delete_prefix_in_place, is_prefix_rule, read_config,
+        rebuild_general, rebuild_prefixes, stage, Staged,
     },
     maps::{open_pinned, pin_name},
     record, Entry, FirewallError, Rule, Ruleset,
@@ -297,17 +297,39 @@ impl LiveFirewall {
         }
         let wanted = capacity::capacity_for(ids)?;
         let iface_dir = PinDir::new(&self.iface)?;
-        let lock =
-            crate::pins::IfaceLock::from_shared(self._lock.try_clone().map_err(|source| {
-                crate::Error::Syscall {
-                    call: "dup of the interface lock",
-                    source,
-                }
-            })?);
+        let lock = self.shared_lock()?;
         capacity::grow(&self.iface, &iface_dir, &lock, wanted)?;
         // The pins now hold the bigger maps.
         self.view.maps = open_pinned(&self.view.dir)?;
         Ok(())
+    }
+
+    /// Makes room in the DIR chunk pools for the IPv4 prefixes of `rules`:
+    /// grows them (the chain reinstalled, as [`ensure_ids`](Self::ensure_ids))
+    /// when they are smaller. A ruleset past the largest pool keeps its
+    /// IPv4 prefixes in the tries.
+    fn ensure_chunks<'r>(&mut self, rules: impl IntoIterator<Item = &'r Rule>) -> Result<()> {
+        let needed = super::dir::chunks_needed(rules);
+        if needed <= capacity::chunk_pool(&self.maps)? {
+            return Ok(());
+        }
+        let iface_dir = PinDir::new(&self.iface)?;
+        let lock = self.shared_lock()?;
+        capacity::grow_chunks(&self.iface, &iface_dir, &lock, needed)?;
+        self.view.maps = open_pinned(&self.view.dir)?;
+        Ok(())
+    }
+
+    /// The writers' lock this handle holds, to pass on to a reinstall.
+    fn shared_lock(&self) -> Result<crate::pins::IfaceLock> {
+        let fd = self
+            ._lock
+            .try_clone()
+            .map_err(|source| crate::Error::Syscall {
+                call: "dup of the interface lock",
+                source,
+            })?;
+        Ok(crate::pins::IfaceLock::from_shared(fd))
     }
 
     /// The next id and sequence number.
@@ -332,6 +354,7 @@ impl LiveFirewall {
                 }
                 let mut rules = self.rules()?;
                 rules.push_entry(entry.clone());
+                self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
                 rebuild_prefixes(&mut self.view.maps, &rules)
             })
         } else {
@@ -364,7 +387,9 @@ impl LiveFirewall {
         if is_prefix_rule(&gone.rule) {
             let mut rules = self.rules()?;
             rules.remove(id);
-            rebuild_prefixes(&mut self.view.maps, &rules)?;
+            if !delete_prefix_in_place(&mut self.view.maps, &gone, &rules)? {
+                rebuild_prefixes(&mut self.view.maps, &rules)?;
+            }
         } else {
             let mut general = self.general_entries()?;
             general.retain(|e| e.id != id);
@@ -424,6 +449,7 @@ impl LiveFirewall {
         let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
         if replace {
             let rules = Ruleset::from_entries(new);
+            self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
             // The records go into a new FW_RULES, so the old ones leave with
             // the old map (no dump, no deletes); the tries are filled at the
             // same time. Zeroed counters of reused ids precede the switch:
@@ -437,6 +463,7 @@ impl LiveFirewall {
             let mut all = self.rules()?.into_entries();
             all.extend(new.iter().cloned());
             let rules = Ruleset::from_entries(all);
+            self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
             match self.stage_while(&rules, || self.store(&new)) {
                 Ok(staged) => commit(&mut self.view.maps, staged)?,
                 Err(e) => {
@@ -460,6 +487,7 @@ impl LiveFirewall {
             let added = count_new(&self.rules()?, desired);
             self.ensure_ids(next_id + added as u64)?;
         }
+        self.ensure_chunks(desired)?;
         let prepared = self.prepare_sync(desired)?;
         self.commit_sync(prepared, None)
     }

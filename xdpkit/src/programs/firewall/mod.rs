@@ -5,6 +5,7 @@
 mod bulk;
 pub mod capacity;
 pub mod config;
+pub mod dir;
 pub mod error;
 pub mod frame;
 pub mod general;

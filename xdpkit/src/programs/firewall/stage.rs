@@ -76,11 +76,22 @@ impl Program for Firewall {
         // Pinned maps keep their size (`before_install` grew them if
         // needed); new ones are sized for the settings' rules.
         let pinned = match super::maps::open_pinned(dir) {
-            Ok(maps) if attached_in(dir) => capacity::capacity(&maps).ok(),
+            // Unreadable pins are refused later, with the reason.
+            Ok(maps) if attached_in(dir) => capacity::capacity(&maps)
+                .and_then(|c| Ok((c, capacity::chunk_pool(&maps)?)))
+                .ok(),
             _ => None,
         };
         let wanted = capacity::capacity_for(fresh_ids(settings))?;
-        Ok(capacity::sizes(pinned.unwrap_or(0).max(wanted)))
+        let chunks = match pinned {
+            Some((_, pool)) => pool,
+            None => capacity::chunk_capacity(super::dir::chunks_needed(
+                config::rules_of(settings).iter(),
+            )),
+        };
+        let mut sizes = capacity::sizes(pinned.map_or(0, |p| p.0).max(wanted));
+        sizes.extend(capacity::chunk_sizes(chunks));
+        Ok(sizes)
     }
 
     fn before_install(
@@ -112,6 +123,13 @@ impl Program for Firewall {
         let wanted = capacity::capacity_for(ids)?;
         if wanted > has {
             capacity::grow(iface, iface_dir, lock, wanted)?;
+        }
+        if settings.contains_key("rules") {
+            let needed = super::dir::chunks_needed(config::rules_of(settings).iter());
+            let maps = super::maps::open_pinned(&dir)?;
+            if needed > capacity::chunk_pool(&maps)? {
+                capacity::grow_chunks(iface, iface_dir, lock, needed)?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,930 @@
+//! IPv4 prefix rules in DIR-16-8-8 tables (see docs/firewall.md): a first
+//! level of 65,536 slots per field indexed by the top 16 address bits, and
+//! 256-slot chunks for the next 8 bits and the last 8. A slot holds the best
+//! rule of every address it covers (rule id + 1), or a chunk index. The
+//! packet path reads at most three slots and one [`RuleRef`].
+//!
+//! [`Dir4`] is the table of one set; [`Dir4Index`] keeps it with the rules
+//! per prefix so that adding or deleting one rule rewrites only the slots it
+//! covers ([`Dir4Index::add`], [`Dir4Index::delete`]).
+
+use foldhash::{HashMap, HashSet};
+
+use ipnet::{IpNet, Ipv4Net};
+use xdpkit_common::firewall::{
+    DirChunk, DirSlot, RuleRef, DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_DIR4_CHUNKS, FW_DIR4_L1,
+    FW_DIR4_MAX_CHUNKS, FW_DIR4_REFS,
+};
+
+use std::os::fd::BorrowedFd;
+
+use aya::maps::{Array, MapData};
+
+use crate::error::map_err;
+use crate::maps::{batch, MapSource};
+use crate::{object, sys, Result};
+
+/// The chunk pool is full: the set keeps its prefixes in the tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolFull;
+
+/// The DIR-16-8-8 table of one set, both fields (0 src, 1 dst).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dir4 {
+    /// First level: `field << 16 | addr >> 16`.
+    pub l1: Vec<DirSlot>,
+    /// Chunks in use, by index.
+    pub chunks: Vec<DirChunk>,
+}
+
+/// A [`Dir4`] built within a pool ([`Dir4::build_within`]) and, per field,
+/// the prefixes it leaves to the trie.
+#[derive(Clone, Debug, Default)]
+pub struct Dir4Spill {
+    /// The table.
+    pub table: Dir4,
+    /// Per field (0 src, 1 dst): prefixes for the trie, with their rules.
+    pub spill: [Vec<(Ipv4Net, RuleRef)>; 2],
+}
+
+impl Default for Dir4 {
+    fn default() -> Dir4 {
+        Dir4 {
+            l1: vec![0; 2 * DIR4_L1_SLOTS as usize],
+            chunks: Vec::new(),
+        }
+    }
+}
+
+/// The slot value of a rule.
+pub fn leaf(rule: &RuleRef) -> DirSlot {
+    rule.id + 1
+}
+
+/// A slot of a [`Dir4`]: first level or a chunk's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum At {
+    L1(usize),
+    Chunk(usize, usize),
+}
+
+impl Dir4 {
+    /// The table of compiled prefixes (`compile()`'s inherited best rules),
+    /// or [`PoolFull`] if it needs more chunks than a set has.
+    pub fn build(src: &[(Ipv4Net, RuleRef)], dst: &[(Ipv4Net, RuleRef)]) -> Result<Dir4, PoolFull> {
+        let built = Dir4::build_within(src, dst, FW_DIR4_MAX_CHUNKS as usize)?;
+        if built.spill.iter().any(|s| !s.is_empty()) {
+            return Err(PoolFull);
+        }
+        Ok(built.table)
+    }
+
+    /// The table of compiled prefixes in at most `pool` chunks. A /24 whose
+    /// longer prefixes find no room for their chunk is left to the set's
+    /// trie: its slot says [`DIR_TRIE`], and [`Dir4Spill::spill`] holds its
+    /// longer prefixes and the /24 itself with the best rule of the shorter
+    /// ones (a trie lookup then answers for every address in it).
+    /// [`PoolFull`] when a prefix of /17-/24 finds no room for its chunk.
+    pub fn build_within(
+        src: &[(Ipv4Net, RuleRef)],
+        dst: &[(Ipv4Net, RuleRef)],
+        pool: usize,
+    ) -> Result<Dir4Spill, PoolFull> {
+        let mut dir = Dir4::default();
+        let mut spill: [Vec<(Ipv4Net, RuleRef)>; 2] = [Vec::new(), Vec::new()];
+        for (field, entries) in [src, dst].into_iter().enumerate() {
+            let by_leaf: HashMap<DirSlot, RuleRef> =
+                entries.iter().map(|(_, r)| (leaf(r), *r)).collect();
+            let mut sorted: Vec<&(Ipv4Net, RuleRef)> = entries.iter().collect();
+            sorted.sort_by_key(|(n, _)| n.prefix_len());
+            // Shorter first: a longer prefix overwrites its part of the range.
+            for (net, rule) in sorted {
+                let addr = u32::from(net.network());
+                let l1 = At::L1((field << 16) | (addr >> 16) as usize);
+                let full = dir.chunks.len() >= pool;
+                if net.prefix_len() > 16 && full && dir.get(l1) & DIR_CHUNK == 0 {
+                    return Err(PoolFull);
+                }
+                if net.prefix_len() > 24 {
+                    let c2 = dir.chunk_below(l1, &mut |_| {})?;
+                    let mid = At::Chunk(c2, ((addr >> 8) & 0xff) as usize);
+                    let v = dir.get(mid);
+                    if v == DIR_TRIE {
+                        spill[field].push((*net, *rule));
+                        continue;
+                    }
+                    if v & DIR_CHUNK == 0 && dir.chunks.len() >= pool {
+                        if let Some(r) = by_leaf.get(&v) {
+                            let p24 =
+                                Ipv4Net::new((addr & 0xffff_ff00).into(), 24).expect("24 <= 32");
+                            spill[field].push((
+                                p24,
+                                RuleRef {
+                                    prefix_len: 24,
+                                    ..*r
+                                },
+                            ));
+                        }
+                        dir.set(mid, DIR_TRIE);
+                        spill[field].push((*net, *rule));
+                        continue;
+                    }
+                }
+                dir.cover(field, *net, &mut |_, _| Some(leaf(rule)), &mut |_| {})?;
+            }
+        }
+        Ok(Dir4Spill { table: dir, spill })
+    }
+
+    /// The slot holding `addr` of `field`, after chunks.
+    pub fn lookup(&self, field: usize, addr: u32) -> DirSlot {
+        let mut slot = self.l1[(field << 16) | (addr >> 16) as usize];
+        for shift in [8, 0] {
+            if slot & DIR_CHUNK == 0 {
+                break;
+            }
+            slot =
+                self.chunks[(slot & !DIR_CHUNK) as usize].slots[((addr >> shift) & 0xff) as usize];
+        }
+        slot
+    }
+
+    /// The table as runs `(field, first address, leaf)`, each run starting
+    /// where the leaf changes: equal for equal lookups, whatever the chunks.
+    pub fn runs(&self) -> Vec<(usize, u32, DirSlot)> {
+        let mut out: Vec<(usize, u32, DirSlot)> = Vec::new();
+        for field in 0..2 {
+            for top in 0..DIR4_L1_SLOTS as usize {
+                self.runs_of(
+                    field,
+                    self.l1[(field << 16) | top],
+                    (top as u32) << 16,
+                    16,
+                    &mut out,
+                );
+            }
+        }
+        out
+    }
+
+    fn runs_of(
+        &self,
+        field: usize,
+        v: DirSlot,
+        addr: u32,
+        len: u8,
+        out: &mut Vec<(usize, u32, DirSlot)>,
+    ) {
+        if v & DIR_CHUNK != 0 {
+            let chunk = &self.chunks[(v & !DIR_CHUNK) as usize];
+            let shift = 32 - (len + 8);
+            for (i, s) in chunk.slots.iter().enumerate() {
+                self.runs_of(field, *s, addr | ((i as u32) << shift), len + 8, out);
+            }
+            return;
+        }
+        match out.last() {
+            Some(&(f, _, last)) if f == field && last == v => {}
+            _ => out.push((field, addr, v)),
+        }
+    }
+}
+
+/// Slots of a DIR table: in memory ([`Dir4`]) or in a set's maps
+/// ([`MapSlots`]). The table walks are written once, here.
+trait Slots {
+    fn get(&mut self, at: At) -> DirSlot;
+    fn set(&mut self, at: At, v: DirSlot);
+    /// A new chunk with every slot `fill`.
+    fn push_chunk(&mut self, fill: DirSlot) -> Result<usize, PoolFull>;
+
+    /// The chunk below slot `at`, made (a copy of its leaf) if needed.
+    fn chunk_below(&mut self, at: At, touched: &mut impl FnMut(At)) -> Result<usize, PoolFull> {
+        let v = self.get(at);
+        if v & DIR_CHUNK != 0 {
+            return Ok((v & !DIR_CHUNK) as usize);
+        }
+        let c = self.push_chunk(v)?;
+        touched(At::Chunk(c, 0));
+        self.set(at, DIR_CHUNK | c as u32);
+        touched(at);
+        Ok(c)
+    }
+
+    /// Calls `f(leaf, covered prefix length)` on every leaf slot inside
+    /// `net` (descending into chunks), and stores what it returns.
+    /// Makes chunks where `net` is longer than a slot.
+    fn cover(
+        &mut self,
+        field: usize,
+        net: Ipv4Net,
+        f: &mut impl FnMut(DirSlot, (u32, u8)) -> Option<DirSlot>,
+        touched: &mut impl FnMut(At),
+    ) -> Result<(), PoolFull> {
+        let addr = u32::from(net.network());
+        let len = net.prefix_len();
+        let base = field << 16;
+        let top = (addr >> 16) as usize;
+        if len <= 16 {
+            let n = 1usize << (16 - len);
+            for i in top..top + n {
+                self.cover_slot(At::L1(base + i), ((i as u32) << 16, 16), f, touched);
+            }
+            return Ok(());
+        }
+        let c2 = self.chunk_below(At::L1(base + top), touched)?;
+        let mid = ((addr >> 8) & 0xff) as usize;
+        if len <= 24 {
+            let n = 1usize << (24 - len);
+            for i in mid..mid + n {
+                let a = (addr & 0xffff_0000) | ((i as u32) << 8);
+                self.cover_slot(At::Chunk(c2, i), (a, 24), f, touched);
+            }
+            return Ok(());
+        }
+        let c3 = self.chunk_below(At::Chunk(c2, mid), touched)?;
+        let low = (addr & 0xff) as usize;
+        let n = 1usize << (32 - len);
+        for i in low..low + n {
+            let a = (addr & 0xffff_ff00) | i as u32;
+            self.cover_slot(At::Chunk(c3, i), (a, 32), f, touched);
+        }
+        Ok(())
+    }
+
+    fn cover_slot(
+        &mut self,
+        at: At,
+        range: (u32, u8),
+        f: &mut impl FnMut(DirSlot, (u32, u8)) -> Option<DirSlot>,
+        touched: &mut impl FnMut(At),
+    ) {
+        let v = self.get(at);
+        if v & DIR_CHUNK != 0 {
+            let c = (v & !DIR_CHUNK) as usize;
+            let (addr, len) = range;
+            let shift = 32 - (len + 8);
+            for i in 0..256usize {
+                let a = addr | ((i as u32) << shift);
+                self.cover_slot(At::Chunk(c, i), (a, len + 8), f, touched);
+            }
+            return;
+        }
+        if let Some(new) = f(v, range) {
+            if new != v {
+                self.set(at, new);
+                touched(at);
+            }
+        }
+    }
+}
+
+impl Slots for Dir4 {
+    fn get(&mut self, at: At) -> DirSlot {
+        match at {
+            At::L1(i) => self.l1[i],
+            At::Chunk(c, i) => self.chunks[c].slots[i],
+        }
+    }
+
+    fn set(&mut self, at: At, v: DirSlot) {
+        match at {
+            At::L1(i) => self.l1[i] = v,
+            At::Chunk(c, i) => self.chunks[c].slots[i] = v,
+        }
+    }
+
+    fn push_chunk(&mut self, fill: DirSlot) -> Result<usize, PoolFull> {
+        if self.chunks.len() >= FW_DIR4_MAX_CHUNKS as usize {
+            return Err(PoolFull);
+        }
+        self.chunks.push(DirChunk { slots: [fill; 256] });
+        Ok(self.chunks.len() - 1)
+    }
+}
+
+/// A [`Dir4`] with the rules of every prefix: adds and deletes one rule by
+/// rewriting only the slots it covers, and records them for [`write_changes`].
+#[derive(Clone, Debug, Default)]
+pub struct Dir4Index {
+    /// The table.
+    pub table: Dir4,
+    /// Rules by id.
+    refs: HashMap<u32, RuleRef>,
+    /// Rules on each (field, address, length).
+    own: HashMap<(usize, u32, u8), Vec<RuleRef>>,
+    /// Slots changed since the last [`Dir4Index::take_changes`].
+    changed: HashSet<At>,
+    /// Rules added since then.
+    added: Vec<RuleRef>,
+}
+
+/// Slots an update changed: first-level indices and chunk indices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// First-level slots.
+    pub l1: Vec<u32>,
+    /// Whole chunks.
+    pub chunks: Vec<u32>,
+    /// Rules for [`FW_DIR4_REFS`].
+    pub refs: Vec<RuleRef>,
+}
+
+impl Dir4Index {
+    /// The index of `rules`: `(field, prefix, rule)` for the prefix rules
+    /// the DIR tables hold, and their compiled table.
+    pub fn new(rules: &[(usize, Ipv4Net, RuleRef)], table: Dir4) -> Dir4Index {
+        let mut index = Dir4Index {
+            table,
+            ..Dir4Index::default()
+        };
+        for &(field, net, rule) in rules {
+            index.note(field, net, rule);
+        }
+        index
+    }
+
+    fn note(&mut self, field: usize, net: Ipv4Net, rule: RuleRef) {
+        let rule = RuleRef {
+            prefix_len: 0,
+            ..rule
+        };
+        self.refs.insert(rule.id, rule);
+        self.own
+            .entry((field, u32::from(net.network()), net.prefix_len()))
+            .or_default()
+            .push(rule);
+    }
+
+    /// Adds `rule` on `net` of `field`: every slot it covers keeps the better
+    /// of its rule and this one.
+    pub fn add(&mut self, field: usize, net: Ipv4Net, rule: RuleRef) -> Result<(), PoolFull> {
+        let net = net.trunc();
+        self.note(field, net, rule);
+        self.added.push(RuleRef {
+            prefix_len: 0,
+            ..rule
+        });
+        let refs = &self.refs;
+        let changed = &mut self.changed;
+        let rank = |slot: DirSlot| {
+            if slot == 0 {
+                u64::MAX
+            } else {
+                refs.get(&(slot - 1)).map_or(u64::MAX, |r| r.rank)
+            }
+        };
+        let new = leaf(&rule);
+        self.table.cover(
+            field,
+            net,
+            &mut |v, _| (rule.rank < rank(v)).then_some(new),
+            &mut |at| {
+                changed.insert(at);
+            },
+        )
+    }
+
+    /// Deletes rule `id` on `net` of `field`: the slots that held it get the
+    /// best of the rules left on the prefixes containing them.
+    pub fn delete(&mut self, field: usize, net: Ipv4Net, id: u32) -> Result<(), PoolFull> {
+        let net = net.trunc();
+        let key = (field, u32::from(net.network()), net.prefix_len());
+        if let Some(list) = self.own.get_mut(&key) {
+            list.retain(|r| r.id != id);
+            if list.is_empty() {
+                self.own.remove(&key);
+            }
+        }
+        self.refs.remove(&id);
+        let own = &self.own;
+        let changed = &mut self.changed;
+        let gone = id + 1;
+        self.table.cover(
+            field,
+            net,
+            &mut |v, (addr, len)| {
+                if v != gone {
+                    return None;
+                }
+                // A leaf slot has no rule strictly inside it: its rules are
+                // those on the prefixes containing it.
+                let mut best: Option<RuleRef> = None;
+                for l in 0..=len {
+                    let a = if l == 0 {
+                        0
+                    } else {
+                        addr & (u32::MAX << (32 - l))
+                    };
+                    for r in own.get(&(field, a, l)).into_iter().flatten() {
+                        if best.is_none_or(|b| r.rank < b.rank) {
+                            best = Some(*r);
+                        }
+                    }
+                }
+                Some(best.map_or(0, |r| leaf(&r)))
+            },
+            &mut |at| {
+                changed.insert(at);
+            },
+        )
+    }
+
+    /// Every rule, for [`FW_DIR4_REFS`].
+    pub fn rules(&self) -> Vec<RuleRef> {
+        self.refs.values().copied().collect()
+    }
+
+    /// The rule a slot value stands for.
+    pub fn rule(&self, slot: DirSlot) -> Option<RuleRef> {
+        (slot != 0 && slot & DIR_CHUNK == 0)
+            .then(|| self.refs.get(&(slot - 1)).copied())
+            .flatten()
+    }
+
+    /// The slots changed since the last call, as map updates.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut out = Changes::default();
+        let mut chunks = HashSet::default();
+        for at in self.changed.drain() {
+            match at {
+                At::L1(i) => out.l1.push(i as u32),
+                At::Chunk(c, _) => {
+                    chunks.insert(c as u32);
+                }
+            }
+        }
+        out.chunks = chunks.into_iter().collect();
+        out.refs = std::mem::take(&mut self.added);
+        out.l1.sort_unstable();
+        out.chunks.sort_unstable();
+        out
+    }
+}
+
+/// The slots of one set in its maps, read as a walk reaches them and
+/// written back by [`MapSlots::flush`]: an in-place change in a `rule add`
+/// or `rule del` process, without reading the whole table.
+pub struct MapSlots<'a, M: MapSource> {
+    maps: &'a M,
+    set: usize,
+    l1: HashMap<usize, DirSlot>,
+    chunks: HashMap<usize, DirChunk>,
+    dirty: HashSet<At>,
+    refs: HashMap<u32, RuleRef>,
+    next_chunk: u32,
+    /// Chunks the set's pool holds (its map's entries).
+    pool: u32,
+    error: Option<crate::Error>,
+}
+
+/// One element of array `name`.
+fn read_one<V: aya::Pod>(maps: &impl MapSource, name: &str, index: u32) -> Result<V> {
+    let map = maps.map(name).ok_or_else(|| object::missing_map(name))?;
+    let array: Array<&MapData, V> =
+        Array::try_from(map).map_err(map_err(format!("open {name}")))?;
+    array
+        .get(&index, 0)
+        .map_err(map_err(format!("read {name}")))
+}
+
+impl<'a, M: MapSource> MapSlots<'a, M> {
+    /// Set `set` of `maps`, whose first `chunks` chunks are in use.
+    pub fn new(maps: &'a M, set: usize, chunks: u32) -> MapSlots<'a, M> {
+        MapSlots {
+            maps,
+            set,
+            l1: HashMap::default(),
+            chunks: HashMap::default(),
+            dirty: HashSet::default(),
+            refs: HashMap::default(),
+            next_chunk: chunks,
+            pool: batch::map_info(maps, FW_DIR4_CHUNKS[set]).map_or(0, |i| i.max_entries()),
+            error: None,
+        }
+    }
+
+    fn keep<V>(&mut self, r: Result<V>, default: V) -> V {
+        match r {
+            Ok(v) => v,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                default
+            }
+        }
+    }
+
+    fn chunk(&mut self, c: usize) -> &mut DirChunk {
+        if !self.chunks.contains_key(&c) {
+            let r = read_one::<DirChunk>(self.maps, FW_DIR4_CHUNKS[self.set], c as u32);
+            let chunk = self.keep(r, DirChunk::default());
+            self.chunks.insert(c, chunk);
+        }
+        self.chunks.get_mut(&c).expect("just read")
+    }
+
+    /// The rule of a leaf slot.
+    fn rule(&mut self, slot: DirSlot) -> Option<RuleRef> {
+        if slot == 0 || slot & DIR_CHUNK != 0 {
+            return None;
+        }
+        if let Some(r) = self.refs.get(&(slot - 1)) {
+            return Some(*r);
+        }
+        let r = read_one::<RuleRef>(self.maps, FW_DIR4_REFS[self.set], slot - 1);
+        let r = self.keep(r, RuleRef::default());
+        self.refs.insert(slot - 1, r);
+        Some(r)
+    }
+
+    /// The rule the table gives `addr` of `field`.
+    pub fn lookup(&mut self, field: usize, addr: u32) -> Result<Option<RuleRef>> {
+        let mut slot = self.get(At::L1((field << 16) | (addr >> 16) as usize));
+        for shift in [8, 0] {
+            if slot & DIR_CHUNK == 0 {
+                break;
+            }
+            let c = (slot & !DIR_CHUNK) as usize;
+            slot = self.get(At::Chunk(c, ((addr >> shift) & 0xff) as usize));
+        }
+        let rule = self.rule(slot);
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(rule),
+        }
+    }
+
+    /// Adds `rule` on `net` of `field` (see [`Dir4Index::add`]); returns
+    /// false, with nothing written, if the chunk pool is full.
+    pub fn add(&mut self, field: usize, net: Ipv4Net, rule: RuleRef) -> Result<bool> {
+        let rule = RuleRef {
+            prefix_len: 0,
+            ..rule
+        };
+        self.refs.insert(rule.id, rule);
+        let mut touched = HashSet::default();
+        let new = leaf(&rule);
+        let done = self.cover(field, net.trunc(), &mut |_, _| None, &mut |at| {
+            touched.insert(at);
+        });
+        // The walk above only made the chunks; now the better of each slot
+        // and the new rule (the ranks need `self`, so a second walk).
+        let _ = touched;
+        if done.is_err() {
+            return Ok(false);
+        }
+        let leaves = self.leaves_in(field, net.trunc());
+        for (at, v, _) in leaves {
+            let better = match self.rule(v) {
+                Some(r) => rule.rank < r.rank,
+                None => true,
+            };
+            if better && v != new {
+                self.set(at, new);
+            }
+        }
+        self.write(&[rule])
+    }
+
+    /// Deletes rule `id` on `net` of `field` (see [`Dir4Index::delete`]).
+    /// `others` are the field's rules left that overlap `net`.
+    pub fn delete(
+        &mut self,
+        field: usize,
+        net: Ipv4Net,
+        id: u32,
+        others: &[(Ipv4Net, RuleRef)],
+    ) -> Result<bool> {
+        let net = net.trunc();
+        let gone = id + 1;
+        let mut named: Vec<RuleRef> = Vec::new();
+        for (at, v, (addr, len)) in self.leaves_in(field, net) {
+            if v != gone {
+                continue;
+            }
+            let best = others
+                .iter()
+                .filter(|(n, _)| {
+                    n.prefix_len() <= len && n.contains(&std::net::Ipv4Addr::from(addr))
+                })
+                .min_by_key(|(_, r)| r.rank);
+            let value = best.map_or(0, |(_, r)| leaf(r));
+            if let Some((_, r)) = best {
+                let r = RuleRef {
+                    prefix_len: 0,
+                    ..*r
+                };
+                self.refs.insert(r.id, r);
+                named.push(r);
+            }
+            self.set(at, value);
+        }
+        named.sort_unstable_by_key(|r| r.id);
+        named.dedup();
+        self.write(&named)
+    }
+
+    /// Every leaf slot inside `net` (chunks below it followed), with its
+    /// value and the range it covers; makes no chunk.
+    fn leaves_in(&mut self, field: usize, net: Ipv4Net) -> Vec<(At, DirSlot, (u32, u8))> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(At, (u32, u8))> = Vec::new();
+        let addr = u32::from(net.network());
+        let len = net.prefix_len();
+        let top = (addr >> 16) as usize;
+        let l1 = |i: usize| (At::L1((field << 16) | i), ((i as u32) << 16, 16u8));
+        if len <= 16 {
+            stack.extend((0..1usize << (16 - len)).map(|i| l1(top + i)));
+        } else {
+            stack.push(l1(top));
+        }
+        while let Some((at, (a, l))) = stack.pop() {
+            let v = self.get(at);
+            if v & DIR_CHUNK == 0 {
+                out.push((at, v, (a, l)));
+                continue;
+            }
+            let c = (v & !DIR_CHUNK) as usize;
+            let shift = 24 - l;
+            // Only the chunk slots inside `net`.
+            let (first, count) = if len > l {
+                let first = ((addr >> shift) & 0xff) as usize;
+                let count = if len >= l + 8 {
+                    1
+                } else {
+                    1usize << (l + 8 - len)
+                };
+                (first, count)
+            } else {
+                (0, 256)
+            };
+            for i in first..first + count {
+                stack.push((At::Chunk(c, i), (a | ((i as u32) << shift), l + 8)));
+            }
+        }
+        out
+    }
+
+    /// Writes what the walks changed: the rule, chunks, then first-level
+    /// slots (a frame never reaches a chunk before it is written).
+    fn write(&mut self, rules: &[RuleRef]) -> Result<bool> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if !rules.is_empty() {
+            let ids: Vec<u32> = rules.iter().map(|r| r.id).collect();
+            batch::update(self.maps, FW_DIR4_REFS[self.set], &ids, rules)?;
+        }
+        let mut chunks: Vec<u32> = Vec::new();
+        let mut l1: Vec<u32> = Vec::new();
+        for at in self.dirty.drain() {
+            match at {
+                At::L1(i) => l1.push(i as u32),
+                At::Chunk(c, _) => chunks.push(c as u32),
+            }
+        }
+        chunks.sort_unstable();
+        chunks.dedup();
+        l1.sort_unstable();
+        if !chunks.is_empty() {
+            let values: Vec<DirChunk> =
+                chunks.iter().map(|c| self.chunks[&(*c as usize)]).collect();
+            batch::update(self.maps, FW_DIR4_CHUNKS[self.set], &chunks, &values)?;
+        }
+        if !l1.is_empty() {
+            let values: Vec<DirSlot> = l1.iter().map(|i| self.l1[&(*i as usize)]).collect();
+            batch::update(self.maps, FW_DIR4_L1[self.set], &l1, &values)?;
+        }
+        Ok(true)
+    }
+
+    /// Chunks in use after the change.
+    pub fn chunks_used(&self) -> u32 {
+        self.next_chunk
+    }
+}
+
+impl<M: MapSource> Slots for MapSlots<'_, M> {
+    fn get(&mut self, at: At) -> DirSlot {
+        match at {
+            At::L1(i) => {
+                if let Some(v) = self.l1.get(&i) {
+                    return *v;
+                }
+                let r = read_one::<DirSlot>(self.maps, FW_DIR4_L1[self.set], i as u32);
+                let v = self.keep(r, 0);
+                self.l1.insert(i, v);
+                v
+            }
+            At::Chunk(c, i) => self.chunk(c).slots[i],
+        }
+    }
+
+    fn set(&mut self, at: At, v: DirSlot) {
+        match at {
+            At::L1(i) => {
+                self.l1.insert(i, v);
+            }
+            At::Chunk(c, i) => self.chunk(c).slots[i] = v,
+        }
+        self.dirty.insert(at);
+    }
+
+    fn push_chunk(&mut self, fill: DirSlot) -> Result<usize, PoolFull> {
+        if self.next_chunk >= self.pool.min(FW_DIR4_MAX_CHUNKS) {
+            return Err(PoolFull);
+        }
+        let c = self.next_chunk as usize;
+        self.next_chunk += 1;
+        self.chunks.insert(c, DirChunk { slots: [fill; 256] });
+        self.dirty.insert(At::Chunk(c, 0));
+        Ok(c)
+    }
+}
+
+/// The chunks a DIR table of `rules`' IPv4 prefix rules needs (per field,
+/// one per /16 holding a longer prefix and one per /24 holding a longer
+/// one). Source /32s are left out: a rebuild puts them in the host table
+/// or map, and only hosts those cannot hold land in the DIR table.
+pub fn chunks_needed<'r>(
+    rules: impl IntoIterator<Item = &'r crate::programs::firewall::Rule>,
+) -> u32 {
+    let mut chunks: HashSet<(bool, u32)> = HashSet::default();
+    for rule in rules {
+        let (field, net) = match (rule.src, rule.dst) {
+            (Some(IpNet::V4(n)), None) if n.prefix_len() < 32 => (false, n),
+            (None, Some(IpNet::V4(n))) => (true, n),
+            _ => continue,
+        };
+        if !super::kernel::is_prefix_rule(rule) {
+            continue;
+        }
+        let addr = u32::from(net.network());
+        if net.prefix_len() > 16 {
+            chunks.insert((field, addr >> 16 << 16 | 1));
+        }
+        if net.prefix_len() > 24 {
+            chunks.insert((field, addr >> 8 << 8));
+        }
+    }
+    chunks.len() as u32
+}
+
+/// The IPv4 prefixes of a compiled field, for [`Dir4::build`].
+pub fn v4_entries(entries: &[(IpNet, RuleRef)]) -> Vec<(Ipv4Net, RuleRef)> {
+    entries
+        .iter()
+        .filter_map(|(net, r)| match net {
+            IpNet::V4(n) => Some((*n, *r)),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Writes `dir` whole into set `set` (while it is inactive), and the rules
+/// its leaves name into the set's [`FW_DIR4_REFS`].
+pub fn write(maps: &impl MapSource, set: usize, dir: &Dir4, rules: &[RuleRef]) -> Result<()> {
+    write_fds(
+        batch::map_fd(maps, FW_DIR4_L1[set])?,
+        batch::map_fd(maps, FW_DIR4_CHUNKS[set])?,
+        batch::map_fd(maps, FW_DIR4_REFS[set])?,
+        dir,
+        rules,
+    )
+}
+
+/// [`write`] on the maps' fds: first level, chunks, rules.
+pub fn write_fds(
+    l1: BorrowedFd<'_>,
+    chunks: BorrowedFd<'_>,
+    refs: BorrowedFd<'_>,
+    dir: &Dir4,
+    rules: &[RuleRef],
+) -> Result<()> {
+    write_refs(refs, rules)?;
+    if !dir.chunks.is_empty() {
+        batch::write_array_fd(chunks, &dir.chunks)?;
+    }
+    batch::write_array_fd(l1, &dir.l1)
+}
+
+/// Writes rules into [`FW_DIR4_REFS`] by id.
+fn write_refs(fd: BorrowedFd<'_>, rules: &[RuleRef]) -> Result<()> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let max = rules.iter().map(|r| r.id).max().unwrap_or(0) as usize;
+    if rules.len() * 8 >= max {
+        // Dense ids (the usual case): one batch write of the range.
+        let mut dense = vec![RuleRef::default(); max + 1];
+        for r in rules {
+            dense[r.id as usize] = *r;
+        }
+        return batch::write_array_fd(fd, &dense);
+    }
+    let ids: Vec<u32> = rules.iter().map(|r| r.id).collect();
+    sys::map_update_batch(fd, &ids, rules)
+}
+
+/// Writes the slots `changes` names from `dir` into set `set`: rules and
+/// chunks first, then first-level slots, so a frame never reaches a chunk
+/// or a rule before it is written.
+pub fn write_changes(
+    maps: &impl MapSource,
+    set: usize,
+    dir: &Dir4,
+    changes: &Changes,
+) -> Result<()> {
+    if !changes.refs.is_empty() {
+        let ids: Vec<u32> = changes.refs.iter().map(|r| r.id).collect();
+        batch::update(maps, FW_DIR4_REFS[set], &ids, &changes.refs)?;
+    }
+    if !changes.chunks.is_empty() {
+        let values: Vec<DirChunk> = changes
+            .chunks
+            .iter()
+            .map(|&c| dir.chunks[c as usize])
+            .collect();
+        batch::update(maps, FW_DIR4_CHUNKS[set], &changes.chunks, &values)?;
+    }
+    if !changes.l1.is_empty() {
+        let values: Vec<DirSlot> = changes.l1.iter().map(|&i| dir.l1[i as usize]).collect();
+        batch::update(maps, FW_DIR4_L1[set], &changes.l1, &values)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: u32, rank: u64) -> RuleRef {
+        RuleRef {
+            rank,
+            id,
+            ..RuleRef::default()
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_pool_leaves_a_24_to_the_trie_with_its_inherited_rule() {
+        // Inherited rules, as compile() gives them.
+        let src = [
+            (net("10.1.0.0/16"), r(1, 5)),
+            (net("10.1.2.0/24"), r(2, 7)),
+            (net("10.1.2.128/25"), r(2, 7)),
+            (net("10.1.3.0/24"), r(3, 9)),
+            (net("10.1.3.7/32"), r(4, 1)),
+            (net("10.1.3.8/31"), r(3, 9)),
+        ];
+        // Room for the /24 chunk of 10.1 and one /32 chunk (10.1.2.x).
+        let built = Dir4::build_within(&src, &[], 2).unwrap();
+        assert_eq!(built.table.chunks.len(), 2);
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 1, 3, 7])),
+            DIR_TRIE
+        );
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 1, 2, 200])),
+            3
+        );
+        assert_eq!(built.table.lookup(0, u32::from_be_bytes([10, 1, 4, 1])), 2);
+        let spilled: Vec<(String, u32, u32)> = built.spill[0]
+            .iter()
+            .map(|(n, r)| (n.to_string(), r.id, r.prefix_len))
+            .collect();
+        assert_eq!(
+            spilled,
+            [
+                ("10.1.3.0/24".to_string(), 3, 24),
+                ("10.1.3.8/31".to_string(), 3, 0),
+                ("10.1.3.7/32".to_string(), 4, 0),
+            ]
+        );
+        // No room for the /24 chunk: every IPv4 prefix goes to the tries.
+        assert_eq!(Dir4::build_within(&src, &[], 0).unwrap_err(), PoolFull);
+        assert_eq!(Dir4::build(&src, &[]).unwrap().chunks.len(), 3);
+    }
+
+    #[test]
+    fn longest_prefix_holds_its_inherited_rule() {
+        let src = [
+            (net("10.0.0.0/8"), r(1, 5)),
+            (net("10.1.0.0/16"), r(1, 5)),
+            (net("10.1.2.0/24"), r(3, 7)),
+            (net("10.1.2.128/25"), r(4, 1)),
+        ];
+        let dir = Dir4::build(&src, &[]).unwrap();
+        let at = |a: [u8; 4]| dir.lookup(0, u32::from_be_bytes(a));
+        assert_eq!(at([10, 9, 9, 9]), 2);
+        assert_eq!(at([10, 1, 2, 1]), 4);
+        assert_eq!(at([10, 1, 2, 200]), 5);
+        assert_eq!(at([11, 0, 0, 0]), 0);
+        assert_eq!(dir.lookup(1, u32::from_be_bytes([10, 1, 2, 200])), 0);
+        assert_eq!(dir.chunks.len(), 2);
+    }
+}
