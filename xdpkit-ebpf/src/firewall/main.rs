@@ -27,7 +27,7 @@ use xdpkit_common::{
     ActionCounter, XdpAction,
 };
 
-use self::parse::{parse, IpFrame, Parsed};
+use self::parse::{parse, read_addresses, IpFrame, Parsed};
 use xdpkit_ebpf::{chain, stats::count_rule};
 
 xdpkit_ebpf::license!();
@@ -168,19 +168,27 @@ const TOKEN: u64 = 1_000_000_000;
 
 #[xdp]
 pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ip = IpFrame::zero_in(&mut slot);
+    // The frame first: its header loads (a cache miss when another core
+    // wrote the frame) then overlap the config loads below.
+    let parsed = parse(&ctx, ip);
+    // The config by reference: each field is read where a frame needs it,
+    // not all of them copied to the stack up front (spills on every frame).
     let Some(cfg) = CONFIG.get(0) else {
         return chain::next(&ctx);
     };
-    let cfg = *cfg;
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let ip = IpFrame::zero_in(&mut slot);
-    let (action, outcome, rule) = match parse(&ctx, ip) {
+    let (action, outcome, rule) = match parsed {
         Parsed::NonIp => (policy(cfg.non_ip), Outcome::NonIp, NO_RULE),
         Parsed::Malformed => (policy(cfg.malformed), Outcome::Malformed, NO_RULE),
         Parsed::Ip if ip.later_fragment && cfg.fragments != POLICY_L3 => {
             (policy(cfg.fragments), Outcome::Fragment, NO_RULE)
         }
-        Parsed::Ip => judge(&cfg, ip),
+        Parsed::Ip if no_rules(cfg) => (policy(cfg.default_policy), Outcome::Default, NO_RULE),
+        Parsed::Ip => {
+            read_addresses(&ctx, ip);
+            judge(cfg, ip)
+        }
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     bump(&OUTCOMES, outcome as u32, len);
@@ -437,6 +445,24 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
         _ if take_token(&best, ip) => (XdpAction::Pass, Outcome::Rule, best.id),
         _ => (XdpAction::Drop, Outcome::RateLimited, best.id),
     }
+}
+
+/// Whether [`judge`] can only give the default: no prefix map in use (any
+/// `present` bit seen from the active set, so conservative) and no general
+/// rule in the active set. Then the addresses are not even read.
+#[inline(always)]
+fn no_rules(cfg: &FwConfig) -> bool {
+    let present = if cfg.active & ACTIVE_PREFIX == 0 {
+        cfg.present
+    } else {
+        cfg.present >> 8
+    };
+    let general = if cfg.active & ACTIVE_GENERAL == 0 {
+        cfg.general[0]
+    } else {
+        cfg.general[1]
+    };
+    present == 0 && general == 0
 }
 
 /// One token from the (rule, source) bucket; buckets start full.
