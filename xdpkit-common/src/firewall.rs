@@ -108,6 +108,9 @@ pub const DIR4_L1_SLOTS: u32 = 1 << 16;
 pub type DirSlot = u32;
 /// [`DirSlot`] bit marking a chunk index.
 pub const DIR_CHUNK: u32 = 1 << 31;
+/// [`DirSlot`] of a /24 whose addresses the set's trie judges: its longer
+/// prefixes found no room in the chunk pool (see `Dir4::build_within`).
+pub const DIR_TRIE: u32 = 1 << 30;
 
 /// 256 slots for the next 8 bits of the address.
 #[repr(C)]
@@ -443,12 +446,15 @@ pub const FW_DEFAULT_RULE_IDS: u32 = 1024;
 
 /// Maps sized to the firewall's capacity in rule ids, not declared size:
 /// created with [`sized_entries`] entries, grown (copied into bigger maps,
-/// the stage reloaded) when the capacity grows.
-pub const FW_SIZED_MAPS: [&str; 10] = [
-    FW_RULE_STATS,
-    FW_RULES,
-    FW_DIR4_REFS[0],
-    FW_DIR4_REFS[1],
+/// the stage reloaded) when the capacity grows. The DIR chunk pools, host
+/// maps and host tables are sized to the prefixes instead ([`FW_POOL_MAPS`]).
+pub const FW_SIZED_MAPS: [&str; 4] = [FW_RULE_STATS, FW_RULES, FW_DIR4_REFS[0], FW_DIR4_REFS[1]];
+
+/// Maps sized to the ruleset's prefixes (DIR chunks, source hosts), grown
+/// when a ruleset needs more: [`pool_entries`].
+pub const FW_POOL_MAPS: [&str; 8] = [
+    FW_DIR4_CHUNKS[0],
+    FW_DIR4_CHUNKS[1],
     FW_HOST_SRC4[0],
     FW_HOST_SRC4[1],
     FW_HOST_SRC6[0],
@@ -457,18 +463,42 @@ pub const FW_SIZED_MAPS: [&str; 10] = [
     FW_HOST_TABLE4[1],
 ];
 
+/// Entries of a new host map: grown for more hosts.
+pub const FW_MIN_HOSTS: u32 = 64;
+
 /// Entries of sized map `map` ([`FW_SIZED_MAPS`]) for a firewall of
-/// `capacity` rule ids (a power of two); `None` for other maps. Host maps
-/// hold at most one entry per rule (and at most [`FW_MAX_HOSTS`]); the host
-/// table has a bucket for every two rules (it uses a third as many buckets
-/// as hosts, rounded up to a power of two).
+/// `capacity` rule ids (a power of two); `None` for other maps.
 pub fn sized_entries(map: &str, capacity: u32) -> Option<u32> {
-    if map == FW_RULE_STATS || map == FW_RULES || FW_DIR4_REFS.contains(&map) {
-        Some(capacity)
-    } else if FW_HOST_SRC4.contains(&map) || FW_HOST_SRC6.contains(&map) {
-        Some(capacity.min(FW_MAX_HOSTS))
+    (FW_SIZED_MAPS.contains(&map)).then_some(capacity)
+}
+
+/// Entries of pool map `map` ([`FW_POOL_MAPS`]) for a ruleset whose DIR
+/// table needs `chunks` chunks and that has `hosts4` IPv4 and `hosts6`
+/// IPv6 source hosts; `None` for other maps. Powers of two: the pools
+/// hold at least [`FW_DIR4_MIN_CHUNKS`] chunks, at most
+/// [`FW_DIR4_MAX_CHUNKS`]; a host map holds every host (the table takes
+/// most IPv4 ones, the map the overflow, but a rebuild puts all of them in
+/// the prefix table when the map could not hold them all); the host table
+/// has a bucket for every three hosts, as the rebuild fills it.
+pub fn pool_entries(map: &str, chunks: u32, hosts4: u32, hosts6: u32) -> Option<u32> {
+    let hosts = |n: u32| n.next_power_of_two().clamp(FW_MIN_HOSTS, FW_MAX_HOSTS);
+    if FW_DIR4_CHUNKS.contains(&map) {
+        Some(
+            chunks
+                .next_power_of_two()
+                .clamp(FW_DIR4_MIN_CHUNKS, FW_DIR4_MAX_CHUNKS),
+        )
+    } else if FW_HOST_SRC4.contains(&map) {
+        Some(hosts(hosts4))
+    } else if FW_HOST_SRC6.contains(&map) {
+        Some(hosts(hosts6))
     } else if FW_HOST_TABLE4.contains(&map) {
-        Some((capacity / 2).clamp(1 << TABLE_BITS.0, FW_HOST_BUCKETS))
+        Some(
+            (hosts4 / 3)
+                .max(1)
+                .next_power_of_two()
+                .clamp(1 << TABLE_BITS.0, FW_HOST_BUCKETS),
+        )
     } else {
         None
     }
@@ -599,7 +629,8 @@ pub struct BucketKey {
     pub addr: [u8; 16],
 }
 
-/// A rule as stored in [`FW_RULES`]; `flags` says which fields are set.
+/// A rule as stored in [`FW_RULES`] (an array by rule id); `flags` says
+/// which fields are set, and [`REC_USED`] that the id holds a rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleRecord {
@@ -655,6 +686,9 @@ pub const REC_DPORT: u32 = 1 << 6;
 pub const REC_SMAC: u32 = 1 << 7;
 /// See [`REC_SRC`].
 pub const REC_VLAN: u32 = 1 << 8;
+/// The record holds a rule: [`FW_RULES`] is an array by id, unused ids
+/// are zero.
+pub const REC_USED: u32 = 1 << 31;
 
 /// Why the firewall decided; index of [`FW_OUTCOMES`].
 #[repr(u32)]

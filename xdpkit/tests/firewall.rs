@@ -1309,7 +1309,9 @@ fn ipv6_tables_of(db8: bool) {
     // these rules.
     let mut sizes = xdpkit::firewall::capacity::sizes(1 << 19);
     sizes.extend(xdpkit::firewall::capacity::v6_sizes(buckets));
-    sizes.extend(xdpkit::firewall::capacity::chunk_sizes(64));
+    sizes.extend(xdpkit::firewall::capacity::pool_sizes(
+        xdpkit::firewall::dir::pool_needs(rules.entries().iter().map(|e| &e.rule)),
+    ));
     xdpkit::firewall::kernel::ipv6_in_tries(true);
     let mut trie = FirewallHarness::sized(Policy::default(), &sizes).unwrap();
     let t = std::time::Instant::now();
@@ -1415,4 +1417,64 @@ fn ipv6_tables_of(db8: bool) {
         ns[2],
         del_ns[1] / 1_000_000
     );
+}
+
+/// DIR pools too small for a ruleset: /24s whose longer prefixes find no
+/// chunk are judged by the trie (`DIR_TRIE`), or every IPv4 prefix is when
+/// a shorter one finds none; verdicts stay the model's, through rebuilds
+/// and the adds and deletes that follow.
+#[test]
+fn dir4_pools_too_small_leave_prefixes_to_the_tries() {
+    if !require_root("dir4_pools_too_small_leave_prefixes_to_the_tries") {
+        return;
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut frames = 0u64;
+    for pool in 1..=6u32 {
+        let mut harness = FirewallHarness::with_chunk_pool(Policy::default(), pool).unwrap();
+        for _ in 0..4 {
+            let bases = (rng.next() as u32, rng.next() as u32);
+            let mut lines = edge_lines(&mut rng, bases.0, bases.1);
+            // Longer prefixes in a few more /24s of the same /16s.
+            for (field, b) in [("src", bases.0), ("dst", bases.1)] {
+                for k in 1..4u32 {
+                    let len = 25 + rng.below(7) as u8;
+                    let addr = b ^ (k << 8) ^ (rng.next() as u32 & 0xff);
+                    lines.push(prefix_line(&mut rng, field, addr, len));
+                }
+            }
+            let mut rules = Ruleset::parse_file_text("small pool", &lines.join("\n")).unwrap();
+            harness.load_rules(&rules).unwrap();
+            frames += edge_frames(&mut harness, &mut rng, &rules, bases, 300);
+            let mut next = rules.entries().iter().map(|e| e.id).max().unwrap_or(0) + 1;
+            for _ in 0..6 {
+                let ids: Vec<u32> = rules.entries().iter().map(|e| e.id).collect();
+                if rng.below(2) == 0 {
+                    let id = rng.pick(&ids);
+                    let gone = rules.entries().iter().find(|e| e.id == id).unwrap().clone();
+                    rules.remove(id);
+                    harness.delete_rule(&gone, &rules).unwrap();
+                } else {
+                    let field = rng.pick(&["src", "dst"]);
+                    let b = if field == "src" { bases.0 } else { bases.1 };
+                    let addr = b ^ (rng.next() as u32 & 0x3ff);
+                    let len = 16 + rng.below(17) as u8;
+                    let line = prefix_line(&mut rng, field, addr, len);
+                    let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
+                        .rule
+                        .clone();
+                    let entry = Entry {
+                        id: next,
+                        seq: u64::from(next),
+                        rule,
+                    };
+                    next += 1;
+                    rules.push_entry(entry.clone());
+                    harness.add_rule(&entry, &rules).unwrap();
+                }
+                frames += edge_frames(&mut harness, &mut rng, &rules, bases, 100);
+            }
+        }
+    }
+    println!("{frames} frames through DIR pools of 1 to 6 chunks: kernel == model");
 }

@@ -21,14 +21,14 @@ use xdpkit_common::{
         host_buckets, present_dir, present_host, present_table, present_trie, v6_buckets, v6_tag,
         Bucket, BucketKey, DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits,
         RuleRecord, RuleRef, V6Bucket, V6Node, V6Root, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL,
-        ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS,
-        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE, POLICY_DROP,
-        POLICY_L3, POLICY_PASS, V6_MAX_PROBES, V6_NEXT_SHIFT, V6_TAG_MASK,
+        ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS,
+        FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE,
+        POLICY_DROP, POLICY_L3, POLICY_PASS, V6_MAX_PROBES, V6_NEXT_SHIFT, V6_TAG_MASK,
     },
     ActionCounter, XdpAction,
 };
 
-use self::parse::{parse, IpFrame, Parsed};
+use self::parse::{parse, read_addresses, IpFrame, Parsed};
 use xdpkit_ebpf::{chain, stats::count_rule};
 
 xdpkit_ebpf::license!();
@@ -40,7 +40,7 @@ static TRACE: Array<FwTrace> = Array::with_max_entries(1, 0);
 #[map(name = "FW_RULE_STATS")]
 static RULE_STATS: PerCpuArray<RuleHits> = PerCpuArray::with_max_entries(FW_MAX_RULE_IDS, 0);
 #[map(name = "FW_RULES")]
-static RULES: HashMap<u32, RuleRecord> = HashMap::with_max_entries(FW_MAX_RULE_IDS, NO_PREALLOC);
+static RULES: Array<RuleRecord> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
 #[map(name = "FW_OUTCOMES")]
 static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
 
@@ -130,8 +130,9 @@ fn dir4_chunk(set: u32, slot: DirSlot, byte: u32) -> DirSlot {
 /// The best prefix rule of IPv4 `addr` (host order) for `field` (0 src, 1
 /// dst) in the DIR-16-8-8 table of `set`: at most three inlined array reads
 /// (first level, /24 chunk, /32 chunk) and one of the rule, no helper call.
+/// `Err(())`: the address sits in a /24 the set's trie judges (`DIR_TRIE`).
 #[inline(always)]
-fn dir4_lookup(set: u32, field: u32, addr: u32) -> Option<&'static RuleRef> {
+fn dir4_lookup(set: u32, field: u32, addr: u32) -> Result<Option<&'static RuleRef>, ()> {
     let index = (field << 16) | (addr >> 16);
     let first = if set == 0 {
         DIR4_L1_0.get(index)
@@ -144,18 +145,21 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Option<&'static RuleRef> {
     };
     if slot & DIR_CHUNK != 0 {
         slot = dir4_chunk(set, slot, addr >> 8);
+        if slot == DIR_TRIE {
+            return Err(());
+        }
         if slot & DIR_CHUNK != 0 {
             slot = dir4_chunk(set, slot, addr);
         }
     }
-    if slot == 0 || slot & DIR_CHUNK != 0 {
-        return None;
+    if slot == 0 || slot & (DIR_CHUNK | DIR_TRIE) != 0 {
+        return Ok(None);
     }
-    if set == 0 {
+    Ok(if set == 0 {
         DIR4_REFS_0.get(slot - 1)
     } else {
         DIR4_REFS_1.get(slot - 1)
-    }
+    })
 }
 
 #[map(name = "FW_V6TAB_0")]
@@ -257,19 +261,27 @@ const TOKEN: u64 = 1_000_000_000;
 
 #[xdp]
 pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ip = IpFrame::zero_in(&mut slot);
+    // The frame first: its header loads (a cache miss when another core
+    // wrote the frame) then overlap the config loads below.
+    let parsed = parse(&ctx, ip);
+    // The config by reference: each field is read where a frame needs it,
+    // not all of them copied to the stack up front (spills on every frame).
     let Some(cfg) = CONFIG.get(0) else {
         return chain::next(&ctx);
     };
-    let cfg = *cfg;
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let ip = IpFrame::zero_in(&mut slot);
-    let (action, outcome, rule) = match parse(&ctx, ip) {
+    let (action, outcome, rule) = match parsed {
         Parsed::NonIp => (policy(cfg.non_ip), Outcome::NonIp, NO_RULE),
         Parsed::Malformed => (policy(cfg.malformed), Outcome::Malformed, NO_RULE),
         Parsed::Ip if ip.later_fragment && cfg.fragments != POLICY_L3 => {
             (policy(cfg.fragments), Outcome::Fragment, NO_RULE)
         }
-        Parsed::Ip => judge(&cfg, ip),
+        Parsed::Ip if no_rules(cfg) => (policy(cfg.default_policy), Outcome::Default, NO_RULE),
+        Parsed::Ip => {
+            read_addresses(&ctx, ip);
+            judge(cfg, ip)
+        }
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     bump(&OUTCOMES, outcome as u32, len);
@@ -403,39 +415,49 @@ macro_rules! prefix_lookups {
             // SAFETY: as above.
             unsafe { $h1.get(&src) }
         };
-        if host.is_some() {
-            keep_better(&mut $best, host);
+        // The DIR table answers, or sends the address to the trie (`Err`).
+        let dir: Result<Option<&RuleRef>, ()> = if host.is_some() {
+            Ok(host)
+        } else if $has(present_dir(0, $field)) {
+            $dir_src
         } else {
-            // The table first; the trie (IPv6 prefixes added in place while
-            // the table holds the rest: they rank after all of it) only
-            // for addresses the table has no rule for.
-            let mut hit: Option<&RuleRef> = None;
-            if $has(present_dir(0, $field)) {
-                hit = $dir_src;
-            }
-            if hit.is_none() && $has(present_trie(0, $field)) {
+            Err(())
+        };
+        match dir {
+            Ok(found) => keep_better(&mut $best, found),
+            Err(()) if $has(present_trie(0, $field)) => {
                 let key = Key::new($bits, src);
-                hit = if $set == 0 {
-                    $s0.get(&key)
-                } else {
-                    $s1.get(&key)
-                };
+                keep_better(
+                    &mut $best,
+                    if $set == 0 {
+                        $s0.get(&key)
+                    } else {
+                        $s1.get(&key)
+                    },
+                );
             }
-            keep_better(&mut $best, hit);
+            Err(()) => {}
         }
-        let mut hit: Option<&RuleRef> = None;
-        if $has(present_dir(0, $field + 1)) {
-            hit = $dir_dst;
+        let dir: Result<Option<&RuleRef>, ()> = if $has(present_dir(0, $field + 1)) {
+            $dir_dst
+        } else {
+            Err(())
+        };
+        match dir {
+            Ok(found) => keep_better(&mut $best, found),
+            Err(()) if $has(present_trie(0, $field + 1)) => {
+                let key = Key::new($bits, dst);
+                keep_better(
+                    &mut $best,
+                    if $set == 0 {
+                        $d0.get(&key)
+                    } else {
+                        $d1.get(&key)
+                    },
+                );
+            }
+            Err(()) => {}
         }
-        if hit.is_none() && $has(present_trie(0, $field + 1)) {
-            let key = Key::new($bits, dst);
-            hit = if $set == 0 {
-                $d0.get(&key)
-            } else {
-                $d1.get(&key)
-            };
-        }
-        keep_better(&mut $best, hit);
     }};
 }
 
@@ -464,8 +486,8 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             (HSRC6_0, HSRC6_1),
             (SRC6_0, SRC6_1),
             (DST6_0, DST6_1),
-            v6_lookup(set, 0, &ip.src),
-            v6_lookup(set, 1, &ip.dst)
+            v6_lookup(set, 0, &ip.src).ok_or(()).map(Some),
+            v6_lookup(set, 1, &ip.dst).ok_or(()).map(Some)
         );
     } else {
         let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
@@ -516,6 +538,24 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
         _ if take_token(&best, ip) => (XdpAction::Pass, Outcome::Rule, best.id),
         _ => (XdpAction::Drop, Outcome::RateLimited, best.id),
     }
+}
+
+/// Whether [`judge`] can only give the default: no prefix map in use (any
+/// `present` bit seen from the active set, so conservative) and no general
+/// rule in the active set. Then the addresses are not even read.
+#[inline(always)]
+fn no_rules(cfg: &FwConfig) -> bool {
+    let present = if cfg.active & ACTIVE_PREFIX == 0 {
+        cfg.present
+    } else {
+        cfg.present >> 8
+    };
+    let general = if cfg.active & ACTIVE_GENERAL == 0 {
+        cfg.general[0]
+    } else {
+        cfg.general[1]
+    };
+    present == 0 && general == 0
 }
 
 /// One token from the (rule, source) bucket; buckets start full.

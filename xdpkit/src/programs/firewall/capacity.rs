@@ -1,5 +1,6 @@
 //! The firewall's capacity: how many rule ids its per-rule maps hold
-//! ([`FW_SIZED_MAPS`]: counters, records, host maps and tables). A new
+//! ([`FW_SIZED_MAPS`]: counters, records, DIR rule refs), and the pools
+//! sized to its prefixes ([`FW_POOL_MAPS`]: DIR chunks, host maps and tables). A new
 //! firewall gets [`FW_DEFAULT_RULE_IDS`] (or `--max-rules`); a change that
 //! needs larger ids grows it to the next power of two: bigger maps are
 //! filled with the contents of the old ones, pinned in their place, and the
@@ -11,13 +12,12 @@ use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use aya::Pod;
 use xdpkit_common::firewall::V6Bucket;
 use xdpkit_common::firewall::{
-    sized_entries, DirChunk, HostBucket, RuleHits, RuleRecord, RuleRef, FW_DEFAULT_RULE_IDS,
-    FW_DIR4_CHUNKS, FW_DIR4_MAX_CHUNKS, FW_DIR4_MIN_CHUNKS, FW_DIR4_REFS, FW_HOST_SRC4,
-    FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_RULE_IDS, FW_RULES, FW_RULE_STATS, FW_SIZED_MAPS,
-    FW_V6TAB,
+    pool_entries, sized_entries, DirChunk, HostBucket, RuleHits, RuleRecord, RuleRef,
+    FW_DEFAULT_RULE_IDS, FW_DIR4_CHUNKS, FW_DIR4_REFS, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
+    FW_MAX_RULE_IDS, FW_POOL_MAPS, FW_RULES, FW_RULE_STATS, FW_SIZED_MAPS, FW_V6TAB,
 };
 
-use super::{kernel::read_config, maps::open_pinned, FirewallError, NAME};
+use super::{dir::PoolNeeds, kernel::read_config, maps::open_pinned, FirewallError, NAME};
 use crate::{
     chain,
     maps::{batch, MapSource},
@@ -65,23 +65,37 @@ pub fn sizes(capacity: u32) -> Vec<(&'static str, u32)> {
         .collect()
 }
 
-/// Chunks a DIR pool gets for a ruleset that needs `needed`: a power of
-/// two, at least [`FW_DIR4_MIN_CHUNKS`], at most [`FW_DIR4_MAX_CHUNKS`]
-/// (a ruleset that needs more keeps its IPv4 prefixes in the tries).
-pub fn chunk_capacity(needed: u32) -> u32 {
-    needed
-        .next_power_of_two()
-        .clamp(FW_DIR4_MIN_CHUNKS, FW_DIR4_MAX_CHUNKS)
+/// The entries of every pool map ([`FW_POOL_MAPS`]: DIR chunk pools, host
+/// maps and tables) for a ruleset that needs `needs`.
+pub fn pool_sizes(needs: PoolNeeds) -> Vec<(&'static str, u32)> {
+    FW_POOL_MAPS
+        .iter()
+        .filter_map(|m| pool_entries(m, needs.chunks, needs.hosts4, needs.hosts6).map(|e| (*m, e)))
+        .collect()
+}
+
+/// The entries the pool maps of the firewall whose maps are `maps` hold.
+pub fn pools(maps: &impl MapSource) -> Result<Vec<(&'static str, u32)>> {
+    FW_POOL_MAPS
+        .iter()
+        .map(|m| Ok((*m, batch::map_info(maps, m)?.max_entries())))
+        .collect()
+}
+
+/// Whether a pool map of `maps` is smaller than a ruleset that needs
+/// `needs` asks for.
+pub fn pools_short(maps: &impl MapSource, needs: PoolNeeds) -> Result<bool> {
+    for (name, entries) in pool_sizes(needs) {
+        if batch::map_info(maps, name)?.max_entries() < entries {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Chunks the DIR pools of the firewall whose maps are `maps` hold.
 pub fn chunk_pool(maps: &impl MapSource) -> Result<u32> {
     Ok(batch::map_info(maps, FW_DIR4_CHUNKS[0])?.max_entries())
-}
-
-/// The entries of both DIR pools for `chunks` chunks.
-pub fn chunk_sizes(chunks: u32) -> Vec<(&'static str, u32)> {
-    FW_DIR4_CHUNKS.iter().map(|m| (*m, chunks)).collect()
 }
 
 /// Buckets the IPv6 tables of the firewall whose maps are `maps` hold.
@@ -126,18 +140,18 @@ pub(crate) fn grow(
     Ok(grew)
 }
 
-/// Grows the DIR chunk pools of the firewall running on `iface` to hold
-/// `needed` chunks (see [`grow`]; the same switch).
-pub(crate) fn grow_chunks(
+/// Grows the pool maps (DIR chunk pools, host maps and tables) of the
+/// firewall running on `iface` to what a ruleset that needs `needs` asks
+/// for (see [`grow`]; the same switch). Pools never shrink.
+pub(crate) fn grow_pools(
     iface: &str,
     iface_dir: &PinDir,
     lock: &IfaceLock,
-    needed: u32,
+    needs: PoolNeeds,
 ) -> Result<bool> {
-    let chunks = chunk_capacity(needed);
-    let grew = grow_maps(iface, iface_dir, lock, &chunk_sizes(chunks))?;
+    let grew = grow_maps(iface, iface_dir, lock, &pool_sizes(needs))?;
     if grew {
-        tracing::info!("grew the firewall's prefix tables of {iface} to {chunks} chunks");
+        tracing::info!("grew the firewall's prefix tables and host maps of {iface} for {needs:?}");
     }
     Ok(grew)
 }
@@ -347,13 +361,41 @@ mod tests {
         let small: std::collections::HashMap<_, _> = sizes(1024).into_iter().collect();
         assert_eq!(small[FW_RULE_STATS], 1024);
         assert_eq!(small[FW_RULES], 1024);
-        assert_eq!(small[FW_HOST_SRC4[0]], 1024);
-        assert_eq!(small[FW_HOST_TABLE4[1]], 512);
-        let big: std::collections::HashMap<_, _> = sizes(FW_MAX_RULE_IDS).into_iter().collect();
-        assert_eq!(big[FW_HOST_SRC6[1]], xdpkit_common::firewall::FW_MAX_HOSTS);
-        assert_eq!(
-            big[FW_HOST_TABLE4[0]],
-            xdpkit_common::firewall::FW_HOST_BUCKETS
-        );
+        assert_eq!(small[FW_DIR4_REFS[1]], 1024);
+        assert!(!small.contains_key(FW_HOST_SRC4[0]));
+    }
+
+    #[test]
+    fn pools_follow_the_prefixes() {
+        use xdpkit_common::firewall::{
+            FW_DIR4_MAX_CHUNKS, FW_DIR4_MIN_CHUNKS, FW_HOST_BUCKETS, FW_MAX_HOSTS, FW_MIN_HOSTS,
+        };
+        let none: std::collections::HashMap<_, _> =
+            pool_sizes(PoolNeeds::default()).into_iter().collect();
+        assert_eq!(none[FW_DIR4_CHUNKS[0]], FW_DIR4_MIN_CHUNKS);
+        assert_eq!(none[FW_HOST_SRC4[0]], FW_MIN_HOSTS);
+        assert_eq!(none[FW_HOST_SRC6[1]], FW_MIN_HOSTS);
+        assert_eq!(none[FW_HOST_TABLE4[1]], 16);
+        let some: std::collections::HashMap<_, _> = pool_sizes(PoolNeeds {
+            chunks: 1000,
+            hosts4: 131_072,
+            hosts6: 100,
+        })
+        .into_iter()
+        .collect();
+        assert_eq!(some[FW_DIR4_CHUNKS[1]], 1024);
+        assert_eq!(some[FW_HOST_SRC4[1]], 131_072);
+        assert_eq!(some[FW_HOST_SRC6[0]], 128);
+        assert_eq!(some[FW_HOST_TABLE4[0]], 65_536);
+        let all: std::collections::HashMap<_, _> = pool_sizes(PoolNeeds {
+            chunks: u32::MAX / 2,
+            hosts4: u32::MAX / 2,
+            hosts6: u32::MAX / 2,
+        })
+        .into_iter()
+        .collect();
+        assert_eq!(all[FW_DIR4_CHUNKS[0]], FW_DIR4_MAX_CHUNKS);
+        assert_eq!(all[FW_HOST_SRC6[1]], FW_MAX_HOSTS);
+        assert_eq!(all[FW_HOST_TABLE4[0]], FW_HOST_BUCKETS);
     }
 }

@@ -12,7 +12,7 @@ use foldhash::{HashMap, HashSet};
 
 use ipnet::{IpNet, Ipv4Net};
 use xdpkit_common::firewall::{
-    DirChunk, DirSlot, RuleRef, DIR4_L1_SLOTS, DIR_CHUNK, FW_DIR4_CHUNKS, FW_DIR4_L1,
+    DirChunk, DirSlot, RuleRef, DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_DIR4_CHUNKS, FW_DIR4_L1,
     FW_DIR4_MAX_CHUNKS, FW_DIR4_REFS,
 };
 
@@ -35,6 +35,16 @@ pub struct Dir4 {
     pub l1: Vec<DirSlot>,
     /// Chunks in use, by index.
     pub chunks: Vec<DirChunk>,
+}
+
+/// A [`Dir4`] built within a pool ([`Dir4::build_within`]) and, per field,
+/// the prefixes it leaves to the trie.
+#[derive(Clone, Debug, Default)]
+pub struct Dir4Spill {
+    /// The table.
+    pub table: Dir4,
+    /// Per field (0 src, 1 dst): prefixes for the trie, with their rules.
+    pub spill: [Vec<(Ipv4Net, RuleRef)>; 2],
 }
 
 impl Default for Dir4 {
@@ -62,16 +72,68 @@ impl Dir4 {
     /// The table of compiled prefixes (`compile()`'s inherited best rules),
     /// or [`PoolFull`] if it needs more chunks than a set has.
     pub fn build(src: &[(Ipv4Net, RuleRef)], dst: &[(Ipv4Net, RuleRef)]) -> Result<Dir4, PoolFull> {
+        let built = Dir4::build_within(src, dst, FW_DIR4_MAX_CHUNKS as usize)?;
+        if built.spill.iter().any(|s| !s.is_empty()) {
+            return Err(PoolFull);
+        }
+        Ok(built.table)
+    }
+
+    /// The table of compiled prefixes in at most `pool` chunks. A /24 whose
+    /// longer prefixes find no room for their chunk is left to the set's
+    /// trie: its slot says [`DIR_TRIE`], and [`Dir4Spill::spill`] holds its
+    /// longer prefixes and the /24 itself with the best rule of the shorter
+    /// ones (a trie lookup then answers for every address in it).
+    /// [`PoolFull`] when a prefix of /17-/24 finds no room for its chunk.
+    pub fn build_within(
+        src: &[(Ipv4Net, RuleRef)],
+        dst: &[(Ipv4Net, RuleRef)],
+        pool: usize,
+    ) -> Result<Dir4Spill, PoolFull> {
         let mut dir = Dir4::default();
+        let mut spill: [Vec<(Ipv4Net, RuleRef)>; 2] = [Vec::new(), Vec::new()];
         for (field, entries) in [src, dst].into_iter().enumerate() {
+            let by_leaf: HashMap<DirSlot, RuleRef> =
+                entries.iter().map(|(_, r)| (leaf(r), *r)).collect();
             let mut sorted: Vec<&(Ipv4Net, RuleRef)> = entries.iter().collect();
             sorted.sort_by_key(|(n, _)| n.prefix_len());
             // Shorter first: a longer prefix overwrites its part of the range.
             for (net, rule) in sorted {
+                let addr = u32::from(net.network());
+                let l1 = At::L1((field << 16) | (addr >> 16) as usize);
+                let full = dir.chunks.len() >= pool;
+                if net.prefix_len() > 16 && full && dir.get(l1) & DIR_CHUNK == 0 {
+                    return Err(PoolFull);
+                }
+                if net.prefix_len() > 24 {
+                    let c2 = dir.chunk_below(l1, &mut |_| {})?;
+                    let mid = At::Chunk(c2, ((addr >> 8) & 0xff) as usize);
+                    let v = dir.get(mid);
+                    if v == DIR_TRIE {
+                        spill[field].push((*net, *rule));
+                        continue;
+                    }
+                    if v & DIR_CHUNK == 0 && dir.chunks.len() >= pool {
+                        if let Some(r) = by_leaf.get(&v) {
+                            let p24 =
+                                Ipv4Net::new((addr & 0xffff_ff00).into(), 24).expect("24 <= 32");
+                            spill[field].push((
+                                p24,
+                                RuleRef {
+                                    prefix_len: 24,
+                                    ..*r
+                                },
+                            ));
+                        }
+                        dir.set(mid, DIR_TRIE);
+                        spill[field].push((*net, *rule));
+                        continue;
+                    }
+                }
                 dir.cover(field, *net, &mut |_, _| Some(leaf(rule)), &mut |_| {})?;
             }
         }
-        Ok(dir)
+        Ok(Dir4Spill { table: dir, spill })
     }
 
     /// The slot holding `addr` of `field`, after chunks.
@@ -680,6 +742,18 @@ impl<M: MapSource> Slots for MapSlots<'_, M> {
     }
 }
 
+/// What a ruleset needs of the maps sized to its prefixes, not to its ids
+/// ([`capacity::pool_sizes`](super::capacity::pool_sizes)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolNeeds {
+    /// Chunks of its DIR table ([`chunks_needed`]).
+    pub chunks: u32,
+    /// Distinct IPv4 source hosts (/32 source prefix rules).
+    pub hosts4: u32,
+    /// Distinct IPv6 source hosts (/128 source prefix rules).
+    pub hosts6: u32,
+}
+
 /// The chunks a DIR table of `rules`' IPv4 prefix rules needs (per field,
 /// one per /16 holding a longer prefix and one per /24 holding a longer
 /// one). Source /32s are left out: a rebuild puts them in the host table
@@ -687,16 +761,33 @@ impl<M: MapSource> Slots for MapSlots<'_, M> {
 pub fn chunks_needed<'r>(
     rules: impl IntoIterator<Item = &'r crate::programs::firewall::Rule>,
 ) -> u32 {
+    pool_needs(rules).chunks
+}
+
+/// The chunks ([`chunks_needed`]) and source hosts of `rules`.
+pub fn pool_needs<'r>(
+    rules: impl IntoIterator<Item = &'r crate::programs::firewall::Rule>,
+) -> PoolNeeds {
     let mut chunks: HashSet<(bool, u32)> = HashSet::default();
+    let mut hosts4: HashSet<u32> = HashSet::default();
+    let mut hosts6: HashSet<u128> = HashSet::default();
     for rule in rules {
-        let (field, net) = match (rule.src, rule.dst) {
-            (Some(IpNet::V4(n)), None) if n.prefix_len() < 32 => (false, n),
-            (None, Some(IpNet::V4(n))) => (true, n),
-            _ => continue,
-        };
         if !super::kernel::is_prefix_rule(rule) {
             continue;
         }
+        let (field, net) = match (rule.src, rule.dst) {
+            (Some(IpNet::V4(n)), None) if n.prefix_len() == 32 => {
+                hosts4.insert(u32::from(n.addr()));
+                continue;
+            }
+            (Some(IpNet::V6(n)), None) if n.prefix_len() == 128 => {
+                hosts6.insert(u128::from(n.addr()));
+                continue;
+            }
+            (Some(IpNet::V4(n)), None) => (false, n),
+            (None, Some(IpNet::V4(n))) => (true, n),
+            _ => continue,
+        };
         let addr = u32::from(net.network());
         if net.prefix_len() > 16 {
             chunks.insert((field, addr >> 16 << 16 | 1));
@@ -705,7 +796,11 @@ pub fn chunks_needed<'r>(
             chunks.insert((field, addr >> 8 << 8));
         }
     }
-    chunks.len() as u32
+    PoolNeeds {
+        chunks: chunks.len() as u32,
+        hosts4: hosts4.len() as u32,
+        hosts6: hosts6.len() as u32,
+    }
 }
 
 /// The IPv4 prefixes of a compiled field, for [`Dir4::build`].
@@ -796,6 +891,33 @@ pub fn write_changes(
 mod tests {
     use super::*;
 
+    #[test]
+    fn pool_needs_count_chunks_and_distinct_source_hosts() {
+        let rules: Vec<crate::programs::firewall::Rule> = [
+            "deny src 198.18.0.1",
+            "allow src 198.18.0.1 prio 5",
+            "deny src 198.18.0.2",
+            "deny dst 198.18.0.3",
+            "deny src 2001:db8::1",
+            "deny src 198.18.1.0/24",
+            "deny src 198.18.0.9 proto tcp",
+        ]
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+        let needs = pool_needs(&rules);
+        // dst /32: one /16 chunk and one /24 chunk; src /24: one /16 chunk.
+        assert_eq!(
+            needs,
+            PoolNeeds {
+                chunks: 3,
+                hosts4: 2,
+                hosts6: 1
+            }
+        );
+        assert_eq!(chunks_needed(&rules), 3);
+    }
+
     fn r(id: u32, rank: u64) -> RuleRef {
         RuleRef {
             rank,
@@ -806,6 +928,46 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_pool_leaves_a_24_to_the_trie_with_its_inherited_rule() {
+        // Inherited rules, as compile() gives them.
+        let src = [
+            (net("10.1.0.0/16"), r(1, 5)),
+            (net("10.1.2.0/24"), r(2, 7)),
+            (net("10.1.2.128/25"), r(2, 7)),
+            (net("10.1.3.0/24"), r(3, 9)),
+            (net("10.1.3.7/32"), r(4, 1)),
+            (net("10.1.3.8/31"), r(3, 9)),
+        ];
+        // Room for the /24 chunk of 10.1 and one /32 chunk (10.1.2.x).
+        let built = Dir4::build_within(&src, &[], 2).unwrap();
+        assert_eq!(built.table.chunks.len(), 2);
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 1, 3, 7])),
+            DIR_TRIE
+        );
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 1, 2, 200])),
+            3
+        );
+        assert_eq!(built.table.lookup(0, u32::from_be_bytes([10, 1, 4, 1])), 2);
+        let spilled: Vec<(String, u32, u32)> = built.spill[0]
+            .iter()
+            .map(|(n, r)| (n.to_string(), r.id, r.prefix_len))
+            .collect();
+        assert_eq!(
+            spilled,
+            [
+                ("10.1.3.0/24".to_string(), 3, 24),
+                ("10.1.3.8/31".to_string(), 3, 0),
+                ("10.1.3.7/32".to_string(), 4, 0),
+            ]
+        );
+        // No room for the /24 chunk: every IPv4 prefix goes to the tries.
+        assert_eq!(Dir4::build_within(&src, &[], 0).unwrap_err(), PoolFull);
+        assert_eq!(Dir4::build(&src, &[]).unwrap().chunks.len(), 3);
     }
 
     #[test]

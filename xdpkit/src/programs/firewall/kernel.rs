@@ -16,9 +16,9 @@ use xdpkit_common::{
         host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
         FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY,
         ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS,
-        FW_DIR4_L1, FW_DIR4_MAX_CHUNKS, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6,
-        FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, FW_V6NODE, FW_V6ROOT, FW_V6TAB, POLICY_DROP,
-        POLICY_L3, POLICY_PASS, TABLE_BITS,
+        FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
+        FW_SRC4, FW_SRC6, FW_TRACE, FW_V6NODE, FW_V6ROOT, FW_V6TAB, POLICY_DROP, POLICY_L3,
+        POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -329,6 +329,9 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     let mut cfg = read_config(maps)?;
     let set = cfg.prefix_set();
     if let (true, IpNet::V4(n)) = (field < 2 && dir_in(&cfg, set), net) {
+        if dir_spilled(&cfg, set) {
+            return Ok(false);
+        }
         return add_dir_in_place(maps, cfg, set, field, n, entry);
     }
     // The IPv6 table is written only while its set is inactive: a prefix
@@ -399,6 +402,13 @@ fn v6_table_in(cfg: &FwConfig, set: usize) -> bool {
     cfg.present & (present_dir(set, 2) | present_dir(set, 3)) != 0
 }
 
+/// Whether set `set` has a DIR table that left /24s to the IPv4 tries
+/// (`Dir4::build_within`): the slots and the tries would have to change
+/// together, so changes rebuild.
+fn dir_spilled(cfg: &FwConfig, set: usize) -> bool {
+    dir_in(cfg, set) && cfg.present & (present_trie(set, 0) | present_trie(set, 1)) != 0
+}
+
 /// [`add_prefix_in_place`] into the DIR table: only the slots the prefix
 /// covers change, whatever its priority. Source host entries (table or
 /// map) are final, so a source rule that might outrank one of them (below
@@ -450,7 +460,7 @@ pub fn delete_prefix_in_place(
     };
     let cfg = read_config(maps)?;
     let set = cfg.prefix_set();
-    if field >= 2 || !dir_in(&cfg, set) {
+    if field >= 2 || !dir_in(&cfg, set) || dir_spilled(&cfg, set) {
         return Ok(false);
     }
     let net = net.trunc();
@@ -761,24 +771,47 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         let (table, overflow) = host_table(&src4_hosts, max_bits);
         (Some(table), overflow)
     };
-    // IPv4 prefixes go to the DIR table when it fits the set's pool (the
-    // writers grow it first: `LiveFirewall::ensure_chunks`), else to the tries.
+    // IPv4 prefixes go to the DIR table, in the set's pool (the writers
+    // grow it first: `LiveFirewall::ensure_chunks`): /24s whose longer
+    // prefixes find no room stay in the tries, all of them if a shorter
+    // prefix finds none.
     let pool = entries(FW_DIR4_CHUNKS[set])?;
-    let dir = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
+    let built = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed)
+        || (src4_trie.is_empty() && c.dst4.is_empty())
+    {
         None
     } else {
-        let dir = build_dir4(&src4_trie, &c.dst4);
-        if dir.is_none() && !(src4_trie.is_empty() && c.dst4.is_empty()) {
-            tracing::warn!(
-                "the IPv4 prefixes need more than {FW_DIR4_MAX_CHUNKS} DIR chunks \
-                 (prefixes /25-/31 in many /24s): they are judged by the LPM tries, slower"
-            );
+        let (src, dst) = (
+            super::dir::v4_entries(&src4_trie),
+            super::dir::v4_entries(&c.dst4),
+        );
+        let built = super::dir::Dir4::build_within(&src, &dst, pool).ok();
+        match &built {
+            None => tracing::warn!(
+                "the IPv4 prefixes need more than the {pool} DIR chunks of the pool: \
+                 they are judged by the LPM tries, slower"
+            ),
+            Some(b) if b.spill.iter().any(|s| !s.is_empty()) => tracing::warn!(
+                "prefixes /25-/31 in more /24s than the {pool} DIR chunks hold: \
+                 {} of them are judged by the LPM tries, slower",
+                b.spill[0].len() + b.spill[1].len()
+            ),
+            _ => {}
         }
-        dir.filter(|d| d.chunks.len() <= pool)
+        built
     };
-    let none: Vec<Prefix> = Vec::new();
+    let spilled = |field: usize| -> Vec<Prefix> {
+        built.as_ref().map_or_else(Vec::new, |b| {
+            b.spill[field]
+                .iter()
+                .map(|(n, r)| (IpNet::V4(*n), *r))
+                .collect()
+        })
+    };
+    let (spill_src4, spill_dst4) = (spilled(0), spilled(1));
+    let dir = built.map(|b| b.table);
     let (trie_src4, trie_dst4) = if dir.is_some() {
-        (&none, &none)
+        (&spill_src4, &spill_dst4)
     } else {
         (&src4_trie, &c.dst4)
     };
@@ -959,6 +992,13 @@ impl FirewallHarness {
         object::program(&mut ebpf, SYMBOL, "firewall")?;
         write_config(&mut ebpf, config(&policy, 0, true))?;
         Ok(FirewallHarness { ebpf })
+    }
+
+    /// [`FirewallHarness::new`] with DIR chunk pools of `chunks` chunks, so
+    /// that a ruleset can outgrow them.
+    pub fn with_chunk_pool(policy: Policy, chunks: u32) -> Result<FirewallHarness> {
+        let sizes: Vec<(&str, u32)> = FW_DIR4_CHUNKS.iter().map(|m| (*m, chunks)).collect();
+        FirewallHarness::sized(policy, &sizes)
     }
 
     /// The config the program reads.

@@ -11,11 +11,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, MapData};
 use serde::Serialize;
 use xdpkit_common::firewall::{
     FwConfig, RuleHits, RuleRecord, RuleRef, FW_CONFIG, FW_GEN_RULES, FW_MAX_RULE_IDS, FW_RULES,
-    FW_RULE_STATS,
+    FW_RULE_STATS, REC_USED,
 };
 
 use super::{
@@ -85,14 +85,21 @@ impl FirewallView {
         }
         let maps = open_pinned(dir)?;
         // `attach` checks every map against this build (object::check_pins);
-        // here, where a millisecond counts, the two layouts every command
-        // reads stand for the rest.
-        for (name, size) in [
-            (FW_CONFIG, std::mem::size_of::<FwConfig>()),
-            (FW_RULE_STATS, std::mem::size_of::<RuleHits>()),
+        // here, where a millisecond counts, the layouts every command reads
+        // stand for the rest. FW_RULES was a hash map of the same records
+        // before it became an array by id: read as one, it would look empty.
+        for (name, size, kind) in [
+            (FW_CONFIG, std::mem::size_of::<FwConfig>(), None),
+            (FW_RULE_STATS, std::mem::size_of::<RuleHits>(), None),
+            (
+                FW_RULES,
+                std::mem::size_of::<RuleRecord>(),
+                Some(aya::maps::MapType::Array),
+            ),
         ] {
             let info = batch::map_info(&maps, name)?;
-            if info.value_size() as usize != size {
+            let same_kind = kind.is_none_or(|k| info.map_type().ok() == Some(k));
+            if info.value_size() as usize != size || !same_kind {
                 return Err(FirewallError::IncompatibleState {
                     iface: ifname.to_string(),
                     map: name.to_string(),
@@ -125,17 +132,22 @@ impl FirewallView {
                 let rec = records
                     .get(&r.id, 0)
                     .map_err(map_err("read a general rule from FW_RULES"))?;
+                if rec.flags & REC_USED == 0 {
+                    return Err(FirewallError::DamagedRule { id: r.id }.into());
+                }
                 entry_of(r.id, &rec)
             })
             .collect()
     }
 
-    fn records(&self) -> Result<HashMap<&MapData, u32, RuleRecord>> {
+    /// The rule records: an array by rule id, unused ids zero (no
+    /// [`REC_USED`]).
+    fn records(&self) -> Result<Array<&MapData, RuleRecord>> {
         let map = self
             .maps
             .map(FW_RULES)
             .ok_or_else(|| object::missing_map(FW_RULES))?;
-        HashMap::try_from(map).map_err(map_err("open FW_RULES"))
+        Array::try_from(map).map_err(map_err("open FW_RULES"))
     }
 
     /// Every rule in judging order with its counters.
@@ -278,9 +290,10 @@ impl LiveFirewall {
         sys::map_update_batch(fd, &ids, &records)
     }
 
-    /// Forgets rules `ids` (no longer judged): records and counters.
+    /// Forgets rules `ids` (no longer judged): records (zeroed) and counters.
     fn forget(&mut self, ids: &[u32]) -> Result<()> {
-        sys::map_delete_batch(batch::map_fd(&self.maps, FW_RULES)?, ids)?;
+        let zeros = vec![RuleRecord::default(); ids.len()];
+        sys::map_update_batch(batch::map_fd(&self.maps, FW_RULES)?, ids, &zeros)?;
         self.reset_counters(ids)
     }
 
@@ -304,20 +317,20 @@ impl LiveFirewall {
         Ok(())
     }
 
-    /// Makes room in the DIR chunk pools for the IPv4 prefixes of `rules`,
-    /// and in the IPv6 tables for their IPv6 prefixes: grows them (the
-    /// chain reinstalled, as [`ensure_ids`](Self::ensure_ids)) when they
-    /// are smaller. A ruleset past the largest pool or table keeps those
+    /// Makes room in the DIR chunk pools, the host maps and tables, and
+    /// the IPv6 tables for the prefixes of `rules`: grows them (the chain
+    /// reinstalled, as [`ensure_ids`](Self::ensure_ids)) when they are
+    /// smaller. A ruleset past the largest pool or table keeps those
     /// prefixes in the tries.
     fn ensure_chunks<'r>(
         &mut self,
         rules: impl IntoIterator<Item = &'r Rule> + Clone,
     ) -> Result<()> {
-        let needed = super::dir::chunks_needed(rules.clone());
-        if needed > capacity::chunk_pool(&self.maps)? {
+        let needs = super::dir::pool_needs(rules.clone());
+        if capacity::pools_short(&self.maps, needs)? {
             let iface_dir = PinDir::new(&self.iface)?;
             let lock = self.shared_lock()?;
-            capacity::grow_chunks(&self.iface, &iface_dir, &lock, needed)?;
+            capacity::grow_pools(&self.iface, &iface_dir, &lock, needs)?;
             self.view.maps = open_pinned(&self.view.dir)?;
         }
         let entries = super::v6tab::entries_needed(rules);
@@ -383,8 +396,10 @@ impl LiveFirewall {
     /// Deletes rule `id`; other rules keep their counters.
     pub fn delete(&mut self, id: u32) -> Result<()> {
         let rec = match self.records()?.get(&id, 0) {
-            Ok(rec) => rec,
-            Err(aya::maps::MapError::KeyNotFound) => {
+            Ok(rec) if rec.flags & REC_USED != 0 => rec,
+            Ok(_)
+            | Err(aya::maps::MapError::KeyNotFound)
+            | Err(aya::maps::MapError::OutOfBounds { .. }) => {
                 return Err(FirewallError::NoSuchRule {
                     iface: self.iface.clone(),
                     id,
@@ -411,7 +426,7 @@ impl LiveFirewall {
     /// Deletes every rule; returns how many there were.
     pub fn flush(&mut self) -> Result<usize> {
         let count = self.ids()?.len();
-        // An empty FW_RULES in place of a million deletes; counters of the
+        // A zeroed FW_RULES in place of a million writes; counters of the
         // ids are zeroed when an id is used again (`store`).
         let empty = self.maps.create_like(FW_RULES)?;
         let staged = stage(&self.maps, &Ruleset::new())?;
@@ -424,6 +439,7 @@ impl LiveFirewall {
         Ok(
             batch::dump::<u32, RuleRecord>(&self.maps, FW_RULES, usize::MAX)?
                 .into_iter()
+                .filter(|(_, rec)| rec.flags & REC_USED != 0)
                 .map(|(id, _)| id)
                 .collect(),
         )
@@ -646,9 +662,11 @@ pub fn count_new(current: &Ruleset, desired: &[Rule]) -> usize {
 /// The stored ruleset of the firewall whose maps are `maps` (no lock: a
 /// reader sees the records of the set in force, old or new).
 pub fn read_rules(maps: &impl MapSource) -> Result<Ruleset> {
+    // An array by id: unused ids are zero records.
     let records = batch::dump::<u32, RuleRecord>(maps, FW_RULES, usize::MAX)?;
     let entries = records
         .into_iter()
+        .filter(|(_, rec)| rec.flags & REC_USED != 0)
         .map(|(id, rec)| entry_of(id, &rec))
         .collect::<Result<Vec<_>>>()?;
     Ok(Ruleset::from_entries(entries))

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use xdpkit_common::firewall::{
     RuleRecord, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, REC_DPORT, REC_DST, REC_DST_V6,
-    REC_PROTO, REC_SMAC, REC_SPORT, REC_SRC, REC_SRC_V6, REC_VLAN,
+    REC_PROTO, REC_SMAC, REC_SPORT, REC_SRC, REC_SRC_V6, REC_USED, REC_VLAN,
 };
 
 use super::{Action, PortRange, Rule};
@@ -49,6 +49,7 @@ pub fn encode(rule: &Rule, seq: u64) -> RuleRecord {
     let mut r = RuleRecord {
         seq,
         prio: rule.prio,
+        flags: REC_USED,
         ..RuleRecord::default()
     };
     (r.action, r.pps) = match rule.action {
@@ -133,6 +134,7 @@ mod tests {
             let rule: Rule = line.parse().unwrap();
             let rec = encode(&rule, 42);
             assert_eq!(rec.seq, 42);
+            assert_ne!(rec.flags & REC_USED, 0);
             assert_eq!(decode(&rec), Some(rule), "{line}");
         }
     }

@@ -78,23 +78,23 @@ impl Program for Firewall {
         let pinned = match super::maps::open_pinned(dir) {
             // Unreadable pins are refused later, with the reason.
             Ok(maps) if attached_in(dir) => capacity::capacity(&maps)
-                .and_then(|c| Ok((c, capacity::chunk_pool(&maps)?, capacity::v6_pool(&maps)?)))
+                .and_then(|c| Ok((c, capacity::pools(&maps)?, capacity::v6_pool(&maps)?)))
                 .ok(),
             _ => None,
         };
         let wanted = capacity::capacity_for(fresh_ids(settings))?;
-        let (chunks, buckets) = match pinned {
-            Some((_, pool, v6)) => (pool, v6),
+        let (pools, buckets) = match &pinned {
+            Some((_, pools, v6)) => (pools.clone(), *v6),
             None => {
                 let rules = config::rules_of(settings);
                 (
-                    capacity::chunk_capacity(super::dir::chunks_needed(rules.iter())),
+                    capacity::pool_sizes(super::dir::pool_needs(rules.iter())),
                     super::v6tab::pool_for(super::v6tab::entries_needed(rules.iter())),
                 )
             }
         };
-        let mut sizes = capacity::sizes(pinned.map_or(0, |p| p.0).max(wanted));
-        sizes.extend(capacity::chunk_sizes(chunks));
+        let mut sizes = capacity::sizes(pinned.as_ref().map_or(0, |p| p.0).max(wanted));
+        sizes.extend(pools);
         sizes.extend(capacity::v6_sizes(buckets));
         Ok(sizes)
     }
@@ -131,10 +131,10 @@ impl Program for Firewall {
         }
         if settings.contains_key("rules") {
             let rules = config::rules_of(settings);
-            let needed = super::dir::chunks_needed(rules.iter());
+            let needs = super::dir::pool_needs(rules.iter());
             let maps = super::maps::open_pinned(&dir)?;
-            if needed > capacity::chunk_pool(&maps)? {
-                capacity::grow_chunks(iface, iface_dir, lock, needed)?;
+            if capacity::pools_short(&maps, needs)? {
+                capacity::grow_pools(iface, iface_dir, lock, needs)?;
             }
             let entries = super::v6tab::entries_needed(rules.iter());
             let maps = super::maps::open_pinned(&dir)?;
