@@ -577,6 +577,8 @@ fn prefix_tables_grow_with_the_prefixes_under_traffic() {
     // A new firewall's DIR pools hold 64 chunks.
     assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 64);
     assert_eq!(pinned_entries(server_if, "fw_dir4_ch_1"), 64);
+    // Its IPv6 tables 16 buckets.
+    assert_eq!(pinned_entries(server_if, "fw_v6tab_0"), 16);
     lab.send_udp("bad", dst, 50, 32).unwrap();
     assert_eq!(sink.count(50, QUIET, MAX_WAIT), 50, "nothing denies yet");
 
@@ -590,6 +592,11 @@ fn prefix_tables_grow_with_the_prefixes_under_traffic() {
         text.push_str(&format!("deny src 198.19.{x}.0/25\n"));
     }
     text.push_str("deny src 198.19.41.0/25\n");
+    // And 200 IPv6 /48s (lines 152-351): 200 entries, 64 buckets used, 80
+    // in the maps (a quarter more).
+    for x in 0..200u32 {
+        text.push_str(&format!("deny src 2001:db8:{x:x}::/48\n"));
+    }
     std::fs::write(&file, text).unwrap();
     let received = std::thread::scope(|scope| {
         let counter =
@@ -610,8 +617,10 @@ fn prefix_tables_grow_with_the_prefixes_under_traffic() {
     assert_eq!(received, N, "allowed datagrams lost while the tables grew");
     assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 256);
     assert_eq!(pinned_entries(server_if, "fw_dir4_ch_1"), 256);
+    assert_eq!(pinned_entries(server_if, "fw_v6tab_0"), 80);
+    assert_eq!(pinned_entries(server_if, "fw_v6tab_1"), 80);
 
-    // The last prefix (line 151) judges bad's source from the DIR table.
+    // The last IPv4 prefix (line 151) judges bad's source from the DIR table.
     lab.send_udp("bad", dst, 100, 32).unwrap();
     assert_eq!(sink.count(100, QUIET, MAX_WAIT), 0, "bad got through");
     assert_eq!(rule_packets(&lab, server_if, 151), 100);
@@ -629,6 +638,27 @@ fn prefix_tables_grow_with_the_prefixes_under_traffic() {
         ],
     ));
     assert_eq!(pinned_entries(server_if, "fw_dir4_ch_0"), 256);
+    // 300 more IPv6 prefixes, one by one into the set (a rebuild each
+    // after the first fills it) or by a load: the tables grow again.
+    let more = dir.join("more.rules");
+    let text: String = (200..500u32)
+        .map(|x| format!("deny dst 2001:db8:{x:x}:1::/64\n"))
+        .collect();
+    std::fs::write(&more, text).unwrap();
+    ok(&xdpkit(
+        &lab,
+        &[
+            "rule",
+            "load",
+            "--dev",
+            server_if,
+            "--file",
+            more.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(pinned_entries(server_if, "fw_v6tab_0"), 176);
+    lab.send_udp("bad", dst, 20, 32).unwrap();
+    assert_eq!(sink.count(20, QUIET, MAX_WAIT), 0, "bad got through");
     ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
     std::fs::remove_dir_all(&dir).unwrap();
 }

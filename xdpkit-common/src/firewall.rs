@@ -137,6 +137,143 @@ impl Default for DirChunk {
     }
 }
 
+/// IPv6 prefix tables (see docs/firewall.md), `[set 0, set 1]`: array of
+/// [`V6Bucket`], each entry (a prefix or a marker of the binary search on
+/// lengths) in one of its two buckets ([`v6_buckets`]), both fields in one
+/// table. Sized to the rulesets ([`FW_V6_MIN_BUCKETS`] to
+/// [`FW_V6_MAX_BUCKETS`]); a set uses the first [`V6Root::buckets`].
+pub const FW_V6TAB: [&str; 2] = ["FW_V6TAB_0", "FW_V6TAB_1"];
+/// Where the search of each IPv6 field starts, `[set 0, set 1]`: array of
+/// two [`V6Root`] (field 0 src, 1 dst).
+pub const FW_V6ROOT: [&str; 2] = ["FW_V6ROOT_0", "FW_V6ROOT_1"];
+/// The search trees of a set's IPv6 fields, `[set 0, set 1]`: array of
+/// [`FW_V6_NODES`] [`V6Node`]s shared by every tree (one per distinct set
+/// of lengths a search may go on with).
+pub const FW_V6NODE: [&str; 2] = ["FW_V6NODE_0", "FW_V6NODE_1"];
+/// Nodes per set: trees needing more leave the IPv6 prefixes in the tries.
+pub const FW_V6_NODES: u32 = 1 << 16;
+/// Buckets of a new firewall's IPv6 tables, grown on demand.
+pub const FW_V6_MIN_BUCKETS: u32 = 16;
+/// Most buckets per IPv6 table (4 entries each): beyond, the tries.
+pub const FW_V6_MAX_BUCKETS: u32 = 1 << 20;
+/// Most probes of a lookup: each probe at least halves the lengths left
+/// (at most 128 above /0), so `floor(log2 128) + 1`.
+pub const V6_MAX_PROBES: u32 = 8;
+/// No node (a search that ends): in [`V6Node::left`], [`V6Root::root`],
+/// and the next-node bits of [`V6Slot::key`].
+pub const V6_NO_NODE: u32 = (1 << 22) - 1;
+/// [`V6Slot::key`]: the bits of [`v6_tag`]; the node the search goes on
+/// with after a hit is `key >> V6_NEXT_SHIFT`.
+pub const V6_TAG_MASK: u32 = (1 << V6_NEXT_SHIFT) - 1;
+/// See [`V6_TAG_MASK`].
+pub const V6_NEXT_SHIFT: u32 = 10;
+
+/// One entry of an IPv6 table: a prefix (or marker) of one field and length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Slot {
+    /// The first 64 bits of the address, masked to the length, as a
+    /// big-endian number.
+    pub hi: u64,
+    /// The last 64 bits, likewise.
+    pub lo: u64,
+    /// [`v6_tag`] of field and length, with the node where the search goes
+    /// on after a hit here (a tree of the longer lengths of listed prefixes
+    /// inside this one) above [`V6_NEXT_SHIFT`]; 0 for an unused slot.
+    pub key: u32,
+    /// The best rule of the longest listed prefix containing this one (the
+    /// prefix itself, if listed): rule id + 1 (index + 1 into
+    /// [`FW_DIR4_REFS`]), 0 for none.
+    pub rule: u32,
+}
+
+/// Four entries (96 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Bucket {
+    /// The entries; unused slots are zero.
+    pub slots: [V6Slot; 4],
+}
+
+/// A node of a search tree: the length probed here; a miss goes on with
+/// `left` (shorter lengths), a hit with the entry's next node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Node {
+    /// The prefix length probed here.
+    pub len: u32,
+    /// Node searched after a miss, [`V6_NO_NODE`] for none.
+    pub left: u32,
+    /// The mask of `len` bits over the first 64 bits of an address.
+    pub mask_hi: u64,
+    /// The same over the last 64 bits.
+    pub mask_lo: u64,
+}
+
+/// Where the search of one IPv6 field of one set starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V6Root {
+    /// The rule of the field's /0 prefix + 1, 0 for none.
+    pub zero: u32,
+    /// The set's table uses its first `buckets` buckets.
+    pub buckets: u32,
+    /// The first node, [`V6_NO_NODE`] when the field has no length above /0.
+    pub root: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+
+impl Default for V6Root {
+    fn default() -> V6Root {
+        V6Root {
+            zero: 0,
+            buckets: 0,
+            root: V6_NO_NODE,
+            _pad: 0,
+        }
+    }
+}
+
+/// The tag of an entry of `field` (0 src, 1 dst) and length `len` (the low
+/// bits of [`V6Slot::key`]).
+#[inline(always)]
+pub const fn v6_tag(field: u32, len: u32) -> u32 {
+    (1 << 9) | ((field & 1) << 8) | (len & 0xff)
+}
+
+/// `hi`, `lo` (an address as two big-endian halves) masked to `len` bits
+/// (userspace: the program uses the masks of [`V6Node`]).
+#[inline(always)]
+pub const fn v6_mask(hi: u64, lo: u64, len: u32) -> (u64, u64) {
+    if len == 0 {
+        (0, 0)
+    } else if len < 64 {
+        (hi & (u64::MAX << (64 - len)), 0)
+    } else if len == 64 {
+        (hi, 0)
+    } else if len < 128 {
+        (hi, lo & (u64::MAX << (128 - len)))
+    } else {
+        (hi, lo)
+    }
+}
+
+/// The two buckets, among the first `count`, an IPv6 entry (masked
+/// address halves and [`v6_tag`]) may live in: two multiplicative hashes,
+/// each mapped onto `0..count` by a multiply and a shift (any `count`, not
+/// only powers of two), the same on both sides. No branches: the verifier
+/// would follow each.
+#[inline(always)]
+pub const fn v6_buckets(hi: u64, lo: u64, tag: u32, count: u32) -> [u32; 2] {
+    let h = (hi ^ lo.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31) ^ (tag as u64))
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let h2 = (h ^ (h >> 31)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let first = (((h >> 32) * count as u64) >> 32) as u32;
+    let second = (((h2 >> 32) * count as u64) >> 32) as u32;
+    [first, second]
+}
+
 /// Entries per host map; beyond this, host prefixes stay in the trie.
 pub const FW_MAX_HOSTS: u32 = 1 << 20;
 
@@ -158,7 +295,8 @@ pub const fn present_table(set: usize) -> u32 {
 }
 
 /// [`FwConfig::present`] bit: the DIR table of `field` (0 src4, 1 dst4) in
-/// set `set` holds entries and replaces that field's trie.
+/// set `set` holds entries and replaces that field's trie; for `field` 2
+/// (src6) and 3 (dst6), the IPv6 table ([`FW_V6TAB`]) does.
 pub const fn present_dir(set: usize, field: usize) -> u32 {
     1 << (set * 8 + 16 + field)
 }
@@ -248,7 +386,7 @@ impl Bitmap {
 }
 
 /// Every map of the firewall, pinned with it.
-pub const FW_MAPS: [&str; 52] = [
+pub const FW_MAPS: [&str; 58] = [
     FW_CONFIG,
     FW_TRACE,
     FW_RULE_STATS,
@@ -275,6 +413,12 @@ pub const FW_MAPS: [&str; 52] = [
     FW_DIR4_CHUNKS[1],
     FW_DIR4_REFS[0],
     FW_DIR4_REFS[1],
+    FW_V6TAB[0],
+    FW_V6TAB[1],
+    FW_V6ROOT[0],
+    FW_V6ROOT[1],
+    FW_V6NODE[0],
+    FW_V6NODE[1],
     FW_GEN_RULES[0],
     FW_GEN_RULES[1],
     FW_GEN_SRC4[0],
@@ -640,6 +784,9 @@ pub struct FwTrace {
 pub use crate::dump::NO_RULE;
 
 const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<V6Bucket>() == 96);
+const _: () = assert!(core::mem::size_of::<V6Node>() == 24);
+const _: () = assert!(core::mem::size_of::<V6Root>() == 16);
 const _: () = assert!(core::mem::size_of::<FwConfig>() == 88);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
@@ -651,6 +798,9 @@ mod pod {
     unsafe impl aya::Pod for super::RuleRef {}
     unsafe impl aya::Pod for super::HostBucket {}
     unsafe impl aya::Pod for super::DirChunk {}
+    unsafe impl aya::Pod for super::V6Bucket {}
+    unsafe impl aya::Pod for super::V6Root {}
+    unsafe impl aya::Pod for super::V6Node {}
     unsafe impl aya::Pod for super::FwTrace {}
     unsafe impl aya::Pod for super::Bitmap {}
     unsafe impl aya::Pod for super::RuleHits {}

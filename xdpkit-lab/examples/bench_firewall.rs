@@ -31,6 +31,18 @@
 //! root, which covers the firewall stage it tail-calls); and test_run ns
 //! per frame (one frame of the flood, cache-hot). Writes
 //! target/bench/firewall.csv and firewall.png.
+//!
+//! `--fixed-path`: only the cost every frame pays (issue 10, point 2), on
+//! flood (d) with 0 rules and default deny: bare drop, drop_hash.c, the
+//! firewall as `xdpkit attach firewall` attaches it (root program + tail
+//! call) and the firewall object attached alone (no root), interleaved in
+//! rounds. Live ns per frame (bpf_stats), the per-round ratio firewall /
+//! drop_hash (target at most 1.2x), the root + tail call cost (paired
+//! difference) and test_run ns of each attached program (`bpftool prog
+//! run`). Writes target/bench/fixed_path.csv.
+
+#[path = "bench_firewall/fixed_path.rs"]
+mod fixed_path;
 
 use std::{
     collections::HashSet,
@@ -162,6 +174,7 @@ struct Options {
     repeat: u32,
     out: PathBuf,
     anchors: PathBuf,
+    fixed_path: bool,
 }
 
 fn options() -> BoxResult<Options> {
@@ -176,6 +189,7 @@ fn options() -> BoxResult<Options> {
         repeat: 1_000_000,
         out: workspace.join("target/bench"),
         anchors: workspace.join("../shared/perf/anchors"),
+        fixed_path: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -187,11 +201,12 @@ fn options() -> BoxResult<Options> {
             "--repeat" => o.repeat = value()?.parse::<u32>()?.max(1),
             "--out" => o.out = PathBuf::from(value()?),
             "--anchors" => o.anchors = PathBuf::from(value()?),
+            "--fixed-path" => o.fixed_path = true,
             "-h" | "--help" => {
                 println!(
                     "bench_firewall [--rounds N (5)] [--trial-secs S (2)] [--prefixes N (1000000)] \
                      [--repeat R (1000000)] [--out DIR (target/bench)] \
-                     [--anchors DIR (../shared/perf/anchors)]"
+                     [--anchors DIR (../shared/perf/anchors)] [--fixed-path]"
                 );
                 std::process::exit(0);
             }
@@ -222,6 +237,9 @@ fn main() -> BoxResult<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&o.out)?;
     let anchors = build_anchors(&o)?;
+    if o.fixed_path {
+        return fixed_path::bench(&o, &anchors);
+    }
     let prefixes = prefixes(o.prefixes);
     let rules = deny_rules(&prefixes)?;
     let bench_lab = OneCoreLab::new("xkbf", GEN_IF, DUT_IF, "198.18.60.0/24")?;

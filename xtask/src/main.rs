@@ -65,7 +65,9 @@ enum Bench {
     /// from bpf_stats and test_run ns. About 6 minutes.
     Firewall {
         /// Extra arguments for the benchmark (`--rounds N`, `--trial-secs S`,
-        /// `--prefixes N`, `--repeat R`, `--out DIR`, `--anchors DIR`).
+        /// `--prefixes N`, `--repeat R`, `--out DIR`, `--anchors DIR`;
+        /// `--fixed-path`: only 0 rules and default deny, the firewall
+        /// against drop.c and drop_hash.c, live ns and the ratio, 2 minutes).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

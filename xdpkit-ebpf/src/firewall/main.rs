@@ -1,5 +1,5 @@
-//! The firewall: IPv4 prefix rules in DIR-16-8-8 tables, IPv6 ones in LPM
-//! tries (see docs/firewall.md), policies
+//! The firewall: IPv4 prefix rules in DIR-16-8-8 tables, IPv6 ones in
+//! hash tables searched by binary search on lengths (see docs/firewall.md), policies
 //! for non-IP, malformed frames and fragments, rate limits, counters.
 #![no_std]
 #![no_main]
@@ -18,16 +18,18 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
-        DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef,
-        ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
-        DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS,
-        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        host_buckets, present_dir, present_host, present_table, present_trie, v6_buckets, v6_tag,
+        Bucket, BucketKey, DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits,
+        RuleRecord, RuleRef, V6Bucket, V6Node, V6Root, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL,
+        ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS,
+        FW_MAX_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS,
+        FW_V6_NODES, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS, V6_MAX_PROBES, V6_NEXT_SHIFT,
+        V6_TAG_MASK,
     },
     ActionCounter, XdpAction,
 };
 
-use self::parse::{parse, IpFrame, Parsed};
+use self::parse::{parse, read_addresses, IpFrame, Parsed};
 use xdpkit_ebpf::{chain, stats::count_rule};
 
 xdpkit_ebpf::license!();
@@ -161,6 +163,98 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Result<Option<&'static RuleRe
     })
 }
 
+#[map(name = "FW_V6TAB_0")]
+static V6TAB_0: Array<V6Bucket> = Array::with_max_entries(FW_V6_MAX_BUCKETS, 0);
+#[map(name = "FW_V6TAB_1")]
+static V6TAB_1: Array<V6Bucket> = Array::with_max_entries(FW_V6_MAX_BUCKETS, 0);
+#[map(name = "FW_V6ROOT_0")]
+static V6ROOT_0: Array<V6Root> = Array::with_max_entries(2, 0);
+#[map(name = "FW_V6ROOT_1")]
+static V6ROOT_1: Array<V6Root> = Array::with_max_entries(2, 0);
+#[map(name = "FW_V6NODE_0")]
+static V6NODE_0: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
+#[map(name = "FW_V6NODE_1")]
+static V6NODE_1: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
+
+/// The entry of the IPv6 table of `set` with tag `tag` and masked address
+/// `(hi, lo)`: its key and rule + 1 (0 for none), or `None` if absent. Two
+/// inlined array reads and eight compares.
+#[inline(always)]
+fn v6_probe(set: u32, count: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u32)> {
+    for index in v6_buckets(hi, lo, tag, count) {
+        let bucket = if set == 0 {
+            V6TAB_0.get(index)
+        } else {
+            V6TAB_1.get(index)
+        };
+        if let Some(bucket) = bucket {
+            for slot in &bucket.slots {
+                // One branch per slot.
+                let tag_diff = u64::from((slot.key & V6_TAG_MASK) ^ tag);
+                if (tag_diff | (slot.hi ^ hi) | (slot.lo ^ lo)) == 0 {
+                    return Some((slot.key, slot.rule));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The best prefix rule of IPv6 `addr` for `field` (0 src, 1 dst) in the
+/// table of `set`: binary search on the field's prefix lengths (Waldvogel),
+/// where a hit goes on with the lengths of the listed prefixes inside the
+/// entry found (its next node) and a miss with the shorter lengths (the
+/// node's left); each probe at least halves the lengths left, so at most
+/// [`V6_MAX_PROBES`] probes of two inlined bucket reads each, plus one read
+/// of the root, one of each node and one of the rule; no helper call. A
+/// hit (a prefix or a marker) carries the best rule of the longest listed
+/// prefix it lies in.
+#[inline(always)]
+fn v6_lookup(set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> {
+    let root = if set == 0 {
+        V6ROOT_0.get(field)
+    } else {
+        V6ROOT_1.get(field)
+    };
+    let root = root?;
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let count = root.buckets;
+    let mut best = root.zero;
+    let mut node = root.root;
+    for _ in 0..V6_MAX_PROBES {
+        let n = if set == 0 {
+            V6NODE_0.get(node)
+        } else {
+            V6NODE_1.get(node)
+        };
+        // V6_NO_NODE is past the array: the search ends.
+        let Some(n) = n else {
+            break;
+        };
+        let tag = v6_tag(field, n.len);
+        match v6_probe(set, count, tag, hi & n.mask_hi, lo & n.mask_lo) {
+            Some((key, rule)) => {
+                best = rule;
+                node = key >> V6_NEXT_SHIFT;
+            }
+            None => node = n.left,
+        }
+    }
+    if best == 0 {
+        return None;
+    }
+    if set == 0 {
+        DIR4_REFS_0.get(best - 1)
+    } else {
+        DIR4_REFS_1.get(best - 1)
+    }
+}
+
 #[map(name = "FW_BUCKETS")]
 static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(FW_MAX_BUCKETS, 0);
 
@@ -168,19 +262,27 @@ const TOKEN: u64 = 1_000_000_000;
 
 #[xdp]
 pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ip = IpFrame::zero_in(&mut slot);
+    // The frame first: its header loads (a cache miss when another core
+    // wrote the frame) then overlap the config loads below.
+    let parsed = parse(&ctx, ip);
+    // The config by reference: each field is read where a frame needs it,
+    // not all of them copied to the stack up front (spills on every frame).
     let Some(cfg) = CONFIG.get(0) else {
         return chain::next(&ctx);
     };
-    let cfg = *cfg;
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let ip = IpFrame::zero_in(&mut slot);
-    let (action, outcome, rule) = match parse(&ctx, ip) {
+    let (action, outcome, rule) = match parsed {
         Parsed::NonIp => (policy(cfg.non_ip), Outcome::NonIp, NO_RULE),
         Parsed::Malformed => (policy(cfg.malformed), Outcome::Malformed, NO_RULE),
         Parsed::Ip if ip.later_fragment && cfg.fragments != POLICY_L3 => {
             (policy(cfg.fragments), Outcome::Fragment, NO_RULE)
         }
-        Parsed::Ip => judge(&cfg, ip),
+        Parsed::Ip if no_rules(cfg) => (policy(cfg.default_policy), Outcome::Default, NO_RULE),
+        Parsed::Ip => {
+            read_addresses(&ctx, ip);
+            judge(cfg, ip)
+        }
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     bump(&OUTCOMES, outcome as u32, len);
@@ -385,8 +487,8 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             (HSRC6_0, HSRC6_1),
             (SRC6_0, SRC6_1),
             (DST6_0, DST6_1),
-            Err(()),
-            Err(())
+            v6_lookup(set, 0, &ip.src).ok_or(()).map(Some),
+            v6_lookup(set, 1, &ip.dst).ok_or(()).map(Some)
         );
     } else {
         let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
@@ -437,6 +539,24 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
         _ if take_token(&best, ip) => (XdpAction::Pass, Outcome::Rule, best.id),
         _ => (XdpAction::Drop, Outcome::RateLimited, best.id),
     }
+}
+
+/// Whether [`judge`] can only give the default: no prefix map in use (any
+/// `present` bit seen from the active set, so conservative) and no general
+/// rule in the active set. Then the addresses are not even read.
+#[inline(always)]
+fn no_rules(cfg: &FwConfig) -> bool {
+    let present = if cfg.active & ACTIVE_PREFIX == 0 {
+        cfg.present
+    } else {
+        cfg.present >> 8
+    };
+    let general = if cfg.active & ACTIVE_GENERAL == 0 {
+        cfg.general[0]
+    } else {
+        cfg.general[1]
+    };
+    present == 0 && general == 0
 }
 
 /// One token from the (rule, source) bucket; buckets start full.

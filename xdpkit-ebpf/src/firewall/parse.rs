@@ -15,11 +15,17 @@ pub const NO_VLAN: u32 = u32::MAX;
 
 /// Aligned so that LLVM clears and copies the addresses with 8-byte stores
 /// rather than calls to a byte-wise `memset`.
+///
+/// [`parse`] checks the whole frame but leaves `src`, `dst` and `smac`
+/// zero: only rules read them, so [`read_addresses`] copies them when the
+/// firewall has rules to judge, not on every frame.
 #[repr(C, align(8))]
 pub struct IpFrame {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub vlan: u32,
+    /// Offset of the IP header (for [`read_addresses`]).
+    pub l3: u16,
     pub sport: u16,
     pub dport: u16,
     pub smac: [u8; 6],
@@ -142,7 +148,6 @@ pub fn parse(ctx: &XdpContext, ip: &mut IpFrame) -> Parsed {
     let Some(eth) = f.header::<ETH_HLEN>(0) else {
         return Parsed::Malformed;
     };
-    eth.copy(6, &mut ip.smac);
     let mut ethertype = eth.be16(12);
     let mut off = ETH_HLEN;
     ip.vlan = NO_VLAN;
@@ -188,11 +193,7 @@ fn ipv4(f: &Frame, l3: usize, ip: &mut IpFrame) -> Parsed {
         return Parsed::Malformed;
     }
     ip.v6 = false;
-    // The upper 12 bytes of src and dst stay zero from IpFrame::zero_in.
-    if let (Some(src), Some(dst)) = (ip.src.first_chunk_mut::<4>(), ip.dst.first_chunk_mut::<4>()) {
-        h.copy(12, src);
-        h.copy(16, dst);
-    }
+    ip.l3 = l3 as u16;
     ip.proto = h.byte(9);
     ip.later_fragment = h.be16(6) & 0x1fff != 0;
     l4(f, l3 + ihl, l3 + total, ip)
@@ -216,8 +217,7 @@ fn ipv6(f: &Frame, l3: usize, ip: &mut IpFrame) -> Parsed {
     }
     let mut next = h.byte(6);
     ip.v6 = true;
-    h.copy(8, &mut ip.src);
-    h.copy(24, &mut ip.dst);
+    ip.l3 = l3 as u16;
     ip.later_fragment = false;
     let mut off = 40;
     let mut walked = 0;
@@ -265,6 +265,32 @@ fn ipv6(f: &Frame, l3: usize, ip: &mut IpFrame) -> Parsed {
         _ => {
             ip.proto = next;
             l4(f, l3 + off, l3 + end, ip)
+        }
+    }
+}
+
+/// Copies the source MAC and the IP addresses of a frame [`parse`] found
+/// to be IP into `ip` (IPv4 addresses in the first 4 bytes, the rest stays
+/// zero). The frame is the one `parse` checked, so every header is there.
+#[inline(always)]
+pub fn read_addresses(ctx: &XdpContext, ip: &mut IpFrame) {
+    let f = Frame::new(ctx);
+    if let Some(eth) = f.header::<ETH_HLEN>(0) {
+        eth.copy(6, &mut ip.smac);
+    }
+    let l3 = usize::from(ip.l3);
+    if ip.v6 {
+        if let Some(h) = f.header::<40>(l3) {
+            h.copy(8, &mut ip.src);
+            h.copy(24, &mut ip.dst);
+        }
+    } else if let Some(h) = f.header::<20>(l3) {
+        // The upper 12 bytes of src and dst stay zero from IpFrame::zero_in.
+        if let (Some(src), Some(dst)) =
+            (ip.src.first_chunk_mut::<4>(), ip.dst.first_chunk_mut::<4>())
+        {
+            h.copy(12, src);
+            h.copy(16, dst);
         }
     }
 }

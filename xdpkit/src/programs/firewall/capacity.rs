@@ -11,11 +11,12 @@
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 
 use aya::Pod;
+use xdpkit_common::firewall::V6Bucket;
 use xdpkit_common::firewall::{
     pool_entries, sized_entries, Bucket, BucketKey, DirChunk, HostBucket, RuleHits, RuleRecord,
     RuleRef, FW_BUCKETS, FW_DEFAULT_RULE_IDS, FW_DIR4_CHUNKS, FW_DIR4_REFS, FW_HOST_SRC4,
     FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_RULE_IDS, FW_POOL_MAPS, FW_RULES, FW_RULE_STATS,
-    FW_SIZED_MAPS,
+    FW_SIZED_MAPS, FW_V6TAB,
 };
 
 use super::{dir::PoolNeeds, kernel::read_config, maps::open_pinned, FirewallError, NAME};
@@ -97,6 +98,32 @@ pub fn pools_short(maps: &impl MapSource, needs: PoolNeeds) -> Result<bool> {
 /// Chunks the DIR pools of the firewall whose maps are `maps` hold.
 pub fn chunk_pool(maps: &impl MapSource) -> Result<u32> {
     Ok(batch::map_info(maps, FW_DIR4_CHUNKS[0])?.max_entries())
+}
+
+/// Buckets the IPv6 tables of the firewall whose maps are `maps` hold.
+pub fn v6_pool(maps: &impl MapSource) -> Result<u32> {
+    Ok(batch::map_info(maps, FW_V6TAB[0])?.max_entries())
+}
+
+/// The entries of both IPv6 tables for `buckets` buckets.
+pub fn v6_sizes(buckets: u32) -> Vec<(&'static str, u32)> {
+    FW_V6TAB.iter().map(|m| (*m, buckets)).collect()
+}
+
+/// Grows the IPv6 tables of the firewall running on `iface` to hold
+/// `entries` entries (see [`grow`]; the same switch).
+pub(crate) fn grow_v6(
+    iface: &str,
+    iface_dir: &PinDir,
+    lock: &IfaceLock,
+    entries: usize,
+) -> Result<bool> {
+    let buckets = super::v6tab::pool_for(entries);
+    let grew = grow_maps(iface, iface_dir, lock, &v6_sizes(buckets))?;
+    if grew {
+        tracing::info!("grew the firewall's IPv6 tables of {iface} to {buckets} buckets");
+    }
+    Ok(grew)
 }
 
 /// Grows the maps of the firewall running on `iface` (pin directory
@@ -249,6 +276,8 @@ fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result
         copy::<u32, HostBucket>(old, new)
     } else if FW_DIR4_CHUNKS.contains(&name) {
         copy::<u32, DirChunk>(old, new)
+    } else if FW_V6TAB.contains(&name) {
+        copy::<u32, V6Bucket>(old, new)
     } else if FW_DIR4_REFS.contains(&name) {
         copy::<u32, RuleRef>(old, new)
     } else if name == FW_BUCKETS {

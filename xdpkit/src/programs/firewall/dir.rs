@@ -834,26 +834,37 @@ pub fn pool_needs<'r>(
     let mut hosts4: HashSet<u32> = HashSet::default();
     let mut hosts6: HashSet<u128> = HashSet::default();
     let mut rate_limits = false;
-    let mut prefixes: [Vec<(Ipv4Net, (u32, u32))>; 2] = [Vec::new(), Vec::new()];
+    // Per field (IPv4 src, dst, IPv6 src, dst): the prefixes whose rules
+    // the DIR and IPv6 tables may name.
+    let mut prefixes: [Vec<(IpNet, (u32, u32))>; 4] = Default::default();
     for (order, rule) in rules.into_iter().enumerate() {
         rate_limits |= matches!(rule.action, super::Action::RateLimit(_));
         if !super::kernel::is_prefix_rule(rule) {
             continue;
         }
+        let rank = (rule.prio, order as u32);
         let (field, net) = match (rule.src, rule.dst) {
             (Some(IpNet::V4(n)), None) if n.prefix_len() == 32 => {
                 hosts4.insert(u32::from(n.addr()));
                 continue;
             }
-            (Some(IpNet::V6(n)), None) if n.prefix_len() == 128 => {
-                hosts6.insert(u128::from(n.addr()));
+            (Some(IpNet::V6(n)), None) => {
+                if n.prefix_len() == 128 {
+                    hosts6.insert(u128::from(n.addr()));
+                }
+                // Source hosts too: the IPv6 table holds them.
+                prefixes[2].push((IpNet::V6(n), rank));
+                continue;
+            }
+            (None, Some(IpNet::V6(n))) => {
+                prefixes[3].push((IpNet::V6(n), rank));
                 continue;
             }
             (Some(IpNet::V4(n)), None) => (false, n),
             (None, Some(IpNet::V4(n))) => (true, n),
             _ => continue,
         };
-        prefixes[usize::from(field)].push((net, (rule.prio, order as u32)));
+        prefixes[usize::from(field)].push((IpNet::V4(net), rank));
         let addr = u32::from(net.network());
         if net.prefix_len() > 16 {
             chunks.insert((field, addr >> 16 << 16 | 1));
@@ -879,10 +890,10 @@ pub fn pool_needs<'r>(
 /// Adds to `named` the rules (by rank: prio, order) the compiled prefixes
 /// of one field carry: the best on each prefix, or the better one it
 /// inherits (`kernel::inherit`'s single pass over the sorted prefixes).
-fn named_rules(mut list: Vec<(Ipv4Net, (u32, u32))>, named: &mut HashSet<u32>) {
+fn named_rules(mut list: Vec<(IpNet, (u32, u32))>, named: &mut HashSet<u32>) {
     list.sort_unstable_by_key(|(n, rank)| (n.network(), n.prefix_len(), *rank));
     list.dedup_by_key(|(n, _)| (n.network(), n.prefix_len()));
-    let mut chain: Vec<(Ipv4Net, (u32, u32))> = Vec::new();
+    let mut chain: Vec<(IpNet, (u32, u32))> = Vec::new();
     for (net, own) in list {
         while chain.last().is_some_and(|(open, _)| !open.contains(&net)) {
             chain.pop();
@@ -912,7 +923,7 @@ pub fn v4_entries(entries: &[(IpNet, RuleRef)]) -> Vec<(Ipv4Net, RuleRef)> {
 /// the set's [`FW_DIR4_REFS`] by id: the map must have room for the ids
 /// (the test harness's maps have their declared size).
 pub fn write(maps: &impl MapSource, set: usize, dir: &Dir4, rules: &[RuleRef]) -> Result<()> {
-    write_refs(batch::map_fd(maps, FW_DIR4_REFS[set])?, rules)?;
+    write_refs_fd(batch::map_fd(maps, FW_DIR4_REFS[set])?, rules)?;
     write_table(
         batch::map_fd(maps, FW_DIR4_L1[set])?,
         batch::map_fd(maps, FW_DIR4_CHUNKS[set])?,
@@ -944,8 +955,9 @@ fn write_table(l1: BorrowedFd<'_>, chunks: BorrowedFd<'_>, dir: &Dir4) -> Result
     batch::write_array_fd(l1, &dir.l1)
 }
 
-/// Writes rules into [`FW_DIR4_REFS`] by id.
-fn write_refs(fd: BorrowedFd<'_>, rules: &[RuleRef]) -> Result<()> {
+/// Writes rules into [`FW_DIR4_REFS`] by id (the harness's id-numbered
+/// tables).
+fn write_refs_fd(fd: BorrowedFd<'_>, rules: &[RuleRef]) -> Result<()> {
     if rules.is_empty() {
         return Ok(());
     }
@@ -1018,7 +1030,9 @@ mod tests {
                 hosts4: 2,
                 hosts6: 1,
                 rate_limits: true,
-                refs: 3,
+                // The /24, the dst /32 and the IPv6 host (the IPv6 table
+                // holds hosts), plus half again.
+                refs: 4,
             }
         );
         assert_eq!(chunks_needed(&rules), 3);

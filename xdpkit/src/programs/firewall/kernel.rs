@@ -17,7 +17,8 @@ use xdpkit_common::{
         FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY,
         ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS,
         FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
-        FW_SRC4, FW_SRC6, FW_TRACE, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
+        FW_SRC4, FW_SRC6, FW_TRACE, FW_V6NODE, FW_V6ROOT, FW_V6TAB, POLICY_DROP, POLICY_L3,
+        POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -334,6 +335,12 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
         }
         return add_dir_in_place(maps, cfg, set, field, n, entry);
     }
+    // The IPv6 table is written only while its set is inactive: a prefix
+    // added in place goes to the trie, which the program reads for the
+    // addresses the table has no rule for (this one ranks after all of
+    // the table's: prio >= max_prio), hosts included (a host-map entry
+    // would be final, and could not know the table's rules).
+    let table6 = field >= 2 && v6_table_in(&cfg, set);
     if entry.rule.prio < cfg.max_prio[field] {
         return Ok(false);
     }
@@ -342,7 +349,7 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
     let in_trie = cfg.present & present_trie(set, field) != 0;
     let host = match (field, net) {
         (0, IpNet::V4(n)) if n.prefix_len() == 32 => Some(FW_HOST_SRC4[set]),
-        (2, IpNet::V6(n)) if n.prefix_len() == 128 => Some(FW_HOST_SRC6[set]),
+        (2, IpNet::V6(n)) if n.prefix_len() == 128 && !table6 => Some(FW_HOST_SRC6[set]),
         _ => None,
     };
     // A host goes to the host map even when a rebuild left hosts in the
@@ -389,6 +396,11 @@ pub fn add_prefix_in_place(maps: &mut impl MapSource, entry: &Entry) -> Result<b
 /// Whether prefix set `set` holds its IPv4 prefixes in the DIR table.
 fn dir_in(cfg: &FwConfig, set: usize) -> bool {
     cfg.present & (present_dir(set, 0) | present_dir(set, 1)) != 0
+}
+
+/// Whether prefix set `set` holds its IPv6 prefixes in the IPv6 table.
+fn v6_table_in(cfg: &FwConfig, set: usize) -> bool {
+    cfg.present & (present_dir(set, 2) | present_dir(set, 3)) != 0
 }
 
 /// Whether set `set` has a DIR table that left /24s to the IPv4 tries
@@ -696,6 +708,17 @@ pub fn ipv4_in_tries(on: bool) {
     IPV4_IN_TRIES.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Set: IPv6 prefixes go to the LPM tries and host maps as before the IPv6
+/// tables (only to measure one against the other in the same run).
+static IPV6_IN_TRIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes later rebuilds of this process put IPv6 prefixes in the LPM tries
+/// (`true`) or the IPv6 tables (`false`, the default). For benchmarks.
+#[doc(hidden)]
+pub fn ipv6_in_tries(on: bool) {
+    IPV6_IN_TRIES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The DIR table of the IPv4 prefixes (source hosts aside), or `None`
 /// when there are none or they need more chunks than a set has (then they
 /// stay in the tries).
@@ -740,7 +763,44 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     // The host maps and table are sized to the firewall's capacity.
     let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
     let (src4_trie, src4_hosts) = split_hosts(&c.src4, entries(FW_HOST_SRC4[set])?);
-    let (src6_trie, src6_hosts) = split_hosts(&c.src6, entries(FW_HOST_SRC6[set])?);
+    // The DIR and IPv6 tables' leaves name rules by dense number, in one
+    // array per set (the writers grow it first, as the pools): a set whose
+    // refs cannot hold them keeps its prefixes in the tries.
+    let (numbers, dir_refs) = dense_refs(&[&src4_trie, &c.dst4, &c.src6, &c.dst6]);
+    let ref_room = entries(FW_DIR4_REFS[set])?;
+    let refs_fit = dir_refs.len() <= ref_room;
+    if !refs_fit {
+        tracing::warn!(
+            "the prefixes name {} rules, more than the {ref_room} rule refs hold: \
+             they are judged by the LPM tries, slower",
+            dir_refs.len()
+        );
+    }
+    let leaf = |r: &RuleRef| numbers.get(&r.id).map_or(0, |n| n + 1);
+    // IPv6 prefixes, source hosts included, go to the IPv6 table when it
+    // fits the set's map (the writers grow it first), else to the tries
+    // and host map.
+    let v6 = if IPV6_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) || !refs_fit {
+        None
+    } else {
+        let pool = entries(FW_V6TAB[set])? as u32;
+        let table = super::v6tab::build_by(&c.src6, &c.dst6, pool, &leaf);
+        if table.is_none() && !(c.src6.is_empty() && c.dst6.is_empty()) {
+            tracing::warn!(
+                "the IPv6 prefixes do not fit the IPv6 table ({} buckets): \
+                 they are judged by the LPM tries, slower",
+                pool
+            );
+        }
+        table
+    };
+    let none6: Vec<Prefix> = Vec::new();
+    let (src6_trie, src6_hosts) = if v6.is_some() {
+        (Vec::new(), Vec::new())
+    } else {
+        split_hosts(&c.src6, entries(FW_HOST_SRC6[set])?)
+    };
+    let trie_dst6 = if v6.is_some() { &none6 } else { &c.dst6 };
     let max_bits = entries(FW_HOST_TABLE4[set])?.max(1).ilog2();
     // An empty table is not written: `present` keeps the program out of it.
     let (table, src4_hosts) = if src4_hosts.is_empty() {
@@ -754,28 +814,16 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     // prefixes find no room stay in the tries, all of them if a shorter
     // prefix finds none.
     let pool = entries(FW_DIR4_CHUNKS[set])?;
-    // The leaves name rules by dense number (the writers grow the refs
-    // first, as the pool): a set whose refs cannot hold them keeps its
-    // IPv4 prefixes in the tries.
-    let (numbers, dir_refs) = dense_refs(&[&src4_trie, &c.dst4]);
-    let ref_room = entries(FW_DIR4_REFS[set])?;
     let built = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed)
         || (src4_trie.is_empty() && c.dst4.is_empty())
+        || !refs_fit
     {
-        None
-    } else if dir_refs.len() > ref_room {
-        tracing::warn!(
-            "the IPv4 prefixes name {} rules, more than the {ref_room} DIR rule refs hold: \
-             they are judged by the LPM tries, slower",
-            dir_refs.len()
-        );
         None
     } else {
         let (src, dst) = (
             super::dir::v4_entries(&src4_trie),
             super::dir::v4_entries(&c.dst4),
         );
-        let leaf = |r: &RuleRef| numbers.get(&r.id).map_or(0, |n| n + 1);
         let built = super::dir::Dir4::build_within_by(&src, &dst, pool, &leaf).ok();
         match &built {
             None => tracing::warn!(
@@ -820,11 +868,12 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         fd(FW_DIR4_CHUNKS[set])?,
         fd(FW_DIR4_REFS[set])?,
     );
+    let (v6tab, v6root, v6node) = (fd(FW_V6TAB[set])?, fd(FW_V6ROOT[set])?, fd(FW_V6NODE[set])?);
     let jobs: Vec<Job<'_>> = vec![
         Box::new(|| write_trie_fd::<4, _>(s4, trie_src4)),
         Box::new(|| write_trie_fd::<4, _>(d4, trie_dst4)),
         Box::new(|| write_trie_fd::<16, _>(s6, &src6_trie)),
-        Box::new(|| write_trie_fd::<16, _>(d6, &c.dst6)),
+        Box::new(|| write_trie_fd::<16, _>(d6, trie_dst6)),
         Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
         Box::new(|| write_hash_fd::<16, _>(h6, &src6_hosts)),
         Box::new(|| match &table {
@@ -833,6 +882,16 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         }),
         Box::new(|| match &dir {
             Some(dir) => super::dir::write_fds(dl1, dch, drefs, dir, &dir_refs),
+            // The IPv6 table's leaves name rules in the same array.
+            None if v6.is_some() && !dir_refs.is_empty() => batch::write_array_fd(drefs, &dir_refs),
+            None => Ok(()),
+        }),
+        Box::new(|| match &v6 {
+            Some(t) => {
+                batch::write_array_fd(v6tab, &t.buckets)?;
+                batch::write_array_fd(v6node, &t.nodes)?;
+                batch::write_array_fd(v6root, &t.roots)
+            }
             None => Ok(()),
         }),
     ];
@@ -842,7 +901,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         !trie_src4.is_empty(),
         !trie_dst4.is_empty(),
         !src6_trie.is_empty(),
-        !c.dst6.is_empty(),
+        !trie_dst6.is_empty(),
     ]
     .into_iter()
     .enumerate()
@@ -859,6 +918,14 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
             present |= present_dir(0, 1);
         }
     }
+    if v6.is_some() {
+        if !c.src6.is_empty() {
+            present |= present_dir(0, 2);
+        }
+        if !c.dst6.is_empty() {
+            present |= present_dir(0, 3);
+        }
+    }
     if !src4_hosts.is_empty() {
         present |= present_host(0, 0);
     }
@@ -871,7 +938,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     Ok(Written {
         present,
         table_bits: table.map_or(0, |t| t.bits),
-        dir_refs: if dir.is_some() {
+        dir_refs: if dir.is_some() || v6.is_some() {
             dir_refs.len() as u32
         } else {
             0
@@ -898,7 +965,7 @@ fn split_hosts(entries: &[Prefix], room: usize) -> (Vec<Prefix>, Vec<Prefix>) {
 /// Sets the [`FwConfig::present`] byte of prefix set `set`.
 fn set_present(cfg: &mut FwConfig, set: usize, bits: u32) {
     let shift = set * 8;
-    let mask = 0xff | present_dir(0, 0) | present_dir(0, 1);
+    let mask = 0xff | present_dir(0, 0) | present_dir(0, 1) | present_dir(0, 2) | present_dir(0, 3);
     cfg.present = (cfg.present & !(mask << shift)) | (bits << shift);
 }
 
@@ -956,15 +1023,26 @@ impl FirewallHarness {
         Ok(FirewallHarness { ebpf })
     }
 
+    /// Like [`FirewallHarness::new`], with the maps of `sizes` created with
+    /// that many entries (as a stage sizes them: [`super::capacity`]).
+    pub fn sized(policy: Policy, sizes: &[(&str, u32)]) -> Result<FirewallHarness> {
+        let mut ebpf =
+            crate::programs::Program::object(&super::Firewall).load_sized(&[], &[], sizes)?;
+        object::program(&mut ebpf, SYMBOL, "firewall")?;
+        write_config(&mut ebpf, config(&policy, 0, true))?;
+        Ok(FirewallHarness { ebpf })
+    }
+
     /// [`FirewallHarness::new`] with DIR chunk pools of `chunks` chunks, so
     /// that a ruleset can outgrow them.
     pub fn with_chunk_pool(policy: Policy, chunks: u32) -> Result<FirewallHarness> {
         let sizes: Vec<(&str, u32)> = FW_DIR4_CHUNKS.iter().map(|m| (*m, chunks)).collect();
-        let mut ebpf =
-            crate::programs::Program::object(&super::Firewall).load_sized(&[], &[], &sizes)?;
-        object::program(&mut ebpf, SYMBOL, "firewall")?;
-        write_config(&mut ebpf, config(&policy, 0, true))?;
-        Ok(FirewallHarness { ebpf })
+        FirewallHarness::sized(policy, &sizes)
+    }
+
+    /// The config the program reads.
+    pub fn config(&self) -> Result<FwConfig> {
+        read_config(&self.ebpf)
     }
 
     /// Changes the policy (takes effect for the next frame).

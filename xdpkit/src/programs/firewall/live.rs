@@ -317,19 +317,29 @@ impl LiveFirewall {
         Ok(())
     }
 
-    /// Makes room in the DIR chunk pools, the host maps and tables and the
-    /// rate-limit buckets for `rules`: grows them (the chain reinstalled, as
-    /// [`ensure_ids`](Self::ensure_ids)) when they are smaller. A ruleset
-    /// past the largest pool keeps its IPv4 prefixes in the tries.
-    fn ensure_chunks<'r>(&mut self, rules: impl IntoIterator<Item = &'r Rule>) -> Result<()> {
-        let needs = super::dir::pool_needs(rules);
-        if !capacity::pools_short(&self.maps, needs)? {
-            return Ok(());
+    /// Makes room in the DIR chunk pools and rule refs, the host maps and
+    /// tables, the rate-limit buckets and the IPv6 tables for `rules`: grows them (the chain
+    /// reinstalled, as [`ensure_ids`](Self::ensure_ids)) when they are
+    /// smaller. A ruleset past the largest pool or table keeps those
+    /// prefixes in the tries.
+    fn ensure_chunks<'r>(
+        &mut self,
+        rules: impl IntoIterator<Item = &'r Rule> + Clone,
+    ) -> Result<()> {
+        let needs = super::dir::pool_needs(rules.clone());
+        if capacity::pools_short(&self.maps, needs)? {
+            let iface_dir = PinDir::new(&self.iface)?;
+            let lock = self.shared_lock()?;
+            capacity::grow_pools(&self.iface, &iface_dir, &lock, needs)?;
+            self.view.maps = open_pinned(&self.view.dir)?;
         }
-        let iface_dir = PinDir::new(&self.iface)?;
-        let lock = self.shared_lock()?;
-        capacity::grow_pools(&self.iface, &iface_dir, &lock, needs)?;
-        self.view.maps = open_pinned(&self.view.dir)?;
+        let entries = super::v6tab::entries_needed(rules);
+        if super::v6tab::buckets_for(entries) > capacity::v6_pool(&self.maps)? {
+            let iface_dir = PinDir::new(&self.iface)?;
+            let lock = self.shared_lock()?;
+            capacity::grow_v6(&self.iface, &iface_dir, &lock, entries)?;
+            self.view.maps = open_pinned(&self.view.dir)?;
+        }
         Ok(())
     }
 

@@ -78,17 +78,24 @@ impl Program for Firewall {
         let pinned = match super::maps::open_pinned(dir) {
             // Unreadable pins are refused later, with the reason.
             Ok(maps) if attached_in(dir) => capacity::capacity(&maps)
-                .and_then(|c| Ok((c, capacity::pools(&maps)?)))
+                .and_then(|c| Ok((c, capacity::pools(&maps)?, capacity::v6_pool(&maps)?)))
                 .ok(),
             _ => None,
         };
         let wanted = capacity::capacity_for(fresh_ids(settings))?;
-        let pools = match &pinned {
-            Some((_, pools)) => pools.clone(),
-            None => capacity::pool_sizes(super::dir::pool_needs(config::rules_of(settings).iter())),
+        let (pools, buckets) = match &pinned {
+            Some((_, pools, v6)) => (pools.clone(), *v6),
+            None => {
+                let rules = config::rules_of(settings);
+                (
+                    capacity::pool_sizes(super::dir::pool_needs(rules.iter())),
+                    super::v6tab::pool_for(super::v6tab::entries_needed(rules.iter())),
+                )
+            }
         };
-        let mut sizes = capacity::sizes(pinned.map_or(0, |p| p.0).max(wanted));
+        let mut sizes = capacity::sizes(pinned.as_ref().map_or(0, |p| p.0).max(wanted));
         sizes.extend(pools);
+        sizes.extend(capacity::v6_sizes(buckets));
         Ok(sizes)
     }
 
@@ -123,10 +130,16 @@ impl Program for Firewall {
             capacity::grow(iface, iface_dir, lock, wanted)?;
         }
         if settings.contains_key("rules") {
-            let needs = super::dir::pool_needs(config::rules_of(settings).iter());
+            let rules = config::rules_of(settings);
+            let needs = super::dir::pool_needs(rules.iter());
             let maps = super::maps::open_pinned(&dir)?;
             if capacity::pools_short(&maps, needs)? {
                 capacity::grow_pools(iface, iface_dir, lock, needs)?;
+            }
+            let entries = super::v6tab::entries_needed(rules.iter());
+            let maps = super::maps::open_pinned(&dir)?;
+            if super::v6tab::buckets_for(entries) > capacity::v6_pool(&maps)? {
+                capacity::grow_v6(iface, iface_dir, lock, entries)?;
             }
         }
         Ok(())

@@ -1,0 +1,561 @@
+//! IPv6 prefix tables (see docs/firewall.md, "IPv6 prefix rules"): binary
+//! search on prefix lengths (Waldvogel et al.) over hash tables in array
+//! maps, so the program reads at most [`V6_MAX_PROBES`] x 2 buckets, the
+//! nodes, the root and the rule, with no helper call and no pointer walk.
+//!
+//! A search holds a sorted list of candidate lengths (at first every
+//! length of the field above /0). It probes the shortest first, then
+//! midpoints `lens[(k - 1) / 2]` (the address masked to that length). A
+//! miss goes on with the shorter half (after the shortest: nothing, the
+//! address is in no listed prefix). A hit on entry E goes on with the
+//! lengths of the listed prefixes inside E, among the longer half: none of
+//! the others can match (Waldvogel's ropes). Each midpoint probe at least
+//! halves the list, so 128 lengths take at most 1 + 7 probes. Every prefix
+//! leaves a *marker* (its address masked to the probed length) where its
+//! own search hits on its way; each entry, prefix or marker, carries the
+//! best rule of the longest listed prefix containing it (a prefix's own
+//! compiled value: the inherited best rule), so the last hit of a search
+//! is the answer. The lists a search may go on with are trees of
+//! [`V6Node`]s (midpoint, left = shorter half), each distinct list once;
+//! an entry names the tree after it.
+
+use foldhash::HashMap;
+use ipnet::IpNet;
+use xdpkit_common::firewall::{
+    v6_buckets, v6_mask, v6_tag, RuleRef, V6Bucket, V6Node, V6Root, V6Slot, FW_V6_MAX_BUCKETS,
+    FW_V6_MIN_BUCKETS, FW_V6_NODES, V6_NEXT_SHIFT, V6_NO_NODE, V6_TAG_MASK,
+};
+
+/// A compiled prefix and its (inherited) rule.
+type Prefix = (IpNet, RuleRef);
+
+/// An IPv6 table: the buckets in use, the trees and the roots.
+#[derive(Clone, Debug)]
+pub struct V6Table {
+    /// The buckets in use.
+    pub buckets: Vec<V6Bucket>,
+    /// Field 0 (src) and 1 (dst).
+    pub roots: [V6Root; 2],
+    /// The nodes of every tree.
+    pub nodes: Vec<V6Node>,
+    /// Entries (prefixes and markers) in the buckets.
+    pub entries: usize,
+}
+
+/// `addr` masked to `len` bits.
+fn trunc(addr: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        addr & (u128::MAX << (128 - u32::from(len)))
+    }
+}
+
+/// The address and length of an IPv6 net, masked.
+fn key_of(net: &IpNet) -> Option<(u128, u8)> {
+    match net {
+        IpNet::V6(n) => Some((trunc(u128::from(n.addr()), n.prefix_len()), n.prefix_len())),
+        IpNet::V4(_) => None,
+    }
+}
+
+/// The entries of one field: `(address, length)` -> (the list of lengths
+/// the search goes on with after a hit there, the rule + 1 if it is a
+/// listed prefix).
+type Entries = HashMap<(u128, u8), (Vec<u8>, Option<u32>)>;
+
+/// The entries of a field whose listed prefixes are `reals` (`(address,
+/// length)` -> rule + 1), and the list of lengths a search starts with.
+fn field_entries(reals: &HashMap<(u128, u8), u32>) -> (Entries, Vec<u8>) {
+    let mut sorted: Vec<(u128, u8)> = reals.keys().copied().collect();
+    sorted.sort_unstable();
+    let mut all: Vec<u8> = sorted.iter().map(|k| k.1).filter(|l| *l > 0).collect();
+    all.sort_unstable();
+    all.dedup();
+    // The lengths of the listed prefixes strictly inside `addr/len`.
+    let inside = |addr: u128, len: u8| -> Vec<u8> {
+        let last = addr | !trunc(u128::MAX, len);
+        let from = sorted.partition_point(|k| k.0 < addr);
+        let mut lens: Vec<u8> = sorted[from..]
+            .iter()
+            .take_while(|k| k.0 <= last)
+            .map(|k| k.1)
+            .filter(|l| *l > len)
+            .collect();
+        lens.sort_unstable();
+        lens.dedup();
+        lens
+    };
+    let mut entries: Entries = HashMap::default();
+    for &(addr, len) in &sorted {
+        if len == 0 {
+            continue;
+        }
+        // The search for the prefix itself, as the program makes it: the
+        // shortest length first, then midpoints.
+        let mut cands = all.clone();
+        let mut first = true;
+        loop {
+            let mid = if first { 0 } else { (cands.len() - 1) / 2 };
+            first = false;
+            let at = cands[mid];
+            if at > len {
+                cands.truncate(mid);
+                continue;
+            }
+            let key = (trunc(addr, at), at);
+            let next = match entries.get(&key) {
+                Some((next, _)) => next.clone(),
+                None => {
+                    let longer = &cands[mid + 1..];
+                    let next: Vec<u8> = inside(key.0, at)
+                        .into_iter()
+                        .filter(|l| longer.binary_search(l).is_ok())
+                        .collect();
+                    entries.insert(key, (next.clone(), reals.get(&key).copied()));
+                    next
+                }
+            };
+            if at == len {
+                break;
+            }
+            cands = next;
+        }
+    }
+    (entries, all)
+}
+
+/// The listed prefixes of both IPv6 fields of `rules` (value: rule + 1).
+fn reals_of<'r>(rules: impl IntoIterator<Item = &'r super::Rule>) -> [HashMap<(u128, u8), u32>; 2] {
+    let mut fields: [HashMap<(u128, u8), u32>; 2] = Default::default();
+    for rule in rules {
+        if let Some((field @ 2..=3, net)) = super::kernel::prefix_field(rule) {
+            if let Some(key) = key_of(&net) {
+                fields[field - 2].insert(key, 1);
+            }
+        }
+    }
+    fields
+}
+
+/// Table entries (prefixes and markers, /0 aside) of the IPv6 prefix rules
+/// among `rules`: what the table must hold.
+pub fn entries_needed<'r>(rules: impl IntoIterator<Item = &'r super::Rule>) -> usize {
+    reals_of(rules)
+        .iter()
+        .map(|reals| field_entries(reals).0.len())
+        .sum()
+}
+
+/// Buckets a table of `entries` entries uses: the table 90% full, a
+/// multiple of 16 (cuckoo insertion into two choices of four-entry buckets
+/// places every entry up to about 97%; on a failure the build tries more
+/// buckets, up to the map's).
+pub fn buckets_for(entries: usize) -> u32 {
+    let wanted = (entries * 10).div_ceil(36).min(FW_V6_MAX_BUCKETS as usize) as u32;
+    wanted
+        .next_multiple_of(16)
+        .clamp(FW_V6_MIN_BUCKETS, FW_V6_MAX_BUCKETS)
+}
+
+/// Buckets a map gets when a ruleset of `entries` entries needs it to grow:
+/// a quarter more than it uses, so the next adds fit without growing.
+pub fn pool_for(entries: usize) -> u32 {
+    buckets_for(entries + entries / 4)
+}
+
+/// The trees of the lists of lengths, each distinct list once.
+#[derive(Default)]
+struct Trees {
+    nodes: Vec<V6Node>,
+    made: HashMap<Vec<u8>, u32>,
+}
+
+impl Trees {
+    /// The first node of a field's search: its shortest length `lens[0]`,
+    /// nothing after a miss (nothing shorter is listed).
+    fn start(&mut self, lens: &[u8]) -> u32 {
+        let Some(&shortest) = lens.first() else {
+            return V6_NO_NODE;
+        };
+        let len = u32::from(shortest);
+        let (mask_hi, mask_lo) = v6_mask(u64::MAX, u64::MAX, len);
+        self.nodes.push(V6Node {
+            len,
+            left: V6_NO_NODE,
+            mask_hi,
+            mask_lo,
+        });
+        self.nodes.len() as u32 - 1
+    }
+
+    /// The first node of the tree of `lens` (ascending): its midpoint,
+    /// left = the tree of the shorter half.
+    fn of(&mut self, lens: &[u8]) -> u32 {
+        if lens.is_empty() {
+            return V6_NO_NODE;
+        }
+        if let Some(&at) = self.made.get(lens) {
+            return at;
+        }
+        let mid = (lens.len() - 1) / 2;
+        let left = self.of(&lens[..mid]);
+        let len = u32::from(lens[mid]);
+        let (mask_hi, mask_lo) = v6_mask(u64::MAX, u64::MAX, len);
+        let at = self.nodes.len() as u32;
+        self.nodes.push(V6Node {
+            len,
+            left,
+            mask_hi,
+            mask_lo,
+        });
+        self.made.insert(lens.to_vec(), at);
+        at
+    }
+}
+
+/// One entry as the table holds it.
+struct Placed {
+    hi: u64,
+    lo: u64,
+    key: u32,
+    rule: u32,
+}
+
+/// One field's entries with their rule + 1 and next node, and its root.
+fn field_slots(
+    prefixes: &[Prefix],
+    field: u32,
+    trees: &mut Trees,
+    leaf: &dyn Fn(&RuleRef) -> u32,
+) -> (Vec<Placed>, V6Root) {
+    let mut reals: HashMap<(u128, u8), u32> = HashMap::default();
+    for (net, rule) in prefixes {
+        if let Some(key) = key_of(net) {
+            reals.insert(key, leaf(rule));
+        }
+    }
+    let (entries, all) = field_entries(&reals);
+    let root = V6Root {
+        zero: reals.get(&(0, 0)).copied().unwrap_or(0),
+        buckets: 0,
+        root: trees.start(&all),
+        _pad: 0,
+    };
+    // Address order (shorter first at one address): each entry comes after
+    // the prefixes containing it, and those still open form a chain whose
+    // top is the longest listed prefix containing a marker.
+    let mut order: Vec<(u128, u8)> = entries.keys().copied().collect();
+    if let Some(&zero) = reals.get(&(0, 0)) {
+        order.push((0, 0));
+        let _ = zero;
+    }
+    order.sort_unstable();
+    let mut chain: Vec<(u128, u8, u32)> = Vec::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for (addr, len) in order {
+        while chain
+            .last()
+            .is_some_and(|&(a, l, _)| l > len || trunc(addr, l) != a)
+        {
+            chain.pop();
+        }
+        let own = reals.get(&(addr, len)).copied();
+        let rule = match own {
+            Some(r) => {
+                chain.push((addr, len, r));
+                r
+            }
+            None => chain.last().map_or(0, |&(_, _, r)| r),
+        };
+        if len == 0 {
+            continue;
+        }
+        let next = trees.of(&entries[&(addr, len)].0);
+        out.push(Placed {
+            hi: (addr >> 64) as u64,
+            lo: addr as u64,
+            key: v6_tag(field, u32::from(len)) | (next << V6_NEXT_SHIFT),
+            rule,
+        });
+    }
+    (out, root)
+}
+
+/// The table of the compiled IPv6 prefixes of both fields, with at most
+/// `pool` buckets (the map's); `None` when they do not fit (then they stay
+/// in the tries) or there are none.
+pub fn build(src6: &[Prefix], dst6: &[Prefix], pool: u32) -> Option<V6Table> {
+    build_by(src6, dst6, pool, &|r| r.id + 1)
+}
+
+/// [`build`] with the leaf of each rule given by `leaf` (the set's dense
+/// rule numbers + 1, as `kernel::dense_refs` gives them).
+pub fn build_by(
+    src6: &[Prefix],
+    dst6: &[Prefix],
+    pool: u32,
+    leaf: &dyn Fn(&RuleRef) -> u32,
+) -> Option<V6Table> {
+    if src6.is_empty() && dst6.is_empty() {
+        return None;
+    }
+    let mut trees = Trees::default();
+    let (src, src_root) = field_slots(src6, 0, &mut trees, leaf);
+    let (dst, dst_root) = field_slots(dst6, 1, &mut trees, leaf);
+    if trees.nodes.len() > FW_V6_NODES as usize {
+        return None;
+    }
+    let entries = src.len() + dst.len();
+    let pool = pool.min(FW_V6_MAX_BUCKETS);
+    let first = buckets_for(entries);
+    let mut tries = vec![first, first + first / 8, first + first / 4, pool];
+    tries.retain(|&n| n <= pool && n as usize * 4 >= entries);
+    tries.dedup();
+    for count in tries {
+        if let Some(buckets) = place(&[&src, &dst], count) {
+            let mut roots = [src_root, dst_root];
+            for root in &mut roots {
+                root.buckets = count;
+            }
+            return Some(V6Table {
+                buckets,
+                roots,
+                nodes: trees.nodes,
+                entries,
+            });
+        }
+    }
+    None
+}
+
+/// Moves of one insertion before the build gives up on a table size.
+const MAX_KICKS: usize = 2000;
+
+/// The entries of both fields in `count` buckets, each in one of its
+/// two, the first if it has room (cuckoo insertion: an entry that finds both full takes the place of
+/// one already there, which moves to its other bucket, and so on); `None`
+/// if an insertion still finds no room after [`MAX_KICKS`] moves.
+fn place(fields: &[&Vec<Placed>; 2], count: u32) -> Option<Vec<V6Bucket>> {
+    let mut table = vec![V6Bucket::default(); count as usize];
+    let mut kick = 0usize;
+    let free = |t: &[V6Bucket], i: u32| t[i as usize].slots.iter().filter(|s| s.key == 0).count();
+    for entries in fields {
+        for p in entries.iter() {
+            let mut entry = V6Slot {
+                hi: p.hi,
+                lo: p.lo,
+                key: p.key,
+                rule: p.rule,
+            };
+            let [first, second] = v6_buckets(p.hi, p.lo, p.key & V6_TAG_MASK, count);
+            // The first bucket while it has room: the program reads it
+            // first, so a hit there costs one bucket read, not two.
+            let mut at = if free(&table, first) > 0 {
+                first
+            } else {
+                second
+            };
+            let mut placed = false;
+            for _ in 0..MAX_KICKS {
+                if let Some(slot) = table[at as usize].slots.iter_mut().find(|s| s.key == 0) {
+                    *slot = entry;
+                    placed = true;
+                    break;
+                }
+                // Full: evict one (in turn) and send it to its other bucket.
+                kick = kick.wrapping_add(1);
+                std::mem::swap(&mut table[at as usize].slots[kick % 4], &mut entry);
+                let [a, b] = v6_buckets(entry.hi, entry.lo, entry.key & V6_TAG_MASK, count);
+                at = if a == at { b } else { a };
+            }
+            if !placed {
+                return None;
+            }
+        }
+    }
+    Some(table)
+}
+
+impl V6Table {
+    /// What the program finds for `addr` in `field` (0 src, 1 dst): rule
+    /// id + 1 (0 for none) and the probes it took. The same search as the
+    /// kernel's.
+    pub fn lookup(&self, field: usize, addr: u128) -> (u32, u32) {
+        let root = &self.roots[field];
+        let (hi, lo) = ((addr >> 64) as u64, addr as u64);
+        let mut best = root.zero;
+        let mut node = root.root;
+        let mut probes = 0;
+        // Unbounded here, to count: the tests hold it to V6_MAX_PROBES.
+        while let Some(n) = self.nodes.get(node as usize) {
+            probes += 1;
+            let (mhi, mlo) = (hi & n.mask_hi, lo & n.mask_lo);
+            let tag = v6_tag(field as u32, n.len);
+            let found = v6_buckets(mhi, mlo, tag, root.buckets)
+                .iter()
+                .flat_map(|b| self.buckets[*b as usize].slots)
+                .find(|s| s.key & V6_TAG_MASK == tag && s.hi == mhi && s.lo == mlo);
+            match found {
+                Some(slot) => {
+                    best = slot.rule;
+                    node = slot.key >> V6_NEXT_SHIFT;
+                }
+                None => node = n.left,
+            }
+        }
+        (best, probes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xdpkit_common::firewall::V6_MAX_PROBES;
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    fn net(addr: u128, len: u8) -> IpNet {
+        IpNet::V6(ipnet::Ipv6Net::new(trunc(addr, len).into(), len).unwrap())
+    }
+
+    /// The search finds the longest listed prefix of every address, at
+    /// every mix of lengths: against a scan of the prefixes.
+    #[test]
+    fn the_search_finds_the_longest_listed_prefix() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut most = 0;
+        for round in 0..300 {
+            let base = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            let lens: Vec<u8> = match round % 3 {
+                0 => (0..=128).collect(),
+                1 => (0..6).map(|_| (rng.next() % 129) as u8).collect(),
+                _ => (32..=64).collect(),
+            };
+            let mut prefixes: Vec<Prefix> = Vec::new();
+            for i in 0..40 {
+                let len = lens[(rng.next() as usize) % lens.len()];
+                // Near the base: nested and neighbouring prefixes.
+                let flip = if i % 2 == 0 {
+                    0
+                } else {
+                    1u128 << (rng.next() % 128)
+                };
+                let rule = RuleRef {
+                    id: i,
+                    ..RuleRef::default()
+                };
+                prefixes.push((net(base ^ flip, len), rule));
+            }
+            prefixes.sort_by_key(|(n, _)| *n);
+            prefixes.dedup_by_key(|(n, _)| *n);
+            let table = build(&prefixes, &[], FW_V6_MAX_BUCKETS).unwrap();
+            let mut addrs = vec![base];
+            for (n, _) in &prefixes {
+                let IpNet::V6(n) = n else { unreachable!() };
+                let (first, last) = (u128::from(n.network()), u128::from(n.broadcast()));
+                addrs.extend([first, last, first.wrapping_sub(1), last.wrapping_add(1)]);
+            }
+            for bit in 0..128 {
+                addrs.push(base ^ (1 << bit));
+            }
+            for addr in addrs {
+                let want = prefixes
+                    .iter()
+                    .filter(|(n, _)| {
+                        n.contains(&IpNet::V6(ipnet::Ipv6Net::from(std::net::Ipv6Addr::from(
+                            addr,
+                        ))))
+                    })
+                    .max_by_key(|(n, _)| n.prefix_len())
+                    .map_or(0, |(_, r)| r.id + 1);
+                let (found, probes) = table.lookup(0, addr);
+                assert_eq!(found, want, "round {round} addr {addr:x}");
+                assert!(probes <= V6_MAX_PROBES, "{probes} probes");
+                most = most.max(probes);
+                assert_eq!(table.lookup(1, addr).0, 0);
+            }
+        }
+        assert!(most > 1);
+    }
+
+    /// Every length /1../128 listed along one address and beside it: the
+    /// longest searches still take at most eight probes.
+    #[test]
+    fn every_length_takes_at_most_eight_probes() {
+        let mut rng = Rng(0x0bad_cafe_dead_beef);
+        for _ in 0..20 {
+            let base = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            let mut prefixes: Vec<Prefix> = Vec::new();
+            for len in 0..=128u8 {
+                let rule = RuleRef {
+                    id: u32::from(len),
+                    ..RuleRef::default()
+                };
+                prefixes.push((net(base, len), rule));
+                if len > 0 {
+                    let beside = base ^ (1u128 << (128 - u32::from(len)));
+                    let rule = RuleRef {
+                        id: 1000 + u32::from(len),
+                        ..RuleRef::default()
+                    };
+                    prefixes.push((net(beside, len), rule));
+                }
+            }
+            let table = build(&prefixes, &[], FW_V6_MAX_BUCKETS).unwrap();
+            for len in 0..=128u32 {
+                let addr = if len == 128 {
+                    base
+                } else {
+                    base ^ (1u128 << len)
+                };
+                let (_, probes) = table.lookup(0, addr);
+                assert!(probes <= V6_MAX_PROBES, "{probes} probes");
+            }
+        }
+    }
+
+    #[test]
+    fn tables_are_sized_to_their_entries() {
+        assert_eq!(buckets_for(0), FW_V6_MIN_BUCKETS);
+        assert_eq!(buckets_for(200), 64);
+        assert_eq!(buckets_for(300_000), 83_344);
+        assert_eq!(pool_for(300_000), 104_176);
+        let prefixes: Vec<Prefix> = (0..100_000u128)
+            .map(|i| {
+                let rule = RuleRef {
+                    id: i as u32,
+                    ..RuleRef::default()
+                };
+                (net((0x2001_0db8u128 << 96) | (i << 64), 64), rule)
+            })
+            .collect();
+        let table = build(&prefixes, &[], FW_V6_MAX_BUCKETS).unwrap();
+        assert_eq!(table.entries, 100_000);
+        assert_eq!(table.buckets.len() as u32, buckets_for(100_000));
+        // 90% full, most entries still sit in their first bucket (a hit
+        // there is one bucket read).
+        let count = table.buckets.len() as u32;
+        let first = table
+            .buckets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| b.slots.iter().map(move |s| (i as u32, s)))
+            .filter(|(i, s)| {
+                s.key != 0 && v6_buckets(s.hi, s.lo, s.key & V6_TAG_MASK, count)[0] == *i
+            })
+            .count();
+        println!("{first} of 100000 entries in their first bucket");
+        assert!(first >= 70_000, "{first}");
+    }
+}
