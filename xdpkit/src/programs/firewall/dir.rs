@@ -106,6 +106,21 @@ impl Dir4 {
     ) -> Result<Dir4Spill, PoolFull> {
         let mut dir = Dir4::default();
         let mut spill: [Vec<(Ipv4Net, RuleRef)>; 2] = [Vec::new(), Vec::new()];
+        // Second-level chunks first, for both fields: a /16 whose only
+        // longer prefix is a /28 must not find the pool taken by the
+        // third-level chunks of others (that would send every IPv4 prefix
+        // to the tries, where spilling its /24 suffices).
+        for (field, entries) in [src, dst].into_iter().enumerate() {
+            for (net, _) in entries.iter().filter(|(n, _)| n.prefix_len() > 16) {
+                let l1 = At::L1((field << 16) | (u32::from(net.network()) >> 16) as usize);
+                if dir.get(l1) & DIR_CHUNK == 0 {
+                    if dir.chunks.len() >= pool {
+                        return Err(PoolFull);
+                    }
+                    dir.chunk_below(l1, &mut |_| {})?;
+                }
+            }
+        }
         for (field, entries) in [src, dst].into_iter().enumerate() {
             let by_leaf: HashMap<DirSlot, RuleRef> =
                 entries.iter().map(|(_, r)| (leaf(r), *r)).collect();
@@ -115,10 +130,6 @@ impl Dir4 {
             for (net, rule) in sorted {
                 let addr = u32::from(net.network());
                 let l1 = At::L1((field << 16) | (addr >> 16) as usize);
-                let full = dir.chunks.len() >= pool;
-                if net.prefix_len() > 16 && full && dir.get(l1) & DIR_CHUNK == 0 {
-                    return Err(PoolFull);
-                }
                 if net.prefix_len() > 24 {
                     let c2 = dir.chunk_below(l1, &mut |_| {})?;
                     let mid = At::Chunk(c2, ((addr >> 8) & 0xff) as usize);
@@ -1100,6 +1111,18 @@ mod tests {
                 ("10.1.3.7/32".to_string(), 4, 0),
             ]
         );
+        // A /16 whose only longer prefix is a /25 still gets its
+        // second-level chunk before the third-level ones take the pool:
+        // its /24 is spilled, not the whole table.
+        let mut more = src.to_vec();
+        more.push((net("10.2.5.0/25"), r(5, 2)));
+        let built = Dir4::build_within(&more, &[], 3).unwrap();
+        assert_eq!(built.table.chunks.len(), 3);
+        assert_eq!(
+            built.table.lookup(0, u32::from_be_bytes([10, 2, 5, 1])),
+            DIR_TRIE
+        );
+        assert!(built.spill[0].iter().any(|(n, _)| *n == net("10.2.5.0/25")));
         // No room for the /24 chunk: every IPv4 prefix goes to the tries.
         assert_eq!(Dir4::build_within(&src, &[], 0).unwrap_err(), PoolFull);
         assert_eq!(Dir4::build(&src, &[]).unwrap().chunks.len(), 3);
