@@ -850,7 +850,7 @@ pub fn pool_needs<'r>(
     let mut prefixes: [Vec<(IpNet, (u32, u32))>; 4] = Default::default();
     for (order, rule) in rules.into_iter().enumerate() {
         rate_limits |= matches!(rule.action, super::Action::RateLimit(_));
-        if !super::kernel::is_prefix_rule(rule) {
+        if !super::rule::is_prefix_rule(rule) {
             continue;
         }
         let rank = (rule.prio, order as u32);

@@ -25,7 +25,7 @@ use xdpkit_common::{
 
 use super::{
     bulk::{write_hash_fd, write_trie_fd},
-    Action, Entry, FragmentPolicy, Policy, Rule, Ruleset, Verdict,
+    Action, Entry, FragmentPolicy, Policy, Ruleset, Verdict,
 };
 use crate::error::map_err;
 use crate::maps::{
@@ -37,15 +37,7 @@ use crate::{object, testrun::TestRunOutcome, Error, Result};
 /// The firewall's function (and kernel program) name.
 pub const SYMBOL: &str = "xdpkit_firewall";
 
-/// Whether the kernel program handles `rule` in this stage (a prefix rule).
-pub fn is_prefix_rule(rule: &Rule) -> bool {
-    let only_prefix = rule.proto.is_none()
-        && rule.sport.is_none()
-        && rule.dport.is_none()
-        && rule.smac.is_none()
-        && rule.vlan.is_none();
-    only_prefix && (rule.src.is_some() != rule.dst.is_some())
-}
+pub use super::rule::{is_prefix_rule, prefix_field};
 
 /// The kernel's view of an entry: rank, id, action.
 pub fn rule_ref(entry: &Entry) -> RuleRef {
@@ -61,25 +53,6 @@ pub fn rule_ref(entry: &Entry) -> RuleRef {
         pps,
         prefix_len: 0,
     }
-}
-
-/// Which trie a prefix rule lives in: 0 src4, 1 dst4, 2 src6, 3 dst6.
-pub fn prefix_field(rule: &Rule) -> Option<(usize, IpNet)> {
-    if !is_prefix_rule(rule) {
-        return None;
-    }
-    let (net, is_src) = match (rule.src, rule.dst) {
-        (Some(net), None) => (net, true),
-        (None, Some(net)) => (net, false),
-        _ => return None,
-    };
-    let field = match (is_src, net) {
-        (true, IpNet::V4(_)) => 0,
-        (false, IpNet::V4(_)) => 1,
-        (true, IpNet::V6(_)) => 2,
-        (false, IpNet::V6(_)) => 3,
-    };
-    Some((field, net))
 }
 
 /// Prefix-trie contents: for every prefix, the best rule among those on it

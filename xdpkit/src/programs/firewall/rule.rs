@@ -371,6 +371,35 @@ impl fmt::Display for Rule {
     }
 }
 
+/// Whether the kernel program handles `rule` in this stage (a prefix rule).
+pub fn is_prefix_rule(rule: &Rule) -> bool {
+    let only_prefix = rule.proto.is_none()
+        && rule.sport.is_none()
+        && rule.dport.is_none()
+        && rule.smac.is_none()
+        && rule.vlan.is_none();
+    only_prefix && (rule.src.is_some() != rule.dst.is_some())
+}
+
+/// Which prefix table a prefix rule lives in: 0 src4, 1 dst4, 2 src6, 3 dst6.
+pub fn prefix_field(rule: &Rule) -> Option<(usize, IpNet)> {
+    if !is_prefix_rule(rule) {
+        return None;
+    }
+    let (net, is_src) = match (rule.src, rule.dst) {
+        (Some(net), None) => (net, true),
+        (None, Some(net)) => (net, false),
+        _ => return None,
+    };
+    let field = match (is_src, net) {
+        (true, IpNet::V4(_)) => 0,
+        (false, IpNet::V4(_)) => 1,
+        (true, IpNet::V6(_)) => 2,
+        (false, IpNet::V6(_)) => 3,
+    };
+    Some((field, net))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

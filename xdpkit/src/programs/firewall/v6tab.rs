@@ -129,7 +129,7 @@ fn field_entries(reals: &HashMap<(u128, u8), u32>) -> (Entries, Vec<u8>) {
 fn reals_of<'r>(rules: impl IntoIterator<Item = &'r super::Rule>) -> [HashMap<(u128, u8), u32>; 2] {
     let mut fields: [HashMap<(u128, u8), u32>; 2] = Default::default();
     for rule in rules {
-        if let Some((field @ 2..=3, net)) = super::kernel::prefix_field(rule) {
+        if let Some((field @ 2..=3, net)) = super::rule::prefix_field(rule) {
             if let Some(key) = key_of(&net) {
                 fields[field - 2].insert(key, 1);
             }
