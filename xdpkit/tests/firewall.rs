@@ -748,19 +748,36 @@ fn edge_frames(
 ) -> u64 {
     let srcs = edge_addrs(rng, rules, base);
     let dsts = edge_addrs(rng, rules, dbase);
+    frames_agree(harness, rng, rules, (&srcs, &dsts), count, udp4, |a| {
+        std::net::Ipv4Addr::from(a).into()
+    })
+}
+
+/// Runs `count` frames from and to addresses picked from `srcs` and `dsts`
+/// (built by `frame`) through the kernel and the model: the deciding rule
+/// must be the same. Returns how many.
+fn frames_agree<A: Copy>(
+    harness: &mut FirewallHarness,
+    rng: &mut Rng,
+    rules: &Ruleset,
+    (srcs, dsts): (&[A], &[A]),
+    count: usize,
+    frame: fn(A, A) -> Vec<u8>,
+    show: fn(A) -> std::net::IpAddr,
+) -> u64 {
     let policy = Policy::default();
     let mut rate = RateState::default();
     for _ in 0..count {
-        let (s, d) = (rng.pick(&srcs), rng.pick(&dsts));
-        let frame = udp4(s, d);
+        let (s, d) = (rng.pick(srcs), rng.pick(dsts));
+        let frame = frame(s, d);
         let want = decide(rules, &policy, &frame, &mut rate, 0);
         let (_, trace) = harness.run(&frame).unwrap();
         assert_eq!(
             trace.rule,
             want.rule.unwrap_or(NO_RULE),
             "src {} dst {}, rules:\n{rules}",
-            std::net::Ipv4Addr::from(s),
-            std::net::Ipv4Addr::from(d)
+            show(s),
+            show(d)
         );
     }
     count as u64
@@ -1143,22 +1160,9 @@ fn edge_frames6(
 ) -> u64 {
     let srcs = edge_addrs6(rng, rules, base);
     let dsts = edge_addrs6(rng, rules, dbase);
-    let policy = Policy::default();
-    let mut rate = RateState::default();
-    for _ in 0..count {
-        let (s, d) = (rng.pick(&srcs), rng.pick(&dsts));
-        let frame = udp6(s, d);
-        let want = decide(rules, &policy, &frame, &mut rate, 0);
-        let (_, trace) = harness.run(&frame).unwrap();
-        assert_eq!(
-            trace.rule,
-            want.rule.unwrap_or(NO_RULE),
-            "src {} dst {}, rules:\n{rules}",
-            std::net::Ipv6Addr::from(s),
-            std::net::Ipv6Addr::from(d)
-        );
-    }
-    count as u64
+    frames_agree(harness, rng, rules, (&srcs, &dsts), count, udp6, |a| {
+        std::net::Ipv6Addr::from(a).into()
+    })
 }
 
 /// Which structure holds the active set's IPv6 prefixes: (table, trie).
