@@ -413,18 +413,7 @@ fn setup(
     prefixes: &[IpNet],
 ) -> BoxResult<()> {
     match c {
-        Contender::BareDrop | Contender::DropHash => {
-            let obj = &anchors
-                .iter()
-                .find(|(a, _)| *a == c)
-                .ok_or("anchor not built")?
-                .1;
-            run(lab
-                .command("dut", "ip")
-                .args(["-force", "link", "set", "dev", DUT_IF, "xdpdrv", "obj"])
-                .arg(obj)
-                .args(["sec", "xdp"]))?;
-        }
+        Contender::BareDrop | Contender::DropHash => attach_anchor(lab, c, anchors)?,
         Contender::Firewall => {
             let rules = rules.clone();
             lab.run_in("dut", move || -> Result<(), xdpkit::Error> {
@@ -448,6 +437,21 @@ fn setup(
             r?;
         }
     }
+    Ok(())
+}
+
+/// Attaches anchor `c`'s object (built by `build_anchors`) to the DUT.
+fn attach_anchor(lab: &Lab, c: Contender, anchors: &[(Contender, PathBuf)]) -> BoxResult<()> {
+    let obj = &anchors
+        .iter()
+        .find(|(a, _)| *a == c)
+        .ok_or("anchor not built")?
+        .1;
+    run(lab
+        .command("dut", "ip")
+        .args(["-force", "link", "set", "dev", DUT_IF, "xdpdrv", "obj"])
+        .arg(obj)
+        .args(["sec", "xdp"]))?;
     Ok(())
 }
 

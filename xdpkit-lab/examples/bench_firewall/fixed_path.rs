@@ -22,7 +22,9 @@ use xdpkit::{
 };
 use xdpkit_lab::benchkit::{output, run, OneCoreLab, Trials};
 
-use super::{fw_policy, median, BoxResult, Contender, Flood, Options, DUT_IF, GEN_IF};
+use super::{
+    attach_anchor, fw_policy, median, BoxResult, Contender, Flood, Options, DUT_IF, GEN_IF,
+};
 
 /// No big maps here: a short pause after each teardown is enough.
 const SETTLE: Duration = Duration::from_millis(1000);
@@ -130,16 +132,7 @@ fn setup(bl: &OneCoreLab, c: Fixed, anchors: &[(Contender, PathBuf)]) -> BoxResu
             } else {
                 Contender::DropHash
             };
-            let obj = &anchors
-                .iter()
-                .find(|(a, _)| *a == want)
-                .ok_or("anchor not built")?
-                .1;
-            run(lab
-                .command("dut", "ip")
-                .args(["-force", "link", "set", "dev", DUT_IF, "xdpdrv", "obj"])
-                .arg(obj)
-                .args(["sec", "xdp"]))?;
+            attach_anchor(lab, want, anchors)?;
             Ok(Attached { alone: None })
         }
         Fixed::Firewall => {
