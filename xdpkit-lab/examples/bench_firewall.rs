@@ -152,7 +152,10 @@ impl Flood {
     }
 
     fn frame(self, lab: &Lab) -> BoxResult<Vec<u8>> {
-        let (src_mac, dst_mac) = (lab.mac("gen", GEN_IF)?, lab.mac("dut", DUT_IF)?);
+        self.frame_between(lab.mac("gen", GEN_IF)?, lab.mac("dut", DUT_IF)?)
+    }
+
+    fn frame_between(self, src_mac: [u8; 6], dst_mac: [u8; 6]) -> BoxResult<Vec<u8>> {
         Ok(match self.sources() {
             IpNet::V4(net) => udp_frame(src_mac, dst_mac, net.network(), DUT_ADDR, (1234, 9), 60),
             IpNet::V6(net) => udp6_frame(
@@ -175,6 +178,7 @@ struct Options {
     out: PathBuf,
     anchors: PathBuf,
     fixed_path: bool,
+    test_run_only: bool,
 }
 
 fn options() -> BoxResult<Options> {
@@ -190,6 +194,7 @@ fn options() -> BoxResult<Options> {
         out: workspace.join("target/bench"),
         anchors: workspace.join("../shared/perf/anchors"),
         fixed_path: false,
+        test_run_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -202,11 +207,12 @@ fn options() -> BoxResult<Options> {
             "--out" => o.out = PathBuf::from(value()?),
             "--anchors" => o.anchors = PathBuf::from(value()?),
             "--fixed-path" => o.fixed_path = true,
+            "--test-run-only" => o.test_run_only = true,
             "-h" | "--help" => {
                 println!(
                     "bench_firewall [--rounds N (5)] [--trial-secs S (2)] [--prefixes N (1000000)] \
                      [--repeat R (1000000)] [--out DIR (target/bench)] \
-                     [--anchors DIR (../shared/perf/anchors)] [--fixed-path]"
+                     [--anchors DIR (../shared/perf/anchors)] [--fixed-path] [--test-run-only]"
                 );
                 std::process::exit(0);
             }
@@ -242,6 +248,9 @@ fn main() -> BoxResult<()> {
     }
     let prefixes = prefixes(o.prefixes);
     let rules = deny_rules(&prefixes)?;
+    if o.test_run_only {
+        return print_test_run(&rules, &o);
+    }
     let bench_lab = OneCoreLab::new("xkbf", GEN_IF, DUT_IF, "198.18.60.0/24")?;
     let lab = &bench_lab.lab;
     // Replies to IPv6 are not needed, but the veth needs no address for XDP.
@@ -528,6 +537,38 @@ fn test_run_ns(rules: &Ruleset, frames: &[Vec<u8>], repeat: u32) -> BoxResult<Te
         .map(|f| Ok(h.ns_per_frame(f, repeat)? as f64))
         .collect::<BoxResult<_>>()?;
     Ok(TestRunNs { drop, firewall })
+}
+
+/// `--test-run-only`: the test_run column alone, no lab (for profiling
+/// the program between changes).
+fn print_test_run(rules: &Ruleset, o: &Options) -> BoxResult<()> {
+    let frames: Vec<Vec<u8>> = Flood::ALL
+        .iter()
+        .map(|f| f.frame_between([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]))
+        .collect::<BoxResult<_>>()?;
+    // The least of five: test_run is cache-hot, so noise only adds.
+    let runs: Vec<TestRunNs> = (0..5)
+        .map(|_| test_run_ns(rules, &frames, o.repeat))
+        .collect::<BoxResult<_>>()?;
+    {
+        let mut h = FirewallHarness::new(fw_policy())?;
+        h.load_rules(rules)?;
+        let c = h.config()?;
+        println!(
+            "config: active {:#x} present {:#x} table_bits {:?} dir_chunks {:?} dir_refs {:?}",
+            c.active, c.present, c.table_bits, c.dir_chunks, c.dir_refs
+        );
+    }
+    let least = |f: &dyn Fn(&TestRunNs) -> f64| runs.iter().map(f).fold(f64::INFINITY, f64::min);
+    for (i, flood) in Flood::ALL.iter().enumerate() {
+        println!(
+            "{:<44} test_run ns (least of 5): firewall {:>4.0}  bare drop {:>4.0}",
+            flood.name(),
+            least(&|r| r.firewall[i]),
+            least(&|r| r.drop[i])
+        );
+    }
+    Ok(())
 }
 
 struct TestRunNs {
