@@ -937,6 +937,8 @@ fn dir4_at_a_million_prefixes() {
         "FW_SRC4_1",
         "FW_HTAB4_0",
         "FW_HTAB4_1",
+        "FW_HBITS4_0",
+        "FW_HBITS4_1",
         "FW_DIR4_L1_0",
         "FW_DIR4_L1_1",
         "FW_DIR4_CH_0",

@@ -18,13 +18,13 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_dir, present_host, present_table, present_trie, v6_buckets, v6_tag,
-        Bucket, BucketKey, DirChunk, DirSlot, FwConfig, FwTrace, HostBucket, Outcome, RuleHits,
-        RuleRecord, RuleRef, V6Bucket, V6Node, V6Root, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL,
-        ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS,
-        FW_MAX_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS,
-        FW_V6_NODES, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS, V6_MAX_PROBES, V6_NEXT_SHIFT,
-        V6_TAG_MASK,
+        host_buckets, host_filter, present_dir, present_host, present_table, present_trie,
+        v6_buckets, v6_tag, Bucket, BucketKey, DirChunk, DirSlot, FwConfig, FwTrace, HostBucket,
+        Outcome, RuleHits, RuleRecord, RuleRef, V6Bucket, V6Node, ACTION_ALLOW, ACTION_DENY,
+        ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_DIR4_MAX_CHUNKS,
+        FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS,
+        FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
+        V6_MAX_PROBES, V6_NEXT_SHIFT, V6_TAG_MASK,
     },
     ActionCounter, XdpAction,
 };
@@ -100,6 +100,28 @@ fn table_lookup(set: u32, bits: u32, addr: [u8; 4]) -> Option<&'static RuleRef> 
     None
 }
 
+#[map(name = "FW_HBITS4_0")]
+static HBITS4_0: Array<u64> = Array::with_max_entries(FW_HOST_BUCKETS, 0);
+#[map(name = "FW_HBITS4_1")]
+static HBITS4_1: Array<u64> = Array::with_max_entries(FW_HOST_BUCKETS, 0);
+
+/// Whether the host table of `set` may hold IPv4 source `addr`: its bit in
+/// the table's filter (one inlined array read). Clear for most sources
+/// outside the /24s of listed hosts, which then skip the table.
+#[inline(always)]
+fn host_filter_passes(set: u32, bits: u32, addr: [u8; 4]) -> bool {
+    let (word, bit) = host_filter(addr, bits);
+    let w = if set == 0 {
+        HBITS4_0.get(word)
+    } else {
+        HBITS4_1.get(word)
+    };
+    match w {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
+}
+
 #[map(name = "FW_DIR4_L1_0")]
 static DIR4_L1_0: Array<DirSlot> = Array::with_max_entries(2 * DIR4_L1_SLOTS, 0);
 #[map(name = "FW_DIR4_L1_1")]
@@ -167,10 +189,6 @@ fn dir4_lookup(set: u32, field: u32, addr: u32) -> Result<Option<&'static RuleRe
 static V6TAB_0: Array<V6Bucket> = Array::with_max_entries(FW_V6_MAX_BUCKETS, 0);
 #[map(name = "FW_V6TAB_1")]
 static V6TAB_1: Array<V6Bucket> = Array::with_max_entries(FW_V6_MAX_BUCKETS, 0);
-#[map(name = "FW_V6ROOT_0")]
-static V6ROOT_0: Array<V6Root> = Array::with_max_entries(2, 0);
-#[map(name = "FW_V6ROOT_1")]
-static V6ROOT_1: Array<V6Root> = Array::with_max_entries(2, 0);
 #[map(name = "FW_V6NODE_0")]
 static V6NODE_0: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
 #[map(name = "FW_V6NODE_1")]
@@ -210,13 +228,14 @@ fn v6_probe(set: u32, count: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u3
 /// hit (a prefix or a marker) carries the best rule of the longest listed
 /// prefix it lies in.
 #[inline(always)]
-fn v6_lookup(set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> {
-    let root = if set == 0 {
-        V6ROOT_0.get(field)
+fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> {
+    // Branches, not indexes (see `judge`).
+    let roots = if set == 0 {
+        &cfg.v6_roots[0]
     } else {
-        V6ROOT_1.get(field)
+        &cfg.v6_roots[1]
     };
-    let root = root?;
+    let root = if field == 0 { &roots[0] } else { &roots[1] };
     let hi = u64::from_be_bytes([
         addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
     ]);
@@ -487,8 +506,8 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             (HSRC6_0, HSRC6_1),
             (SRC6_0, SRC6_1),
             (DST6_0, DST6_1),
-            v6_lookup(set, 0, &ip.src).ok_or(()).map(Some),
-            v6_lookup(set, 1, &ip.dst).ok_or(()).map(Some)
+            v6_lookup(cfg, set, 0, &ip.src).ok_or(()).map(Some),
+            v6_lookup(cfg, set, 1, &ip.dst).ok_or(()).map(Some)
         );
     } else {
         let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
@@ -508,7 +527,11 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
                 } else {
                     cfg.table_bits[1]
                 };
-                table_lookup(set, bits, s4)
+                if host_filter_passes(set, bits, s4) {
+                    table_lookup(set, bits, s4)
+                } else {
+                    None
+                }
             } else {
                 None
             },

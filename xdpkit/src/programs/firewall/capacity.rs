@@ -14,9 +14,9 @@ use aya::Pod;
 use xdpkit_common::firewall::V6Bucket;
 use xdpkit_common::firewall::{
     pool_entries, sized_entries, Bucket, BucketKey, DirChunk, HostBucket, RuleHits, RuleRecord,
-    RuleRef, FW_BUCKETS, FW_DEFAULT_RULE_IDS, FW_DIR4_CHUNKS, FW_DIR4_REFS, FW_HOST_SRC4,
-    FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_RULE_IDS, FW_POOL_MAPS, FW_RULES, FW_RULE_STATS,
-    FW_SIZED_MAPS, FW_V6TAB,
+    RuleRef, FW_BUCKETS, FW_DEFAULT_RULE_IDS, FW_DIR4_CHUNKS, FW_DIR4_REFS, FW_HOST_FILTER4,
+    FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4, FW_MAX_RULE_IDS, FW_POOL_MAPS, FW_RULES,
+    FW_RULE_STATS, FW_SIZED_MAPS, FW_V6TAB,
 };
 
 use super::{dir::PoolNeeds, kernel::read_config, maps::open_pinned, FirewallError, NAME};
@@ -274,6 +274,8 @@ fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result
         copy::<[u8; 16], RuleRef>(old, new)
     } else if FW_HOST_TABLE4.contains(&name) {
         copy::<u32, HostBucket>(old, new)
+    } else if FW_HOST_FILTER4.contains(&name) {
+        copy::<u32, u64>(old, new)
     } else if FW_DIR4_CHUNKS.contains(&name) {
         copy::<u32, DirChunk>(old, new)
     } else if FW_V6TAB.contains(&name) {

@@ -13,12 +13,12 @@ use aya::{
 use ipnet::IpNet;
 use xdpkit_common::{
     firewall::{
-        host_buckets, present_dir, present_host, present_table, present_trie, Bucket, BucketKey,
-        FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, ACTION_ALLOW, ACTION_DENY,
-        ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS,
-        FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4,
-        FW_SRC4, FW_SRC6, FW_TRACE, FW_V6NODE, FW_V6ROOT, FW_V6TAB, POLICY_DROP, POLICY_L3,
-        POLICY_PASS, TABLE_BITS,
+        host_buckets, host_filter, present_dir, present_host, present_table, present_trie, Bucket,
+        BucketKey, FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, V6Root, ACTION_ALLOW,
+        ACTION_DENY, ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG,
+        FW_DIR4_CHUNKS, FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_FILTER4, FW_HOST_SRC4,
+        FW_HOST_SRC6, FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, FW_V6NODE, FW_V6TAB, POLICY_DROP,
+        POLICY_L3, POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -150,6 +150,7 @@ pub fn config(policy: &Policy, active: u32, trace: bool) -> FwConfig {
         table_bits: [0; 2],
         dir_chunks: [0; 2],
         dir_refs: [0; 2],
+        v6_roots: Default::default(),
     }
 }
 
@@ -511,10 +512,12 @@ fn table_has(maps: &impl MapSource, set: usize, bits: u32, addr: [u8; 4]) -> Res
     Ok(false)
 }
 
-/// A host table for `hosts`: its buckets in use and their number as bits.
+/// A host table for `hosts`: its buckets in use, their number as bits, and
+/// its filter ([`FW_HOST_FILTER4`]: a word a bucket).
 struct HostTable {
     buckets: Vec<HostBucket>,
     bits: u32,
+    filter: Vec<u64>,
 }
 
 /// The host table holding `hosts` (IPv4 /32s), with at least a third as
@@ -580,10 +583,16 @@ fn host_table(hosts: &[Prefix], max_bits: u32) -> (HostTable, Vec<Prefix>) {
             overflow.push((IpNet::V4(ipnet::Ipv4Net::from(addr)), moving.rule));
         }
     }
+    let mut filter = vec![0u64; table.len()];
+    for slot in table.iter().flat_map(|b| &b.slots).filter(|s| s.used != 0) {
+        let (word, bit) = host_filter(slot.addr.to_ne_bytes(), bits);
+        filter[word as usize] |= bit;
+    }
     (
         HostTable {
             buckets: table,
             bits,
+            filter,
         },
         overflow,
     )
@@ -694,6 +703,8 @@ struct Written {
     dir_chunks: u32,
     /// [`FwConfig::dir_refs`] of the set.
     dir_refs: u32,
+    /// [`FwConfig::v6_roots`] of the set.
+    v6_roots: [V6Root; 2],
 }
 
 /// Set: IPv4 prefixes go to the LPM tries as before the DIR tables (only to
@@ -861,13 +872,13 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         fd(FW_DST6[set])?,
     );
     let (h4, h6) = (fd(FW_HOST_SRC4[set])?, fd(FW_HOST_SRC6[set])?);
-    let t4 = fd(FW_HOST_TABLE4[set])?;
+    let (t4, f4) = (fd(FW_HOST_TABLE4[set])?, fd(FW_HOST_FILTER4[set])?);
     let (dl1, dch, drefs) = (
         fd(FW_DIR4_L1[set])?,
         fd(FW_DIR4_CHUNKS[set])?,
         fd(FW_DIR4_REFS[set])?,
     );
-    let (v6tab, v6root, v6node) = (fd(FW_V6TAB[set])?, fd(FW_V6ROOT[set])?, fd(FW_V6NODE[set])?);
+    let (v6tab, v6node) = (fd(FW_V6TAB[set])?, fd(FW_V6NODE[set])?);
     let jobs: Vec<Job<'_>> = vec![
         Box::new(|| write_trie_fd::<4, _>(s4, trie_src4)),
         Box::new(|| write_trie_fd::<4, _>(d4, trie_dst4)),
@@ -876,7 +887,10 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
         Box::new(|| write_hash_fd::<16, _>(h6, &src6_hosts)),
         Box::new(|| match &table {
-            Some(table) => batch::write_array_fd(t4, &table.buckets),
+            Some(table) => {
+                batch::write_array_fd(t4, &table.buckets)?;
+                batch::write_array_fd(f4, &table.filter)
+            }
             None => Ok(()),
         }),
         Box::new(|| match &dir {
@@ -888,8 +902,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         Box::new(|| match &v6 {
             Some(t) => {
                 batch::write_array_fd(v6tab, &t.buckets)?;
-                batch::write_array_fd(v6node, &t.nodes)?;
-                batch::write_array_fd(v6root, &t.roots)
+                batch::write_array_fd(v6node, &t.nodes)
             }
             None => Ok(()),
         }),
@@ -943,6 +956,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
             0
         },
         dir_chunks: dir.map_or(0, |d| d.chunks.len() as u32),
+        v6_roots: v6.map_or_else(Default::default, |t| t.roots),
     })
 }
 
@@ -974,6 +988,7 @@ fn note_written(cfg: &mut FwConfig, set: usize, w: Written) {
     cfg.table_bits[set] = w.table_bits;
     cfg.dir_chunks[set] = w.dir_chunks;
     cfg.dir_refs[set] = w.dir_refs;
+    cfg.v6_roots[set] = w.v6_roots;
 }
 
 /// Writes the general rules among `entries` into general set `set`; returns how many.
