@@ -90,39 +90,7 @@ impl FirewallView {
             .into());
         }
         let maps = open_pinned(dir)?;
-        // `attach` checks every map against this build (object::check_pins);
-        // here, where a millisecond counts, the layouts every command reads
-        // stand for the rest. FW_RULES was a hash map of the same records
-        // before it became an array by id: read as one, it would look empty;
-        // then its records were 80 bytes, before general rules moved to
-        // FW_GEN_RECORDS.
-        for (name, size, kind) in [
-            (FW_CONFIG, std::mem::size_of::<FwConfig>(), None),
-            (FW_RULE_STATS, std::mem::size_of::<RuleHits>(), None),
-            (
-                FW_RULES,
-                std::mem::size_of::<RuleRecord>(),
-                Some(aya::maps::MapType::Array),
-            ),
-            (
-                FW_GEN_RECORDS,
-                std::mem::size_of::<GeneralRecord>(),
-                Some(aya::maps::MapType::Hash),
-            ),
-        ] {
-            let differs = || FirewallError::IncompatibleState {
-                iface: ifname.to_string(),
-                map: name.to_string(),
-            };
-            if maps.path(name).is_none() {
-                return Err(differs().into());
-            }
-            let info = batch::map_info(&maps, name)?;
-            let same_kind = kind.is_none_or(|k| info.map_type().ok() == Some(k));
-            if info.value_size() as usize != size || !same_kind {
-                return Err(differs().into());
-            }
-        }
+        check_layout(ifname, &maps)?;
         Ok(FirewallView {
             iface: ifname.to_string(),
             dir: dir.clone(),
@@ -211,6 +179,45 @@ impl FirewallView {
     pub fn policy(&self) -> Result<super::Policy> {
         Ok(super::kernel::policy_of(&read_config(&self.maps)?))
     }
+}
+
+/// Refuses the pinned maps `maps` of the firewall of `ifname` when the
+/// maps every command reads have another layout than this build's.
+pub(crate) fn check_layout(ifname: &str, maps: &PinnedMaps) -> Result<()> {
+    // `attach` checks every map against this build (object::check_pins);
+    // readers and `rule`, where a millisecond counts, check the layouts
+    // every command reads, which stand for the rest. FW_RULES was a hash map of the same records
+    // before it became an array by id: read as one, it would look empty;
+    // then its records were 80 bytes, before general rules moved to
+    // FW_GEN_RECORDS.
+    for (name, size, kind) in [
+        (FW_CONFIG, std::mem::size_of::<FwConfig>(), None),
+        (FW_RULE_STATS, std::mem::size_of::<RuleHits>(), None),
+        (
+            FW_RULES,
+            std::mem::size_of::<RuleRecord>(),
+            Some(aya::maps::MapType::Array),
+        ),
+        (
+            FW_GEN_RECORDS,
+            std::mem::size_of::<GeneralRecord>(),
+            Some(aya::maps::MapType::Hash),
+        ),
+    ] {
+        let differs = || FirewallError::IncompatibleState {
+            iface: ifname.to_string(),
+            map: name.to_string(),
+        };
+        if maps.path(name).is_none() {
+            return Err(differs().into());
+        }
+        let info = batch::map_info(maps, name)?;
+        let same_kind = kind.is_none_or(|k| info.map_type().ok() == Some(k));
+        if info.value_size() as usize != size || !same_kind {
+            return Err(differs().into());
+        }
+    }
+    Ok(())
 }
 
 /// What [`LiveFirewall::sync`] changed.
