@@ -720,7 +720,7 @@ fn rules_read_back_from_both_record_maps_and_general_ones_stop_at_the_limit() {
     if !require_root("rules_read_back_from_both_record_maps_and_general_ones_stop_at_the_limit") {
         return;
     }
-    let (lab, dev) = pair_lab("fwr");
+    let (lab, dev) = pair_lab("fwc");
     let dev = dev.as_str();
     ok(&xdpkit(&lab, &["attach", "firewall", "--dev", dev]));
     let general_rules = [
@@ -784,7 +784,7 @@ fn rules_read_back_from_both_record_maps_and_general_ones_stop_at_the_limit() {
     assert_eq!(exported, given);
 
     // --replace: fresh record maps, ids the line numbers.
-    let dir = std::env::temp_dir().join(format!("xkfwr-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xkfwc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("mixed.rules");
     let lines: Vec<&str> = general_rules
