@@ -662,3 +662,249 @@ fn prefix_tables_grow_with_the_prefixes_under_traffic() {
     ok(&xdpkit(&lab, &["detach", "--dev", server_if]));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Entries the firewall map `file` pinned for `dev` holds (a hash map's
+/// entries, not its size), counted by bpftool.
+fn pinned_count(dev: &str, file: &str) -> usize {
+    let path = format!("/sys/fs/bpf/xdpkit/{dev}/firewall/{file}");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", &path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool map dump {path}");
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    dump.as_array().unwrap().len()
+}
+
+/// A lab of one veth pair, for tests that need an interface, not traffic.
+fn pair_lab(tag: &str) -> (Lab, String) {
+    let dev = format!("xk{tag}-dut");
+    let lab = Lab::builder(&format!("xkt-{tag}"))
+        .namespace("peer")
+        .namespace("server")
+        .veth("peer", &format!("xk{tag}-peer"), None, "server", &dev, None)
+        .build()
+        .unwrap();
+    (lab, dev)
+}
+
+/// The canonical form of `rule`, as `rule list` and `export` print it.
+fn canonical(rule: &str) -> String {
+    rule.parse::<xdpkit::firewall::Rule>()
+        .unwrap_or_else(|e| panic!("{rule}: {e}"))
+        .to_string()
+}
+
+/// (id, rule) of every listed rule.
+fn listed(lab: &Lab, dev: &str) -> Vec<(u64, String)> {
+    rule_list(lab, dev)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_u64().unwrap(),
+                r["rule"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Prefix rules live whole in FW_RULES' 40-byte records, general ones in
+/// FW_GEN_RECORDS as well: every way of writing rules (add, del, load,
+/// --replace, flush) reads back the same rules through `rule list` and
+/// `export`, and FW_GEN_RECORDS holds exactly the general rules, at most
+/// FW_MAX_GENERAL of them.
+#[test]
+fn rules_read_back_from_both_record_maps_and_general_ones_stop_at_the_limit() {
+    if !require_root("rules_read_back_from_both_record_maps_and_general_ones_stop_at_the_limit") {
+        return;
+    }
+    let (lab, dev) = pair_lab("fwc");
+    let dev = dev.as_str();
+    ok(&xdpkit(&lab, &["attach", "firewall", "--dev", dev]));
+    let general_rules = [
+        "deny src 198.18.0.0/16 dst 198.19.1.1 proto tcp sport 1-2 dport 80 smac 02:00:00:00:00:01 vlan 7 prio 3",
+        "rate-limit 7 proto udp dport 53",
+        "allow src 2001:db8::/32 dst 2001:db8:1::/48",
+        "allow",
+    ];
+    let prefix_rules = [
+        "deny src 198.18.0.0/15",
+        "allow dst 198.19.7.1/32 prio 7",
+        "rate-limit 500 src 2001:db8::/32",
+        "deny dst ::/0 prio 900",
+        "deny src 0.0.0.0/0 prio 1000",
+        "allow src 2001:db8::1/128 prio 0",
+        "rate-limit 1 dst 198.19.0.0/24",
+    ];
+    // Added one by one, general and prefix rules in turn.
+    let mut expected = Vec::new();
+    for (i, rule) in prefix_rules.iter().enumerate() {
+        let mut add = |rule: &str| {
+            let mut args = vec!["rule", "add", "--dev", dev];
+            args.extend(rule.split_whitespace());
+            let id: u64 = ok(&xdpkit(&lab, &args)).trim().parse().unwrap();
+            expected.push((id, canonical(rule)));
+        };
+        add(rule);
+        if let Some(general) = general_rules.get(i) {
+            add(general);
+        }
+    }
+    let by_id = |rules: &[(u64, String)]| {
+        let mut rules = rules.to_vec();
+        rules.sort();
+        rules
+    };
+    assert_eq!(by_id(&listed(&lab, dev)), by_id(&expected));
+    assert_eq!(pinned_count(dev, "fw_gen_records"), general_rules.len());
+
+    // Deleted in place: a general rule and a prefix rule.
+    for id in [2, 3] {
+        ok(&xdpkit(
+            &lab,
+            &["rule", "del", "--dev", dev, &id.to_string()],
+        ));
+        expected.retain(|(i, _)| *i != id);
+    }
+    assert_eq!(by_id(&listed(&lab, dev)), by_id(&expected));
+    assert_eq!(pinned_count(dev, "fw_gen_records"), general_rules.len() - 1);
+    // Export gives the rules in the order they were given.
+    let text = ok(&xdpkit(&lab, &["export"]));
+    let host = xdpkit::config::HostConfig::parse("export", &text, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("export does not parse: {e}\n{text}"));
+    let exported: Vec<&str> = host.interfaces[dev].stages[0].settings["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let given: Vec<&str> = expected.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(exported, given);
+
+    // --replace: fresh record maps, ids the line numbers.
+    let dir = std::env::temp_dir().join(format!("xkfwc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mixed.rules");
+    let lines: Vec<&str> = general_rules
+        .iter()
+        .rev()
+        .chain(prefix_rules.iter())
+        .copied()
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    load_replace(&lab, dev, &file);
+    let want: Vec<(u64, String)> = (1..).zip(lines.iter().map(|r| canonical(r))).collect();
+    assert_eq!(by_id(&listed(&lab, dev)), by_id(&want));
+    assert_eq!(pinned_count(dev, "fw_gen_records"), general_rules.len());
+
+    // FW_MAX_GENERAL general rules (two prefixes each) and two prefix
+    // rules fill FW_GEN_RECORDS; one general rule more is refused with
+    // the limit, by `rule add` and by `rule load`, and nothing is stored.
+    let full = dir.join("full.rules");
+    let mut text: String = (0..1024u32)
+        .map(|i| {
+            format!(
+                "deny src 198.18.{}.{} dst 198.19.0.0/16\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    text.push_str("deny src 198.18.200.0/24\ndeny dst 2001:db8::/32\n");
+    std::fs::write(&full, text).unwrap();
+    load_replace(&lab, dev, &full);
+    assert_eq!(pinned_count(dev, "fw_gen_records"), 1024);
+    let refused = |out: Output| {
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at most 1024 are supported"), "{err}");
+    };
+    refused(xdpkit(
+        &lab,
+        &["rule", "add", "--dev", dev, "deny", "proto", "udp"],
+    ));
+    let one = dir.join("one.rules");
+    std::fs::write(&one, "deny src 198.18.201.0/24\ndeny proto udp\n").unwrap();
+    refused(xdpkit(
+        &lab,
+        &[
+            "rule",
+            "load",
+            "--dev",
+            dev,
+            "--file",
+            one.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(listed(&lab, dev).len(), 1026);
+    assert_eq!(pinned_count(dev, "fw_gen_records"), 1024);
+    // A prefix rule still goes in.
+    ok(&xdpkit(
+        &lab,
+        &[
+            "rule",
+            "add",
+            "--dev",
+            dev,
+            "deny",
+            "src",
+            "198.18.202.0/24",
+        ],
+    ));
+    assert_eq!(listed(&lab, dev).len(), 1027);
+
+    let out = ok(&xdpkit(&lab, &["rule", "flush", "--dev", dev]));
+    assert!(out.contains("flushed 1027 rules"), "{out}");
+    assert_eq!(pinned_count(dev, "fw_gen_records"), 0);
+    assert!(listed(&lab, dev).is_empty());
+    ok(&xdpkit(&lab, &["detach", "--dev", dev]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A firewall whose FW_RULES holds the 80-byte records of the build before
+/// FW_GEN_RECORDS is refused, not misread: by the readers and `rule`
+/// (FirewallView), `export`, and a new attach (object::check_pins).
+#[test]
+fn pins_of_the_80_byte_records_are_refused() {
+    if !require_root("pins_of_the_80_byte_records_are_refused") {
+        return;
+    }
+    let (lab, dev) = pair_lab("fwo");
+    let dev = dev.as_str();
+    ok(&xdpkit(&lab, &["attach", "firewall", "--dev", dev]));
+    ok(&xdpkit(
+        &lab,
+        &["rule", "add", "--dev", dev, "deny", "src", "198.18.0.1"],
+    ));
+    let pin = std::path::Path::new("/sys/fs/bpf/xdpkit")
+        .join(dev)
+        .join("firewall")
+        .join("fw_rules");
+    std::fs::remove_file(&pin).unwrap();
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type", "array", "key", "4", "value", "80", "entries", "1024", "name", "fw_rules",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create");
+    for args in [
+        vec!["rule", "list", "--dev", dev],
+        vec!["rule", "add", "--dev", dev, "deny", "src", "198.18.0.2"],
+        vec!["export"],
+        vec!["attach", "firewall", "--dev", dev],
+    ] {
+        let out = xdpkit(&lab, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("made by another xdpkit version (map FW_RULES differs)"),
+            "{args:?}: {err}"
+        );
+    }
+    ok(&xdpkit(&lab, &["detach", "--dev", dev]));
+}

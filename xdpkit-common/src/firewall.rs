@@ -7,9 +7,15 @@ pub const FW_CONFIG: &str = "FW_CONFIG";
 pub const FW_TRACE: &str = "FW_TRACE";
 /// Per-CPU array of [`RuleHits`] indexed by rule id.
 pub const FW_RULE_STATS: &str = "FW_RULE_STATS";
-/// Hash of rule id -> [`RuleRecord`]: the ruleset itself, so any later
-/// process can list, change or rebuild it. The program never reads it.
+/// Array of rule id -> [`RuleRecord`] (40 bytes): the ruleset itself, so
+/// any later process can list, change or rebuild it. A prefix rule's record
+/// holds all of it; a general rule's says ([`REC_GENERAL`]) that its full
+/// record is in [`FW_GEN_RECORDS`]. The program never reads it.
 pub const FW_RULES: &str = "FW_RULES";
+/// Hash of rule id -> [`GeneralRecord`] (80 bytes): the full records of
+/// the general rules (at most [`FW_MAX_GENERAL`]), which a [`RuleRecord`]
+/// cannot hold. Not sized by the capacity. The program never reads it.
+pub const FW_GEN_RECORDS: &str = "FW_GEN_RECORDS";
 /// Per-CPU array of [`crate::ActionCounter`] indexed by [`Outcome`].
 pub const FW_OUTCOMES: &str = "FW_OUTCOMES";
 /// LRU hash of [`BucketKey`] -> [`Bucket`]: the token buckets of rate
@@ -413,11 +419,12 @@ impl Bitmap {
 }
 
 /// Every map of the firewall, pinned with it.
-pub const FW_MAPS: [&str; 58] = [
+pub const FW_MAPS: [&str; 59] = [
     FW_CONFIG,
     FW_TRACE,
     FW_RULE_STATS,
     FW_RULES,
+    FW_GEN_RECORDS,
     FW_OUTCOMES,
     FW_BUCKETS,
     FW_SRC4[0],
@@ -716,12 +723,38 @@ pub struct BucketKey {
     pub addr: [u8; 16],
 }
 
-/// A rule as stored in [`FW_RULES`] (an array by rule id); `flags` says
-/// which fields are set, and [`REC_USED`] that the id holds a rule.
+/// A rule as stored in [`FW_RULES`] (an array by rule id): a prefix rule
+/// (one `src` or `dst` prefix and nothing else) whole, a general rule as
+/// [`REC_GENERAL`] with its full record in [`FW_GEN_RECORDS`]. `flags`
+/// says which prefix it holds, and [`REC_USED`] that the id holds a rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleRecord {
-    /// Insertion order.
+    /// Insertion order; a general rule's full record has the same.
+    pub seq: u64,
+    /// Priority.
+    pub prio: u32,
+    /// Packets per second of a rate limit.
+    pub pps: u32,
+    /// `REC_*` bits: [`REC_USED`], [`REC_GENERAL`], or the prefix's field
+    /// and family ([`REC_SRC`], [`REC_SRC_V6`], [`REC_DST`], [`REC_DST_V6`]).
+    pub flags: u32,
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_RATE_LIMIT`].
+    pub action: u8,
+    /// Prefix length.
+    pub len: u8,
+    /// Padding, zero.
+    pub _pad: u16,
+    /// Prefix address bytes (IPv4 in the first 4).
+    pub addr: [u8; 16],
+}
+
+/// A rule with every field, as stored in [`FW_GEN_RECORDS`] for the rules
+/// a [`RuleRecord`] cannot hold; `flags` says which fields are set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeneralRecord {
+    /// Insertion order: that of the [`RuleRecord`] that points here.
     pub seq: u64,
     /// Priority.
     pub prio: u32,
@@ -755,7 +788,7 @@ pub struct RuleRecord {
     pub _pad2: u32,
 }
 
-/// [`RuleRecord::flags`] bits.
+/// [`RuleRecord::flags`] and [`GeneralRecord::flags`] bits.
 pub const REC_SRC: u32 = 1;
 /// See [`REC_SRC`].
 pub const REC_SRC_V6: u32 = 1 << 1;
@@ -773,6 +806,9 @@ pub const REC_DPORT: u32 = 1 << 6;
 pub const REC_SMAC: u32 = 1 << 7;
 /// See [`REC_SRC`].
 pub const REC_VLAN: u32 = 1 << 8;
+/// [`RuleRecord`] of a general rule: its full record is the
+/// [`GeneralRecord`] of the same id and `seq` in [`FW_GEN_RECORDS`].
+pub const REC_GENERAL: u32 = 1 << 30;
 /// The record holds a rule: [`FW_RULES`] is an array by id, unused ids
 /// are zero.
 pub const REC_USED: u32 = 1 << 31;
@@ -817,7 +853,8 @@ pub struct FwTrace {
 /// [`FwTrace::rule`] when no rule decided.
 pub use crate::dump::NO_RULE;
 
-const _: () = assert!(core::mem::size_of::<RuleRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<RuleRecord>() == 40);
+const _: () = assert!(core::mem::size_of::<GeneralRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<V6Bucket>() == 96);
 const _: () = assert!(core::mem::size_of::<V6Node>() == 24);
 const _: () = assert!(core::mem::size_of::<V6Root>() == 16);
@@ -839,6 +876,7 @@ mod pod {
     unsafe impl aya::Pod for super::Bitmap {}
     unsafe impl aya::Pod for super::RuleHits {}
     unsafe impl aya::Pod for super::RuleRecord {}
+    unsafe impl aya::Pod for super::GeneralRecord {}
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::BucketKey {}
 }

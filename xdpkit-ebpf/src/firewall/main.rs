@@ -42,6 +42,10 @@ static TRACE: Array<FwTrace> = Array::with_max_entries(1, 0);
 static RULE_STATS: PerCpuArray<RuleHits> = PerCpuArray::with_max_entries(FW_MAX_RULE_IDS, 0);
 #[map(name = "FW_RULES")]
 static RULES: Array<RuleRecord> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
+/// The full records of general rules (userspace only, like `FW_RULES`).
+#[map(name = "FW_GEN_RECORDS")]
+static GEN_RECORDS: HashMap<u32, xdpkit_common::firewall::GeneralRecord> =
+    HashMap::with_max_entries(xdpkit_common::firewall::FW_MAX_GENERAL, NO_PREALLOC);
 #[map(name = "FW_OUTCOMES")]
 static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
 

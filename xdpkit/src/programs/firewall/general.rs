@@ -56,14 +56,19 @@ fn bits_where(rules: &[&Rule], pred: impl Fn(&Rule) -> bool) -> Bitmap {
     b
 }
 
-/// Builds the vectors for `entries` (general rules, in judging order).
-pub fn compile(entries: &[&Entry], refs: Vec<RuleRef>) -> Result<CompiledGeneral> {
-    if entries.len() > FW_MAX_GENERAL as usize {
+/// Refuses more than [`FW_MAX_GENERAL`] general rules.
+pub fn check_count(rules: usize) -> Result<()> {
+    if rules > FW_MAX_GENERAL as usize {
         return Err(Error::InvalidArgument(format!(
-            "{} rules with ports, proto, smac, vlan or two prefixes: at most {FW_MAX_GENERAL} are supported (prefix-only rules have no such limit)",
-            entries.len()
+            "{rules} rules with ports, proto, smac, vlan or two prefixes: at most {FW_MAX_GENERAL} are supported (prefix-only rules have no such limit)"
         )));
     }
+    Ok(())
+}
+
+/// Builds the vectors for `entries` (general rules, in judging order).
+pub fn compile(entries: &[&Entry], refs: Vec<RuleRef>) -> Result<CompiledGeneral> {
+    check_count(entries.len())?;
     let rules: Vec<&Rule> = entries.iter().map(|e| &e.rule).collect();
     let mut wild = vec![Bitmap::default(); WILD_COUNT as usize];
     wild[WILD_SRC as usize] = bits_where(&rules, |r| r.src.is_none());

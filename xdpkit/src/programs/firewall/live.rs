@@ -3,19 +3,20 @@
 //! inactive set and switched in with one config update, so packets never see
 //! a half-done change; a prefix rule that cannot outrank a longer prefix is
 //! added in place (one trie entry). `FW_RULES` stores every rule for the
-//! next process.
+//! next process (general rules in full in `FW_GEN_RECORDS`, see [`record`]).
 
 use std::{
+    collections::{HashMap, HashSet},
     fs::File,
-    os::fd::{AsFd as _, BorrowedFd},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     time::{Duration, SystemTime},
 };
 
 use aya::maps::{Array, MapData};
 use serde::Serialize;
 use xdpkit_common::firewall::{
-    FwConfig, RuleHits, RuleRecord, RuleRef, FW_CONFIG, FW_GEN_RULES, FW_MAX_RULE_IDS, FW_RULES,
-    FW_RULE_STATS, REC_USED,
+    FwConfig, GeneralRecord, RuleHits, RuleRecord, RuleRef, FW_CONFIG, FW_GEN_RECORDS,
+    FW_GEN_RULES, FW_MAX_RULE_IDS, FW_RULES, FW_RULE_STATS, REC_GENERAL, REC_USED,
 };
 
 use super::{
@@ -25,7 +26,8 @@ use super::{
         rebuild_general, rebuild_prefixes, stage, Staged,
     },
     maps::{open_pinned, pin_name},
-    record, Entry, FirewallError, Rule, Ruleset,
+    record::{self, Undecoded},
+    Entry, FirewallError, Rule, Ruleset,
 };
 use crate::error::map_err;
 use crate::maps::{batch, MapSource, PinnedMaps};
@@ -55,11 +57,15 @@ pub struct RuleRow {
 /// An interface's firewall for reading (`status`, `top`, the exporter,
 /// `simulate --dev`): it takes no lock, so readers never wait for a writer
 /// nor make one wait. A reader may see a change half made (rules stored,
-/// counters not yet reset): it reports, it does not decide.
+/// counters not yet reset; a general rule whose full record is not yet
+/// there, or already gone, is left out): it reports, it does not decide.
 pub struct FirewallView {
     iface: String,
     dir: PinDir,
     maps: PinnedMaps,
+    /// A writer's view (the lock held): a general rule without its full
+    /// record is damage, not a race.
+    strict: bool,
 }
 
 impl FirewallView {
@@ -84,39 +90,18 @@ impl FirewallView {
             .into());
         }
         let maps = open_pinned(dir)?;
-        // `attach` checks every map against this build (object::check_pins);
-        // here, where a millisecond counts, the layouts every command reads
-        // stand for the rest. FW_RULES was a hash map of the same records
-        // before it became an array by id: read as one, it would look empty.
-        for (name, size, kind) in [
-            (FW_CONFIG, std::mem::size_of::<FwConfig>(), None),
-            (FW_RULE_STATS, std::mem::size_of::<RuleHits>(), None),
-            (
-                FW_RULES,
-                std::mem::size_of::<RuleRecord>(),
-                Some(aya::maps::MapType::Array),
-            ),
-        ] {
-            let info = batch::map_info(&maps, name)?;
-            let same_kind = kind.is_none_or(|k| info.map_type().ok() == Some(k));
-            if info.value_size() as usize != size || !same_kind {
-                return Err(FirewallError::IncompatibleState {
-                    iface: ifname.to_string(),
-                    map: name.to_string(),
-                }
-                .into());
-            }
-        }
+        check_layout(ifname, &maps)?;
         Ok(FirewallView {
             iface: ifname.to_string(),
             dir: dir.clone(),
             maps,
+            strict: false,
         })
     }
 
     /// The stored ruleset.
     pub fn rules(&self) -> Result<Ruleset> {
-        read_rules(&self.maps)
+        read_stored(&self.maps, self.strict)
     }
 
     /// The general rules (those the bit vectors judge), from the ids in the
@@ -127,6 +112,7 @@ impl FirewallView {
         let refs =
             batch::dump::<u32, RuleRef>(&self.maps, FW_GEN_RULES[set], cfg.general[set] as usize)?;
         let records = self.records()?;
+        let full = full_records(&self.maps)?;
         refs.into_iter()
             .map(|(_, r)| {
                 let rec = records
@@ -135,7 +121,7 @@ impl FirewallView {
                 if rec.flags & REC_USED == 0 {
                     return Err(FirewallError::DamagedRule { id: r.id }.into());
                 }
-                entry_of(r.id, &rec)
+                entry_of(r.id, &rec, full.get(&r.id))
             })
             .collect()
     }
@@ -195,6 +181,45 @@ impl FirewallView {
     }
 }
 
+/// Refuses the pinned maps `maps` of the firewall of `ifname` when the
+/// maps every command reads have another layout than this build's.
+pub(crate) fn check_layout(ifname: &str, maps: &PinnedMaps) -> Result<()> {
+    // `attach` checks every map against this build (object::check_pins);
+    // readers and `rule`, where a millisecond counts, check the layouts
+    // every command reads, which stand for the rest. FW_RULES was a hash map of the same records
+    // before it became an array by id: read as one, it would look empty;
+    // then its records were 80 bytes, before general rules moved to
+    // FW_GEN_RECORDS.
+    for (name, size, kind) in [
+        (FW_CONFIG, std::mem::size_of::<FwConfig>(), None),
+        (FW_RULE_STATS, std::mem::size_of::<RuleHits>(), None),
+        (
+            FW_RULES,
+            std::mem::size_of::<RuleRecord>(),
+            Some(aya::maps::MapType::Array),
+        ),
+        (
+            FW_GEN_RECORDS,
+            std::mem::size_of::<GeneralRecord>(),
+            Some(aya::maps::MapType::Hash),
+        ),
+    ] {
+        let differs = || FirewallError::IncompatibleState {
+            iface: ifname.to_string(),
+            map: name.to_string(),
+        };
+        if maps.path(name).is_none() {
+            return Err(differs().into());
+        }
+        let info = batch::map_info(maps, name)?;
+        let same_kind = kind.is_none_or(|k| info.map_type().ok() == Some(k));
+        if info.value_size() as usize != size || !same_kind {
+            return Err(differs().into());
+        }
+    }
+    Ok(())
+}
+
 /// What [`LiveFirewall::sync`] changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RuleChanges {
@@ -209,8 +234,43 @@ pub struct RuleChanges {
 /// Rules built aside by [`LiveFirewall::prepare_sync`], not yet in force.
 pub struct PreparedSync {
     changes: RuleChanges,
-    /// The new FW_RULES and the staged sets; `None` when nothing changes.
-    staged: Option<(std::os::fd::OwnedFd, Staged)>,
+    /// The new record maps and the staged sets; `None` when nothing changes.
+    staged: Option<(FreshRecords, Staged)>,
+}
+
+/// New, empty record maps (`FW_RULES`, `FW_GEN_RECORDS`) to fill aside and
+/// pin over the old ones: the old records leave with the old maps.
+struct FreshRecords {
+    rules: OwnedFd,
+    general: OwnedFd,
+}
+
+impl FreshRecords {
+    fn create(maps: &PinnedMaps) -> Result<FreshRecords> {
+        Ok(FreshRecords {
+            rules: maps.create_like(FW_RULES)?,
+            general: maps.create_like(FW_GEN_RECORDS)?,
+        })
+    }
+
+    /// Pins the new maps over the old ones, the full records first. A
+    /// reader that opens one map before the swap and the other after sees
+    /// general rules whose full record has another `seq` (every record
+    /// written here has a new one), and leaves them out.
+    fn swap_in(self, maps: &mut PinnedMaps) -> Result<()> {
+        let old = batch::map_fd(maps, FW_GEN_RECORDS)?
+            .try_clone_to_owned()
+            .map_err(|source| crate::Error::Syscall {
+                call: "dup of a map fd",
+                source,
+            })?;
+        maps.swap_in(FW_GEN_RECORDS, self.general)?;
+        if let Err(e) = maps.swap_in(FW_RULES, self.rules) {
+            let _ = maps.swap_in(FW_GEN_RECORDS, old);
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 impl PreparedSync {
@@ -264,36 +324,51 @@ impl LiveFirewall {
     /// caller that holds the interface's writers' lock (`lock`: a handle on it).
     pub fn open_locked(ifname: &str, dir: &PinDir, lock: File) -> Result<LiveFirewall> {
         // The pins are listed once locked: a swap by the last writer is seen.
-        Ok(LiveFirewall {
-            view: FirewallView::open_in(ifname, dir)?,
-            _lock: lock,
-        })
+        let mut view = FirewallView::open_in(ifname, dir)?;
+        view.strict = true;
+        Ok(LiveFirewall { view, _lock: lock })
     }
 
-    /// Stores `entries` in FW_RULES with zeroed counters, before packets can hit them.
+    /// Stores `entries` in the record maps with zeroed counters, before
+    /// packets can hit them.
     fn store(&self, entries: &[Entry]) -> Result<()> {
-        self.store_in(batch::map_fd(&self.maps, FW_RULES)?, entries)
+        self.store_in(
+            batch::map_fd(&self.maps, FW_RULES)?,
+            batch::map_fd(&self.maps, FW_GEN_RECORDS)?,
+            entries,
+        )
     }
 
-    /// [`store`](Self::store) into the rules map `fd`.
-    fn store_in(&self, fd: BorrowedFd<'_>, entries: &[Entry]) -> Result<()> {
-        let ids: Vec<u32> = entries.iter().map(|e| e.id).collect();
-        let records: Vec<RuleRecord> = entries
-            .iter()
-            .map(|e| record::encode(&e.rule, e.seq))
-            .collect();
+    /// [`store`](Self::store) into the record maps `rules` and `general`.
+    fn store_in(
+        &self,
+        rules: BorrowedFd<'_>,
+        general: BorrowedFd<'_>,
+        entries: &[Entry],
+    ) -> Result<()> {
         // Ids from `next_id` on were never in the maps, so the program never
         // counted for them: only reused ids need their counters reset.
         let next_id = read_config(&self.maps)?.next_id;
-        let reused: Vec<u32> = ids.iter().copied().filter(|id| *id < next_id).collect();
+        let reused: Vec<u32> = entries
+            .iter()
+            .map(|e| e.id)
+            .filter(|id| *id < next_id)
+            .collect();
         self.reset_counters(&reused)?;
-        sys::map_update_batch(fd, &ids, &records)
+        write_records(rules, general, entries)
     }
 
-    /// Forgets rules `ids` (no longer judged): records (zeroed) and counters.
+    /// Forgets rules `ids` (no longer judged): records (zeroed, full
+    /// records deleted after) and counters.
     fn forget(&mut self, ids: &[u32]) -> Result<()> {
         let zeros = vec![RuleRecord::default(); ids.len()];
         sys::map_update_batch(batch::map_fd(&self.maps, FW_RULES)?, ids, &zeros)?;
+        let gone: HashSet<u32> = ids.iter().copied().collect();
+        let full: Vec<u32> = full_records(&self.maps)?
+            .into_keys()
+            .filter(|id| gone.contains(id))
+            .collect();
+        batch::delete(&self.maps, FW_GEN_RECORDS, &full)?;
         self.reset_counters(ids)
     }
 
@@ -367,14 +442,26 @@ impl LiveFirewall {
     /// aside and switched in. A general rule rebuilds the (small) general set.
     pub fn add(&mut self, rule: Rule) -> Result<u32> {
         let (id, seq) = self.next()?;
-        self.ensure_ids(u64::from(id) + 1)?;
-        if matches!(rule.action, super::Action::RateLimit(_)) {
-            // Its buckets: the in-place and general paths grow nothing else.
-            self.ensure_chunks(std::iter::once(&rule))?;
-        }
         let entry = Entry { id, seq, rule };
+        let general = if is_prefix_rule(&entry.rule) {
+            None
+        } else {
+            let mut general = self.general_entries()?;
+            general.push(entry.clone());
+            // Before anything grows or its full record is stored
+            // (FW_GEN_RECORDS holds no more).
+            super::general::check_count(general.len())?;
+            Some(general)
+        };
+        self.ensure_ids(u64::from(id) + 1)?;
+        if matches!(entry.rule.action, super::Action::RateLimit(_)) {
+            // Its buckets: the in-place and general paths grow nothing else.
+            self.ensure_chunks(std::iter::once(&entry.rule))?;
+        }
         self.store(std::slice::from_ref(&entry))?;
-        let done = if is_prefix_rule(&entry.rule) {
+        let done = if let Some(general) = general {
+            rebuild_general(&mut self.view.maps, &general)
+        } else {
             add_prefix_in_place(&mut self.view.maps, &entry).and_then(|fast| {
                 if fast {
                     return Ok(());
@@ -384,10 +471,6 @@ impl LiveFirewall {
                 self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
                 rebuild_prefixes(&mut self.view.maps, &rules)
             })
-        } else {
-            let mut general = self.general_entries()?;
-            general.push(entry.clone());
-            rebuild_general(&mut self.view.maps, &general)
         };
         if let Err(e) = done {
             // Not judged yet: drop the record so the stored set stays the live one.
@@ -412,7 +495,12 @@ impl LiveFirewall {
             }
             Err(e) => return Err(map_err("read FW_RULES")(e)),
         };
-        let gone = entry_of(id, &rec)?;
+        let full = if rec.flags & REC_GENERAL != 0 {
+            sys::map_lookup::<u32, GeneralRecord>(batch::map_fd(&self.maps, FW_GEN_RECORDS)?, &id)?
+        } else {
+            None
+        };
+        let gone = entry_of(id, &rec, full.as_ref())?;
         if is_prefix_rule(&gone.rule) {
             let mut rules = self.rules()?;
             rules.remove(id);
@@ -432,11 +520,11 @@ impl LiveFirewall {
     /// Deletes every rule; returns how many there were.
     pub fn flush(&mut self) -> Result<usize> {
         let count = self.ids()?.len();
-        // A zeroed FW_RULES in place of a million writes; counters of the
+        // Empty record maps in place of a million writes; counters of the
         // ids are zeroed when an id is used again (`store`).
-        let empty = self.maps.create_like(FW_RULES)?;
+        let empty = FreshRecords::create(&self.maps)?;
         let staged = stage(&self.maps, &Ruleset::new())?;
-        self.view.maps.swap_in(FW_RULES, empty)?;
+        empty.swap_in(&mut self.view.maps)?;
         commit(&mut self.view.maps, staged)?;
         Ok(count)
     }
@@ -482,14 +570,15 @@ impl LiveFirewall {
         if replace {
             let rules = Ruleset::from_entries(new);
             self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
-            // The records go into a new FW_RULES, so the old ones leave with
-            // the old map (no dump, no deletes); the tries are filled at the
-            // same time. Zeroed counters of reused ids precede the switch:
-            // those old rules are on their way out.
-            let fresh = self.maps.create_like(FW_RULES)?;
-            let staged =
-                self.stage_while(&rules, || self.store_in(fresh.as_fd(), rules.entries()))?;
-            self.view.maps.swap_in(FW_RULES, fresh)?;
+            // The records go into new record maps, so the old ones leave
+            // with the old maps (no dump, no deletes); the tries are filled
+            // at the same time. Zeroed counters of reused ids precede the
+            // switch: those old rules are on their way out.
+            let fresh = FreshRecords::create(&self.maps)?;
+            let staged = self.stage_while(&rules, || {
+                self.store_in(fresh.rules.as_fd(), fresh.general.as_fd(), rules.entries())
+            })?;
+            fresh.swap_in(&mut self.view.maps)?;
             commit(&mut self.view.maps, staged)?;
         } else {
             let mut all = self.rules()?.into_entries();
@@ -584,18 +673,12 @@ impl LiveFirewall {
             return Err(FirewallError::IdsExhausted { largest: room - 1 }.into());
         }
         let rules = Ruleset::from_entries(entries);
-        // The records go into a new FW_RULES (kept ones under their ids, so
-        // their counters stay theirs), filled while the inactive sets are
+        // The records go into new record maps (kept ones under their ids,
+        // so their counters stay theirs), filled while the inactive sets are
         // staged; then one switch.
-        let fresh = self.maps.create_like(FW_RULES)?;
+        let fresh = FreshRecords::create(&self.maps)?;
         let staged = self.stage_while(&rules, || {
-            let ids: Vec<u32> = rules.entries().iter().map(|e| e.id).collect();
-            let records: Vec<RuleRecord> = rules
-                .entries()
-                .iter()
-                .map(|e| record::encode(&e.rule, e.seq))
-                .collect();
-            sys::map_update_batch(fresh.as_fd(), &ids, &records)
+            write_records(fresh.rules.as_fd(), fresh.general.as_fd(), rules.entries())
         })?;
         Ok(PreparedSync {
             changes,
@@ -617,7 +700,7 @@ impl LiveFirewall {
                     Some(policy) => staged.with_policy(&policy),
                     None => staged,
                 };
-                self.view.maps.swap_in(FW_RULES, fresh)?;
+                fresh.swap_in(&mut self.view.maps)?;
                 commit(&mut self.view.maps, staged)?;
                 self.reset_counters(&changes.removed)?;
             }
@@ -628,7 +711,9 @@ impl LiveFirewall {
     }
 
     /// Stages `rules` while `store` runs on a thread of its own: they fill
-    /// different maps, and each is mostly kernel time.
+    /// different maps, and each is mostly kernel time. A staging error
+    /// comes first: it says why (too many general rules, say) where the
+    /// store only finds a map full.
     fn stage_while(
         &self,
         rules: &Ruleset,
@@ -640,7 +725,7 @@ impl LiveFirewall {
             let stored = stored
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            stored.and(staged)
+            staged.and_then(|staged| stored.map(|()| staged))
         })
     }
 }
@@ -666,20 +751,78 @@ pub fn count_new(current: &Ruleset, desired: &[Rule]) -> usize {
 }
 
 /// The stored ruleset of the firewall whose maps are `maps` (no lock: a
-/// reader sees the records of the set in force, old or new).
+/// reader sees the records of the set in force, old or new; a general rule
+/// whose full record it does not find, or finds of another `seq`, is being
+/// added or removed, and is left out).
 pub fn read_rules(maps: &impl MapSource) -> Result<Ruleset> {
-    // An array by id: unused ids are zero records.
+    read_stored(maps, false)
+}
+
+/// [`read_rules`] for a writer, which holds the lock: a general rule
+/// without its full record is a damaged rule.
+fn read_stored(maps: &impl MapSource, strict: bool) -> Result<Ruleset> {
+    // An array by id: unused ids are zero records. Read before the full
+    // records, which writers store before the records that point to them.
     let records = batch::dump::<u32, RuleRecord>(maps, FW_RULES, usize::MAX)?;
-    let entries = records
-        .into_iter()
-        .filter(|(_, rec)| rec.flags & REC_USED != 0)
-        .map(|(id, rec)| entry_of(id, &rec))
-        .collect::<Result<Vec<_>>>()?;
+    let general = REC_USED | REC_GENERAL;
+    let full = if records
+        .iter()
+        .any(|(_, rec)| rec.flags & general == general)
+    {
+        full_records(maps)?
+    } else {
+        HashMap::new()
+    };
+    let mut entries = Vec::with_capacity(records.len());
+    for (id, rec) in records {
+        if rec.flags & REC_USED == 0 {
+            continue;
+        }
+        match record::decode(&rec, full.get(&id)) {
+            Ok(rule) => entries.push(Entry {
+                id,
+                seq: rec.seq,
+                rule,
+            }),
+            Err(Undecoded::Incomplete) if !strict => {}
+            Err(_) => return Err(FirewallError::DamagedRule { id }.into()),
+        }
+    }
     Ok(Ruleset::from_entries(entries))
 }
 
-fn entry_of(id: u32, rec: &RuleRecord) -> Result<Entry> {
-    let rule = record::decode(rec).ok_or(FirewallError::DamagedRule { id })?;
+/// The full records of the general rules, by id.
+fn full_records(maps: &impl MapSource) -> Result<HashMap<u32, GeneralRecord>> {
+    Ok(
+        batch::dump::<u32, GeneralRecord>(maps, FW_GEN_RECORDS, usize::MAX)?
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// Writes the records of `entries`: the full records of general rules into
+/// `general`, then every rule's record into `rules`.
+fn write_records(rules: BorrowedFd<'_>, general: BorrowedFd<'_>, entries: &[Entry]) -> Result<()> {
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut records = Vec::with_capacity(entries.len());
+    let (mut full_ids, mut full) = (Vec::new(), Vec::new());
+    for e in entries {
+        let (rec, general) = record::encode(&e.rule, e.seq);
+        ids.push(e.id);
+        records.push(rec);
+        if let Some(general) = general {
+            full_ids.push(e.id);
+            full.push(general);
+        }
+    }
+    sys::map_update_batch(general, &full_ids, &full)?;
+    sys::map_update_batch(rules, &ids, &records)
+}
+
+/// The entry of used record `rec` of rule `id` whose full record is
+/// `full`, for a writer: anything missing is damage.
+fn entry_of(id: u32, rec: &RuleRecord, full: Option<&GeneralRecord>) -> Result<Entry> {
+    let rule = record::decode(rec, full).map_err(|_| FirewallError::DamagedRule { id })?;
     Ok(Entry {
         id,
         seq: rec.seq,

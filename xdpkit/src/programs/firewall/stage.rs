@@ -190,6 +190,7 @@ impl Program for Firewall {
 
     fn running_settings(&self, dir: &PinDir) -> Result<toml::Table> {
         let maps = super::maps::open_pinned(dir)?;
+        super::live::check_layout(dir.ifname(), &maps)?;
         let cfg = kernel::read_config(&maps)?;
         let mut rules = super::live::read_rules(&maps)?.into_entries();
         // In the order they were given: that order ranks rules of equal prio.
