@@ -253,8 +253,13 @@ pub struct V6Root {
     pub buckets: u32,
     /// The first node, [`V6_NO_NODE`] when the field has no length above /0.
     pub root: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// Nonzero when the first node's length holds one entry only (every
+    /// prefix of the field lies in one prefix of that length, as under an
+    /// operator's /32): the search compares the address with `first`
+    /// instead of probing the table for it.
+    pub shared: u32,
+    /// That entry, as the table holds it.
+    pub first: V6Slot,
 }
 
 impl Default for V6Root {
@@ -263,7 +268,8 @@ impl Default for V6Root {
             zero: 0,
             buckets: 0,
             root: V6_NO_NODE,
-            _pad: 0,
+            shared: 0,
+            first: V6Slot::default(),
         }
     }
 }
@@ -292,19 +298,38 @@ pub const fn v6_mask(hi: u64, lo: u64, len: u32) -> (u64, u64) {
     }
 }
 
+/// The hash of an IPv6 entry (masked address halves and [`v6_tag`]) that
+/// picks its first bucket ([`v6_bucket`]); [`v6_rehash`] of it picks the
+/// second. No branches: the verifier would follow each.
+#[inline(always)]
+pub const fn v6_hash(hi: u64, lo: u64, tag: u32) -> u64 {
+    (hi ^ lo.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31) ^ (tag as u64))
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+/// The hash of an entry's second bucket, from [`v6_hash`]: the program
+/// computes it only when the first bucket is full and does not hold the
+/// entry.
+#[inline(always)]
+pub const fn v6_rehash(h: u64) -> u64 {
+    (h ^ (h >> 31)).wrapping_mul(0x94d0_49bb_1331_11eb)
+}
+
+/// Hash `h` onto `0..count` by a multiply and a shift (any `count`, not
+/// only powers of two).
+#[inline(always)]
+pub const fn v6_bucket(h: u64, count: u32) -> u32 {
+    (((h >> 32) * count as u64) >> 32) as u32
+}
+
 /// The two buckets, among the first `count`, an IPv6 entry (masked
-/// address halves and [`v6_tag`]) may live in: two multiplicative hashes,
-/// each mapped onto `0..count` by a multiply and a shift (any `count`, not
-/// only powers of two), the same on both sides. No branches: the verifier
-/// would follow each.
+/// address halves and [`v6_tag`]) may live in, the same on both sides. The
+/// table is built so that an entry sits in its second bucket only if its
+/// first is full.
 #[inline(always)]
 pub const fn v6_buckets(hi: u64, lo: u64, tag: u32, count: u32) -> [u32; 2] {
-    let h = (hi ^ lo.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31) ^ (tag as u64))
-        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    let h2 = (h ^ (h >> 31)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    let first = (((h >> 32) * count as u64) >> 32) as u32;
-    let second = (((h2 >> 32) * count as u64) >> 32) as u32;
-    [first, second]
+    let h = v6_hash(hi, lo, tag);
+    [v6_bucket(h, count), v6_bucket(v6_rehash(h), count)]
 }
 
 /// Entries per host map; beyond this, host prefixes stay in the trie.
@@ -857,8 +882,8 @@ const _: () = assert!(core::mem::size_of::<RuleRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<GeneralRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<V6Bucket>() == 96);
 const _: () = assert!(core::mem::size_of::<V6Node>() == 24);
-const _: () = assert!(core::mem::size_of::<V6Root>() == 16);
-const _: () = assert!(core::mem::size_of::<FwConfig>() == 152);
+const _: () = assert!(core::mem::size_of::<V6Root>() == 40);
+const _: () = assert!(core::mem::size_of::<FwConfig>() == 248);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
 

@@ -19,12 +19,12 @@ use aya_ebpf::{
 use xdpkit_common::{
     firewall::{
         host_buckets, host_filter, present_dir, present_host, present_table, present_trie,
-        v6_buckets, v6_tag, Bucket, BucketKey, DirChunk, DirSlot, FwConfig, FwTrace, HostBucket,
-        Outcome, RuleHits, RuleRecord, RuleRef, V6Bucket, V6Node, ACTION_ALLOW, ACTION_DENY,
-        ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_DIR4_MAX_CHUNKS,
-        FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS,
-        FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS,
-        V6_MAX_PROBES, V6_NEXT_SHIFT, V6_TAG_MASK,
+        v6_bucket, v6_hash, v6_rehash, v6_tag, Bucket, BucketKey, DirChunk, DirSlot, FwConfig,
+        FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, V6Bucket, V6Node,
+        ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
+        DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS,
+        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE, POLICY_DROP,
+        POLICY_L3, POLICY_PASS, V6_MAX_PROBES, V6_NEXT_SHIFT, V6_TAG_MASK,
     },
     ActionCounter, XdpAction,
 };
@@ -199,27 +199,39 @@ static V6NODE_0: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
 static V6NODE_1: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
 
 /// The entry of the IPv6 table of `set` with tag `tag` and masked address
-/// `(hi, lo)`: its key and rule + 1 (0 for none), or `None` if absent. Two
-/// inlined array reads and eight compares.
+/// `(hi, lo)`: its key and rule + 1 (0 for none), or `None` if absent. One
+/// or two inlined bucket reads of four compares each: the second only when
+/// the first is full (the table puts an entry in its second bucket only
+/// then, and fills a bucket's slots in order).
 #[inline(always)]
 fn v6_probe(set: u32, count: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u32)> {
-    for index in v6_buckets(hi, lo, tag, count) {
-        let bucket = if set == 0 {
-            V6TAB_0.get(index)
-        } else {
-            V6TAB_1.get(index)
-        };
-        if let Some(bucket) = bucket {
-            for slot in &bucket.slots {
-                // One branch per slot.
-                let tag_diff = u64::from((slot.key & V6_TAG_MASK) ^ tag);
-                if (tag_diff | (slot.hi ^ hi) | (slot.lo ^ lo)) == 0 {
-                    return Some((slot.key, slot.rule));
-                }
-            }
+    let h = v6_hash(hi, lo, tag);
+    match v6_scan(set, v6_bucket(h, count), tag, hi, lo) {
+        Ok(found) => Some(found),
+        Err(true) => v6_scan(set, v6_bucket(v6_rehash(h), count), tag, hi, lo).ok(),
+        Err(false) => None,
+    }
+}
+
+/// The entry of bucket `index` with tag `tag` and masked address `(hi,
+/// lo)`, or whether the bucket is full.
+#[inline(always)]
+fn v6_scan(set: u32, index: u32, tag: u32, hi: u64, lo: u64) -> Result<(u32, u32), bool> {
+    let bucket = if set == 0 {
+        V6TAB_0.get(index)
+    } else {
+        V6TAB_1.get(index)
+    };
+    let Some(bucket) = bucket else {
+        return Err(false);
+    };
+    for slot in &bucket.slots {
+        // The high half first: it differs for nearly every other entry.
+        if slot.hi == hi && slot.lo == lo && slot.key & V6_TAG_MASK == tag {
+            return Ok((slot.key, slot.rule));
         }
     }
-    None
+    Err(bucket.slots[3].key != 0)
 }
 
 /// The best prefix rule of IPv6 `addr` for `field` (0 src, 1 dst) in the
@@ -249,7 +261,7 @@ fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'
     let count = root.buckets;
     let mut best = root.zero;
     let mut node = root.root;
-    for _ in 0..V6_MAX_PROBES {
+    for probe in 0..V6_MAX_PROBES {
         let n = if set == 0 {
             V6NODE_0.get(node)
         } else {
@@ -259,8 +271,20 @@ fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'
         let Some(n) = n else {
             break;
         };
-        let tag = v6_tag(field, n.len);
-        match v6_probe(set, count, tag, hi & n.mask_hi, lo & n.mask_lo) {
+        let (mhi, mlo) = (hi & n.mask_hi, lo & n.mask_lo);
+        // The first length of a field whose prefixes share one prefix of
+        // it: one compare with the root's copy instead of a probe.
+        let found = if probe == 0 && root.shared != 0 {
+            let first = &root.first;
+            if first.hi == mhi && first.lo == mlo {
+                Some((first.key, first.rule))
+            } else {
+                None
+            }
+        } else {
+            v6_probe(set, count, v6_tag(field, n.len), mhi, mlo)
+        };
+        match found {
             Some((key, rule)) => {
                 best = rule;
                 node = key >> V6_NEXT_SHIFT;
