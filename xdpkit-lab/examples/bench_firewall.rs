@@ -29,7 +29,7 @@
 //! bare drop and to nftables; the live program ns per frame from bpf_stats
 //! (run time over run count of the program the link runs; for xdpkit the
 //! root, which covers the firewall stage it tail-calls); and test_run ns
-//! per frame (one frame of the flood, cache-hot). Writes
+//! per frame (one frame of the flood, cache-hot, least of 5 runs). Writes
 //! target/bench/firewall.csv and firewall.png.
 //!
 //! `--fixed-path`: only the cost every frame pays (issue 10, point 2), on
@@ -524,20 +524,25 @@ fn collect_counters(v: &serde_json::Value, packets: &mut u64) {
 }
 
 /// test_run ns per frame of each flood's frame: xdpkit's bare drop program
-/// and the firewall with the ruleset (BPF_PROG_TEST_RUN, cache-hot).
+/// and the firewall with the ruleset (BPF_PROG_TEST_RUN, cache-hot), the
+/// least of [`TEST_RUNS`] runs (noise only adds to a cache-hot loop).
 fn test_run_ns(rules: &Ruleset, frames: &[Vec<u8>], repeat: u32) -> BoxResult<TestRunNs> {
-    let drop: Vec<f64> = frames
-        .iter()
-        .map(|f| Ok(xdpkit::test_run(&xdpkit::programs::drop::Drop, f, repeat)?.ns_per_run as f64))
-        .collect::<BoxResult<_>>()?;
+    let least = |ns: &mut dyn FnMut(&[u8]) -> BoxResult<u64>| -> BoxResult<Vec<f64>> {
+        frames
+            .iter()
+            .map(|f| (0..TEST_RUNS).try_fold(f64::INFINITY, |m, _| Ok(m.min(ns(f)? as f64))))
+            .collect()
+    };
+    let drop =
+        least(&mut |f| Ok(xdpkit::test_run(&xdpkit::programs::drop::Drop, f, repeat)?.ns_per_run))?;
     let mut h = FirewallHarness::new(fw_policy())?;
     h.load_rules(rules)?;
-    let firewall: Vec<f64> = frames
-        .iter()
-        .map(|f| Ok(h.ns_per_frame(f, repeat)? as f64))
-        .collect::<BoxResult<_>>()?;
+    let firewall = least(&mut |f| Ok(h.ns_per_frame(f, repeat)?))?;
     Ok(TestRunNs { drop, firewall })
 }
+
+/// Runs of each test_run measurement.
+const TEST_RUNS: usize = 5;
 
 /// `--test-run-only`: the test_run column alone, no lab (for profiling
 /// the program between changes).
@@ -546,26 +551,13 @@ fn print_test_run(rules: &Ruleset, o: &Options) -> BoxResult<()> {
         .iter()
         .map(|f| f.frame_between([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]))
         .collect::<BoxResult<_>>()?;
-    // The least of five: test_run is cache-hot, so noise only adds.
-    let runs: Vec<TestRunNs> = (0..5)
-        .map(|_| test_run_ns(rules, &frames, o.repeat))
-        .collect::<BoxResult<_>>()?;
-    {
-        let mut h = FirewallHarness::new(fw_policy())?;
-        h.load_rules(rules)?;
-        let c = h.config()?;
-        println!(
-            "config: active {:#x} present {:#x} table_bits {:?} dir_chunks {:?} dir_refs {:?}",
-            c.active, c.present, c.table_bits, c.dir_chunks, c.dir_refs
-        );
-    }
-    let least = |f: &dyn Fn(&TestRunNs) -> f64| runs.iter().map(f).fold(f64::INFINITY, f64::min);
+    let ns = test_run_ns(rules, &frames, o.repeat)?;
     for (i, flood) in Flood::ALL.iter().enumerate() {
         println!(
-            "{:<44} test_run ns (least of 5): firewall {:>4.0}  bare drop {:>4.0}",
+            "{:<44} test_run ns (least of {TEST_RUNS}): firewall {:>4.0}  bare drop {:>4.0}",
             flood.name(),
-            least(&|r| r.firewall[i]),
-            least(&|r| r.drop[i])
+            ns.firewall[i],
+            ns.drop[i]
         );
     }
     Ok(())
