@@ -693,6 +693,14 @@ fn edge_lines(rng: &mut Rng, base: u32, dbase: u32) -> Vec<String> {
             let host = b ^ (rng.next() as u32 & ((1u32 << spread) - 1).max(1));
             lines.push(prefix_line(rng, field, host, 32));
         }
+        // Half the time a /24 dense with source hosts, which the DIR table
+        // takes from the host table (`dir::DENSE_HOSTS`).
+        if field == "src" && rng.below(2) == 0 {
+            let first = rng.below(200) as u32;
+            for k in first..first + 20 {
+                lines.push(prefix_line(rng, field, (b & !0xff) | k, 32));
+            }
+        }
         for _ in 0..6 {
             let len = 8 + rng.below(25) as u8;
             let near = b ^ (rng.next() as u32 & ((1u64 << (32 - u32::from(len).min(31))) as u32));

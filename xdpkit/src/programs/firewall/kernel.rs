@@ -772,7 +772,10 @@ pub fn dense_refs(fields: &[&[Prefix]]) -> (HashMap<u32, u32>, Vec<RuleRef>) {
 fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Written> {
     // The host maps and table are sized to the firewall's capacity.
     let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
-    let (src4_trie, src4_hosts) = split_hosts(&c.src4, entries(FW_HOST_SRC4[set])?);
+    let (mut src4_trie, mut src4_hosts) = split_hosts(&c.src4, entries(FW_HOST_SRC4[set])?);
+    if !IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
+        super::dir::move_dense_hosts(&mut src4_hosts, &mut src4_trie);
+    }
     // The DIR and IPv6 tables' leaves name rules by dense number, in one
     // array per set (the writers grow it first, as the pools): a set whose
     // refs cannot hold them keeps its prefixes in the tries.
