@@ -555,7 +555,8 @@ pub fn sized_entries(map: &str, capacity: u32) -> Option<u32> {
 pub struct PoolNeeds {
     /// Chunks of its DIR table.
     pub chunks: u32,
-    /// Distinct IPv4 source hosts (/32 source prefix rules).
+    /// Distinct IPv4 source hosts (/32 source prefix rules) outside the
+    /// /24s dense enough for the DIR table to take theirs.
     pub hosts4: u32,
     /// Distinct IPv6 source hosts (/128 source prefix rules).
     pub hosts6: u32,

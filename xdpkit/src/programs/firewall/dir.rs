@@ -849,11 +849,12 @@ pub use xdpkit_common::firewall::PoolNeeds;
 /// of up to 16.8 MB.
 pub const DENSE_HOSTS: usize = 16;
 
-/// The /24s holding at least [`DENSE_HOSTS`] IPv4 hosts among `hosts`.
-fn dense_24s<'h>(hosts: impl IntoIterator<Item = &'h Ipv4Net>) -> HashSet<u32> {
+/// The /24s (as `addr >> 8`) holding at least [`DENSE_HOSTS`] of the
+/// distinct IPv4 host addresses `hosts`.
+fn dense_24s(hosts: impl IntoIterator<Item = u32>) -> HashSet<u32> {
     let mut per24: HashMap<u32, usize> = HashMap::default();
-    for net in hosts {
-        *per24.entry(u32::from(net.network()) >> 8).or_default() += 1;
+    for addr in hosts {
+        *per24.entry(addr >> 8).or_default() += 1;
     }
     per24
         .into_iter()
@@ -868,7 +869,7 @@ fn dense_24s<'h>(hosts: impl IntoIterator<Item = &'h Ipv4Net>) -> HashSet<u32> {
 /// first).
 pub fn move_dense_hosts(hosts: &mut Vec<(IpNet, RuleRef)>, prefixes: &mut Vec<(IpNet, RuleRef)>) {
     let dense = dense_24s(hosts.iter().filter_map(|(n, _)| match n {
-        IpNet::V4(n) => Some(n),
+        IpNet::V4(n) => Some(u32::from(n.network())),
         IpNet::V6(_) => None,
     }));
     if dense.is_empty() {
@@ -950,14 +951,16 @@ pub fn pool_needs<'r>(
             chunks.insert((field, addr >> 8 << 8));
         }
     }
-    // Hosts of dense /24s go to the DIR table: chunks and refs of their own.
-    let dense = dense_24s(host_list.iter().map(|(n, _)| n));
+    // Hosts of dense /24s go to the DIR table: chunks and refs of their
+    // own, no room in the host map and table.
+    let dense = dense_24s(hosts4.iter().copied());
     for (net, rank) in host_list {
         let addr = u32::from(net.network());
         if dense.contains(&(addr >> 8)) {
             chunks.insert((false, addr >> 16 << 16 | 1));
             chunks.insert((false, addr >> 8 << 8));
             prefixes[0].push((IpNet::V4(net), rank));
+            hosts4.remove(&addr);
         }
     }
     let mut named: HashSet<u32> = HashSet::default();
@@ -1151,7 +1154,7 @@ mod tests {
         let needs = pool_needs(&rules);
         // 10.9 and 10.9.9 get chunks; the three hosts of 10.8.8 do not.
         assert_eq!(needs.chunks, 2);
-        assert_eq!(needs.hosts4, 23);
+        assert_eq!(needs.hosts4, 3);
         assert_eq!(needs.refs, 20 + 10);
         let mut hosts: Vec<(IpNet, RuleRef)> = rules
             .iter()

@@ -772,9 +772,14 @@ pub fn dense_refs(fields: &[&[Prefix]]) -> (HashMap<u32, u32>, Vec<RuleRef>) {
 fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Written> {
     // The host maps and table are sized to the firewall's capacity.
     let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
-    let (mut src4_trie, mut src4_hosts) = split_hosts(&c.src4, entries(FW_HOST_SRC4[set])?);
+    // Hosts of dense /24s go to the DIR table first; the host map and
+    // table are sized to the others.
+    let (mut src4_trie, mut src4_hosts) = split_hosts(&c.src4, usize::MAX);
     if !IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
         super::dir::move_dense_hosts(&mut src4_hosts, &mut src4_trie);
+    }
+    if src4_hosts.len() > entries(FW_HOST_SRC4[set])? {
+        src4_trie.append(&mut src4_hosts);
     }
     // The DIR and IPv6 tables' leaves name rules by dense number, in one
     // array per set (the writers grow it first, as the pools): a set whose
