@@ -5,7 +5,7 @@
 //!
 //! A search holds a sorted list of candidate lengths (at first every
 //! length of the field above /0). It probes the shortest first, then
-//! midpoints `lens[(k - 1) / 2]` (the address masked to that length). A
+//! midpoints `lens[k / 2]` (the address masked to that length). A
 //! miss goes on with the shorter half (after the shortest: nothing, the
 //! address is in no listed prefix). A hit on entry E goes on with the
 //! lengths of the listed prefixes inside E, among the longer half: none of
@@ -96,7 +96,7 @@ fn field_entries(reals: &HashMap<(u128, u8), u32>) -> (Entries, Vec<u8>) {
         let mut cands = all.clone();
         let mut first = true;
         loop {
-            let mid = if first { 0 } else { (cands.len() - 1) / 2 };
+            let mid = if first { 0 } else { midpoint(cands.len()) };
             first = false;
             let at = cands[mid];
             if at > len {
@@ -123,6 +123,14 @@ fn field_entries(reals: &HashMap<(u128, u8), u32>) -> (Entries, Vec<u8>) {
         }
     }
     (entries, all)
+}
+
+/// Which of `k` candidate lengths (ascending) a search probes: the upper
+/// middle. Either middle leaves at most `k / 2` lengths after the probe,
+/// but the upper one ends a search that hits the longest of two lengths
+/// (a listed /64 under a listed /48) in one probe, not two.
+fn midpoint(k: usize) -> usize {
+    k / 2
 }
 
 /// The listed prefixes of both IPv6 fields of `rules` (value: rule + 1).
@@ -198,7 +206,7 @@ impl Trees {
         if let Some(&at) = self.made.get(lens) {
             return at;
         }
-        let mid = (lens.len() - 1) / 2;
+        let mid = midpoint(lens.len());
         let left = self.of(&lens[..mid]);
         let len = u32::from(lens[mid]);
         let (mask_hi, mask_lo) = v6_mask(u64::MAX, u64::MAX, len);
