@@ -110,51 +110,46 @@ pub fn v6_sizes(buckets: u32) -> Vec<(&'static str, u32)> {
     FW_V6TAB.iter().map(|m| (*m, buckets)).collect()
 }
 
-/// Grows the IPv6 tables of the firewall running on `iface` to hold
-/// `entries` entries (see [`grow`]; the same switch).
-pub(crate) fn grow_v6(
-    iface: &str,
-    iface_dir: &PinDir,
-    lock: &IfaceLock,
-    entries: usize,
-) -> Result<bool> {
-    let buckets = super::v6tab::pool_for(entries);
-    let grew = grow_maps(iface, iface_dir, lock, &v6_sizes(buckets))?;
-    if grew {
-        tracing::info!("grew the firewall's IPv6 tables of {iface} to {buckets} buckets");
+/// The maps of the firewall whose maps are `maps` that must grow for rule
+/// ids below `ids` and for `rules` (DIR chunk pools and refs, host maps,
+/// tables and filters, rate-limit buckets, IPv6 tables), with the entries
+/// they need; empty when everything fits.
+pub fn wanted<'r>(
+    maps: &impl MapSource,
+    ids: u64,
+    rules: impl IntoIterator<Item = &'r super::Rule> + Clone,
+) -> Result<Vec<(&'static str, u32)>> {
+    let mut wanted = Vec::new();
+    if ids > u64::from(capacity(maps)?) {
+        wanted.extend(sizes(capacity_for(ids)?));
     }
-    Ok(grew)
+    let needs = super::dir::pool_needs(rules.clone());
+    if pools_short(maps, needs)? {
+        wanted.extend(pool_sizes(needs));
+    }
+    let entries = super::v6tab::entries_needed(rules);
+    if super::v6tab::buckets_for(entries) > v6_pool(maps)? {
+        wanted.extend(v6_sizes(super::v6tab::pool_for(entries)));
+    }
+    Ok(wanted)
 }
 
 /// Grows the maps of the firewall running on `iface` (pin directory
-/// `iface_dir`, whose writers' lock the caller holds) to `capacity` rule
-/// ids; returns whether anything grew. Maps already that large stay.
+/// `iface_dir`, whose writers' lock the caller holds) to the entries in
+/// `wanted` ([`wanted`]), all in one switch: one reinstall of the chain
+/// however many maps grow (a load into a fresh firewall grows the ids,
+/// the pools and the IPv6 tables at once). Returns whether anything grew;
+/// maps already that large stay.
 pub(crate) fn grow(
     iface: &str,
     iface_dir: &PinDir,
     lock: &IfaceLock,
-    capacity: u32,
+    wanted: &[(&'static str, u32)],
 ) -> Result<bool> {
-    let grew = grow_maps(iface, iface_dir, lock, &sizes(capacity))?;
+    let grew = grow_maps(iface, iface_dir, lock, wanted)?;
     if grew {
-        tracing::info!("grew the firewall of {iface} to {capacity} rule ids");
-    }
-    Ok(grew)
-}
-
-/// Grows the pool maps (DIR chunk pools, host maps and tables, rate-limit
-/// buckets) of the
-/// firewall running on `iface` to what a ruleset that needs `needs` asks
-/// for (see [`grow`]; the same switch). Pools never shrink.
-pub(crate) fn grow_pools(
-    iface: &str,
-    iface_dir: &PinDir,
-    lock: &IfaceLock,
-    needs: PoolNeeds,
-) -> Result<bool> {
-    let grew = grow_maps(iface, iface_dir, lock, &pool_sizes(needs))?;
-    if grew {
-        tracing::info!("grew the firewall's prefix tables, host maps and rate-limit buckets of {iface} for {needs:?}");
+        let maps: Vec<String> = wanted.iter().map(|(m, n)| format!("{m} {n}")).collect();
+        tracing::info!("grew the firewall of {iface}: {}", maps.join(", "));
     }
     Ok(grew)
 }

@@ -828,7 +828,7 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
         (Some(table), overflow)
     };
     // IPv4 prefixes go to the DIR table, in the set's pool (the writers
-    // grow it first: `LiveFirewall::ensure_chunks`): /24s whose longer
+    // grow it first: `LiveFirewall::ensure_room`): /24s whose longer
     // prefixes find no room stay in the tries, all of them if a shorter
     // prefix finds none.
     let pool = entries(FW_DIR4_CHUNKS[set])?;

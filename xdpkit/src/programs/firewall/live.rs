@@ -380,41 +380,37 @@ impl LiveFirewall {
     /// maps, the chain reinstalled; see [`capacity::grow`]) if its
     /// capacity is smaller.
     fn ensure_ids(&mut self, ids: u64) -> Result<()> {
-        if ids <= u64::from(capacity::capacity(&self.maps)?) {
-            return Ok(());
-        }
-        let wanted = capacity::capacity_for(ids)?;
-        let iface_dir = PinDir::new(&self.iface)?;
-        let lock = self.shared_lock()?;
-        capacity::grow(&self.iface, &iface_dir, &lock, wanted)?;
-        // The pins now hold the bigger maps.
-        self.view.maps = open_pinned(&self.view.dir)?;
-        Ok(())
+        self.ensure_room(ids, std::iter::empty())
     }
 
     /// Makes room in the DIR chunk pools and rule refs, the host maps and
-    /// tables, the rate-limit buckets and the IPv6 tables for `rules`: grows them (the chain
-    /// reinstalled, as [`ensure_ids`](Self::ensure_ids)) when they are
-    /// smaller. A ruleset past the largest pool or table keeps those
-    /// prefixes in the tries.
+    /// tables, the rate-limit buckets and the IPv6 tables for `rules`
+    /// (see [`ensure_room`](Self::ensure_room)). A ruleset past the largest
+    /// pool or table keeps those prefixes in the tries.
     fn ensure_chunks<'r>(
         &mut self,
         rules: impl IntoIterator<Item = &'r Rule> + Clone,
     ) -> Result<()> {
-        let needs = super::dir::pool_needs(rules.clone());
-        if capacity::pools_short(&self.maps, needs)? {
-            let iface_dir = PinDir::new(&self.iface)?;
-            let lock = self.shared_lock()?;
-            capacity::grow_pools(&self.iface, &iface_dir, &lock, needs)?;
-            self.view.maps = open_pinned(&self.view.dir)?;
+        self.ensure_room(0, rules)
+    }
+
+    /// Makes room for rule ids below `ids` and for `rules`: grows what is
+    /// too small (bigger maps, the chain reinstalled once for all of them;
+    /// see [`capacity::grow`]).
+    fn ensure_room<'r>(
+        &mut self,
+        ids: u64,
+        rules: impl IntoIterator<Item = &'r Rule> + Clone,
+    ) -> Result<()> {
+        let wanted = capacity::wanted(&self.maps, ids, rules)?;
+        if wanted.is_empty() {
+            return Ok(());
         }
-        let entries = super::v6tab::entries_needed(rules);
-        if super::v6tab::buckets_for(entries) > capacity::v6_pool(&self.maps)? {
-            let iface_dir = PinDir::new(&self.iface)?;
-            let lock = self.shared_lock()?;
-            capacity::grow_v6(&self.iface, &iface_dir, &lock, entries)?;
-            self.view.maps = open_pinned(&self.view.dir)?;
-        }
+        let iface_dir = PinDir::new(&self.iface)?;
+        let lock = self.shared_lock()?;
+        capacity::grow(&self.iface, &iface_dir, &lock, &wanted)?;
+        // The pins now hold the bigger maps.
+        self.view.maps = open_pinned(&self.view.dir)?;
         Ok(())
     }
 
@@ -564,12 +560,13 @@ impl LiveFirewall {
                 }
                 .into());
             }
-            self.ensure_ids(u64::from(last) + 1)?;
         }
+        // Ids, pools and tables grow together: one switch, not three.
+        let room = new.iter().map(|e| u64::from(e.id) + 1).max().unwrap_or(0);
         let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
         if replace {
             let rules = Ruleset::from_entries(new);
-            self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
+            self.ensure_room(room, rules.entries().iter().map(|e| &e.rule))?;
             // The records go into new record maps, so the old ones leave
             // with the old maps (no dump, no deletes); the tries are filled
             // at the same time. Zeroed counters of reused ids precede the
@@ -584,7 +581,7 @@ impl LiveFirewall {
             let mut all = self.rules()?.into_entries();
             all.extend(new.iter().cloned());
             let rules = Ruleset::from_entries(all);
-            self.ensure_chunks(rules.entries().iter().map(|e| &e.rule))?;
+            self.ensure_room(room, rules.entries().iter().map(|e| &e.rule))?;
             match self.stage_while(&rules, || self.store(&new)) {
                 Ok(staged) => commit(&mut self.view.maps, staged)?,
                 Err(e) => {
@@ -604,11 +601,11 @@ impl LiveFirewall {
         let next_id = u64::from(self.next()?.0);
         // Counting the new rules reads every stored one: only when they
         // may not fit.
+        let mut room = 0;
         if next_id + desired.len() as u64 > u64::from(capacity::capacity(&self.maps)?) {
-            let added = count_new(&self.rules()?, desired);
-            self.ensure_ids(next_id + added as u64)?;
+            room = next_id + count_new(&self.rules()?, desired) as u64;
         }
-        self.ensure_chunks(desired)?;
+        self.ensure_room(room, desired)?;
         let prepared = self.prepare_sync(desired)?;
         self.commit_sync(prepared, None)
     }

@@ -125,22 +125,15 @@ impl Program for Firewall {
                 ids = ids.max(next_id + added as u64);
             }
         }
-        let wanted = capacity::capacity_for(ids)?;
-        if wanted > has {
-            capacity::grow(iface, iface_dir, lock, wanted)?;
-        }
-        if settings.contains_key("rules") {
-            let rules = config::rules_of(settings);
-            let needs = super::dir::pool_needs(rules.iter());
-            let maps = super::maps::open_pinned(&dir)?;
-            if capacity::pools_short(&maps, needs)? {
-                capacity::grow_pools(iface, iface_dir, lock, needs)?;
-            }
-            let entries = super::v6tab::entries_needed(rules.iter());
-            let maps = super::maps::open_pinned(&dir)?;
-            if super::v6tab::buckets_for(entries) > capacity::v6_pool(&maps)? {
-                capacity::grow_v6(iface, iface_dir, lock, entries)?;
-            }
+        let rules = if settings.contains_key("rules") {
+            config::rules_of(settings)
+        } else {
+            Vec::new()
+        };
+        // Ids, pools and tables grow together: one switch.
+        let wanted = capacity::wanted(&maps, ids, rules.iter())?;
+        if !wanted.is_empty() {
+            capacity::grow(iface, iface_dir, lock, &wanted)?;
         }
         Ok(())
     }
