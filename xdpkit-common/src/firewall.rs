@@ -84,21 +84,26 @@ pub struct HostBucket {
 /// Fewest and most [`FwConfig::table_bits`].
 pub const TABLE_BITS: (u32, u32) = (4, FW_HOST_BUCKETS.trailing_zeros());
 
+/// `bits` ([`FwConfig::table_bits`]) clamped to [`TABLE_BITS`], so the
+/// hashes' shifts stay below 32 whatever the config holds.
+#[inline(always)]
+pub const fn table_bits(bits: u32) -> u32 {
+    if bits < TABLE_BITS.0 {
+        TABLE_BITS.0
+    } else if bits > TABLE_BITS.1 {
+        TABLE_BITS.1
+    } else {
+        bits
+    }
+}
+
 /// The two buckets, among the first `1 << bits`, a host may live in (two
 /// multiplicative hashes of its address, the same on both sides). Two
 /// choices keep buckets even: a table three-quarters full rarely has a
 /// host with both buckets full.
 #[inline(always)]
 pub const fn host_buckets(addr: u32, bits: u32) -> [u32; 2] {
-    // Clamped so the shift stays below 32 whatever the config holds.
-    let bits = if bits < TABLE_BITS.0 {
-        TABLE_BITS.0
-    } else if bits > TABLE_BITS.1 {
-        TABLE_BITS.1
-    } else {
-        bits
-    };
-    let shift = 32 - bits;
+    let shift = 32 - table_bits(bits);
     let first = addr.wrapping_mul(0x9e37_79b1) >> shift;
     let second = (addr ^ (addr >> 16)).wrapping_mul(0x85eb_ca6b) >> shift;
     [first, second]
@@ -112,16 +117,9 @@ pub const fn host_buckets(addr: u32, bits: u32) -> [u32; 2] {
 /// whose /24 holds no listed host finds its bit clear about 19 times in 20.
 #[inline(always)]
 pub const fn host_filter(addr: [u8; 4], bits: u32) -> (u32, u64) {
-    // Clamped as in `host_buckets`, so the shift stays in 9..=22.
-    let bits = if bits < TABLE_BITS.0 {
-        TABLE_BITS.0
-    } else if bits > TABLE_BITS.1 {
-        TABLE_BITS.1
-    } else {
-        bits
-    };
+    // Table bits 4..=17: the shift stays in 9..=22.
     let net = u32::from_be_bytes(addr) >> 8;
-    let h = net.wrapping_mul(0x9e37_79b1) >> (32 - (bits + 6));
+    let h = net.wrapping_mul(0x9e37_79b1) >> (32 - (table_bits(bits) + 6));
     (h >> 6, 1 << (h & 63))
 }
 
