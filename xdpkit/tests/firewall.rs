@@ -1188,11 +1188,14 @@ fn v6_structures(harness: &FirewallHarness) -> (bool, bool) {
 /// Point 5 of issue 10 for IPv6: the IPv6 tables against the model on
 /// rulesets built to hit their edges (every length /0../128, nested
 /// prefixes whose shorter ones often win, markers with and without a rule,
-/// hosts), loaded, then changed rule by rule: deletes rebuild the prefix
-/// set, adds that rank after every prefix rule of their field go in place
-/// (into the trie the program reads where the table has no rule), others
-/// rebuild. One round in four uses a table too small for its rules: they
-/// must fall back to the tries, still equal.
+/// hosts), loaded, then changed rule by rule. Even rounds change the table
+/// in place through the library's index (`V6Index`; a change it cannot make
+/// in place, such as a new length, reloads). Odd rounds take the
+/// `rule add`/`rule del` path: deletes rebuild the prefix set, adds that
+/// rank after every prefix rule of their field go in place (into the trie
+/// the program reads where the table has no rule), others rebuild. One
+/// round in four uses a table too small for its rules: they must fall back
+/// to the tries, still equal.
 #[test]
 fn v6_tables_match_the_model_at_their_edges() {
     if !require_root("v6_tables_match_the_model_at_their_edges") {
@@ -1207,6 +1210,7 @@ fn v6_tables_match_the_model_at_their_edges() {
     let mut small = FirewallHarness::sized(Policy::default(), &tiny).unwrap();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let (mut frames, mut ops, mut fallbacks, mut in_place) = (0u64, 0u64, 0u64, 0u64);
+    let mut indexed = 0u64;
     for round in 0..rulesets {
         let fallback = round % 4 == 3;
         let h = if fallback { &mut small } else { &mut harness };
@@ -1217,6 +1221,11 @@ fn v6_tables_match_the_model_at_their_edges() {
         assert_eq!(v6_structures(h), (!fallback, fallback), "round {round}");
         fallbacks += u64::from(fallback);
         frames += edge_frames6(h, &mut rng, &rules, bases, 1000);
+        if round % 2 == 0 {
+            let (f, o, n) = v6_index_round(h, &mut rng, &mut rules, bases);
+            (frames, ops, indexed) = (frames + f, ops + o, indexed + n);
+            continue;
+        }
         let mut next = rules.entries().iter().map(|e| e.id).max().unwrap_or(0) + 1;
         for _ in 0..20 {
             let ids: Vec<u32> = rules.entries().iter().map(|e| e.id).collect();
@@ -1250,10 +1259,86 @@ fn v6_tables_match_the_model_at_their_edges() {
         }
     }
     println!(
-        "{frames} IPv6 frames, {ops} changes ({in_place} adds in place) over {rulesets} edge rulesets ({fallbacks} in the tries): kernel == model"
+        "{frames} IPv6 frames, {ops} changes ({in_place} live adds in place, {indexed} through the index) over {rulesets} edge rulesets ({fallbacks} in the tries): kernel == model"
     );
     assert!(frames >= 70_000 || rulesets < 40);
     assert!(in_place > 0 || rulesets < 4);
+    assert!(indexed > 100 || rulesets < 4, "{indexed}");
+}
+
+/// Random adds and deletes of IPv6 prefix rules (nested in and around the
+/// bases) applied in place through the library's index, each written to
+/// the active set and checked frame by frame; returns (frames, changes,
+/// changes made in place).
+fn v6_index_round(
+    h: &mut FirewallHarness,
+    rng: &mut Rng,
+    rules: &mut Ruleset,
+    bases: (u128, u128),
+) -> (u64, u64, u64) {
+    let mut index = h.load_v6(rules).unwrap();
+    let (mut frames, mut ops, mut indexed) = (0, 0, 0);
+    let mut next = rules.entries().iter().map(|e| e.id).max().unwrap_or(0) + 1;
+    for _ in 0..40 {
+        let ids: Vec<u32> = rules.entries().iter().map(|e| e.id).collect();
+        let result = if rng.below(5) < 2 && !ids.is_empty() {
+            let id = rng.pick(&ids);
+            let gone = rules.entries().iter().find(|e| e.id == id).unwrap().clone();
+            rules.remove(id);
+            let Some((field, ipnet::IpNet::V6(net))) =
+                xdpkit::firewall::kernel::prefix_field(&gone.rule)
+            else {
+                unreachable!()
+            };
+            index.delete(field - 2, net, id)
+        } else {
+            let field = rng.pick(&["src", "dst"]);
+            let b = if field == "src" { bases.0 } else { bases.1 };
+            // Mostly lengths already listed: a new one reloads.
+            let listed: Vec<u8> = rules
+                .entries()
+                .iter()
+                .filter_map(|e| match xdpkit::firewall::kernel::prefix_field(&e.rule) {
+                    Some((_, ipnet::IpNet::V6(n))) => Some(n.prefix_len()),
+                    _ => None,
+                })
+                .collect();
+            let len = if rng.below(5) > 0 && !listed.is_empty() {
+                rng.pick(&listed)
+            } else {
+                rng.below(129) as u8
+            };
+            let addr = b ^ (rand128(rng) >> rng.below(128));
+            let line = prefix_line6(rng, field, addr, len);
+            let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
+                .rule
+                .clone();
+            let entry = Entry {
+                id: next,
+                seq: u64::from(next),
+                rule,
+            };
+            next += 1;
+            rules.push_entry(entry.clone());
+            let Some((field, ipnet::IpNet::V6(net))) =
+                xdpkit::firewall::kernel::prefix_field(&entry.rule)
+            else {
+                unreachable!()
+            };
+            index.add(field - 2, net, xdpkit::firewall::kernel::rule_ref(&entry))
+        };
+        match result {
+            Ok(()) => {
+                h.v6_update(&mut index).unwrap();
+                indexed += 1;
+            }
+            // Lengths, /0 or room: the writer reloads.
+            Err(_) => index = h.load_v6(rules).unwrap(),
+        }
+        ops += 1;
+        frames += edge_frames6(h, rng, rules, bases, 50);
+    }
+    (frames, ops, indexed)
 }
 
 /// `n` distinct random IPv6 prefixes /32../64 in 2000::/3 (or, with
@@ -1491,4 +1576,106 @@ fn dir4_pools_too_small_leave_prefixes_to_the_tries() {
         }
     }
     println!("{frames} frames through DIR pools of 1 to 6 chunks: kernel == model");
+}
+
+/// Issue 10 point 1 for IPv6 in place (run in release: `cargo test
+/// --release -p xdpkit --test firewall v6_in_place -- --ignored
+/// --nocapture`): 1,000,000 prefixes as the Memory section's gen.py makes
+/// them (700k IPv4 /16-/32 in 198.18.0.0/15, 300k IPv6 /32-/64 in
+/// 2001:db8::/32), loaded; then source prefixes added to and deleted from
+/// the IPv6 table through the library's index, each written to the active
+/// set: the median and worst time of an add and a delete per length. Half
+/// the rules outrank every rule under them (their values change too).
+#[test]
+#[ignore]
+fn v6_in_place_at_a_million_prefixes() {
+    if !require_root("v6_in_place_at_a_million_prefixes") {
+        return;
+    }
+    let (mut text, _, _) = random_v6_prefixes(300_000, true);
+    let mut rng = Rng(0x7777_1234_5678_9abc);
+    // As gen.py: every /16-/32 of the /15 as a source, then as a
+    // destination, then both again at prio 200, up to 700k.
+    let mut v4 = 0;
+    'out: for (field, prio) in [
+        ("src", ""),
+        ("dst", ""),
+        ("src", " prio 200"),
+        ("dst", " prio 200"),
+    ] {
+        for len in (16..=32u32).rev() {
+            for i in 0..1u32 << (len - 15) {
+                if v4 == 700_000 {
+                    break 'out;
+                }
+                let net = std::net::Ipv4Addr::from(0xc612_0000 + (i << (32 - len)));
+                text.push_str(&format!("deny {field} {net}/{len}{prio}\n"));
+                v4 += 1;
+            }
+        }
+    }
+    let rules = Ruleset::parse_file_text("mix", &text).unwrap();
+    let entries = xdpkit::firewall::v6tab::entries_needed(rules.entries().iter().map(|e| &e.rule));
+    let mut sizes = xdpkit::firewall::capacity::sizes(
+        xdpkit::firewall::capacity::capacity_for_rules(rules.len() as u64 + 10_000).unwrap(),
+    );
+    sizes.extend(xdpkit::firewall::capacity::v6_sizes(
+        xdpkit::firewall::v6tab::pool_for(entries),
+    ));
+    sizes.extend(xdpkit::firewall::capacity::pool_sizes(
+        xdpkit::firewall::dir::pool_needs(rules.entries().iter().map(|e| &e.rule)),
+    ));
+    let mut h = FirewallHarness::sized(Policy::default(), &sizes).unwrap();
+    let t = std::time::Instant::now();
+    let mut index = h.load_v6(&rules).unwrap();
+    println!("1M load with the IPv6 index: {:?}", t.elapsed());
+    let mut next = rules.entries().iter().map(|e| e.id).max().unwrap() + 1;
+    for (len, count) in [(48u8, 200u32), (56, 200), (64, 200), (40, 40), (36, 10)] {
+        // [ranking first, ranking last] x [add, delete]
+        let mut ns: [[Vec<u64>; 2]; 2] = Default::default();
+        for k in 0..count {
+            let addr = (0x2001_0db8u128 << 96) | (rand128(&mut rng) >> 32);
+            let net = ipnet::Ipv6Net::new(addr.into(), len).unwrap().trunc();
+            let id = next;
+            next += 1;
+            let rule = xdpkit_common::firewall::RuleRef {
+                rank: if k % 2 == 0 {
+                    u64::from(k)
+                } else {
+                    u64::MAX - 1
+                },
+                id,
+                action: 1,
+                pps: 0,
+                prefix_len: 0,
+            };
+            let t = std::time::Instant::now();
+            index.add(0, net, rule).unwrap();
+            h.v6_update(&mut index).unwrap();
+            ns[(k % 2) as usize][0].push(t.elapsed().as_nanos() as u64);
+            // The source of a frame inside it now meets the rule (the one
+            // ranking first) or the rule already there.
+            if k % 2 == 0 {
+                let (_, tr) = h.run(&udp6(addr, 0x2001_0db8 << 96 | 1)).unwrap();
+                assert_eq!(tr.rule, id, "/{len}");
+            }
+            let t = std::time::Instant::now();
+            index.delete(0, net, id).unwrap();
+            h.v6_update(&mut index).unwrap();
+            ns[(k % 2) as usize][1].push(t.elapsed().as_nanos() as u64);
+        }
+        for (half, label) in ns.iter_mut().zip(["first", "last"]) {
+            for v in half.iter_mut() {
+                v.sort_unstable();
+            }
+            let c = half[0].len();
+            println!(
+                "IPv6 index at 1M: /{len} ranking {label}: add median {} us (max {}), delete median {} us (max {})",
+                half[0][c / 2] / 1000,
+                half[0][c - 1] / 1000,
+                half[1][c / 2] / 1000,
+                half[1][c - 1] / 1000
+            );
+        }
+    }
 }

@@ -1152,6 +1152,76 @@ impl FirewallHarness {
         super::dir::write_changes(&self.ebpf, set, &index.table, &changes)
     }
 
+    /// Loads `rules` and returns the index of the new set's IPv6 table
+    /// (every IPv6 prefix rule in it): [`FirewallHarness::v6_update`] then
+    /// applies adds and deletes made to the index to the active set in
+    /// place, as a long-lived writer would.
+    pub fn load_v6(&mut self, rules: &Ruleset) -> Result<super::v6index::V6Index> {
+        let staged = stage(&self.ebpf, rules)?;
+        let set = (staged.active & ACTIVE_PREFIX) as usize;
+        let mut cfg = staged.cfg;
+        if cfg.present & (present_dir(set, 2) | present_dir(set, 3)) == 0 {
+            return Err(Error::InvalidArgument(
+                "the IPv6 prefixes are not in the IPv6 table".into(),
+            ));
+        }
+        // The leaves the load gave the rules, from the set's refs.
+        let numbered = cfg.dir_refs[set] as usize;
+        let leaves: HashMap<u32, u32> =
+            batch::dump::<u32, RuleRef>(&self.ebpf, FW_DIR4_REFS[set], numbered)?
+                .into_iter()
+                .filter(|(n, _)| (*n as usize) < numbered)
+                .map(|(n, r)| (r.id, n + 1))
+                .collect();
+        let c = compile(rules)?;
+        let pool = batch::map_info(&self.ebpf, FW_V6TAB[set])?.max_entries();
+        let leaf = |r: &RuleRef| leaves.get(&r.id).copied().unwrap_or(0);
+        let table = super::v6tab::build_by(&c.src6, &c.dst6, pool, &leaf).ok_or_else(|| {
+            Error::InvalidArgument("the IPv6 prefixes do not fit the table".into())
+        })?;
+        batch::write_array_fd(batch::map_fd(&self.ebpf, FW_V6TAB[set])?, &table.buckets)?;
+        batch::write_array_fd(batch::map_fd(&self.ebpf, FW_V6NODE[set])?, &table.nodes)?;
+        cfg.v6_roots[set] = table.roots;
+        let v6: Vec<(usize, ipnet::Ipv6Net, RuleRef)> = rules
+            .entries()
+            .iter()
+            .filter_map(|e| match prefix_field(&e.rule) {
+                Some((field @ 2..=3, IpNet::V6(n))) => Some((field - 2, n, rule_ref(e))),
+                _ => None,
+            })
+            .collect();
+        let ref_room = batch::map_info(&self.ebpf, FW_DIR4_REFS[set])?.max_entries();
+        let index = super::v6index::V6Index::new(&v6, table, leaves, numbered as u32 + 1)
+            .with_leaf_room(ref_room);
+        commit(
+            &mut self.ebpf,
+            Staged {
+                cfg,
+                active: staged.active,
+            },
+        )?;
+        Ok(index)
+    }
+
+    /// Writes what `index` changed since the last call into the active set
+    /// (see [`FirewallHarness::load_v6`]): rules, nodes, buckets, then the
+    /// roots.
+    pub fn v6_update(&mut self, index: &mut super::v6index::V6Index) -> Result<()> {
+        let mut cfg = read_config(&self.ebpf)?;
+        let set = cfg.prefix_set();
+        let changes = index.take_changes();
+        super::v6index::write_changes(&self.ebpf, set, &changes)?;
+        let numbered = changes.refs.iter().map(|(n, _)| n + 1).max().unwrap_or(0);
+        if changes.roots.is_some() || numbered > cfg.dir_refs[set] {
+            if let Some(roots) = changes.roots {
+                cfg.v6_roots[set] = roots;
+            }
+            cfg.dir_refs[set] = cfg.dir_refs[set].max(numbered);
+            write_config(&mut self.ebpf, cfg)?;
+        }
+        Ok(())
+    }
+
     /// The id of map `name` (for `bpftool map show id N`).
     pub fn map_id(&self, name: &str) -> Result<u32> {
         Ok(batch::map_info(&self.ebpf, name)?.id())

@@ -18,6 +18,7 @@ pub mod rule;
 pub mod ruleset;
 pub mod simulate;
 pub mod stage;
+pub mod v6index;
 pub mod v6tab;
 
 pub use error::FirewallError;

@@ -40,10 +40,12 @@ pub struct V6Table {
     pub nodes: Vec<V6Node>,
     /// Entries (prefixes and markers) in the buckets.
     pub entries: usize,
+    /// The first node of the tree of each list of lengths.
+    pub(super) made: HashMap<Vec<u8>, u32>,
 }
 
 /// `addr` masked to `len` bits.
-fn trunc(addr: u128, len: u8) -> u128 {
+pub(super) fn trunc(addr: u128, len: u8) -> u128 {
     if len == 0 {
         0
     } else {
@@ -129,7 +131,7 @@ fn field_entries(reals: &HashMap<(u128, u8), u32>) -> (Entries, Vec<u8>) {
 /// middle. Either middle leaves at most `k / 2` lengths after the probe,
 /// but the upper one ends a search that hits the longest of two lengths
 /// (a listed /64 under a listed /48) in one probe, not two.
-fn midpoint(k: usize) -> usize {
+pub(super) fn midpoint(k: usize) -> usize {
     k / 2
 }
 
@@ -174,9 +176,9 @@ pub fn pool_for(entries: usize) -> u32 {
 
 /// The trees of the lists of lengths, each distinct list once.
 #[derive(Default)]
-struct Trees {
-    nodes: Vec<V6Node>,
-    made: HashMap<Vec<u8>, u32>,
+pub(super) struct Trees {
+    pub(super) nodes: Vec<V6Node>,
+    pub(super) made: HashMap<Vec<u8>, u32>,
 }
 
 impl Trees {
@@ -199,7 +201,7 @@ impl Trees {
 
     /// The first node of the tree of `lens` (ascending): its midpoint,
     /// left = the tree of the shorter half.
-    fn of(&mut self, lens: &[u8]) -> u32 {
+    pub(super) fn of(&mut self, lens: &[u8]) -> u32 {
         if lens.is_empty() {
             return V6_NO_NODE;
         }
@@ -319,6 +321,17 @@ pub fn build_by(
     pool: u32,
     leaf: &dyn Fn(&RuleRef) -> u32,
 ) -> Option<V6Table> {
+    build_roomy(src6, dst6, pool, leaf, 0)
+}
+
+/// [`build_by`] into at least `min` buckets (room for adds in place).
+pub fn build_roomy(
+    src6: &[Prefix],
+    dst6: &[Prefix],
+    pool: u32,
+    leaf: &dyn Fn(&RuleRef) -> u32,
+    min: u32,
+) -> Option<V6Table> {
     if src6.is_empty() && dst6.is_empty() {
         return None;
     }
@@ -330,7 +343,7 @@ pub fn build_by(
     }
     let entries = src.len() + dst.len();
     let pool = pool.min(FW_V6_MAX_BUCKETS);
-    let first = buckets_for(entries);
+    let first = buckets_for(entries).max(min.next_multiple_of(16)).min(pool);
     let mut tries = vec![first, first + first / 8, first + first / 4, pool];
     tries.retain(|&n| n <= pool && n as usize * 4 >= entries);
     tries.dedup();
@@ -345,6 +358,7 @@ pub fn build_by(
                 roots,
                 nodes: trees.nodes,
                 entries,
+                made: trees.made,
             });
         }
     }
