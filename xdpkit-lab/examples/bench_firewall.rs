@@ -179,6 +179,10 @@ struct Options {
     anchors: PathBuf,
     fixed_path: bool,
     test_run_only: bool,
+    /// Floods measured (letters a-d), for quick comparisons; all by default.
+    floods: String,
+    /// Whether nftables takes part (its set-up is the slowest).
+    nftables: bool,
 }
 
 fn options() -> BoxResult<Options> {
@@ -195,6 +199,8 @@ fn options() -> BoxResult<Options> {
         anchors: workspace.join("../shared/perf/anchors"),
         fixed_path: false,
         test_run_only: false,
+        floods: "abcd".into(),
+        nftables: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -208,11 +214,14 @@ fn options() -> BoxResult<Options> {
             "--anchors" => o.anchors = PathBuf::from(value()?),
             "--fixed-path" => o.fixed_path = true,
             "--test-run-only" => o.test_run_only = true,
+            "--floods" => o.floods = value()?,
+            "--no-nftables" => o.nftables = false,
             "-h" | "--help" => {
                 println!(
                     "bench_firewall [--rounds N (5)] [--trial-secs S (2)] [--prefixes N (1000000)] \
                      [--repeat R (1000000)] [--out DIR (target/bench)] \
-                     [--anchors DIR (../shared/perf/anchors)] [--fixed-path] [--test-run-only]"
+                     [--anchors DIR (../shared/perf/anchors)] [--fixed-path] [--test-run-only] \
+                     [--floods LETTERS (abcd): only these, quick comparisons] [--no-nftables]"
                 );
                 std::process::exit(0);
             }
@@ -278,6 +287,15 @@ fn main() -> BoxResult<()> {
         for k in 0..Contender::ALL.len() {
             let ci = (round + k) % Contender::ALL.len();
             let c = Contender::ALL[ci];
+            if c == Contender::Nftables && !o.nftables {
+                for fi in 0..Flood::ALL.len() {
+                    samples[ci][fi].push(Sample {
+                        mpps: f64::NAN,
+                        live_ns: None,
+                    });
+                }
+                continue;
+            }
             let t = Instant::now();
             setup(lab, c, &anchors, &rules, &prefixes)?;
             let setup_s = t.elapsed().as_secs_f64();
@@ -286,8 +304,10 @@ fn main() -> BoxResult<()> {
                 Flood::ALL
                     .iter()
                     .zip(&frames)
-                    .map(|(flood, frame)| {
-                        if !c.handles(*flood) {
+                    .enumerate()
+                    .map(|(fi, (flood, frame))| {
+                        let chosen = o.floods.contains((b'a' + fi as u8) as char);
+                        if !c.handles(*flood) || !chosen {
                             return Ok(Sample {
                                 mpps: f64::NAN,
                                 live_ns: None,
