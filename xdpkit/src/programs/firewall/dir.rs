@@ -306,16 +306,36 @@ trait Slots {
         touched: &mut impl FnMut(At),
     ) {
         let v = self.get(at);
-        if v & DIR_CHUNK != 0 {
-            let c = (v & !DIR_CHUNK) as usize;
-            let (addr, len) = range;
-            let shift = 32 - (len + 8);
-            for i in 0..256usize {
-                let a = addr | ((i as u32) << shift);
-                self.cover_slot(At::Chunk(c, i), (a, len + 8), f, touched);
-            }
+        if v & DIR_CHUNK == 0 {
+            self.cover_leaf(at, v, range, f, touched);
             return;
         }
+        let c = (v & !DIR_CHUNK) as usize;
+        let (addr, len) = range;
+        let shift = 32 - (len + 8);
+        // The leaves of a chunk in this loop, not a call each: a /8 has
+        // 65,536 of them.
+        for i in 0..256usize {
+            let at = At::Chunk(c, i);
+            let range = (addr | ((i as u32) << shift), len + 8);
+            let v = self.get(at);
+            if v & DIR_CHUNK == 0 {
+                self.cover_leaf(at, v, range, f, touched);
+            } else {
+                self.cover_slot(at, range, f, touched);
+            }
+        }
+    }
+
+    #[inline]
+    fn cover_leaf(
+        &mut self,
+        at: At,
+        v: DirSlot,
+        range: (u32, u8),
+        f: &mut impl FnMut(DirSlot, (u32, u8)) -> Option<DirSlot>,
+        touched: &mut impl FnMut(At),
+    ) {
         if let Some(new) = f(v, range) {
             if new != v {
                 self.set(at, new);
@@ -357,12 +377,152 @@ pub struct Dir4Index {
     pub table: Dir4,
     /// Rules by id.
     refs: HashMap<u32, RuleRef>,
-    /// Rules on each (field, address, length).
-    own: HashMap<(usize, u32, u8), Vec<RuleRef>>,
+    /// Every rule on every prefix, listed by [`block`]: the prefixes
+    /// containing one and those inside it are in a few lists, each list of
+    /// at most 511 prefixes (a /8 finds its 4,000 /24s in 256 of them).
+    prefixes: HashMap<(usize, u32, u8), Vec<(Ipv4Net, RuleRef)>>,
+    /// Per first-level slot, at most the best rank of the rules on the
+    /// prefixes longer than /16 below it: an add better than that reads
+    /// none of their lists. A delete leaves it (finding the next best
+    /// would read them all); a read of them all renews it.
+    lowest: Lowest,
     /// Slots changed since the last [`Dir4Index::take_changes`].
-    changed: HashSet<At>,
+    changed: Changed,
     /// Rules added since then.
     added: Vec<RuleRef>,
+}
+
+/// The rules around a prefix ([`Dir4Index::around`]).
+struct Around {
+    net: Ipv4Net,
+    /// The best on the prefixes containing it.
+    base: Option<RuleRef>,
+    /// Those on the prefixes inside it: of /16 and shorter first, then
+    /// those below each first-level slot.
+    inside: Vec<(Ipv4Net, RuleRef)>,
+    /// Where the first end in `inside`.
+    wide: usize,
+    /// Where the rules below each first-level slot are in `inside`, with
+    /// the slot's index in [`Around::scopes`].
+    groups: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl Around {
+    fn read(&mut self, list: &[(Ipv4Net, RuleRef)]) {
+        let (addr, len) = (u32::from(self.net.network()), self.net.prefix_len());
+        for &(n, rule) in list {
+            let (a, l) = (u32::from(n.network()), n.prefix_len());
+            if l <= len && addr & mask(l) == a {
+                if self.base.is_none_or(|b| rule.rank < b.rank) {
+                    self.base = Some(rule);
+                }
+            } else if l > len && a & mask(len) == addr {
+                self.inside.push((n, rule));
+            }
+        }
+    }
+
+    /// The first-level slots inside the prefix (itself if longer than
+    /// /16), each with the best rule of the prefixes containing it.
+    fn scopes(&self) -> Vec<(Ipv4Net, Option<RuleRef>)> {
+        let len = self.net.prefix_len();
+        if len > 16 {
+            return vec![(self.net, self.base)];
+        }
+        let top = u32::from(self.net.network()) >> 16;
+        let mut scopes: Vec<(Ipv4Net, Option<RuleRef>)> = (top..top + (1 << (16 - len)))
+            .map(|t| {
+                let net = Ipv4Net::new((t << 16).into(), 16).expect("16 <= 32");
+                (net, self.base)
+            })
+            .collect();
+        for &(n, rule) in &self.inside[..self.wide] {
+            let first = ((u32::from(n.network()) >> 16) - top) as usize;
+            let count = 1usize << (16 - n.prefix_len());
+            for (_, best) in &mut scopes[first..first + count] {
+                if best.is_none_or(|b| rule.rank < b.rank) {
+                    *best = Some(rule);
+                }
+            }
+        }
+        scopes
+    }
+}
+
+/// [`Dir4Index::lowest`]: a rank per first-level slot (`field << 16 |
+/// addr >> 16`), `u64::MAX` for none.
+#[derive(Clone, Debug)]
+struct Lowest(Vec<u64>);
+
+impl Default for Lowest {
+    fn default() -> Lowest {
+        Lowest(vec![u64::MAX; 2 * DIR4_L1_SLOTS as usize])
+    }
+}
+
+/// The first-level slot of `net` (/16 or longer) of `field`.
+fn l1_of(field: usize, net: Ipv4Net) -> usize {
+    (field << 16) | (u32::from(net.network()) >> 16) as usize
+}
+
+/// The list of [`Dir4Index::prefixes`] holding `net`: the prefixes of
+/// /0-/8 together, then those of /9-/16 per /8, /17-/24 per /16 and
+/// /25-/32 per /24, as the table's levels split them.
+fn block(field: usize, net: Ipv4Net) -> (usize, u32, u8) {
+    let level = net.prefix_len().saturating_sub(1) / 8 * 8;
+    (field, u32::from(net.network()) & mask(level), level)
+}
+
+/// The netmask of a prefix length.
+fn mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+/// The slots an add leaves to their rules (when not all).
+enum Keep {
+    /// Those holding these rules (better ones, on prefixes inside).
+    Rules(HashSet<DirSlot>),
+    /// Those whose rule is better, looked up by id: a prefix longer than
+    /// /16 covers at most 256 slots, naming few rules.
+    Ranked,
+}
+
+/// The slots changed since the last [`Dir4Index::take_changes`], as the
+/// map updates they need: first-level slots and whole chunks.
+#[derive(Clone, Debug, Default)]
+struct Changed {
+    l1: HashSet<u32>,
+    chunks: HashSet<u32>,
+    /// The chunk noted last: a walk changes a chunk's slots one after
+    /// another, and a /8 changes 65,536 of them in 256 chunks.
+    last: Option<u32>,
+}
+
+impl Changed {
+    fn note(&mut self, at: At) {
+        match at {
+            At::L1(i) => {
+                self.l1.insert(i as u32);
+            }
+            At::Chunk(c, _) => {
+                let c = c as u32;
+                if self.last != Some(c) {
+                    self.last = Some(c);
+                    self.chunks.insert(c);
+                }
+            }
+        }
+    }
+
+    /// First-level slots and chunks, sorted; none left.
+    fn take(&mut self) -> (Vec<u32>, Vec<u32>) {
+        self.last = None;
+        let mut l1: Vec<u32> = self.l1.drain().collect();
+        let mut chunks: Vec<u32> = self.chunks.drain().collect();
+        l1.sort_unstable();
+        chunks.sort_unstable();
+        (l1, chunks)
+    }
 }
 
 /// Slots an update changed: first-level indices and chunk indices.
@@ -385,7 +545,7 @@ impl Dir4Index {
             ..Dir4Index::default()
         };
         for &(field, net, rule) in rules {
-            index.note(field, net, rule);
+            index.note(field, net.trunc(), rule);
         }
         index
     }
@@ -396,83 +556,219 @@ impl Dir4Index {
             ..rule
         };
         self.refs.insert(rule.id, rule);
-        self.own
-            .entry((field, u32::from(net.network()), net.prefix_len()))
+        self.prefixes
+            .entry(block(field, net))
             .or_default()
-            .push(rule);
+            .push((net, rule));
+        if net.prefix_len() > 16 {
+            let lowest = &mut self.lowest.0[l1_of(field, net)];
+            *lowest = (*lowest).min(rule.rank);
+        }
+    }
+
+    /// Takes rule `id` off `net` of `field`; returns it.
+    fn forget(&mut self, field: usize, net: Ipv4Net, id: u32) -> Option<RuleRef> {
+        let key = block(field, net);
+        let list = self.prefixes.get_mut(&key)?;
+        let at = list.iter().position(|(n, r)| *n == net && r.id == id)?;
+        let (_, rule) = list.swap_remove(at);
+        if list.is_empty() {
+            self.prefixes.remove(&key);
+        }
+        self.refs.remove(&id);
+        Some(rule)
+    }
+
+    /// The list of a [`block`].
+    fn list(&self, key: (usize, u32, u8)) -> &[(Ipv4Net, RuleRef)] {
+        self.prefixes.get(&key).map_or(&[], |l| l)
+    }
+
+    /// The rules around `net` of `field`: the best on the prefixes
+    /// containing it (itself included), and the rules on the prefixes
+    /// inside it, every one ranked up to `limit` (and some others). Lists
+    /// of /17 and longer exist only below chunks: the table says which to
+    /// read.
+    fn around(&mut self, field: usize, net: Ipv4Net, limit: u64) -> Around {
+        let len = net.prefix_len();
+        let addr = u32::from(net.network());
+        let mut found = Around {
+            net,
+            base: None,
+            inside: Vec::new(),
+            wide: 0,
+            groups: Vec::new(),
+        };
+        found.read(self.list((field, 0, 0)));
+        let (first, count) = if len >= 8 {
+            (addr & mask(8), 1)
+        } else {
+            (addr, 1u32 << (8 - len))
+        };
+        for i in 0..count {
+            found.read(self.list((field, first + (i << 24), 8)));
+        }
+        found.wide = found.inside.len();
+        let (top, tops) = (addr >> 16, 1u32 << 16u8.saturating_sub(len));
+        let (mid, mids) = match len {
+            0..=16 => (0, 256),
+            17..=24 => ((addr >> 8) & 0xff, 1u32 << (24 - len)),
+            _ => ((addr >> 8) & 0xff, 1),
+        };
+        // Below a first-level slot inside `net`, every list is inside it.
+        let whole = len <= 16;
+        for t in top..top + tops {
+            let l1 = (field << 16) | t as usize;
+            let v = self.table.l1[l1];
+            if v & DIR_CHUNK == 0 || (whole && self.lowest.0[l1] > limit) {
+                continue;
+            }
+            let start = found.inside.len();
+            found.read(self.list((field, t << 16, 16)));
+            let slots = &self.table.chunks[(v & !DIR_CHUNK) as usize].slots;
+            let slots = &slots[mid as usize..(mid + mids) as usize];
+            // Most chunks have none below: one pass the compiler vectorises
+            // says so without a branch a slot.
+            if slots.iter().fold(0, |any, s| any | s) & DIR_CHUNK != 0 {
+                for (m, s) in (mid..).zip(slots) {
+                    if s & DIR_CHUNK != 0 {
+                        found.read(self.list((field, (t << 16) | (m << 8), 24)));
+                    }
+                }
+            }
+            if whole {
+                let below = found.inside[start..].iter().map(|(_, r)| r.rank);
+                self.lowest.0[l1] = below.min().unwrap_or(u64::MAX);
+            }
+            if found.inside.len() > start {
+                let group = start..found.inside.len();
+                found.groups.push(((t - top) as usize, group));
+            }
+        }
+        found
     }
 
     /// Adds `rule` on `net` of `field`: every slot it covers keeps the better
     /// of its rule and this one.
     pub fn add(&mut self, field: usize, net: Ipv4Net, rule: RuleRef) -> Result<(), PoolFull> {
         let net = net.trunc();
+        let keep = if net.prefix_len() > 16 {
+            Some(Keep::Ranked)
+        } else {
+            self.kept(field, net, &rule)
+        };
         self.note(field, net, rule);
         self.added.push(RuleRef {
             prefix_len: 0,
             ..rule
         });
+        // Only /16 and shorter take no slot that way: they make no chunks.
+        let Some(keep) = keep else {
+            return Ok(());
+        };
         let refs = &self.refs;
-        let changed = &mut self.changed;
-        let rank = |slot: DirSlot| {
-            if slot == 0 {
-                u64::MAX
-            } else {
-                refs.get(&(slot - 1)).map_or(u64::MAX, |r| r.rank)
+        let mut last: (DirSlot, u64) = (0, u64::MAX);
+        let mut wins = |v: DirSlot| match &keep {
+            Keep::Rules(keep) => v == 0 || !keep.contains(&v),
+            Keep::Ranked => {
+                // Neighbouring slots mostly hold one rule: one look-up a run.
+                if v != 0 && v != last.0 {
+                    last = (v, refs.get(&(v - 1)).map_or(u64::MAX, |r| r.rank));
+                }
+                v == 0 || rule.rank < last.1
             }
         };
         let new = leaf(&rule);
-        self.table.cover(
-            field,
-            net,
-            &mut |v, _| (rule.rank < rank(v)).then_some(new),
-            &mut |at| {
-                changed.insert(at);
-            },
-        )
+        let changed = &mut self.changed;
+        self.table
+            .cover(field, net, &mut |v, _| wins(v).then_some(new), &mut |at| {
+                changed.note(at)
+            })
+    }
+
+    /// Which slots an add of `rule` on `net` (/16 or shorter) leaves;
+    /// `None` for all (a prefix containing `net` has a better rule). A
+    /// slot inside `net` holds the best rule of the prefixes containing
+    /// it: the best around `net`, or one on a prefix inside it. Knowing
+    /// those, no slot's rule is looked up by id (a /8 holds thousands,
+    /// each a cache miss in a table of a million).
+    fn kept(&mut self, field: usize, net: Ipv4Net, rule: &RuleRef) -> Option<Keep> {
+        let around = self.around(field, net, rule.rank);
+        if around.base.is_some_and(|b| b.rank <= rule.rank) {
+            return None;
+        }
+        Some(Keep::Rules(
+            around
+                .inside
+                .iter()
+                .filter(|(_, r)| r.rank <= rule.rank)
+                .map(|(_, r)| leaf(r))
+                .collect(),
+        ))
     }
 
     /// Deletes rule `id` on `net` of `field`: the slots that held it get the
     /// best of the rules left on the prefixes containing them.
     pub fn delete(&mut self, field: usize, net: Ipv4Net, id: u32) -> Result<(), PoolFull> {
         let net = net.trunc();
-        let key = (field, u32::from(net.network()), net.prefix_len());
-        if let Some(list) = self.own.get_mut(&key) {
-            list.retain(|r| r.id != id);
-            if list.is_empty() {
-                self.own.remove(&key);
-            }
+        let Some(rule) = self.forget(field, net, id) else {
+            return Ok(());
+        };
+        // A slot's rules are those on the prefixes containing its
+        // first-level slot (or `net`, when longer than /16), the best of
+        // which its scope carries, and those on the prefixes inside that
+        // containing the slot. The latter fill the slots that held the
+        // deleted rule first; the slots left take the scope's best.
+        let around = self.around(field, net, u64::MAX);
+        let scopes = around.scopes();
+        for (scope, range) in &around.groups {
+            let inside = &around.inside[range.clone()];
+            self.fill_best_first(field, inside, &rule, scopes[*scope].1)?;
         }
-        self.refs.remove(&id);
-        let own = &self.own;
+        let gone = leaf(&rule);
+        for (scope, best) in scopes {
+            self.fill(field, scope, gone, best.map_or(0, |r| leaf(&r)))?;
+        }
+        Ok(())
+    }
+
+    /// Gives the slots that held `gone` the rules on the prefixes `inside`
+    /// a scope, best first: each slot takes the first that reaches it.
+    /// Those better than `gone` hold none of its slots; those not better
+    /// than `outer`, on a prefix containing them all, take none.
+    fn fill_best_first(
+        &mut self,
+        field: usize,
+        inside: &[(Ipv4Net, RuleRef)],
+        gone: &RuleRef,
+        outer: Option<RuleRef>,
+    ) -> Result<(), PoolFull> {
+        let mut better: Vec<(Ipv4Net, RuleRef)> = inside
+            .iter()
+            .filter(|(_, r)| r.rank >= gone.rank && outer.is_none_or(|b| r.rank < b.rank))
+            .copied()
+            .collect();
+        better.sort_unstable_by_key(|(n, r)| (r.rank, n.prefix_len()));
+        for (n, r) in better {
+            self.fill(field, n, leaf(gone), leaf(&r))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the slots of `net` that hold `gone` to `value`.
+    fn fill(
+        &mut self,
+        field: usize,
+        net: Ipv4Net,
+        gone: DirSlot,
+        value: DirSlot,
+    ) -> Result<(), PoolFull> {
         let changed = &mut self.changed;
-        let gone = id + 1;
         self.table.cover(
             field,
             net,
-            &mut |v, (addr, len)| {
-                if v != gone {
-                    return None;
-                }
-                // A leaf slot has no rule strictly inside it: its rules are
-                // those on the prefixes containing it.
-                let mut best: Option<RuleRef> = None;
-                for l in 0..=len {
-                    let a = if l == 0 {
-                        0
-                    } else {
-                        addr & (u32::MAX << (32 - l))
-                    };
-                    for r in own.get(&(field, a, l)).into_iter().flatten() {
-                        if best.is_none_or(|b| r.rank < b.rank) {
-                            best = Some(*r);
-                        }
-                    }
-                }
-                Some(best.map_or(0, |r| leaf(&r)))
-            },
-            &mut |at| {
-                changed.insert(at);
-            },
+            &mut |v, _| (v == gone).then_some(value),
+            &mut |at| changed.note(at),
         )
     }
 
@@ -490,21 +786,12 @@ impl Dir4Index {
 
     /// The slots changed since the last call, as map updates.
     pub fn take_changes(&mut self) -> Changes {
-        let mut out = Changes::default();
-        let mut chunks = HashSet::default();
-        for at in self.changed.drain() {
-            match at {
-                At::L1(i) => out.l1.push(i as u32),
-                At::Chunk(c, _) => {
-                    chunks.insert(c as u32);
-                }
-            }
+        let (l1, chunks) = self.changed.take();
+        Changes {
+            l1,
+            chunks,
+            refs: std::mem::take(&mut self.added),
         }
-        out.chunks = chunks.into_iter().collect();
-        out.refs = std::mem::take(&mut self.added);
-        out.l1.sort_unstable();
-        out.chunks.sort_unstable();
-        out
     }
 }
 
@@ -1248,5 +1535,133 @@ mod tests {
         assert_eq!(at([11, 0, 0, 0]), 0);
         assert_eq!(dir.lookup(1, u32::from_be_bytes([10, 1, 2, 200])), 0);
         assert_eq!(dir.chunks.len(), 2);
+    }
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// The table a rebuild makes of `rules`: each prefix with the best rule
+    /// of the prefixes containing it (as `compile()` gives them).
+    fn fresh(rules: &[(usize, Ipv4Net, RuleRef)]) -> Dir4 {
+        let mut fields: [Vec<(Ipv4Net, RuleRef)>; 2] = Default::default();
+        for &(field, net, _) in rules {
+            let best = rules
+                .iter()
+                .filter(|(f, n, _)| *f == field && n.contains(&net))
+                .map(|(_, _, r)| *r)
+                .min_by_key(|r| r.rank)
+                .expect("net contains itself");
+            fields[field].push((net, best));
+        }
+        for entries in &mut fields {
+            entries.sort_by_key(|(n, _)| *n);
+            entries.dedup_by_key(|(n, _)| *n);
+        }
+        Dir4::build(&fields[0], &fields[1]).unwrap()
+    }
+
+    /// A prefix near `base`: random lengths, /0, /8, /16, /24 and /32 often,
+    /// most inside or around the others.
+    fn near(rng: &mut Rng, base: u32) -> Ipv4Net {
+        let lens = [0, 8, 8, 12, 16, 16, 20, 23, 24, 24, 28, 31, 32, 32];
+        let len = if rng.below(3) == 0 {
+            rng.below(33) as u8
+        } else {
+            lens[rng.below(lens.len())]
+        };
+        let spread = (1u64 << rng.below(33)) - 1;
+        let addr = base ^ (rng.next() & spread) as u32;
+        Ipv4Net::new(addr.into(), len).unwrap().trunc()
+    }
+
+    /// Addresses at the edges of `net` and just outside it.
+    fn edges(net: Ipv4Net) -> [u32; 4] {
+        let (first, last) = (u32::from(net.network()), u32::from(net.broadcast()));
+        [first, last, first.wrapping_sub(1), last.wrapping_add(1)]
+    }
+
+    #[test]
+    fn in_place_adds_and_deletes_match_a_rebuild() {
+        let mut rng = Rng(0x0d1e_c7ab_1e5e_ed08);
+        let mut deletes = 0;
+        for round in 0..8 {
+            let base = rng.next() as u32;
+            let mut next = 0u32;
+            let mut rule = |rng: &mut Rng| {
+                next += 1;
+                // Distinct ranks, in random order: rules inside others rank
+                // better or worse.
+                r(next, ((rng.below(1000) as u64) << 32) | u64::from(next))
+            };
+            // Half the rounds start from a rebuilt table of some rules.
+            let mut rules: Vec<(usize, Ipv4Net, RuleRef)> = (0..(round % 2) * 40)
+                .map(|_| (rng.below(2), near(&mut rng, base), rule(&mut rng)))
+                .collect();
+            let mut index = Dir4Index::new(&rules, fresh(&rules));
+            // Fed only by the changes: what the maps hold.
+            let mut maps = index.table.clone();
+            for step in 0..60 {
+                let changed = if !rules.is_empty() && rng.below(3) == 0 {
+                    let (field, net, gone) = rules.swap_remove(rng.below(rules.len()));
+                    index.delete(field, net, gone.id).unwrap();
+                    deletes += 1;
+                    (field, net)
+                } else {
+                    // Now and then a second rule on a listed prefix.
+                    let (field, net) = match rules.len() {
+                        n if n > 0 && rng.below(6) == 0 => {
+                            let (field, net, _) = rules[rng.below(n)];
+                            (field, net)
+                        }
+                        _ => (rng.below(2), near(&mut rng, base)),
+                    };
+                    let added = rule(&mut rng);
+                    index.add(field, net, added).unwrap();
+                    rules.push((field, net, added));
+                    (field, net)
+                };
+                let changes = index.take_changes();
+                maps.chunks
+                    .resize(index.table.chunks.len(), DirChunk::default());
+                for &c in &changes.chunks {
+                    maps.chunks[c as usize] = index.table.chunks[c as usize];
+                }
+                for &i in &changes.l1 {
+                    maps.l1[i as usize] = index.table.l1[i as usize];
+                }
+                assert_eq!(maps, index.table, "round {round} step {step}");
+                let want = fresh(&rules);
+                assert_eq!(index.table.runs(), want.runs(), "round {round} step {step}");
+                let mut addrs: Vec<u32> = rules.iter().flat_map(|(_, n, _)| edges(*n)).collect();
+                addrs.extend(edges(changed.1));
+                addrs.extend((0..20).map(|_| u32::from(near(&mut rng, base).network())));
+                addrs.extend((0..5).map(|_| rng.next() as u32));
+                for field in 0..2 {
+                    for &addr in &addrs {
+                        let got = index.rule(index.table.lookup(field, addr)).map(|r| r.id);
+                        let slot = want.lookup(field, addr);
+                        assert_eq!(
+                            got,
+                            slot.checked_sub(1),
+                            "round {round} step {step} field {field} addr {addr:#x}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(deletes > 100, "{deletes} deletes");
     }
 }
