@@ -78,14 +78,17 @@ const CLANG: &str = "clang-14";
 enum Contender {
     BareDrop,
     DropHash,
+    /// drop_hash.c for IPv6 (this crate's anchors/): flood (c) only.
+    DropHash6,
     Firewall,
     Nftables,
 }
 
 impl Contender {
-    const ALL: [Contender; 4] = [
+    const ALL: [Contender; 5] = [
         Contender::BareDrop,
         Contender::DropHash,
+        Contender::DropHash6,
         Contender::Firewall,
         Contender::Nftables,
     ];
@@ -94,15 +97,21 @@ impl Contender {
         match self {
             Contender::BareDrop => "bare drop (drop.c)",
             Contender::DropHash => "parse + hash lookup (drop_hash.c)",
+            Contender::DropHash6 => "IPv6 parse + /64 hash lookup (drop_hash6.c)",
             Contender::Firewall => "xdpkit firewall",
             Contender::Nftables => "nftables netdev",
         }
     }
 
     /// Whether it handles the flood's frames at all (drop_hash.c parses
-    /// IPv4 only and passes the rest).
+    /// IPv4 only and passes the rest, drop_hash6.c the reverse).
     fn handles(self, flood: Flood) -> bool {
-        !(self == Contender::DropHash && flood == Flood::Ipv6InsideListed)
+        let v6 = flood == Flood::Ipv6InsideListed;
+        match self {
+            Contender::DropHash => !v6,
+            Contender::DropHash6 => v6,
+            _ => true,
+        }
     }
 
     /// The anchor's C source, for the anchors.
@@ -110,6 +119,7 @@ impl Contender {
         match self {
             Contender::BareDrop => Some("drop"),
             Contender::DropHash => Some("drop_hash"),
+            Contender::DropHash6 => Some("drop_hash6"),
             _ => None,
         }
     }
@@ -349,7 +359,13 @@ fn build_anchors(o: &Options) -> BoxResult<Vec<(Contender, PathBuf)>> {
         .iter()
         .filter_map(|c| c.anchor().map(|name| (*c, name)))
         .map(|(c, name)| {
-            let src = o.anchors.join(format!("{name}.c"));
+            // ../shared's anchors, and this crate's own (drop_hash6.c).
+            let dir = if c == Contender::DropHash6 {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("anchors")
+            } else {
+                o.anchors.clone()
+            };
+            let src = dir.join(format!("{name}.c"));
             let obj = o.out.join(format!("{name}.o"));
             run(std::process::Command::new(CLANG)
                 .args([
@@ -442,7 +458,9 @@ fn setup(
     prefixes: &[IpNet],
 ) -> BoxResult<()> {
     match c {
-        Contender::BareDrop | Contender::DropHash => attach_anchor(lab, c, anchors)?,
+        Contender::BareDrop | Contender::DropHash | Contender::DropHash6 => {
+            attach_anchor(lab, c, anchors)?
+        }
         Contender::Firewall => {
             let rules = rules.clone();
             lab.run_in("dut", move || -> Result<(), xdpkit::Error> {
@@ -486,7 +504,7 @@ fn attach_anchor(lab: &Lab, c: Contender, anchors: &[(Contender, PathBuf)]) -> B
 
 fn teardown(lab: &Lab, c: Contender) -> BoxResult<()> {
     match c {
-        Contender::BareDrop | Contender::DropHash => run(lab
+        Contender::BareDrop | Contender::DropHash | Contender::DropHash6 => run(lab
             .command("dut", "ip")
             .args(["link", "set", "dev", DUT_IF, "xdpdrv", "off"]))?,
         Contender::Firewall => {
