@@ -298,8 +298,8 @@ fn main() -> BoxResult<()> {
             let ci = (round + k) % Contender::ALL.len();
             let c = Contender::ALL[ci];
             if c == Contender::Nftables && !o.nftables {
-                for fi in 0..Flood::ALL.len() {
-                    samples[ci][fi].push(Sample {
+                for flood in samples[ci].iter_mut() {
+                    flood.push(Sample {
                         mpps: f64::NAN,
                         live_ns: None,
                     });

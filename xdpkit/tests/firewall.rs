@@ -1050,7 +1050,15 @@ fn dir4_at_a_million_prefixes() {
     // The library's index (rules per prefix kept in memory): add and delete
     // with the slot writes into the maps.
     let mut index = dir.load_dir4(&rules).unwrap();
-    for (len, count) in [(24u8, 1000u32), (16, 200), (8, 20), (32, 1000)] {
+    // The last, a /8 ranking after every rule (an appended deny): the
+    // slots keep their rules.
+    for (len, count, last) in [
+        (24u8, 1000u32, false),
+        (16, 200, false),
+        (8, 20, false),
+        (32, 1000, false),
+        (8, 20, true),
+    ] {
         let mut a_ns = Vec::new();
         let mut d_ns = Vec::new();
         for k in 0..count {
@@ -1059,7 +1067,7 @@ fn dir4_at_a_million_prefixes() {
             let id = next;
             next += 1;
             let rule = xdpkit_common::firewall::RuleRef {
-                rank: u64::from(id),
+                rank: if last { u64::MAX - 1 } else { u64::from(id) },
                 id,
                 action: 1,
                 pps: 0,
@@ -1078,7 +1086,8 @@ fn dir4_at_a_million_prefixes() {
         d_ns.sort_unstable();
         let c = count as usize;
         println!(
-            "library at 1M: /{len} add median {} us (max {}), delete median {} us (max {})",
+            "library at 1M: /{len}{} add median {} us (max {}), delete median {} us (max {})",
+            if last { " ranking last" } else { "" },
             a_ns[c / 2] / 1000,
             a_ns[c - 1] / 1000,
             d_ns[c / 2] / 1000,
