@@ -20,7 +20,7 @@ use xdpkit_common::{
     firewall::{
         host_buckets, host_filter, present_dir, present_host, present_table, present_trie,
         v6_bucket, v6_hash, v6_rehash, v6_tag, Bucket, BucketKey, DirChunk, DirSlot, FwConfig,
-        FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, V6Bucket, V6Node,
+        FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, V6Bucket, V6Node, V6Root,
         ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
         DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS,
         FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE, POLICY_DROP,
@@ -204,11 +204,11 @@ static V6NODE_1: Array<V6Node> = Array::with_max_entries(FW_V6_NODES, 0);
 /// the first is full (the table puts an entry in its second bucket only
 /// then, and fills a bucket's slots in order).
 #[inline(always)]
-fn v6_probe(set: u32, count: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u32)> {
+fn v6_probe<const SET: u32>(count: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u32)> {
     let h = v6_hash(hi, lo, tag);
-    match v6_scan(set, v6_bucket(h, count), tag, hi, lo) {
+    match v6_scan::<SET>(v6_bucket(h, count), tag, hi, lo) {
         Ok(found) => Some(found),
-        Err(true) => v6_scan(set, v6_bucket(v6_rehash(h), count), tag, hi, lo).ok(),
+        Err(true) => v6_scan::<SET>(v6_bucket(v6_rehash(h), count), tag, hi, lo).ok(),
         Err(false) => None,
     }
 }
@@ -216,8 +216,8 @@ fn v6_probe(set: u32, count: u32, tag: u32, hi: u64, lo: u64) -> Option<(u32, u3
 /// The entry of bucket `index` with tag `tag` and masked address `(hi,
 /// lo)`, or whether the bucket is full.
 #[inline(always)]
-fn v6_scan(set: u32, index: u32, tag: u32, hi: u64, lo: u64) -> Result<(u32, u32), bool> {
-    let bucket = if set == 0 {
+fn v6_scan<const SET: u32>(index: u32, tag: u32, hi: u64, lo: u64) -> Result<(u32, u32), bool> {
+    let bucket = if SET == 0 {
         V6TAB_0.get(index)
     } else {
         V6TAB_1.get(index)
@@ -245,13 +245,32 @@ fn v6_scan(set: u32, index: u32, tag: u32, hi: u64, lo: u64) -> Result<(u32, u32
 /// prefix it lies in.
 #[inline(always)]
 fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> {
-    // Branches, not indexes (see `judge`).
-    let roots = if set == 0 {
-        &cfg.v6_roots[0]
+    // Branches, not indexes (see `judge`); a copy of the search per set, so
+    // that its loop keeps no set to test (nor spill) on every probe.
+    if set == 0 {
+        let root = if field == 0 {
+            &cfg.v6_roots[0][0]
+        } else {
+            &cfg.v6_roots[0][1]
+        };
+        v6_search::<0>(root, field, addr)
     } else {
-        &cfg.v6_roots[1]
-    };
-    let root = if field == 0 { &roots[0] } else { &roots[1] };
+        let root = if field == 0 {
+            &cfg.v6_roots[1][0]
+        } else {
+            &cfg.v6_roots[1][1]
+        };
+        v6_search::<1>(root, field, addr)
+    }
+}
+
+/// [`v6_lookup`] in the table of set `SET`, from `root`.
+#[inline(always)]
+fn v6_search<const SET: u32>(
+    root: &V6Root,
+    field: u32,
+    addr: &[u8; 16],
+) -> Option<&'static RuleRef> {
     let hi = u64::from_be_bytes([
         addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
     ]);
@@ -262,7 +281,7 @@ fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'
     let mut best = root.zero;
     let mut node = root.root;
     for probe in 0..V6_MAX_PROBES {
-        let n = if set == 0 {
+        let n = if SET == 0 {
             V6NODE_0.get(node)
         } else {
             V6NODE_1.get(node)
@@ -282,7 +301,7 @@ fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'
                 None
             }
         } else {
-            v6_probe(set, count, v6_tag(field, n.len), mhi, mlo)
+            v6_probe::<SET>(count, v6_tag(field, n.len), mhi, mlo)
         };
         match found {
             Some((key, rule)) => {
@@ -295,7 +314,7 @@ fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'
     if best == 0 {
         return None;
     }
-    if set == 0 {
+    if SET == 0 {
         DIR4_REFS_0.get(best - 1)
     } else {
         DIR4_REFS_1.get(best - 1)
