@@ -1382,6 +1382,7 @@ pub fn write_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::test_rng::Rng;
 
     #[test]
     fn pool_needs_count_chunks_and_distinct_source_hosts() {
@@ -1535,22 +1536,6 @@ mod tests {
         assert_eq!(at([11, 0, 0, 0]), 0);
         assert_eq!(dir.lookup(1, u32::from_be_bytes([10, 1, 2, 200])), 0);
         assert_eq!(dir.chunks.len(), 2);
-    }
-
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     /// The table a rebuild makes of `rules`: each prefix with the best rule

@@ -18,6 +18,8 @@ pub mod rule;
 pub mod ruleset;
 pub mod simulate;
 pub mod stage;
+#[cfg(test)]
+mod test_rng;
 pub mod v6index;
 pub mod v6tab;
 

@@ -722,23 +722,9 @@ pub fn write_changes(maps: &impl MapSource, set: usize, changes: &V6Changes) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::test_rng::Rng;
     use crate::firewall::v6tab::build_roomy;
     use ipnet::IpNet;
-
-    /// xorshift64*.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     type Rules = Vec<(usize, Ipv6Net, RuleRef)>;
 
@@ -840,21 +826,21 @@ mod tests {
             }
             let mut id = 0u32;
             let mut make = |rng: &mut Rng, rules: &Rules| {
-                let f = rng.below(2) as usize;
-                let len = lens[rng.below(lens.len() as u64) as usize];
-                let spread = rng.below(u64::from(len).max(1)) as u32;
+                let f = rng.below(2);
+                let len = lens[rng.below(lens.len())];
+                let spread = rng.below(usize::from(len).max(1)) as u32;
                 let addr = base
                     ^ ((u128::from(rng.next()) << 64 | u128::from(rng.next()))
                         & (u128::MAX >> (128 - spread.max(1)) << (128 - u32::from(len).max(1))));
                 // Now and then a second rule on a listed prefix.
-                let n = match rules.get(rng.below(rules.len().max(1) as u64) as usize) {
+                let n = match rules.get(rng.below(rules.len().max(1))) {
                     Some(&(g, n, _)) if rng.below(8) == 0 => (g, n),
                     _ => (f, net(addr, len)),
                 };
                 id += 1;
                 let rule = RuleRef {
                     id,
-                    rank: rng.below(1000) << 32 | u64::from(id),
+                    rank: (rng.below(1000) as u64) << 32 | u64::from(id),
                     ..RuleRef::default()
                 };
                 (n.0, n.1, rule)
@@ -871,7 +857,7 @@ mod tests {
                     rules.push(r);
                     index.add(r.0, r.1, r.2)
                 } else {
-                    let at = seeds.len() + rng.below((rules.len() - seeds.len()) as u64) as usize;
+                    let at = seeds.len() + rng.below(rules.len() - seeds.len());
                     let r = rules.swap_remove(at);
                     index.delete(r.0, r.1, r.2.id)
                 };

@@ -455,19 +455,8 @@ impl V6Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::test_rng::Rng;
     use xdpkit_common::firewall::V6_MAX_PROBES;
-
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-    }
 
     fn net(addr: u128, len: u8) -> IpNet {
         IpNet::V6(ipnet::Ipv6Net::new(trunc(addr, len).into(), len).unwrap())
