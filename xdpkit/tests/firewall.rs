@@ -669,6 +669,22 @@ impl Rng {
     }
 }
 
+/// Rule `line` as entry `*next` (its id and sequence; `*next` moves on),
+/// appended to `rules`.
+fn push_line(rules: &mut Ruleset, line: &str, next: &mut u32) -> Entry {
+    let rule = Ruleset::parse_file_text("one", line).unwrap().entries()[0]
+        .rule
+        .clone();
+    let entry = Entry {
+        id: *next,
+        seq: u64::from(*next),
+        rule,
+    };
+    *next += 1;
+    rules.push_entry(entry.clone());
+    entry
+}
+
 fn prefix_line(rng: &mut Rng, field: &str, addr: u32, len: u8) -> String {
     let net = ipnet::Ipv4Net::new(addr.into(), len).unwrap().trunc();
     let action = rng.pick(&["allow", "deny"]);
@@ -850,21 +866,12 @@ fn dir4_tables_match_the_model_at_their_edges() {
                 let len = rng.below(33) as u8;
                 let addr = b ^ (rng.next() as u32 & ((rng.below(1 << 20) as u32) | 1));
                 let line = prefix_line(&mut rng, field, addr, len);
-                let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
-                    .rule
-                    .clone();
-                let entry = Entry {
-                    id: next,
-                    seq: u64::from(next),
-                    rule,
-                };
-                next += 1;
+                let entry = push_line(&mut rules, &line, &mut next);
                 let Some((field, ipnet::IpNet::V4(net))) =
                     xdpkit::firewall::kernel::prefix_field(&entry.rule)
                 else {
                     unreachable!()
                 };
-                rules.push_entry(entry.clone());
                 if live {
                     if harness.add_rule(&entry, &rules).unwrap() {
                         live_in_place += 1;
@@ -1016,16 +1023,7 @@ fn dir4_at_a_million_prefixes() {
     for k in 0..200u32 {
         let net = ((k.wrapping_mul(40_503) + 0x70_0000) & 0xff_ffff) << 8;
         let line = format!("deny src {}/24", std::net::Ipv4Addr::from(net));
-        let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
-            .rule
-            .clone();
-        let entry = Entry {
-            id: next,
-            seq: u64::from(next),
-            rule,
-        };
-        next += 1;
-        after.push_entry(entry.clone());
+        let entry = push_line(&mut after, &line, &mut next);
         let t = std::time::Instant::now();
         assert!(dir.add_rule(&entry, &after).unwrap(), "in place");
         add_ns.push(t.elapsed().as_nanos() as u64);
@@ -1249,16 +1247,7 @@ fn v6_tables_match_the_model_at_their_edges() {
                 let len = rng.below(129) as u8;
                 let addr = b ^ (rand128(&mut rng) >> rng.below(128));
                 let line = prefix_line6(&mut rng, field, addr, len);
-                let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
-                    .rule
-                    .clone();
-                let entry = Entry {
-                    id: next,
-                    seq: u64::from(next),
-                    rule,
-                };
-                next += 1;
-                rules.push_entry(entry.clone());
+                let entry = push_line(&mut rules, &line, &mut next);
                 if h.add_rule(&entry, &rules).unwrap() {
                     in_place += 1;
                 }
@@ -1319,16 +1308,7 @@ fn v6_index_round(
             };
             let addr = b ^ (rand128(rng) >> rng.below(128));
             let line = prefix_line6(rng, field, addr, len);
-            let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
-                .rule
-                .clone();
-            let entry = Entry {
-                id: next,
-                seq: u64::from(next),
-                rule,
-            };
-            next += 1;
-            rules.push_entry(entry.clone());
+            let entry = push_line(rules, &line, &mut next);
             let Some((field, ipnet::IpNet::V6(net))) =
                 xdpkit::firewall::kernel::prefix_field(&entry.rule)
             else {
@@ -1488,15 +1468,7 @@ fn ipv6_tables_of(db8: bool) {
     for (next, k) in (300_001u32..).zip(0..200u128) {
         let net = (0x3fff_u128 << 112) | (k << 80);
         let line = format!("deny src {}/48", std::net::Ipv6Addr::from(net));
-        let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
-            .rule
-            .clone();
-        let entry = Entry {
-            id: next,
-            seq: u64::from(next),
-            rule,
-        };
-        after.push_entry(entry.clone());
+        let entry = push_line(&mut after, &line, &mut { next });
         let t = std::time::Instant::now();
         assert!(table.add_rule(&entry, &after).unwrap(), "in place");
         add_ns.push(t.elapsed().as_nanos() as u64);
@@ -1568,16 +1540,7 @@ fn dir4_pools_too_small_leave_prefixes_to_the_tries() {
                     let addr = b ^ (rng.next() as u32 & 0x3ff);
                     let len = 16 + rng.below(17) as u8;
                     let line = prefix_line(&mut rng, field, addr, len);
-                    let rule = Ruleset::parse_file_text("one", &line).unwrap().entries()[0]
-                        .rule
-                        .clone();
-                    let entry = Entry {
-                        id: next,
-                        seq: u64::from(next),
-                        rule,
-                    };
-                    next += 1;
-                    rules.push_entry(entry.clone());
+                    let entry = push_line(&mut rules, &line, &mut next);
                     harness.add_rule(&entry, &rules).unwrap();
                 }
                 frames += edge_frames(&mut harness, &mut rng, &rules, bases, 100);
