@@ -193,6 +193,38 @@ pub const V6_MAX_PROBES: u32 = 8;
 /// No node (a search that ends): in [`V6Node::left`], [`V6Root::root`],
 /// and the next-node bits of [`V6Slot::key`].
 pub const V6_NO_NODE: u32 = (1 << 22) - 1;
+/// Next-node values from `V6_DIRECT + 1` to `V6_DIRECT + V6_DIRECT_MAX`
+/// in [`V6Slot::key`]: the entry (of length L) heads a *direct block*, not
+/// a tree: every listed prefix inside it is at most `stride = next -
+/// V6_DIRECT` bits longer, and the block holds one leaf (rule + 1, the
+/// answer of the search) for each value of the address's bits L to L +
+/// stride, 16 leaves (`u32`, the bucket's first 64 bytes: a power of two,
+/// so that the program's index into a bucket is a mask the verifier
+/// bounds) per bucket from bucket [`V6Root::buckets`] + the entry's `rule`. A dense region (many listed /64s in one /48) is then
+/// one read of a leaf that sits beside its neighbours, not one more probe
+/// of a random bucket.
+pub const V6_DIRECT: u32 = 1 << 21;
+/// The widest stride of a direct block (2^16 leaves, 4,096 buckets).
+pub const V6_DIRECT_MAX: u32 = 16;
+/// Leaves per bucket of a direct block.
+pub const V6_LEAVES_PER_BUCKET: u32 = 16;
+
+/// Which leaf of a direct block at length `len` with stride `stride` holds
+/// the address `(hi, lo)`: its bits `len` to `len + stride` (`len +
+/// stride` at most 128, `stride` 1 to 16).
+#[inline(always)]
+pub const fn v6_leaf_index(hi: u64, lo: u64, len: u32, stride: u32) -> u32 {
+    let end = len + stride;
+    let bits = if end <= 64 {
+        hi >> (64 - end)
+    } else if len >= 64 {
+        lo >> (128 - end)
+    } else {
+        (hi << (end - 64)) | (lo >> (128 - end))
+    };
+    (bits & ((1 << stride) - 1)) as u32
+}
+
 /// [`V6Slot::key`]: the bits of [`v6_tag`]; the node the search goes on
 /// with after a hit is `key >> V6_NEXT_SHIFT`.
 pub const V6_TAG_MASK: u32 = (1 << V6_NEXT_SHIFT) - 1;
@@ -882,6 +914,7 @@ const _: () = assert!(core::mem::size_of::<GeneralRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<V6Bucket>() == 96);
 const _: () = assert!(core::mem::size_of::<V6Node>() == 24);
 const _: () = assert!(core::mem::size_of::<V6Root>() == 40);
+const _: () = assert!(FW_V6_NODES <= V6_DIRECT && V6_DIRECT + V6_DIRECT_MAX < V6_NO_NODE);
 const _: () = assert!(core::mem::size_of::<FwConfig>() == 248);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);

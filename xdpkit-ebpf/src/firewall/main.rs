@@ -19,12 +19,13 @@ use aya_ebpf::{
 use xdpkit_common::{
     firewall::{
         host_buckets, host_filter, present_dir, present_host, present_table, present_trie,
-        v6_bucket, v6_hash, v6_rehash, v6_tag, Bucket, BucketKey, DirChunk, DirSlot, FwConfig,
-        FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, V6Bucket, V6Node, V6Root,
-        ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
+        v6_bucket, v6_hash, v6_leaf_index, v6_rehash, v6_tag, Bucket, BucketKey, DirChunk, DirSlot,
+        FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, V6Bucket, V6Node,
+        V6Root, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
         DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS,
         FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE, POLICY_DROP,
-        POLICY_L3, POLICY_PASS, V6_MAX_PROBES, V6_NEXT_SHIFT, V6_TAG_MASK,
+        POLICY_L3, POLICY_PASS, V6_DIRECT, V6_DIRECT_MAX, V6_LEAVES_PER_BUCKET, V6_MAX_PROBES,
+        V6_NEXT_SHIFT, V6_TAG_MASK,
     },
     ActionCounter, XdpAction,
 };
@@ -213,6 +214,26 @@ fn v6_probe<const SET: u32>(count: u32, tag: u32, hi: u64, lo: u64) -> Option<(u
     }
 }
 
+/// Leaf `index` of the direct block at bucket `count + block` (see
+/// [`V6_DIRECT`]): the search's answer, rule + 1 (0 for none).
+#[inline(always)]
+fn v6_leaf<const SET: u32>(count: u32, block: u32, index: u32) -> u32 {
+    let q = index / V6_LEAVES_PER_BUCKET;
+    let r = index - q * V6_LEAVES_PER_BUCKET;
+    let bucket = if SET == 0 {
+        V6TAB_0.get(count + block + q)
+    } else {
+        V6TAB_1.get(count + block + q)
+    };
+    match bucket {
+        // SAFETY: a leaf of a 96-byte map value read as u32s; `r` < 16.
+        Some(b) if r < V6_LEAVES_PER_BUCKET => unsafe {
+            *(b as *const V6Bucket as *const u32).add(r as usize)
+        },
+        _ => 0,
+    }
+}
+
 /// The entry of bucket `index` with tag `tag` and masked address `(hi,
 /// lo)`, or whether the bucket is full.
 #[inline(always)]
@@ -242,7 +263,8 @@ fn v6_scan<const SET: u32>(index: u32, tag: u32, hi: u64, lo: u64) -> Result<(u3
 /// [`V6_MAX_PROBES`] probes of two inlined bucket reads each, plus one read
 /// of the root, one of each node and one of the rule; no helper call. A
 /// hit (a prefix or a marker) carries the best rule of the longest listed
-/// prefix it lies in.
+/// prefix it lies in. A hit on the head of a direct block ([`V6_DIRECT`])
+/// ends the search with one more read: the leaf of the address's next bits.
 #[inline(always)]
 fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> {
     // Branches, not indexes (see `judge`); a copy of the search per set, so
@@ -307,6 +329,11 @@ fn v6_search<const SET: u32>(
             Some((key, rule)) => {
                 best = rule;
                 node = key >> V6_NEXT_SHIFT;
+                if node > V6_DIRECT && node <= V6_DIRECT + V6_DIRECT_MAX {
+                    best =
+                        v6_leaf::<SET>(count, rule, v6_leaf_index(hi, lo, n.len, node - V6_DIRECT));
+                    break;
+                }
             }
             None => node = n.left,
         }
@@ -326,7 +353,11 @@ static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(FW_
 
 const TOKEN: u64 = 1_000_000_000;
 
+// Inlined into the entry point the macro writes: past some size LLVM
+// otherwise keeps the body a function of its own, a BPF-to-BPF call per
+// frame.
 #[xdp]
+#[inline(always)]
 pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let ip = IpFrame::zero_in(&mut slot);

@@ -1176,9 +1176,11 @@ impl FirewallHarness {
         let c = compile(rules)?;
         let pool = batch::map_info(&self.ebpf, FW_V6TAB[set])?.max_entries();
         let leaf = |r: &RuleRef| leaves.get(&r.id).copied().unwrap_or(0);
-        let table = super::v6tab::build_by(&c.src6, &c.dst6, pool, &leaf).ok_or_else(|| {
-            Error::InvalidArgument("the IPv6 prefixes do not fit the table".into())
-        })?;
+        let table =
+            super::v6tab::build_roomy(&c.src6, &c.dst6, pool, &leaf, 0, super::v6tab::Direct::None)
+                .ok_or_else(|| {
+                    Error::InvalidArgument("the IPv6 prefixes do not fit the table".into())
+                })?;
         batch::write_array_fd(batch::map_fd(&self.ebpf, FW_V6TAB[set])?, &table.buckets)?;
         batch::write_array_fd(batch::map_fd(&self.ebpf, FW_V6NODE[set])?, &table.nodes)?;
         cfg.v6_roots[set] = table.roots;
@@ -1225,6 +1227,31 @@ impl FirewallHarness {
     /// The id of map `name` (for `bpftool map show id N`).
     pub fn map_id(&self, name: &str) -> Result<u32> {
         Ok(batch::map_info(&self.ebpf, name)?.id())
+    }
+
+    /// The active set's IPv6 hash table (its first `V6Root::buckets`
+    /// buckets), read back from its map.
+    pub fn read_v6_table(&self) -> Result<Vec<xdpkit_common::firewall::V6Bucket>> {
+        let cfg = read_config(&self.ebpf)?;
+        let set = cfg.prefix_set();
+        let count = cfg.v6_roots[set][0].buckets as usize;
+        let mut buckets = batch::dump(&self.ebpf, FW_V6TAB[set], count)?;
+        buckets.retain(|(i, _): &(u32, _)| (*i as usize) < count);
+        buckets.sort_unstable_by_key(|(i, _)| *i);
+        Ok(buckets.into_iter().map(|(_, b)| b).collect())
+    }
+
+    /// Direct blocks (`V6_DIRECT`) in the active set's IPv6 table: the
+    /// entries that head one.
+    pub fn v6_direct_blocks(&self) -> Result<usize> {
+        use xdpkit_common::firewall::{V6_DIRECT, V6_DIRECT_MAX, V6_NEXT_SHIFT};
+        let direct = V6_DIRECT + 1..=V6_DIRECT + V6_DIRECT_MAX;
+        Ok(self
+            .read_v6_table()?
+            .iter()
+            .flat_map(|b| b.slots)
+            .filter(|s| direct.contains(&(s.key >> V6_NEXT_SHIFT)))
+            .count())
     }
 
     /// The active set's DIR table, read back from its maps, its leaves

@@ -723,7 +723,7 @@ pub fn write_changes(maps: &impl MapSource, set: usize, changes: &V6Changes) -> 
 mod tests {
     use super::*;
     use crate::firewall::test_rng::Rng;
-    use crate::firewall::v6tab::build_roomy;
+    use crate::firewall::v6tab::{build_roomy, Direct};
     use ipnet::IpNet;
 
     type Rules = Vec<(usize, Ipv6Net, RuleRef)>;
@@ -768,7 +768,15 @@ mod tests {
                 compiled.push((IpNet::V6(net), best));
             }
         }
-        let table = build_roomy(&fields[0], &fields[1], 1 << 12, &|r| r.id + 1, 1 << 10).unwrap();
+        let table = build_roomy(
+            &fields[0],
+            &fields[1],
+            1 << 12,
+            &|r| r.id + 1,
+            1 << 10,
+            Direct::None,
+        )
+        .unwrap();
         let leaves = rules.iter().map(|(_, _, r)| (r.id, r.id + 1)).collect();
         V6Index::new(rules, table, leaves, 2_000_000)
     }
@@ -849,6 +857,22 @@ mod tests {
             for _ in 0..30 {
                 let r = make(&mut rng, &rules);
                 rules.push(r);
+            }
+            // A dense region: prefixes at most 8 bits below a listed one.
+            let top = lens[rng.below(lens.len())].min(119);
+            for k in 0..25u32 {
+                let len = if k == 0 {
+                    top
+                } else {
+                    top + 1 + rng.below(8) as u8
+                };
+                let addr = base ^ ((u128::from(rng.next()) << 64 | u128::from(rng.next())) >> top);
+                let rule = RuleRef {
+                    id: 500_000 + k,
+                    rank: (rng.below(1000) as u64) << 32 | u64::from(500_000 + k),
+                    ..RuleRef::default()
+                };
+                rules.push((rng.below(2), net(addr, len), rule));
             }
             let mut index = fresh(&rules);
             for _ in 0..40 {

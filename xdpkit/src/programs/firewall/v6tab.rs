@@ -22,8 +22,9 @@
 use foldhash::HashMap;
 use ipnet::IpNet;
 use xdpkit_common::firewall::{
-    v6_buckets, v6_mask, v6_tag, RuleRef, V6Bucket, V6Node, V6Root, V6Slot, FW_V6_MAX_BUCKETS,
-    FW_V6_MIN_BUCKETS, FW_V6_NODES, V6_NEXT_SHIFT, V6_NO_NODE, V6_TAG_MASK,
+    v6_buckets, v6_leaf_index, v6_mask, v6_tag, RuleRef, V6Bucket, V6Node, V6Root, V6Slot,
+    FW_V6_MAX_BUCKETS, FW_V6_MIN_BUCKETS, FW_V6_NODES, V6_DIRECT, V6_DIRECT_MAX,
+    V6_LEAVES_PER_BUCKET, V6_NEXT_SHIFT, V6_NO_NODE, V6_TAG_MASK,
 };
 
 /// A compiled prefix and its (inherited) rule.
@@ -238,7 +239,7 @@ fn field_slots(
     field: u32,
     trees: &mut Trees,
     leaf: &dyn Fn(&RuleRef) -> u32,
-) -> (Vec<Placed>, V6Root) {
+) -> (Vec<Placed>, V6Root, Listed) {
     let mut reals: HashMap<(u128, u8), u32> = HashMap::default();
     for (net, rule) in prefixes {
         if let Some(key) = key_of(net) {
@@ -246,6 +247,8 @@ fn field_slots(
         }
     }
     let (entries, all) = field_entries(&reals);
+    let mut listed: Vec<((u128, u8), u32)> = reals.iter().map(|(k, v)| (*k, *v)).collect();
+    listed.sort_unstable();
     let mut root = V6Root {
         zero: reals.get(&(0, 0)).copied().unwrap_or(0),
         buckets: 0,
@@ -303,7 +306,185 @@ fn field_slots(
             };
         }
     }
-    (out, root)
+    (out, root, listed)
+}
+
+/// A field's listed prefixes `(address, length)` with their rule + 1, in
+/// address order (shorter first at one address).
+type Listed = Vec<((u128, u8), u32)>;
+
+/// Direct blocks (see [`V6_DIRECT`]) take at most one leaf per
+/// `DIRECT_DENSITY` addresses of their stride for each listed prefix
+/// inside: a /48 with 512 listed /64s gets its 65,536 leaves (384 KiB of
+/// buckets), one with 100 does not.
+const DIRECT_DENSITY: usize = 128;
+
+/// An entry that may head a direct block: its field, address, length and
+/// stride, and the listed prefixes inside it.
+struct DirectCandidate {
+    field: usize,
+    addr: u128,
+    len: u8,
+    stride: u8,
+    inside: usize,
+}
+
+/// The entries of `out` (one field's) that may head a direct block: the
+/// search goes on after a hit there, every listed prefix inside lies at most [`V6_DIRECT_MAX`] bits deeper, and
+/// they are dense enough ([`DIRECT_DENSITY`]).
+fn direct_candidates(field: usize, out: &[Placed], listed: &Listed) -> Vec<DirectCandidate> {
+    let mut found = Vec::new();
+    // An entry where the search ends needs no block.
+    for p in out.iter().filter(|p| p.key >> V6_NEXT_SHIFT != V6_NO_NODE) {
+        let len = (p.key & 0xff) as u8;
+        let addr = (u128::from(p.hi) << 64) | u128::from(p.lo);
+        let last = addr | !trunc(u128::MAX, len);
+        let from = listed.partition_point(|(k, _)| k.0 < addr);
+        let (mut inside, mut deepest) = (0usize, len);
+        for ((a, l), _) in &listed[from..] {
+            if *a > last {
+                break;
+            }
+            if *l <= len {
+                continue;
+            }
+            if u32::from(*l - len) > V6_DIRECT_MAX {
+                inside = 0;
+                break;
+            }
+            inside += 1;
+            deepest = deepest.max(*l);
+        }
+        let stride = deepest - len;
+        if inside > 0 && (1usize << stride) <= inside * DIRECT_DENSITY {
+            found.push(DirectCandidate {
+                field,
+                addr,
+                len,
+                stride,
+                inside,
+            });
+        }
+    }
+    found
+}
+
+/// Buckets of a direct block of `stride` bits.
+fn direct_buckets(stride: u8) -> u32 {
+    (1u32 << stride).div_ceil(V6_LEAVES_PER_BUCKET)
+}
+
+/// The leaves of the direct block of `c`, whose own entry carries
+/// `inherited` (the rule + 1 of the longest listed prefix containing it):
+/// for each value of the stride's bits, the rule + 1 of the longest listed
+/// prefix inside that contains it, else `inherited`.
+fn direct_leaves(c: &DirectCandidate, inherited: u32, listed: &Listed) -> Vec<u32> {
+    let mut leaves = vec![inherited; 1 << c.stride];
+    let last = c.addr | !trunc(u128::MAX, c.len);
+    let from = listed.partition_point(|(k, _)| k.0 < c.addr);
+    let mut inside: Vec<&((u128, u8), u32)> = listed[from..]
+        .iter()
+        .take_while(|((a, _), _)| *a <= last)
+        .filter(|((_, l), _)| *l > c.len)
+        .collect();
+    // Shorter first, so that longer prefixes overwrite their leaves.
+    inside.sort_by_key(|((_, l), _)| *l);
+    let (len, stride) = (u32::from(c.len), u32::from(c.stride));
+    for ((a, l), rule) in inside {
+        let at = v6_leaf_index((a >> 64) as u64, *a as u64, len, stride) as usize;
+        let span = 1usize << (len + stride - u32::from(*l));
+        leaves[at..at + span].fill(*rule);
+    }
+    leaves
+}
+
+/// 16 leaves as the first bytes of one bucket (the program reads them as
+/// the bucket's `u32`s in memory order; hosts and BPF are little-endian).
+fn leaves_bucket(leaves: &[u32]) -> V6Bucket {
+    let at = |i: usize| leaves.get(i).copied().unwrap_or(0);
+    let word = |i: usize| u64::from(at(i)) | (u64::from(at(i + 1)) << 32);
+    let mut bucket = V6Bucket::default();
+    for (k, slot) in bucket.slots.iter_mut().enumerate() {
+        let i = k * 6;
+        *slot = V6Slot {
+            hi: word(i),
+            lo: word(i + 2),
+            key: at(i + 4),
+            rule: at(i + 5),
+        };
+    }
+    bucket
+}
+
+/// Leaf `r` (below 16) of a bucket of leaves: [`leaves_bucket`] undone.
+fn bucket_leaf(bucket: &V6Bucket, r: u32) -> u32 {
+    let slot = &bucket.slots[r as usize / 6];
+    match r % 6 {
+        0 => slot.hi as u32,
+        1 => (slot.hi >> 32) as u32,
+        2 => slot.lo as u32,
+        3 => (slot.lo >> 32) as u32,
+        4 => slot.key,
+        _ => slot.rule,
+    }
+}
+
+/// Gives direct blocks, densest first, to the candidates of both fields
+/// while they fit in `room` buckets past the `count` of the hash table (a
+/// block inside another still serves the searches that reach it without
+/// passing through the outer one): rewrites each head's entry (and its root's
+/// copy) to name its block, and returns the blocks' buckets.
+fn add_direct_blocks(
+    table: &mut [V6Bucket],
+    roots: &mut [V6Root; 2],
+    mut candidates: Vec<DirectCandidate>,
+    listed: [&Listed; 2],
+    count: u32,
+    room: u32,
+) -> Vec<V6Bucket> {
+    candidates.sort_by(|a, b| {
+        (b.inside, a.field, a.addr, a.len).cmp(&(a.inside, b.field, b.addr, b.len))
+    });
+    let mut blocks: Vec<V6Bucket> = Vec::new();
+    for c in &candidates {
+        let size = direct_buckets(c.stride);
+        if blocks.len() as u32 + size > room {
+            continue;
+        }
+        let (hi, lo) = ((c.addr >> 64) as u64, c.addr as u64);
+        let tag = v6_tag(c.field as u32, u32::from(c.len));
+        let Some(slot) = v6_buckets(hi, lo, tag, count)
+            .into_iter()
+            .flat_map(|b| {
+                table[b as usize]
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, _)| (b, i))
+            })
+            .find(|&(b, i)| {
+                let s = &table[b as usize].slots[i];
+                s.key & V6_TAG_MASK == tag && s.hi == hi && s.lo == lo
+            })
+        else {
+            continue;
+        };
+        let entry = &mut table[slot.0 as usize].slots[slot.1];
+        let leaves = direct_leaves(c, entry.rule, listed[c.field]);
+        entry.key = tag | ((V6_DIRECT + u32::from(c.stride)) << V6_NEXT_SHIFT);
+        entry.rule = blocks.len() as u32;
+        let root = &mut roots[c.field];
+        let first = &root.first;
+        if root.shared != 0 && first.key & V6_TAG_MASK == tag && (first.hi, first.lo) == (hi, lo) {
+            root.first = *entry;
+        }
+        blocks.extend(
+            leaves
+                .chunks(V6_LEAVES_PER_BUCKET as usize)
+                .map(leaves_bucket),
+        );
+    }
+    blocks
 }
 
 /// The table of the compiled IPv6 prefixes of both fields, with at most
@@ -321,7 +502,17 @@ pub fn build_by(
     pool: u32,
     leaf: &dyn Fn(&RuleRef) -> u32,
 ) -> Option<V6Table> {
-    build_roomy(src6, dst6, pool, leaf, 0)
+    build_roomy(src6, dst6, pool, leaf, 0, Direct::Blocks)
+}
+
+/// Whether a build adds direct blocks (see [`V6_DIRECT`]): tables that
+/// [`super::v6index::V6Index`] changes in place have none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direct {
+    /// Direct blocks where the pool has room past the hash table.
+    Blocks,
+    /// Only the hash table.
+    None,
 }
 
 /// [`build_by`] into at least `min` buckets (room for adds in place).
@@ -331,13 +522,14 @@ pub fn build_roomy(
     pool: u32,
     leaf: &dyn Fn(&RuleRef) -> u32,
     min: u32,
+    direct: Direct,
 ) -> Option<V6Table> {
     if src6.is_empty() && dst6.is_empty() {
         return None;
     }
     let mut trees = Trees::default();
-    let (src, src_root) = field_slots(src6, 0, &mut trees, leaf);
-    let (dst, dst_root) = field_slots(dst6, 1, &mut trees, leaf);
+    let (src, src_root, src_listed) = field_slots(src6, 0, &mut trees, leaf);
+    let (dst, dst_root, dst_listed) = field_slots(dst6, 1, &mut trees, leaf);
     if trees.nodes.len() > FW_V6_NODES as usize {
         return None;
     }
@@ -348,10 +540,24 @@ pub fn build_roomy(
     tries.retain(|&n| n <= pool && n as usize * 4 >= entries);
     tries.dedup();
     for count in tries {
-        if let Some(buckets) = place(&[&src, &dst], count) {
+        if let Some(mut buckets) = place(&[&src, &dst], count) {
             let mut roots = [src_root, dst_root];
             for root in &mut roots {
                 root.buckets = count;
+            }
+            if direct == Direct::Blocks {
+                let mut candidates = direct_candidates(0, &src, &src_listed);
+                candidates.extend(direct_candidates(1, &dst, &dst_listed));
+                let listed = [&src_listed, &dst_listed];
+                let blocks = add_direct_blocks(
+                    &mut buckets,
+                    &mut roots,
+                    candidates,
+                    listed,
+                    count,
+                    pool - count,
+                );
+                buckets.extend(blocks);
             }
             return Some(V6Table {
                 buckets,
@@ -444,6 +650,12 @@ impl V6Table {
                 Some(slot) => {
                     best = slot.rule;
                     node = slot.key >> V6_NEXT_SHIFT;
+                    if node > V6_DIRECT && node <= V6_DIRECT + V6_DIRECT_MAX {
+                        let at = v6_leaf_index(hi, lo, n.len, node - V6_DIRECT);
+                        let q = root.buckets + slot.rule + at / V6_LEAVES_PER_BUCKET;
+                        best = bucket_leaf(&self.buckets[q as usize], at % V6_LEAVES_PER_BUCKET);
+                        break;
+                    }
                 }
                 None => node = n.left,
             }
@@ -528,6 +740,74 @@ mod tests {
         assert!(shared >= 100, "{shared} rounds with a shared first entry");
     }
 
+    /// A /48 under a listed /32 with most of its first 1,024 /64s listed
+    /// (the floods of `cargo xtask bench firewall`): the search after the
+    /// /32 probes /56 markers, which then head direct blocks of 256 leaves,
+    /// so it ends after two probes; every address inside and beside finds
+    /// what a table without blocks finds, an unlisted /64 the /48's rule.
+    /// With no room past the hash table, no block.
+    #[test]
+    fn dense_64s_end_in_direct_blocks() {
+        let base: u128 = 0x2001_0db8_0062 << 80;
+        let mut prefixes: Vec<Prefix> = Vec::new();
+        let mut push = |addr: u128, len: u8| {
+            let rule = RuleRef {
+                id: prefixes.len() as u32,
+                ..RuleRef::default()
+            };
+            prefixes.push((net(addr, len), rule));
+        };
+        push(0x2001_0db8 << 96, 32);
+        push(base, 48);
+        for i in (0..1024u128).filter(|i| i % 7 != 0) {
+            push(base | (i << 64), 64);
+        }
+        // Sparse: a /56 with one /64 inside gets no block.
+        push(base | (0x0700 << 64), 56);
+        push(base | (0x0750 << 64), 64);
+        let plain = build_roomy(&prefixes, &[], 1 << 14, &|r| r.id + 1, 0, Direct::None).unwrap();
+        let table = build(&prefixes, &[], 1 << 14).unwrap();
+        let count = table.roots[0].buckets;
+        assert_eq!(plain.buckets.len() as u32, count);
+        assert_eq!(
+            table.buckets.len() as u32,
+            count + 4 * 256 / V6_LEAVES_PER_BUCKET
+        );
+        let mut heads: Vec<(u64, u32, u32)> = table.buckets[..count as usize]
+            .iter()
+            .flat_map(|b| b.slots)
+            .map(|s| (s.hi, s.key & 0xff, s.key >> V6_NEXT_SHIFT))
+            .filter(|&(_, _, next)| next > V6_DIRECT && next != V6_NO_NODE)
+            .collect();
+        heads.sort_unstable();
+        let want: Vec<(u64, u32, u32)> = (0..4u64)
+            .map(|i| (((base >> 64) as u64) | (i << 8), 56, V6_DIRECT + 8))
+            .collect();
+        assert_eq!(heads, want);
+        let mut rng = Rng(0x5eed);
+        let mut addrs: Vec<u128> = (0..1100u128).map(|i| base | (i << 64) | 1).collect();
+        addrs.extend((0..2000).map(|_| base | u128::from(rng.next())));
+        addrs.extend((0..2000).map(|_| base | (u128::from(rng.next()) << 64)));
+        addrs.extend([
+            base - 1,
+            base | (u128::MAX >> 48),
+            (base | (u128::MAX >> 48)) + 1,
+        ]);
+        for addr in addrs {
+            let (want, _) = plain.lookup(0, addr);
+            let (found, probes) = table.lookup(0, addr);
+            assert_eq!(found, want, "addr {addr:x}");
+            if (addr >> 64) as u64 & 0xffff < 1024 && addr >> 80 == base >> 80 {
+                assert!(found > 0 && probes == 2, "addr {addr:x}: {probes} probes");
+            }
+        }
+        assert_eq!(table.lookup(0, base | (7 << 64)).0, 2, "the /48's rule");
+        // Rule 8: the /32, the /48, then /64s 1 to 6 and 8.
+        assert_eq!(table.lookup(0, base | (8 << 64) | 9).0, 8 + 1);
+        let tight = build(&prefixes, &[], count).unwrap();
+        assert_eq!(tight.buckets.len() as u32, count);
+    }
+
     /// Every length /1../128 listed along one address and beside it: the
     /// longest searches still take at most eight probes.
     #[test]
@@ -596,5 +876,31 @@ mod tests {
             .count();
         println!("{first} of 100000 entries in their first bucket");
         assert!(first >= 70_000, "{first}");
+    }
+}
+#[cfg(test)]
+mod tmp_repro {
+    use super::*;
+    #[test]
+    fn tmp_repro() {
+        let text = std::fs::read_to_string("/tmp/rules6.txt").unwrap();
+        let rules = crate::firewall::Ruleset::parse_file_text("r", &text).unwrap();
+        let c = crate::firewall::kernel::compile(&rules).unwrap();
+        let table = build(&c.src6, &c.dst6, 1 << 12).unwrap();
+        let plain = build_roomy(&c.src6, &c.dst6, 1 << 12, &|r| r.id + 1, 0, Direct::None).unwrap();
+        eprintln!(
+            "count {} total {}",
+            table.roots[1].buckets,
+            table.buckets.len()
+        );
+        let addr: u128 = "a883:7a58:d52e:1f18:9d62:fa7e:12d7:8d57"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .into();
+        eprintln!(
+            "direct {:?} plain {:?}",
+            table.lookup(1, addr),
+            plain.lookup(1, addr)
+        );
     }
 }
