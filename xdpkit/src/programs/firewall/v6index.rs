@@ -384,10 +384,7 @@ impl V6Index {
             None
         };
         if new_leaf {
-            self.leaves.insert(rule.id, self.next_leaf);
-            self.ranks.insert(self.next_leaf, rule.rank);
-            self.added.push((self.next_leaf - 1, rule));
-            self.next_leaf += 1;
+            self.leaf_for(rule)?;
         }
         self.change(
             f,
@@ -575,16 +572,22 @@ impl V6Index {
     /// index: written, rewritten or removed; its value is `known` or
     /// computed.
     fn sync(&mut self, f: usize, key: Key, known: Option<u32>) -> Result<(), Rebuild> {
-        let field = &mut self.fields[f];
-        let keep = field.entries.get(&key).is_some_and(|e| e.paths > 0);
+        let keep = self.fields[f]
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.paths > 0);
         let tag = v6_tag(f as u32, u32::from(key.1));
         let (hi, lo) = ((key.0 >> 64) as u64, key.0 as u64);
+        let value = match (keep, known) {
+            (true, Some(v)) => v,
+            (true, None) => match self.fields[f].value(key) {
+                Some(rule) => self.leaf_for(rule)?,
+                None => 0,
+            },
+            (false, _) => 0,
+        };
+        let field = &mut self.fields[f];
         let want = if keep {
-            let value = known.unwrap_or_else(|| {
-                field
-                    .value(key)
-                    .map_or(0, |r| self.leaves.get(&r.id).copied().unwrap_or(0))
-            });
             let e = field.entries.get_mut(&key).expect("kept");
             e.value = value;
             Some(V6Slot {
@@ -626,6 +629,24 @@ impl V6Index {
             (None, None) => {}
         }
         self.root_follows(f, key, want)
+    }
+
+    /// The leaf of `rule`, numbered now if it has none: a rule no entry
+    /// carried (one that ranked below another on every prefix it is on,
+    /// so the load gave it no leaf) becomes a value when that one goes.
+    fn leaf_for(&mut self, rule: RuleRef) -> Result<u32, Rebuild> {
+        if let Some(&leaf) = self.leaves.get(&rule.id) {
+            return Ok(leaf);
+        }
+        if self.next_leaf > self.leaf_room {
+            return Err(Rebuild::Full);
+        }
+        let leaf = self.next_leaf;
+        self.leaves.insert(rule.id, leaf);
+        self.ranks.insert(leaf, rule.rank);
+        self.added.push((leaf - 1, rule));
+        self.next_leaf += 1;
+        Ok(leaf)
     }
 
     /// Keeps a root's copy of its field's one entry of the first length.
@@ -777,7 +798,12 @@ mod tests {
             Direct::None,
         )
         .unwrap();
-        let leaves = rules.iter().map(|(_, _, r)| (r.id, r.id + 1)).collect();
+        // As a load numbers them: only the rules some prefix carries.
+        let leaves = fields
+            .iter()
+            .flatten()
+            .map(|(_, r)| (r.id, r.id + 1))
+            .collect();
         V6Index::new(rules, table, leaves, 2_000_000)
     }
 
