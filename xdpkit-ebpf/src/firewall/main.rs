@@ -266,7 +266,7 @@ fn v6_scan<const SET: u32>(index: u32, tag: u32, hi: u64, lo: u64) -> Result<(u3
 /// prefix it lies in. A hit on the head of a direct block ([`V6_DIRECT`])
 /// ends the search with one more read: the leaf of the address's next bits.
 #[inline(always)]
-fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'static RuleRef> {
+fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: (u64, u64)) -> Option<&'static RuleRef> {
     // Branches, not indexes (see `judge`); a copy of the search per set, so
     // that its loop keeps no set to test (nor spill) on every probe.
     if set == 0 {
@@ -291,14 +291,8 @@ fn v6_lookup(cfg: &FwConfig, set: u32, field: u32, addr: &[u8; 16]) -> Option<&'
 fn v6_search<const SET: u32>(
     root: &V6Root,
     field: u32,
-    addr: &[u8; 16],
+    (hi, lo): (u64, u64),
 ) -> Option<&'static RuleRef> {
-    let hi = u64::from_be_bytes([
-        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-    ]);
-    let lo = u64::from_be_bytes([
-        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
-    ]);
     let count = root.buckets;
     let mut best = root.zero;
     let mut node = root.root;
@@ -584,8 +578,8 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             (HSRC6_0, HSRC6_1),
             (SRC6_0, SRC6_1),
             (DST6_0, DST6_1),
-            v6_lookup(cfg, set, 0, &ip.src).ok_or(()).map(Some),
-            v6_lookup(cfg, set, 1, &ip.dst).ok_or(()).map(Some)
+            v6_lookup(cfg, set, 0, ip.src_halves()).ok_or(()).map(Some),
+            v6_lookup(cfg, set, 1, ip.dst_halves()).ok_or(()).map(Some)
         );
     } else {
         let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
