@@ -39,34 +39,36 @@ pub struct IpFrame {
 const _: () = assert!(core::mem::offset_of!(IpFrame, src) == 0);
 const _: () = assert!(core::mem::offset_of!(IpFrame, dst) == 16);
 
+/// `addr` as two big-endian words.
+///
+/// # Safety
+/// `addr` must be 8-byte aligned.
+#[inline(always)]
+unsafe fn halves(addr: &[u8; 16]) -> (u64, u64) {
+    let words = addr.as_ptr().cast::<u64>();
+    // SAFETY: aligned (the caller's promise) and 16 bytes long.
+    unsafe {
+        (
+            u64::from_be(words.read()),
+            u64::from_be(words.add(1).read()),
+        )
+    }
+}
+
 impl IpFrame {
     /// The source address as two big-endian halves: two 8-byte loads,
     /// where building them from the bytes takes sixteen loads and shifts.
     #[inline(always)]
     pub fn src_halves(&self) -> (u64, u64) {
-        let words = self.src.as_ptr().cast::<u64>();
-        // SAFETY: `src` is the first field of an 8-aligned struct (checked
-        // above), 16 bytes long.
-        unsafe {
-            (
-                u64::from_be(words.read()),
-                u64::from_be(words.add(1).read()),
-            )
-        }
+        // SAFETY: `src` sits at offset 0 of an 8-aligned struct (checked above).
+        unsafe { halves(&self.src) }
     }
 
     /// [`IpFrame::src_halves`] of the destination.
     #[inline(always)]
     pub fn dst_halves(&self) -> (u64, u64) {
-        let words = self.dst.as_ptr().cast::<u64>();
-        // SAFETY: `dst` sits at offset 16 of an 8-aligned struct (checked
-        // above), 16 bytes long.
-        unsafe {
-            (
-                u64::from_be(words.read()),
-                u64::from_be(words.add(1).read()),
-            )
-        }
+        // SAFETY: `dst` sits at offset 16 of an 8-aligned struct (checked above).
+        unsafe { halves(&self.dst) }
     }
 
     /// Zeroes `slot` in place with 8-byte volatile stores: a zero literal,

@@ -338,16 +338,8 @@ fn direct_candidates(field: usize, out: &[Placed], listed: &Listed) -> Vec<Direc
     for p in out.iter().filter(|p| p.key >> V6_NEXT_SHIFT != V6_NO_NODE) {
         let len = (p.key & 0xff) as u8;
         let addr = (u128::from(p.hi) << 64) | u128::from(p.lo);
-        let last = addr | !trunc(u128::MAX, len);
-        let from = listed.partition_point(|(k, _)| k.0 < addr);
         let (mut inside, mut deepest) = (0usize, len);
-        for ((a, l), _) in &listed[from..] {
-            if *a > last {
-                break;
-            }
-            if *l <= len {
-                continue;
-            }
+        for ((_, l), _) in listed_inside(listed, addr, len) {
             if u32::from(*l - len) > V6_DIRECT_MAX {
                 inside = 0;
                 break;
@@ -369,6 +361,16 @@ fn direct_candidates(field: usize, out: &[Placed], listed: &Listed) -> Vec<Direc
     found
 }
 
+/// The listed prefixes strictly inside `addr/len`, in address order.
+fn listed_inside(listed: &Listed, addr: u128, len: u8) -> impl Iterator<Item = &((u128, u8), u32)> {
+    let last = addr | !trunc(u128::MAX, len);
+    let from = listed.partition_point(|(k, _)| k.0 < addr);
+    listed[from..]
+        .iter()
+        .take_while(move |((a, _), _)| *a <= last)
+        .filter(move |((_, l), _)| *l > len)
+}
+
 /// Buckets of a direct block of `stride` bits.
 fn direct_buckets(stride: u8) -> u32 {
     (1u32 << stride).div_ceil(V6_LEAVES_PER_BUCKET)
@@ -380,13 +382,7 @@ fn direct_buckets(stride: u8) -> u32 {
 /// prefix inside that contains it, else `inherited`.
 fn direct_leaves(c: &DirectCandidate, inherited: u32, listed: &Listed) -> Vec<u32> {
     let mut leaves = vec![inherited; 1 << c.stride];
-    let last = c.addr | !trunc(u128::MAX, c.len);
-    let from = listed.partition_point(|(k, _)| k.0 < c.addr);
-    let mut inside: Vec<&((u128, u8), u32)> = listed[from..]
-        .iter()
-        .take_while(|((a, _), _)| *a <= last)
-        .filter(|((_, l), _)| *l > c.len)
-        .collect();
+    let mut inside: Vec<&((u128, u8), u32)> = listed_inside(listed, c.addr, c.len).collect();
     // Shorter first, so that longer prefixes overwrite their leaves.
     inside.sort_by_key(|((_, l), _)| *l);
     let (len, stride) = (u32::from(c.len), u32::from(c.stride));
