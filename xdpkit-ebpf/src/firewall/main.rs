@@ -3,6 +3,8 @@
 //! for non-IP, malformed frames and fragments, rate limits, counters.
 #![no_std]
 #![no_main]
+// Single unaligned loads from the frame (see `parse::load`).
+#![feature(asm_experimental_arch)]
 
 mod general;
 mod parse;
@@ -493,6 +495,7 @@ macro_rules! prefix_lookups {
     ($best:ident, $set:ident, $has:ident, $field:literal, $src:expr, $dst:expr, $bits:literal,
      $table:expr, ($h0:ident, $h1:ident), ($s0:ident, $s1:ident), ($d0:ident, $d1:ident),
      $dir_src:expr, $dir_dst:expr) => {{
+        // References: a copy of an IPv6 address is sixteen byte moves on BPF.
         let src = $src;
         let dst = $dst;
         let table: Option<&RuleRef> = $table;
@@ -502,10 +505,10 @@ macro_rules! prefix_lookups {
             None
         } else if $set == 0 {
             // SAFETY: values are replaced whole by userspace, never edited.
-            unsafe { $h0.get(&src) }
+            unsafe { $h0.get(src) }
         } else {
             // SAFETY: as above.
-            unsafe { $h1.get(&src) }
+            unsafe { $h1.get(src) }
         };
         // The DIR table answers, or sends the address to the trie (`Err`).
         let dir: Result<Option<&RuleRef>, ()> = if host.is_some() {
@@ -518,7 +521,7 @@ macro_rules! prefix_lookups {
         match dir {
             Ok(found) => keep_better(&mut $best, found),
             Err(()) if $has(present_trie(0, $field)) => {
-                let key = Key::new($bits, src);
+                let key = Key::new($bits, *src);
                 keep_better(
                     &mut $best,
                     if $set == 0 {
@@ -538,7 +541,7 @@ macro_rules! prefix_lookups {
         match dir {
             Ok(found) => keep_better(&mut $best, found),
             Err(()) if $has(present_trie(0, $field + 1)) => {
-                let key = Key::new($bits, dst);
+                let key = Key::new($bits, *dst);
                 keep_better(
                     &mut $best,
                     if $set == 0 {
@@ -571,8 +574,8 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             set,
             has,
             2,
-            ip.src,
-            ip.dst,
+            &ip.src,
+            &ip.dst,
             128,
             None,
             (HSRC6_0, HSRC6_1),
@@ -582,15 +585,15 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
             v6_lookup(cfg, set, 1, ip.dst_halves()).ok_or(()).map(Some)
         );
     } else {
-        let s4 = [ip.src[0], ip.src[1], ip.src[2], ip.src[3]];
-        let d4 = [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]];
+        let s4 = ip.src4();
+        let d4 = ip.dst4();
         prefix_lookups!(
             best,
             set,
             has,
             0,
-            s4,
-            d4,
+            &s4,
+            &d4,
             32,
             if has(present_table(0)) {
                 // A branch, not `table_bits[set]` (see below).

@@ -24,11 +24,12 @@ pub struct IpFrame {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub vlan: u32,
+    /// At a multiple of 4, for [`read_addresses`]'s two stores.
+    pub smac: [u8; 6],
     /// Offset of the IP header (for [`read_addresses`]).
     pub l3: u16,
     pub sport: u16,
     pub dport: u16,
-    pub smac: [u8; 6],
     pub proto: u8,
     pub v6: bool,
     pub later_fragment: bool,
@@ -69,6 +70,21 @@ impl IpFrame {
     pub fn dst_halves(&self) -> (u64, u64) {
         // SAFETY: `dst` sits at offset 16 of an 8-aligned struct (checked above).
         unsafe { halves(&self.dst) }
+    }
+
+    /// The IPv4 source address's bytes (the first 4 of `src`): one aligned
+    /// 4-byte load, not four byte loads.
+    #[inline(always)]
+    pub fn src4(&self) -> [u8; 4] {
+        // SAFETY: `src` sits at offset 0 of an 8-aligned struct (checked above).
+        unsafe { self.src.as_ptr().cast::<u32>().read() }.to_ne_bytes()
+    }
+
+    /// [`IpFrame::src4`] of the destination.
+    #[inline(always)]
+    pub fn dst4(&self) -> [u8; 4] {
+        // SAFETY: `dst` sits at offset 16 of an 8-aligned struct (checked above).
+        unsafe { self.dst.as_ptr().cast::<u32>().read() }.to_ne_bytes()
     }
 
     /// Zeroes `slot` in place with 8-byte volatile stores: a zero literal,
@@ -163,14 +179,66 @@ impl<const N: usize> Header<N> {
         u16::from_be_bytes([self.byte(i), self.byte(i + 1)])
     }
 
-    /// Copies `M` bytes from `i` into `out`.
+    /// The 8 bytes at `i` as they lie in the frame, in one load (store
+    /// them with [`store`] to keep their order).
     #[inline(always)]
-    fn copy<const M: usize>(self, i: usize, out: &mut [u8; M]) {
-        // A fixed-count loop: unrolled, no loop for the verifier.
-        for (k, b) in out.iter_mut().enumerate() {
-            *b = self.byte(i + k);
+    fn raw64(self, i: usize) -> u64 {
+        debug_assert!(i + 8 <= N);
+        // SAFETY: i + 8 <= N (constant at every call), and N bytes were checked.
+        unsafe { load::<8>(self.p.add(i)) }
+    }
+
+    /// [`Header::raw64`] for 4 bytes.
+    #[inline(always)]
+    fn raw32(self, i: usize) -> u32 {
+        debug_assert!(i + 4 <= N);
+        // SAFETY: as for raw64.
+        unsafe { load::<4>(self.p.add(i)) as u32 }
+    }
+
+    /// [`Header::raw64`] for 2 bytes.
+    #[inline(always)]
+    fn raw16(self, i: usize) -> u16 {
+        debug_assert!(i + 2 <= N);
+        // SAFETY: as for raw64.
+        unsafe { load::<2>(self.p.add(i)) as u16 }
+    }
+}
+
+/// One `W`-byte load from `p`, whatever its alignment. Frame headers sit at
+/// any offset (IPv6 addresses at 22 and 38 after Ethernet), and LLVM's BPF
+/// target splits a load it cannot prove aligned into single bytes (sixteen
+/// loads and shifts per address), while the kernel allows unaligned packet
+/// loads where the CPU does them (x86-64, arm64: `HAVE_EFFICIENT_UNALIGNED_ACCESS`).
+///
+/// # Safety
+/// `p` must point to `W` readable bytes of the frame.
+#[inline(always)]
+unsafe fn load<const W: usize>(p: *const u8) -> u64 {
+    let out: u64;
+    // SAFETY: the caller's promise; the instruction only reads `W` bytes at `p`.
+    unsafe {
+        match W {
+            8 => core::arch::asm!("{o} = *(u64 *)({p} + 0)", o = lateout(reg) out, p = in(reg) p,
+                options(pure, readonly, nostack)),
+            4 => core::arch::asm!("{o} = *(u32 *)({p} + 0)", o = lateout(reg) out, p = in(reg) p,
+                options(pure, readonly, nostack)),
+            _ => core::arch::asm!("{o} = *(u16 *)({p} + 0)", o = lateout(reg) out, p = in(reg) p,
+                options(pure, readonly, nostack)),
         }
     }
+    out
+}
+
+/// Stores `v` at `out` byte for byte as [`load`] read it (native order
+/// both ways, so the frame's bytes keep their order).
+///
+/// # Safety
+/// `out` must be valid for a `T` store and aligned for `T`.
+#[inline(always)]
+unsafe fn store<T>(out: *mut u8, v: T) {
+    // SAFETY: the caller's promise.
+    unsafe { out.cast::<T>().write(v) }
 }
 
 /// Reads the frame into `ip`; the return says which kind it is.
@@ -311,24 +379,39 @@ fn ipv6(f: &Frame, l3: usize, ip: &mut IpFrame) -> Parsed {
 pub fn read_addresses(ctx: &XdpContext, ip: &mut IpFrame) {
     let f = Frame::new(ctx);
     if let Some(eth) = f.header::<ETH_HLEN>(0) {
-        eth.copy(6, &mut ip.smac);
+        let mac = ip.smac.as_mut_ptr();
+        // SAFETY: `smac` sits at an even offset of the 8-aligned IpFrame
+        // (checked below), so both stores are aligned and inside its 6 bytes.
+        unsafe {
+            store(mac, eth.raw32(6));
+            store(mac.add(4), eth.raw16(10));
+        }
     }
     let l3 = usize::from(ip.l3);
+    let src = ip.src.as_mut_ptr();
+    let dst = ip.dst.as_mut_ptr();
     if ip.v6 {
         if let Some(h) = f.header::<40>(l3) {
-            h.copy(8, &mut ip.src);
-            h.copy(24, &mut ip.dst);
+            // SAFETY: `src` and `dst` are 16 bytes at offsets 0 and 16 of the
+            // 8-aligned IpFrame (checked above): aligned 8-byte stores.
+            unsafe {
+                store(src, h.raw64(8));
+                store(src.add(8), h.raw64(16));
+                store(dst, h.raw64(24));
+                store(dst.add(8), h.raw64(32));
+            }
         }
     } else if let Some(h) = f.header::<20>(l3) {
         // The upper 12 bytes of src and dst stay zero from IpFrame::zero_in.
-        if let (Some(src), Some(dst)) =
-            (ip.src.first_chunk_mut::<4>(), ip.dst.first_chunk_mut::<4>())
-        {
-            h.copy(12, src);
-            h.copy(16, dst);
+        // SAFETY: as above, aligned 4-byte stores.
+        unsafe {
+            store(src, h.raw32(12));
+            store(dst, h.raw32(16));
         }
     }
 }
+
+const _: () = assert!(core::mem::offset_of!(IpFrame, smac) % 4 == 0);
 
 /// Checks the layer-4 header in `[start, end)` and reads TCP/UDP ports.
 #[inline(always)]
