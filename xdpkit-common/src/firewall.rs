@@ -290,6 +290,28 @@ pub struct V6Root {
     pub shared: u32,
     /// That entry, as the table holds it.
     pub first: V6Slot,
+    /// A copy of node `root`, and one of the node a hit on `first` goes on
+    /// with (when `shared` and that is a node): the search's first two
+    /// steps then read no node from the map, two dependent loads fewer on
+    /// every IPv6 frame. Nodes never change once written, so the copies
+    /// only follow `root` and `first` (see `V6Root::copy_nodes`).
+    pub node: V6Node,
+    /// See [`V6Root::node`].
+    pub next: V6Node,
+}
+
+impl V6Root {
+    /// Fills [`V6Root::node`] and [`V6Root::next`] from `nodes`, the
+    /// table's nodes.
+    pub fn copy_nodes(&mut self, nodes: &[V6Node]) {
+        let at = |n: u32| nodes.get(n as usize).copied().unwrap_or_default();
+        self.node = at(self.root);
+        self.next = if self.shared != 0 {
+            at(self.first.key >> V6_NEXT_SHIFT)
+        } else {
+            V6Node::default()
+        };
+    }
 }
 
 impl Default for V6Root {
@@ -300,6 +322,8 @@ impl Default for V6Root {
             root: V6_NO_NODE,
             shared: 0,
             first: V6Slot::default(),
+            node: V6Node::default(),
+            next: V6Node::default(),
         }
     }
 }
@@ -913,9 +937,9 @@ const _: () = assert!(core::mem::size_of::<RuleRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<GeneralRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<V6Bucket>() == 96);
 const _: () = assert!(core::mem::size_of::<V6Node>() == 24);
-const _: () = assert!(core::mem::size_of::<V6Root>() == 40);
+const _: () = assert!(core::mem::size_of::<V6Root>() == 88);
 const _: () = assert!(FW_V6_NODES <= V6_DIRECT && V6_DIRECT + V6_DIRECT_MAX < V6_NO_NODE);
-const _: () = assert!(core::mem::size_of::<FwConfig>() == 248);
+const _: () = assert!(core::mem::size_of::<FwConfig>() == 440);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 24);
 

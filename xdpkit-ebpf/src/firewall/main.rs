@@ -298,20 +298,32 @@ fn v6_search<const SET: u32>(
     let count = root.buckets;
     let mut best = root.zero;
     let mut node = root.root;
+    let mut via_first = false;
     for probe in 0..V6_MAX_PROBES {
-        let n = if SET == 0 {
-            V6NODE_0.get(node)
-        } else {
-            V6NODE_1.get(node)
-        };
-        // V6_NO_NODE is past the array: the search ends.
-        let Some(n) = n else {
+        // V6_NO_NODE is past the array: the search ends. The first two
+        // nodes come from the root's copies (no dependent map read).
+        let n = if node >= FW_V6_NODES {
             break;
+        } else if probe == 0 {
+            &root.node
+        } else if probe == 1 && via_first {
+            &root.next
+        } else {
+            let n = if SET == 0 {
+                V6NODE_0.get(node)
+            } else {
+                V6NODE_1.get(node)
+            };
+            let Some(n) = n else {
+                break;
+            };
+            n
         };
         let (mhi, mlo) = (hi & n.mask_hi, lo & n.mask_lo);
         // The first length of a field whose prefixes share one prefix of
         // it: one compare with the root's copy instead of a probe.
         let found = if probe == 0 && root.shared != 0 {
+            via_first = true;
             let first = &root.first;
             if first.hi == mhi && first.lo == mlo {
                 Some((first.key, first.rule))

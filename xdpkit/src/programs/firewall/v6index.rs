@@ -663,6 +663,7 @@ impl V6Index {
             (false, Some(_)) => root.shared = 0,
             _ => return Ok(()),
         }
+        root.copy_nodes(&self.table.nodes);
         self.roots_changed = true;
         Ok(())
     }
