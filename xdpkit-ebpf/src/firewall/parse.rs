@@ -215,6 +215,7 @@ impl<const N: usize> Header<N> {
 /// `p` must point to `W` readable bytes of the frame.
 #[inline(always)]
 unsafe fn load<const W: usize>(p: *const u8) -> u64 {
+    const { assert!(W == 2 || W == 4 || W == 8) };
     let out: u64;
     // SAFETY: the caller's promise; the instruction only reads `W` bytes at `p`.
     unsafe {
