@@ -56,6 +56,16 @@ unsafe fn halves(addr: &[u8; 16]) -> (u64, u64) {
     }
 }
 
+/// The first 4 bytes of `addr` (an IPv4 address), in one load.
+///
+/// # Safety
+/// `addr` must be 4-byte aligned.
+#[inline(always)]
+unsafe fn first4(addr: &[u8; 16]) -> [u8; 4] {
+    // SAFETY: aligned (the caller's promise) and 16 bytes long.
+    unsafe { addr.as_ptr().cast::<u32>().read() }.to_ne_bytes()
+}
+
 impl IpFrame {
     /// The source address as two big-endian halves: two 8-byte loads,
     /// where building them from the bytes takes sixteen loads and shifts.
@@ -77,14 +87,14 @@ impl IpFrame {
     #[inline(always)]
     pub fn src4(&self) -> [u8; 4] {
         // SAFETY: `src` sits at offset 0 of an 8-aligned struct (checked above).
-        unsafe { self.src.as_ptr().cast::<u32>().read() }.to_ne_bytes()
+        unsafe { first4(&self.src) }
     }
 
     /// [`IpFrame::src4`] of the destination.
     #[inline(always)]
     pub fn dst4(&self) -> [u8; 4] {
         // SAFETY: `dst` sits at offset 16 of an 8-aligned struct (checked above).
-        unsafe { self.dst.as_ptr().cast::<u32>().read() }.to_ne_bytes()
+        unsafe { first4(&self.dst) }
     }
 
     /// Zeroes `slot` in place with 8-byte volatile stores: a zero literal,
@@ -381,7 +391,7 @@ pub fn read_addresses(ctx: &XdpContext, ip: &mut IpFrame) {
     let f = Frame::new(ctx);
     if let Some(eth) = f.header::<ETH_HLEN>(0) {
         let mac = ip.smac.as_mut_ptr();
-        // SAFETY: `smac` sits at an even offset of the 8-aligned IpFrame
+        // SAFETY: `smac` sits at a multiple of 4 in the 8-aligned IpFrame
         // (checked below), so both stores are aligned and inside its 6 bytes.
         unsafe {
             store(mac, eth.raw32(6));
