@@ -117,17 +117,24 @@ pub fn v6_sizes(buckets: u32) -> Vec<(&'static str, u32)> {
 pub fn wanted<'r>(
     maps: &impl MapSource,
     ids: u64,
-    rules: impl IntoIterator<Item = &'r super::Rule> + Clone,
+    rules: impl IntoIterator<Item = &'r super::Rule> + Clone + Send,
 ) -> Result<Vec<(&'static str, u32)>> {
     let mut wanted = Vec::new();
     if ids > u64::from(capacity(maps)?) {
         wanted.extend(sizes(capacity_for(ids)?));
     }
-    let needs = super::dir::pool_needs(rules.clone());
+    // The two counts are independent and each takes a few hundred ms at
+    // 1M prefixes: one on another core.
+    let (needs, entries) = std::thread::scope(|scope| {
+        let v6_rules = rules.clone();
+        let v6 = scope.spawn(move || super::v6tab::entries_needed(v6_rules));
+        let needs = super::dir::pool_needs(rules);
+        (needs, v6.join())
+    });
+    let entries = entries.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     if pools_short(maps, needs)? {
         wanted.extend(pool_sizes(needs));
     }
-    let entries = super::v6tab::entries_needed(rules);
     if super::v6tab::buckets_for(entries) > v6_pool(maps)? {
         wanted.extend(v6_sizes(super::v6tab::pool_for(entries)));
     }

@@ -242,10 +242,31 @@ impl Staged {
 
 /// The first half of [`apply`]: writes `rules` into the inactive sets.
 pub fn stage(maps: &impl MapSource, rules: &Ruleset) -> Result<Staged> {
+    stage_planned(maps, rules, None)
+}
+
+/// The prefix set [`stage`] writes: the inactive one.
+pub fn staged_prefix_set(maps: &impl MapSource) -> Result<usize> {
+    Ok((read_config(maps)?.prefix_set() + 1) & 1)
+}
+
+/// [`stage`] with the prefixes' [`Plan`] made beforehand (by a writer,
+/// while the maps grew) for the room it names; a plan made for other room
+/// than the set has is made again.
+pub fn stage_planned(
+    maps: &impl MapSource,
+    rules: &Ruleset,
+    planned: Option<(Room, Plan)>,
+) -> Result<Staged> {
     let mut cfg = read_config(maps)?;
     let prefix = (cfg.prefix_set() + 1) & 1;
     let general = (cfg.general_set() + 1) & 1;
-    let written = write_prefixes(maps, prefix, &compile(rules)?)?;
+    let room = Room::of(maps, prefix)?;
+    let plan = match planned {
+        Some((r, plan)) if r == room => plan,
+        _ => plan(&compile(rules)?, &room),
+    };
+    let written = write_plan(maps, prefix, &plan)?;
     let count = write_general(maps, general, rules.entries())?;
     note_written(&mut cfg, prefix, written);
     cfg.max_prio = max_prio(rules);
@@ -770,22 +791,89 @@ pub fn dense_refs(fields: &[&[Prefix]]) -> (HashMap<u32, u32>, Vec<RuleRef>) {
 
 /// Writes the compiled prefixes into prefix set `set`.
 fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Written> {
-    // The host maps and table are sized to the firewall's capacity.
-    let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
+    write_plan(maps, set, &plan(c, &Room::of(maps, set)?))
+}
+
+/// The entries of the maps of one prefix set that decide where its
+/// prefixes go ([`plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room {
+    host_src4: usize,
+    host_src6: usize,
+    host_table4: usize,
+    refs: usize,
+    chunks: usize,
+    v6tab: usize,
+}
+
+impl Room {
+    /// The room of prefix set `set` in `maps`.
+    pub fn of(maps: &impl MapSource, set: usize) -> Result<Room> {
+        let entries = |name| batch::map_info(maps, name).map(|i| i.max_entries() as usize);
+        Ok(Room {
+            host_src4: entries(FW_HOST_SRC4[set])?,
+            host_src6: entries(FW_HOST_SRC6[set])?,
+            host_table4: entries(FW_HOST_TABLE4[set])?,
+            refs: entries(FW_DIR4_REFS[set])?,
+            chunks: entries(FW_DIR4_CHUNKS[set])?,
+            v6tab: entries(FW_V6TAB[set])?,
+        })
+    }
+
+    /// This room once the maps of `wanted` (map, entries) have grown:
+    /// maps grow to their entries there, or stay if already larger
+    /// (`capacity::grow`).
+    pub fn grown(self, set: usize, wanted: &[(&str, u32)]) -> Room {
+        let after = |name: &str, now: usize| {
+            wanted
+                .iter()
+                .filter(|(m, _)| *m == name)
+                .fold(now, |n, (_, e)| n.max(*e as usize))
+        };
+        Room {
+            host_src4: after(FW_HOST_SRC4[set], self.host_src4),
+            host_src6: after(FW_HOST_SRC6[set], self.host_src6),
+            host_table4: after(FW_HOST_TABLE4[set], self.host_table4),
+            refs: after(FW_DIR4_REFS[set], self.refs),
+            chunks: after(FW_DIR4_CHUNKS[set], self.chunks),
+            v6tab: after(FW_V6TAB[set], self.v6tab),
+        }
+    }
+}
+
+/// Where the prefixes of a set go and what its tables hold, decided from
+/// the compiled prefixes and the room of the set's maps alone (no map is
+/// read), so that a writer can build it while the maps grow.
+pub struct Plan {
+    trie_src4: Vec<Prefix>,
+    trie_dst4: Vec<Prefix>,
+    trie_src6: Vec<Prefix>,
+    trie_dst6: Vec<Prefix>,
+    src4_hosts: Vec<Prefix>,
+    src6_hosts: Vec<Prefix>,
+    table: Option<HostTable>,
+    dir: Option<super::dir::Dir4>,
+    dir_refs: Vec<RuleRef>,
+    v6: Option<super::v6tab::V6Table>,
+    written: Written,
+}
+
+/// The [`Plan`] of compiled prefixes `c` in a set with room `room`.
+pub fn plan(c: &Compiled, room: &Room) -> Plan {
     // Hosts of dense /24s go to the DIR table first; the host map and
     // table are sized to the others.
     let (mut src4_trie, mut src4_hosts) = split_hosts(&c.src4, usize::MAX);
     if !IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) {
         super::dir::move_dense_hosts(&mut src4_hosts, &mut src4_trie);
     }
-    if src4_hosts.len() > entries(FW_HOST_SRC4[set])? {
+    if src4_hosts.len() > room.host_src4 {
         src4_trie.append(&mut src4_hosts);
     }
     // The DIR and IPv6 tables' leaves name rules by dense number, in one
     // array per set (the writers grow it first, as the pools): a set whose
     // refs cannot hold them keeps its prefixes in the tries.
     let (numbers, dir_refs) = dense_refs(&[&src4_trie, &c.dst4, &c.src6, &c.dst6]);
-    let ref_room = entries(FW_DIR4_REFS[set])?;
+    let ref_room = room.refs;
     let refs_fit = dir_refs.len() <= ref_room;
     if !refs_fit {
         tracing::warn!(
@@ -798,28 +886,21 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     // IPv6 prefixes, source hosts included, go to the IPv6 table when it
     // fits the set's map (the writers grow it first), else to the tries
     // and host map.
-    let v6 = if IPV6_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) || !refs_fit {
-        None
-    } else {
-        let pool = entries(FW_V6TAB[set])? as u32;
-        let table = super::v6tab::build_by(&c.src6, &c.dst6, pool, &leaf);
+    let v6_pool = room.v6tab as u32;
+    let build_v6 = || {
+        if IPV6_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed) || !refs_fit {
+            return None;
+        }
+        let table = super::v6tab::build_by(&c.src6, &c.dst6, v6_pool, &leaf);
         if table.is_none() && !(c.src6.is_empty() && c.dst6.is_empty()) {
             tracing::warn!(
-                "the IPv6 prefixes do not fit the IPv6 table ({} buckets): \
-                 they are judged by the LPM tries, slower",
-                pool
+                "the IPv6 prefixes do not fit the IPv6 table ({v6_pool} buckets): \
+                 they are judged by the LPM tries, slower"
             );
         }
         table
     };
-    let none6: Vec<Prefix> = Vec::new();
-    let (src6_trie, src6_hosts) = if v6.is_some() {
-        (Vec::new(), Vec::new())
-    } else {
-        split_hosts(&c.src6, entries(FW_HOST_SRC6[set])?)
-    };
-    let trie_dst6 = if v6.is_some() { &none6 } else { &c.dst6 };
-    let max_bits = entries(FW_HOST_TABLE4[set])?.max(1).ilog2();
+    let max_bits = room.host_table4.max(1).ilog2();
     // An empty table is not written: `present` keeps the program out of it.
     let (table, src4_hosts) = if src4_hosts.is_empty() {
         (None, src4_hosts)
@@ -831,32 +912,49 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     // grow it first: `LiveFirewall::ensure_room`): /24s whose longer
     // prefixes find no room stay in the tries, all of them if a shorter
     // prefix finds none.
-    let pool = entries(FW_DIR4_CHUNKS[set])?;
-    let built = if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed)
-        || (src4_trie.is_empty() && c.dst4.is_empty())
-        || !refs_fit
-    {
-        None
-    } else {
-        let (src, dst) = (
-            super::dir::v4_entries(&src4_trie),
-            super::dir::v4_entries(&c.dst4),
-        );
-        let built = super::dir::Dir4::build_within_by(&src, &dst, pool, &leaf).ok();
-        match &built {
-            None => tracing::warn!(
-                "the IPv4 prefixes need more than the {pool} DIR chunks of the pool: \
+    let pool = room.chunks;
+    let build_dir = || {
+        if IPV4_IN_TRIES.load(std::sync::atomic::Ordering::Relaxed)
+            || (src4_trie.is_empty() && c.dst4.is_empty())
+            || !refs_fit
+        {
+            None
+        } else {
+            let (src, dst) = (
+                super::dir::v4_entries(&src4_trie),
+                super::dir::v4_entries(&c.dst4),
+            );
+            let built = super::dir::Dir4::build_within_by(&src, &dst, pool, &leaf).ok();
+            match &built {
+                None => tracing::warn!(
+                    "the IPv4 prefixes need more than the {pool} DIR chunks of the pool: \
                  they are judged by the LPM tries, slower"
-            ),
-            Some(b) if b.spill.iter().any(|s| !s.is_empty()) => tracing::warn!(
-                "prefixes /25-/31 in more /24s than the {pool} DIR chunks hold: \
+                ),
+                Some(b) if b.spill.iter().any(|s| !s.is_empty()) => tracing::warn!(
+                    "prefixes /25-/31 in more /24s than the {pool} DIR chunks hold: \
                  {} of them are judged by the LPM tries, slower",
-                b.spill[0].len() + b.spill[1].len()
-            ),
-            _ => {}
+                    b.spill[0].len() + b.spill[1].len()
+                ),
+                _ => {}
+            }
+            built
         }
-        built
     };
+    // The IPv6 table and the DIR tables are built from separate prefixes:
+    // at 1M prefixes each takes a few hundred ms, so on two cores.
+    let (v6, built) = std::thread::scope(|scope| {
+        let v6 = scope.spawn(build_v6);
+        let built = build_dir();
+        (v6.join(), built)
+    });
+    let v6 = v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let none6: Vec<Prefix> = Vec::new();
+    let (src6_trie, src6_hosts) = if v6.is_some() {
+        (Vec::new(), Vec::new())
+    } else {
+        split_hosts(&c.src6, room.host_src6)
+    };
+    let trie_dst6 = if v6.is_some() { &none6 } else { &c.dst6 };
     let spilled = |field: usize| -> Vec<Prefix> {
         built.as_ref().map_or_else(Vec::new, |b| {
             b.spill[field]
@@ -868,54 +966,11 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     let (spill_src4, spill_dst4) = (spilled(0), spilled(1));
     let dir = built.map(|b| b.table);
     let (trie_src4, trie_dst4) = if dir.is_some() {
-        (&spill_src4, &spill_dst4)
+        (spill_src4, spill_dst4)
     } else {
-        (&src4_trie, &c.dst4)
+        (src4_trie.clone(), c.dst4.clone())
     };
-    let fd = |name| batch::map_fd(maps, name);
-    let (s4, d4, s6, d6) = (
-        fd(FW_SRC4[set])?,
-        fd(FW_DST4[set])?,
-        fd(FW_SRC6[set])?,
-        fd(FW_DST6[set])?,
-    );
-    let (h4, h6) = (fd(FW_HOST_SRC4[set])?, fd(FW_HOST_SRC6[set])?);
-    let (t4, f4) = (fd(FW_HOST_TABLE4[set])?, fd(FW_HOST_FILTER4[set])?);
-    let (dl1, dch, drefs) = (
-        fd(FW_DIR4_L1[set])?,
-        fd(FW_DIR4_CHUNKS[set])?,
-        fd(FW_DIR4_REFS[set])?,
-    );
-    let (v6tab, v6node) = (fd(FW_V6TAB[set])?, fd(FW_V6NODE[set])?);
-    let jobs: Vec<Job<'_>> = vec![
-        Box::new(|| write_trie_fd::<4, _>(s4, trie_src4)),
-        Box::new(|| write_trie_fd::<4, _>(d4, trie_dst4)),
-        Box::new(|| write_trie_fd::<16, _>(s6, &src6_trie)),
-        Box::new(|| write_trie_fd::<16, _>(d6, trie_dst6)),
-        Box::new(|| write_hash_fd::<4, _>(h4, &src4_hosts)),
-        Box::new(|| write_hash_fd::<16, _>(h6, &src6_hosts)),
-        Box::new(|| match &table {
-            Some(table) => {
-                batch::write_array_fd(t4, &table.buckets)?;
-                batch::write_array_fd(f4, &table.filter)
-            }
-            None => Ok(()),
-        }),
-        Box::new(|| match &dir {
-            Some(dir) => super::dir::write_fds(dl1, dch, drefs, dir, &dir_refs),
-            // The IPv6 table's leaves name rules in the same array.
-            None if v6.is_some() && !dir_refs.is_empty() => batch::write_array_fd(drefs, &dir_refs),
-            None => Ok(()),
-        }),
-        Box::new(|| match &v6 {
-            Some(t) => {
-                batch::write_array_fd(v6tab, &t.buckets)?;
-                batch::write_array_fd(v6node, &t.nodes)
-            }
-            None => Ok(()),
-        }),
-    ];
-    batch::in_parallel(jobs)?;
+    let trie_dst6 = trie_dst6.clone();
     let mut present = 0;
     for (field, non_empty) in [
         !trie_src4.is_empty(),
@@ -955,17 +1010,93 @@ fn write_prefixes(maps: &impl MapSource, set: usize, c: &Compiled) -> Result<Wri
     if !src6_hosts.is_empty() {
         present |= present_host(0, 2);
     }
-    Ok(Written {
+    let written = Written {
         present,
-        table_bits: table.map_or(0, |t| t.bits),
+        table_bits: table.as_ref().map_or(0, |t| t.bits),
         dir_refs: if dir.is_some() || v6.is_some() {
             dir_refs.len() as u32
         } else {
             0
         },
-        dir_chunks: dir.map_or(0, |d| d.chunks.len() as u32),
-        v6_roots: v6.map_or_else(Default::default, |t| t.roots),
-    })
+        dir_chunks: dir.as_ref().map_or(0, |d| d.chunks.len() as u32),
+        v6_roots: v6.as_ref().map_or_else(Default::default, |t| t.roots),
+    };
+    Plan {
+        trie_src4,
+        trie_dst4,
+        trie_src6: src6_trie,
+        trie_dst6,
+        src4_hosts,
+        src6_hosts,
+        table,
+        dir,
+        dir_refs,
+        v6,
+        written,
+    }
+}
+
+/// Writes `plan` into prefix set `set` (on parallel threads, one a map:
+/// the work is in the kernel).
+fn write_plan(maps: &impl MapSource, set: usize, plan: &Plan) -> Result<Written> {
+    let Plan {
+        trie_src4,
+        trie_dst4,
+        trie_src6,
+        trie_dst6,
+        src4_hosts,
+        src6_hosts,
+        table,
+        dir,
+        dir_refs,
+        v6,
+        written,
+    } = plan;
+    let fd = |name| batch::map_fd(maps, name);
+    let (s4, d4, s6, d6) = (
+        fd(FW_SRC4[set])?,
+        fd(FW_DST4[set])?,
+        fd(FW_SRC6[set])?,
+        fd(FW_DST6[set])?,
+    );
+    let (h4, h6) = (fd(FW_HOST_SRC4[set])?, fd(FW_HOST_SRC6[set])?);
+    let (t4, f4) = (fd(FW_HOST_TABLE4[set])?, fd(FW_HOST_FILTER4[set])?);
+    let (dl1, dch, drefs) = (
+        fd(FW_DIR4_L1[set])?,
+        fd(FW_DIR4_CHUNKS[set])?,
+        fd(FW_DIR4_REFS[set])?,
+    );
+    let (v6tab, v6node) = (fd(FW_V6TAB[set])?, fd(FW_V6NODE[set])?);
+    let jobs: Vec<Job<'_>> = vec![
+        Box::new(|| write_trie_fd::<4, _>(s4, trie_src4)),
+        Box::new(|| write_trie_fd::<4, _>(d4, trie_dst4)),
+        Box::new(|| write_trie_fd::<16, _>(s6, trie_src6)),
+        Box::new(|| write_trie_fd::<16, _>(d6, trie_dst6)),
+        Box::new(|| write_hash_fd::<4, _>(h4, src4_hosts)),
+        Box::new(|| write_hash_fd::<16, _>(h6, src6_hosts)),
+        Box::new(|| match table {
+            Some(table) => {
+                batch::write_array_fd(t4, &table.buckets)?;
+                batch::write_array_fd(f4, &table.filter)
+            }
+            None => Ok(()),
+        }),
+        Box::new(|| match dir {
+            Some(dir) => super::dir::write_fds(dl1, dch, drefs, dir, dir_refs),
+            // The IPv6 table's leaves name rules in the same array.
+            None if v6.is_some() && !dir_refs.is_empty() => batch::write_array_fd(drefs, dir_refs),
+            None => Ok(()),
+        }),
+        Box::new(|| match v6 {
+            Some(t) => {
+                batch::write_array_fd(v6tab, &t.buckets)?;
+                batch::write_array_fd(v6node, &t.nodes)
+            }
+            None => Ok(()),
+        }),
+    ];
+    batch::in_parallel(jobs)?;
+    Ok(*written)
 }
 
 /// A prefix and the rule it carries.
@@ -1377,6 +1508,45 @@ impl FirewallHarness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The room a plan is made for while maps grow is the room they have
+    /// after: a wanted map of this set grows (never shrinks), the other
+    /// set's and unnamed ones stay.
+    #[test]
+    fn room_after_growth_follows_the_wanted_maps_of_its_set() {
+        let now = Room {
+            host_src4: 64,
+            host_src6: 64,
+            host_table4: 16,
+            refs: 1024,
+            chunks: 64,
+            v6tab: 16,
+        };
+        let wanted = [
+            (FW_DIR4_CHUNKS[1], 4096),
+            (FW_DIR4_CHUNKS[0], 2048),
+            (FW_DIR4_REFS[1], 512),
+            (FW_V6TAB[0], 1 << 16),
+            (FW_V6TAB[1], 1 << 17),
+        ];
+        assert_eq!(
+            now.grown(1, &wanted),
+            Room {
+                chunks: 4096,
+                v6tab: 1 << 17,
+                ..now
+            }
+        );
+        assert_eq!(
+            now.grown(0, &wanted),
+            Room {
+                chunks: 2048,
+                v6tab: 1 << 16,
+                ..now
+            }
+        );
+        assert_eq!(now.grown(0, &[]), now);
+    }
 
     #[test]
     fn host_table_keeps_every_host_in_one_of_its_buckets_or_overflows() {

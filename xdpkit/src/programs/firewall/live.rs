@@ -22,8 +22,9 @@ use xdpkit_common::firewall::{
 use super::{
     capacity,
     kernel::{
-        add_prefix_in_place, commit, delete_prefix_in_place, is_prefix_rule, read_config,
-        rebuild_general, rebuild_prefixes, stage, Staged,
+        add_prefix_in_place, commit, compile, delete_prefix_in_place, is_prefix_rule, plan,
+        read_config, rebuild_general, rebuild_prefixes, stage, stage_planned, staged_prefix_set,
+        Plan, Room, Staged,
     },
     maps::{open_pinned, pin_name},
     record::{self, Undecoded},
@@ -389,7 +390,7 @@ impl LiveFirewall {
     /// pool or table keeps those prefixes in the tries.
     fn ensure_chunks<'r>(
         &mut self,
-        rules: impl IntoIterator<Item = &'r Rule> + Clone,
+        rules: impl IntoIterator<Item = &'r Rule> + Clone + Send,
     ) -> Result<()> {
         self.ensure_room(0, rules)
     }
@@ -400,15 +401,44 @@ impl LiveFirewall {
     fn ensure_room<'r>(
         &mut self,
         ids: u64,
-        rules: impl IntoIterator<Item = &'r Rule> + Clone,
+        rules: impl IntoIterator<Item = &'r Rule> + Clone + Send,
     ) -> Result<()> {
         let wanted = capacity::wanted(&self.maps, ids, rules)?;
+        self.grow(&wanted)
+    }
+
+    /// [`ensure_room`](Self::ensure_room) for `rules`, which will replace
+    /// the ruleset, with the plan of their prefixes made on another core
+    /// while the maps grow (at 1M prefixes each takes about a second: new
+    /// per-CPU counters, the program verified again; compiling the tables).
+    /// Nothing to grow: no plan (staging plans while the records are
+    /// stored).
+    fn grow_while_planning(&mut self, ids: u64, rules: &Ruleset) -> Result<Option<(Room, Plan)>> {
+        let wanted = capacity::wanted(&self.maps, ids, rules.entries().iter().map(|e| &e.rule))?;
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        let set = staged_prefix_set(&self.maps)?;
+        let room = Room::of(&self.maps, set)?.grown(set, &wanted);
+        std::thread::scope(|scope| {
+            let planning = scope.spawn(|| compile(rules).map(|c| plan(&c, &room)));
+            let grown = self.grow(&wanted);
+            let planned = planning
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            grown?;
+            Ok(Some((room, planned)))
+        })
+    }
+
+    /// Grows the maps of `wanted` (map, entries), in one switch.
+    fn grow(&mut self, wanted: &[(&'static str, u32)]) -> Result<()> {
         if wanted.is_empty() {
             return Ok(());
         }
         let iface_dir = PinDir::new(&self.iface)?;
         let lock = self.shared_lock()?;
-        capacity::grow(&self.iface, &iface_dir, &lock, &wanted)?;
+        capacity::grow(&self.iface, &iface_dir, &lock, wanted)?;
         // The pins now hold the bigger maps.
         self.view.maps = open_pinned(&self.view.dir)?;
         Ok(())
@@ -566,13 +596,13 @@ impl LiveFirewall {
         let ids: Vec<u32> = new.iter().map(|e| e.id).collect();
         if replace {
             let rules = Ruleset::from_entries(new);
-            self.ensure_room(room, rules.entries().iter().map(|e| &e.rule))?;
+            let planned = self.grow_while_planning(room, &rules)?;
             // The records go into new record maps, so the old ones leave
             // with the old maps (no dump, no deletes); the tries are filled
             // at the same time. Zeroed counters of reused ids precede the
             // switch: those old rules are on their way out.
             let fresh = FreshRecords::create(&self.maps)?;
-            let staged = self.stage_while(&rules, || {
+            let staged = self.stage_planned_while(&rules, planned, || {
                 self.store_in(fresh.rules.as_fd(), fresh.general.as_fd(), rules.entries())
             })?;
             fresh.swap_in(&mut self.view.maps)?;
@@ -716,9 +746,20 @@ impl LiveFirewall {
         rules: &Ruleset,
         store: impl FnOnce() -> Result<()> + Send,
     ) -> Result<Staged> {
+        self.stage_planned_while(rules, None, store)
+    }
+
+    /// [`stage_while`](Self::stage_while) with a plan made beforehand
+    /// ([`stage_planned`]).
+    fn stage_planned_while(
+        &self,
+        rules: &Ruleset,
+        planned: Option<(Room, Plan)>,
+        store: impl FnOnce() -> Result<()> + Send,
+    ) -> Result<Staged> {
         std::thread::scope(|scope| {
             let stored = scope.spawn(store);
-            let staged = stage(&self.maps, rules);
+            let staged = stage_planned(&self.maps, rules, planned);
             let stored = stored
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
