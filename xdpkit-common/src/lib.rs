@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod action;
+pub mod balancer;
 pub mod bench;
 pub mod chain;
 pub mod doctor;

@@ -137,6 +137,11 @@ impl Alone {
         Ok(Alone { ebpf, program })
     }
 
+    /// Its maps, to set a program's state before a run.
+    pub fn maps(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Runs it on `frame` `repeat` times.
     pub fn run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome> {
         let program = object::program(&mut self.ebpf, self.program.symbol(), self.program.name())?;

@@ -3,6 +3,7 @@
 //! in [`REGISTRY`]: attach, the chain, status, top, the exporter, dump and
 //! the reference models iterate over it.
 
+pub mod balancer;
 pub mod count;
 pub mod drop;
 pub mod firewall;
@@ -31,6 +32,7 @@ pub static REGISTRY: &[&dyn Program] = &[
     &count::Count,
     &redirect::Redirect,
     &firewall::Firewall,
+    &balancer::Balancer,
 ];
 
 /// A data-plane program as a stage of an interface's chain.
@@ -297,7 +299,7 @@ mod tests {
         assert!(names("firewall,,pass").unwrap_err().contains("empty stage"));
         assert_eq!(
             names("firewal").unwrap_err(),
-            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall"
+            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer"
         );
     }
 

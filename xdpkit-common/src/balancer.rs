@@ -1,0 +1,203 @@
+//! Maps and values of the `balancer` program: an L4 load balancer in the
+//! manner of Katran (see docs/balancer.md). A frame to a VIP goes to one of
+//! its reals, chosen by the VIP's Maglev ring (or the flow table for a
+//! flow already seen), encapsulated toward the real (IPIP, IPv4 in IPv6,
+//! ip6ip6) and sent back out (`XDP_TX`).
+
+/// Hash of [`VipKey`] -> [`Vip`].
+pub const LB_VIPS: &str = "LB_VIPS";
+/// Most VIPs.
+pub const LB_MAX_VIPS: u32 = 512;
+/// Array of real indexes (into [`LB_REALS`]), the VIPs' Maglev rings one
+/// after another: a VIP's active ring is `ring_size` slots from
+/// `ring_base` ([`Vip`]). Each VIP owns two regions and alternates: a new
+/// ring is written into the one not in use, then the VIP's value switches.
+pub const LB_RINGS: &str = "LB_RINGS";
+/// Slots of [`LB_RINGS`]: 32 VIPs at the default ring size, twice.
+pub const LB_RING_SLOTS: u32 = 1 << 22;
+/// Array of [`Real`] by real index.
+pub const LB_REALS: &str = "LB_REALS";
+/// Most reals (all VIPs together).
+pub const LB_MAX_REALS: u32 = 4096;
+/// A ring slot that names no real (a VIP whose reals are all drained).
+pub const LB_NO_REAL: u32 = u32::MAX;
+/// LRU hash of [`FlowKey`] -> [`FlowReal`]: the real of each flow seen,
+/// so established flows keep theirs when the ring changes. Its LRU lists
+/// are per CPU (`BPF_F_NO_COMMON_LRU`): RSS keeps a flow on one CPU.
+pub const LB_FLOWS: &str = "LB_FLOWS";
+/// Entries of [`LB_FLOWS`].
+pub const LB_MAX_FLOWS: u32 = 1 << 16;
+/// Per-CPU array of [`crate::ActionCounter`] by VIP id ([`Vip::id`]).
+pub const LB_VIP_STATS: &str = "LB_VIP_STATS";
+/// Per-CPU array of [`crate::ActionCounter`] by real index.
+pub const LB_REAL_STATS: &str = "LB_REAL_STATS";
+/// Per-CPU array of [`crate::ActionCounter`] by [`LbOutcome`].
+pub const LB_OUTCOMES: &str = "LB_OUTCOMES";
+/// One-entry array: [`LbConfig`].
+pub const LB_CONFIG: &str = "LB_CONFIG";
+
+/// [`VipKey::proto`] values.
+pub const PROTO_TCP: u8 = 6;
+/// See [`PROTO_TCP`].
+pub const PROTO_UDP: u8 = 17;
+
+/// A VIP: address, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// The address: IPv4 in the first 4 bytes (the rest zero), or IPv6.
+    pub addr: [u8; 16],
+    /// The port, in network byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// 1 for IPv6.
+    pub v6: u8,
+}
+
+/// What the program needs of a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vip {
+    /// Index of its counters in [`LB_VIP_STATS`].
+    pub id: u32,
+    /// First slot of its active ring in [`LB_RINGS`].
+    pub ring_base: u32,
+    /// Slots of its ring (a prime).
+    pub ring_size: u32,
+    /// [`VIP_NO_FLOWS`], ...
+    pub flags: u32,
+}
+
+/// [`Vip::flags`]: every frame consults the ring (no flow table): for
+/// stateless services, and to measure the ring alone.
+pub const VIP_NO_FLOWS: u32 = 1;
+
+/// A real server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    /// Its address: IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+    /// 1 for IPv6 (ip6ip6 or IPv4 in IPv6 toward it), 0 for IPv4 (IPIP).
+    pub v6: u32,
+    /// Nonzero while the slot holds a real.
+    pub used: u32,
+}
+
+/// A flow: the frame's addresses, ports and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address (IPv4 in the first 4 bytes).
+    pub src: [u8; 16],
+    /// Destination address (the VIP).
+    pub dst: [u8; 16],
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// 1 for IPv6.
+    pub v6: u8,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// The real a flow goes to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowReal {
+    /// Real index.
+    pub real: u32,
+    /// The VIP's id when the flow was seen (a flow table entry of a VIP
+    /// since removed and re-added under another id is not used).
+    pub vip: u32,
+}
+
+/// The balancer's settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// Destination MAC of encapsulated frames (the next hop toward the
+    /// reals); all zero: the source MAC of the frame received (back to the
+    /// router that delivered it).
+    pub gateway: [u8; 6],
+    /// Zero.
+    pub pad: u16,
+    /// The network outer IPv4 sources are taken from (first address, in
+    /// network order read as a native u32), one per flow hash so that the
+    /// reals' RSS spreads flows.
+    pub src4: u32,
+    /// Host bits of [`LbConfig::src4`] the flow hash fills (0 to 16).
+    pub src4_bits: u32,
+    /// The /64 outer IPv6 sources are taken from; the low 64 bits are the
+    /// flow hash.
+    pub src6: [u8; 8],
+}
+
+/// What became of frames the balancer saw ([`LB_OUTCOMES`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbOutcome {
+    /// Not to a VIP (or not TCP/UDP, or a fragment): handed on.
+    NotVip = 0,
+    /// Sent to the real the flow table named.
+    FlowHit = 1,
+    /// Sent to the real the ring chose (a new flow, a SYN, a lost entry).
+    FlowMiss = 2,
+    /// To a VIP whose ring names no real: dropped.
+    NoReal = 3,
+    /// The frame could not be grown for the outer header: dropped.
+    EncapFailed = 4,
+}
+
+impl LbOutcome {
+    /// Entries of [`LB_OUTCOMES`].
+    pub const COUNT: u32 = 5;
+}
+
+/// The flow hash of a frame's addresses, ports and protocol, the same in
+/// the program and the model: it picks the ring slot and the outer source.
+/// The two halves of each address and the ports are mixed with
+/// multiplications (no table, no loop the verifier must bound).
+#[inline(always)]
+pub const fn flow_hash(src: (u64, u64), dst: (u64, u64), ports: u32, proto: u8) -> u32 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ (proto as u64);
+    h = mix(h ^ src.0);
+    h = mix(h ^ src.1);
+    h = mix(h ^ dst.0);
+    h = mix(h ^ dst.1);
+    h = mix(h ^ ports as u64);
+    (h ^ (h >> 32)) as u32
+}
+
+#[inline(always)]
+const fn mix(h: u64) -> u64 {
+    let h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 29)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain old data, `#[repr(C)]`, no padding (sizes checked below).
+    unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Vip {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Real {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowReal {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LbConfig {}
+}
+
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Vip>() == 16);
+const _: () = assert!(core::mem::size_of::<Real>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowReal>() == 8);
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 24);

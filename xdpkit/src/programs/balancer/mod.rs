@@ -1,0 +1,92 @@
+//! `balancer`: an L4 load balancer in the manner of Katran (issue 11, in
+//! progress). TCP and UDP frames to a VIP go to one of its reals, chosen by
+//! a flow table or the VIP's Maglev ring ([`maglev`]), encapsulated toward
+//! the real (IPIP, IPv4 in IPv6, ip6ip6) and sent back out (`XDP_TX`);
+//! every other frame goes on down the chain. The VIPs and reals are in the
+//! stage's pinned maps ([`tables`], [`write_tables`]); without VIPs the
+//! stage hands every frame on.
+
+pub mod maglev;
+pub mod model;
+pub mod tables;
+
+use xdpkit_common::balancer::{
+    Real, Vip, VipKey, LB_CONFIG, LB_FLOWS, LB_OUTCOMES, LB_REALS, LB_REAL_STATS, LB_RINGS,
+    LB_VIPS, LB_VIP_STATS,
+};
+
+use super::Program;
+use crate::{
+    maps::{batch, MapSource},
+    model::{Decision, StageOutcome},
+    object::{embedded, Object},
+    Result,
+};
+
+/// The `balancer` program.
+pub struct Balancer;
+
+/// Its maps and their pin files: the VIPs, reals, rings, flows and
+/// counters outlive a reload.
+static PINS: [(&str, &str); 8] = [
+    (LB_VIPS, "lb_vips"),
+    (LB_RINGS, "lb_rings"),
+    (LB_REALS, "lb_reals"),
+    (LB_FLOWS, "lb_flows"),
+    (LB_VIP_STATS, "lb_vip_stats"),
+    (LB_REAL_STATS, "lb_real_stats"),
+    (LB_OUTCOMES, "lb_outcomes"),
+    (LB_CONFIG, "lb_config"),
+];
+
+impl Program for Balancer {
+    fn name(&self) -> &'static str {
+        "balancer"
+    }
+
+    fn about(&self) -> &'static str {
+        "L4 load balancer: frames to a VIP go to a real (Maglev), encapsulated, back out"
+    }
+
+    fn object(&self) -> Object {
+        embedded!("balancer")
+    }
+
+    fn symbol(&self) -> &'static str {
+        "xdpkit_balancer"
+    }
+
+    fn pinned_maps(&self) -> &'static [(&'static str, &'static str)] {
+        &PINS
+    }
+
+    fn model(&self, frame: &[u8], settings: &toml::Table) -> StageOutcome {
+        // No settings yet: a balancer without VIPs hands every frame on.
+        let _ = settings;
+        StageOutcome::same(Decision::Next, frame)
+    }
+}
+
+/// Writes `t` into a balancer's maps: settings, reals and rings first,
+/// then the VIPs that point at them; VIPs not in `t` are removed.
+pub fn write_tables(maps: &mut impl MapSource, t: &tables::Tables) -> Result<()> {
+    batch::write_array(maps, LB_CONFIG, &[t.config])?;
+    batch::write_array::<Real>(maps, LB_REALS, &t.reals)?;
+    for (base, ring) in &t.rings {
+        let keys: Vec<u32> = (*base..*base + ring.len() as u32).collect();
+        batch::update(maps, LB_RINGS, &keys, ring)?;
+    }
+    let (keys, values): (Vec<VipKey>, Vec<Vip>) = t.vips.iter().map(|(k, v)| (*k, *v)).unzip();
+    if !keys.is_empty() {
+        batch::update(maps, LB_VIPS, &keys, &values)?;
+    }
+    let stale: Vec<VipKey> = batch::dump::<VipKey, Vip>(maps, LB_VIPS, usize::MAX)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !t.vips.contains_key(k))
+        .collect();
+    if !stale.is_empty() {
+        batch::delete(maps, LB_VIPS, &stale)?;
+    }
+    Ok(())
+}

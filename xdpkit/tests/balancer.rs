@@ -1,0 +1,338 @@
+//! The `balancer` program through BPF_PROG_TEST_RUN: crafted frames with
+//! the encapsulated bytes read back by an independent parser (etherparse),
+//! flows keeping their real when the ring changes, and the kernel against
+//! the model on random VIP sets and frames.
+
+use std::net::IpAddr;
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
+use proptest::{
+    prelude::*,
+    test_runner::{Config, TestRunner},
+};
+use xdpkit::{
+    programs::balancer::{
+        model::{decide, Flows},
+        tables::{self, RealSpec, Tables, VipSpec},
+        write_tables, Balancer,
+    },
+    testrun::Alone,
+    XdpAction,
+};
+use xdpkit_common::balancer::{LbConfig, LbOutcome, PROTO_TCP, PROTO_UDP};
+use xdpkit_lab::lab::require_root;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+fn config() -> LbConfig {
+    LbConfig {
+        gateway: [0; 6],
+        pad: 0,
+        src4: u32::from_ne_bytes([198, 19, 0, 0]),
+        src4_bits: 16,
+        src6: [0x20, 0x01, 0x0d, 0xb8, 0xff, 0, 0, 0],
+    }
+}
+
+fn vip(addr: &str, port: u16, proto: u8, reals: &[(&str, u32)]) -> VipSpec {
+    VipSpec {
+        key: tables::vip_key(addr.parse().unwrap(), port, proto),
+        ring: 251,
+        flags: 0,
+        reals: reals
+            .iter()
+            .map(|(a, w)| RealSpec {
+                addr: a.parse().unwrap(),
+                weight: *w,
+            })
+            .collect(),
+    }
+}
+
+fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut f, &[0xab; 22])
+        .unwrap();
+    f
+}
+
+fn tcp6(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+        panic!("IPv6 addresses")
+    };
+    let mut f = Vec::new();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(s.octets(), d.octets(), 64)
+        .tcp(sport, dport, 1, 65535);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    b.write(&mut f, &[0x5a; 10]).unwrap();
+    f
+}
+
+/// A balancer with `vips` in its maps, and the tables written.
+fn balancer(vips: &[VipSpec]) -> (Alone, Tables) {
+    let t = tables::build(config(), vips).unwrap();
+    let mut alone = Alone::new(&Balancer).unwrap();
+    write_tables(alone.maps(), &t).unwrap();
+    (alone, t)
+}
+
+/// Runs `frame` through the kernel and the model; they must agree.
+fn check(alone: &mut Alone, t: &Tables, flows: &mut Flows, frame: &[u8]) -> (XdpAction, Vec<u8>) {
+    let got = alone.run(frame, 1).unwrap();
+    let want = decide(t, flows, frame);
+    let verdict = match want.outcome.decision {
+        xdpkit::model::Decision::Verdict(v) => v,
+        // Alone, "next" passes.
+        xdpkit::model::Decision::Next => XdpAction::Pass,
+    };
+    assert_eq!(got.verdict, Some(verdict), "verdict of {frame:02x?}");
+    assert_eq!(got.output, want.outcome.output, "output of {frame:02x?}");
+    (verdict, got.output)
+}
+
+#[test]
+fn frames_to_a_vip_leave_encapsulated_toward_a_real() {
+    if !require_root("frames_to_a_vip_leave_encapsulated_toward_a_real") {
+        return;
+    }
+    let (mut alone, t) = balancer(&[
+        vip(
+            "198.18.1.10",
+            53,
+            PROTO_UDP,
+            &[("198.18.2.1", 1), ("198.18.2.2", 1)],
+        ),
+        vip("2001:db8:1::10", 443, PROTO_TCP, &[("2001:db8:2::1", 1)]),
+        vip("198.18.1.11", 80, PROTO_UDP, &[("2001:db8:2::7", 1)]),
+    ]);
+    let mut flows = Flows::new();
+
+    // IPIP: an outer IPv4 header toward one of the two reals.
+    let frame = udp4([198, 18, 0, 5], [198, 18, 1, 10], 40000, 53);
+    let (v, out) = check(&mut alone, &t, &mut flows, &frame);
+    assert_eq!(v, XdpAction::Tx);
+    let outer = SlicedPacket::from_ethernet(&out).unwrap();
+    let eth = outer.link.as_ref().unwrap().to_header().unwrap();
+    let eth = eth.ethernet2().unwrap();
+    assert_eq!((eth.destination, eth.source), (CLIENT_MAC, LB_MAC));
+    let Some(NetSlice::Ipv4(ip)) = &outer.net else {
+        panic!("outer IPv4")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(h.protocol.0, 4, "IPIP");
+    assert!(
+        [[198, 18, 2, 1], [198, 18, 2, 2]].contains(&h.destination),
+        "to a real: {:?}",
+        h.destination
+    );
+    assert_eq!(&h.source[..2], &[198, 19], "from the configured /16");
+    assert_eq!(h.header_checksum, h.calc_header_checksum());
+    assert_eq!(usize::from(h.total_len), frame.len() - 14 + 20);
+    assert_eq!(&out[34..], &frame[14..], "the inner packet whole");
+
+    // ip6ip6.
+    let frame = tcp6(
+        "2001:db8::5".parse().unwrap(),
+        "2001:db8:1::10".parse().unwrap(),
+        40000,
+        443,
+        true,
+    );
+    let (v, out) = check(&mut alone, &t, &mut flows, &frame);
+    assert_eq!(v, XdpAction::Tx);
+    let Some(NetSlice::Ipv6(ip)) = SlicedPacket::from_ethernet(&out).unwrap().net else {
+        panic!("outer IPv6")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(h.next_header.0, 41, "ip6ip6");
+    assert_eq!(
+        h.destination,
+        "2001:db8:2::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+    );
+    assert_eq!(usize::from(h.payload_length), frame.len() - 14);
+
+    // IPv4 in IPv6.
+    let frame = udp4([198, 18, 0, 5], [198, 18, 1, 11], 40000, 80);
+    let (_, out) = check(&mut alone, &t, &mut flows, &frame);
+    assert_eq!(out[14 + 6], 4, "IPv4 in IPv6");
+
+    // Not a VIP (other port, other protocol, other address): next.
+    for frame in [
+        udp4([198, 18, 0, 5], [198, 18, 1, 10], 40000, 54),
+        udp4([198, 18, 0, 5], [198, 18, 1, 12], 40000, 53),
+        tcp6(
+            "2001:db8::5".parse().unwrap(),
+            "2001:db8:1::10".parse().unwrap(),
+            40000,
+            444,
+            true,
+        ),
+    ] {
+        assert_eq!(check(&mut alone, &t, &mut flows, &frame).0, XdpAction::Pass);
+    }
+}
+
+#[test]
+fn established_flows_keep_their_real_when_the_ring_changes() {
+    if !require_root("established_flows_keep_their_real_when_the_ring_changes") {
+        return;
+    }
+    let reals: Vec<String> = (1..=8).map(|i| format!("198.18.2.{i}")).collect();
+    let all: Vec<(&str, u32)> = reals.iter().map(|r| (r.as_str(), 1)).collect();
+    let (mut alone, t) = balancer(&[vip("198.18.1.10", 80, PROTO_TCP, &all)]);
+    let mut flows = Flows::new();
+    let frame = |sport: u16, syn: bool| {
+        let mut f = Vec::new();
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4([198, 18, 0, 5], [198, 18, 1, 10], 64)
+            .tcp(sport, 80, 1, 65535);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        b.write(&mut f, &[]).unwrap();
+        f
+    };
+    let real_of = |out: &[u8]| [out[30], out[31], out[32], out[33]];
+    // 200 connections open; remember each one's real.
+    let mut before = Vec::new();
+    for sport in 20000..20200 {
+        let (_, out) = check(&mut alone, &t, &mut flows, &frame(sport, true));
+        before.push(real_of(&out));
+    }
+    // Real 198.18.2.1 is drained: the ring no longer names it.
+    let mut drained = all.clone();
+    drained[0].1 = 0;
+    let t2 = tables::build(config(), &[vip("198.18.1.10", 80, PROTO_TCP, &drained)]).unwrap();
+    write_tables(alone.maps(), &t2).unwrap();
+    let mut moved = 0;
+    for (i, sport) in (20000..20200).enumerate() {
+        // Established (ACK): the flow table keeps the real, drained or not.
+        let (_, out) = check(&mut alone, &t2, &mut flows, &frame(sport, false));
+        assert_eq!(real_of(&out), before[i], "flow {sport} moved");
+        // A new connection on the same ports (SYN) consults the ring.
+        let (_, out) = check(&mut alone, &t2, &mut flows, &frame(sport, true));
+        assert_ne!(
+            real_of(&out),
+            [198, 18, 2, 1],
+            "a SYN went to the drained real"
+        );
+        moved += usize::from(real_of(&out) != before[i]);
+    }
+    // Only the drained real's flows (about one in eight) were re-chosen.
+    let on_drained = before.iter().filter(|r| **r == [198, 18, 2, 1]).count();
+    assert!(on_drained > 0);
+    assert!(
+        moved >= on_drained && moved <= on_drained + 10,
+        "{moved} moved, {on_drained} on the drained real"
+    );
+}
+
+#[test]
+fn a_vip_whose_reals_are_all_drained_drops() {
+    if !require_root("a_vip_whose_reals_are_all_drained_drops") {
+        return;
+    }
+    let (mut alone, t) = balancer(&[vip("198.18.1.10", 53, PROTO_UDP, &[("198.18.2.1", 0)])]);
+    let mut flows = Flows::new();
+    let frame = udp4([198, 18, 0, 5], [198, 18, 1, 10], 40000, 53);
+    assert_eq!(
+        decide(&t, &mut flows.clone(), &frame).how,
+        LbOutcome::NoReal
+    );
+    assert_eq!(check(&mut alone, &t, &mut flows, &frame).0, XdpAction::Drop);
+}
+
+/// Random VIP sets (IPv4 and IPv6 VIPs and reals, weights, drained reals)
+/// and random frames, many of them to the VIPs, some cut short or
+/// malformed: the kernel and the model agree on verdict and bytes, flow
+/// table included.
+#[test]
+fn kernel_matches_the_model_on_random_vips_and_frames() {
+    if !require_root("kernel_matches_the_model_on_random_vips_and_frames") {
+        return;
+    }
+    let addr = |v6: bool, net: u8, host: u8| -> IpAddr {
+        if v6 {
+            format!("2001:db8:{net:x}::{host:x}").parse().unwrap()
+        } else {
+            format!("198.18.{net}.{host}").parse().unwrap()
+        }
+    };
+    let vip_set = proptest::collection::vec(
+        (
+            any::<bool>(),
+            1u8..4,
+            prop_oneof![Just(PROTO_TCP), Just(PROTO_UDP)],
+            80u16..83,
+            proptest::collection::vec((any::<bool>(), 1u8..20, 0u32..4), 1..6),
+        ),
+        1..4,
+    );
+    let frames = proptest::collection::vec(
+        (
+            any::<bool>(),
+            1u8..4,
+            80u16..83,
+            1000u16..1040,
+            any::<bool>(),
+            any::<bool>(),
+            0usize..80,
+        ),
+        1..40,
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        ..Config::default()
+    });
+    runner
+        .run(&(vip_set, frames), |(vips, frames)| {
+            let specs: Vec<VipSpec> = vips
+                .iter()
+                .map(|(v6, host, proto, port, reals)| VipSpec {
+                    key: tables::vip_key(addr(*v6, 1, *host), *port, *proto),
+                    ring: 251,
+                    flags: 0,
+                    reals: reals
+                        .iter()
+                        .map(|(rv6, h, w)| RealSpec {
+                            addr: addr(*rv6, 2, *h),
+                            weight: *w,
+                        })
+                        .collect(),
+                })
+                .collect();
+            let (mut alone, t) = balancer(&specs);
+            let mut flows = Flows::new();
+            for (v6, host, port, sport, tcp, syn, cut) in frames {
+                let dst = addr(v6, 1, host);
+                let src = addr(v6, 0, 5);
+                let mut f = Vec::new();
+                let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+                let b = match (src, dst) {
+                    (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+                    (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+                    _ => unreachable!(),
+                };
+                if tcp {
+                    let b = b.tcp(sport, port, 1, 1000);
+                    let b = if syn { b.syn() } else { b.ack(1) };
+                    b.write(&mut f, &[1, 2, 3]).unwrap();
+                } else {
+                    b.udp(sport, port).write(&mut f, &[1, 2, 3]).unwrap();
+                }
+                // Sometimes cut short (the kernel wants at least 14 bytes).
+                if cut < 20 {
+                    f.truncate((14 + cut * 3).min(f.len()));
+                }
+                check(&mut alone, &t, &mut flows, &f);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
