@@ -13,6 +13,7 @@ mod dump;
 mod export;
 mod exporter;
 mod features;
+mod lb;
 mod rule;
 mod signals;
 mod simulate;
@@ -62,6 +63,7 @@ enum Command {
     Exporter(exporter::Args),
     Status(status::Args),
     Features(features::Args),
+    Lb(lb::Args),
     Rule(rule::Args),
     Simulate(simulate::Args),
     Top(top::Args),
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Exporter(args) => exporter::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),
+        Command::Lb(args) => lb::run(args),
         Command::Rule(args) => rule::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Top(args) => top::run(args),

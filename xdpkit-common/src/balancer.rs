@@ -36,6 +36,43 @@ pub const LB_OUTCOMES: &str = "LB_OUTCOMES";
 /// One-entry array: [`LbConfig`].
 pub const LB_CONFIG: &str = "LB_CONFIG";
 
+/// Array of [`VipRecord`] by VIP id: the VIPs as declared, so any later
+/// process can list, change or rebuild them. The program never reads it.
+pub const LB_VIP_RECORDS: &str = "LB_VIP_RECORDS";
+/// Hash of [`MemberKey`] -> weight: the reals of each VIP. The program
+/// never reads it.
+pub const LB_MEMBERS: &str = "LB_MEMBERS";
+/// Entries of [`LB_MEMBERS`].
+pub const LB_MAX_MEMBERS: u32 = 1 << 16;
+
+/// A VIP as declared ([`LB_VIP_RECORDS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipRecord {
+    /// Address, port, protocol.
+    pub key: VipKey,
+    /// Ring size.
+    pub ring: u32,
+    /// [`Vip::flags`].
+    pub flags: u32,
+    /// Nonzero while the id holds a VIP.
+    pub used: u32,
+    /// First slot of its two ring regions in [`LB_RINGS`].
+    pub base: u32,
+    /// Which region is in force (0 or 1).
+    pub active: u32,
+}
+
+/// A real of a VIP ([`LB_MEMBERS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberKey {
+    /// VIP id.
+    pub vip: u32,
+    /// Real index.
+    pub real: u32,
+}
+
 /// [`VipKey::proto`] values.
 pub const PROTO_TCP: u8 = 6;
 /// See [`PROTO_TCP`].
@@ -158,6 +195,33 @@ impl LbOutcome {
     pub const COUNT: u32 = 5;
 }
 
+/// Per-CPU array of [`crate::ActionCounter`] by [`DecapOutcome`]: the
+/// `decap` program's counts.
+pub const DECAP_OUTCOMES: &str = "DECAP_OUTCOMES";
+
+/// What the `decap` program did with a frame.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapOutcome {
+    /// Not encapsulated: handed on unchanged.
+    Plain = 0,
+    /// IPIP: outer IPv4 removed.
+    Ipv4InIpv4 = 1,
+    /// IPv6 in IPv4.
+    Ipv6InIpv4 = 2,
+    /// IPv4 in IPv6.
+    Ipv4InIpv6 = 3,
+    /// ip6ip6.
+    Ipv6InIpv6 = 4,
+    /// The frame could not be shrunk: dropped.
+    Failed = 5,
+}
+
+impl DecapOutcome {
+    /// Entries of [`DECAP_OUTCOMES`].
+    pub const COUNT: u32 = 6;
+}
+
 /// The flow hash of a frame's addresses, ports and protocol, the same in
 /// the program and the model: it picks the ring slot and the outer source.
 /// The two halves of each address and the ports are mixed with
@@ -193,6 +257,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowReal {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LbConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VipRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MemberKey {}
 }
 
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
@@ -201,3 +269,5 @@ const _: () = assert!(core::mem::size_of::<Real>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowReal>() == 8);
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<VipRecord>() == 40);
+const _: () = assert!(core::mem::size_of::<MemberKey>() == 8);

@@ -64,6 +64,9 @@ pub enum Error {
     /// The firewall's own errors (no firewall, no such rule, bad rules, ...).
     #[error(transparent)]
     Firewall(#[from] FirewallError),
+    /// A balancer command the user can fix.
+    #[error(transparent)]
+    Balancer(#[from] crate::programs::balancer::error::BalancerError),
     /// A program name xdpkit does not ship.
     #[error("unknown program '{name}': choose one of {known}")]
     UnknownProgram {
@@ -238,6 +241,7 @@ impl Error {
             | Error::NotAttached { .. }
             | Error::Bpffs(_) => true,
             Error::Firewall(e) => e.is_usage(),
+            Error::Balancer(_) => true,
             Error::Simulation { source, .. } => source.is_usage(),
             Error::Load { .. }
             | Error::Object { .. }

@@ -11,10 +11,14 @@ use proptest::{
     test_runner::{Config, TestRunner},
 };
 use xdpkit::{
-    programs::balancer::{
-        model::{decide, Flows},
-        tables::{self, RealSpec, Tables, VipSpec},
-        write_tables, Balancer,
+    programs::{
+        balancer::{
+            model::{decide, Flows},
+            tables::{self, RealSpec, Tables, VipSpec},
+            write_tables, Balancer,
+        },
+        decap::Decap,
+        Program as _,
     },
     testrun::Alone,
     XdpAction,
@@ -178,6 +182,59 @@ fn frames_to_a_vip_leave_encapsulated_toward_a_real() {
     ] {
         assert_eq!(check(&mut alone, &t, &mut flows, &frame).0, XdpAction::Pass);
     }
+}
+
+/// What the balancer sends, the `decap` stage of a real turns back into
+/// the client's packet: the same IP packet byte for byte, under an
+/// Ethernet header of the right type. Kernel and model agree on both.
+#[test]
+fn decap_restores_what_the_balancer_encapsulated() {
+    if !require_root("decap_restores_what_the_balancer_encapsulated") {
+        return;
+    }
+    let (mut alone, t) = balancer(&[
+        vip("198.18.1.10", 53, PROTO_UDP, &[("198.18.2.1", 1)]),
+        vip("198.18.1.11", 53, PROTO_UDP, &[("2001:db8:2::1", 1)]),
+        vip("2001:db8:1::10", 443, PROTO_TCP, &[("2001:db8:2::1", 1)]),
+        vip("2001:db8:1::11", 443, PROTO_TCP, &[("198.18.2.1", 1)]),
+    ]);
+    let mut decap = Alone::new(&Decap).unwrap();
+    let mut flows = Flows::new();
+    let frames = [
+        udp4([198, 18, 0, 5], [198, 18, 1, 10], 40000, 53),
+        udp4([198, 18, 0, 5], [198, 18, 1, 11], 40000, 53),
+        tcp6(
+            "2001:db8::5".parse().unwrap(),
+            "2001:db8:1::10".parse().unwrap(),
+            40000,
+            443,
+            true,
+        ),
+        tcp6(
+            "2001:db8::5".parse().unwrap(),
+            "2001:db8:1::11".parse().unwrap(),
+            40000,
+            443,
+            false,
+        ),
+    ];
+    for frame in frames {
+        let (v, sent) = check(&mut alone, &t, &mut flows, &frame);
+        assert_eq!(v, XdpAction::Tx);
+        let got = decap.run(&sent, 1).unwrap();
+        let want = Decap.model(&sent, &toml::Table::new());
+        assert_eq!(
+            got.verdict,
+            Some(XdpAction::Pass),
+            "handed on (to the stack)"
+        );
+        assert_eq!(got.output, want.output);
+        assert_eq!(&got.output[12..14], &frame[12..14], "the inner EtherType");
+        assert_eq!(&got.output[14..], &frame[14..], "the client's packet");
+    }
+    // A plain frame goes on unchanged.
+    let plain = udp4([198, 18, 0, 5], [198, 18, 1, 10], 40000, 53);
+    assert_eq!(decap.run(&plain, 1).unwrap().output, plain);
 }
 
 #[test]

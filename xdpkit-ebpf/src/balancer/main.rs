@@ -14,8 +14,9 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     balancer::{
-        flow_hash, FlowKey, FlowReal, LbConfig, LbOutcome, Real, Vip, VipKey, LB_MAX_FLOWS,
-        LB_MAX_REALS, LB_MAX_VIPS, LB_NO_REAL, LB_RING_SLOTS, PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS,
+        flow_hash, FlowKey, FlowReal, LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord,
+        LB_MAX_FLOWS, LB_MAX_MEMBERS, LB_MAX_REALS, LB_MAX_VIPS, LB_NO_REAL, LB_RING_SLOTS,
+        PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS,
     },
     ActionCounter, XdpAction,
 };
@@ -40,6 +41,11 @@ static REAL_STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(LB
 static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(LbOutcome::COUNT, 0);
 #[map(name = "LB_CONFIG")]
 static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+/// The declared VIPs and their reals (userspace only).
+#[map(name = "LB_VIP_RECORDS")]
+static VIP_RECORDS: Array<VipRecord> = Array::with_max_entries(LB_MAX_VIPS, 0);
+#[map(name = "LB_MEMBERS")]
+static MEMBERS: HashMap<MemberKey, u32> = HashMap::with_max_entries(LB_MAX_MEMBERS, 0);
 
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
@@ -83,10 +89,11 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     let ports = (u32::from(frame.key.sport) << 16) | u32::from(frame.key.dport);
     let hash = flow_hash(src, dst, ports, frame.key.proto);
     let use_flows = vip.flags & VIP_NO_FLOWS == 0;
+    // A flow whose real has since been removed chooses again.
     let known = if use_flows && !frame.syn {
         // SAFETY: as above.
         match unsafe { FLOWS.get(&frame.key) } {
-            Some(f) if f.vip == vip.id => Some(f.real),
+            Some(f) if f.vip == vip.id && real_in_use(f.real) => Some(f.real),
             _ => None,
         }
     } else {
@@ -126,6 +133,11 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     }
     bump(&REAL_STATS, index, len);
     verdict(&ctx, outcome, XdpAction::Tx, len)
+}
+
+#[inline(always)]
+fn real_in_use(index: u32) -> bool {
+    matches!(REALS.get(index), Some(r) if r.used != 0)
 }
 
 /// Counts `outcome` and the verdict.

@@ -577,7 +577,7 @@ to = "eth1"                          # required for redirect
             "[interfaces.eth0]\nstages = [\n  \"firewall\",\n  \"nat\",\n]\n",
             4,
             "interfaces.eth0.stages[1]",
-            "unknown program 'nat': known programs are pass, drop, tx, count, redirect, firewall, balancer",
+            "unknown program 'nat': known programs are pass, drop, tx, count, redirect, firewall, balancer, decap",
         );
     }
 

@@ -5,6 +5,7 @@
 
 pub mod balancer;
 pub mod count;
+pub mod decap;
 pub mod drop;
 pub mod firewall;
 pub mod pass;
@@ -33,6 +34,7 @@ pub static REGISTRY: &[&dyn Program] = &[
     &redirect::Redirect,
     &firewall::Firewall,
     &balancer::Balancer,
+    &decap::Decap,
 ];
 
 /// A data-plane program as a stage of an interface's chain.
@@ -299,7 +301,7 @@ mod tests {
         assert!(names("firewall,,pass").unwrap_err().contains("empty stage"));
         assert_eq!(
             names("firewal").unwrap_err(),
-            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer"
+            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap"
         );
     }
 

@@ -6,13 +6,17 @@
 //! stage's pinned maps ([`tables`], [`write_tables`]); without VIPs the
 //! stage hands every frame on.
 
+pub mod error;
+pub mod live;
 pub mod maglev;
 pub mod model;
 pub mod tables;
 
+pub use xdpkit_common::balancer::VIP_NO_FLOWS;
+
 use xdpkit_common::balancer::{
-    Real, Vip, VipKey, LB_CONFIG, LB_FLOWS, LB_OUTCOMES, LB_REALS, LB_REAL_STATS, LB_RINGS,
-    LB_VIPS, LB_VIP_STATS,
+    Real, Vip, VipKey, LB_CONFIG, LB_FLOWS, LB_MEMBERS, LB_OUTCOMES, LB_REALS, LB_REAL_STATS,
+    LB_RINGS, LB_VIPS, LB_VIP_RECORDS, LB_VIP_STATS,
 };
 
 use super::Program;
@@ -28,7 +32,7 @@ pub struct Balancer;
 
 /// Its maps and their pin files: the VIPs, reals, rings, flows and
 /// counters outlive a reload.
-static PINS: [(&str, &str); 8] = [
+static PINS: [(&str, &str); 10] = [
     (LB_VIPS, "lb_vips"),
     (LB_RINGS, "lb_rings"),
     (LB_REALS, "lb_reals"),
@@ -37,6 +41,8 @@ static PINS: [(&str, &str); 8] = [
     (LB_REAL_STATS, "lb_real_stats"),
     (LB_OUTCOMES, "lb_outcomes"),
     (LB_CONFIG, "lb_config"),
+    (LB_VIP_RECORDS, "lb_vip_records"),
+    (LB_MEMBERS, "lb_members"),
 ];
 
 impl Program for Balancer {

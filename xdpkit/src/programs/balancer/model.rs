@@ -148,6 +148,7 @@ pub fn decide(t: &Tables, flows: &mut Flows, frame: &[u8]) -> LbDecision {
         flows
             .get(&f.key)
             .filter(|e| e.vip == vip.id)
+            .filter(|e| t.reals.get(e.real as usize).is_some_and(|r| r.used != 0))
             .map(|e| e.real)
     } else {
         None

@@ -177,6 +177,21 @@ pub fn vip_key(addr: IpAddr, port: u16, proto: u8) -> VipKey {
     }
 }
 
+/// The VIP `ADDRESS:PORT/tcp` or `/udp` (IPv6 in brackets).
+pub fn parse_vip(text: &str) -> Result<VipKey, super::error::BalancerError> {
+    let bad = || super::error::BalancerError::BadVip {
+        given: text.to_string(),
+    };
+    let (addr, proto) = text.rsplit_once('/').ok_or_else(bad)?;
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => xdpkit_common::balancer::PROTO_TCP,
+        "udp" => xdpkit_common::balancer::PROTO_UDP,
+        _ => return Err(bad()),
+    };
+    let sock: std::net::SocketAddr = addr.parse().map_err(|_| bad())?;
+    Ok(vip_key(sock.ip(), sock.port(), proto))
+}
+
 /// `ADDR:PORT/PROTO` of a VIP key.
 pub fn describe(key: &VipKey) -> String {
     let addr = if key.v6 != 0 {
@@ -233,6 +248,26 @@ mod tests {
         assert_eq!(t.reals[2].v6, 1);
         let udp = vip_key("2001:db8::1".parse().unwrap(), 443, PROTO_UDP);
         assert_eq!(describe(&udp), "[2001:db8::1]:443/udp");
+    }
+
+    #[test]
+    fn vips_parse_and_print_alike() {
+        for text in ["198.18.1.10:80/tcp", "[2001:db8::1]:443/udp"] {
+            assert_eq!(describe(&parse_vip(text).unwrap()), text);
+        }
+        assert_eq!(
+            parse_vip("198.18.1.10:53/UDP").unwrap(),
+            vip_key("198.18.1.10".parse().unwrap(), 53, PROTO_UDP)
+        );
+        for bad in [
+            "198.18.1.10/tcp",
+            "198.18.1.10:80",
+            "198.18.1.10:80/icmp",
+            "x:80/tcp",
+        ] {
+            let e = parse_vip(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a VIP"), "{bad}: {e}");
+        }
     }
 
     #[test]

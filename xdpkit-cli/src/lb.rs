@@ -1,0 +1,260 @@
+//! `xdpkit lb`
+
+use std::net::IpAddr;
+
+use anyhow::Context as _;
+use xdpkit::programs::balancer::{
+    live::{self, LiveBalancer},
+    maglev::DEFAULT_RING,
+    tables::{describe, parse_vip},
+    VIP_NO_FLOWS,
+};
+
+use crate::output::{print_json, DevArg, JsonArg};
+
+/// Manage the VIPs and reals of the load balancer attached to an interface
+/// (`xdpkit attach balancer --dev IF` first; after the firewall:
+/// `xdpkit attach firewall,balancer --dev IF`).
+///
+/// A TCP or UDP frame to a VIP (ADDRESS:PORT/tcp|udp) goes to one of the
+/// VIP's reals, chosen by the VIP's Maglev ring for a new flow and kept by
+/// the flow table for an established one, encapsulated toward it (IPIP,
+/// IPv4 in IPv6 or ip6ip6, by the real's address family) and sent back out
+/// of the interface. Changes take effect without reloading the program:
+/// the new ring is written aside and switched in with one update, and
+/// established flows keep their real. Weight 0 drains a real.
+///
+/// Examples:
+///   xdpkit lb vip add --dev eth0 198.18.1.10:80/tcp
+///   xdpkit lb real add --dev eth0 198.18.1.10:80/tcp 198.18.2.1 --weight 2
+///   xdpkit lb real add --dev eth0 198.18.1.10:80/tcp 2001:db8:2::1
+///   xdpkit lb list --dev eth0 --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(subcommand)]
+    command: LbCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LbCommand {
+    /// Add or remove VIPs.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Add, reweight or remove the reals of a VIP.
+    #[command(subcommand)]
+    Real(RealCommand),
+    List(ListArgs),
+    Config(ConfigArgs),
+}
+
+/// Set where encapsulated frames go and the outer source addresses.
+///
+/// Outer IPv4 sources come from --source4 (its host bits, at most 16, from
+/// the flow hash), IPv6 ones from the --source6 /64 (the flow hash in the
+/// last 32 bits): one source per flow, so the reals' RSS spreads flows.
+/// Frames go to --gateway, or back to the MAC they came from when none is
+/// set. Options not given keep their value.
+///
+/// Example:
+///   xdpkit lb config --dev eth0 --source4 198.19.0.0/16 --source6 2001:db8:ff::/64
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct ConfigArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    /// IPv4 network of outer sources (/16 to /32).
+    #[arg(long, value_name = "CIDR")]
+    source4: Option<ipnet::Ipv4Net>,
+    /// IPv6 /64 of outer sources.
+    #[arg(long, value_name = "CIDR")]
+    source6: Option<ipnet::Ipv6Net>,
+    /// Next hop's MAC for encapsulated frames (00:00:00:00:00:00: back to the sender).
+    #[arg(long, value_name = "MAC")]
+    gateway: Option<String>,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum VipCommand {
+    Add(VipAddArgs),
+    Del(VipDelArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RealCommand {
+    Add(RealAddArgs),
+    Del(RealDelArgs),
+}
+
+/// Add a VIP (its frames are dropped until it has a real).
+///
+/// Example:
+///   xdpkit lb vip add --dev eth0 [2001:db8::10]:443/tcp --ring 65537
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct VipAddArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    /// ADDRESS:PORT/tcp or /udp (IPv6 in brackets).
+    vip: String,
+    /// Slots of its Maglev ring: a prime from 7 to 4194301.
+    #[arg(long, default_value_t = DEFAULT_RING)]
+    ring: u32,
+    /// No flow table: every frame consults the ring (stateless services).
+    #[arg(long)]
+    no_flows: bool,
+}
+
+/// Remove a VIP: its frames go on down the chain.
+#[derive(Debug, clap::Args)]
+struct VipDelArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    /// ADDRESS:PORT/tcp or /udp.
+    vip: String,
+}
+
+/// Add a real to a VIP, or set its weight.
+///
+/// Example:
+///   xdpkit lb real add --dev eth0 198.18.1.10:80/tcp 198.18.2.1 --weight 0   # drain
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct RealAddArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    /// ADDRESS:PORT/tcp or /udp.
+    vip: String,
+    /// The real's address (IPv4 or IPv6).
+    real: IpAddr,
+    /// Share of the VIP's new flows, relative to the other reals' (0 drains).
+    #[arg(long, default_value_t = 1)]
+    weight: u32,
+}
+
+/// Remove a real from a VIP; its established flows choose again.
+#[derive(Debug, clap::Args)]
+struct RealDelArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    /// ADDRESS:PORT/tcp or /udp.
+    vip: String,
+    /// The real's address.
+    real: IpAddr,
+}
+
+/// List VIPs and reals: weights, ring slots, packets and bytes; the flow
+/// table's hits and misses (new flows).
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|b: &Vec<u8>| b.len() == 6)
+        .with_context(|| format!("'{text}' is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&bytes);
+    Ok(mac)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        LbCommand::Vip(VipCommand::Add(a)) => {
+            let key = parse_vip(&a.vip)?;
+            let flags = if a.no_flows { VIP_NO_FLOWS } else { 0 };
+            LiveBalancer::open(&a.dev.dev)?.add_vip(key, a.ring, flags)?;
+            outln!("added VIP {} on {}", describe(&key), a.dev.dev);
+        }
+        LbCommand::Vip(VipCommand::Del(a)) => {
+            let key = parse_vip(&a.vip)?;
+            LiveBalancer::open(&a.dev.dev)?.del_vip(key)?;
+            outln!("removed VIP {} on {}", describe(&key), a.dev.dev);
+        }
+        LbCommand::Real(RealCommand::Add(a)) => {
+            let key = parse_vip(&a.vip)?;
+            LiveBalancer::open(&a.dev.dev)?.set_real(key, a.real, a.weight)?;
+            outln!(
+                "VIP {}: real {} weight {}",
+                describe(&key),
+                a.real,
+                a.weight
+            );
+        }
+        LbCommand::Real(RealCommand::Del(a)) => {
+            let key = parse_vip(&a.vip)?;
+            LiveBalancer::open(&a.dev.dev)?.del_real(key, a.real)?;
+            outln!("VIP {}: removed real {}", describe(&key), a.real);
+        }
+        LbCommand::Config(a) => {
+            let gateway = a.gateway.as_deref().map(parse_mac).transpose()?;
+            let cfg = LiveBalancer::open(&a.dev.dev)?.configure(a.source4, a.source6, gateway)?;
+            let shown = serde_json::json!({
+                "interface": a.dev.dev,
+                "source4": format!("{}/{}", std::net::Ipv4Addr::from(cfg.src4.to_ne_bytes()), 32 - cfg.src4_bits),
+                "source6": format!("{}/64", std::net::Ipv6Addr::from({
+                    let mut b = [0u8; 16];
+                    b[..8].copy_from_slice(&cfg.src6);
+                    b
+                })),
+                "gateway": cfg.gateway.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            });
+            if a.json.json {
+                return print_json(&shown);
+            }
+            outln!(
+                "{}: outer sources {} and {}, gateway {}",
+                a.dev.dev,
+                shown["source4"].as_str().unwrap_or(""),
+                shown["source6"].as_str().unwrap_or(""),
+                shown["gateway"].as_str().unwrap_or("")
+            );
+        }
+        LbCommand::List(a) => {
+            let status = live::status(&a.dev.dev)
+                .with_context(|| format!("reading the balancer of {}", a.dev.dev))?;
+            if a.json.json {
+                return print_json(&status);
+            }
+            outln!(
+                "{}: flow table hits {}, misses (new flows) {}, no real {}, not to a VIP {}",
+                status.interface,
+                status.flow_hits,
+                status.flow_misses,
+                status.no_real,
+                status.not_vip
+            );
+            for v in &status.vips {
+                outln!(
+                    "VIP {}  ring {}  packets {}  bytes {}",
+                    v.vip,
+                    v.ring,
+                    v.packets,
+                    v.bytes
+                );
+                for r in &v.reals {
+                    outln!(
+                        "  real {:<40} weight {:>5}  slots {:>7}  packets {:>12}  bytes {:>14}",
+                        r.address,
+                        r.weight,
+                        r.slots,
+                        r.packets,
+                        r.bytes
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,533 @@
+//! A running balancer's VIPs and reals: read them (no lock) and change
+//! them (under the interface's writers' lock), without reloading the
+//! program. A ring change is written into the VIP's region not in force,
+//! then one update of the VIP's value switches to it: a frame sees the old
+//! ring or the new one, whole.
+
+use std::{collections::BTreeMap, fs::File, net::IpAddr};
+
+use serde::Serialize;
+use xdpkit_common::{
+    balancer::{
+        LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, LB_CONFIG, LB_MAX_MEMBERS,
+        LB_MAX_REALS, LB_MAX_VIPS, LB_MEMBERS, LB_NO_REAL, LB_OUTCOMES, LB_REALS, LB_REAL_STATS,
+        LB_RINGS, LB_RING_SLOTS, LB_VIPS, LB_VIP_RECORDS, LB_VIP_STATS,
+    },
+    ActionCounter,
+};
+
+use super::{
+    error::BalancerError,
+    maglev::{self, Member},
+    tables::{addr_bytes, describe, real},
+};
+use crate::{
+    iface,
+    maps::{batch, PinnedMaps},
+    pins::PinDir,
+    privilege, Result,
+};
+
+/// Pin file of a balancer map: its object name in lower case.
+fn pin_name(map: &str) -> String {
+    map.to_ascii_lowercase()
+}
+
+fn open_maps(ifname: &str) -> Result<PinnedMaps> {
+    iface::validate_name(ifname)?;
+    let dir = PinDir::new(ifname)?.stage("balancer");
+    if !dir.file(&pin_name(LB_VIPS)).exists() {
+        iface::index(ifname)?;
+        return Err(BalancerError::NoBalancer {
+            iface: ifname.to_string(),
+        }
+        .into());
+    }
+    PinnedMaps::open(dir.path(), |file| {
+        let name = file.to_ascii_uppercase();
+        (name.starts_with("LB_") && pin_name(&name) == file).then_some(name)
+    })
+}
+
+/// One real of a VIP, with its counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct RealStatus {
+    /// Address.
+    pub address: IpAddr,
+    /// Weight (0: drained).
+    pub weight: u32,
+    /// Ring slots it holds.
+    pub slots: u32,
+    /// Frames sent to it (all its VIPs).
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// One VIP, its reals and counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct VipStatus {
+    /// `ADDRESS:PORT/PROTO`.
+    pub vip: String,
+    /// Ring size.
+    pub ring: u32,
+    /// Frames to it.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Its reals.
+    pub reals: Vec<RealStatus>,
+}
+
+/// Everything `lb list` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct BalancerStatus {
+    /// The interface.
+    pub interface: String,
+    /// Its VIPs.
+    pub vips: Vec<VipStatus>,
+    /// Frames sent to the real the flow table named.
+    pub flow_hits: u64,
+    /// Frames whose real the ring chose (new flows, SYNs, lost entries).
+    pub flow_misses: u64,
+    /// Frames to a VIP with no real: dropped.
+    pub no_real: u64,
+    /// Frames the balancer handed on (not to a VIP).
+    pub not_vip: u64,
+}
+
+/// The stored VIPs and reals of a balancer.
+struct Stored {
+    records: Vec<VipRecord>,
+    reals: Vec<Real>,
+    members: BTreeMap<MemberKey, u32>,
+}
+
+fn read_stored(maps: &PinnedMaps) -> Result<Stored> {
+    let records = batch::dump::<u32, VipRecord>(maps, LB_VIP_RECORDS, usize::MAX)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let reals = batch::dump::<u32, Real>(maps, LB_REALS, usize::MAX)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let members = batch::dump::<MemberKey, u32>(maps, LB_MEMBERS, usize::MAX)?
+        .into_iter()
+        .collect();
+    Ok(Stored {
+        records,
+        reals,
+        members,
+    })
+}
+
+fn ip_of(r: &Real) -> IpAddr {
+    if r.v6 != 0 {
+        IpAddr::from(r.addr)
+    } else {
+        IpAddr::from([r.addr[0], r.addr[1], r.addr[2], r.addr[3]])
+    }
+}
+
+fn sum(per_cpu: &[ActionCounter]) -> ActionCounter {
+    per_cpu
+        .iter()
+        .fold(ActionCounter::default(), |a, c| a.plus(*c))
+}
+
+/// The VIPs, reals and counters of the balancer on `ifname` (a reader:
+/// takes no lock).
+pub fn status(ifname: &str) -> Result<BalancerStatus> {
+    privilege::require("reading the balancer")?;
+    let maps = open_maps(ifname)?;
+    let stored = read_stored(&maps)?;
+    let vip_stats = batch::dump_per_cpu::<ActionCounter>(&maps, LB_VIP_STATS, usize::MAX)?;
+    let real_stats = batch::dump_per_cpu::<ActionCounter>(&maps, LB_REAL_STATS, usize::MAX)?;
+    let outcomes = batch::dump_per_cpu::<ActionCounter>(&maps, LB_OUTCOMES, usize::MAX)?;
+    let outcome = |o: LbOutcome| outcomes.get(o as usize).map_or(0, |c| sum(c).packets);
+    let mut vips = Vec::new();
+    for (id, rec) in stored.records.iter().enumerate() {
+        if rec.used == 0 {
+            continue;
+        }
+        let ring = ring_of(&stored, id)?;
+        let mut reals = Vec::new();
+        for (m, weight) in stored.members.range(
+            MemberKey {
+                vip: id as u32,
+                real: 0,
+            }..=MemberKey {
+                vip: id as u32,
+                real: u32::MAX,
+            },
+        ) {
+            let Some(r) = stored.reals.get(m.real as usize) else {
+                continue;
+            };
+            let c = real_stats
+                .get(m.real as usize)
+                .map(|c| sum(c))
+                .unwrap_or_default();
+            reals.push(RealStatus {
+                address: ip_of(r),
+                weight: *weight,
+                slots: ring.iter().filter(|&&s| s == m.real).count() as u32,
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
+        let c = vip_stats.get(id).map(|c| sum(c)).unwrap_or_default();
+        vips.push(VipStatus {
+            vip: describe(&rec.key),
+            ring: rec.ring,
+            packets: c.packets,
+            bytes: c.bytes,
+            reals,
+        });
+    }
+    Ok(BalancerStatus {
+        interface: ifname.to_string(),
+        vips,
+        flow_hits: outcome(LbOutcome::FlowHit),
+        flow_misses: outcome(LbOutcome::FlowMiss),
+        no_real: outcome(LbOutcome::NoReal),
+        not_vip: outcome(LbOutcome::NotVip),
+    })
+}
+
+/// VIP `id`'s ring as its stored reals build it: real index per slot.
+fn ring_of(stored: &Stored, id: usize) -> std::result::Result<Vec<u32>, BalancerError> {
+    let rec = stored.records[id];
+    let members: Vec<(u32, u32)> = stored
+        .members
+        .iter()
+        .filter(|(m, _)| m.vip == id as u32)
+        .map(|(m, w)| (m.real, *w))
+        .collect();
+    let ring_members: Vec<Member> = members
+        .iter()
+        .map(|(r, w)| Member {
+            identity: maglev::identity(&stored.reals.get(*r as usize).map_or([0; 16], |r| r.addr)),
+            weight: *w,
+        })
+        .collect();
+    let ring = maglev::build(&ring_members, rec.ring).map_err(|source| {
+        BalancerError::Tables(super::tables::TablesError::Ring {
+            vip: describe(&rec.key),
+            source,
+        })
+    })?;
+    Ok(ring
+        .into_iter()
+        .map(|m| {
+            if m == maglev::NO_REAL {
+                LB_NO_REAL
+            } else {
+                members[m as usize].0
+            }
+        })
+        .collect())
+}
+
+/// A balancer being changed: holds the interface's writers' lock.
+pub struct LiveBalancer {
+    iface: String,
+    maps: PinnedMaps,
+    _lock: File,
+}
+
+impl LiveBalancer {
+    /// Opens the balancer on `ifname` for changes.
+    pub fn open(ifname: &str) -> Result<LiveBalancer> {
+        privilege::require("changing the balancer")?;
+        let maps = open_maps(ifname)?;
+        let lock = crate::pins::IfaceLock::take(&PinDir::new(ifname)?)?.share()?;
+        Ok(LiveBalancer {
+            iface: ifname.to_string(),
+            maps,
+            _lock: lock,
+        })
+    }
+
+    fn find(&self, stored: &Stored, key: &VipKey) -> Result<usize> {
+        stored
+            .records
+            .iter()
+            .position(|r| r.used != 0 && r.key == *key)
+            .ok_or_else(|| {
+                BalancerError::NoSuchVip {
+                    iface: self.iface.clone(),
+                    vip: describe(key),
+                }
+                .into()
+            })
+    }
+
+    /// Sets the outer sources and the gateway ([`LbConfig`]); `None`
+    /// keeps a setting. Returns the settings now in force.
+    pub fn configure(
+        &mut self,
+        source4: Option<ipnet::Ipv4Net>,
+        source6: Option<ipnet::Ipv6Net>,
+        gateway: Option<[u8; 6]>,
+    ) -> Result<LbConfig> {
+        let mut cfg = batch::dump::<u32, LbConfig>(&self.maps, LB_CONFIG, 1)?
+            .first()
+            .map(|(_, c)| *c)
+            .unwrap_or_default();
+        if let Some(net) = source4 {
+            if net.prefix_len() < 16 {
+                return Err(BalancerError::BadSource {
+                    given: net.to_string(),
+                    why: "at most 16 host bits: a /16 to /32",
+                }
+                .into());
+            }
+            cfg.src4 = u32::from_ne_bytes(net.network().octets());
+            cfg.src4_bits = 32 - u32::from(net.prefix_len());
+        }
+        if let Some(net) = source6 {
+            if net.prefix_len() != 64 {
+                return Err(BalancerError::BadSource {
+                    given: net.to_string(),
+                    why: "a /64 (the flow hash fills the rest)",
+                }
+                .into());
+            }
+            cfg.src6.copy_from_slice(&net.network().octets()[..8]);
+        }
+        if let Some(mac) = gateway {
+            cfg.gateway = mac;
+        }
+        batch::write_array(&self.maps, LB_CONFIG, &[cfg])?;
+        Ok(cfg)
+    }
+
+    /// Adds VIP `key` with a ring of `ring` slots (a prime) and no reals:
+    /// its frames are dropped until a real is added.
+    pub fn add_vip(&mut self, key: VipKey, ring: u32, flags: u32) -> Result<()> {
+        maglev::check_size(ring).map_err(|source| {
+            BalancerError::Tables(super::tables::TablesError::Ring {
+                vip: describe(&key),
+                source,
+            })
+        })?;
+        let stored = read_stored(&self.maps)?;
+        if stored.records.iter().any(|r| r.used != 0 && r.key == key) {
+            return Err(BalancerError::VipExists {
+                iface: self.iface.clone(),
+                vip: describe(&key),
+            }
+            .into());
+        }
+        let id = stored
+            .records
+            .iter()
+            .position(|r| r.used == 0)
+            .ok_or(BalancerError::Full {
+                what: "another VIP",
+                limit: LB_MAX_VIPS,
+            })?;
+        let base = free_region(&stored.records, 2 * ring).ok_or(BalancerError::Full {
+            what: "the VIP's rings (twice its ring size)",
+            limit: LB_RING_SLOTS,
+        })?;
+        let rec = VipRecord {
+            key,
+            ring,
+            flags,
+            used: 1,
+            base,
+            active: 0,
+        };
+        self.write_ring(base, &vec![LB_NO_REAL; ring as usize])?;
+        batch::update(&self.maps, LB_VIP_RECORDS, &[id as u32], &[rec])?;
+        // Its counters start at zero.
+        batch::zero_per_cpu::<ActionCounter>(&self.maps, LB_VIP_STATS, &[id as u32])?;
+        batch::update(
+            &self.maps,
+            LB_VIPS,
+            &[key],
+            &[Vip {
+                id: id as u32,
+                ring_base: base,
+                ring_size: ring,
+                flags,
+            }],
+        )
+    }
+
+    /// Removes VIP `key`: its frames go on down the chain.
+    pub fn del_vip(&mut self, key: VipKey) -> Result<()> {
+        let stored = read_stored(&self.maps)?;
+        let id = self.find(&stored, &key)?;
+        batch::delete(&self.maps, LB_VIPS, &[key])?;
+        let gone: Vec<MemberKey> = stored
+            .members
+            .keys()
+            .filter(|m| m.vip == id as u32)
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            batch::delete(&self.maps, LB_MEMBERS, &gone)?;
+        }
+        batch::update(
+            &self.maps,
+            LB_VIP_RECORDS,
+            &[id as u32],
+            &[VipRecord::default()],
+        )?;
+        self.free_unused_reals()
+    }
+
+    /// Adds `addr` to VIP `key` with `weight`, or sets its weight.
+    pub fn set_real(&mut self, key: VipKey, addr: IpAddr, weight: u32) -> Result<()> {
+        let stored = read_stored(&self.maps)?;
+        let id = self.find(&stored, &key)?;
+        let bytes = addr_bytes(addr);
+        let index =
+            match stored
+                .reals
+                .iter()
+                .position(|r| r.used != 0 && r.addr == bytes && r.v6 == u32::from(addr.is_ipv6()))
+            {
+                Some(i) => i as u32,
+                None => {
+                    let i = stored.reals.iter().position(|r| r.used == 0).ok_or(
+                        BalancerError::Full {
+                            what: "another real",
+                            limit: LB_MAX_REALS,
+                        },
+                    )? as u32;
+                    batch::zero_per_cpu::<ActionCounter>(&self.maps, LB_REAL_STATS, &[i])?;
+                    batch::update(&self.maps, LB_REALS, &[i], &[real(addr)])?;
+                    i
+                }
+            };
+        let member = MemberKey {
+            vip: id as u32,
+            real: index,
+        };
+        if !stored.members.contains_key(&member) && stored.members.len() >= LB_MAX_MEMBERS as usize
+        {
+            return Err(BalancerError::Full {
+                what: "another real of a VIP",
+                limit: LB_MAX_MEMBERS,
+            }
+            .into());
+        }
+        batch::update(&self.maps, LB_MEMBERS, &[member], &[weight])?;
+        self.rebuild(id)
+    }
+
+    /// Removes `addr` from VIP `key`; its established flows choose again.
+    pub fn del_real(&mut self, key: VipKey, addr: IpAddr) -> Result<()> {
+        let stored = read_stored(&self.maps)?;
+        let id = self.find(&stored, &key)?;
+        let bytes = addr_bytes(addr);
+        let member = stored
+            .members
+            .keys()
+            .find(|m| {
+                m.vip == id as u32
+                    && stored.reals.get(m.real as usize).is_some_and(|r| {
+                        r.used != 0 && r.addr == bytes && r.v6 == u32::from(addr.is_ipv6())
+                    })
+            })
+            .copied()
+            .ok_or_else(|| BalancerError::NoSuchReal {
+                vip: describe(&key),
+                real: addr.to_string(),
+            })?;
+        batch::delete(&self.maps, LB_MEMBERS, &[member])?;
+        self.rebuild(id)?;
+        self.free_unused_reals()
+    }
+
+    /// Builds VIP `id`'s ring from its members into its region not in
+    /// force, then switches the VIP to it.
+    fn rebuild(&mut self, id: usize) -> Result<()> {
+        let stored = read_stored(&self.maps)?;
+        let rec = stored.records[id];
+        let ring = ring_of(&stored, id)?;
+        let next = 1 - rec.active.min(1);
+        let base = rec.base + next * rec.ring;
+        self.write_ring(base, &ring)?;
+        batch::update(
+            &self.maps,
+            LB_VIPS,
+            &[rec.key],
+            &[Vip {
+                id: id as u32,
+                ring_base: base,
+                ring_size: rec.ring,
+                flags: rec.flags,
+            }],
+        )?;
+        let rec = VipRecord {
+            active: next,
+            ..rec
+        };
+        batch::update(&self.maps, LB_VIP_RECORDS, &[id as u32], &[rec])
+    }
+
+    fn write_ring(&self, base: u32, ring: &[u32]) -> Result<()> {
+        let keys: Vec<u32> = (base..base + ring.len() as u32).collect();
+        batch::update(&self.maps, LB_RINGS, &keys, ring)
+    }
+
+    /// Marks unused the reals no VIP names any more (after every ring that
+    /// named them has switched away).
+    fn free_unused_reals(&mut self) -> Result<()> {
+        let stored = read_stored(&self.maps)?;
+        let named: std::collections::HashSet<u32> = stored.members.keys().map(|m| m.real).collect();
+        let free: Vec<u32> = (0..stored.reals.len() as u32)
+            .filter(|i| stored.reals[*i as usize].used != 0 && !named.contains(i))
+            .collect();
+        if free.is_empty() {
+            return Ok(());
+        }
+        let empty = vec![Real::default(); free.len()];
+        batch::update(&self.maps, LB_REALS, &free, &empty)
+    }
+}
+
+/// The first slot of a free range of `len` ring slots, first fit among the
+/// regions of the VIPs in `records`.
+fn free_region(records: &[VipRecord], len: u32) -> Option<u32> {
+    let mut taken: Vec<(u32, u32)> = records
+        .iter()
+        .filter(|r| r.used != 0)
+        .map(|r| (r.base, r.base + 2 * r.ring))
+        .collect();
+    taken.sort_unstable();
+    let mut at = 0u32;
+    for (from, to) in taken {
+        if from >= at && from - at >= len {
+            return Some(at);
+        }
+        at = at.max(to);
+    }
+    (LB_RING_SLOTS - at.min(LB_RING_SLOTS) >= len).then_some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_found_first_fit_around_the_taken_ones() {
+        let rec = |base, ring| VipRecord {
+            base,
+            ring,
+            used: 1,
+            ..VipRecord::default()
+        };
+        assert_eq!(free_region(&[], 10), Some(0));
+        assert_eq!(free_region(&[rec(0, 5)], 10), Some(10));
+        assert_eq!(free_region(&[rec(20, 5)], 20), Some(0));
+        assert_eq!(free_region(&[rec(20, 5)], 21), Some(30));
+        assert_eq!(free_region(&[rec(0, LB_RING_SLOTS / 2)], 1), None);
+    }
+}
