@@ -306,7 +306,7 @@ fn a_vip_whose_reals_are_all_drained_drops() {
 }
 
 /// Random VIP sets (IPv4 and IPv6 VIPs and reals, weights, drained reals)
-/// and random frames, many of them to the VIPs, some cut short or
+/// and random frames (at least 100,000 in all), many of them to the VIPs, some cut short or
 /// malformed: the kernel and the model agree on verdict and bytes, flow
 /// table included.
 #[test]
@@ -341,12 +341,14 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
             any::<bool>(),
             0usize..80,
         ),
-        1..40,
+        150..250,
     );
+    // At least 100,000 frames in all (the floor for a CI run).
     let mut runner = TestRunner::new(Config {
-        cases: 64,
+        cases: 520,
         ..Config::default()
     });
+    let frames_run = std::cell::Cell::new(0usize);
     runner
         .run(&(vip_set, frames), |(vips, frames)| {
             let specs: Vec<VipSpec> = vips
@@ -388,8 +390,11 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
                     f.truncate((14 + cut * 3).min(f.len()));
                 }
                 check(&mut alone, &t, &mut flows, &f);
+                frames_run.set(frames_run.get() + 1);
             }
             Ok(())
         })
         .unwrap();
+    eprintln!("kernel and model agreed on {} frames", frames_run.get());
+    assert!(frames_run.get() >= 100_000, "{} frames", frames_run.get());
 }
