@@ -13,11 +13,8 @@ pub enum BalancerError {
         iface: String,
     },
     /// A VIP that does not parse.
-    #[error("'{given}' is not a VIP: write ADDRESS:PORT/tcp or /udp (IPv6 in brackets: [2001:db8::1]:443/tcp)")]
-    BadVip {
-        /// What was given.
-        given: String,
-    },
+    #[error(transparent)]
+    BadVip(#[from] super::tables::BadVip),
     /// A VIP added twice.
     #[error("VIP {vip} exists already on '{iface}'")]
     VipExists {

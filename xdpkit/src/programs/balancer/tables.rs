@@ -177,11 +177,16 @@ pub fn vip_key(addr: IpAddr, port: u16, proto: u8) -> VipKey {
     }
 }
 
+/// Text that is not a VIP.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' is not a VIP: write ADDRESS:PORT/tcp or /udp (IPv6 in brackets: [2001:db8::1]:443/tcp)"
+)]
+pub struct BadVip(pub String);
+
 /// The VIP `ADDRESS:PORT/tcp` or `/udp` (IPv6 in brackets).
-pub fn parse_vip(text: &str) -> Result<VipKey, super::error::BalancerError> {
-    let bad = || super::error::BalancerError::BadVip {
-        given: text.to_string(),
-    };
+pub fn parse_vip(text: &str) -> Result<VipKey, BadVip> {
+    let bad = || BadVip(text.to_string());
     let (addr, proto) = text.rsplit_once('/').ok_or_else(bad)?;
     let proto = match proto.to_ascii_lowercase().as_str() {
         "tcp" => xdpkit_common::balancer::PROTO_TCP,
