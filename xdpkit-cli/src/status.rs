@@ -75,10 +75,13 @@ fn print_one(s: &IfaceStatus) {
         outln!("  redirect to {to}");
     }
     // Stage directories hold many maps (the firewall 46): one line each.
+    // The interface's directory is the shallowest parent: stage
+    // directories ("balancer/") may sort before its own pins ("chain").
     let iface_dir = s
         .pins
         .iter()
-        .find_map(|p| p.parent())
+        .filter_map(|p| p.parent())
+        .min_by_key(|d| d.components().count())
         .map(|d| d.to_path_buf());
     let mut per_stage: Vec<(String, usize)> = Vec::new();
     for pin in &s.pins {
@@ -154,6 +157,12 @@ fn print_one(s: &IfaceStatus) {
                 si(row.pps),
                 si(row.bps)
             );
+        }
+        // The firewall's outcomes get their own table below.
+        if stage.stage != "firewall" {
+            for o in stage.outcomes.iter().filter(|o| o.packets > 0) {
+                outln!("    {:<13} {:>8} {:>16}", o.outcome, o.packets, o.bytes);
+            }
         }
     }
     if let Some(outcomes) = &s.firewall {

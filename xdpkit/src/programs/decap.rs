@@ -84,31 +84,16 @@ pub fn outer(frame: &[u8]) -> Option<(usize, u16, DecapOutcome)> {
     }
 }
 
+/// Its frames by kind ([`DecapOutcome`] order).
+const OUTCOME_NAMES: [&str; DecapOutcome::COUNT as usize] = [
+    "plain",
+    "ipv4_in_ipv4",
+    "ipv6_in_ipv4",
+    "ipv4_in_ipv6",
+    "ipv6_in_ipv6",
+    "failed",
+];
+
 fn outcomes(dir: &PinDir) -> Option<Vec<OutcomeCount>> {
-    use aya::maps::{Map, MapData, PerCpuArray};
-    let map = Map::PerCpuArray(MapData::from_pin(dir.file("decap_outcomes")).ok()?);
-    let array: PerCpuArray<&MapData, xdpkit_common::ActionCounter> =
-        PerCpuArray::try_from(&map).ok()?;
-    let names = [
-        (DecapOutcome::Plain, "plain"),
-        (DecapOutcome::Ipv4InIpv4, "ipv4_in_ipv4"),
-        (DecapOutcome::Ipv6InIpv4, "ipv6_in_ipv4"),
-        (DecapOutcome::Ipv4InIpv6, "ipv4_in_ipv6"),
-        (DecapOutcome::Ipv6InIpv6, "ipv6_in_ipv6"),
-        (DecapOutcome::Failed, "failed"),
-    ];
-    names
-        .iter()
-        .map(|(o, name)| {
-            let per_cpu = array.get(&(*o as u32), 0).ok()?;
-            let (packets, bytes) = per_cpu
-                .iter()
-                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-            Some(OutcomeCount {
-                outcome: name,
-                packets,
-                bytes,
-            })
-        })
-        .collect()
+    super::read_outcomes(dir, "decap_outcomes", &OUTCOME_NAMES)
 }

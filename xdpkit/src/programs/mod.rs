@@ -155,12 +155,37 @@ pub trait Program: Sync {
 /// Frames and bytes a stage decided one way (the firewall's outcomes).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct OutcomeCount {
-    /// `rule`, `rate_limited`, `default`, `non_ip`, `fragment` or `malformed`.
+    /// The outcome's name (the firewall's `rule`, `rate_limited`, ...).
     pub outcome: &'static str,
     /// Frames.
     pub packets: u64,
     /// Bytes.
     pub bytes: u64,
+}
+
+/// The counts of a per-CPU array of [`xdpkit_common::ActionCounter`]
+/// pinned at `pin` in `dir`, one entry per name of `names` in index order,
+/// summed over CPUs (a stage's outcomes); `None` if it cannot be read.
+pub fn read_outcomes(dir: &PinDir, pin: &str, names: &[&'static str]) -> Option<Vec<OutcomeCount>> {
+    use aya::maps::{Map, MapData, PerCpuArray};
+    let map = Map::PerCpuArray(MapData::from_pin(dir.file(pin)).ok()?);
+    let array: PerCpuArray<&MapData, xdpkit_common::ActionCounter> =
+        PerCpuArray::try_from(&map).ok()?;
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let per_cpu = array.get(&(i as u32), 0).ok()?;
+            let (packets, bytes) = per_cpu
+                .iter()
+                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            Some(OutcomeCount {
+                outcome: name,
+                packets,
+                bytes,
+            })
+        })
+        .collect()
 }
 
 /// Kernel memory of a part of a stage's maps (the firewall: `set 0`,

@@ -19,13 +19,24 @@ use xdpkit_common::balancer::{
     LB_RINGS, LB_VIPS, LB_VIP_RECORDS, LB_VIP_STATS,
 };
 
-use super::Program;
+use super::{OutcomeCount, Program};
 use crate::{
     maps::{batch, MapSource},
     model::{Decision, StageOutcome},
     object::{embedded, Object},
+    pins::PinDir,
     Result,
 };
+
+/// Its frames by outcome ([`xdpkit_common::balancer::LbOutcome`] order):
+/// `flow_miss` counts new flows (and SYNs), so `top` shows their rate.
+const OUTCOME_NAMES: [&str; xdpkit_common::balancer::LbOutcome::COUNT as usize] = [
+    "not_vip",
+    "flow_hit",
+    "flow_miss",
+    "no_real",
+    "encap_failed",
+];
 
 /// The `balancer` program.
 pub struct Balancer;
@@ -64,6 +75,10 @@ impl Program for Balancer {
 
     fn pinned_maps(&self) -> &'static [(&'static str, &'static str)] {
         &PINS
+    }
+
+    fn outcomes(&self, dir: &PinDir) -> Vec<OutcomeCount> {
+        super::read_outcomes(dir, "lb_outcomes", &OUTCOME_NAMES).unwrap_or_default()
     }
 
     fn model(&self, frame: &[u8], settings: &toml::Table) -> StageOutcome {

@@ -244,24 +244,5 @@ const OUTCOME_NAMES: [&str; Outcome::COUNT as usize] = [
 
 /// The firewall's decisions by outcome, summed over CPUs.
 fn outcomes(dir: &PinDir) -> Option<Vec<OutcomeCount>> {
-    use aya::maps::{Map, MapData, PerCpuArray};
-    let path = dir.file(&pin_name(FW_OUTCOMES));
-    let map = Map::PerCpuArray(MapData::from_pin(&path).ok()?);
-    let array: PerCpuArray<&MapData, xdpkit_common::ActionCounter> =
-        PerCpuArray::try_from(&map).ok()?;
-    OUTCOME_NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let per_cpu = array.get(&(i as u32), 0).ok()?;
-            let (packets, bytes) = per_cpu
-                .iter()
-                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-            Some(OutcomeCount {
-                outcome: name,
-                packets,
-                bytes,
-            })
-        })
-        .collect()
+    super::super::read_outcomes(dir, &pin_name(FW_OUTCOMES), &OUTCOME_NAMES)
 }
