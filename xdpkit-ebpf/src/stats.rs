@@ -49,13 +49,19 @@ pub fn uncount_next(ctx: &XdpContext) {
 
 #[inline(always)]
 fn bump(ctx: &XdpContext, slot: u32) {
-    if let Some(slot) = STATS.get_ptr_mut(slot) {
-        let len = (ctx.data_end() - ctx.data()) as u64;
+    add(&STATS, slot, (ctx.data_end() - ctx.data()) as u64);
+}
+
+/// Counts one frame of `len` bytes in entry `index` of a per-CPU counter
+/// array (a program's own counters: outcomes, per VIP, per real).
+#[inline(always)]
+pub fn add(map: &PerCpuArray<ActionCounter>, index: u32, len: u64) {
+    if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: the pointer is this CPU's slot of an array entry that exists
         // for the life of the map; no other context writes it concurrently.
         unsafe {
-            (*slot).packets += 1;
-            (*slot).bytes += len;
+            (*c).packets += 1;
+            (*c).bytes += len;
         }
     }
 }

@@ -20,7 +20,10 @@ use xdpkit_common::{
     },
     ActionCounter, XdpAction,
 };
-use xdpkit_ebpf::{chain, stats::count};
+use xdpkit_ebpf::{
+    chain,
+    stats::{add, count},
+};
 
 xdpkit_ebpf::license!();
 
@@ -70,7 +73,7 @@ struct Frame {
 pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let Some(frame) = parse(&ctx) else {
-        bump(&OUTCOMES, LbOutcome::NotVip as u32, len);
+        add(&OUTCOMES, LbOutcome::NotVip as u32, len);
         return chain::next(&ctx);
     };
     let vip_key = VipKey {
@@ -81,10 +84,10 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     };
     // SAFETY: values are replaced whole by userspace, never edited in place.
     let Some(vip) = (unsafe { VIPS.get(&vip_key) }).copied() else {
-        bump(&OUTCOMES, LbOutcome::NotVip as u32, len);
+        add(&OUTCOMES, LbOutcome::NotVip as u32, len);
         return chain::next(&ctx);
     };
-    bump(&VIP_STATS, vip.id, len);
+    add(&VIP_STATS, vip.id, len);
     let (src, dst) = (halves(&frame.key.src), halves(&frame.key.dst));
     let ports = (u32::from(frame.key.sport) << 16) | u32::from(frame.key.dport);
     let hash = flow_hash(src, dst, ports, frame.key.proto);
@@ -93,14 +96,14 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     let known = if use_flows && !frame.syn {
         // SAFETY: as above.
         match unsafe { FLOWS.get(&frame.key) } {
-            Some(f) if f.vip == vip.id && real_in_use(f.real) => Some(f.real),
+            Some(f) if f.vip == vip.id => real_at(f.real).map(|r| (f.real, r)),
             _ => None,
         }
     } else {
         None
     };
-    let (index, outcome) = match known {
-        Some(index) => (index, LbOutcome::FlowHit),
+    let (index, real, outcome) = match known {
+        Some((index, real)) => (index, real, LbOutcome::FlowHit),
         None => {
             if vip.ring_size == 0 {
                 return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
@@ -110,6 +113,9 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
                 Some(i) if *i != LB_NO_REAL => *i,
                 _ => return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len),
             };
+            let Some(real) = real_at(index) else {
+                return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
+            };
             if use_flows {
                 let entry = FlowReal {
                     real: index,
@@ -118,12 +124,8 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
                 // A full table evicts its least recently used entry.
                 let _ = FLOWS.insert(&frame.key, &entry, 0);
             }
-            (index, LbOutcome::FlowMiss)
+            (index, real, LbOutcome::FlowMiss)
         }
-    };
-    let real = match REALS.get(index) {
-        Some(r) if r.used != 0 => *r,
-        _ => return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len),
     };
     let Some(cfg) = CONFIG.get(0).copied() else {
         return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
@@ -131,31 +133,21 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     if !encapsulate(&ctx, &frame, &real, &cfg, hash) {
         return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
     }
-    bump(&REAL_STATS, index, len);
+    add(&REAL_STATS, index, len);
     verdict(&ctx, outcome, XdpAction::Tx, len)
 }
 
+/// The real at `index`, if the slot holds one: read once per frame.
 #[inline(always)]
-fn real_in_use(index: u32) -> bool {
-    matches!(REALS.get(index), Some(r) if r.used != 0)
+fn real_at(index: u32) -> Option<Real> {
+    REALS.get(index).filter(|r| r.used != 0).copied()
 }
 
 /// Counts `outcome` and the verdict.
 #[inline(always)]
 fn verdict(ctx: &XdpContext, outcome: LbOutcome, action: XdpAction, len: u64) -> u32 {
-    bump(&OUTCOMES, outcome as u32, len);
+    add(&OUTCOMES, outcome as u32, len);
     count(ctx, action)
-}
-
-#[inline(always)]
-fn bump(map: &PerCpuArray<ActionCounter>, index: u32, len: u64) {
-    if let Some(c) = map.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot of an existing entry.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len;
-        }
-    }
 }
 
 /// An address as two big-endian halves.

@@ -12,7 +12,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdpkit_common::{balancer::DecapOutcome, ActionCounter, XdpAction};
-use xdpkit_ebpf::{chain, stats::count};
+use xdpkit_ebpf::{
+    chain,
+    stats::{add, count},
+};
 
 xdpkit_ebpf::license!();
 
@@ -94,11 +97,5 @@ fn outer_header(ctx: &XdpContext) -> Option<(usize, u16, DecapOutcome)> {
 
 #[inline(always)]
 fn bump(outcome: DecapOutcome, len: u64) {
-    if let Some(c) = OUTCOMES.get_ptr_mut(outcome as u32) {
-        // SAFETY: this CPU's slot of an existing entry.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len;
-        }
-    }
+    add(&OUTCOMES, outcome as u32, len);
 }

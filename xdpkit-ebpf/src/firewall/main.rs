@@ -33,7 +33,10 @@ use xdpkit_common::{
 };
 
 use self::parse::{parse, read_addresses, IpFrame, Parsed};
-use xdpkit_ebpf::{chain, stats::count_rule};
+use xdpkit_ebpf::{
+    chain,
+    stats::{add, count_rule},
+};
 
 xdpkit_ebpf::license!();
 
@@ -390,7 +393,7 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
         }
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
-    bump(&OUTCOMES, outcome as u32, len);
+    add(&OUTCOMES, outcome as u32, len);
     if rule != NO_RULE {
         if let Some(h) = RULE_STATS.get_ptr_mut(rule) {
             // SAFETY: this CPU's slot of an existing entry; helper without arguments.
@@ -464,17 +467,6 @@ fn policy(p: u32) -> XdpAction {
         XdpAction::Drop
     } else {
         XdpAction::Pass
-    }
-}
-
-#[inline(always)]
-fn bump(map: &PerCpuArray<ActionCounter>, index: u32, len: u64) {
-    if let Some(c) = map.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot of an existing entry.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len;
-        }
     }
 }
 

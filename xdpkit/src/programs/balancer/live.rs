@@ -11,15 +11,16 @@ use xdpkit_common::{
     balancer::{
         LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, LB_CONFIG, LB_MAX_MEMBERS,
         LB_MAX_REALS, LB_MAX_VIPS, LB_MEMBERS, LB_NO_REAL, LB_OUTCOMES, LB_REALS, LB_REAL_STATS,
-        LB_RINGS, LB_RING_SLOTS, LB_VIPS, LB_VIP_RECORDS, LB_VIP_STATS,
+        LB_RING_SLOTS, LB_VIPS, LB_VIP_RECORDS, LB_VIP_STATS,
     },
     ActionCounter,
 };
 
 use super::{
     error::BalancerError,
-    maglev::{self, Member},
-    tables::{addr_bytes, describe, real},
+    maglev,
+    tables::{addr_bytes, describe, real, ring, TablesError},
+    write_ring,
 };
 use crate::{
     iface,
@@ -199,35 +200,24 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
 /// VIP `id`'s ring as its stored reals build it: real index per slot.
 fn ring_of(stored: &Stored, id: usize) -> std::result::Result<Vec<u32>, BalancerError> {
     let rec = stored.records[id];
-    let members: Vec<(u32, u32)> = stored
+    let members: Vec<(u32, [u8; 16], u32)> = stored
         .members
         .iter()
         .filter(|(m, _)| m.vip == id as u32)
-        .map(|(m, w)| (m.real, *w))
-        .collect();
-    let ring_members: Vec<Member> = members
-        .iter()
-        .map(|(r, w)| Member {
-            identity: maglev::identity(&stored.reals.get(*r as usize).map_or([0; 16], |r| r.addr)),
-            weight: *w,
+        .map(|(m, w)| {
+            let addr = stored
+                .reals
+                .get(m.real as usize)
+                .map_or([0; 16], |r| r.addr);
+            (m.real, addr, *w)
         })
         .collect();
-    let ring = maglev::build(&ring_members, rec.ring).map_err(|source| {
-        BalancerError::Tables(super::tables::TablesError::Ring {
+    ring(&members, rec.ring).map_err(|source| {
+        BalancerError::Tables(TablesError::Ring {
             vip: describe(&rec.key),
             source,
         })
-    })?;
-    Ok(ring
-        .into_iter()
-        .map(|m| {
-            if m == maglev::NO_REAL {
-                LB_NO_REAL
-            } else {
-                members[m as usize].0
-            }
-        })
-        .collect())
+    })
 }
 
 /// A balancer being changed: holds the interface's writers' lock.
@@ -308,7 +298,7 @@ impl LiveBalancer {
     /// its frames are dropped until a real is added.
     pub fn add_vip(&mut self, key: VipKey, ring: u32, flags: u32) -> Result<()> {
         maglev::check_size(ring).map_err(|source| {
-            BalancerError::Tables(super::tables::TablesError::Ring {
+            BalancerError::Tables(TablesError::Ring {
                 vip: describe(&key),
                 source,
             })
@@ -341,7 +331,7 @@ impl LiveBalancer {
             base,
             active: 0,
         };
-        self.write_ring(base, &vec![LB_NO_REAL; ring as usize])?;
+        write_ring(&self.maps, base, &vec![LB_NO_REAL; ring as usize])?;
         batch::update(&self.maps, LB_VIP_RECORDS, &[id as u32], &[rec])?;
         // Its counters start at zero.
         batch::zero_per_cpu::<ActionCounter>(&self.maps, LB_VIP_STATS, &[id as u32])?;
@@ -453,7 +443,7 @@ impl LiveBalancer {
         let ring = ring_of(&stored, id)?;
         let next = 1 - rec.active.min(1);
         let base = rec.base + next * rec.ring;
-        self.write_ring(base, &ring)?;
+        write_ring(&self.maps, base, &ring)?;
         batch::update(
             &self.maps,
             LB_VIPS,
@@ -470,11 +460,6 @@ impl LiveBalancer {
             ..rec
         };
         batch::update(&self.maps, LB_VIP_RECORDS, &[id as u32], &[rec])
-    }
-
-    fn write_ring(&self, base: u32, ring: &[u32]) -> Result<()> {
-        let keys: Vec<u32> = (base..base + ring.len() as u32).collect();
-        batch::update(&self.maps, LB_RINGS, &keys, ring)
     }
 
     /// Marks unused the reals no VIP names any more (after every ring that

@@ -88,14 +88,19 @@ impl Program for Balancer {
     }
 }
 
+/// Writes `ring` into `LB_RINGS` from slot `base` on.
+pub(crate) fn write_ring(maps: &impl MapSource, base: u32, ring: &[u32]) -> Result<()> {
+    let keys: Vec<u32> = (base..base + ring.len() as u32).collect();
+    batch::update(maps, LB_RINGS, &keys, ring)
+}
+
 /// Writes `t` into a balancer's maps: settings, reals and rings first,
 /// then the VIPs that point at them; VIPs not in `t` are removed.
 pub fn write_tables(maps: &mut impl MapSource, t: &tables::Tables) -> Result<()> {
     batch::write_array(maps, LB_CONFIG, &[t.config])?;
     batch::write_array::<Real>(maps, LB_REALS, &t.reals)?;
     for (base, ring) in &t.rings {
-        let keys: Vec<u32> = (*base..*base + ring.len() as u32).collect();
-        batch::update(maps, LB_RINGS, &keys, ring)?;
+        write_ring(maps, *base, ring)?;
     }
     let (keys, values): (Vec<VipKey>, Vec<Vip>) = t.vips.iter().map(|(k, v)| (*k, *v)).unzip();
     if !keys.is_empty() {

@@ -144,25 +144,27 @@ pub fn decide(t: &Tables, flows: &mut Flows, frame: &[u8]) -> LbDecision {
     };
     let hash = hash_of(&f.key);
     let use_flows = vip.flags & VIP_NO_FLOWS == 0;
+    // As the program: the real is read once, and a flow whose real has
+    // since been removed chooses again.
+    let real_at = |i: u32| t.reals.get(i as usize).filter(|r| r.used != 0);
     let known = if use_flows && !f.syn {
         flows
             .get(&f.key)
             .filter(|e| e.vip == vip.id)
-            .filter(|e| t.reals.get(e.real as usize).is_some_and(|r| r.used != 0))
-            .map(|e| e.real)
+            .and_then(|e| real_at(e.real).map(|r| (e.real, r)))
     } else {
         None
     };
-    let (index, how) = match known {
-        Some(i) => (i, LbOutcome::FlowHit),
+    let (index, real, how) = match known {
+        Some((i, real)) => (i, real, LbOutcome::FlowHit),
         None => {
             if vip.ring_size == 0 {
                 return drop(LbOutcome::NoReal);
             }
             let index = t.ring_slot(vip.ring_base.wrapping_add(hash % vip.ring_size));
-            if index == LB_NO_REAL {
+            let Some(real) = real_at(index).filter(|_| index != LB_NO_REAL) else {
                 return drop(LbOutcome::NoReal);
-            }
+            };
             if use_flows {
                 flows.insert(
                     f.key,
@@ -172,11 +174,8 @@ pub fn decide(t: &Tables, flows: &mut Flows, frame: &[u8]) -> LbDecision {
                     },
                 );
             }
-            (index, LbOutcome::FlowMiss)
+            (index, real, LbOutcome::FlowMiss)
         }
-    };
-    let Some(real) = t.reals.get(index as usize).filter(|r| r.used != 0) else {
-        return drop(LbOutcome::NoReal);
     };
     // An IPv4 outer header cannot count a packet of more than 65,515 bytes.
     if real.v6 == 0 && f.ip_len.checked_add(IPV4_HLEN as u16).is_none() {

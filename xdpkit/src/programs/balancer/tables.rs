@@ -102,33 +102,18 @@ pub fn build(config: LbConfig, vips: &[VipSpec]) -> Result<Tables, TablesError> 
     let mut base = 0u32;
     for (id, vip) in vips.iter().enumerate() {
         let mut members = Vec::with_capacity(vip.reals.len());
-        let mut indexes = Vec::with_capacity(vip.reals.len());
         for r in &vip.reals {
             let next = reals.len() as u32;
             let i = *index.entry(r.addr).or_insert_with(|| {
                 reals.push(real(r.addr));
                 next
             });
-            indexes.push(i);
-            members.push(Member {
-                identity: maglev::identity(&addr_bytes(r.addr)),
-                weight: r.weight,
-            });
+            members.push((i, addr_bytes(r.addr), r.weight));
         }
-        let ring = maglev::build(&members, vip.ring).map_err(|source| TablesError::Ring {
+        let ring = ring(&members, vip.ring).map_err(|source| TablesError::Ring {
             vip: describe(&vip.key),
             source,
         })?;
-        let ring = ring
-            .into_iter()
-            .map(|m| {
-                if m == maglev::NO_REAL {
-                    LB_NO_REAL
-                } else {
-                    indexes[m as usize]
-                }
-            })
-            .collect();
         tables.vips.insert(
             vip.key,
             Vip {
@@ -146,6 +131,29 @@ pub fn build(config: LbConfig, vips: &[VipSpec]) -> Result<Tables, TablesError> 
     }
     tables.reals = reals;
     Ok(tables)
+}
+
+/// The Maglev ring of `size` slots over `members` (real index, address as
+/// the maps hold it, weight): the real index each slot names, or
+/// [`LB_NO_REAL`].
+pub fn ring(members: &[(u32, [u8; 16], u32)], size: u32) -> Result<Vec<u32>, RingError> {
+    let weighted: Vec<Member> = members
+        .iter()
+        .map(|(_, addr, weight)| Member {
+            identity: maglev::identity(addr),
+            weight: *weight,
+        })
+        .collect();
+    Ok(maglev::build(&weighted, size)?
+        .into_iter()
+        .map(|m| {
+            if m == maglev::NO_REAL {
+                LB_NO_REAL
+            } else {
+                members[m as usize].0
+            }
+        })
+        .collect())
 }
 
 /// An address as the maps hold it: IPv4 in the first 4 bytes.
