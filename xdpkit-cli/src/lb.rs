@@ -4,10 +4,10 @@ use std::net::IpAddr;
 
 use anyhow::Context as _;
 use xdpkit::programs::balancer::{
-    live::{self, LiveBalancer},
+    live::{self, Encap, LiveBalancer, SettingsChange, SettingsView},
     maglev::DEFAULT_RING,
     tables::{describe, parse_vip},
-    VIP_NO_FLOWS,
+    VIP_NO_FLOWS, VIP_QUIC,
 };
 
 use crate::output::{print_json, DevArg, JsonArg};
@@ -46,18 +46,69 @@ enum LbCommand {
     Real(RealCommand),
     List(ListArgs),
     Config(ConfigArgs),
+    /// Route QUIC packets by the server id in their connection id.
+    #[command(subcommand)]
+    Quic(QuicCommand),
 }
 
-/// Set where encapsulated frames go and the outer source addresses.
+#[derive(Debug, clap::Subcommand)]
+enum QuicCommand {
+    Add(QuicAddArgs),
+    Del(QuicDelArgs),
+}
+
+/// Send QUIC packets whose connection id names server ID to REAL.
+///
+/// For UDP VIPs added with --quic. The server id is read as Katran's
+/// connection-id version 1 does: the destination connection id's first two
+/// bits are 01, the next 16 bits are the id. Initial and 0-RTT packets (a
+/// client-chosen id) and ids without a real go through the flow table and
+/// the ring as usual.
+///
+/// Example:
+///   xdpkit lb quic add --dev eth0 1025 198.18.2.1
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct QuicAddArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    /// Server id, 1 to 65535.
+    id: u16,
+    /// A real of one of the interface's VIPs.
+    real: IpAddr,
+}
+
+/// Forget QUIC server id ID.
+#[derive(Debug, clap::Args)]
+struct QuicDelArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    /// Server id.
+    id: u16,
+}
+
+/// Set how frames are encapsulated, where they go, and the guards.
 ///
 /// Outer IPv4 sources come from --source4 (its host bits, at most 16, from
 /// the flow hash), IPv6 ones from the --source6 /64 (the flow hash in the
 /// last 32 bits): one source per flow, so the reals' RSS spreads flows.
 /// Frames go to --gateway, or back to the MAC they came from when none is
-/// set. Options not given keep their value.
+/// set; with --egress they leave through a second interface (two-interface
+/// mode, XDP_REDIRECT; --gateway is then required). --encap gue adds a UDP
+/// header to --gue-port (source port from the flow hash) between the outer
+/// and the inner IP header; the reals' `decap` stage strips GUE to port
+/// 6080. --mtu is the path's MTU toward the reals: a frame that would
+/// exceed it encapsulated is answered with ICMP fragmentation needed
+/// (IPv4 with DF; without DF it is dropped) or packet too big (IPv6).
+/// --max-new-per-sec caps the flow-table entries added per second (applied
+/// per CPU, rounded up to a multiple of the CPUs): above it new flows are
+/// still balanced but not remembered, so a SYN flood cannot push
+/// established flows out. Options not given keep their value.
 ///
-/// Example:
+/// Examples:
 ///   xdpkit lb config --dev eth0 --source4 198.19.0.0/16 --source6 2001:db8:ff::/64
+///   xdpkit lb config --dev eth0 --egress eth1 --gateway 02:00:00:00:00:01 --mtu 1500
+///   xdpkit lb config --dev eth0 --encap gue --max-new-per-sec 100000
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 struct ConfigArgs {
@@ -72,8 +123,29 @@ struct ConfigArgs {
     /// Next hop's MAC for encapsulated frames (00:00:00:00:00:00: back to the sender).
     #[arg(long, value_name = "MAC")]
     gateway: Option<String>,
+    /// Encapsulation: ip (IPIP, ip6ip6, ...) or gue (IP + UDP).
+    #[arg(long, value_enum)]
+    encap: Option<EncapArg>,
+    /// UDP destination port of GUE (default 6080).
+    #[arg(long, value_name = "PORT")]
+    gue_port: Option<u16>,
+    /// Path MTU toward the reals, 576 to 65535 (0: no check).
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<u16>,
+    /// Send encapsulated frames out of IFACE (`none`: back out of --dev).
+    #[arg(long, value_name = "IFACE")]
+    egress: Option<String>,
+    /// New flows remembered per second at most (0: no limit).
+    #[arg(long, value_name = "N")]
+    max_new_per_sec: Option<u64>,
     #[command(flatten)]
     json: JsonArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EncapArg {
+    Ip,
+    Gue,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -105,6 +177,10 @@ struct VipAddArgs {
     /// No flow table: every frame consults the ring (stateless services).
     #[arg(long)]
     no_flows: bool,
+    /// A QUIC service (UDP): packets whose connection id names a server id
+    /// set with `lb quic add` go to that real.
+    #[arg(long)]
+    quic: bool,
 }
 
 /// Remove a VIP: its frames go on down the chain.
@@ -145,12 +221,19 @@ struct RealDelArgs {
     real: IpAddr,
 }
 
-/// List VIPs and reals: weights, ring slots, packets and bytes; the flow
-/// table's hits and misses (new flows).
+/// List VIPs and reals: weights, ring slots, packets and bytes, new
+/// connections (flow-table misses) and their rate; the flow table's hits
+/// and misses, the guard, ICMP "too big" replies and the settings.
+///
+/// The rates are measured over --interval seconds (two reads of the
+/// counters); --interval 0 shows counts only.
 #[derive(Debug, clap::Args)]
 struct ListArgs {
     #[command(flatten)]
     dev: DevArg,
+    /// Seconds over which rates are measured (0: no rates).
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    interval: f64,
     #[command(flatten)]
     json: JsonArg,
 }
@@ -173,7 +256,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         LbCommand::Vip(VipCommand::Add(a)) => {
             let key = parse_vip(&a.vip)?;
-            let flags = if a.no_flows { VIP_NO_FLOWS } else { 0 };
+            let flags =
+                if a.no_flows { VIP_NO_FLOWS } else { 0 } | if a.quic { VIP_QUIC } else { 0 };
+            if a.quic && key.proto != xdpkit::programs::balancer::PROTO_UDP {
+                return Err(xdpkit::Error::InvalidArgument(format!(
+                    "--quic is for UDP VIPs; {} is TCP",
+                    describe(&key)
+                ))
+                .into());
+            }
             LiveBalancer::open(&a.dev.dev)?.add_vip(key, a.ring, flags)?;
             outln!("added VIP {} on {}", describe(&key), a.dev.dev);
         }
@@ -198,62 +289,171 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             outln!("VIP {}: removed real {}", describe(&key), a.real);
         }
         LbCommand::Config(a) => {
-            let gateway = a.gateway.as_deref().map(parse_mac).transpose()?;
-            let cfg = LiveBalancer::open(&a.dev.dev)?.configure(a.source4, a.source6, gateway)?;
-            let shown = serde_json::json!({
-                "interface": a.dev.dev,
-                "source4": format!("{}/{}", std::net::Ipv4Addr::from(cfg.src4.to_ne_bytes()), 32 - cfg.src4_bits),
-                "source6": format!("{}/64", std::net::Ipv6Addr::from({
-                    let mut b = [0u8; 16];
-                    b[..8].copy_from_slice(&cfg.src6);
-                    b
-                })),
-                "gateway": cfg.gateway.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
-            });
+            let egress = a
+                .egress
+                .as_deref()
+                .map(|e| (e != "none").then(|| e.to_string()));
+            let change = SettingsChange {
+                source4: a.source4,
+                source6: a.source6,
+                gateway: a.gateway.as_deref().map(parse_mac).transpose()?,
+                encap: a.encap.map(|e| match e {
+                    EncapArg::Ip => Encap::Ip,
+                    EncapArg::Gue => Encap::Gue,
+                }),
+                gue_port: a.gue_port,
+                mtu: a.mtu,
+                egress,
+                max_new_per_sec: a.max_new_per_sec,
+            };
+            let shown = LiveBalancer::open(&a.dev.dev)?.configure(&change)?;
             if a.json.json {
                 return print_json(&shown);
             }
-            outln!(
-                "{}: outer sources {} and {}, gateway {}",
-                a.dev.dev,
-                shown["source4"].as_str().unwrap_or(""),
-                shown["source6"].as_str().unwrap_or(""),
-                shown["gateway"].as_str().unwrap_or("")
-            );
+            outln!("{}: {}", a.dev.dev, settings_line(&shown));
         }
-        LbCommand::List(a) => {
-            let status = live::status(&a.dev.dev)
-                .with_context(|| format!("reading the balancer of {}", a.dev.dev))?;
-            if a.json.json {
-                return print_json(&status);
-            }
-            outln!(
-                "{}: flow table hits {}, misses (new flows) {}, no real {}, not to a VIP {}",
-                status.interface,
-                status.flow_hits,
-                status.flow_misses,
-                status.no_real,
-                status.not_vip
-            );
-            for v in &status.vips {
-                outln!(
-                    "VIP {}  ring {}  packets {}  bytes {}",
-                    v.vip,
-                    v.ring,
-                    v.packets,
-                    v.bytes
-                );
-                for r in &v.reals {
-                    outln!(
-                        "  real {:<40} weight {:>5}  slots {:>7}  packets {:>12}  bytes {:>14}",
-                        r.address,
-                        r.weight,
-                        r.slots,
-                        r.packets,
-                        r.bytes
-                    );
+        LbCommand::Quic(QuicCommand::Add(a)) => {
+            LiveBalancer::open(&a.dev.dev)?.set_quic_id(a.id, Some(a.real))?;
+            outln!("QUIC server id {} -> real {}", a.id, a.real);
+        }
+        LbCommand::Quic(QuicCommand::Del(a)) => {
+            LiveBalancer::open(&a.dev.dev)?.set_quic_id(a.id, None)?;
+            outln!("QUIC server id {} forgotten", a.id);
+        }
+        LbCommand::List(a) => list(&a)?,
+    }
+    Ok(())
+}
+
+/// The settings in one line.
+fn settings_line(s: &SettingsView) -> String {
+    let egress = match &s.egress {
+        Some(e) => format!("out of {e}"),
+        None => "back out (XDP_TX)".to_string(),
+    };
+    let encap = if s.encap == "gue" {
+        format!("gue to port {}", s.gue_port)
+    } else {
+        "ip".to_string()
+    };
+    let mtu = if s.mtu == 0 {
+        "unchecked".to_string()
+    } else {
+        s.mtu.to_string()
+    };
+    let guard = if s.max_new_per_sec == 0 {
+        "no limit".to_string()
+    } else {
+        format!("{}/s", s.max_new_per_sec)
+    };
+    format!(
+        "outer sources {} and {}, gateway {}, encap {encap}, {egress}, path MTU {mtu}, new flows remembered {guard}",
+        s.source4, s.source6, s.gateway
+    )
+}
+
+/// A rate per second from two counts `secs` apart.
+fn rate(before: u64, after: u64, secs: f64) -> f64 {
+    after.saturating_sub(before) as f64 / secs
+}
+
+/// `lb list`: the status, with rates from a second read `--interval` later.
+fn list(a: &ListArgs) -> anyhow::Result<()> {
+    if !(0.0..=3600.0).contains(&a.interval) {
+        return Err(xdpkit::Error::InvalidArgument(format!(
+            "--interval {} is not 0 to 3600 seconds",
+            a.interval
+        ))
+        .into());
+    }
+    let read = || {
+        live::status(&a.dev.dev).with_context(|| format!("reading the balancer of {}", a.dev.dev))
+    };
+    let first = read()?;
+    let (status, secs) = if a.interval > 0.0 {
+        let started = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_secs_f64(a.interval));
+        let second = read()?;
+        (second, Some(started.elapsed().as_secs_f64()))
+    } else {
+        (first.clone(), None)
+    };
+    // Rates by VIP and real, matched by name (a VIP changed meanwhile has none).
+    let vip_rates: Vec<Option<(f64, f64)>> = status
+        .vips
+        .iter()
+        .map(|v| {
+            let secs = secs?;
+            let old = first.vips.iter().find(|o| o.vip == v.vip)?;
+            Some((
+                rate(old.packets, v.packets, secs),
+                rate(old.new_flows, v.new_flows, secs),
+            ))
+        })
+        .collect();
+    if a.json.json {
+        let mut value = serde_json::to_value(&status)?;
+        if let Some(secs) = secs {
+            value["interval_secs"] = serde_json::json!(secs);
+            for (v, r) in value["vips"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .zip(&vip_rates)
+            {
+                if let Some((pps, new)) = r {
+                    v["packets_per_sec"] = serde_json::json!(pps);
+                    v["new_flows_per_sec"] = serde_json::json!(new);
                 }
             }
+        }
+        return print_json(&value);
+    }
+    outln!(
+        "{}: flow table hits {}, misses (new flows) {}, not remembered (guard) {}, QUIC by id {}, too big {}, no real {}, not to a VIP {}",
+        status.interface,
+        status.flow_hits,
+        status.flow_misses,
+        status.guarded,
+        status.quic_routed,
+        status.too_big,
+        status.no_real,
+        status.not_vip
+    );
+    outln!("settings: {}", settings_line(&status.settings));
+    for (v, r) in status.vips.iter().zip(&vip_rates) {
+        let flags = if v.flags.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", v.flags.join(","))
+        };
+        let rates = match r {
+            Some((pps, new)) => format!("  {pps:.0} pkt/s  {new:.0} new/s"),
+            None => String::new(),
+        };
+        outln!(
+            "VIP {}{flags}  ring {}  packets {}  bytes {}  new flows {}{rates}",
+            v.vip,
+            v.ring,
+            v.packets,
+            v.bytes,
+            v.new_flows
+        );
+        for r in &v.reals {
+            let quic = if r.quic_ids.is_empty() {
+                String::new()
+            } else {
+                let ids: Vec<String> = r.quic_ids.iter().map(u16::to_string).collect();
+                format!("  quic ids {}", ids.join(","))
+            };
+            outln!(
+                "  real {:<40} weight {:>5}  slots {:>7}  packets {:>12}  bytes {:>14}{quic}",
+                r.address,
+                r.weight,
+                r.slots,
+                r.packets,
+                r.bytes
+            );
         }
     }
     Ok(())

@@ -172,7 +172,73 @@ pub struct LbConfig {
     /// The /64 outer IPv6 sources are taken from; the low 64 bits are the
     /// flow hash.
     pub src6: [u8; 8],
+    /// How frames are encapsulated: [`ENCAP_IP`] or [`ENCAP_GUE`].
+    pub encap: u32,
+    /// UDP destination port of GUE ([`ENCAP_GUE`]), host order.
+    pub gue_port: u16,
+    /// The largest outer IP packet the path to the reals carries (its MTU);
+    /// a larger one is answered with ICMP fragmentation needed / packet too
+    /// big. 0: no check.
+    pub mtu: u16,
+    /// Non-zero: encapsulated frames leave through the interface in
+    /// [`LB_EGRESS`] (two-interface mode), from [`LbConfig::egress_mac`];
+    /// zero: back out of the interface they came in on (`XDP_TX`).
+    pub egress: u32,
+    /// Source MAC of frames sent through [`LB_EGRESS`].
+    pub egress_mac: [u8; 6],
+    /// Zero.
+    pub pad2: u16,
+    /// Flow-table entries one CPU may add per second; above it new flows are
+    /// still balanced by the ring but not remembered (a SYN flood cannot
+    /// push established flows out of the table). 0: no limit.
+    pub new_per_cpu: u32,
 }
+
+/// [`LbConfig::encap`]: an IP header only (IPIP, IPv6 in IPv4, IPv4 in
+/// IPv6, ip6ip6).
+pub const ENCAP_IP: u32 = 0;
+/// [`LbConfig::encap`]: IP + UDP to [`LbConfig::gue_port`] + the inner IP
+/// packet (GUE variant 1, as Katran sends it); the UDP source port is the
+/// flow hash, so the reals' RSS spreads flows by port too.
+pub const ENCAP_GUE: u32 = 1;
+/// The GUE port when none is set (Katran's).
+pub const GUE_PORT: u16 = 6080;
+/// Outer header bytes an encapsulation adds.
+pub const fn encap_overhead(encap: u32, real_v6: bool) -> u16 {
+    let ip = if real_v6 { 40 } else { 20 };
+    if encap == ENCAP_GUE {
+        ip + 8
+    } else {
+        ip
+    }
+}
+
+/// One-entry DEVMAP: the egress interface of two-interface mode.
+pub const LB_EGRESS: &str = "LB_EGRESS";
+
+/// Per-CPU one-entry array of [`GuardWindow`]: new flow entries this
+/// CPU added in the current second.
+pub const LB_GUARD: &str = "LB_GUARD";
+
+/// [`LB_GUARD`]'s entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardWindow {
+    /// When the window began (`bpf_ktime_get_ns`).
+    pub start_ns: u64,
+    /// Entries added since.
+    pub added: u64,
+}
+
+/// Per-CPU array of [`crate::ActionCounter`] by VIP id: frames that
+/// missed the flow table (new connections), for the new-connection rate.
+pub const LB_VIP_NEW: &str = "LB_VIP_NEW";
+
+/// Array of real index + 1 by QUIC server id (0: none): a QUIC packet whose
+/// connection id names a server id goes to that real.
+pub const LB_QUIC_IDS: &str = "LB_QUIC_IDS";
+/// Server ids [`LB_QUIC_IDS`] holds (Katran's 16-bit "v1" ids).
+pub const LB_MAX_QUIC_IDS: u32 = 1 << 16;
 
 /// What became of frames the balancer saw ([`LB_OUTCOMES`]).
 #[repr(u32)]
@@ -188,11 +254,49 @@ pub enum LbOutcome {
     NoReal = 3,
     /// The frame could not be grown for the outer header: dropped.
     EncapFailed = 4,
+    /// Encapsulated it would exceed [`LbConfig::mtu`]: answered with ICMP
+    /// fragmentation needed / packet too big (IPv4 without DF: dropped).
+    TooBig = 5,
+    /// A new flow above [`LbConfig::new_per_cpu`]: balanced by the ring but
+    /// not remembered.
+    Guarded = 6,
+    /// A QUIC packet sent to the real its connection id's server id names.
+    QuicRouted = 7,
 }
 
 impl LbOutcome {
     /// Entries of [`LB_OUTCOMES`].
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 8;
+}
+
+/// [`Vip::flags`]: a UDP VIP serving QUIC: route by the server id in the
+/// connection id (see [`quic_server_id`]).
+pub const VIP_QUIC: u32 = 2;
+
+/// The server id a QUIC packet's UDP payload names, if any: Katran's
+/// connection-id format version 1 (the destination connection id's top two
+/// bits `01`, then a 16-bit id). Long-header Initial and 0-RTT packets
+/// carry a client-chosen id and name none; other long headers have the id
+/// after the version and length byte, short headers right after byte 0.
+#[inline(always)]
+pub fn quic_server_id(payload: &[u8; 10]) -> Option<u16> {
+    let first = payload[0];
+    let cid = if first & 0x80 != 0 {
+        // Long header: type bits 5-4; 0 = Initial, 1 = 0-RTT.
+        if (first >> 4) & 0x3 < 2 || payload[5] < 3 {
+            return None;
+        }
+        [payload[6], payload[7], payload[8]]
+    } else if first & 0x40 != 0 {
+        [payload[1], payload[2], payload[3]]
+    } else {
+        return None;
+    };
+    if cid[0] >> 6 != 1 {
+        return None;
+    }
+    let id = (u16::from(cid[0] & 0x3f) << 10) | (u16::from(cid[1]) << 2) | u16::from(cid[2] >> 6);
+    (id != 0).then_some(id)
 }
 
 /// Per-CPU array of [`crate::ActionCounter`] by [`DecapOutcome`]: the
@@ -215,11 +319,15 @@ pub enum DecapOutcome {
     Ipv6InIpv6 = 4,
     /// The frame could not be shrunk: dropped.
     Failed = 5,
+    /// GUE (UDP to [`GUE_PORT`]) carrying IPv4, over IPv4 or IPv6.
+    GueIpv4 = 6,
+    /// GUE carrying IPv6.
+    GueIpv6 = 7,
 }
 
 impl DecapOutcome {
     /// Entries of [`DECAP_OUTCOMES`].
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
 }
 
 /// The flow hash of a frame's addresses, ports and protocol, the same in
@@ -261,6 +369,7 @@ mod pod {
     unsafe impl aya::Pod for super::VipRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::MemberKey {}
+    unsafe impl aya::Pod for super::GuardWindow {}
 }
 
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
@@ -268,6 +377,7 @@ const _: () = assert!(core::mem::size_of::<Vip>() == 16);
 const _: () = assert!(core::mem::size_of::<Real>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowReal>() == 8);
-const _: () = assert!(core::mem::size_of::<LbConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<GuardWindow>() == 16);
 const _: () = assert!(core::mem::size_of::<VipRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<MemberKey>() == 8);

@@ -63,6 +63,17 @@ pub fn name(index: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The MAC address of interface `name` (from sysfs, as seen by the
+/// calling process's network namespace).
+pub fn mac(name: &str) -> Result<[u8; 6]> {
+    index(name)?;
+    let path = format!("/sys/class/net/{name}/address");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Internal(format!("reading {path}: {e}")))?;
+    parse_mac(text.trim())
+        .ok_or_else(|| Error::Internal(format!("{path} holds no MAC address: {text:?}")))
+}
+
 /// A MAC address written as six two-digit hex bytes separated by `:` or `-`
 /// (`02:00:00:00:00:01`).
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {

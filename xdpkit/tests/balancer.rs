@@ -23,7 +23,9 @@ use xdpkit::{
     testrun::Alone,
     XdpAction,
 };
-use xdpkit_common::balancer::{LbConfig, LbOutcome, PROTO_TCP, PROTO_UDP};
+use xdpkit_common::balancer::{
+    LbConfig, LbOutcome, ENCAP_GUE, GUE_PORT, PROTO_TCP, PROTO_UDP, VIP_QUIC,
+};
 use xdpkit_lab::lab::require_root;
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -31,11 +33,11 @@ const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
 fn config() -> LbConfig {
     LbConfig {
-        gateway: [0; 6],
-        pad: 0,
         src4: u32::from_ne_bytes([198, 19, 0, 0]),
         src4_bits: 16,
         src6: [0x20, 0x01, 0x0d, 0xb8, 0xff, 0, 0, 0],
+        gue_port: GUE_PORT,
+        ..LbConfig::default()
     }
 }
 
@@ -79,7 +81,12 @@ fn tcp6(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, syn: bool) -> Vec<u8> 
 
 /// A balancer with `vips` in its maps, and the tables written.
 fn balancer(vips: &[VipSpec]) -> (Alone, Tables) {
-    let t = tables::build(config(), vips).unwrap();
+    balancer_with(config(), vips)
+}
+
+/// [`balancer`] with settings `cfg`.
+fn balancer_with(cfg: LbConfig, vips: &[VipSpec]) -> (Alone, Tables) {
+    let t = tables::build(cfg, vips).unwrap();
     let mut alone = Alone::new(&Balancer).unwrap();
     write_tables(alone.maps(), &t).unwrap();
     (alone, t)
@@ -340,8 +347,19 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
             any::<bool>(),
             any::<bool>(),
             0usize..80,
+            // Payload: length, DF, a QUIC header's first byte and server id.
+            (0usize..1500, any::<bool>(), any::<u8>(), 0u16..8),
         ),
         150..250,
+    );
+    // Settings: GUE or IP, the path's MTU (0: unchecked), two-interface
+    // mode, and which QUIC server ids name which real.
+    let settings = (
+        any::<bool>(),
+        prop_oneof![Just(0u16), 600u16..1600],
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec((1u16..8, 0u32..20), 0..6),
     );
     // At least 100,000 frames in all (the floor for a CI run).
     let mut runner = TestRunner::new(Config {
@@ -350,13 +368,14 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
     });
     let frames_run = std::cell::Cell::new(0usize);
     runner
-        .run(&(vip_set, frames), |(vips, frames)| {
+        .run(&(vip_set, frames, settings), |(vips, frames, settings)| {
+            let (gue, mtu, egress, quic, ids) = settings;
             let specs: Vec<VipSpec> = vips
                 .iter()
                 .map(|(v6, host, proto, port, reals)| VipSpec {
                     key: tables::vip_key(addr(*v6, 1, *host), *port, *proto),
                     ring: 251,
-                    flags: 0,
+                    flags: if quic { VIP_QUIC } else { 0 },
                     reals: reals
                         .iter()
                         .map(|(rv6, h, w)| RealSpec {
@@ -366,9 +385,26 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
                         .collect(),
                 })
                 .collect();
-            let (mut alone, t) = balancer(&specs);
+            let mut cfg = config();
+            if gue {
+                cfg.encap = ENCAP_GUE;
+            }
+            cfg.mtu = mtu;
+            if egress {
+                cfg.egress = 1;
+                cfg.egress_mac = [0x02, 0, 0, 0, 0, 0x09];
+                cfg.gateway = [0x02, 0, 0, 0, 0, 0x0a];
+            }
+            let mut t = tables::build(cfg, &specs).unwrap();
+            t.quic_ids = ids.into_iter().collect();
+            let mut alone = Alone::new(&Balancer).unwrap();
+            write_tables(alone.maps(), &t).unwrap();
+            if egress {
+                // Any interface: test_run returns XDP_REDIRECT, sends nothing.
+                xdpkit::object::set_devmap(alone.maps(), "LB_EGRESS", 0, 1).unwrap();
+            }
             let mut flows = Flows::new();
-            for (v6, host, port, sport, tcp, syn, cut) in frames {
+            for (v6, host, port, sport, tcp, syn, cut, (len, df, first, id)) in frames {
                 let dst = addr(v6, 1, host);
                 let src = addr(v6, 0, 5);
                 let mut f = Vec::new();
@@ -378,12 +414,26 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
                     (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
                     _ => unreachable!(),
                 };
+                // A QUIC-like payload: the first byte, a version, and a
+                // connection id naming server id `id` (Katran's version 1).
+                let mut payload = vec![0u8; len.max(10)];
+                payload[0] = first;
+                let cid = [0x40 | (id >> 10) as u8, (id >> 2) as u8, (id << 6) as u8];
+                if first & 0x80 != 0 {
+                    payload[5] = 8;
+                    payload[6..9].copy_from_slice(&cid);
+                } else {
+                    payload[1..4].copy_from_slice(&cid);
+                }
                 if tcp {
                     let b = b.tcp(sport, port, 1, 1000);
                     let b = if syn { b.syn() } else { b.ack(1) };
-                    b.write(&mut f, &[1, 2, 3]).unwrap();
+                    b.write(&mut f, &payload).unwrap();
                 } else {
-                    b.udp(sport, port).write(&mut f, &[1, 2, 3]).unwrap();
+                    b.udp(sport, port).write(&mut f, &payload).unwrap();
+                }
+                if df && !v6 {
+                    f[20] |= 0x40;
                 }
                 // Sometimes cut short (the kernel wants at least 14 bytes).
                 if cut < 20 {
@@ -397,4 +447,272 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
         .unwrap();
     eprintln!("kernel and model agreed on {} frames", frames_run.get());
     assert!(frames_run.get() >= 100_000, "{} frames", frames_run.get());
+}
+
+/// GUE: an outer IP and UDP header (to the GUE port, source port from the
+/// flow hash) that `decap` takes off again, giving back the client's packet.
+#[test]
+fn gue_encapsulation_round_trips_through_decap() {
+    if !require_root("gue_encapsulation_round_trips_through_decap") {
+        return;
+    }
+    let mut cfg = config();
+    cfg.encap = ENCAP_GUE;
+    let (mut alone, t) = balancer_with(
+        cfg,
+        &[
+            vip("198.18.1.10", 53, PROTO_UDP, &[("198.18.2.1", 1)]),
+            vip("2001:db8:1::10", 443, PROTO_TCP, &[("2001:db8:2::1", 1)]),
+        ],
+    );
+    let mut decap = Alone::new(&Decap).unwrap();
+    let mut flows = Flows::new();
+    let frames = [
+        udp4([198, 18, 0, 5], [198, 18, 1, 10], 40000, 53),
+        tcp6(
+            "2001:db8::5".parse().unwrap(),
+            "2001:db8:1::10".parse().unwrap(),
+            40000,
+            443,
+            true,
+        ),
+    ];
+    for frame in frames {
+        let (v, sent) = check(&mut alone, &t, &mut flows, &frame);
+        assert_eq!(v, XdpAction::Tx);
+        let outer = SlicedPacket::from_ethernet(&sent).unwrap();
+        let Some(etherparse::TransportSlice::Udp(udp)) = outer.transport else {
+            panic!("a UDP header after the outer IP header: {sent:02x?}")
+        };
+        assert_eq!(udp.destination_port(), GUE_PORT);
+        assert!(udp.source_port() >= 0x8000, "a source port from the hash");
+        assert_eq!(usize::from(udp.length()), frame.len() - 14 + 8);
+        let got = decap.run(&sent, 1).unwrap();
+        assert_eq!(got.verdict, Some(XdpAction::Pass));
+        assert_eq!(got.output, Decap.model(&sent, &toml::Table::new()).output);
+        assert_eq!(&got.output[12..], &frame[12..], "the client's packet");
+    }
+}
+
+/// A frame that would exceed the path's MTU once encapsulated gets ICMP
+/// "too big" back, from the VIP, saying how much fits, with valid
+/// checksums (etherparse checks them); IPv4 without DF is dropped.
+#[test]
+fn frames_too_big_for_the_path_get_icmp_too_big() {
+    if !require_root("frames_too_big_for_the_path_get_icmp_too_big") {
+        return;
+    }
+    let mut cfg = config();
+    cfg.mtu = 1500;
+    let (mut alone, t) = balancer_with(
+        cfg,
+        &[
+            vip("198.18.1.10", 80, PROTO_TCP, &[("198.18.2.1", 1)]),
+            vip("2001:db8:1::10", 443, PROTO_TCP, &[("2001:db8:2::1", 1)]),
+        ],
+    );
+    let mut flows = Flows::new();
+    let big4 = |df: bool, len: usize| {
+        let mut f = Vec::new();
+        let mut ip = etherparse::Ipv4Header::new(
+            0,
+            64,
+            etherparse::IpNumber::TCP,
+            [198, 18, 0, 5],
+            [198, 18, 1, 10],
+        )
+        .unwrap();
+        ip.dont_fragment = df;
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(40000, 80, 1, 65535)
+            .ack(1)
+            .write(&mut f, &vec![7; len])
+            .unwrap();
+        f
+    };
+    // 1480 bytes of IP packet fit with 20 of IPIP; 1481 do not.
+    let (v, _) = check(&mut alone, &t, &mut flows, &big4(true, 1480 - 40));
+    assert_eq!(v, XdpAction::Tx);
+    let frame = big4(true, 1481 - 40);
+    let (v, reply) = check(&mut alone, &t, &mut flows, &frame);
+    assert_eq!(v, XdpAction::Tx);
+    let p = SlicedPacket::from_ethernet(&reply).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("IPv4: {reply:02x?}")
+    };
+    assert_eq!(ip.header().source(), [198, 18, 1, 10], "from the VIP");
+    assert_eq!(ip.header().destination(), [198, 18, 0, 5], "to the client");
+    let h = ip.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum());
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("ICMP: {reply:02x?}")
+    };
+    assert_eq!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1480 }
+        )
+    );
+    assert_eq!(
+        icmp.checksum(),
+        icmp.header().icmp_type.calc_checksum(icmp.payload())
+    );
+    assert_eq!(
+        icmp.payload(),
+        &frame[14..14 + 28],
+        "the IP header and 8 bytes"
+    );
+    assert_eq!(&reply[..6], &CLIENT_MAC, "back to the sender");
+    // Without DF: dropped (XDP cannot fragment).
+    let (v, _) = check(&mut alone, &t, &mut flows, &big4(false, 1481 - 40));
+    assert_eq!(v, XdpAction::Drop);
+
+    // IPv6: 1460 bytes fit with 40 of ip6ip6.
+    let big6 = |len: usize| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv6(
+                "2001:db8::5"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+                "2001:db8:1::10"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+                64,
+            )
+            .tcp(40000, 443, 1, 65535)
+            .ack(1)
+            .write(&mut f, &vec![7; len])
+            .unwrap();
+        f
+    };
+    let (v, _) = check(&mut alone, &t, &mut flows, &big6(1460 - 60));
+    assert_eq!(v, XdpAction::Tx);
+    let frame = big6(1461 - 60);
+    let (v, reply) = check(&mut alone, &t, &mut flows, &frame);
+    assert_eq!(v, XdpAction::Tx);
+    let p = SlicedPacket::from_ethernet(&reply).unwrap();
+    let Some(NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("IPv6: {reply:02x?}")
+    };
+    let (src, dst) = (ip.header().source(), ip.header().destination());
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = p.transport else {
+        panic!("ICMPv6: {reply:02x?}")
+    };
+    assert_eq!(
+        icmp.icmp_type(),
+        etherparse::Icmpv6Type::PacketTooBig { mtu: 1460 }
+    );
+    assert_eq!(
+        icmp.checksum(),
+        icmp.header()
+            .icmp_type
+            .calc_checksum(src, dst, icmp.payload())
+            .unwrap()
+    );
+    assert_eq!(icmp.payload(), &frame[14..14 + 48]);
+}
+
+/// Above the new-flow guard's rate new flows are balanced by the ring but
+/// not remembered: the flow table stops growing, established flows stay.
+#[test]
+fn the_new_flow_guard_stops_remembering_flows() {
+    if !require_root("the_new_flow_guard_stops_remembering_flows") {
+        return;
+    }
+    let mut cfg = config();
+    cfg.new_per_cpu = 10;
+    let (mut alone, t) = balancer_with(
+        cfg,
+        &[vip(
+            "198.18.1.10",
+            53,
+            PROTO_UDP,
+            &[("198.18.2.1", 1), ("198.18.2.2", 1)],
+        )],
+    );
+    // One CPU runs all the frames: test_run stays on the calling thread's.
+    let mut flows = Flows::new();
+    let mut room = Some(10u64);
+    let mut guarded = 0;
+    for sport in 1000..1030 {
+        let frame = udp4([198, 18, 0, 5], [198, 18, 1, 10], sport, 53);
+        let got = alone.run(&frame, 1).unwrap();
+        let want =
+            xdpkit::programs::balancer::model::decide_guarded(&t, &mut flows, &mut room, &frame);
+        assert_eq!(got.output, want.outcome.output);
+        if want.how == LbOutcome::Guarded {
+            guarded += 1;
+        }
+    }
+    assert_eq!(guarded, 20, "10 remembered, 20 not");
+    assert_eq!(flows.len(), 10);
+    let remembered = xdpkit::maps::batch::dump::<
+        xdpkit_common::balancer::FlowKey,
+        xdpkit_common::balancer::FlowReal,
+    >(alone.maps(), "LB_FLOWS", usize::MAX)
+    .unwrap();
+    assert_eq!(remembered.len(), 10, "the kernel's table holds 10 flows");
+}
+
+/// A QUIC VIP sends a packet whose connection id names a known server id
+/// to that real, whatever the ring says; Initial packets and unknown ids
+/// go by the ring.
+#[test]
+fn quic_packets_go_to_the_real_their_connection_id_names() {
+    if !require_root("quic_packets_go_to_the_real_their_connection_id_names") {
+        return;
+    }
+    let mut spec = vip(
+        "198.18.1.10",
+        443,
+        PROTO_UDP,
+        &[("198.18.2.1", 1), ("198.18.2.2", 1), ("198.18.2.3", 1)],
+    );
+    spec.flags = VIP_QUIC;
+    let mut t = tables::build(config(), &[spec]).unwrap();
+    // Server id 1025 is the real at index 2 (198.18.2.3).
+    t.quic_ids = [(1025u16, 2u32)].into_iter().collect();
+    let mut alone = Alone::new(&Balancer).unwrap();
+    write_tables(alone.maps(), &t).unwrap();
+    let mut flows = Flows::new();
+    let quic = |sport: u16, first: u8, id: u16| {
+        let mut payload = vec![0u8; 40];
+        payload[0] = first;
+        let cid = [0x40 | (id >> 10) as u8, (id >> 2) as u8, (id << 6) as u8];
+        if first & 0x80 != 0 {
+            payload[5] = 8;
+            payload[6..9].copy_from_slice(&cid);
+        } else {
+            payload[1..4].copy_from_slice(&cid);
+        }
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4([198, 18, 0, 5], [198, 18, 1, 10], 64)
+            .udp(sport, 443)
+            .write(&mut f, &payload)
+            .unwrap();
+        f
+    };
+    let outer_dst = |sent: &[u8]| [sent[30], sent[31], sent[32], sent[33]];
+    for sport in 1000..1040 {
+        // Short header naming 1025: always the third real.
+        let (_, sent) = check(&mut alone, &t, &mut flows, &quic(sport, 0x40, 1025));
+        assert_eq!(outer_dst(&sent), [198, 18, 2, 3]);
+        // A Handshake (long header, type 2) too.
+        let (_, sent) = check(&mut alone, &t, &mut flows, &quic(sport, 0xe0, 1025));
+        assert_eq!(outer_dst(&sent), [198, 18, 2, 3]);
+    }
+    // Initial packets and an unknown id go by the ring: all three reals.
+    let mut seen = std::collections::HashSet::new();
+    for sport in 2000..2060 {
+        let (_, sent) = check(&mut alone, &t, &mut flows, &quic(sport, 0xc0, 1025));
+        seen.insert(outer_dst(&sent));
+        let (_, sent) = check(&mut alone, &t, &mut flows, &quic(sport + 100, 0x40, 7));
+        seen.insert(outer_dst(&sent));
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }

@@ -1,22 +1,25 @@
 //! The `balancer` program: an L4 load balancer (see docs/balancer.md and
 //! `xdpkit_common::balancer`). A TCP or UDP frame to a VIP goes to a real
 //! chosen by the flow table or the VIP's Maglev ring, encapsulated toward
-//! it (IPIP, IPv4 in IPv6, ip6ip6) and sent back out of the interface
-//! (`XDP_TX`); every other frame goes on down the chain.
+//! it (IPIP, IPv4 in IPv6, ip6ip6, or GUE) and sent back out of the
+//! interface (`XDP_TX`) or out of a second one (`XDP_REDIRECT`); one that
+//! would exceed the path's MTU once encapsulated is answered with ICMP
+//! "too big"; every other frame goes on down the chain.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::bpf_xdp_adjust_head,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use xdpkit_common::{
     balancer::{
-        flow_hash, FlowKey, FlowReal, LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord,
-        LB_MAX_FLOWS, LB_MAX_MEMBERS, LB_MAX_REALS, LB_MAX_VIPS, LB_NO_REAL, LB_RING_SLOTS,
-        PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS,
+        encap_overhead, flow_hash, quic_server_id, FlowKey, FlowReal, GuardWindow, LbConfig,
+        LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, ENCAP_GUE, LB_MAX_FLOWS,
+        LB_MAX_MEMBERS, LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS, LB_NO_REAL, LB_RING_SLOTS,
+        PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS, VIP_QUIC,
     },
     ActionCounter, XdpAction,
 };
@@ -49,13 +52,24 @@ static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 static VIP_RECORDS: Array<VipRecord> = Array::with_max_entries(LB_MAX_VIPS, 0);
 #[map(name = "LB_MEMBERS")]
 static MEMBERS: HashMap<MemberKey, u32> = HashMap::with_max_entries(LB_MAX_MEMBERS, 0);
+#[map(name = "LB_EGRESS")]
+static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
+#[map(name = "LB_GUARD")]
+static GUARD: PerCpuArray<GuardWindow> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "LB_VIP_NEW")]
+static VIP_NEW: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(LB_MAX_VIPS, 0);
+#[map(name = "LB_QUIC_IDS")]
+static QUIC_IDS: Array<u32> = Array::with_max_entries(LB_MAX_QUIC_IDS, 0);
 
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_IPV6: u8 = 41;
+const IPPROTO_UDP: u8 = 17;
+const UDP_HLEN: usize = 8;
 const OUTER_TTL: u8 = 64;
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// What the balancer reads of a frame.
 struct Frame {
@@ -67,6 +81,10 @@ struct Frame {
     ip_len: u16,
     /// IPv4 TOS or IPv6 traffic class, copied to the outer header.
     tos: u8,
+    /// IPv4 "don't fragment" (always true of IPv6).
+    df: bool,
+    /// Offset of the TCP or UDP header.
+    l4: usize,
 }
 
 #[xdp]
@@ -91,20 +109,30 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     let (src, dst) = (halves(&frame.key.src), halves(&frame.key.dst));
     let ports = (u32::from(frame.key.sport) << 16) | u32::from(frame.key.dport);
     let hash = flow_hash(src, dst, ports, frame.key.proto);
+    // By reference: a copy would take stack the calls below need.
+    let Some(cfg) = CONFIG.get(0) else {
+        return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
+    };
     let use_flows = vip.flags & VIP_NO_FLOWS == 0;
+    let quic = if vip.flags & VIP_QUIC != 0 && frame.key.proto == PROTO_UDP {
+        quic_real(&ctx, &frame)
+    } else {
+        None
+    };
     // A flow whose real has since been removed chooses again.
-    let known = if use_flows && !frame.syn {
+    let known = if quic.is_some() || !use_flows || frame.syn {
+        None
+    } else {
         // SAFETY: as above.
         match unsafe { FLOWS.get(&frame.key) } {
             Some(f) if f.vip == vip.id => real_at(f.real).map(|r| (f.real, r)),
             _ => None,
         }
-    } else {
-        None
     };
-    let (index, real, outcome) = match known {
-        Some((index, real)) => (index, real, LbOutcome::FlowHit),
-        None => {
+    let (index, real, outcome) = match (quic, known) {
+        (Some((index, real)), _) => (index, real, LbOutcome::QuicRouted),
+        (None, Some((index, real))) => (index, real, LbOutcome::FlowHit),
+        (None, None) => {
             if vip.ring_size == 0 {
                 return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             }
@@ -116,25 +144,75 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
             let Some(real) = real_at(index) else {
                 return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             };
+            add(&VIP_NEW, vip.id, len);
+            let mut outcome = LbOutcome::FlowMiss;
             if use_flows {
-                let entry = FlowReal {
-                    real: index,
-                    vip: vip.id,
-                };
-                // A full table evicts its least recently used entry.
-                let _ = FLOWS.insert(&frame.key, &entry, 0);
+                if guard_allows(cfg.new_per_cpu) {
+                    let entry = FlowReal {
+                        real: index,
+                        vip: vip.id,
+                    };
+                    // A full table evicts its least recently used entry.
+                    let _ = FLOWS.insert(&frame.key, &entry, 0);
+                } else {
+                    outcome = LbOutcome::Guarded;
+                }
             }
-            (index, real, LbOutcome::FlowMiss)
+            (index, real, outcome)
         }
     };
-    let Some(cfg) = CONFIG.get(0).copied() else {
-        return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
-    };
-    if !encapsulate(&ctx, &frame, &real, &cfg, hash) {
+    let overhead = encap_overhead(cfg.encap, real.v6 != 0);
+    if cfg.mtu != 0 && u32::from(frame.ip_len) + u32::from(overhead) > u32::from(cfg.mtu) {
+        // Without DF an IPv4 packet would be fragmented, which XDP cannot.
+        let sent = frame.df && too_big(&ctx, &frame, cfg.mtu.saturating_sub(overhead));
+        let action = if sent { XdpAction::Tx } else { XdpAction::Drop };
+        return verdict(&ctx, LbOutcome::TooBig, action, len);
+    }
+    if !encapsulate(&ctx, &frame, &real, cfg, hash) {
         return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
     }
     add(&REAL_STATS, index, len);
-    verdict(&ctx, outcome, XdpAction::Tx, len)
+    if cfg.egress == 0 {
+        return verdict(&ctx, outcome, XdpAction::Tx, len);
+    }
+    match EGRESS.redirect(0, 0) {
+        Ok(_) => verdict(&ctx, outcome, XdpAction::Redirect, len),
+        Err(_) => verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len),
+    }
+}
+
+/// The real a QUIC packet's connection id names, if any and in use.
+#[inline(always)]
+fn quic_real(ctx: &XdpContext, frame: &Frame) -> Option<(u32, Real)> {
+    let payload = at::<10>(ctx, frame.l4 + UDP_HLEN)?;
+    let id = quic_server_id(payload)?;
+    let slot = *QUIC_IDS.get(u32::from(id))?;
+    let index = slot.checked_sub(1)?;
+    real_at(index).map(|r| (index, r))
+}
+
+/// Whether this CPU may add one more flow-table entry this second.
+#[inline(always)]
+fn guard_allows(limit: u32) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    let Some(w) = GUARD.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's own entry; a program runs on one CPU at a time.
+    let w = unsafe { &mut *w };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(w.start_ns) >= NS_PER_SEC {
+        w.start_ns = now;
+        w.added = 0;
+    }
+    if w.added >= u64::from(limit) {
+        return false;
+    }
+    w.added += 1;
+    true
 }
 
 /// The real at `index`, if the slot holds one: read once per frame.
@@ -177,16 +255,18 @@ fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
 /// header. Anything else is not balanced.
 #[inline(always)]
 fn parse(ctx: &XdpContext) -> Option<Frame> {
-    let eth = bytes::<ETH_HLEN>(ctx, 0)?;
+    let eth = at::<ETH_HLEN>(ctx, 0)?;
     let mut key = FlowKey::default();
+    let mut df = true;
     let (l4, ip_len, tos) = match u16::from_be_bytes([eth[12], eth[13]]) {
         0x0800 => {
-            let ip = bytes::<IPV4_HLEN>(ctx, ETH_HLEN)?;
+            let ip = at::<IPV4_HLEN>(ctx, ETH_HLEN)?;
             // Options, or a fragment (more fragments, or an offset).
             if ip[0] != 0x45 || (u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff) != 0 {
                 return None;
             }
             key.proto = ip[9];
+            df = ip[6] & 0x40 != 0;
             key.src[..4].copy_from_slice(&ip[12..16]);
             key.dst[..4].copy_from_slice(&ip[16..20]);
             (
@@ -196,7 +276,7 @@ fn parse(ctx: &XdpContext) -> Option<Frame> {
             )
         }
         0x86dd => {
-            let ip = bytes::<IPV6_HLEN>(ctx, ETH_HLEN)?;
+            let ip = at::<IPV6_HLEN>(ctx, ETH_HLEN)?;
             key.proto = ip[6];
             key.v6 = 1;
             key.src.copy_from_slice(&ip[8..24]);
@@ -213,14 +293,14 @@ fn parse(ctx: &XdpContext) -> Option<Frame> {
     let mut syn = false;
     match key.proto {
         PROTO_TCP => {
-            let tcp = bytes::<20>(ctx, l4)?;
+            let tcp = at::<20>(ctx, l4)?;
             key.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
             key.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
             // SYN set, ACK clear.
             syn = tcp[13] & 0x12 == 0x02;
         }
         PROTO_UDP => {
-            let udp = bytes::<8>(ctx, l4)?;
+            let udp = at::<8>(ctx, l4)?;
             key.sport = u16::from_ne_bytes([udp[0], udp[1]]);
             key.dport = u16::from_ne_bytes([udp[2], udp[3]]);
         }
@@ -231,15 +311,47 @@ fn parse(ctx: &XdpContext) -> Option<Frame> {
         syn,
         ip_len,
         tos,
+        df,
+        l4,
     })
 }
 
-/// Puts an outer IP header toward `real` in front of the frame's IP
-/// packet and a new Ethernet header in front of that: to the gateway (or
-/// back to the frame's sender), from the interface's own address (the
-/// frame's destination MAC). False if the frame cannot grow.
+/// Puts an outer header toward `real` (IP, or IP + UDP for GUE) in front
+/// of the frame's IP packet and a new Ethernet header in front of that: to
+/// the gateway (or back to the frame's sender), from the interface's own
+/// address. False if the frame cannot grow or the lengths overflow.
 #[inline(always)]
 fn encapsulate(ctx: &XdpContext, f: &Frame, real: &Real, cfg: &LbConfig, hash: u32) -> bool {
+    const V4: usize = ETH_HLEN + IPV4_HLEN;
+    const V6: usize = ETH_HLEN + IPV6_HLEN;
+    match (real.v6 != 0, cfg.encap == ENCAP_GUE) {
+        (false, false) => push::<V4>(ctx, f, real, cfg, hash),
+        (false, true) => push::<{ V4 + UDP_HLEN }>(ctx, f, real, cfg, hash),
+        (true, false) => push::<V6>(ctx, f, real, cfg, hash),
+        (true, true) => push::<{ V6 + UDP_HLEN }>(ctx, f, real, cfg, hash),
+    }
+}
+
+/// [`encapsulate`] with `N` bytes of new headers: Ethernet, IPv4 or IPv6
+/// by `N`, and UDP when `N` has room for it.
+#[inline(always)]
+fn push<const N: usize>(
+    ctx: &XdpContext,
+    f: &Frame,
+    real: &Real,
+    cfg: &LbConfig,
+    hash: u32,
+) -> bool {
+    let v6 = N >= ETH_HLEN + IPV6_HLEN;
+    let ip_hlen = if v6 { IPV6_HLEN } else { IPV4_HLEN };
+    let udp = N == ETH_HLEN + ip_hlen + UDP_HLEN;
+    let Some(l4_len) = f.ip_len.checked_add(if udp { UDP_HLEN as u16 } else { 0 }) else {
+        return false;
+    };
+    // IPv4's total length counts its header; IPv6's payload length does not.
+    let Some(ip_len) = l4_len.checked_add(if v6 { 0 } else { IPV4_HLEN as u16 }) else {
+        return false;
+    };
     let Some(eth) = bytes::<ETH_HLEN>(ctx, 0) else {
         return false;
     };
@@ -247,22 +359,29 @@ fn encapsulate(ctx: &XdpContext, f: &Frame, real: &Real, cfg: &LbConfig, hash: u
     if dmac == [0; 6] {
         dmac.copy_from_slice(&eth[6..12]);
     }
-    let mut smac = [0u8; 6];
-    smac.copy_from_slice(&eth[..6]);
-    let inner = if f.key.v6 != 0 {
+    let mut smac = cfg.egress_mac;
+    if cfg.egress == 0 {
+        smac.copy_from_slice(&eth[..6]);
+    }
+    let proto = if udp {
+        IPPROTO_UDP
+    } else if f.key.v6 != 0 {
         IPPROTO_IPV6
     } else {
         IPPROTO_IPIP
     };
-    if real.v6 != 0 {
-        let payload = f.ip_len;
-        // SAFETY: a helper on this program's context.
-        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_HLEN as i32)) } != 0 {
-            return false;
-        }
-        let mut h = [0u8; ETH_HLEN + IPV6_HLEN];
-        h[..6].copy_from_slice(&dmac);
-        h[6..12].copy_from_slice(&smac);
+    // SAFETY: a helper on this program's context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -((N - ETH_HLEN) as i32)) } != 0 {
+        return false;
+    }
+    // Written in place: a header on the stack would not fit beside the
+    // caller's frame (512 bytes for the call chain).
+    let Some(h) = head::<N>(ctx) else {
+        return false;
+    };
+    h[..6].copy_from_slice(&dmac);
+    h[6..12].copy_from_slice(&smac);
+    if v6 {
         h[12] = 0x86;
         h[13] = 0xdd;
         let label = hash & 0xf_ffff;
@@ -270,30 +389,23 @@ fn encapsulate(ctx: &XdpContext, f: &Frame, real: &Real, cfg: &LbConfig, hash: u
         h[15] = (f.tos << 4) | ((label >> 16) as u8 & 0x0f);
         h[16] = (label >> 8) as u8;
         h[17] = label as u8;
-        h[18..20].copy_from_slice(&payload.to_be_bytes());
-        h[20] = inner;
+        h[18..20].copy_from_slice(&ip_len.to_be_bytes());
+        h[20] = proto;
         h[21] = OUTER_TTL;
         h[22..30].copy_from_slice(&cfg.src6);
+        h[30..34].fill(0);
         h[34..38].copy_from_slice(&hash.to_be_bytes());
         h[38..54].copy_from_slice(&real.addr);
-        write(ctx, &h)
     } else {
-        let Some(total) = f.ip_len.checked_add(IPV4_HLEN as u16) else {
-            return false;
-        };
-        // SAFETY: a helper on this program's context.
-        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
-            return false;
-        }
-        let mut h = [0u8; ETH_HLEN + IPV4_HLEN];
-        h[..6].copy_from_slice(&dmac);
-        h[6..12].copy_from_slice(&smac);
         h[12] = 0x08;
+        h[13] = 0;
         h[14] = 0x45;
         h[15] = f.tos;
-        h[16..18].copy_from_slice(&total.to_be_bytes());
+        h[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        h[18..22].fill(0);
         h[22] = OUTER_TTL;
-        h[23] = inner;
+        h[23] = proto;
+        h[24..26].fill(0);
         let bits = cfg.src4_bits.min(16);
         let host = if bits == 0 {
             0
@@ -303,32 +415,175 @@ fn encapsulate(ctx: &XdpContext, f: &Frame, real: &Real, cfg: &LbConfig, hash: u
         let src = u32::from_be_bytes(cfg.src4.to_ne_bytes()) | host;
         h[26..30].copy_from_slice(&src.to_be_bytes());
         h[30..34].copy_from_slice(&real.addr[..4]);
-        let sum = ipv4_checksum(&h[14..34]);
+        let sum = checksum(&h[14..34], 0);
         h[24..26].copy_from_slice(&sum.to_be_bytes());
-        write(ctx, &h)
     }
+    if udp {
+        let u = ETH_HLEN + ip_hlen;
+        // The flow hash as source port: the reals' RSS spreads flows.
+        let sport = 0x8000 | (hash as u16 & 0x7fff);
+        h[u..u + 2].copy_from_slice(&sport.to_be_bytes());
+        h[u + 2..u + 4].copy_from_slice(&cfg.gue_port.to_be_bytes());
+        h[u + 4..u + 6].copy_from_slice(&l4_len.to_be_bytes());
+        // Checksum 0: none (RFC 6935 allows it for tunnels over IPv6 too).
+        h[u + 6..u + 8].fill(0);
+    }
+    true
 }
 
-/// The IPv4 header checksum of `header` (its checksum field zero).
+/// `N` bytes of the frame at `off`, read in place (no copy on the stack),
+/// if it has them.
 #[inline(always)]
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for i in 0..IPV4_HLEN / 2 {
-        sum += u32::from(u16::from_be_bytes([header[2 * i], header[2 * i + 1]]));
+fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<&[u8; N]> {
+    let start = ctx.data();
+    if start + off + N > ctx.data_end() {
+        return None;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    // SAFETY: `N` bytes at `start + off` lie in the frame (checked above).
+    Some(unsafe { &*((start + off) as *const [u8; N]) })
 }
 
-/// Writes `h` at the start of the frame.
+/// The frame's first `N` bytes, to write in place, if it has them.
 #[inline(always)]
-fn write<const N: usize>(ctx: &XdpContext, h: &[u8; N]) -> bool {
+fn head<const N: usize>(ctx: &XdpContext) -> Option<&mut [u8; N]> {
     let start = ctx.data();
     if start + N > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: `N` bytes at `start` lie in the frame (checked above), and
+    // nothing else refers to them while the program writes.
+    Some(unsafe { &mut *(start as *mut [u8; N]) })
+}
+
+/// The reply to a frame too big for the path once encapsulated, which
+/// fits `mtu` bytes unencapsulated: ICMP fragmentation needed (IPv4) or
+/// packet too big (IPv6) from the VIP to the client, carrying the frame's
+/// IP header and 8 bytes of what follows, sent back where it came from.
+/// False if the frame could not be reshaped.
+#[inline(always)]
+fn too_big(ctx: &XdpContext, f: &Frame, mtu: u16) -> bool {
+    if f.key.v6 != 0 {
+        too_big_v6(ctx, mtu)
+    } else {
+        too_big_v4(ctx, mtu)
+    }
+}
+
+// The reply is built around the frame's own IP header: the head grows by
+// the new IP and ICMP headers, which puts the frame's IP header right where
+// the ICMP message quotes it, and the tail is cut after 8 bytes of it.
+
+#[inline(always)]
+fn too_big_v4(ctx: &XdpContext, mtu: u16) -> bool {
+    const ICMP: usize = ETH_HLEN + IPV4_HLEN;
+    const QUOTE: usize = IPV4_HLEN + 8;
+    let grow = IPV4_HLEN + 8;
+    // SAFETY: a helper on this program's context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0
+        || !resize(ctx, ICMP + 8 + QUOTE)
+    {
         return false;
     }
-    // SAFETY: `N` bytes at `start` lie in the frame (checked above).
-    unsafe { core::ptr::write_unaligned(start as *mut [u8; N], *h) };
+    let Some(h) = head::<{ ICMP + 8 + QUOTE }>(ctx) else {
+        return false;
+    };
+    // The frame's MACs, before the new IP header covers them.
+    let mut macs = [0u8; 12];
+    macs.copy_from_slice(&h[grow..grow + 12]);
+    h[..6].copy_from_slice(&macs[6..]);
+    h[6..12].copy_from_slice(&macs[..6]);
+    h[12] = 0x08;
+    h[13] = 0;
+    h[14] = 0x45;
+    h[15] = 0;
+    h[16..18].copy_from_slice(&((IPV4_HLEN + 8 + QUOTE) as u16).to_be_bytes());
+    h[18..22].fill(0);
+    h[22] = OUTER_TTL;
+    h[23] = 1;
+    h[24..26].fill(0);
+    let q = ICMP + 8;
+    let (src, dst) = (h[q + 12..q + 16].as_ptr(), h[q + 16..q + 20].as_ptr());
+    // SAFETY: 4 bytes each, inside the frame, not overlapping 26..34.
+    unsafe {
+        core::ptr::copy_nonoverlapping(dst, h[26..30].as_mut_ptr(), 4);
+        core::ptr::copy_nonoverlapping(src, h[30..34].as_mut_ptr(), 4);
+    }
+    h[ICMP] = 3;
+    h[ICMP + 1] = 4;
+    h[ICMP + 2..ICMP + 6].fill(0);
+    h[ICMP + 6..ICMP + 8].copy_from_slice(&mtu.to_be_bytes());
+    let sum = checksum(&h[ICMP..], 0);
+    h[ICMP + 2..ICMP + 4].copy_from_slice(&sum.to_be_bytes());
+    let sum = checksum(&h[ETH_HLEN..ICMP], 0);
+    h[24..26].copy_from_slice(&sum.to_be_bytes());
     true
+}
+
+#[inline(always)]
+fn too_big_v6(ctx: &XdpContext, mtu: u16) -> bool {
+    const ICMP: usize = ETH_HLEN + IPV6_HLEN;
+    const QUOTE: usize = IPV6_HLEN + 8;
+    const ICMP_LEN: u16 = (8 + QUOTE) as u16;
+    let grow = IPV6_HLEN + 8;
+    // SAFETY: a helper on this program's context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0
+        || !resize(ctx, ICMP + 8 + QUOTE)
+    {
+        return false;
+    }
+    let Some(h) = head::<{ ICMP + 8 + QUOTE }>(ctx) else {
+        return false;
+    };
+    let mut macs = [0u8; 12];
+    macs.copy_from_slice(&h[grow..grow + 12]);
+    h[..6].copy_from_slice(&macs[6..]);
+    h[6..12].copy_from_slice(&macs[..6]);
+    h[12] = 0x86;
+    h[13] = 0xdd;
+    h[14..18].copy_from_slice(&[0x60, 0, 0, 0]);
+    h[18..20].copy_from_slice(&ICMP_LEN.to_be_bytes());
+    h[20] = 58;
+    h[21] = OUTER_TTL;
+    let q = ICMP + 8;
+    let (src, dst) = (h[q + 8..q + 24].as_ptr(), h[q + 24..q + 40].as_ptr());
+    // SAFETY: 16 bytes each, inside the frame, not overlapping 22..54.
+    unsafe {
+        core::ptr::copy_nonoverlapping(dst, h[22..38].as_mut_ptr(), 16);
+        core::ptr::copy_nonoverlapping(src, h[38..54].as_mut_ptr(), 16);
+    }
+    h[ICMP] = 2;
+    h[ICMP + 1..ICMP + 4].fill(0);
+    h[ICMP + 4..ICMP + 8].copy_from_slice(&u32::from(mtu).to_be_bytes());
+    // The pseudo-header: addresses, upper-layer length, next header.
+    let sum = checksum(&h[22..54], u32::from(ICMP_LEN) + 58);
+    let sum = checksum(&h[ICMP..], u32::from(!sum));
+    h[ICMP + 2..ICMP + 4].copy_from_slice(&sum.to_be_bytes());
+    true
+}
+
+/// Makes the frame exactly `len` bytes long (it is longer).
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: usize) -> bool {
+    let have = ctx.data_end() - ctx.data();
+    if have < len {
+        return false;
+    }
+    // SAFETY: a helper on this program's context.
+    unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((have - len) as i32)) == 0 }
+}
+
+/// The Internet checksum of `bytes` (a multiple of 4 bytes long) added
+/// to `sum`. Words of 4 bytes: half the loads of 2-byte words, and no
+/// unrolled run of loads spilling to the stack.
+#[inline(always)]
+fn checksum(bytes: &[u8], sum: u32) -> u16 {
+    let mut acc = u64::from(sum);
+    for w in bytes.chunks_exact(4) {
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    !(acc as u16)
 }

@@ -1,7 +1,8 @@
 //! The `decap` program, for the reals behind a `balancer`: takes the outer
-//! IP header off IPIP, IPv6-in-IPv4, IPv4-in-IPv6 and ip6ip6 frames and
-//! hands the inner packet on (to the stack, where the VIP sits on `lo`);
-//! any other frame goes on unchanged.
+//! IP header off IPIP, IPv6-in-IPv4, IPv4-in-IPv6 and ip6ip6 frames (and
+//! the outer IP + UDP header off GUE frames to [`GUE_PORT`]) and hands the
+//! inner packet on (to the stack, where the VIP sits on `lo`); any other
+//! frame goes on unchanged.
 #![no_std]
 #![no_main]
 
@@ -11,7 +12,10 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::XdpContext,
 };
-use xdpkit_common::{balancer::DecapOutcome, ActionCounter, XdpAction};
+use xdpkit_common::{
+    balancer::{DecapOutcome, GUE_PORT},
+    ActionCounter, XdpAction,
+};
 use xdpkit_ebpf::{
     chain,
     stats::{add, count},
@@ -23,6 +27,7 @@ xdpkit_ebpf::license!();
 static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(DecapOutcome::COUNT, 0);
 
 const ETH_HLEN: usize = 14;
+const UDP_HLEN: usize = 8;
 
 #[xdp]
 pub fn xdpkit_decap(ctx: XdpContext) -> u32 {
@@ -78,6 +83,7 @@ fn outer_header(ctx: &XdpContext) -> Option<(usize, u16, DecapOutcome)> {
             match h[23] {
                 4 => Some((20, 0x0800, DecapOutcome::Ipv4InIpv4)),
                 41 => Some((20, 0x86dd, DecapOutcome::Ipv6InIpv4)),
+                17 => gue(ctx, 20),
                 _ => None,
             }
         }
@@ -88,9 +94,30 @@ fn outer_header(ctx: &XdpContext) -> Option<(usize, u16, DecapOutcome)> {
             match h[20] {
                 4 => Some((40, 0x0800, DecapOutcome::Ipv4InIpv6)),
                 41 => Some((40, 0x86dd, DecapOutcome::Ipv6InIpv6)),
+                17 => gue(ctx, 40),
                 _ => None,
             }
         }
+        _ => None,
+    }
+}
+
+/// GUE variant 1 after an outer IP header of `ip` bytes: UDP to
+/// [`GUE_PORT`], then an IP packet whose version says which.
+#[inline(always)]
+fn gue(ctx: &XdpContext, ip: usize) -> Option<(usize, u16, DecapOutcome)> {
+    let start = ctx.data() + ETH_HLEN + ip;
+    if start + UDP_HLEN + 1 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: 9 bytes at `start` lie in the frame (checked above).
+    let u = unsafe { core::ptr::read_unaligned(start as *const [u8; UDP_HLEN + 1]) };
+    if u16::from_be_bytes([u[2], u[3]]) != GUE_PORT {
+        return None;
+    }
+    match u[UDP_HLEN] >> 4 {
+        4 => Some((ip + UDP_HLEN, 0x0800, DecapOutcome::GueIpv4)),
+        6 => Some((ip + UDP_HLEN, 0x86dd, DecapOutcome::GueIpv6)),
         _ => None,
     }
 }

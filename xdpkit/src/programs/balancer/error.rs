@@ -55,6 +55,20 @@ pub enum BalancerError {
         /// What it must be.
         why: &'static str,
     },
+    /// Settings that cannot work (two-interface mode without a gateway,
+    /// an MTU below IPv4's minimum, ...).
+    #[error("{0}")]
+    BadSettings(String),
+    /// A real that is no VIP's real (QUIC server ids name reals).
+    #[error(
+        "{real} is not a real of any VIP on '{iface}': add it with `xdpkit lb real add` first"
+    )]
+    UnknownReal {
+        /// The interface.
+        iface: String,
+        /// The real.
+        real: String,
+    },
     /// A ring that cannot be built.
     #[error(transparent)]
     Tables(#[from] TablesError),

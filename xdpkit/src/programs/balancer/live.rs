@@ -9,9 +9,10 @@ use std::{collections::BTreeMap, fs::File, net::IpAddr};
 use serde::Serialize;
 use xdpkit_common::{
     balancer::{
-        LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, LB_CONFIG, LB_MAX_MEMBERS,
-        LB_MAX_REALS, LB_MAX_VIPS, LB_MEMBERS, LB_NO_REAL, LB_OUTCOMES, LB_REALS, LB_REAL_STATS,
-        LB_RING_SLOTS, LB_VIPS, LB_VIP_RECORDS, LB_VIP_STATS,
+        LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, ENCAP_GUE, ENCAP_IP,
+        GUE_PORT, LB_CONFIG, LB_EGRESS, LB_MAX_MEMBERS, LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS,
+        LB_MEMBERS, LB_NO_REAL, LB_OUTCOMES, LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RING_SLOTS,
+        LB_VIPS, LB_VIP_NEW, LB_VIP_RECORDS, LB_VIP_STATS,
     },
     ActionCounter,
 };
@@ -63,6 +64,9 @@ pub struct RealStatus {
     pub packets: u64,
     /// Their bytes.
     pub bytes: u64,
+    /// QUIC server ids that name it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quic_ids: Vec<u16>,
 }
 
 /// One VIP, its reals and counters.
@@ -72,10 +76,14 @@ pub struct VipStatus {
     pub vip: String,
     /// Ring size.
     pub ring: u32,
+    /// Flags (`no-flows`, `quic`).
+    pub flags: Vec<&'static str>,
     /// Frames to it.
     pub packets: u64,
     /// Their bytes.
     pub bytes: u64,
+    /// Frames that missed the flow table: new connections (and SYNs).
+    pub new_flows: u64,
     /// Its reals.
     pub reals: Vec<RealStatus>,
 }
@@ -95,6 +103,140 @@ pub struct BalancerStatus {
     pub no_real: u64,
     /// Frames the balancer handed on (not to a VIP).
     pub not_vip: u64,
+    /// New flows not remembered: above the new-connection guard.
+    pub guarded: u64,
+    /// Frames answered with ICMP "too big" (or dropped, IPv4 without DF).
+    pub too_big: u64,
+    /// QUIC packets routed by their connection id's server id.
+    pub quic_routed: u64,
+    /// The settings.
+    pub settings: SettingsView,
+}
+
+/// The balancer's settings as `lb config` and `lb list` show them.
+#[derive(Clone, Debug, Serialize)]
+pub struct SettingsView {
+    /// Outer IPv4 sources.
+    pub source4: String,
+    /// Outer IPv6 sources.
+    pub source6: String,
+    /// Next hop MAC (`00:00:00:00:00:00`: back to the sender).
+    pub gateway: String,
+    /// `ip` or `gue`.
+    pub encap: &'static str,
+    /// GUE's UDP port.
+    pub gue_port: u16,
+    /// The path MTU checked before encapsulating (0: none).
+    pub mtu: u16,
+    /// Two-interface mode's egress interface, if set.
+    pub egress: Option<String>,
+    /// New flows remembered per second at most (0: no limit); the kernel
+    /// applies it per CPU, so it is a multiple of the CPUs.
+    pub max_new_per_sec: u64,
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// How `cfg` (with `egress_ifindex` in `LB_EGRESS`) reads.
+fn view(cfg: &LbConfig, egress_ifindex: Option<u32>) -> Result<SettingsView> {
+    let mut six = [0u8; 16];
+    six[..8].copy_from_slice(&cfg.src6);
+    let cpus = crate::sys::possible_cpus()? as u64;
+    Ok(SettingsView {
+        source4: format!(
+            "{}/{}",
+            std::net::Ipv4Addr::from(cfg.src4.to_ne_bytes()),
+            32 - cfg.src4_bits
+        ),
+        source6: format!("{}/64", std::net::Ipv6Addr::from(six)),
+        gateway: mac_text(&cfg.gateway),
+        encap: if cfg.encap == ENCAP_GUE { "gue" } else { "ip" },
+        gue_port: cfg.gue_port,
+        mtu: cfg.mtu,
+        egress: (cfg.egress != 0).then(|| {
+            egress_ifindex
+                .and_then(iface::name)
+                .unwrap_or_else(|| format!("#{}", egress_ifindex.unwrap_or(0)))
+        }),
+        max_new_per_sec: u64::from(cfg.new_per_cpu) * cpus,
+    })
+}
+
+fn read_config(maps: &PinnedMaps) -> Result<LbConfig> {
+    Ok(batch::dump::<u32, LbConfig>(maps, LB_CONFIG, 1)?
+        .first()
+        .map(|(_, c)| *c)
+        .unwrap_or_default())
+}
+
+/// The pinned `LB_EGRESS` DEVMAP (the batch calls do not take DEVMAPs).
+fn egress_map(maps: &PinnedMaps) -> Result<(aya::maps::DevMap<aya::maps::MapData>, String)> {
+    let missing = || crate::maps::missing_map(LB_EGRESS);
+    let path = maps.path(LB_EGRESS).ok_or_else(missing)?;
+    let shown = path.display().to_string();
+    let map = crate::maps::open_pin(path)?.ok_or_else(missing)?;
+    let map = aya::maps::DevMap::try_from(map).map_err(|e| crate::Error::Map {
+        what: format!("open {shown}"),
+        source: e.into(),
+    })?;
+    Ok((map, shown))
+}
+
+fn read_egress(maps: &PinnedMaps) -> Result<Option<u32>> {
+    let (map, shown) = egress_map(maps)?;
+    match map.get(0, 0) {
+        Ok(value) => Ok(Some(value.if_index).filter(|i| *i != 0)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(crate::Error::Map {
+            what: format!("read {shown}"),
+            source: e.into(),
+        }),
+    }
+}
+
+fn read_quic_ids(maps: &PinnedMaps) -> Result<Vec<(u16, u32)>> {
+    Ok(
+        batch::dump::<u32, u32>(maps, LB_QUIC_IDS, LB_MAX_QUIC_IDS as usize)?
+            .into_iter()
+            .filter(|(_, slot)| *slot != 0)
+            .map(|(id, slot)| (id as u16, slot - 1))
+            .collect(),
+    )
+}
+
+/// How encapsulated frames are wrapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encap {
+    /// An IP header (IPIP, ip6ip6, ...).
+    Ip,
+    /// IP + UDP (GUE).
+    Gue,
+}
+
+/// Changes to the balancer's settings; `None` keeps one.
+#[derive(Clone, Debug, Default)]
+pub struct SettingsChange {
+    /// Outer IPv4 sources (/16 to /32).
+    pub source4: Option<ipnet::Ipv4Net>,
+    /// Outer IPv6 sources (a /64).
+    pub source6: Option<ipnet::Ipv6Net>,
+    /// Next hop MAC (all zero: back to the sender).
+    pub gateway: Option<[u8; 6]>,
+    /// Encapsulation.
+    pub encap: Option<Encap>,
+    /// GUE's UDP port.
+    pub gue_port: Option<u16>,
+    /// Path MTU (0: no check).
+    pub mtu: Option<u16>,
+    /// Egress interface (`Some(None)`: back to one interface).
+    pub egress: Option<Option<String>>,
+    /// New flows remembered per second (0: no limit).
+    pub max_new_per_sec: Option<u64>,
 }
 
 /// The stored VIPs and reals of a balancer.
@@ -146,7 +288,9 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
     let vip_stats = batch::dump_per_cpu::<ActionCounter>(&maps, LB_VIP_STATS, usize::MAX)?;
     let real_stats = batch::dump_per_cpu::<ActionCounter>(&maps, LB_REAL_STATS, usize::MAX)?;
     let outcomes = batch::dump_per_cpu::<ActionCounter>(&maps, LB_OUTCOMES, usize::MAX)?;
+    let vip_new = batch::dump_per_cpu::<ActionCounter>(&maps, LB_VIP_NEW, usize::MAX)?;
     let outcome = |o: LbOutcome| outcomes.get(o as usize).map_or(0, |c| sum(c).packets);
+    let quic_ids = read_quic_ids(&maps)?;
     let mut vips = Vec::new();
     for (id, rec) in stored.records.iter().enumerate() {
         if rec.used == 0 {
@@ -176,14 +320,22 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
                 slots: ring.iter().filter(|&&s| s == m.real).count() as u32,
                 packets: c.packets,
                 bytes: c.bytes,
+                quic_ids: quic_ids
+                    .iter()
+                    .filter(|(_, r)| *r == m.real)
+                    .map(|(id, _)| *id)
+                    .collect(),
             });
         }
         let c = vip_stats.get(id).map(|c| sum(c)).unwrap_or_default();
+        let new = vip_new.get(id).map(|c| sum(c)).unwrap_or_default();
         vips.push(VipStatus {
             vip: describe(&rec.key),
             ring: rec.ring,
+            flags: super::tables::flag_names(rec.flags),
             packets: c.packets,
             bytes: c.bytes,
+            new_flows: new.packets,
             reals,
         });
     }
@@ -194,6 +346,10 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
         flow_misses: outcome(LbOutcome::FlowMiss),
         no_real: outcome(LbOutcome::NoReal),
         not_vip: outcome(LbOutcome::NotVip),
+        guarded: outcome(LbOutcome::Guarded),
+        too_big: outcome(LbOutcome::TooBig),
+        quic_routed: outcome(LbOutcome::QuicRouted),
+        settings: view(&read_config(&maps)?, read_egress(&maps)?)?,
     })
 }
 
@@ -254,19 +410,15 @@ impl LiveBalancer {
             })
     }
 
-    /// Sets the outer sources and the gateway ([`LbConfig`]); `None`
-    /// keeps a setting. Returns the settings now in force.
-    pub fn configure(
-        &mut self,
-        source4: Option<ipnet::Ipv4Net>,
-        source6: Option<ipnet::Ipv6Net>,
-        gateway: Option<[u8; 6]>,
-    ) -> Result<LbConfig> {
-        let mut cfg = batch::dump::<u32, LbConfig>(&self.maps, LB_CONFIG, 1)?
-            .first()
-            .map(|(_, c)| *c)
-            .unwrap_or_default();
-        if let Some(net) = source4 {
+    /// Changes the settings ([`LbConfig`]) as `change` says; what it
+    /// leaves `None` stays. Returns the settings now in force.
+    pub fn configure(&mut self, change: &SettingsChange) -> Result<SettingsView> {
+        let bad = |why: String| -> crate::Error { BalancerError::BadSettings(why).into() };
+        let mut cfg = read_config(&self.maps)?;
+        if cfg.gue_port == 0 {
+            cfg.gue_port = GUE_PORT;
+        }
+        if let Some(net) = change.source4 {
             if net.prefix_len() < 16 {
                 return Err(BalancerError::BadSource {
                     given: net.to_string(),
@@ -277,7 +429,7 @@ impl LiveBalancer {
             cfg.src4 = u32::from_ne_bytes(net.network().octets());
             cfg.src4_bits = 32 - u32::from(net.prefix_len());
         }
-        if let Some(net) = source6 {
+        if let Some(net) = change.source6 {
             if net.prefix_len() != 64 {
                 return Err(BalancerError::BadSource {
                     given: net.to_string(),
@@ -287,11 +439,100 @@ impl LiveBalancer {
             }
             cfg.src6.copy_from_slice(&net.network().octets()[..8]);
         }
-        if let Some(mac) = gateway {
+        if let Some(mac) = change.gateway {
             cfg.gateway = mac;
         }
+        if let Some(encap) = change.encap {
+            cfg.encap = match encap {
+                Encap::Ip => ENCAP_IP,
+                Encap::Gue => ENCAP_GUE,
+            };
+        }
+        if let Some(port) = change.gue_port {
+            if port == 0 {
+                return Err(bad("the GUE port cannot be 0".into()));
+            }
+            cfg.gue_port = port;
+        }
+        if let Some(mtu) = change.mtu {
+            if mtu != 0 && mtu < 576 {
+                return Err(bad(format!(
+                    "MTU {mtu} is below 576, the least every IPv4 path carries (0 turns the check off)"
+                )));
+            }
+            cfg.mtu = mtu;
+        }
+        if let Some(rate) = change.max_new_per_sec {
+            let cpus = crate::sys::possible_cpus()? as u64;
+            let per_cpu = rate.div_ceil(cpus);
+            cfg.new_per_cpu = u32::try_from(per_cpu)
+                .map_err(|_| bad(format!("{rate} new flows per second is too many to count")))?;
+        }
+        let mut egress = read_egress(&self.maps)?;
+        match &change.egress {
+            Some(Some(name)) => {
+                let index = iface::index(name)?;
+                cfg.egress = 1;
+                cfg.egress_mac = iface::mac(name)?;
+                egress = Some(index);
+            }
+            Some(None) => {
+                cfg.egress = 0;
+                cfg.egress_mac = [0; 6];
+            }
+            None => {}
+        }
+        if cfg.egress != 0 && cfg.gateway == [0; 6] {
+            return Err(bad(
+                "two-interface mode sends frames to a next hop on the egress side: give its MAC with --gateway".into(),
+            ));
+        }
+        if let (Some(Some(_)), Some(index)) = (&change.egress, egress) {
+            self.set_egress(index)?;
+        }
         batch::write_array(&self.maps, LB_CONFIG, &[cfg])?;
-        Ok(cfg)
+        view(&cfg, egress)
+    }
+
+    fn set_egress(&self, ifindex: u32) -> Result<()> {
+        let (mut map, shown) = egress_map(&self.maps)?;
+        map.set(0, ifindex, None, 0).map_err(|e| crate::Error::Map {
+            what: format!("set {shown} to ifindex {ifindex}"),
+            source: e.into(),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Result<SettingsView> {
+        view(&read_config(&self.maps)?, read_egress(&self.maps)?)
+    }
+
+    /// Routes QUIC packets whose connection id names server `id` to real
+    /// `addr` (a real of some VIP); `None` forgets the id.
+    pub fn set_quic_id(&mut self, id: u16, addr: Option<IpAddr>) -> Result<()> {
+        if id == 0 {
+            return Err(BalancerError::BadSettings(
+                "QUIC server id 0 names no server: use 1 to 65535".into(),
+            )
+            .into());
+        }
+        let slot = match addr {
+            None => 0,
+            Some(addr) => {
+                let stored = read_stored(&self.maps)?;
+                let want = real(addr);
+                let index = stored
+                    .reals
+                    .iter()
+                    .position(|r| r.used != 0 && r.addr == want.addr && r.v6 == want.v6)
+                    .ok_or_else(|| BalancerError::UnknownReal {
+                        iface: self.iface.clone(),
+                        real: addr.to_string(),
+                    })?;
+                index as u32 + 1
+            }
+        };
+        batch::update(&self.maps, LB_QUIC_IDS, &[u32::from(id)], &[slot])
     }
 
     /// Adds VIP `key` with a ring of `ring` slots (a prime) and no reals:
@@ -472,6 +713,15 @@ impl LiveBalancer {
             .collect();
         if free.is_empty() {
             return Ok(());
+        }
+        // A QUIC id must not follow a real's index to the next real there.
+        let stale: Vec<u32> = read_quic_ids(&self.maps)?
+            .into_iter()
+            .filter(|(_, r)| free.contains(r))
+            .map(|(id, _)| u32::from(id))
+            .collect();
+        if !stale.is_empty() {
+            batch::update(&self.maps, LB_QUIC_IDS, &stale, &vec![0u32; stale.len()])?;
         }
         let empty = vec![Real::default(); free.len()];
         batch::update(&self.maps, LB_REALS, &free, &empty)

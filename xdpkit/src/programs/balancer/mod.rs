@@ -1,8 +1,10 @@
 //! `balancer`: an L4 load balancer in the manner of Katran (issue 11, in
 //! progress). TCP and UDP frames to a VIP go to one of its reals, chosen by
 //! a flow table or the VIP's Maglev ring ([`maglev`]), encapsulated toward
-//! the real (IPIP, IPv4 in IPv6, ip6ip6) and sent back out (`XDP_TX`);
-//! every other frame goes on down the chain. The VIPs and reals are in the
+//! the real (IPIP, IPv4 in IPv6, ip6ip6, or GUE) and sent back out
+//! (`XDP_TX`) or out of a second interface (`XDP_REDIRECT`); frames too big
+//! for the path once encapsulated get ICMP "too big" back; every other
+//! frame goes on down the chain. The VIPs and reals are in the
 //! stage's pinned maps ([`tables`], [`write_tables`]); without VIPs the
 //! stage hands every frame on.
 
@@ -12,11 +14,12 @@ pub mod maglev;
 pub mod model;
 pub mod tables;
 
-pub use xdpkit_common::balancer::VIP_NO_FLOWS;
+pub use xdpkit_common::balancer::{PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS, VIP_QUIC};
 
 use xdpkit_common::balancer::{
-    Real, Vip, VipKey, LB_CONFIG, LB_FLOWS, LB_MEMBERS, LB_OUTCOMES, LB_REALS, LB_REAL_STATS,
-    LB_RINGS, LB_VIPS, LB_VIP_RECORDS, LB_VIP_STATS,
+    Real, Vip, VipKey, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_GUARD, LB_MEMBERS, LB_OUTCOMES,
+    LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RINGS, LB_VIPS, LB_VIP_NEW, LB_VIP_RECORDS,
+    LB_VIP_STATS,
 };
 
 use super::{OutcomeCount, Program};
@@ -36,6 +39,9 @@ const OUTCOME_NAMES: [&str; xdpkit_common::balancer::LbOutcome::COUNT as usize] 
     "flow_miss",
     "no_real",
     "encap_failed",
+    "too_big",
+    "guarded",
+    "quic_routed",
 ];
 
 /// The `balancer` program.
@@ -43,7 +49,7 @@ pub struct Balancer;
 
 /// Its maps and their pin files: the VIPs, reals, rings, flows and
 /// counters outlive a reload.
-static PINS: [(&str, &str); 10] = [
+static PINS: [(&str, &str); 14] = [
     (LB_VIPS, "lb_vips"),
     (LB_RINGS, "lb_rings"),
     (LB_REALS, "lb_reals"),
@@ -54,6 +60,10 @@ static PINS: [(&str, &str); 10] = [
     (LB_CONFIG, "lb_config"),
     (LB_VIP_RECORDS, "lb_vip_records"),
     (LB_MEMBERS, "lb_members"),
+    (LB_EGRESS, "lb_egress"),
+    (LB_GUARD, "lb_guard"),
+    (LB_VIP_NEW, "lb_vip_new"),
+    (LB_QUIC_IDS, "lb_quic_ids"),
 ];
 
 impl Program for Balancer {
@@ -94,6 +104,19 @@ pub(crate) fn write_ring(maps: &impl MapSource, base: u32, ring: &[u32]) -> Resu
     batch::update(maps, LB_RINGS, &keys, ring)
 }
 
+/// Sets `LB_QUIC_IDS` to `ids` (server id -> real index); other ids name
+/// no real.
+pub(crate) fn write_quic_ids(
+    maps: &impl MapSource,
+    ids: &std::collections::HashMap<u16, u32>,
+) -> Result<()> {
+    let mut slots = vec![0u32; xdpkit_common::balancer::LB_MAX_QUIC_IDS as usize];
+    for (id, real) in ids {
+        slots[usize::from(*id)] = real + 1;
+    }
+    batch::write_array(maps, LB_QUIC_IDS, &slots)
+}
+
 /// Writes `t` into a balancer's maps: settings, reals and rings first,
 /// then the VIPs that point at them; VIPs not in `t` are removed.
 pub fn write_tables(maps: &mut impl MapSource, t: &tables::Tables) -> Result<()> {
@@ -102,6 +125,7 @@ pub fn write_tables(maps: &mut impl MapSource, t: &tables::Tables) -> Result<()>
     for (base, ring) in &t.rings {
         write_ring(maps, *base, ring)?;
     }
+    write_quic_ids(maps, &t.quic_ids)?;
     let (keys, values): (Vec<VipKey>, Vec<Vip>) = t.vips.iter().map(|(k, v)| (*k, *v)).unzip();
     if !keys.is_empty() {
         batch::update(maps, LB_VIPS, &keys, &values)?;

@@ -66,6 +66,8 @@ pub struct Tables {
     pub reals: Vec<Real>,
     /// Rings to write: first slot and slots.
     pub rings: Vec<(u32, Vec<u32>)>,
+    /// `LB_QUIC_IDS`: real index by QUIC server id.
+    pub quic_ids: HashMap<u16, u32>,
 }
 
 impl Tables {
@@ -80,6 +82,16 @@ impl Tables {
         }
         0
     }
+}
+
+/// The names of VIP flags `flags` holds, as `lb list` shows them.
+pub fn flag_names(flags: u32) -> Vec<&'static str> {
+    use xdpkit_common::balancer::{VIP_NO_FLOWS, VIP_QUIC};
+    [(VIP_NO_FLOWS, "no-flows"), (VIP_QUIC, "quic")]
+        .into_iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// The map contents for `vips`: VIP ids in order, each VIP two ring
