@@ -414,7 +414,8 @@ fn diff_settings(program: &str, want: &Table, have: &Table) -> Option<SettingsDi
         let change = match (string_list(to), string_list(from)) {
             (Some(to), Some(from)) => {
                 let change = set_diff(&to, &from);
-                if let KeyChange::Set { added, removed, .. } = &change {
+                // Other lists (the balancer's VIPs and reals) are not rules.
+                if let (KeyChange::Set { added, removed, .. }, "rules") = (&change, key.as_str()) {
                     out.rules_added += added.len();
                     out.rules_removed += removed.len();
                 }
@@ -683,6 +684,40 @@ eth2: not in the file (running: firewall)
             "[interfaces.eth0]\nstages = [\"firewall\"]\n[interfaces.eth0.firewall]\nmax-rules = 4095",
         );
         assert_eq!(c.settings[0].keys[0].key, "max-rules");
+    }
+
+    #[test]
+    fn balancer_vips_and_reals_show_line_by_line() {
+        let lb = |reals: &str| {
+            config(&format!(
+                "[interfaces.eth0]\nstages = [\"balancer\"]\n[interfaces.eth0.balancer]\nsource4 = \"198.19.0.0/16\"\nvips = [\"198.18.1.10:80/tcp ring 1009\"]\nreals = [{reals}]"
+            ))
+        };
+        let running = lb("\"198.18.1.10:80/tcp 198.18.2.1\", \"198.18.1.10:80/tcp 198.18.2.2\"");
+        // The file's order of lines means nothing.
+        assert!(diff(
+            &lb("\"198.18.1.10:80/tcp 198.18.2.2\", \"198.18.1.10:80/tcp 198.18.2.1 weight 1\""),
+            &running
+        )
+        .is_empty());
+        let d = diff(
+            &lb("\"198.18.1.10:80/tcp 198.18.2.1\", \"198.18.1.10:80/tcp 198.18.2.2 weight 0\""),
+            &running,
+        );
+        assert_eq!(
+            d.render(),
+            "eth0: changed\n  balancer:\n    + real: 198.18.1.10:80/tcp 198.18.2.2 weight 0\n    - real: 198.18.1.10:80/tcp 198.18.2.2 weight 1\n"
+        );
+        assert_eq!(
+            (d.rules_added, d.rules_removed),
+            (0, 0),
+            "reals are not rules"
+        );
+        let d = diff(&config("[interfaces.eth0]\nstages = [\"balancer\"]\n[interfaces.eth0.balancer]\nsource4 = \"198.19.0.0/16\"\nvips = [\"198.18.1.10:80/tcp ring 1009 no-flows\"]"), &running);
+        assert_eq!(
+            d.render(),
+            "eth0: changed\n  balancer:\n    - real: 198.18.1.10:80/tcp 198.18.2.1 weight 1\n    - real: 198.18.1.10:80/tcp 198.18.2.2 weight 1\n    + vip: 198.18.1.10:80/tcp ring 1009 no-flows\n    - vip: 198.18.1.10:80/tcp ring 1009\n"
+        );
     }
 
     #[test]
