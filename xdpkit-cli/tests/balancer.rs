@@ -309,3 +309,205 @@ fn datagrams_to_a_vip_reach_the_reals_through_the_balancer_and_decap() {
     assert_eq!(status["vips"][0]["packets"], 100);
     assert_eq!(status["flow_misses"], 20);
 }
+
+/// Sends `count` datagrams from `src` (a fixed port: one flow) to `dst`
+/// in namespace `client`.
+fn send_from(lab: &Lab, src: SocketAddr, dst: SocketAddr, count: u32) {
+    lab.run_in("client", move || {
+        let socket = std::net::UdpSocket::bind(src).unwrap();
+        for _ in 0..count {
+            socket.send_to(&[0xa5; 32], dst).unwrap();
+        }
+    })
+    .unwrap();
+}
+
+/// `lb list --json` once the VIP counted `packets` frames (the peer's
+/// NAPI handles them a moment after the send).
+fn list_at(lab: &Lab, dev: &str, packets: u64) -> Value {
+    let mut status = list(lab, dev);
+    for _ in 0..40 {
+        if status["vips"][0]["packets"].as_u64() >= Some(packets) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        status = list(lab, dev);
+    }
+    assert_eq!(status["vips"][0]["packets"], packets, "{status}");
+    status
+}
+
+/// A client namespace and a balancer namespace joined by a veth pair, the
+/// client routing 198.18.1.0/24 (the VIPs) through the balancer.
+fn client_and_balancer(prefix: &str, client_if: &str, lb_if: &str, net: u8) -> Lab {
+    let lab = Lab::builder(prefix)
+        .namespace("client")
+        .namespace("lb")
+        .veth(
+            "client",
+            client_if,
+            Some(&format!("198.18.{net}.1/24")),
+            "lb",
+            lb_if,
+            Some(&format!("198.18.{net}.2/24")),
+        )
+        .gro("client", client_if)
+        .build()
+        .unwrap();
+    let gateway = format!("198.18.{net}.2");
+    ip(
+        &lab,
+        "client",
+        &["route", "add", "198.18.1.0/24", "via", &gateway],
+    );
+    lab
+}
+
+/// The `apply` file of a balancer on `dev` with VIP 198.18.1.10:53/udp and
+/// reals 198.18.2.1-3, the first at `weight`.
+fn lb_file(dev: &str, weight: u32) -> String {
+    format!(
+        r#"[interfaces.{dev}]
+stages = ["balancer"]
+
+[interfaces.{dev}.balancer]
+source4 = "198.19.0.0/16"
+vips = ["198.18.1.10:53/udp ring 1009"]
+reals = [
+  "198.18.1.10:53/udp 198.18.2.1 weight {weight}",
+  "198.18.1.10:53/udp 198.18.2.2",
+  "198.18.1.10:53/udp 198.18.2.3",
+]
+"#
+    )
+}
+
+/// Packets per real address of the first VIP.
+fn per_real(status: &Value) -> std::collections::BTreeMap<String, u64> {
+    real_packets(status).into_iter().collect()
+}
+
+#[test]
+fn apply_declares_vips_and_reals_and_drains_one_without_moving_flows() {
+    if !require_root("apply_declares_vips_and_reals_and_drains_one_without_moving_flows") {
+        return;
+    }
+    let lb_if = "xklbap-lb";
+    let lab = client_and_balancer("xkt-lbap", "xklbap-cl", lb_if, 52);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let all = file("all.toml", &lb_file(lb_if, 1));
+    let drained = file("drained.toml", &lb_file(lb_if, 0));
+    let apply = |args: &[&str]| xdpkit_in(&lab, "lb", &[&["apply"], args].concat());
+
+    ok(&apply(&["-f", &all]));
+    let status = list(&lab, lb_if);
+    let vip = &status["vips"][0];
+    assert_eq!(vip["vip"], "198.18.1.10:53/udp");
+    assert_eq!(vip["ring"], 1009);
+    let reals: Vec<(&str, u64)> = vip["reals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap(),
+                r["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reals,
+        [("198.18.2.1", 1), ("198.18.2.2", 1), ("198.18.2.3", 1)]
+    );
+    // The running state exports as a file that changes nothing.
+    let exported = ok(&xdpkit(&lab, &["export"]));
+    assert!(
+        exported.contains("\"198.18.1.10:53/udp 198.18.2.2 weight 1\","),
+        "{exported}"
+    );
+    let again = ok(&apply(&["-f", &file("export.toml", &exported)]));
+    assert!(again.contains("no changes"), "{again}");
+
+    // 30 flows of 2 datagrams, each from its own port.
+    let dst: SocketAddr = "198.18.1.10:53".parse().unwrap();
+    let flow = |port: u16| SocketAddr::from(([198, 18, 52, 1], port));
+    for port in 40_000..40_030 {
+        send_from(&lab, flow(port), dst, 2);
+    }
+    let before = list_at(&lab, lb_if, 60);
+    assert_eq!(before["flow_misses"], 30);
+    let before_reals = per_real(&before);
+    assert!(before_reals["198.18.2.1"] > 0, "{before_reals:?}");
+
+    // The diff names the one real that changes, and nothing else.
+    let dry: Value =
+        serde_json::from_str(&ok(&apply(&["-f", &drained, "--dry-run", "--json"]))).unwrap();
+    let keys = &dry["diff"]["interfaces"][0]["settings"][0]["keys"];
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(keys[0]["key"], "reals");
+    assert_eq!(
+        keys[0]["changed"],
+        serde_json::json!([{
+            "name": "198.18.1.10:53/udp 198.18.2.1",
+            "from": "198.18.1.10:53/udp 198.18.2.1 weight 1",
+            "to": "198.18.1.10:53/udp 198.18.2.1 weight 0",
+        }])
+    );
+    assert_eq!(keys[0]["added"], serde_json::json!([]));
+    assert_eq!(keys[0]["removed"], serde_json::json!([]));
+    let text = ok(&apply(&["-f", &drained]));
+    assert!(
+        text.contains("~ real: 198.18.1.10:53/udp 198.18.2.1: weight 1 -> weight 0"),
+        "{text}"
+    );
+    let status = list(&lab, lb_if);
+    let vip = &status["vips"][0];
+    assert_eq!(vip["ring"], 1009);
+    assert_eq!(vip["reals"][0]["weight"], 0);
+    assert_eq!(vip["reals"][0]["slots"], 0);
+    assert_eq!(vip["reals"][1]["weight"], 1);
+    // Counters survive the apply.
+    assert_eq!(per_real(&status), before_reals);
+
+    // The same 30 flows again: each keeps its real (the drained one too),
+    // all from the flow table.
+    for port in 40_000..40_030 {
+        send_from(&lab, flow(port), dst, 2);
+    }
+    let after = list_at(&lab, lb_if, 120);
+    assert_eq!(after["flow_misses"], 30, "no flow chose again");
+    let doubled: std::collections::BTreeMap<String, u64> = before_reals
+        .iter()
+        .map(|(a, n)| (a.clone(), 2 * n))
+        .collect();
+    assert_eq!(per_real(&after), doubled);
+    // New flows avoid the drained real.
+    for port in 41_000..41_020 {
+        send_from(&lab, flow(port), dst, 1);
+    }
+    let last = list_at(&lab, lb_if, 140);
+    assert_eq!(per_real(&last)["198.18.2.1"], doubled["198.18.2.1"]);
+
+    // A bad file: exit 2 with file:line and key, nothing changed.
+    let bad = file(
+        "bad.toml",
+        &lb_file(lb_if, 1).replace("53/udp 198.18.2.3", "54/udp 198.18.2.3"),
+    );
+    let out = apply(&["-f", &bad]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{bad}:10: interfaces.{lb_if}.balancer.reals[2]: VIP 198.18.1.10:54/udp is not in vips"
+        )),
+        "{stderr}"
+    );
+    let unchanged = list(&lab, lb_if);
+    assert_eq!(unchanged["vips"], last["vips"]);
+    ok(&xdpkit(&lab, &["detach", "--dev", lb_if]));
+}

@@ -120,6 +120,15 @@ impl Program for Balancer {
         Ok(Some(Box::new(move || live.sync(&plan))))
     }
 
+    fn list_names(&self, key: &str) -> Option<usize> {
+        // `VIP ring N ...`; `VIP REAL weight W`.
+        match key {
+            "vips" => Some(1),
+            "reals" => Some(2),
+            _ => None,
+        }
+    }
+
     fn running_settings(&self, dir: &PinDir) -> Result<toml::Table> {
         Ok(config::to_table(&live::declared_in(dir)?))
     }
