@@ -69,7 +69,10 @@ enum LbCommand {
 /// reported per flow: packets, the real, the outcome (flow_hit, flow_miss:
 /// the ring chose; not_vip: on down the chain; no_real: dropped), and the
 /// outer header of the encapsulated frame. Only the balancer stage runs,
-/// not the stages before it.
+/// not the stages before it. --json prints {interface, source, packets,
+/// flows: [{flow, packets, reals, outcomes, verdicts, outer: {src, dst,
+/// encap}, model_disagrees}]}; model_disagrees counts frames on which the
+/// reference model decided otherwise (0 unless xdpkit has a bug).
 ///
 /// Examples:
 ///   xdpkit lb simulate --dev eth0 --flow '198.18.0.1:1234 -> 198.18.1.10:80/tcp'
@@ -359,10 +362,11 @@ fn simulate_flows(a: SimulateArgs) -> anyhow::Result<()> {
             outln!("{}", flow_line(f));
         }
     }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     eprintln!(
-        "{} packets in {} flows through {source}",
-        results.len(),
-        flows.len()
+        "{} in {} through {source}",
+        plural(results.len(), "packet"),
+        plural(flows.len(), "flow")
     );
     if disagreements > 0 {
         // The program decided: its answer is the one shown.
