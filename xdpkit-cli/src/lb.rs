@@ -254,13 +254,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let cfg = LiveBalancer::open(&a.dev.dev)?.configure(a.source4, a.source6, gateway)?;
             let shown = serde_json::json!({
                 "interface": a.dev.dev,
-                "source4": format!("{}/{}", std::net::Ipv4Addr::from(cfg.src4.to_ne_bytes()), 32 - cfg.src4_bits),
-                "source6": format!("{}/64", std::net::Ipv6Addr::from({
-                    let mut b = [0u8; 16];
-                    b[..8].copy_from_slice(&cfg.src6);
-                    b
-                })),
-                "gateway": cfg.gateway.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                "source4": config::source4(&cfg).to_string(),
+                "source6": config::source6(&cfg).to_string(),
+                "gateway": config::mac_text(&cfg.gateway),
             });
             if a.json.json {
                 return print_json(&shown);

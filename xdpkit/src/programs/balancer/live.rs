@@ -17,7 +17,7 @@ use xdpkit_common::{
 };
 
 use super::{
-    config::Declared,
+    config::{set_source4, set_source6, Declared},
     error::BalancerError,
     maglev,
     tables::{addr_bytes, describe, real, ring, RealSpec, Tables, TablesError, VipSpec},
@@ -268,30 +268,18 @@ impl LiveBalancer {
         source6: Option<ipnet::Ipv6Net>,
         gateway: Option<[u8; 6]>,
     ) -> Result<LbConfig> {
-        let mut cfg = batch::dump::<u32, LbConfig>(&self.maps, LB_CONFIG, 1)?
-            .first()
-            .map(|(_, c)| *c)
-            .unwrap_or_default();
+        let mut cfg = read_config(&self.maps)?;
         if let Some(net) = source4 {
-            if net.prefix_len() < 16 {
-                return Err(BalancerError::BadSource {
-                    given: net.to_string(),
-                    why: "at most 16 host bits: a /16 to /32",
-                }
-                .into());
-            }
-            cfg.src4 = u32::from_ne_bytes(net.network().octets());
-            cfg.src4_bits = 32 - u32::from(net.prefix_len());
+            set_source4(&mut cfg, net).map_err(|why| BalancerError::BadSource {
+                given: net.to_string(),
+                why,
+            })?;
         }
         if let Some(net) = source6 {
-            if net.prefix_len() != 64 {
-                return Err(BalancerError::BadSource {
-                    given: net.to_string(),
-                    why: "a /64 (the flow hash fills the rest)",
-                }
-                .into());
-            }
-            cfg.src6.copy_from_slice(&net.network().octets()[..8]);
+            set_source6(&mut cfg, net).map_err(|why| BalancerError::BadSource {
+                given: net.to_string(),
+                why,
+            })?;
         }
         if let Some(mac) = gateway {
             cfg.gateway = mac;
