@@ -10,12 +10,15 @@ use crate::output::{print_json, JsonArg};
 ///
 /// The file declares, per interface, the attach mode, the stages in order
 /// and each stage's settings (firewall policies and rules inline or from a
-/// rules file, the redirect target). Apply compares it with what runs and
-/// changes only what differs: each changed interface gets its new chain
-/// loaded aside and switched in at once; stages that stay keep their maps,
-/// and firewall rules that stay keep their ids and counters. Applying the
-/// same file again changes nothing and says so. A stage loaded by another
-/// build of xdpkit is replaced in place (an upgrade), counters kept.
+/// rules file, the redirect target, the balancer's VIPs, reals and outer
+/// sources). Apply compares it with what runs and changes only what
+/// differs: each changed interface gets its new chain loaded aside and
+/// switched in at once; stages that stay keep their maps, firewall rules
+/// that stay keep their ids and counters, and balancer VIPs and reals that
+/// stay keep their counters and flows (a real reweighted or drained
+/// switches its VIP to a rebuilt ring). Applying the same file again
+/// changes nothing and says so. A stage loaded by another build of xdpkit
+/// is replaced in place (an upgrade), counters kept.
 ///
 /// Everything is checked before anything changes: a bad file (named with
 /// file:line and key), an unknown interface or redirect target, a mode the
@@ -33,6 +36,10 @@ use crate::output::{print_json, JsonArg};
 ///   rules-file = "blocklist.rules"      # relative to the file
 ///   [interfaces.eth0.redirect]
 ///   to = "eth1"
+///   [interfaces.eth1.balancer]
+///   source4 = "198.19.0.0/16"           # outer IPv4 sources (/16 to /32)
+///   vips = ["198.18.1.10:80/tcp"]       # ADDRESS:PORT/PROTO [ring N] [no-flows]
+///   reals = ["198.18.1.10:80/tcp 198.18.2.1 weight 2"]   # VIP REAL [weight W]
 ///
 /// Examples:
 ///   xdpkit apply -f /etc/xdpkit/host.toml --dry-run
@@ -46,7 +53,8 @@ pub struct Args {
     pub file: PathBuf,
 
     /// Print the difference from what runs (stages added, removed or moved;
-    /// rules added and removed; policies changed) and change nothing.
+    /// rules added and removed; policies changed; balancer VIPs and reals
+    /// added, removed or changed) and change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
 

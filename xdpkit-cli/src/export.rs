@@ -3,7 +3,7 @@
 /// Print what runs as a host configuration file (the format `xdpkit apply`
 /// reads): every interface xdpkit manages in this network namespace, its
 /// mode, its stages in order and their settings (firewall policies and
-/// rules, the redirect target).
+/// rules, the redirect target, the balancer's VIPs, reals and sources).
 ///
 /// `xdpkit export | xdpkit apply --dry-run -f -` shows no difference.
 ///

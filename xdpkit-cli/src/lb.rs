@@ -1,11 +1,13 @@
 //! `xdpkit lb`
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use xdpkit::programs::balancer::{
+    config,
     live::{self, Encap, LiveBalancer, SettingsChange, SettingsView},
     maglev::DEFAULT_RING,
+    simulate::{self, Flow, FlowResult, Simulator},
     tables::{describe, parse_vip},
     VIP_NO_FLOWS, VIP_QUIC,
 };
@@ -29,6 +31,10 @@ use crate::output::{print_json, DevArg, JsonArg};
 ///   xdpkit lb real add --dev eth0 198.18.1.10:80/tcp 198.18.2.1 --weight 2
 ///   xdpkit lb real add --dev eth0 198.18.1.10:80/tcp 2001:db8:2::1
 ///   xdpkit lb list --dev eth0 --json
+///   xdpkit lb simulate --dev eth0 --flow '198.18.0.1:1234 -> 198.18.1.10:80/tcp'
+///
+/// The same VIPs, reals and settings can be declared in the `apply` file
+/// (`[interfaces.IF.balancer]`: vips, reals, source4, source6, gateway).
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -49,6 +55,52 @@ enum LbCommand {
     /// Route QUIC packets by the server id in their connection id.
     #[command(subcommand)]
     Quic(QuicCommand),
+    Simulate(SimulateArgs),
+}
+
+/// Show which real each flow goes to, by running the real balancer program
+/// (BPF_PROG_TEST_RUN) on a copy of the balancer's tables: nothing is
+/// attached, and the live flow table and counters are left untouched.
+///
+/// The tables are those of the balancer running on --dev (settings, VIPs,
+/// reals, rings and its flow table: a flow established there is found,
+/// `flow_hit`), or with --config FILE those the `apply` file declares for
+/// --dev (an empty flow table). Frames are one per --flow (a TCP flow's
+/// frame is an ACK, or a SYN with --syn: a SYN always consults the ring)
+/// or those of a pcap or pcapng capture (--pcap), run in order (a flow's
+/// first frame fills the copy's flow table, later ones find it) and
+/// reported per flow: packets, the real, the outcome (flow_hit, flow_miss:
+/// the ring chose; not_vip: on down the chain; no_real: dropped), and the
+/// outer header of the encapsulated frame. Only the balancer stage runs,
+/// not the stages before it. --json prints {interface, source, packets,
+/// flows: [{flow, packets, reals, outcomes, verdicts, outer: {src, dst,
+/// encap}, model_disagrees}]}; model_disagrees counts frames on which the
+/// reference model decided otherwise (0 unless xdpkit has a bug).
+///
+/// Examples:
+///   xdpkit lb simulate --dev eth0 --flow '198.18.0.1:1234 -> 198.18.1.10:80/tcp'
+///   xdpkit lb simulate --dev eth0 --flow '[2001:db8::1]:5353 -> [2001:db8::10]:53/udp' --json
+///   xdpkit lb simulate --dev eth0 --pcap clients.pcapng
+///   xdpkit lb simulate --dev eth0 --config /etc/xdpkit/host.toml --pcap clients.pcap
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct SimulateArgs {
+    #[command(flatten)]
+    dev: DevArg,
+    /// A flow: 'SRC:PORT -> DST:PORT/tcp|udp' (IPv6 in brackets); repeatable.
+    #[arg(long, value_name = "FLOW", required_unless_present = "pcap")]
+    flow: Vec<Flow>,
+    /// A capture to run (pcap or pcapng, Ethernet), grouped by flow.
+    #[arg(long, value_name = "FILE", conflicts_with = "flow")]
+    pcap: Option<PathBuf>,
+    /// --flow frames of TCP flows are SYNs (default: ACKs).
+    #[arg(long, requires = "flow")]
+    syn: bool,
+    /// The balancer the `apply` file declares for --dev, not the running one (`-`: standard input).
+    #[arg(short = 'f', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    json: JsonArg,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -320,6 +372,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             LiveBalancer::open(&a.dev.dev)?.set_quic_id(a.id, None)?;
             outln!("QUIC server id {} forgotten", a.id);
         }
+        LbCommand::Simulate(a) => return simulate_flows(a),
         LbCommand::List(a) => list(&a)?,
     }
     Ok(())
@@ -457,4 +510,95 @@ fn list(a: &ListArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `lb simulate`.
+fn simulate_flows(a: SimulateArgs) -> anyhow::Result<()> {
+    let dev = &a.dev.dev;
+    let (mut sim, source) = match &a.config {
+        Some(path) => {
+            let host = xdpkit::apply::read(path)?;
+            let iface = host
+                .interfaces
+                .get(dev)
+                .with_context(|| format!("{} declares no interface {dev}", path.display()))?;
+            let stage = iface
+                .stages
+                .iter()
+                .find(|s| s.program == "balancer")
+                .with_context(|| format!("{} declares no balancer on {dev}", path.display()))?;
+            let declared = config::parse(&stage.settings)
+                .map_err(|e| anyhow::anyhow!("{}: {dev}: balancer: {e}", path.display()))?;
+            (
+                Simulator::declared(&declared)?,
+                format!("the balancer {} declares for {dev}", path.display()),
+            )
+        }
+        None => (
+            Simulator::live(dev).with_context(|| format!("copying the balancer of {dev}"))?,
+            format!("the balancer running on {dev}"),
+        ),
+    };
+    let frames: Vec<Vec<u8>> = match &a.pcap {
+        Some(path) => xdpkit::firewall::simulate::read_capture(path)?,
+        None => a.flow.iter().map(|f| f.frame(a.syn)).collect(),
+    };
+    let results = frames
+        .iter()
+        .map(|f| sim.run(f))
+        .collect::<xdpkit::Result<Vec<_>>>()
+        .context("simulation failed")?;
+    let flows = simulate::by_flow(&results);
+    let disagreements: u64 = flows.iter().map(|f| f.model_disagrees).sum();
+    if a.json.json {
+        print_json(&serde_json::json!({
+            "interface": dev,
+            "source": source,
+            "packets": results.len(),
+            "flows": flows,
+        }))?;
+    } else {
+        for f in &flows {
+            outln!("{}", flow_line(f));
+        }
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    eprintln!(
+        "{} in {} through {source}",
+        plural(results.len(), "packet"),
+        plural(flows.len(), "flow")
+    );
+    if disagreements > 0 {
+        // The program decided: its answer is the one shown.
+        eprintln!(
+            "xdpkit: warning: the reference model disagrees with the program on {disagreements} packets"
+        );
+    }
+    Ok(())
+}
+
+/// One flow's line: `FLOW: real R (flow_miss 1, flow_hit 4), outer S -> R ipip`.
+fn flow_line(f: &FlowResult) -> String {
+    let flow = f
+        .flow
+        .map_or_else(|| "(not TCP or UDP)".to_string(), |fl| fl.to_string());
+    let counts: Vec<String> = f.outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+    let packets = if f.packets == 1 {
+        String::new()
+    } else {
+        format!("{} packets, ", f.packets)
+    };
+    let what = match (f.reals.as_slice(), &f.outer) {
+        ([], _) if f.outcomes.contains_key("not_vip") => "not a VIP: next stage".to_string(),
+        ([], _) => "no real: dropped".to_string(),
+        (reals, outer) => {
+            let reals: Vec<String> = reals.iter().map(IpAddr::to_string).collect();
+            let outer = outer
+                .as_ref()
+                .map(|o| format!(", outer {} -> {} {}", o.src, o.dst, o.encap))
+                .unwrap_or_default();
+            format!("real {}{outer}", reals.join(" then "))
+        }
+    };
+    format!("{flow}: {packets}{what} ({})", counts.join(", "))
 }

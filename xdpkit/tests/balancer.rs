@@ -397,12 +397,10 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
             }
             let mut t = tables::build(cfg, &specs).unwrap();
             t.quic_ids = ids.into_iter().collect();
+            // Any interface: test_run returns XDP_REDIRECT, sends nothing.
+            t.egress = egress.then_some(1);
             let mut alone = Alone::new(&Balancer).unwrap();
             write_tables(alone.maps(), &t).unwrap();
-            if egress {
-                // Any interface: test_run returns XDP_REDIRECT, sends nothing.
-                xdpkit::object::set_devmap(alone.maps(), "LB_EGRESS", 0, 1).unwrap();
-            }
             let mut flows = Flows::new();
             for (v6, host, port, sport, tcp, syn, cut, (len, df, first, id)) in frames {
                 let dst = addr(v6, 1, host);

@@ -151,7 +151,24 @@ pub enum KeyChange {
         /// Same elements in another order (or other repeats): order decides
         /// between rules of equal priority, so it is a change too.
         reordered: bool,
+        /// Elements changed in place: in both under the same name (their
+        /// first words, for lists whose program names them so: the
+        /// balancer's VIPs and reals), other words differing. Not in
+        /// `added` or `removed`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        changed: Vec<ElementChange>,
     },
+}
+
+/// An element of a list changed in place (see [`KeyChange::Set`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ElementChange {
+    /// What names it (a VIP; a VIP and a real).
+    pub name: String,
+    /// The running line.
+    pub from: String,
+    /// The desired line.
+    pub to: String,
 }
 
 impl HostDiff {
@@ -241,9 +258,28 @@ fn render_key(out: &mut String, key: &KeyDiff) {
             added,
             removed,
             reordered,
+            changed,
         } => {
             // `rules` lists one `rule` a line.
             let item = name.strip_suffix('s').unwrap_or(name);
+            for c in changed.iter().take(RENDER_LIMIT) {
+                // The name once: `~ real: VIP REAL: weight 1 -> weight 0`.
+                let rest = |line: &str| line.get(c.name.len()..).unwrap_or("").trim().to_string();
+                let _ = writeln!(
+                    out,
+                    "    ~ {item}: {}: {} -> {}",
+                    c.name,
+                    rest(&c.from),
+                    rest(&c.to)
+                );
+            }
+            if changed.len() > RENDER_LIMIT {
+                let _ = writeln!(
+                    out,
+                    "    ~ {} more {name}",
+                    thousands(changed.len() - RENDER_LIMIT)
+                );
+            }
             for (sign, items) in [('+', added), ('-', removed)] {
                 for element in items.iter().take(RENDER_LIMIT) {
                     let _ = writeln!(out, "    {sign} {item}: {element}");
@@ -413,8 +449,12 @@ fn diff_settings(program: &str, want: &Table, have: &Table) -> Option<SettingsDi
         }
         let change = match (string_list(to), string_list(from)) {
             (Some(to), Some(from)) => {
-                let change = set_diff(&to, &from);
-                if let KeyChange::Set { added, removed, .. } = &change {
+                let named_by = crate::programs::by_name(program)
+                    .ok()
+                    .and_then(|p| p.list_names(key));
+                let change = set_diff(&to, &from, named_by);
+                // Other lists (the balancer's VIPs and reals) are not rules.
+                if let (KeyChange::Set { added, removed, .. }, "rules") = (&change, key.as_str()) {
                     out.rules_added += added.len();
                     out.rules_removed += removed.len();
                 }
@@ -444,8 +484,9 @@ fn string_list(value: Option<&Value>) -> Option<Vec<&str>> {
 }
 
 /// Set difference in linear time (hash sets; a million rules a side is
-/// common for blocklists).
-fn set_diff(to: &[&str], from: &[&str]) -> KeyChange {
+/// common for blocklists). With `named_by`, an element added and one
+/// removed whose first `named_by` words agree are one element changed.
+fn set_diff(to: &[&str], from: &[&str], named_by: Option<usize>) -> KeyChange {
     let to_set: foldhash::HashSet<&str> = to.iter().copied().collect();
     let from_set: foldhash::HashSet<&str> = from.iter().copied().collect();
     let mut seen = foldhash::HashSet::default();
@@ -460,11 +501,48 @@ fn set_diff(to: &[&str], from: &[&str]) -> KeyChange {
         .map(|s| s.to_string())
         .collect();
     let reordered = added.is_empty() && removed.is_empty() && to != from;
+    let (added, removed, changed) = match named_by {
+        Some(words) => pair_by_name(added, removed, words),
+        None => (added, removed, Vec::new()),
+    };
     KeyChange::Set {
         added,
         removed,
         reordered,
+        changed,
     }
+}
+
+/// Moves the elements of `added` and `removed` that share their first
+/// `words` words into changes.
+fn pair_by_name(
+    added: Vec<String>,
+    removed: Vec<String>,
+    words: usize,
+) -> (Vec<String>, Vec<String>, Vec<ElementChange>) {
+    let name = |s: &str| s.split(' ').take(words).collect::<Vec<_>>().join(" ");
+    let mut gone: foldhash::HashMap<String, String> =
+        removed.iter().map(|r| (name(r), r.clone())).collect();
+    let mut changed = Vec::new();
+    let mut still_added = Vec::new();
+    for a in added {
+        let named = name(&a);
+        match gone.remove(&named) {
+            Some(from) => changed.push(ElementChange {
+                name: named,
+                from,
+                to: a,
+            }),
+            None => still_added.push(a),
+        }
+    }
+    let paired: foldhash::HashSet<&str> = changed.iter().map(|c| c.from.as_str()).collect();
+    let removed = removed
+        .iter()
+        .filter(|r| !paired.contains(r.as_str()))
+        .cloned()
+        .collect();
+    (still_added, removed, changed)
 }
 
 fn show(value: &Value) -> String {
@@ -612,6 +690,7 @@ eth2: not in the file (running: firewall)
             added,
             removed,
             reordered,
+            ..
         } = &c.settings[0].keys[0].change
         else {
             panic!("{c:?}")
@@ -683,6 +762,40 @@ eth2: not in the file (running: firewall)
             "[interfaces.eth0]\nstages = [\"firewall\"]\n[interfaces.eth0.firewall]\nmax-rules = 4095",
         );
         assert_eq!(c.settings[0].keys[0].key, "max-rules");
+    }
+
+    #[test]
+    fn balancer_vips_and_reals_show_line_by_line() {
+        let lb = |reals: &str| {
+            config(&format!(
+                "[interfaces.eth0]\nstages = [\"balancer\"]\n[interfaces.eth0.balancer]\nsource4 = \"198.19.0.0/16\"\nvips = [\"198.18.1.10:80/tcp ring 1009\"]\nreals = [{reals}]"
+            ))
+        };
+        let running = lb("\"198.18.1.10:80/tcp 198.18.2.1\", \"198.18.1.10:80/tcp 198.18.2.2\"");
+        // The file's order of lines means nothing.
+        assert!(diff(
+            &lb("\"198.18.1.10:80/tcp 198.18.2.2\", \"198.18.1.10:80/tcp 198.18.2.1 weight 1\""),
+            &running
+        )
+        .is_empty());
+        let d = diff(
+            &lb("\"198.18.1.10:80/tcp 198.18.2.1\", \"198.18.1.10:80/tcp 198.18.2.2 weight 0\""),
+            &running,
+        );
+        assert_eq!(
+            d.render(),
+            "eth0: changed\n  balancer:\n    ~ real: 198.18.1.10:80/tcp 198.18.2.2: weight 1 -> weight 0\n"
+        );
+        assert_eq!(
+            (d.rules_added, d.rules_removed),
+            (0, 0),
+            "reals are not rules"
+        );
+        let d = diff(&config("[interfaces.eth0]\nstages = [\"balancer\"]\n[interfaces.eth0.balancer]\nsource4 = \"198.19.0.0/16\"\nvips = [\"198.18.1.10:80/tcp ring 1009 no-flows\", \"198.18.1.11:80/tcp ring 7\"]"), &running);
+        assert_eq!(
+            d.render(),
+            "eth0: changed\n  balancer:\n    - real: 198.18.1.10:80/tcp 198.18.2.1 weight 1\n    - real: 198.18.1.10:80/tcp 198.18.2.2 weight 1\n    ~ vip: 198.18.1.10:80/tcp: ring 1009 -> ring 1009 no-flows\n    + vip: 198.18.1.11:80/tcp ring 7\n"
+        );
     }
 
     #[test]

@@ -89,6 +89,19 @@ to = "eth1"
 
 [interfaces."eth1.100"]
 stages = ["count", "firewall", "pass"]
+
+[interfaces.lb0]
+stages = ["balancer"]
+
+[interfaces.lb0.balancer]
+source4 = "198.19.0.0/16"
+gateway = "02:00:00:00:00:01"
+vips = ["[2001:db8::10]:53/udp ring 1009 no-flows", "198.18.1.10:80/tcp"]
+reals = [
+  "198.18.1.10:80/tcp 198.18.2.2 weight 3",
+  "198.18.1.10:80/tcp 2001:db8:2::1 weight 0",
+  "[2001:db8::10]:53/udp 198.18.2.1",
+]
 "#;
 
     #[test]

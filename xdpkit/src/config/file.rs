@@ -641,6 +641,35 @@ to = "eth1"                          # required for redirect
     }
 
     #[test]
+    fn balancer_declaration_errors_name_their_line() {
+        let text = "[interfaces.eth0]\nstages = [\"balancer\"]\n\n[interfaces.eth0.balancer]\nsource4 = \"198.19.0.0/16\"\nvips = [\n  \"198.18.1.10:80/tcp\",\n]\nreals = [\n  \"198.18.1.10:80/tcp 198.18.2.1\",\n  \"198.18.1.11:80/tcp 198.18.2.2 weight 2\",\n]\n";
+        fails(
+            text,
+            11,
+            "interfaces.eth0.balancer.reals[1]",
+            "VIP 198.18.1.11:80/tcp is not in vips",
+        );
+        fails(
+            &text.replace("198.19.0.0/16", "198.19.0.0/8"),
+            5,
+            "interfaces.eth0.balancer.source4",
+            "a /16 to /32",
+        );
+        fails(
+            &text.replace("80/tcp\",\n]", "80/tcp ring 1000\",\n]"),
+            7,
+            "interfaces.eth0.balancer.vips[0]",
+            "not a prime",
+        );
+        let ok = parse(&text.replace("198.18.1.11", "198.18.1.10")).unwrap();
+        let lb = &ok.interfaces["eth0"].stages[0].settings;
+        assert_eq!(
+            lb["reals"].as_array().unwrap()[1].as_str(),
+            Some("198.18.1.10:80/tcp 198.18.2.2 weight 2")
+        );
+    }
+
+    #[test]
     fn redirect_needs_to() {
         fails(
             "[interfaces.eth0]\nstages = [\"redirect\"]\n",

@@ -133,6 +133,16 @@ pub trait Program: Sync {
         &[]
     }
 
+    /// For a list of strings among its settings (`key`), how many leading
+    /// words name an element: a diff then shows an element whose name
+    /// stays and whose other words change as changed (`~`), not as one
+    /// removed and one added. `None`: the whole line is the element (the
+    /// firewall's rules).
+    fn list_names(&self, key: &str) -> Option<usize> {
+        let _ = key;
+        None
+    }
+
     /// Kernel memory of the stage's own maps pinned in `dir`, by part
     /// (bytes_memlock); empty for programs that do not report it.
     fn memory(&self, dir: &PinDir) -> Vec<MemoryPart> {

@@ -9,18 +9,19 @@ use std::{collections::BTreeMap, fs::File, net::IpAddr};
 use serde::Serialize;
 use xdpkit_common::{
     balancer::{
-        LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, ENCAP_GUE, ENCAP_IP,
-        GUE_PORT, LB_CONFIG, LB_EGRESS, LB_MAX_MEMBERS, LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS,
-        LB_MEMBERS, LB_NO_REAL, LB_OUTCOMES, LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RING_SLOTS,
-        LB_VIPS, LB_VIP_NEW, LB_VIP_RECORDS, LB_VIP_STATS,
+        FlowKey, FlowReal, LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, ENCAP_GUE,
+        ENCAP_IP, GUE_PORT, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_MAX_MEMBERS, LB_MAX_QUIC_IDS,
+        LB_MAX_REALS, LB_MAX_VIPS, LB_MEMBERS, LB_NO_REAL, LB_OUTCOMES, LB_QUIC_IDS, LB_REALS,
+        LB_REAL_STATS, LB_RING_SLOTS, LB_VIPS, LB_VIP_NEW, LB_VIP_RECORDS, LB_VIP_STATS,
     },
     ActionCounter,
 };
 
 use super::{
+    config::{set_source4, set_source6, Declared},
     error::BalancerError,
     maglev,
-    tables::{addr_bytes, describe, real, ring, TablesError},
+    tables::{addr_bytes, describe, real, ring, RealSpec, Tables, TablesError, VipSpec},
     write_ring,
 };
 use crate::{
@@ -45,6 +46,11 @@ fn open_maps(ifname: &str) -> Result<PinnedMaps> {
         }
         .into());
     }
+    maps_in(&dir)
+}
+
+/// The balancer maps pinned in stage directory `dir`.
+fn maps_in(dir: &PinDir) -> Result<PinnedMaps> {
     PinnedMaps::open(dir.path(), |file| {
         let name = file.to_ascii_uppercase();
         (name.starts_with("LB_") && pin_name(&name) == file).then_some(name)
@@ -419,25 +425,16 @@ impl LiveBalancer {
             cfg.gue_port = GUE_PORT;
         }
         if let Some(net) = change.source4 {
-            if net.prefix_len() < 16 {
-                return Err(BalancerError::BadSource {
-                    given: net.to_string(),
-                    why: "at most 16 host bits: a /16 to /32",
-                }
-                .into());
-            }
-            cfg.src4 = u32::from_ne_bytes(net.network().octets());
-            cfg.src4_bits = 32 - u32::from(net.prefix_len());
+            set_source4(&mut cfg, net).map_err(|why| BalancerError::BadSource {
+                given: net.to_string(),
+                why,
+            })?;
         }
         if let Some(net) = change.source6 {
-            if net.prefix_len() != 64 {
-                return Err(BalancerError::BadSource {
-                    given: net.to_string(),
-                    why: "a /64 (the flow hash fills the rest)",
-                }
-                .into());
-            }
-            cfg.src6.copy_from_slice(&net.network().octets()[..8]);
+            set_source6(&mut cfg, net).map_err(|why| BalancerError::BadSource {
+                given: net.to_string(),
+                why,
+            })?;
         }
         if let Some(mac) = change.gateway {
             cfg.gateway = mac;
@@ -616,64 +613,93 @@ impl LiveBalancer {
     pub fn set_real(&mut self, key: VipKey, addr: IpAddr, weight: u32) -> Result<()> {
         let stored = read_stored(&self.maps)?;
         let id = self.find(&stored, &key)?;
-        let bytes = addr_bytes(addr);
-        let index =
-            match stored
+        self.set_members(id, &[RealSpec { addr, weight }])?;
+        self.rebuild(id)
+    }
+
+    /// Adds or reweights reals of VIP `id` (no ring change yet).
+    fn set_members(&mut self, id: usize, reals: &[RealSpec]) -> Result<()> {
+        let mut stored = read_stored(&self.maps)?;
+        let mut members = Vec::with_capacity(reals.len());
+        let mut weights = Vec::with_capacity(reals.len());
+        for r in reals {
+            let bytes = addr_bytes(r.addr);
+            let v6 = u32::from(r.addr.is_ipv6());
+            let index = match stored
                 .reals
                 .iter()
-                .position(|r| r.used != 0 && r.addr == bytes && r.v6 == u32::from(addr.is_ipv6()))
+                .position(|s| s.used != 0 && s.addr == bytes && s.v6 == v6)
             {
                 Some(i) => i as u32,
                 None => {
-                    let i = stored.reals.iter().position(|r| r.used == 0).ok_or(
+                    let i = stored.reals.iter().position(|s| s.used == 0).ok_or(
                         BalancerError::Full {
                             what: "another real",
                             limit: LB_MAX_REALS,
                         },
                     )? as u32;
                     batch::zero_per_cpu::<ActionCounter>(&self.maps, LB_REAL_STATS, &[i])?;
-                    batch::update(&self.maps, LB_REALS, &[i], &[real(addr)])?;
+                    batch::update(&self.maps, LB_REALS, &[i], &[real(r.addr)])?;
+                    stored.reals[i as usize] = real(r.addr);
                     i
                 }
             };
-        let member = MemberKey {
-            vip: id as u32,
-            real: index,
-        };
-        if !stored.members.contains_key(&member) && stored.members.len() >= LB_MAX_MEMBERS as usize
-        {
-            return Err(BalancerError::Full {
-                what: "another real of a VIP",
-                limit: LB_MAX_MEMBERS,
+            let member = MemberKey {
+                vip: id as u32,
+                real: index,
+            };
+            if stored.members.insert(member, r.weight).is_none()
+                && stored.members.len() > LB_MAX_MEMBERS as usize
+            {
+                return Err(BalancerError::Full {
+                    what: "another real of a VIP",
+                    limit: LB_MAX_MEMBERS,
+                }
+                .into());
             }
-            .into());
+            members.push(member);
+            weights.push(r.weight);
         }
-        batch::update(&self.maps, LB_MEMBERS, &[member], &[weight])?;
-        self.rebuild(id)
+        if members.is_empty() {
+            return Ok(());
+        }
+        batch::update(&self.maps, LB_MEMBERS, &members, &weights)
     }
 
     /// Removes `addr` from VIP `key`; its established flows choose again.
     pub fn del_real(&mut self, key: VipKey, addr: IpAddr) -> Result<()> {
         let stored = read_stored(&self.maps)?;
         let id = self.find(&stored, &key)?;
-        let bytes = addr_bytes(addr);
-        let member = stored
-            .members
-            .keys()
-            .find(|m| {
-                m.vip == id as u32
-                    && stored.reals.get(m.real as usize).is_some_and(|r| {
-                        r.used != 0 && r.addr == bytes && r.v6 == u32::from(addr.is_ipv6())
-                    })
-            })
-            .copied()
-            .ok_or_else(|| BalancerError::NoSuchReal {
-                vip: describe(&key),
-                real: addr.to_string(),
-            })?;
-        batch::delete(&self.maps, LB_MEMBERS, &[member])?;
+        self.del_members(&stored, id, &[addr])?;
         self.rebuild(id)?;
         self.free_unused_reals()
+    }
+
+    /// Removes reals of VIP `id` (no ring change yet).
+    fn del_members(&mut self, stored: &Stored, id: usize, addrs: &[IpAddr]) -> Result<()> {
+        let mut gone = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let bytes = addr_bytes(*addr);
+            let member = stored
+                .members
+                .keys()
+                .find(|m| {
+                    m.vip == id as u32
+                        && stored.reals.get(m.real as usize).is_some_and(|r| {
+                            r.used != 0 && r.addr == bytes && r.v6 == u32::from(addr.is_ipv6())
+                        })
+                })
+                .copied()
+                .ok_or_else(|| BalancerError::NoSuchReal {
+                    vip: describe(&stored.records[id].key),
+                    real: addr.to_string(),
+                })?;
+            gone.push(member);
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        batch::delete(&self.maps, LB_MEMBERS, &gone)
     }
 
     /// Builds VIP `id`'s ring from its members into its region not in
@@ -726,6 +752,345 @@ impl LiveBalancer {
         let empty = vec![Real::default(); free.len()];
         batch::update(&self.maps, LB_REALS, &free, &empty)
     }
+
+    /// Opens the balancer whose maps are pinned in stage directory `dir`
+    /// of `iface`, for a caller that holds the interface's writers' lock
+    /// (`lock`: a share of it), as a stage's configuration does.
+    pub(crate) fn open_in(iface: &str, dir: &PinDir, lock: File) -> Result<LiveBalancer> {
+        Ok(LiveBalancer {
+            iface: iface.to_string(),
+            maps: maps_in(dir)?,
+            _lock: lock,
+        })
+    }
+
+    /// Its settings, VIPs and reals as declared.
+    pub fn declared(&self) -> Result<Declared> {
+        declared_of(&self.maps)
+    }
+
+    /// What [`LiveBalancer::sync`] changes to make the balancer `want`:
+    /// only what differs. Checked here, before anything changes: room for
+    /// the new and resized VIPs' rings, taking the regions freed first.
+    pub fn plan(&self, want: &Declared) -> Result<SyncPlan> {
+        let stored = read_stored(&self.maps)?;
+        let have = declared_of(&self.maps)?;
+        let mut plan = SyncPlan::default();
+        if want.config != have.config || want.egress != have.egress {
+            let mut cfg = want.config;
+            if let Some(name) = &want.egress {
+                cfg.egress = 1;
+                cfg.egress_mac = iface::mac(name)?;
+                plan.egress = Some(iface::index(name)?);
+            }
+            plan.config = Some(cfg);
+        }
+        if want.quic_ids != have.quic_ids {
+            plan.quic_ids = Some(want.quic_ids.clone());
+        }
+        let find = |vips: &[VipSpec], key: &VipKey| vips.iter().position(|v| v.key == *key);
+        for v in &have.vips {
+            match find(&want.vips, &v.key) {
+                None => plan.removed.push(v.key),
+                Some(i) => {
+                    let w = &want.vips[i];
+                    if (w.ring, w.flags) != (v.ring, v.flags) {
+                        plan.reshaped.push(VipSpec {
+                            reals: Vec::new(),
+                            ..w.clone()
+                        });
+                    }
+                    let dels: Vec<IpAddr> = v
+                        .reals
+                        .iter()
+                        .filter(|r| !w.reals.iter().any(|x| x.addr == r.addr))
+                        .map(|r| r.addr)
+                        .collect();
+                    if !dels.is_empty() {
+                        plan.reals_removed.push((v.key, dels));
+                    }
+                    let sets: Vec<RealSpec> = w
+                        .reals
+                        .iter()
+                        .filter(|r| !v.reals.contains(r))
+                        .copied()
+                        .collect();
+                    if !sets.is_empty() {
+                        plan.reals_set.push((v.key, sets));
+                    }
+                }
+            }
+        }
+        for w in &want.vips {
+            if find(&have.vips, &w.key).is_none() {
+                plan.added.push(VipSpec {
+                    reals: Vec::new(),
+                    ..w.clone()
+                });
+                if !w.reals.is_empty() {
+                    plan.reals_set.push((w.key, w.reals.clone()));
+                }
+            }
+        }
+        // Regions: the removed VIPs' freed, then each resized VIP's new
+        // one taken while its old one is still in force, then the new VIPs'.
+        let mut records: Vec<VipRecord> = stored
+            .records
+            .iter()
+            .filter(|r| r.used != 0 && !plan.removed.contains(&r.key))
+            .copied()
+            .collect();
+        let resized: Vec<&VipSpec> = plan
+            .reshaped
+            .iter()
+            .filter(|v| records.iter().any(|r| r.key == v.key && r.ring != v.ring))
+            .collect();
+        for v in resized.into_iter().chain(&plan.added) {
+            let base = free_region(&records, 2 * v.ring).ok_or(BalancerError::Full {
+                what: "the VIP's rings (twice its ring size)",
+                limit: LB_RING_SLOTS,
+            })?;
+            records.retain(|r| r.key != v.key);
+            records.push(VipRecord {
+                key: v.key,
+                ring: v.ring,
+                used: 1,
+                base,
+                ..VipRecord::default()
+            });
+        }
+        if records.len() > LB_MAX_VIPS as usize {
+            return Err(BalancerError::Full {
+                what: "another VIP",
+                limit: LB_MAX_VIPS,
+            }
+            .into());
+        }
+        Ok(plan)
+    }
+
+    /// Carries out `plan` ([`LiveBalancer::plan`]): settings; VIPs removed;
+    /// reals removed (their flows choose again) and the rings rebuilt;
+    /// VIPs resized or with new flags; VIPs added; reals added or
+    /// reweighted and the rings rebuilt, once per VIP. Every ring change is
+    /// a switch of whole rings, and flows of reals that stay keep them.
+    pub fn sync(&mut self, plan: &SyncPlan) -> Result<()> {
+        if let Some(ifindex) = plan.egress {
+            self.set_egress(ifindex)?;
+        }
+        if let Some(cfg) = plan.config {
+            batch::write_array(&self.maps, LB_CONFIG, &[cfg])?;
+        }
+        for key in &plan.removed {
+            self.del_vip(*key)?;
+        }
+        for (key, addrs) in &plan.reals_removed {
+            let stored = read_stored(&self.maps)?;
+            let id = self.find(&stored, key)?;
+            self.del_members(&stored, id, addrs)?;
+            self.rebuild(id)?;
+        }
+        self.free_unused_reals()?;
+        for v in &plan.reshaped {
+            self.reshape(v.key, v.ring, v.flags)?;
+        }
+        for v in &plan.added {
+            self.add_vip(v.key, v.ring, v.flags)?;
+        }
+        for (key, reals) in &plan.reals_set {
+            let stored = read_stored(&self.maps)?;
+            let id = self.find(&stored, key)?;
+            self.set_members(id, reals)?;
+            self.rebuild(id)?;
+        }
+        if let Some(ids) = &plan.quic_ids {
+            // After the reals: the ids name them by index.
+            let stored = read_stored(&self.maps)?;
+            let mut by_id = std::collections::HashMap::new();
+            for (id, addr) in ids {
+                let want = real(*addr);
+                let index = stored
+                    .reals
+                    .iter()
+                    .position(|r| r.used != 0 && r.addr == want.addr && r.v6 == want.v6)
+                    .ok_or_else(|| BalancerError::UnknownReal {
+                        iface: self.iface.clone(),
+                        real: addr.to_string(),
+                    })?;
+                by_id.insert(*id, index as u32);
+            }
+            super::write_quic_ids(&self.maps, &by_id)?;
+        }
+        Ok(())
+    }
+
+    /// Gives VIP `key` a ring of `ring` slots and `flags`, in place: its
+    /// id, counters and flows stay. A new size takes a new pair of regions
+    /// (the old ones are freed by the switch).
+    pub fn reshape(&mut self, key: VipKey, ring: u32, flags: u32) -> Result<()> {
+        maglev::check_size(ring).map_err(|source| {
+            BalancerError::Tables(TablesError::Ring {
+                vip: describe(&key),
+                source,
+            })
+        })?;
+        let stored = read_stored(&self.maps)?;
+        let id = self.find(&stored, &key)?;
+        let old = stored.records[id];
+        let mut rec = VipRecord { flags, ..old };
+        if ring != old.ring {
+            let base = free_region(&stored.records, 2 * ring).ok_or(BalancerError::Full {
+                what: "the VIP's rings (twice its ring size)",
+                limit: LB_RING_SLOTS,
+            })?;
+            rec = VipRecord {
+                ring,
+                base,
+                active: 0,
+                ..rec
+            };
+            let mut resized = stored;
+            resized.records[id] = rec;
+            write_ring(&self.maps, base, &ring_of(&resized, id)?)?;
+        }
+        batch::update(
+            &self.maps,
+            LB_VIPS,
+            &[key],
+            &[Vip {
+                id: id as u32,
+                ring_base: rec.base + rec.active * rec.ring,
+                ring_size: rec.ring,
+                flags,
+            }],
+        )?;
+        batch::update(&self.maps, LB_VIP_RECORDS, &[id as u32], &[rec])
+    }
+}
+
+/// What [`LiveBalancer::sync`] changes (from [`LiveBalancer::plan`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    /// New settings.
+    pub config: Option<LbConfig>,
+    /// The egress interface to put in `LB_EGRESS` first.
+    pub egress: Option<u32>,
+    /// The QUIC server ids, all of them, once the reals are in.
+    pub quic_ids: Option<Vec<(u16, IpAddr)>>,
+    /// VIPs removed.
+    pub removed: Vec<VipKey>,
+    /// VIPs kept with another ring size or flags (no reals here).
+    pub reshaped: Vec<VipSpec>,
+    /// VIPs added (no reals here: see `reals_set`).
+    pub added: Vec<VipSpec>,
+    /// Reals removed, by VIP.
+    pub reals_removed: Vec<(VipKey, Vec<IpAddr>)>,
+    /// Reals added or reweighted, by VIP.
+    pub reals_set: Vec<(VipKey, Vec<RealSpec>)>,
+}
+
+impl SyncPlan {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == SyncPlan::default()
+    }
+}
+
+/// The declaration the stored records make.
+fn declared_of(maps: &PinnedMaps) -> Result<Declared> {
+    let stored = read_stored(maps)?;
+    let mut vips: Vec<VipSpec> = stored
+        .records
+        .iter()
+        .filter(|r| r.used != 0)
+        .map(|r| VipSpec {
+            key: r.key,
+            ring: r.ring,
+            flags: r.flags,
+            reals: Vec::new(),
+        })
+        .collect();
+    for (m, weight) in &stored.members {
+        let (Some(rec), Some(r)) = (
+            stored.records.get(m.vip as usize),
+            stored.reals.get(m.real as usize),
+        ) else {
+            continue;
+        };
+        if let Some(v) = vips.iter_mut().find(|v| v.key == rec.key) {
+            v.reals.push(RealSpec {
+                addr: ip_of(r),
+                weight: *weight,
+            });
+        }
+    }
+    super::config::sort(&mut vips);
+    let mut config = read_config(maps)?;
+    if config.gue_port == 0 {
+        config.gue_port = GUE_PORT;
+    }
+    let egress = if config.egress != 0 {
+        read_egress(maps)?.map(|i| iface::name(i).unwrap_or_else(|| format!("#{i}")))
+    } else {
+        None
+    };
+    // The egress fields follow the interface (its MAC), not the declaration.
+    config.egress = 0;
+    config.egress_mac = [0; 6];
+    let mut quic_ids: Vec<(u16, IpAddr)> = read_quic_ids(maps)?
+        .into_iter()
+        .filter_map(|(id, r)| stored.reals.get(r as usize).map(|r| (id, ip_of(r))))
+        .collect();
+    quic_ids.sort();
+    Ok(Declared {
+        config,
+        egress,
+        quic_ids,
+        vips,
+    })
+}
+
+/// The declaration of the balancer whose maps are pinned in stage
+/// directory `dir` (what `export` prints).
+pub fn declared_in(dir: &PinDir) -> Result<Declared> {
+    declared_of(&maps_in(dir)?)
+}
+
+/// A copy of what decides where the frames of the balancer on `ifname`
+/// go: settings, VIPs (with their ids and ring regions), reals by index,
+/// each VIP's ring in force (rebuilt from the stored reals, as `lb list`
+/// does: Maglev is deterministic) and the flow table. A reader: takes no
+/// lock and changes nothing.
+pub fn snapshot(ifname: &str) -> Result<(Tables, Vec<(FlowKey, FlowReal)>)> {
+    privilege::require("reading the balancer")?;
+    let maps = open_maps(ifname)?;
+    let stored = read_stored(&maps)?;
+    let vips: std::collections::HashMap<VipKey, Vip> =
+        batch::dump::<VipKey, Vip>(&maps, LB_VIPS, usize::MAX)?
+            .into_iter()
+            .collect();
+    let mut rings = Vec::new();
+    for vip in vips.values() {
+        if stored
+            .records
+            .get(vip.id as usize)
+            .is_some_and(|r| r.used != 0)
+        {
+            rings.push((vip.ring_base, ring_of(&stored, vip.id as usize)?));
+        }
+    }
+    let flows = batch::dump::<FlowKey, FlowReal>(&maps, LB_FLOWS, usize::MAX)?;
+    Ok((
+        Tables {
+            config: read_config(&maps)?,
+            vips,
+            reals: stored.reals,
+            rings,
+            quic_ids: read_quic_ids(&maps)?.into_iter().collect(),
+            egress: read_egress(&maps)?,
+        },
+        flows,
+    ))
 }
 
 /// The first slot of a free range of `len` ring slots, first fit among the

@@ -8,10 +8,12 @@
 //! stage's pinned maps ([`tables`], [`write_tables`]); without VIPs the
 //! stage hands every frame on.
 
+pub mod config;
 pub mod error;
 pub mod live;
 pub mod maglev;
 pub mod model;
+pub mod simulate;
 pub mod tables;
 
 pub use xdpkit_common::balancer::{PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS, VIP_QUIC};
@@ -22,12 +24,13 @@ use xdpkit_common::balancer::{
     LB_VIP_STATS,
 };
 
-use super::{OutcomeCount, Program};
+use super::{Commit, OutcomeCount, Program, StageLoad};
 use crate::{
     maps::{batch, MapSource},
     model::{Decision, StageOutcome},
     object::{embedded, Object},
     pins::PinDir,
+    settings::SettingsError,
     Result,
 };
 
@@ -91,10 +94,65 @@ impl Program for Balancer {
         super::read_outcomes(dir, "lb_outcomes", &OUTCOME_NAMES).unwrap_or_default()
     }
 
+    fn normalise_settings(
+        &self,
+        given: Option<&toml::Table>,
+        base_dir: &std::path::Path,
+    ) -> std::result::Result<toml::Table, SettingsError> {
+        let _ = base_dir;
+        config::normalise(given.unwrap_or(&toml::Table::new()))
+    }
+
+    fn configure(
+        &self,
+        stage: &mut StageLoad<'_>,
+        settings: &toml::Table,
+    ) -> Result<Option<Commit>> {
+        // `attach` gives no settings: the VIPs stay as `xdpkit lb` left
+        // them. `apply` gives the whole declaration.
+        if settings.is_empty() {
+            return Ok(None);
+        }
+        let want = config::parse(settings)
+            .map_err(|e| crate::Error::InvalidArgument(format!("balancer settings: {e}")))?;
+        let mut live = live::LiveBalancer::open_in(stage.iface, stage.dir, stage.lock.share()?)?;
+        // Checked now, while nothing has changed.
+        let plan = live.plan(&want)?;
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        if stage.fresh {
+            // New maps: nothing runs on them yet.
+            live.sync(&plan)?;
+            return Ok(None);
+        }
+        // The maps are the running stage's: change them at the switch.
+        Ok(Some(Box::new(move || live.sync(&plan))))
+    }
+
+    fn list_names(&self, key: &str) -> Option<usize> {
+        // `VIP ring N ...`; `VIP REAL weight W`.
+        match key {
+            "vips" => Some(1),
+            "reals" => Some(2),
+            _ => None,
+        }
+    }
+
+    fn running_settings(&self, dir: &PinDir) -> Result<toml::Table> {
+        Ok(config::to_table(&live::declared_in(dir)?))
+    }
+
     fn model(&self, frame: &[u8], settings: &toml::Table) -> StageOutcome {
-        // No settings yet: a balancer without VIPs hands every frame on.
-        let _ = settings;
-        StageOutcome::same(Decision::Next, frame)
+        // The declared VIPs, a flow table of this frame alone. Settings
+        // that do not parse or fit (never normalised ones) balance nothing.
+        let Ok(d) = config::parse(settings) else {
+            return StageOutcome::same(Decision::Next, frame);
+        };
+        match tables::build(d.config, &d.vips) {
+            Ok(t) => model::decide(&t, &mut model::Flows::new(), frame).outcome,
+            Err(_) => StageOutcome::same(Decision::Next, frame),
+        }
     }
 }
 
@@ -126,6 +184,21 @@ pub fn write_tables(maps: &mut impl MapSource, t: &tables::Tables) -> Result<()>
         write_ring(maps, *base, ring)?;
     }
     write_quic_ids(maps, &t.quic_ids)?;
+    if let Some(ifindex) = t.egress {
+        let map = maps
+            .map_mut(LB_EGRESS)
+            .ok_or_else(|| crate::maps::missing_map(LB_EGRESS))?;
+        let mut devmap = aya::maps::DevMap::try_from(map).map_err(|e| crate::Error::Map {
+            what: format!("open {LB_EGRESS}"),
+            source: e.into(),
+        })?;
+        devmap
+            .set(0, ifindex, None, 0)
+            .map_err(|e| crate::Error::Map {
+                what: format!("set {LB_EGRESS} to ifindex {ifindex}"),
+                source: e.into(),
+            })?;
+    }
     let (keys, values): (Vec<VipKey>, Vec<Vip>) = t.vips.iter().map(|(k, v)| (*k, *v)).unzip();
     if !keys.is_empty() {
         batch::update(maps, LB_VIPS, &keys, &values)?;

@@ -119,6 +119,11 @@ pub fn frame_hash(frame: &[u8]) -> Option<u32> {
     parse(frame).map(|f| hash_of(&f.key))
 }
 
+/// The flow of `frame`, if the balancer reads one.
+pub fn frame_flow(frame: &[u8]) -> Option<FlowKey> {
+    parse(frame).map(|f| f.key)
+}
+
 fn hash_of(key: &FlowKey) -> u32 {
     let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
     flow_hash(halves(&key.src), halves(&key.dst), ports, key.proto)

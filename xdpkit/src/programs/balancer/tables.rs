@@ -68,6 +68,8 @@ pub struct Tables {
     pub rings: Vec<(u32, Vec<u32>)>,
     /// `LB_QUIC_IDS`: real index by QUIC server id.
     pub quic_ids: HashMap<u16, u32>,
+    /// `LB_EGRESS`: the egress interface of two-interface mode.
+    pub egress: Option<u32>,
 }
 
 impl Tables {
