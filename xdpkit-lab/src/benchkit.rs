@@ -103,19 +103,16 @@ impl OneCoreLab {
     /// ring is empty: the generator gets the rest of the core.
     pub fn pin_return_napi(&self) -> BenchResult<()> {
         pin_napi_threads(&self.gen_if, GEN_CPU)?;
-        for pid in napi_threads(&self.gen_if)? {
-            let param = libc::sched_param { sched_priority: 50 };
-            // SAFETY: a valid sched_param; the call only reads it.
-            if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
-                return Err(format!(
-                    "SCHED_FIFO for napi/{} (pid {pid}): {}",
-                    self.gen_if,
-                    std::io::Error::last_os_error()
-                )
-                .into());
-            }
-        }
-        Ok(())
+        realtime_napi_threads(&self.gen_if)
+    }
+
+    /// Makes the receiving veth's NAPI threads real-time (SCHED_FIFO) on
+    /// their core: a contender then has the core whatever else runs on the
+    /// machine (the kernel still leaves others 5% of it), so a shared
+    /// machine's builds do not decide the figures. After
+    /// [`OneCoreLab::pin_napi`].
+    pub fn realtime_napi(&self) -> BenchResult<()> {
+        realtime_napi_threads(&self.dut_if)
     }
 
     /// Sends `frame` from `gen` at full speed for `d`, sources random in
@@ -196,6 +193,22 @@ pub fn pin_napi_threads(ifname: &str, cpu: usize) -> BenchResult<()> {
     }
     for pid in pids {
         set_affinity(pid, cpu)?;
+    }
+    Ok(())
+}
+
+/// Makes every `napi/<ifname>-*` kernel thread SCHED_FIFO (priority 50).
+fn realtime_napi_threads(ifname: &str) -> BenchResult<()> {
+    for pid in napi_threads(ifname)? {
+        let param = libc::sched_param { sched_priority: 50 };
+        // SAFETY: a valid sched_param; the call only reads it.
+        if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(format!(
+                "SCHED_FIFO for napi/{ifname} (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
     }
     Ok(())
 }

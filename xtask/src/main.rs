@@ -94,7 +94,8 @@ enum Bench {
     Lb {
         /// Extra arguments (`--katran-obj PATH`, `--rounds N`, `--runs N`,
         /// `--trial-secs S`, `--reals N`, `--only test-run|lab`, `--out DIR`,
-        /// `--anchors DIR`).
+        /// `--anchors DIR`; `--realtime`: the measured core's NAPI thread
+        /// SCHED_FIFO, so other work on a shared machine does not take it).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

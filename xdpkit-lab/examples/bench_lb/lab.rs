@@ -93,6 +93,7 @@ pub fn measure(
     drop_obj: &Path,
     rounds: usize,
     trial: Duration,
+    realtime: bool,
 ) -> BoxResult<Vec<Vec<Sample>>> {
     let bl = OneCoreLab::new("xkbl", GEN_IF, DUT_IF, SUBNET)?;
     bl.receive_back()?;
@@ -137,11 +138,16 @@ pub fn measure(
     println!(
         "lab: {GEN_IF} (gen, CPU {gen}: generator, and the return path's NAPI with drop.c counting) \
          -> {DUT_IF} (dut, threaded NAPI on CPU {napi}, GRO on); TCP ACKs from {CLIENTS} \
-         (1,024 flows) to {}:{}; {} rounds, {:.1} s each",
+         (1,024 flows) to {}:{}; {} rounds, {:.1} s each{}",
         setup.vip,
         setup.port,
         rounds,
         trial.as_secs_f64(),
+        if realtime {
+            "; dut's NAPI thread real-time (--realtime)"
+        } else {
+            ""
+        },
         gen = xdpkit_lab::benchkit::GEN_CPU,
         napi = xdpkit_lab::benchkit::NAPI_CPU,
     );
@@ -181,6 +187,9 @@ pub fn measure(
             setup_contender(&bl, c, setup, gen_mac, drop_obj)?;
             let measured = (|| -> BoxResult<Sample> {
                 bl.pin_napi()?;
+                if realtime {
+                    bl.realtime_napi()?;
+                }
                 bl.pin_return_napi()?;
                 trial_once(&bl, c, &frame, clients, WARM_UP)?;
                 trial_once(&bl, c, &frame, clients, trial)
