@@ -239,12 +239,18 @@ fn main() -> BoxResult<()> {
     for c in &checked {
         println!("{c}");
     }
-    if misses.is_empty() {
-        println!("targets: all checked met");
+    let unchecked = checked.iter().any(|c| c.contains("not checked"));
+    if misses.is_empty() && unchecked {
+        println!("targets: met where checked; against Katran not checked (no --katran-obj)");
+    } else if misses.is_empty() {
+        println!("targets: all met");
     } else {
         println!("targets not met:");
         for m in &misses {
             println!("  {m}");
+        }
+        if unchecked {
+            println!("  (against Katran not checked: no --katran-obj)");
         }
     }
     println!("{:.0} s in all", started.elapsed().as_secs_f64());
