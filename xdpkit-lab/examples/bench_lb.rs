@@ -138,6 +138,9 @@ struct Options {
     anchors: PathBuf,
     only: Only,
     realtime: bool,
+    /// The test_run scenarios measured (all by default; one at a time to
+    /// profile it).
+    scenarios: Vec<Scenario>,
 }
 
 fn options() -> BoxResult<Options> {
@@ -155,6 +158,7 @@ fn options() -> BoxResult<Options> {
         anchors: workspace.join("../shared/perf/anchors"),
         only: Only::Both,
         realtime: false,
+        scenarios: Scenario::ALL.to_vec(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -168,6 +172,17 @@ fn options() -> BoxResult<Options> {
             "--out" => o.out = PathBuf::from(value()?),
             "--anchors" => o.anchors = PathBuf::from(value()?),
             "--realtime" => o.realtime = true,
+            "--scenarios" => {
+                o.scenarios = value()?
+                    .split(',')
+                    .map(|k| {
+                        Scenario::ALL
+                            .into_iter()
+                            .find(|s| s.key() == k)
+                            .ok_or(format!("--scenarios: established, syn or no-syn, not {k}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "--only" => {
                 o.only = match value()?.as_str() {
                     "test-run" => Only::TestRun,
@@ -181,7 +196,8 @@ fn options() -> BoxResult<Options> {
                      [--rounds N (7)] [--runs N (2000): test runs per scenario and round] \
                      [--trial-secs S (2)] [--reals N (100)] [--out DIR (target/bench)] \
                      [--anchors DIR (../shared/perf/anchors)] [--only test-run|lab] \
-                     [--realtime: dut's NAPI thread SCHED_FIFO, for a machine others load]"
+                     [--realtime: dut's NAPI thread SCHED_FIFO, for a machine others load] \
+                     [--scenarios established,syn,no-syn: test_run scenarios (all)]"
                 );
                 std::process::exit(0);
             }
@@ -228,7 +244,14 @@ fn main() -> BoxResult<()> {
                     .display()
                     .to_string())
         );
-        let ns = test_run::measure(&setup, &drop_obj, o.katran_obj.as_deref(), o.rounds, o.runs)?;
+        let ns = test_run::measure(
+            &setup,
+            &drop_obj,
+            o.katran_obj.as_deref(),
+            &o.scenarios,
+            o.rounds,
+            o.runs,
+        )?;
         report_test_run(&ns, &o, &mut misses, &mut checked)?;
     }
     if o.only != Only::TestRun {
@@ -287,6 +310,9 @@ fn report_test_run(
     );
     let mut bars = Vec::new();
     for s in Scenario::ALL {
+        if ns.of(s, Prog::Drop).is_empty() {
+            continue;
+        }
         println!();
         println!(
             "test_run, {} (ns per frame, median of {} rounds)",

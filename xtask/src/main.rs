@@ -94,8 +94,9 @@ enum Bench {
     Lb {
         /// Extra arguments (`--katran-obj PATH`, `--rounds N`, `--runs N`,
         /// `--trial-secs S`, `--reals N`, `--only test-run|lab`, `--out DIR`,
-        /// `--anchors DIR`; `--realtime`: the measured core's NAPI thread
-        /// SCHED_FIFO, so other work on a shared machine does not take it).
+        /// `--anchors DIR`, `--scenarios established,syn,no-syn`;
+        /// `--realtime`: the measured core's NAPI thread SCHED_FIFO, so
+        /// other work on a shared machine does not take it).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -47,6 +47,15 @@ pub enum Scenario {
 impl Scenario {
     pub const ALL: [Scenario; 3] = [Scenario::Established, Scenario::NewSyn, Scenario::NewNoSyn];
 
+    /// Its name for `--scenarios`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Scenario::Established => "established",
+            Scenario::NewSyn => "syn",
+            Scenario::NewNoSyn => "no-syn",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Established => "established flow",
@@ -141,6 +150,7 @@ pub fn measure(
     setup: &Setup,
     drop_obj: &Path,
     katran_obj: Option<&Path>,
+    scenarios: &[Scenario],
     rounds: usize,
     runs: usize,
 ) -> BoxResult<TestRunNs> {
@@ -204,8 +214,8 @@ pub fn measure(
             .filter(|p| *p != Prog::Katran || loaded.katran.is_some())
             .collect();
         let mut line = Vec::new();
-        for k in 0..Scenario::ALL.len() {
-            let si = (round + k) % Scenario::ALL.len();
+        for k in 0..scenarios.len() {
+            let si = scenarios[(round + k) % scenarios.len()] as usize;
             let mut ns: Vec<Vec<u64>> = vec![Vec::with_capacity(runs); Prog::ALL.len()];
             for i in 0..runs {
                 let frame = &frames[si][i % frames[si].len()];
@@ -223,7 +233,11 @@ pub fn measure(
         }
         println!("  test_run round {}: {} ns", round + 1, line.join(", "));
     }
-    let inserted = 1 + 2 * rounds * runs;
+    let new_flows = scenarios
+        .iter()
+        .filter(|s| **s != Scenario::Established)
+        .count();
+    let inserted = 1 + new_flows * rounds * runs;
     let mut flows = vec![(Prog::Xdpkit, xdpkit_flows(&mut loaded.xdpkit)?, inserted)];
     if let Some(k) = &loaded.katran {
         flows.push((Prog::Katran, k.flows(CPU)?, inserted));
