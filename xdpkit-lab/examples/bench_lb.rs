@@ -293,7 +293,7 @@ fn stats(v: &[f64]) -> Option<Trials> {
     })
 }
 
-/// Median of the per-round differences `a - b` (rounds paired).
+/// Median over the rounds of `f(a, b)`, round by round (rounds paired).
 fn paired(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Option<f64> {
     let v: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect();
     stats(&v).map(|t| t.median)
