@@ -29,3 +29,37 @@ pub const MAX_L4_CSUM: u32 = 14 + 4 + 60 + 16;
 // SAFETY: plain old data, `#[repr(C)]`, no padding (four u32).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for GenConfig {}
+
+/// Array map with one [`GenHeaders`] at index 0.
+pub const GEN_HEADERS: &str = "XDPKIT_GEN_HDRS";
+/// Largest [`GenHeaders::len`].
+pub const GEN_HEADERS_MAX: usize = 128;
+
+/// Bytes `xdpkit_gen` writes over the start of every frame before anything
+/// else. Live-frames mode recycles its pages with their contents: a
+/// receiver that rewrites a frame in place (a balancer's encapsulation, a
+/// NAT, a router's TTL) hands the rewritten bytes back to the generator,
+/// whose next frames would carry them. With the frame's headers here, each
+/// frame leaves as built.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenHeaders {
+    /// How many bytes of [`GenHeaders::bytes`] to write (0: none).
+    pub len: u32,
+    /// The frame's first bytes.
+    pub bytes: [u8; GEN_HEADERS_MAX],
+}
+
+impl Default for GenHeaders {
+    fn default() -> Self {
+        GenHeaders {
+            len: 0,
+            bytes: [0; GEN_HEADERS_MAX],
+        }
+    }
+}
+
+// SAFETY: plain old data, `#[repr(C)]`, no padding (a u32 and bytes, size
+// a multiple of 4).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for GenHeaders {}

@@ -72,7 +72,6 @@ const NFT_TABLE: &str = "xkbench";
 /// Pause after each teardown: the kernel frees big maps in a worker that
 /// can land on the measured core.
 const SETTLE: Duration = Duration::from_secs(3);
-const CLANG: &str = "clang-14";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contender {
@@ -365,26 +364,7 @@ fn build_anchors(o: &Options) -> BoxResult<Vec<(Contender, PathBuf)>> {
             } else {
                 o.anchors.clone()
             };
-            let src = dir.join(format!("{name}.c"));
-            let obj = o.out.join(format!("{name}.o"));
-            run(std::process::Command::new(CLANG)
-                .args([
-                    "-O2",
-                    "-g",
-                    "-target",
-                    "bpf",
-                    "-I/usr/include/x86_64-linux-gnu",
-                    "-c",
-                ])
-                .arg(&src)
-                .arg("-o")
-                .arg(&obj))
-            .map_err(|e| {
-                format!(
-                    "building the anchor {} ({e}): run `cargo xtask bootstrap`",
-                    src.display()
-                )
-            })?;
+            let obj = benchkit::build_anchor(&dir.join(format!("{name}.c")), &o.out)?;
             Ok((c, obj))
         })
         .collect()

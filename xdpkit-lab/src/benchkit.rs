@@ -3,7 +3,11 @@
 //! PNG (plotters) output. Contenders run in turn in the same lab, so their
 //! ratios are measured side by side.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use ipnet::{IpNet, Ipv4Net};
 
@@ -61,15 +65,7 @@ impl OneCoreLab {
             )
             .gro("dut", dut_if)
             .build()?;
-        // `ip netns exec` mounts the namespace's own /sys, where the veth is.
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &lab.ns_name("dut"),
-            "sh",
-            "-c",
-            &format!("echo 1 > /sys/class/net/{dut_if}/threaded"),
-        ]))?;
+        set_threaded(&lab, "dut", dut_if)?;
         Ok(OneCoreLab {
             lab,
             gen_if: gen_if.to_string(),
@@ -80,25 +76,43 @@ impl OneCoreLab {
     /// Pins the receiving veth's NAPI threads to [`NAPI_CPU`] (again after
     /// an attach, which may recreate them).
     pub fn pin_napi(&self) -> BenchResult<()> {
-        let mut pinned = 0;
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if comm.trim().starts_with(&format!("napi/{}", self.dut_if)) {
-                set_affinity(pid, NAPI_CPU)?;
-                pinned += 1;
-            }
-        }
-        if pinned == 0 {
-            return Err(format!(
-                "no napi/{}-* kernel thread: threaded NAPI is off",
-                self.dut_if
-            )
-            .into());
-        }
-        Ok(())
+        pin_napi_threads(&self.dut_if, NAPI_CPU)
+    }
+
+    /// Makes `gen` receive what `dut` sends back (its `XDP_TX`, or what it
+    /// forwards out of the same veth) on [`GEN_CPU`]: NAPI on the sending
+    /// veth (GRO on), threaded, so the return path does not run on the
+    /// measured core. A veth schedules its peer's NAPI for `XDP_TX` frames
+    /// only when the peer runs an XDP program: attach one to `gen_if` (a
+    /// counting drop, or a pass to watch with tcpdump), then call
+    /// [`OneCoreLab::pin_return_napi`] before each measurement.
+    pub fn receive_back(&self) -> BenchResult<()> {
+        run(self
+            .lab
+            .command("gen", "ethtool")
+            .args(["-K", &self.gen_if, "gro", "on"]))?;
+        set_threaded(&self.lab, "gen", &self.gen_if)?;
+        self.pin_return_napi()
+    }
+
+    /// Pins the sending veth's NAPI threads to [`GEN_CPU`] and makes them
+    /// real-time (SCHED_FIFO) there (see [`OneCoreLab::receive_back`]):
+    /// the generator keeps its core busy, and a receive thread that waits
+    /// for its turn lets the veth's 256-frame ring overflow, so frames the
+    /// measured side sent would be lost on the way back. It sleeps when the
+    /// ring is empty: the generator gets the rest of the core.
+    pub fn pin_return_napi(&self) -> BenchResult<()> {
+        pin_napi_threads(&self.gen_if, GEN_CPU)?;
+        realtime_napi_threads(&self.gen_if)
+    }
+
+    /// Makes the receiving veth's NAPI threads real-time (SCHED_FIFO) on
+    /// their core: a contender then has the core whatever else runs on the
+    /// machine (the kernel still leaves others 5% of it), so a shared
+    /// machine's builds do not decide the figures. After
+    /// [`OneCoreLab::pin_napi`].
+    pub fn realtime_napi(&self) -> BenchResult<()> {
+        realtime_napi_threads(&self.dut_if)
     }
 
     /// Sends `frame` from `gen` at full speed for `d`, sources random in
@@ -120,15 +134,126 @@ impl OneCoreLab {
         sources: Option<IpNet>,
         d: Duration,
     ) -> BenchResult<Sent> {
+        self.send(frame, sources, d, false)
+    }
+
+    /// [`OneCoreLab::send_from`] for a `dut` that rewrites frames in place
+    /// (a balancer, a NAT, a router): each frame's headers are written
+    /// afresh ([`Generator::restore_headers`]), or the rewritten bytes
+    /// would come back in later frames.
+    pub fn send_fresh_from(
+        &self,
+        frame: &[u8],
+        sources: Option<IpNet>,
+        d: Duration,
+    ) -> BenchResult<Sent> {
+        self.send(frame, sources, d, true)
+    }
+
+    fn send(
+        &self,
+        frame: &[u8],
+        sources: Option<IpNet>,
+        d: Duration,
+        restore: bool,
+    ) -> BenchResult<Sent> {
         let frame = frame.to_vec();
         let gen_if = self.gen_if.clone();
         let sent = self.lab.run_in("gen", move || {
             // Best effort: an unpinned generator only makes figures noisier.
             let _ = set_affinity(0, GEN_CPU);
-            Generator::with_sources(&gen_if, frame, sources)?.send_for(d)
+            let mut g = Generator::with_sources(&gen_if, frame, sources)?;
+            if restore {
+                g.restore_headers()?;
+            }
+            g.send_for(d)
         })??;
         Ok(sent)
     }
+}
+
+/// Turns on threaded NAPI for `ifname` in namespace `ns`.
+fn set_threaded(lab: &Lab, ns: &str, ifname: &str) -> BenchResult<()> {
+    // `ip netns exec` mounts the namespace's own /sys, where the veth is.
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.ns_name(ns),
+        "sh",
+        "-c",
+        &format!("echo 1 > /sys/class/net/{ifname}/threaded"),
+    ]))
+}
+
+/// Pins every `napi/<ifname>-*` kernel thread to `cpu`.
+pub fn pin_napi_threads(ifname: &str, cpu: usize) -> BenchResult<()> {
+    let pids = napi_threads(ifname)?;
+    if pids.is_empty() {
+        return Err(format!("no napi/{ifname}-* kernel thread: threaded NAPI is off").into());
+    }
+    for pid in pids {
+        set_affinity(pid, cpu)?;
+    }
+    Ok(())
+}
+
+/// Makes every `napi/<ifname>-*` kernel thread SCHED_FIFO (priority 50).
+fn realtime_napi_threads(ifname: &str) -> BenchResult<()> {
+    for pid in napi_threads(ifname)? {
+        let param = libc::sched_param { sched_priority: 50 };
+        // SAFETY: a valid sched_param; the call only reads it.
+        if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(format!(
+                "SCHED_FIFO for napi/{ifname} (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The `napi/<ifname>-*` kernel threads.
+fn napi_threads(ifname: &str) -> BenchResult<Vec<i32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim().starts_with(&format!("napi/{ifname}")) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// Builds the C anchor `src` (one of ../shared/perf/anchors) with clang-14
+/// into `out_dir`; returns the object's path.
+pub fn build_anchor(src: &Path, out_dir: &Path) -> BenchResult<PathBuf> {
+    let stem = src
+        .file_stem()
+        .ok_or_else(|| format!("{}: not a C file", src.display()))?;
+    let obj = out_dir.join(stem).with_extension("o");
+    run(Command::new("clang-14")
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+        ])
+        .arg(src)
+        .arg("-o")
+        .arg(&obj))
+    .map_err(|e| {
+        format!(
+            "building the anchor {} ({e}): run `cargo xtask bootstrap`",
+            src.display()
+        )
+    })?;
+    Ok(obj)
 }
 
 /// Pins `pid` (0: this thread) to `cpu`.

@@ -7,7 +7,8 @@
 //!   lab, trials with medians, CSV and PNG bars.
 //!
 //! The examples are what `cargo xtask` runs: `demo` (`cargo xtask demo`),
-//! `bench_firewall` and `bench_compare` (`cargo xtask bench firewall|compare`).
+//! `bench_firewall`, `bench_compare`, `bench_stages` and `bench_lb` (`cargo
+//! xtask bench firewall|compare|stages|lb`).
 
 pub mod benchkit;
 pub mod lab;

@@ -15,7 +15,9 @@ use aya::{
     Ebpf,
 };
 use ipnet::{IpNet, Ipv4Net};
-use xdpkit_common::trafficgen::{GenConfig, GEN_CONFIG, MAX_L4_CSUM};
+use xdpkit_common::trafficgen::{
+    GenConfig, GenHeaders, GEN_CONFIG, GEN_HEADERS, GEN_HEADERS_MAX, MAX_L4_CSUM,
+};
 
 use crate::{iface, object, Error, Result};
 
@@ -131,6 +133,34 @@ impl Generator {
             ebpf,
             ifindex,
             frame,
+        })
+    }
+
+    /// Rewrites the frame's headers (its first 128 bytes at most) on every
+    /// copy before sending it: needed when the receiver rewrites frames in
+    /// place (a balancer, a NAT, a router), since live-frames mode recycles
+    /// pages with whatever the receiver left in them. Costs the generator
+    /// a copy per frame.
+    ///
+    /// # Errors
+    ///
+    /// The generator's map cannot be written.
+    pub fn restore_headers(&mut self) -> Result<()> {
+        let mut h = GenHeaders::default();
+        let len = self.frame.len().min(GEN_HEADERS_MAX);
+        h.bytes[..len].copy_from_slice(&self.frame[..len]);
+        h.len = len as u32;
+        let map = self
+            .ebpf
+            .map_mut(GEN_HEADERS)
+            .ok_or_else(|| object::missing_map(GEN_HEADERS))?;
+        let mut array: Array<_, GenHeaders> = Array::try_from(map).map_err(|e| Error::Map {
+            what: "open the generator's headers".to_string(),
+            source: e.into(),
+        })?;
+        array.set(0, h, 0).map_err(|e| Error::Map {
+            what: "write the generator's headers".to_string(),
+            source: e.into(),
         })
     }
 

@@ -81,6 +81,25 @@ enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The balancer against Katran's and against nftables DNAT (issue 11),
+    /// one VIP (TCP) with 100 reals on a 65,537-slot ring. test_run ns per
+    /// frame, one fresh frame per run, for an established flow and new flows
+    /// (SYN, and no SYN): bare drop (drop.c), xdpkit's balancer and, with
+    /// `--katran-obj PATH`, Katran's balancer.bpf.c as you built it (its
+    /// maps filled for the same VIP; without it the Katran rows say "not
+    /// given"). Then Mpps on one core, one-armed: drop.c at the receiver
+    /// (anchor), xdpkit's balancer (XDP_TX, IPIP) and nftables DNAT (jhash
+    /// map, conntrack) forwarding back out, counted where the frames
+    /// arrive. Rounds interleaved, medians; about 2 minutes.
+    Lb {
+        /// Extra arguments (`--katran-obj PATH`, `--rounds N`, `--runs N`,
+        /// `--trial-secs S`, `--reals N`, `--only test-run|lab`, `--out DIR`,
+        /// `--anchors DIR`, `--scenarios established,syn,no-syn`;
+        /// `--realtime`: the measured core's NAPI thread SCHED_FIFO, so
+        /// other work on a shared machine does not take it).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// What each extra stage of a chain costs (issue 9: at most 10 ns per
     /// extra stage), against the program attached alone: `drop` alone and
     /// the chains [drop], [count,drop], [firewall,drop],
@@ -111,6 +130,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Stages { args },
         } => bench("bench_stages", &args),
+        Task::Bench {
+            bench: Bench::Lb { args },
+        } => bench("bench_lb", &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,13 +3,13 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::Array,
     programs::XdpContext,
 };
 use xdpkit_common::{
-    trafficgen::{GenConfig, MAX_L4_CSUM},
+    trafficgen::{GenConfig, GenHeaders, GEN_HEADERS_MAX, MAX_L4_CSUM},
     XdpAction,
 };
 
@@ -19,6 +19,8 @@ xdpkit_ebpf::license!();
 
 #[map(name = "XDPKIT_GEN_CFG")]
 static GEN_CFG: Array<GenConfig> = Array::with_max_entries(1, 0);
+#[map(name = "XDPKIT_GEN_HDRS")]
+static GEN_HDRS: Array<GenHeaders> = Array::with_max_entries(1, 0);
 
 const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
@@ -36,12 +38,29 @@ const _: () = assert!(MAX_L4_CSUM as usize <= L4_MASK);
 /// the interface named as ingress. Never attached to an interface.
 #[xdp]
 pub fn xdpkit_gen(ctx: XdpContext) -> u32 {
+    restore_headers(&ctx);
     if let Some(cfg) = GEN_CFG.get(0) {
         if cfg.src_random != 0 {
             randomise_source(&ctx, cfg);
         }
     }
     XdpAction::Tx as u32
+}
+
+/// Writes the configured headers over the frame's start (see
+/// [`GenHeaders`]): a page may come back from a receiver that rewrote it.
+#[inline(always)]
+fn restore_headers(ctx: &XdpContext) {
+    let Some(h) = GEN_HDRS.get(0) else {
+        return;
+    };
+    let len = h.len;
+    if len == 0 || len > GEN_HEADERS_MAX as u32 {
+        return;
+    }
+    // SAFETY: a helper on this program's context; it checks `len` against
+    // the frame, and `len` bytes lie in the map value (checked above).
+    unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, h.bytes.as_ptr() as *mut core::ffi::c_void, len) };
 }
 
 #[inline(always)]
