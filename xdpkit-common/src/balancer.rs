@@ -22,8 +22,8 @@ pub const LB_MAX_REALS: u32 = 4096;
 /// A ring slot that names no real (a VIP whose reals are all drained).
 pub const LB_NO_REAL: u32 = u32::MAX;
 /// LRU hash of [`FlowKey`] -> [`FlowReal`]: the real of each flow seen,
-/// so established flows keep theirs when the ring changes. Its LRU lists
-/// are per CPU (`BPF_F_NO_COMMON_LRU`): RSS keeps a flow on one CPU.
+/// so established flows keep theirs when the ring changes. A common LRU:
+/// inserts take nodes from per-CPU free lists, lookups see every CPU's.
 pub const LB_FLOWS: &str = "LB_FLOWS";
 /// Entries of [`LB_FLOWS`].
 pub const LB_MAX_FLOWS: u32 = 1 << 16;

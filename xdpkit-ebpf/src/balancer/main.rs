@@ -36,9 +36,10 @@ static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(LB_MAX_VIPS, 0);
 static RINGS: Array<u32> = Array::with_max_entries(LB_RING_SLOTS, 0);
 #[map(name = "LB_REALS")]
 static REALS: Array<Real> = Array::with_max_entries(LB_MAX_REALS, 0);
-/// `BPF_F_NO_COMMON_LRU`: an LRU list per CPU, no lock shared between them.
+/// A common LRU (flags 0): its inserts cost less than with per-CPU LRU
+/// lists (`BPF_F_NO_COMMON_LRU`), measured with `cargo xtask bench lb`.
 #[map(name = "LB_FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowReal> = LruHashMap::with_max_entries(LB_MAX_FLOWS, 2);
+static FLOWS: LruHashMap<FlowKey, FlowReal> = LruHashMap::with_max_entries(LB_MAX_FLOWS, 0);
 #[map(name = "LB_VIP_STATS")]
 static VIP_STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(LB_MAX_VIPS, 0);
 #[map(name = "LB_REAL_STATS")]
