@@ -151,6 +151,9 @@ pub struct FlowReal {
     /// The VIP's id when the flow was seen (a flow table entry of a VIP
     /// since removed and re-added under another id is not used).
     pub vip: u32,
+    /// The flow's hash (outer source, flow label, GUE port), kept so an
+    /// established flow's frames need not compute it again.
+    pub hash: u32,
 }
 
 /// The balancer's settings.
@@ -376,7 +379,7 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Vip>() == 16);
 const _: () = assert!(core::mem::size_of::<Real>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowReal>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowReal>() == 12);
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 48);
 const _: () = assert!(core::mem::size_of::<GuardWindow>() == 16);
 const _: () = assert!(core::mem::size_of::<VipRecord>() == 40);

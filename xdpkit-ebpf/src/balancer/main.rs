@@ -107,9 +107,6 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
         return chain::next(&ctx);
     };
     add(&VIP_STATS, vip.id, len);
-    let (src, dst) = (halves(&frame.key.src), halves(&frame.key.dst));
-    let ports = (u32::from(frame.key.sport) << 16) | u32::from(frame.key.dport);
-    let hash = flow_hash(src, dst, ports, frame.key.proto);
     // By reference: a copy would take stack the calls below need.
     let Some(cfg) = CONFIG.get(0) else {
         return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
@@ -126,14 +123,16 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     } else {
         // SAFETY: as above.
         match unsafe { FLOWS.get(&frame.key) } {
-            Some(f) if f.vip == vip.id => real_at(f.real).map(|r| (f.real, r)),
+            Some(f) if f.vip == vip.id => real_at(f.real).map(|r| (f.real, r, f.hash)),
             _ => None,
         }
     };
-    let (index, real, outcome) = match (quic, known) {
-        (Some((index, real)), _) => (index, real, LbOutcome::QuicRouted),
-        (None, Some((index, real))) => (index, real, LbOutcome::FlowHit),
+    // An established flow's hash is in its entry: not computed again.
+    let (index, real, outcome, hash) = match (quic, known) {
+        (Some((index, real)), _) => (index, real, LbOutcome::QuicRouted, hash_of(&frame.key)),
+        (None, Some((index, real, hash))) => (index, real, LbOutcome::FlowHit, hash),
         (None, None) => {
+            let hash = hash_of(&frame.key);
             if vip.ring_size == 0 {
                 return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             }
@@ -152,6 +151,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
                     let entry = FlowReal {
                         real: index,
                         vip: vip.id,
+                        hash,
                     };
                     // A full table evicts its least recently used entry.
                     let _ = FLOWS.insert(&frame.key, &entry, 0);
@@ -159,7 +159,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
                     outcome = LbOutcome::Guarded;
                 }
             }
-            (index, real, outcome)
+            (index, real, outcome, hash)
         }
     };
     let overhead = encap_overhead(cfg.encap, real.v6 != 0);
@@ -180,6 +180,13 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
         Ok(_) => verdict(&ctx, outcome, XdpAction::Redirect, len),
         Err(_) => verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len),
     }
+}
+
+/// The flow hash of `key` (the same function in the model).
+#[inline(always)]
+fn hash_of(key: &FlowKey) -> u32 {
+    let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
+    flow_hash(halves(&key.src), halves(&key.dst), ports, key.proto)
 }
 
 /// The real a QUIC packet's connection id names, if any and in use.

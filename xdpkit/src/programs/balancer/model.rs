@@ -212,6 +212,7 @@ pub fn decide_guarded(
                         FlowReal {
                             real: index,
                             vip: vip.id,
+                            hash,
                         },
                     );
                 } else {
