@@ -228,6 +228,68 @@ impl Lab {
         })?
     }
 
+    /// Sends whole Ethernet frames out of `ifname` in `ns` through an
+    /// AF_PACKET socket, as crafted (any source, any flags): each is its own
+    /// skb, so nothing downstream can alter the next one. Returns how many
+    /// the kernel accepted; stops after 10 s whatever happens.
+    pub fn send_frames(&self, ns: &str, ifname: &str, frames: &[Vec<u8>]) -> Result<u32, LabError> {
+        let ifindex = self.ifindex(ns, ifname)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.run_in(ns, move || {
+            // SAFETY: plain socket(2); the fd is owned below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            if fd < 0 {
+                return Err(io_error("AF_PACKET socket")(std::io::Error::last_os_error()));
+            }
+            // SAFETY: a fresh fd nobody else owns; closed on drop.
+            let socket =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // SAFETY: all-zero is a valid sockaddr_ll.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            let mut sent = 0;
+            for frame in frames {
+                loop {
+                    if Instant::now() >= deadline {
+                        return Ok(sent);
+                    }
+                    addr.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
+                    // SAFETY: frame and addr outlive the call; lengths are theirs.
+                    let n = unsafe {
+                        libc::sendto(
+                            socket.as_raw_fd(),
+                            frame.as_ptr().cast(),
+                            frame.len(),
+                            0,
+                            (&addr as *const libc::sockaddr_ll).cast(),
+                            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                        )
+                    };
+                    if n >= 0 {
+                        sent += 1;
+                        if sent % 64 == 0 {
+                            // Pace a little: a veth drops what overflows its peer's queue.
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                        break;
+                    }
+                    let e = std::io::Error::last_os_error();
+                    // A full queue: give the receiver a moment.
+                    if e.raw_os_error() == Some(libc::ENOBUFS)
+                        || e.kind() == std::io::ErrorKind::WouldBlock
+                    {
+                        std::thread::sleep(Duration::from_micros(200));
+                        continue;
+                    }
+                    return Err(io_error(format!("send a frame out of {ifname}"))(e));
+                }
+            }
+            Ok(sent)
+        })?
+    }
+
     /// A UDP socket bound to `addr` inside `ns` that counts what arrives.
     pub fn udp_sink(&self, ns: &str, addr: SocketAddr) -> Result<UdpSink, LabError> {
         check_address(&addr.ip())?;
@@ -284,7 +346,10 @@ impl LabBuilder {
     }
 
     /// Turns GRO on for `ifname` (a veth only delivers XDP_TX/REDIRECT
-    /// frames to a peer with GRO or an XDP program).
+    /// frames to a peer with GRO or an XDP program). XDP_TX frames reach a
+    /// peer with GRO alone late: they wait in its queue until other traffic
+    /// wakes it (seen in `balancer_tcp`); a peer that must get them at once
+    /// needs an XDP program (`xdpkit attach pass`).
     pub fn gro(mut self, ns: &str, ifname: &str) -> Self {
         self.gro.push((ns.to_string(), ifname.to_string()));
         self

@@ -63,15 +63,16 @@ pub fn name(index: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
-/// The MAC address of interface `name` (from sysfs, as seen by the
-/// calling process's network namespace).
+/// The MAC address of interface `name` in the calling thread's network
+/// namespace. Asked of the kernel (RTM_GETLINK), not read from sysfs: a
+/// process that entered a namespace with setns (`nsenter --net`) still
+/// sees the sysfs of the namespace that mounted it, where the name is
+/// missing or, worse, another interface.
 pub fn mac(name: &str) -> Result<[u8; 6]> {
-    index(name)?;
-    let path = format!("/sys/class/net/{name}/address");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::Internal(format!("reading {path}: {e}")))?;
-    parse_mac(text.trim())
-        .ok_or_else(|| Error::Internal(format!("{path} holds no MAC address: {text:?}")))
+    let index = index(name)?;
+    crate::netlink::mac_address(index)
+        .map_err(|e| Error::Internal(format!("reading the MAC address of {name}: {e}")))?
+        .ok_or_else(|| Error::InvalidArgument(format!("{name} has no Ethernet address")))
 }
 
 /// A MAC address written as six two-digit hex bytes separated by `:` or `-`
