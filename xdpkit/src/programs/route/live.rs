@@ -309,3 +309,40 @@ fn commit_all(requests: &[AttachRequest]) -> Result<Vec<attach::AttachReport>> {
         .collect::<Result<Vec<_>>>()?;
     prepared.into_iter().map(|p| p.commit()).collect()
 }
+
+/// What the user must do so frames redirected into `ifaces` arrive: a
+/// veth hands XDP-redirected frames to its peer only if the peer runs an
+/// XDP program or has GRO on; otherwise they vanish without an error
+/// counter. One line per veth port whose peer has neither (a peer in
+/// another namespace cannot be checked from here: named as such).
+pub fn veth_advice(ifaces: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in ifaces {
+        let Ok(index) = iface::index(name) else {
+            continue;
+        };
+        let Ok(facts) = crate::netlink::link_facts(index) else {
+            continue;
+        };
+        if !facts.veth {
+            continue;
+        }
+        let peer_here = facts
+            .peer
+            .filter(|_| !facts.peer_elsewhere)
+            .and_then(iface::name);
+        match peer_here {
+            Some(_) if crate::netlink::xdp_attachment(facts.peer.unwrap_or(0))
+                .ok()
+                .flatten()
+                .is_some() => {}
+            Some(peer) => out.push(format!(
+                "{name} is a veth: frames forwarded into it reach {peer} only if {peer} runs an XDP program or has GRO on (`ethtool -K {peer} gro on`)"
+            )),
+            None => out.push(format!(
+                "{name} is a veth: frames forwarded into it reach its peer (in another namespace) only if the peer runs an XDP program or has GRO on (`ethtool -K PEER gro on` there)"
+            )),
+        }
+    }
+    out
+}
