@@ -15,7 +15,7 @@ use aya::{
     Ebpf,
 };
 use ipnet::{IpNet, Ipv4Net};
-use xdpkit_common::trafficgen::{GenConfig, GEN_CONFIG, MAX_L4_CSUM};
+use xdpkit_common::trafficgen::{GenConfig, GEN_CONFIG, GEN_HEAD, MAX_L4_CSUM};
 
 use crate::{iface, object, Error, Result};
 
@@ -94,7 +94,7 @@ impl Generator {
                 src_base: u32::from(net.network()),
                 src_random: u32::from(net.hostmask()),
                 l4_csum: l4_checksum_offset(&frame).unwrap_or(0),
-                src_word: 0,
+                ..GenConfig::default()
             },
             Some(IpNet::V6(net)) => {
                 // The frame carries the prefix; one word of it varies.
@@ -112,9 +112,14 @@ impl Generator {
                     src_random: bits(u128::from(net.hostmask())),
                     l4_csum: l4_checksum_offset(&frame).unwrap_or(0),
                     src_word: word,
+                    ..GenConfig::default()
                 }
             }
         };
+        let mut cfg = cfg;
+        let head = frame.len().min(GEN_HEAD);
+        cfg.head[..head].copy_from_slice(&frame[..head]);
+        cfg.head_len = head as u32;
         let map = ebpf
             .map_mut(GEN_CONFIG)
             .ok_or_else(|| object::missing_map(GEN_CONFIG))?;

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdpkit_common::{
-    trafficgen::{GenConfig, MAX_L4_CSUM},
+    trafficgen::{GenConfig, GEN_HEAD, MAX_L4_CSUM},
     XdpAction,
 };
 
@@ -37,11 +37,67 @@ const _: () = assert!(MAX_L4_CSUM as usize <= L4_MASK);
 #[xdp]
 pub fn xdpkit_gen(ctx: XdpContext) -> u32 {
     if let Some(cfg) = GEN_CFG.get(0) {
+        restore_head(&ctx, cfg);
         if cfg.src_random != 0 {
             randomise_source(&ctx, cfg);
         }
     }
     XdpAction::Tx as u32
+}
+
+/// Writes the configured first bytes of the frame back (see
+/// [`GenConfig::head`]): 8-byte chunks, then the last 8 bytes again
+/// (overlapping) for a length that is not a multiple of 8.
+#[inline(always)]
+fn restore_head(ctx: &XdpContext, cfg: &GenConfig) {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let len = cfg.head_len as usize;
+    if len < 8 {
+        return;
+    }
+    let base = start as *mut u8;
+    let mut chunk = 0;
+    // At most 12 steps: the verifier sees a bounded loop.
+    while chunk < GEN_HEAD / 8 {
+        let off = chunk * 8;
+        if off + 8 > len || start + off + 8 > end {
+            break;
+        }
+        if let Some(bytes) = cfg.head.get(off..off + 8) {
+            // SAFETY: `off .. off + 8` lies in the frame (checked above).
+            unsafe { copy8(base.add(off), bytes) };
+        }
+        chunk += 1;
+    }
+    // A mask, not a comparison, bounds the offset (as for `l4_csum`); the
+    // pointer written through is the one checked against the frame's end
+    // (LLVM would otherwise check a copy and the verifier lose the range).
+    let last = (len - 8) & L4_MASK;
+    if last % 8 == 0 || last + 8 > GEN_HEAD {
+        return;
+    }
+    let at = start + last;
+    if at + 8 > end {
+        return;
+    }
+    let mut chunk = [0u8; 8];
+    chunk.copy_from_slice(&cfg.head[last..last + 8]);
+    // SAFETY: `at .. at + 8` lies in the frame (checked above).
+    unsafe { core::ptr::write_unaligned(at as *mut [u8; 8], chunk) };
+}
+
+/// Copies 8 bytes of `from` to `to`.
+///
+/// # Safety
+///
+/// `to .. to + 8` is inside the frame.
+#[inline(always)]
+unsafe fn copy8(to: *mut u8, from: &[u8]) {
+    let mut chunk = [0u8; 8];
+    chunk.copy_from_slice(&from[..8]);
+    // SAFETY: as the caller promises.
+    unsafe { core::ptr::write_unaligned(to as *mut [u8; 8], chunk) };
 }
 
 #[inline(always)]
