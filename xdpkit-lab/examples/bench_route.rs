@@ -19,7 +19,10 @@
 //!
 //! - Linux forwarding: nothing attached on the router; the kernel routes
 //!   (one FIB lookup, neighbour output, TTL) every frame;
-//! - xdpkit route: `xdpkit route enable` on both router interfaces.
+//! - xdpkit route: `xdpkit route enable` on both router interfaces;
+//! - anchors: xdpkit's `redirect` stage to the egress (the redirect path
+//!   with no lookup and no rewrite), and an XDP drop on the router's
+//!   ingress (counted there: what its core can receive at all).
 //!
 //! Per contender: forwarded Mpps (frames the sink dropped over the send
 //! time), median and spread over the rounds, the ratio to Linux forwarding
@@ -55,15 +58,37 @@ const SETTLE: Duration = Duration::from_secs(2);
 enum Contender {
     Linux,
     Route,
+    /// Anchor: xdpkit's `redirect` stage to the egress, no FIB lookup and
+    /// no rewrite: the redirect path's own cost.
+    Redirect,
+    /// Anchor: XDP drop on the router's ingress: what its core receives.
+    Drop,
 }
 
 impl Contender {
-    const ALL: [Contender; 2] = [Contender::Linux, Contender::Route];
+    const ALL: [Contender; 4] = [
+        Contender::Linux,
+        Contender::Route,
+        Contender::Redirect,
+        Contender::Drop,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Contender::Linux => "Linux forwarding (ip_forward)",
             Contender::Route => "xdpkit route (XDP)",
+            Contender::Redirect => "XDP redirect, no lookup",
+            Contender::Drop => "XDP drop at the router",
+        }
+    }
+
+    /// The stages the contender attaches to the router's ingress
+    /// (`route` goes through `route enable`).
+    fn anchor(self) -> Option<(&'static str, Option<&'static str>)> {
+        match self {
+            Contender::Redirect => Some(("redirect", Some(RTR_OUT))),
+            Contender::Drop => Some(("drop", None)),
+            _ => None,
         }
     }
 }
@@ -186,6 +211,12 @@ impl RouterLab {
     }
 
     fn setup(&self, c: Contender) -> BenchResult<()> {
+        if let Some((list, to)) = c.anchor() {
+            self.lab.run_in("rtr", move || {
+                let req = AttachRequest::from_list(RTR_IN, list, Mode::Native, to, None, false)?;
+                xdpkit::attach(&req)
+            })??;
+        }
         if c == Contender::Route {
             self.lab.run_in("rtr", || {
                 live::enable(
@@ -199,6 +230,9 @@ impl RouterLab {
     }
 
     fn teardown(&self, c: Contender) -> BenchResult<()> {
+        if c.anchor().is_some() {
+            self.lab.run_in("rtr", || xdpkit::detach(RTR_IN))??;
+        }
         if c == Contender::Route {
             self.lab.run_in("rtr", || {
                 live::disable(&[RTR_IN.to_string(), RTR_OUT.to_string()])
@@ -207,9 +241,15 @@ impl RouterLab {
         Ok(())
     }
 
-    /// Frames the sink's XDP program dropped so far.
-    fn delivered(&self) -> BenchResult<u64> {
-        let out = output(self.lab.command("sink", "ethtool").args(["-S", SINK_IF]))?;
+    /// Frames the sink's XDP program dropped so far (for the drop anchor:
+    /// the router's).
+    fn delivered(&self, c: Contender) -> BenchResult<u64> {
+        let (ns, ifname) = if c == Contender::Drop {
+            ("rtr", RTR_IN)
+        } else {
+            ("sink", SINK_IF)
+        };
+        let out = output(self.lab.command(ns, "ethtool").args(["-S", ifname]))?;
         out.lines()
             .filter_map(|l| l.trim().strip_prefix("rx_queue_0_xdp_drops:"))
             .map(|v| v.trim().parse::<u64>())
@@ -229,9 +269,9 @@ impl RouterLab {
         Ok(json[0]["xdp"]["prog"]["id"].as_u64().map(|id| id as u32))
     }
 
-    fn trial(&self, frame: &[u8], d: Duration) -> BenchResult<Sample> {
+    fn trial(&self, c: Contender, frame: &[u8], d: Duration) -> BenchResult<Sample> {
         let prog = self.router_prog()?;
-        let before = (self.delivered()?, prog.map(prog_stats).transpose()?);
+        let before = (self.delivered(c)?, prog.map(prog_stats).transpose()?);
         let frame = frame.to_vec();
         let sources: IpNet = "198.18.70.128/25".parse()?;
         let sent = self.lab.run_in("gen", move || {
@@ -241,7 +281,7 @@ impl RouterLab {
         })??;
         // Frames still in flight land within a moment.
         std::thread::sleep(Duration::from_millis(50));
-        let after = (self.delivered()?, prog.map(prog_stats).transpose()?);
+        let after = (self.delivered(c)?, prog.map(prog_stats).transpose()?);
         let got = after.0.saturating_sub(before.0);
         if got == 0 {
             return Err(format!("nothing forwarded (sent {})", sent.frames).into());
@@ -355,8 +395,8 @@ fn main() -> BenchResult<()> {
             std::thread::sleep(SETTLE);
             let measured = (|| {
                 r.pin_napi()?;
-                r.trial(&frame, Duration::from_millis(300))?;
-                r.trial(&frame, o.trial)
+                r.trial(c, &frame, Duration::from_millis(300))?;
+                r.trial(c, &frame, o.trial)
             })();
             r.teardown(c)?;
             let s = measured?;
