@@ -205,6 +205,17 @@ fn the_router_lab_forwards_ping_and_tcp_in_xdp() {
     );
     let ports = ok(&xdpkit(&lab, &["route", "ports", "list", "--dev", RA]));
     assert_eq!(ports.lines().collect::<Vec<_>>(), [RA, RB]);
+    // The ports are the stage's settings: exported, and applied back as is.
+    let exported = ok(&xdpkit(&lab, &["export"]));
+    assert!(
+        exported.contains("[interfaces.rtl-ra.route]") && exported.contains("\"rtl-rb\""),
+        "{exported}"
+    );
+    let config = std::env::temp_dir().join(format!("rtl-{}.toml", std::process::id()));
+    std::fs::write(&config, &exported).unwrap();
+    let applied = ok(&xdpkit(&lab, &["apply", "-f", config.to_str().unwrap()]));
+    std::fs::remove_file(&config).unwrap();
+    assert!(applied.contains("no changes"), "{applied}");
 
     // The router knows no neighbour yet: the first request goes to the
     // stack, which resolves the server (IPv6 ND may take its 1 s

@@ -356,6 +356,12 @@ mod tests {
                 2,
             ),
             (fw(FirewallError::IdsExhausted { largest: 9 }), 2),
+            (
+                Error::from(crate::programs::route::error::RouteError::NotEnabled {
+                    iface: "veth0".into(),
+                }),
+                2,
+            ),
             (fw(FirewallError::DamagedRule { id: 3 }), 2),
             (fw(RuleError::Empty.into()), 2),
             (
