@@ -313,6 +313,63 @@ fn the_router_lab_forwards_ping_and_tcp_in_xdp() {
     assert_eq!(sim["outcome"], "no_neighbour", "{sim}");
     assert_eq!(sim["egress"], RB, "{sim}");
 
+    // A capture: every frame's fate, one JSON line each.
+    let ra_mac = lab.mac("r", RA).unwrap();
+    let mut frames = Vec::new();
+    for (dst, ttl) in [
+        ([198, 18, 20, 2], 64u8),
+        ([198, 18, 20, 2], 1),
+        ([198, 18, 10, 1], 64),
+    ] {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], ra_mac)
+            .ipv4([198, 18, 10, 2], dst, ttl)
+            .udp(1000, 2000)
+            .write(&mut f, &[0; 8])
+            .unwrap();
+        frames.push(f);
+    }
+    let pcap = std::env::temp_dir().join(format!("rtl-{}.pcap", std::process::id()));
+    {
+        let mut w =
+            pcap_file::pcap::PcapWriter::new(std::fs::File::create(&pcap).unwrap()).unwrap();
+        for (i, f) in frames.iter().enumerate() {
+            w.write_packet(&pcap_file::pcap::PcapPacket::new(
+                Duration::from_millis(i as u64),
+                f.len() as u32,
+                f,
+            ))
+            .unwrap();
+        }
+    }
+    let lines = ok(&xdpkit(
+        &lab,
+        &[
+            "route",
+            "simulate",
+            "--dev",
+            RA,
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    std::fs::remove_file(&pcap).unwrap();
+    let outcomes: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["outcome"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["forwarded", "ttl_expired", "not_forwarded"],
+        "{lines}"
+    );
+
     // `status` shows the stage's outcomes too.
     let status: Value = serde_json::from_str(&ok(&xdpkit(
         &lab,
