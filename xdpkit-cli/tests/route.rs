@@ -145,7 +145,7 @@ fn count(lab: &Lab, dev: &str, name: &str) -> u64 {
 fn ping(lab: &Lab, dst: &str, n: u32) -> String {
     let out = lab
         .command("c", "ping")
-        .args(["-c", &n.to_string(), "-i", "0.2", "-W", "2", dst])
+        .args(["-c", &n.to_string(), "-i", "0.2", "-W", "5", dst])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
