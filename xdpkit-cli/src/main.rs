@@ -14,6 +14,7 @@ mod export;
 mod exporter;
 mod features;
 mod lb;
+mod route;
 mod rule;
 mod signals;
 mod simulate;
@@ -64,6 +65,7 @@ enum Command {
     Status(status::Args),
     Features(features::Args),
     Lb(lb::Args),
+    Route(route::Args),
     Rule(rule::Args),
     Simulate(simulate::Args),
     Top(top::Args),
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),
         Command::Lb(args) => lb::run(args),
+        Command::Route(args) => route::run(args),
         Command::Rule(args) => rule::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Top(args) => top::run(args),

@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod dump;
 pub mod firewall;
 pub mod maps;
+pub mod route;
 pub mod trafficgen;
 
 pub use action::XdpAction;

@@ -134,39 +134,18 @@ impl OneCoreLab {
         sources: Option<IpNet>,
         d: Duration,
     ) -> BenchResult<Sent> {
-        self.send(frame, sources, d, false)
+        self.send(frame, sources, d)
     }
 
-    /// [`OneCoreLab::send_from`] for a `dut` that rewrites frames in place
-    /// (a balancer, a NAT, a router): each frame's headers are written
-    /// afresh ([`Generator::restore_headers`]), or the rewritten bytes
-    /// would come back in later frames.
-    pub fn send_fresh_from(
-        &self,
-        frame: &[u8],
-        sources: Option<IpNet>,
-        d: Duration,
-    ) -> BenchResult<Sent> {
-        self.send(frame, sources, d, true)
-    }
-
-    fn send(
-        &self,
-        frame: &[u8],
-        sources: Option<IpNet>,
-        d: Duration,
-        restore: bool,
-    ) -> BenchResult<Sent> {
+    fn send(&self, frame: &[u8], sources: Option<IpNet>, d: Duration) -> BenchResult<Sent> {
         let frame = frame.to_vec();
         let gen_if = self.gen_if.clone();
         let sent = self.lab.run_in("gen", move || {
             // Best effort: an unpinned generator only makes figures noisier.
             let _ = set_affinity(0, GEN_CPU);
-            let mut g = Generator::with_sources(&gen_if, frame, sources)?;
-            if restore {
-                g.restore_headers()?;
-            }
-            g.send_for(d)
+            // The generator writes each frame's headers afresh, so a dut
+            // that rewrites frames in place sees every one as built.
+            Generator::with_sources(&gen_if, frame, sources)?.send_for(d)
         })??;
         Ok(sent)
     }

@@ -67,6 +67,9 @@ pub enum Error {
     /// A balancer command the user can fix.
     #[error(transparent)]
     Balancer(#[from] crate::programs::balancer::error::BalancerError),
+    /// A route command the user can fix.
+    #[error(transparent)]
+    Route(#[from] crate::programs::route::error::RouteError),
     /// A program name xdpkit does not ship.
     #[error("unknown program '{name}': choose one of {known}")]
     UnknownProgram {
@@ -241,7 +244,7 @@ impl Error {
             | Error::NotAttached { .. }
             | Error::Bpffs(_) => true,
             Error::Firewall(e) => e.is_usage(),
-            Error::Balancer(_) => true,
+            Error::Balancer(_) | Error::Route(_) => true,
             Error::Simulation { source, .. } => source.is_usage(),
             Error::Load { .. }
             | Error::Object { .. }
@@ -353,6 +356,12 @@ mod tests {
                 2,
             ),
             (fw(FirewallError::IdsExhausted { largest: 9 }), 2),
+            (
+                Error::from(crate::programs::route::error::RouteError::NotEnabled {
+                    iface: "veth0".into(),
+                }),
+                2,
+            ),
             (fw(FirewallError::DamagedRule { id: 3 }), 2),
             (fw(RuleError::Empty.into()), 2),
             (

@@ -129,23 +129,27 @@ impl Generator {
             source: e.into(),
         })?;
         object::program(&mut ebpf, SYMBOL, "trafficgen")?;
-        Ok(Generator {
+        let mut generator = Generator {
             ebpf,
             ifindex,
             frame,
-        })
+        };
+        // Always: a receiver that rewrites frames in place (a router, a
+        // balancer, a NAT) would otherwise corrupt the frames that follow.
+        generator.restore_headers()?;
+        Ok(generator)
     }
 
     /// Rewrites the frame's headers (its first 128 bytes at most) on every
     /// copy before sending it: needed when the receiver rewrites frames in
     /// place (a balancer, a NAT, a router), since live-frames mode recycles
     /// pages with whatever the receiver left in them. Costs the generator
-    /// a copy per frame.
+    /// a copy per frame; every generator does it from its start.
     ///
     /// # Errors
     ///
     /// The generator's map cannot be written.
-    pub fn restore_headers(&mut self) -> Result<()> {
+    fn restore_headers(&mut self) -> Result<()> {
         let mut h = GenHeaders::default();
         let len = self.frame.len().min(GEN_HEADERS_MAX);
         h.bytes[..len].copy_from_slice(&self.frame[..len]);

@@ -112,6 +112,16 @@ enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// IPv4 forwarding: xdpkit's route stage against the kernel's own
+    /// forwarding (ip_forward, no netfilter) on a generator -> router ->
+    /// sink lab, the router's ingress on one core; rounds interleaved.
+    /// Forwarded Mpps (median, spread), the ratio per round (target 3x)
+    /// and the live ns per frame from bpf_stats. About a minute.
+    Route {
+        /// Extra arguments (`--rounds N`, `--trial-secs S`, `--out DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +143,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Lb { args },
         } => bench("bench_lb", &args),
+        Task::Bench {
+            bench: Bench::Route { args },
+        } => bench("bench_route", &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

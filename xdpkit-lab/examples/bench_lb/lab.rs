@@ -334,7 +334,7 @@ fn trial_once(
         ("gen", GEN_IF)
     };
     let (before, lost_before) = (xdp_drops(bl, at)?, lost(bl)?);
-    let sent = bl.send_fresh_from(frame, Some(IpNet::V4(clients)), d)?;
+    let sent = bl.send_from(frame, Some(IpNet::V4(clients)), d)?;
     let (after, lost_after) = (xdp_drops(bl, at)?, lost(bl)?);
     let secs = sent.elapsed.as_secs_f64();
     Ok(Sample {
@@ -405,7 +405,6 @@ fn check_egress(
     let gen_if = GEN_IF.to_string();
     let sent = bl.lab.run_in("gen", move || {
         let mut g = Generator::with_sources(&gen_if, frame, Some(IpNet::V4(clients)))?;
-        g.restore_headers()?;
         g.send_paced(Limit::Duration(Duration::from_secs(1)), Some(2_000))
     })??;
     let mut text = String::new();

@@ -10,6 +10,7 @@ pub mod drop;
 pub mod firewall;
 pub mod pass;
 pub mod redirect;
+pub mod route;
 pub mod tx;
 
 use std::path::Path;
@@ -35,6 +36,7 @@ pub static REGISTRY: &[&dyn Program] = &[
     &firewall::Firewall,
     &balancer::Balancer,
     &decap::Decap,
+    &route::Route,
 ];
 
 /// A data-plane program as a stage of an interface's chain.
@@ -336,7 +338,7 @@ mod tests {
         assert!(names("firewall,,pass").unwrap_err().contains("empty stage"));
         assert_eq!(
             names("firewal").unwrap_err(),
-            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap"
+            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap, route"
         );
     }
 
