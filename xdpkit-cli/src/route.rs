@@ -200,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         RouteCommand::Enable(a) => enable(a),
         RouteCommand::Disable(a) => {
-            let gone = live::disable(&a.ifaces)?;
+            let gone = xdpkit::forwarding::disable(&a.ifaces)?;
             outln!("route stage removed from {}", gone.join(", "));
             Ok(())
         }
@@ -228,7 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         RouteCommand::List(a) => {
-            let all = live::list()?;
+            let all = xdpkit::forwarding::list()?;
             if a.json.json {
                 return print_json(&all);
             }
@@ -258,7 +258,7 @@ struct Enabled {
 }
 
 fn enable(a: EnableArgs) -> anyhow::Result<()> {
-    let reports = live::enable(&a.ifaces, a.mode.into(), a.force)?;
+    let reports = xdpkit::forwarding::enable(&a.ifaces, a.mode.into(), a.force)?;
     let notes = live::veth_advice(&a.ifaces);
     if a.json.json {
         return print_json(&Enabled {

@@ -39,7 +39,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use xdpkit::{programs::route::live, trafficgen::udp_frame, AttachRequest, Mode};
+use xdpkit::{trafficgen::udp_frame, AttachRequest, Mode};
 use xdpkit_lab::{
     benchkit::{self, output, run, set_affinity, Bar, BenchResult, Trials},
     lab::Lab,
@@ -219,7 +219,7 @@ impl RouterLab {
         }
         if c == Contender::Route {
             self.lab.run_in("rtr", || {
-                live::enable(
+                xdpkit::forwarding::enable(
                     &[RTR_IN.to_string(), RTR_OUT.to_string()],
                     Mode::Native,
                     false,
@@ -235,7 +235,7 @@ impl RouterLab {
         }
         if c == Contender::Route {
             self.lab.run_in("rtr", || {
-                live::disable(&[RTR_IN.to_string(), RTR_OUT.to_string()])
+                xdpkit::forwarding::disable(&[RTR_IN.to_string(), RTR_OUT.to_string()])
             })??;
         }
         Ok(())

@@ -14,7 +14,7 @@ use xdpkit_common::bench::{
     TOUCH_SWAP_MACS,
 };
 
-use crate::error::map_err;
+use crate::maps::map_err;
 use crate::{
     attach::Mode, iface, netlink, object, privilege, stats, stats::ActionTotals, Error, Result,
 };

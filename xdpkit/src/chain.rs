@@ -21,7 +21,7 @@ use xdpkit_common::{
 };
 
 use crate::{
-    error::map_err,
+    maps::map_err,
     mode::Mode,
     object::{self, embedded, Object},
     pins::{self, IfaceLock, PinDir},

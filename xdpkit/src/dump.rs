@@ -28,7 +28,7 @@ use xdpkit_common::{
     XdpAction,
 };
 
-use crate::error::map_err;
+use crate::maps::map_err;
 use crate::{iface, pins, pins::PinDir, privilege, Error, Result};
 
 /// What to capture.

@@ -266,15 +266,6 @@ impl Error {
 /// Shorthand used across the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Turns aya's map error into [`Error::Map`] saying what was being done.
-pub(crate) fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error {
-    let what = what.into();
-    move |e| Error::Map {
-        what,
-        source: e.into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

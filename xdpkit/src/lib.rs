@@ -19,6 +19,7 @@ pub mod dump;
 pub mod error;
 pub mod exporter;
 pub mod features;
+pub mod forwarding;
 pub mod programs;
 pub mod settings;
 pub use programs::firewall;

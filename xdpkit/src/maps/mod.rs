@@ -36,3 +36,12 @@ pub(crate) fn missing_map(name: &str) -> Error {
         name: name.to_string(),
     }
 }
+
+/// Turns aya's map error into [`Error::Map`] saying what was being done.
+pub(crate) fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error {
+    let what = what.into();
+    move |e| Error::Map {
+        what,
+        source: e.into(),
+    }
+}

@@ -20,7 +20,7 @@ use std::os::fd::BorrowedFd;
 
 use aya::maps::{Array, MapData};
 
-use crate::error::map_err;
+use crate::maps::map_err;
 use crate::maps::{batch, MapSource};
 use crate::{object, sys, Result};
 

@@ -27,7 +27,7 @@ use super::{
     bulk::{write_hash_fd, write_trie_fd},
     Action, Entry, FragmentPolicy, Policy, Ruleset, Verdict,
 };
-use crate::error::map_err;
+use crate::maps::map_err;
 use crate::maps::{
     batch::{self, Job},
     MapSource,

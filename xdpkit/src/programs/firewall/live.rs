@@ -30,7 +30,7 @@ use super::{
     record::{self, Undecoded},
     Entry, FirewallError, Rule, Ruleset,
 };
-use crate::error::map_err;
+use crate::maps::map_err;
 use crate::maps::{batch, MapSource, PinnedMaps};
 use crate::{iface, object, pins::PinDir, privilege, status::rfc3339, sys, Result};
 

@@ -19,8 +19,8 @@ use xdpkit_common::route::{RouteOutcome, ROUTE_MAX_PORTS, ROUTE_OUTCOMES, ROUTE_
 
 use super::{Commit, OutcomeCount, Program, StageLoad};
 use crate::{
-    error::map_err,
     iface,
+    maps::map_err,
     model::{Decision, StageOutcome},
     object::{embedded, missing_map, Object},
     pins::PinDir,
@@ -185,7 +185,7 @@ fn parse_ports(table: &toml::Table) -> std::result::Result<BTreeSet<String>, Set
     Ok(ports)
 }
 
-fn ports_table(ports: &BTreeSet<String>) -> toml::Table {
+pub(crate) fn ports_table(ports: &BTreeSet<String>) -> toml::Table {
     let mut table = toml::Table::new();
     table.insert(
         PORTS_KEY.into(),

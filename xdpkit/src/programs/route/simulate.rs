@@ -20,8 +20,8 @@ use xdpkit_common::{
 
 use super::{error::RouteError, live, Route};
 use crate::{
-    error::map_err,
     iface,
+    maps::map_err,
     object::{self, missing_map},
     pins::PinDir,
     privilege,
