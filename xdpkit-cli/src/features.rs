@@ -68,6 +68,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outln!("  zero-copy    {}", yes(d.zero_copy));
         outln!("  multi-buffer {}", yes(d.multi_buffer));
         outln!("  modes        {}", d.modes.join(", "));
+        let rx = if d.rx_metadata.is_empty() {
+            "none".to_string()
+        } else {
+            d.rx_metadata.join(", ")
+        };
+        outln!("  rx metadata  {rx}");
+        outln!("  lb flow hash {}", d.balancer_hash);
     }
     Ok(())
 }

@@ -197,6 +197,18 @@ fn device_checks(dev: &str) -> Result<Vec<Check>> {
         Some(mtu) => check("mtu", Status::Ok, format!("{dev} has MTU {mtu}"), None),
         None => check("mtu", Status::Skip, format!("{dev} reports no MTU"), None),
     });
+    let rx_hash = dev_features
+        .as_ref()
+        .is_some_and(|f| f.rx_metadata.contains(&"hash"));
+    checks.push(check(
+        "flow-hash",
+        Status::Ok,
+        format!(
+            "the balancer hashes flows by their 5-tuple; {dev} {} an RX hash to XDP programs, which xdpkit does not read yet (device-bound programs)",
+            if rx_hash { "offers" } else { "does not offer" }
+        ),
+        None,
+    ));
     let attached = netlink::xdp_attachment(ifindex)?;
     let ours = crate::status::status(Some(dev), Duration::ZERO)
         .ok()

@@ -44,7 +44,20 @@ pub struct DeviceFeatures {
     pub zc_max_segs: u32,
     /// Modes `xdpkit attach --mode` accepts for this device.
     pub modes: Vec<&'static str>,
+    /// RX metadata the driver offers XDP programs (`timestamp`, `hash`,
+    /// `vlan-tag`).
+    pub rx_metadata: Vec<&'static str>,
+    /// The flow hash the balancer uses on this device, and why.
+    pub balancer_hash: &'static str,
 }
+
+/// What the balancer hashes flows with. The driver's RX hash
+/// (`bpf_xdp_metadata_rx_hash`) needs a program loaded bound to its device
+/// and a kfunc call relocated to the kernel's BTF id; aya 0.14, which loads
+/// xdpkit's programs, does neither, so the balancer hashes the 5-tuple
+/// itself on every device.
+pub const BALANCER_HASH: &str =
+    "5-tuple (xdpkit's own; the driver's RX hash kfunc needs device-bound programs, which xdpkit's loader does not make yet)";
 
 /// Reads the kernel side.
 pub fn kernel() -> KernelFeatures {
@@ -83,6 +96,8 @@ pub fn device(ifname: &str) -> Result<DeviceFeatures> {
         multi_buffer: f.multi_buffer(),
         zc_max_segs: f.zc_max_segs,
         modes: supported_modes(&f),
+        rx_metadata: f.rx_metadata_names(),
+        balancer_hash: BALANCER_HASH,
     })
 }
 

@@ -324,7 +324,12 @@ pub struct DeviceXdpFeatures {
     pub bits: u64,
     /// Most fragments per zero-copy frame.
     pub zc_max_segs: u32,
+    /// RX metadata the driver gives XDP programs through kfuncs
+    /// (`enum netdev_xdp_rx_metadata`: timestamp, hash, VLAN tag).
+    pub rx_metadata: u64,
 }
+
+const RX_METADATA_NAMES: [&str; 3] = ["timestamp", "hash", "vlan-tag"];
 
 const FEATURE_NAMES: [&str; 7] = [
     "basic",
@@ -368,6 +373,16 @@ impl DeviceXdpFeatures {
     pub fn ndo_xmit_sg(&self) -> bool {
         self.has(6)
     }
+    /// Names of the RX metadata the driver provides, as the YNL spec
+    /// spells them (`hash`: `bpf_xdp_metadata_rx_hash` works on it).
+    pub fn rx_metadata_names(&self) -> Vec<&'static str> {
+        RX_METADATA_NAMES
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| self.rx_metadata & (1 << bit) != 0)
+            .map(|(_, name)| *name)
+            .collect()
+    }
     /// Names of the flags that are set, as the kernel's YNL spec spells them.
     pub fn names(&self) -> Vec<&'static str> {
         FEATURE_NAMES
@@ -387,6 +402,7 @@ const NETDEV_CMD_DEV_GET: u8 = 1;
 const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
 const NETDEV_A_DEV_XDP_ZC_MAX_SEGS: u16 = 4;
+const NETDEV_A_DEV_XDP_RX_METADATA_FEATURES: u16 = 5;
 
 /// nlmsghdr + genlmsghdr + attributes.
 fn genl_request(family: u16, cmd: u8, version: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
@@ -472,6 +488,9 @@ pub fn device_xdp_features(ifindex: u32) -> Result<DeviceXdpFeatures, NetlinkErr
                 (NETDEV_A_DEV_XDP_ZC_MAX_SEGS, 4) => {
                     features.zc_max_segs = u32::from_ne_bytes(value.try_into().unwrap_or([0; 4]));
                 }
+                (NETDEV_A_DEV_XDP_RX_METADATA_FEATURES, 8) => {
+                    features.rx_metadata = u64::from_ne_bytes(value.try_into().unwrap_or([0; 8]));
+                }
                 _ => {}
             }
         }
@@ -509,8 +528,10 @@ mod tests {
         let f = DeviceXdpFeatures {
             bits: 0b100011,
             zc_max_segs: 0,
+            rx_metadata: 0b110,
         };
         assert_eq!(f.names(), ["basic", "redirect", "rx-sg"]);
+        assert_eq!(f.rx_metadata_names(), ["hash", "vlan-tag"]);
         assert!(f.multi_buffer() && !f.zero_copy());
     }
 }
