@@ -21,10 +21,13 @@ use crate::output::{print_json, DevArg, JsonArg};
 /// A TCP or UDP frame to a VIP (ADDRESS:PORT/tcp|udp) goes to one of the
 /// VIP's reals, chosen by the VIP's Maglev ring for a new flow and kept by
 /// the flow table for an established one, encapsulated toward it (IPIP,
-/// IPv4 in IPv6 or ip6ip6, by the real's address family) and sent back out
-/// of the interface. Changes take effect without reloading the program:
-/// the new ring is written aside and switched in with one update, and
-/// established flows keep their real. Weight 0 drains a real.
+/// IPv4 in IPv6 or ip6ip6, by the real's address family, or GUE) and sent
+/// back out of the interface, or out of a second one (`lb config
+/// --egress`). Packets too big for the path once encapsulated get ICMP
+/// "too big" back (`lb config --mtu`). Changes take effect without
+/// reloading the program: the new ring is written aside and switched in
+/// with one update, and established flows keep their real. Weight 0 drains
+/// a real.
 ///
 /// Examples:
 ///   xdpkit lb vip add --dev eth0 198.18.1.10:80/tcp
@@ -34,7 +37,8 @@ use crate::output::{print_json, DevArg, JsonArg};
 ///   xdpkit lb simulate --dev eth0 --flow '198.18.0.1:1234 -> 198.18.1.10:80/tcp'
 ///
 /// The same VIPs, reals and settings can be declared in the `apply` file
-/// (`[interfaces.IF.balancer]`: vips, reals, source4, source6, gateway).
+/// (`[interfaces.IF.balancer]`: vips, reals, source4, source6, gateway,
+/// encap, gue-port, mtu, egress, max-new-per-sec, quic-ids).
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
