@@ -227,6 +227,12 @@ pub fn ensure_bpffs() -> Result<()> {
     if ret != 0 {
         return Err(Error::Bpffs(io::Error::last_os_error()));
     }
+    // Pins live as long as this mount. Most systems mount bpffs at boot,
+    // so a missing one often means a mount namespace of this command's own
+    // (`ip netns exec` remounts /sys), gone when the command ends.
+    tracing::warn!(
+        "bpffs was not mounted at {BPFFS}: mounted it. If this runs under `ip netns exec` (which remounts /sys), what xdpkit pins and attaches is gone when the command ends: enter only the network namespace instead (`nsenter --net=/run/netns/NAME xdpkit ...`)"
+    );
     Ok(())
 }
 
