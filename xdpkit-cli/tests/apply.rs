@@ -21,7 +21,7 @@ use xdpkit_lab::lab::{require_root, Lab, UdpSink};
 
 mod common;
 
-use common::{ok, xdpkit_in, XDPKIT};
+use common::{ip, ok, sysctl, xdpkit_in, XDPKIT};
 
 const QUIET: Duration = Duration::from_millis(300);
 const MAX_WAIT: Duration = Duration::from_secs(5);
@@ -36,20 +36,6 @@ struct Host {
     lab: Lab,
     srv: String,
     dir: tempfile::TempDir,
-}
-
-fn sysctl(lab: &Lab, ns: &str, setting: &str) {
-    let st = lab
-        .command(ns, "sysctl")
-        .args(["-qw", setting])
-        .status()
-        .unwrap();
-    assert!(st.success(), "sysctl {setting} in {ns}");
-}
-
-fn ip(lab: &Lab, ns: &str, args: &[&str]) {
-    let st = lab.command(ns, "ip").args(args).status().unwrap();
-    assert!(st.success(), "ip {args:?} in {ns}");
 }
 
 /// Namespaces `cli` and `srv` joined by `xk<tag>-c` / `xk<tag>-s`, plus,

@@ -8,7 +8,7 @@ use xdpkit_lab::lab::{require_root, Lab};
 
 mod common;
 
-use common::{ok, xdpkit_in};
+use common::{ip, ok, sysctl, xdpkit_in};
 
 fn xdpkit(lab: &Lab, args: &[&str]) -> Output {
     xdpkit_in(lab, "lb", args)
@@ -167,21 +167,6 @@ fn vips_and_reals_change_from_the_command_line_while_frames_flow() {
     ok(&xdpkit(&lab, &["detach", "--dev", lb_if]));
 }
 
-/// Sets a sysctl inside `ns`.
-fn sysctl(lab: &Lab, ns: &str, key: &str, value: &str) {
-    let status = lab
-        .command(ns, "sysctl")
-        .args(["-qw", &format!("{key}={value}")])
-        .status()
-        .unwrap();
-    assert!(status.success(), "sysctl {key}={value} in {ns}");
-}
-
-fn ip(lab: &Lab, ns: &str, args: &[&str]) {
-    let status = lab.command(ns, "ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?} in {ns}");
-}
-
 /// The whole path: a client sends to a VIP through a router; the router
 /// hands VIP traffic to the balancer, which sends each flow encapsulated
 /// back to the router toward one of two reals; each real's `decap` stage
@@ -240,15 +225,10 @@ fn datagrams_to_a_vip_reach_the_reals_through_the_balancer_and_decap() {
         "client",
         &["route", "add", "default", "via", "198.18.60.254"],
     );
-    sysctl(&lab, "router", "net.ipv4.ip_forward", "1");
+    sysctl(&lab, "router", "net.ipv4.ip_forward=1");
     // The outer sources (198.19.0.0/16) have no route back: no reverse-path check.
     for key in ["all", "default", "xklbe-rl"] {
-        sysctl(
-            &lab,
-            "router",
-            &format!("net.ipv4.conf.{key}.rp_filter"),
-            "0",
-        );
+        sysctl(&lab, "router", &format!("net.ipv4.conf.{key}.rp_filter=0"));
     }
     ip(
         &lab,

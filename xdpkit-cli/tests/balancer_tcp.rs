@@ -22,7 +22,7 @@ use xdpkit_lab::lab::{require_root, Lab};
 
 mod common;
 
-use common::{mac, ok, xdpkit_in};
+use common::{ip, mac, ok, sysctl, xdpkit_in};
 
 const VIP: &str = "198.18.77.10:80/tcp";
 const VIP_ADDR: &str = "198.18.77.10:80";
@@ -37,26 +37,12 @@ const BACKENDS: [(&str, &str, &str, &str); 3] = [
 /// Every socket operation of the test gives up after this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn sysctl(lab: &Lab, ns: &str, key: &str, value: &str) {
-    let status = lab
-        .command(ns, "sysctl")
-        .args(["-qw", &format!("{key}={value}")])
-        .status()
-        .unwrap();
-    assert!(status.success(), "sysctl {key}={value} in {ns}");
-}
-
-fn ip(lab: &Lab, ns: &str, args: &[&str]) {
-    let status = lab.command(ns, "ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?} in {ns}");
-}
-
 /// Turns reverse-path filtering off in `ns`: replies come back by another
 /// link than the one the client sends on, and the outer sources have no route.
 /// (A new namespace's interfaces inherit the host's setting.)
 fn no_rp_filter(lab: &Lab, ns: &str, ifaces: &[&str]) {
     for key in ["all", "default"].iter().chain(ifaces) {
-        sysctl(lab, ns, &format!("net.ipv4.conf.{key}.rp_filter"), "0");
+        sysctl(lab, ns, &format!("net.ipv4.conf.{key}.rp_filter=0"));
     }
 }
 
@@ -343,7 +329,7 @@ fn build_lab() -> Lab {
         &["route", "add", "198.18.77.0/24", "via", "198.18.70.2"],
     );
     no_rp_filter(&lab, "client", &["xktcp-cl", "xktcp-cr"]);
-    sysctl(&lab, "router", "net.ipv4.ip_forward", "1");
+    sysctl(&lab, "router", "net.ipv4.ip_forward=1");
     no_rp_filter(&lab, "router", &["xktcp-rc", "xktcp-rl"]);
     ip(
         &lab,

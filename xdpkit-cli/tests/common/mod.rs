@@ -68,3 +68,19 @@ pub fn firewall_lab(prefix: &str, gen_if: &str, dut_if: &str, denied: &str) -> (
     ));
     (lab, id.trim().to_string())
 }
+
+/// Sets `setting` (`key=value`) with sysctl inside namespace `ns`.
+pub fn sysctl(lab: &Lab, ns: &str, setting: &str) {
+    let status = lab
+        .command(ns, "sysctl")
+        .args(["-qw", setting])
+        .status()
+        .unwrap();
+    assert!(status.success(), "sysctl {setting} in {ns}");
+}
+
+/// Runs `ip ARGS` inside namespace `ns`; it must succeed.
+pub fn ip(lab: &Lab, ns: &str, args: &[&str]) {
+    let status = lab.command(ns, "ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?} in {ns}");
+}
