@@ -21,7 +21,7 @@ use super::{
     config::{set_source4, set_source6, Declared},
     error::BalancerError,
     maglev,
-    tables::{addr_bytes, describe, real, ring, RealSpec, Tables, TablesError, VipSpec},
+    tables::{describe, real, ring, RealSpec, Tables, TablesError, VipSpec},
     write_ring,
 };
 use crate::{
@@ -271,6 +271,12 @@ fn read_stored(maps: &PinnedMaps) -> Result<Stored> {
     })
 }
 
+/// Whether slot `r` holds the real in use at `addr`.
+fn holds(r: &Real, addr: IpAddr) -> bool {
+    let want = real(addr);
+    r.used != 0 && r.addr == want.addr && r.v6 == want.v6
+}
+
 fn ip_of(r: &Real) -> IpAddr {
     if r.v6 != 0 {
         IpAddr::from(r.addr)
@@ -491,6 +497,18 @@ impl LiveBalancer {
         view(&cfg, egress)
     }
 
+    /// The index of the real in use at `addr` (a real of some VIP).
+    fn real_index(&self, stored: &Stored, addr: IpAddr) -> Result<u32> {
+        let index = stored.reals.iter().position(|r| holds(r, addr));
+        index.map(|i| i as u32).ok_or_else(|| {
+            BalancerError::UnknownReal {
+                iface: self.iface.clone(),
+                real: addr.to_string(),
+            }
+            .into()
+        })
+    }
+
     fn set_egress(&self, ifindex: u32) -> Result<()> {
         let (mut map, shown) = egress_map(&self.maps)?;
         map.set(0, ifindex, None, 0).map_err(|e| crate::Error::Map {
@@ -515,19 +533,7 @@ impl LiveBalancer {
         }
         let slot = match addr {
             None => 0,
-            Some(addr) => {
-                let stored = read_stored(&self.maps)?;
-                let want = real(addr);
-                let index = stored
-                    .reals
-                    .iter()
-                    .position(|r| r.used != 0 && r.addr == want.addr && r.v6 == want.v6)
-                    .ok_or_else(|| BalancerError::UnknownReal {
-                        iface: self.iface.clone(),
-                        real: addr.to_string(),
-                    })?;
-                index as u32 + 1
-            }
+            Some(addr) => self.real_index(&read_stored(&self.maps)?, addr)? + 1,
         };
         batch::update(&self.maps, LB_QUIC_IDS, &[u32::from(id)], &[slot])
     }
@@ -623,13 +629,7 @@ impl LiveBalancer {
         let mut members = Vec::with_capacity(reals.len());
         let mut weights = Vec::with_capacity(reals.len());
         for r in reals {
-            let bytes = addr_bytes(r.addr);
-            let v6 = u32::from(r.addr.is_ipv6());
-            let index = match stored
-                .reals
-                .iter()
-                .position(|s| s.used != 0 && s.addr == bytes && s.v6 == v6)
-            {
+            let index = match stored.reals.iter().position(|s| holds(s, r.addr)) {
                 Some(i) => i as u32,
                 None => {
                     let i = stored.reals.iter().position(|s| s.used == 0).ok_or(
@@ -679,15 +679,15 @@ impl LiveBalancer {
     fn del_members(&mut self, stored: &Stored, id: usize, addrs: &[IpAddr]) -> Result<()> {
         let mut gone = Vec::with_capacity(addrs.len());
         for addr in addrs {
-            let bytes = addr_bytes(*addr);
             let member = stored
                 .members
                 .keys()
                 .find(|m| {
                     m.vip == id as u32
-                        && stored.reals.get(m.real as usize).is_some_and(|r| {
-                            r.used != 0 && r.addr == bytes && r.v6 == u32::from(addr.is_ipv6())
-                        })
+                        && stored
+                            .reals
+                            .get(m.real as usize)
+                            .is_some_and(|r| holds(r, *addr))
                 })
                 .copied()
                 .ok_or_else(|| BalancerError::NoSuchReal {
@@ -908,16 +908,7 @@ impl LiveBalancer {
             let stored = read_stored(&self.maps)?;
             let mut by_id = std::collections::HashMap::new();
             for (id, addr) in ids {
-                let want = real(*addr);
-                let index = stored
-                    .reals
-                    .iter()
-                    .position(|r| r.used != 0 && r.addr == want.addr && r.v6 == want.v6)
-                    .ok_or_else(|| BalancerError::UnknownReal {
-                        iface: self.iface.clone(),
-                        real: addr.to_string(),
-                    })?;
-                by_id.insert(*id, index as u32);
+                by_id.insert(*id, self.real_index(&stored, *addr)?);
             }
             super::write_quic_ids(&self.maps, &by_id)?;
         }
