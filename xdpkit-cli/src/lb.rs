@@ -159,7 +159,14 @@ struct QuicDelArgs {
 /// --max-new-per-sec caps the flow-table entries added per second (applied
 /// per CPU, rounded up to a multiple of the CPUs): above it new flows are
 /// still balanced but not remembered, so a SYN flood cannot push
-/// established flows out. Options not given keep their value.
+/// established flows out. --flow-hash says what hashes new flows onto the
+/// ring: auto (the default) takes the driver's RX hash where the interface
+/// runs the RX-hash root (the balancer attached in native mode on a driver
+/// that offers the hash, as veth does; `xdpkit doctor --dev` says) and the
+/// 5-tuple elsewhere; tuple always hashes the 5-tuple, which balancers
+/// behind one ECMP router need (each host's RX hash differs, the 5-tuple
+/// hash does not, so all of them pick the same real for a flow). Options
+/// not given keep their value.
 ///
 /// Examples:
 ///   xdpkit lb config --dev eth0 --source4 198.19.0.0/16 --source6 2001:db8:ff::/64
@@ -194,8 +201,17 @@ struct ConfigArgs {
     /// New flows remembered per second at most (0: no limit).
     #[arg(long, value_name = "N")]
     max_new_per_sec: Option<u64>,
+    /// What hashes new flows: auto (the driver's RX hash where there is one) or tuple.
+    #[arg(long, value_enum)]
+    flow_hash: Option<FlowHashArg>,
     #[command(flatten)]
     json: JsonArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum FlowHashArg {
+    Auto,
+    Tuple,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -361,6 +377,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 mtu: a.mtu,
                 egress,
                 max_new_per_sec: a.max_new_per_sec,
+                tuple_hash_only: a.flow_hash.map(|h| matches!(h, FlowHashArg::Tuple)),
             };
             let shown = LiveBalancer::open(&a.dev.dev)?.configure(&change)?;
             if a.json.json {
@@ -404,8 +421,8 @@ fn settings_line(s: &SettingsView) -> String {
         format!("{}/s", s.max_new_per_sec)
     };
     format!(
-        "outer sources {} and {}, gateway {}, encap {encap}, {egress}, path MTU {mtu}, new flows remembered {guard}",
-        s.source4, s.source6, s.gateway
+        "outer sources {} and {}, gateway {}, encap {encap}, {egress}, path MTU {mtu}, new flows remembered {guard}, flow hash {}",
+        s.source4, s.source6, s.gateway, s.flow_hash
     )
 }
 
@@ -467,10 +484,12 @@ fn list(a: &ListArgs) -> anyhow::Result<()> {
         return print_json(&value);
     }
     outln!(
-        "{}: flow table hits {}, misses (new flows) {}, not remembered (guard) {}, QUIC by id {}, too big {}, no real {}, not to a VIP {}",
+        "{}: flow table hits {}, misses (new flows) {} (hashed: {} by RX hash, {} by 5-tuple), not remembered (guard) {}, QUIC by id {}, too big {}, no real {}, not to a VIP {}",
         status.interface,
         status.flow_hits,
         status.flow_misses,
+        status.hashed_rx,
+        status.hashed_tuple,
         status.guarded,
         status.quic_routed,
         status.too_big,
@@ -554,11 +573,16 @@ fn simulate_flows(a: SimulateArgs) -> anyhow::Result<()> {
         .context("simulation failed")?;
     let flows = simulate::by_flow(&results);
     let disagreements: u64 = flows.iter().map(|f| f.model_disagrees).sum();
+    // The driver's RX hash of a flow is the kernel's (seeded at boot): no
+    // copy of the balancer can compute it, so new flows are simulated with
+    // the 5-tuple hash, which is the live one only with --flow-hash tuple.
+    let rx_hash_live = xdpkit::rx_hash::running_on(dev) && sim.tables().config.tuple_hash_only == 0;
     if a.json.json {
         print_json(&serde_json::json!({
             "interface": dev,
             "source": source,
             "packets": results.len(),
+            "new_flows_by_rx_hash": rx_hash_live,
             "flows": flows,
         }))?;
     } else {
@@ -572,6 +596,11 @@ fn simulate_flows(a: SimulateArgs) -> anyhow::Result<()> {
         plural(results.len(), "packet"),
         plural(flows.len(), "flow")
     );
+    if rx_hash_live {
+        eprintln!(
+            "xdpkit: note: {dev} runs the RX-hash root: its balancer hashes new flows with the driver's RX hash, which a simulation cannot know; the reals shown for new flows are the 5-tuple hash's (the live ones with `xdpkit lb config --dev {dev} --flow-hash tuple`), those of flows in the flow table are exact"
+        );
+    }
     if disagreements > 0 {
         // The program decided: its answer is the one shown.
         eprintln!(

@@ -352,6 +352,8 @@ stages = ["balancer"]
 
 [interfaces.{dev}.balancer]
 source4 = "198.19.0.0/16"
+# The 5-tuple hash, which `lb simulate` can compute (not the driver's).
+flow-hash = "tuple"
 vips = ["198.18.1.10:53/udp ring 1009"]
 reals = [
   "198.18.1.10:53/udp 198.18.2.1 weight {weight}",
@@ -483,7 +485,7 @@ fn apply_declares_vips_and_reals_and_drains_one_without_moving_flows() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "{bad}:10: interfaces.{lb_if}.balancer.reals[2]: VIP 198.18.1.10:54/udp is not in vips"
+            "{bad}:12: interfaces.{lb_if}.balancer.reals[2]: VIP 198.18.1.10:54/udp is not in vips"
         )),
         "{stderr}"
     );
@@ -714,6 +716,16 @@ fn lb_simulate_agrees_with_the_traffic_and_the_model() {
     for key in ["vips", "flow_hits", "flow_misses", "no_real"] {
         assert_eq!(after[key], counters[key], "{key}");
     }
+    // The veth offers an RX hash and the balancer runs natively: with the
+    // file's 5-tuple hash the simulation is the live choice; with `auto`
+    // it says the live balancer hashes new flows otherwise.
+    assert_eq!(after["hashed_tuple"], 20, "{after}");
+    assert_eq!(running["new_flows_by_rx_hash"], false);
+    ok(&xdpkit(
+        &lab,
+        &["lb", "config", "--dev", lb_if, "--flow-hash", "auto"],
+    ));
+    assert_eq!(simulate(&["--flow", &fresh])["new_flows_by_rx_hash"], true);
 
     // Bad input: exit 2.
     let other = dir.path().join("other.toml");

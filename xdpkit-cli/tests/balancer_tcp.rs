@@ -472,6 +472,14 @@ fn tcp_connections_through_the_balancer_reach_the_backends_by_weight() {
     // Every SYN consults the ring (a new flow); nothing else does.
     assert_eq!(counter(vip, "new_flows"), syns, "new flows vs SYNs sent");
     assert!(syns >= u64::from(N), "{syns} SYNs for {N} connections");
+    // The balancer runs natively on a veth, whose driver offers an RX hash:
+    // the interface runs the RX-hash root, and every new flow was hashed
+    // with the driver's hash (the spread above is that hash's).
+    assert_eq!(counter(&status, "hashed_rx"), syns, "new flows by RX hash");
+    assert_eq!(counter(&status, "hashed_tuple"), 0, "new flows by 5-tuple");
+    let doctor = xdpkit_in(&lab, "lb", &["doctor", "--dev", LB_IN]);
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.contains("the RX-hash root runs on"), "{doctor}");
     let packets = real_packets(&status);
     assert_eq!(
         packets.values().sum::<u64>(),
@@ -641,6 +649,24 @@ fn tcp_connections_through_the_balancer_reach_the_backends_by_weight() {
     echo_all(&mut long_lived, "after-flood");
     let fresh = short_connections(&lab, 10);
     assert!(!fresh.iter().any(|b| b == "b1"), "{fresh:?}");
+
+    // 5. `--flow-hash tuple`: new flows are hashed by their 5-tuple, the
+    // RX hash ignored; established ones keep their real.
+    lb(
+        &lab,
+        &["lb", "config", "--dev", LB_IN, "--flow-hash", "tuple"],
+    );
+    let before = list(&lab);
+    let syns_before = syns_sent(&lab);
+    let fresh = short_connections(&lab, 20);
+    assert!(!fresh.iter().any(|b| b == "b1"), "{fresh:?}");
+    let syns = syns_sent(&lab) - syns_before;
+    let after = list(&lab);
+    let grew = |name: &str| counter(&after, name) - counter(&before, name);
+    assert_eq!(grew("hashed_tuple"), syns, "new flows by 5-tuple");
+    assert_eq!(grew("hashed_rx"), 0, "new flows by RX hash");
+    assert_eq!(after["settings"]["flow_hash"], "tuple");
+    echo_all(&mut long_lived, "after-tuple-hash");
     drop(long_lived);
     drop(servers);
 }

@@ -189,8 +189,12 @@ pub struct LbConfig {
     pub egress: u32,
     /// Source MAC of frames sent through [`LB_EGRESS`].
     pub egress_mac: [u8; 6],
-    /// Zero.
-    pub pad2: u16,
+    /// Non-zero: hash new flows by their 5-tuple even where the driver's RX
+    /// hash is at hand ([`crate::chain::RxHashMeta`]). Balancers behind one
+    /// ECMP router need it: the RX hash differs from host to host (each
+    /// kernel seeds its own), the 5-tuple hash does not, so every balancer
+    /// picks the same real for a flow. 0: the RX hash where there is one.
+    pub tuple_hash_only: u16,
     /// Flow-table entries one CPU may add per second; above it new flows are
     /// still balanced by the ring but not remembered (a SYN flood cannot
     /// push established flows out of the table). 0: no limit.
@@ -236,6 +240,25 @@ pub struct GuardWindow {
 /// Per-CPU array of [`crate::ActionCounter`] by VIP id: frames that
 /// missed the flow table (new connections), for the new-connection rate.
 pub const LB_VIP_NEW: &str = "LB_VIP_NEW";
+
+/// Per-CPU array of [`crate::ActionCounter`] by [`HashSource`]: how new
+/// flows were hashed.
+pub const LB_HASHES: &str = "LB_HASHES";
+
+/// Where a new flow's hash came from ([`LB_HASHES`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashSource {
+    /// The driver's RX hash, left by the RX-hash root.
+    Rx = 0,
+    /// [`flow_hash`] of the 5-tuple.
+    Tuple = 1,
+}
+
+impl HashSource {
+    /// Entries of [`LB_HASHES`].
+    pub const COUNT: u32 = 2;
+}
 
 /// Array of real index + 1 by QUIC server id (0: none): a QUIC packet whose
 /// connection id names a server id goes to that real.

@@ -64,3 +64,24 @@ impl ChainState {
 // SAFETY: plain old data, `#[repr(C)]`, no padding (u32, u32, u64, bytes, u32, u32).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ChainState {}
+
+/// What the RX-hash root (a root loaded bound to its device, see
+/// [`RxHashMeta`]) puts in front of the frame, in the XDP metadata area
+/// (`data_meta` .. `data`), for the stages after it: the driver's RX hash
+/// of the frame's flow. Only the driver knows it, through the kfunc
+/// `bpf_xdp_metadata_rx_hash`, which only a device-bound program may call,
+/// and a device-bound program cannot sit in a PROG_ARRAY: so the root asks
+/// and the stages read it here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxHashMeta {
+    /// The driver's hash of the frame's flow.
+    pub hash: u32,
+    /// [`RX_HASH_MAGIC`]: tells this metadata from another program's.
+    pub magic: u32,
+}
+
+/// [`RxHashMeta::magic`].
+pub const RX_HASH_MAGIC: u32 = 0x7868_7278;
+/// The kfunc the RX-hash root calls.
+pub const RX_HASH_KFUNC: &str = "bpf_xdp_metadata_rx_hash";

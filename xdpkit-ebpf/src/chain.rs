@@ -1,9 +1,14 @@
 //! "Next": hand the frame to the stage after this one (see
 //! `xdpkit_common::chain` for the layout).
 
-use aya_ebpf::{macros::map, maps::ProgramArray, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::map,
+    maps::{Array, ProgramArray},
+    programs::XdpContext,
+};
 use xdpkit_common::{
-    chain::{CHAIN_SLOTS, NO_NEXT},
+    chain::{ChainState, CHAIN_SLOTS, MAX_STAGES, NO_NEXT},
     XdpAction,
 };
 
@@ -13,6 +18,34 @@ use crate::stats::{count, count_next, uncount_next};
 /// to the root and to every stage.
 #[map(name = "XDPKIT_CHAIN")]
 pub static CHAIN: ProgramArray = ProgramArray::with_max_entries(CHAIN_SLOTS, 0);
+
+/// The root's state: which half of [`CHAIN`] runs.
+#[map(name = "XDPKIT_ROOT")]
+pub static ROOT: Array<ChainState> = Array::with_max_entries(1, 0);
+
+/// The root's work (both roots): tail-call the first stage of the active
+/// half, or pass when there is none.
+#[inline(always)]
+pub fn enter(ctx: &XdpContext) -> u32 {
+    if let Some(state) = ROOT.get(0) {
+        // One tail call per half, each with a constant slot: the verifier
+        // then knows the key, and the JIT emits a direct jump (patched when
+        // the slot changes) instead of an indirect one through a retpoline.
+        // SAFETY (both): the slot holds a stage of this interface (or
+        // nothing, and the call returns).
+        if state.base == 0 {
+            unsafe { CHAIN.tail_call(ctx, 0) };
+            // Only if the slot is empty. Differs from the other branch, so
+            // LLVM cannot merge the two calls into one with a variable slot.
+            // SAFETY: a read of the map value `get` returned.
+            let _ = unsafe { core::ptr::read_volatile(&state.len) };
+        } else {
+            unsafe { CHAIN.tail_call(ctx, MAX_STAGES) };
+        }
+    }
+    // No stage (the chain is empty or being replaced): the stack decides.
+    xdp_action::XDP_PASS
+}
 
 /// The slot of the next stage, written by the loader into .rodata before
 /// the program loads (so the verifier sees a constant).

@@ -19,7 +19,7 @@ use crate::{
     pins::{self, PinDir},
     privilege,
     programs::{self, firewall::Firewall, redirect::Redirect, Program as _},
-    sys, Error, Result,
+    rx_hash, sys, Error, Result,
 };
 
 /// What to attach where: a chain of one or more stages.
@@ -186,6 +186,10 @@ pub struct PreparedAttach {
     current: Option<XdpAttachment>,
     foreign: bool,
     root: Option<aya::Ebpf>,
+    /// The RX-hash root, when the chain reads the driver's RX hash and the
+    /// device offers it: attached instead of the root in `root` (whose
+    /// maps it shares).
+    rx_hash_root: Option<aya::programs::Xdp>,
     chain: Option<chain::Prepared>,
     _lock: pins::IfaceLock,
 }
@@ -240,6 +244,7 @@ pub fn prepare(req: &AttachRequest) -> Result<PreparedAttach> {
         current,
         foreign,
         root: None,
+        rx_hash_root: None,
         chain: None,
     };
     let root = prepared
@@ -253,6 +258,17 @@ pub fn prepare(req: &AttachRequest) -> Result<PreparedAttach> {
         &req.stages,
         &prepared._lock,
     )?);
+    if rx_hash::wanted(&req.stages, req.mode, ifindex) {
+        match rx_hash::load(&prepared.dir, ifindex) {
+            Ok(program) => prepared.rx_hash_root = Some(program),
+            // The hash is an optimisation: without it the balancer hashes
+            // the 5-tuple, as on any device.
+            Err(e) => tracing::warn!(
+                "{}: the RX-hash root did not load, the balancer hashes the 5-tuple: {e}",
+                req.iface
+            ),
+        }
+    }
     Ok(prepared)
 }
 
@@ -277,7 +293,10 @@ impl PreparedAttach {
             .as_mut()
             .ok_or_else(|| Error::Internal("an attach without its root".to_string()))?;
         let stages = chain::switch(root, &dir, prepared)?;
-        let program = chain::root_program(root)?;
+        let program = match self.rx_hash_root.as_mut() {
+            Some(program) => program,
+            None => chain::root_program(root)?,
+        };
         let root_info = program.info().map_err(|source| Error::Load {
             program: "root",
             source,

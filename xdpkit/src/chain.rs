@@ -37,7 +37,9 @@ const ROOT_SYMBOL: &str = "xdpkit_root";
 /// are replaced even when the configuration is the same (an upgrade).
 pub static BUILD: LazyLock<u64> = LazyLock::new(|| {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let objects = std::iter::once(ROOT).chain(programs::REGISTRY.iter().map(|p| p.object()));
+    let objects = [ROOT, crate::rx_hash::ROOT_RXHASH]
+        .into_iter()
+        .chain(programs::REGISTRY.iter().map(|p| p.object()));
     for object in objects {
         for byte in object.bytes {
             hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
@@ -465,17 +467,27 @@ mod tests {
     /// `call bpf_tail_call`): the verifier then knows the key and the JIT
     /// emits a direct jump, not an indirect one through a retpoline (about
     /// 13 ns more per frame on x86 with retpolines; `cargo xtask bench
-    /// stages`). An LLVM that merged the two calls would fail this.
+    /// stages`). An LLVM that merged the two calls would fail this. Both
+    /// roots: the plain one and the RX-hash one.
     #[test]
     fn root_tail_calls_have_constant_slots() {
+        for (object, symbol) in [
+            (ROOT, ROOT_SYMBOL),
+            (crate::rx_hash::ROOT_RXHASH, crate::rx_hash::SYMBOL),
+        ] {
+            check_constant_slots(object, symbol);
+        }
+    }
+
+    fn check_constant_slots(object: Object, symbol: &str) {
         const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
         const TAIL_CALL: i32 = 12; // BPF_FUNC_tail_call
         const MOV_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
-        let object = aya_obj::Object::parse(ROOT.bytes).expect("root object");
+        let object = aya_obj::Object::parse(object.bytes).expect("root object");
         let root = object
             .functions
             .values()
-            .find(|f| f.name == ROOT_SYMBOL)
+            .find(|f| f.name == symbol)
             .expect("root function");
         let insns = &root.instructions;
         let writes_r3 = |i: &aya_obj::generated::bpf_insn| {
@@ -492,7 +504,7 @@ mod tests {
                     .expect("r3 set before the tail call");
                 assert_eq!(
                     set.code, MOV_IMM,
-                    "the tail call at instruction {at} has a variable slot"
+                    "{symbol}: the tail call at instruction {at} has a variable slot"
                 );
                 slots.push(set.imm as u32);
             }

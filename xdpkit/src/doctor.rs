@@ -51,6 +51,33 @@ fn check(name: &'static str, status: Status, detail: String, fix: Option<String>
     }
 }
 
+/// Which flow hash the balancer on `dev` uses: the driver's RX hash when
+/// the RX-hash root runs there, with the balancer's count of new flows
+/// hashed each way.
+fn flow_hash_check(dev: &str, offers: bool, attached: Option<&netlink::XdpAttachment>) -> Check {
+    let bound = attached.is_some_and(|a| program_name(a.prog_id) == crate::rx_hash::KERNEL_NAME);
+    let counts = crate::programs::balancer::live::status(dev)
+        .map(|s| {
+            format!(
+                " (new flows so far: {} by RX hash, {} by 5-tuple)",
+                s.hashed_rx, s.hashed_tuple
+            )
+        })
+        .unwrap_or_default();
+    let text = match (bound, offers) {
+        (true, _) => format!(
+            "the RX-hash root runs on {dev}: the balancer hashes new flows with the driver's RX hash where the frame has one{counts}"
+        ),
+        (false, true) => format!(
+            "{dev} offers an RX hash; the balancer hashes new flows by their 5-tuple here (the RX-hash root runs only when a chain with the balancer is attached in native mode){counts}"
+        ),
+        (false, false) => format!(
+            "{dev} offers no RX hash: the balancer hashes new flows by their 5-tuple{counts}"
+        ),
+    };
+    check("flow-hash", Status::Ok, text, None)
+}
+
 /// Largest MTU native XDP takes without multi-buffer support: a frame must
 /// fit one page with XDP's headroom and the skb tail.
 const SINGLE_PAGE_MTU: u32 = 3498;
@@ -197,19 +224,11 @@ fn device_checks(dev: &str) -> Result<Vec<Check>> {
         Some(mtu) => check("mtu", Status::Ok, format!("{dev} has MTU {mtu}"), None),
         None => check("mtu", Status::Skip, format!("{dev} reports no MTU"), None),
     });
+    let attached = netlink::xdp_attachment(ifindex)?;
     let rx_hash = dev_features
         .as_ref()
         .is_some_and(|f| f.rx_metadata.contains(&"hash"));
-    checks.push(check(
-        "flow-hash",
-        Status::Ok,
-        format!(
-            "the balancer hashes flows by their 5-tuple; {dev} {} an RX hash to XDP programs, which xdpkit does not read yet (device-bound programs)",
-            if rx_hash { "offers" } else { "does not offer" }
-        ),
-        None,
-    ));
-    let attached = netlink::xdp_attachment(ifindex)?;
+    checks.push(flow_hash_check(dev, rx_hash, attached.as_ref()));
     let ours = crate::status::status(Some(dev), Duration::ZERO)
         .ok()
         .and_then(|s| s.into_iter().next())

@@ -51,13 +51,21 @@ pub struct DeviceFeatures {
     pub balancer_hash: &'static str,
 }
 
-/// What the balancer hashes flows with. The driver's RX hash
-/// (`bpf_xdp_metadata_rx_hash`) needs a program loaded bound to its device
-/// and a kfunc call relocated to the kernel's BTF id; aya 0.14, which loads
-/// xdpkit's programs, does neither, so the balancer hashes the 5-tuple
-/// itself on every device.
-pub const BALANCER_HASH: &str =
-    "5-tuple (xdpkit's own; the driver's RX hash kfunc needs device-bound programs, which xdpkit's loader does not make yet)";
+/// What the balancer hashes new flows with on a device that offers (or
+/// not) an RX hash: the driver's hash needs the RX-hash root
+/// ([`crate::rx_hash`]), which attaches in driver mode only.
+pub fn balancer_hash(offers_rx_hash: bool) -> &'static str {
+    if offers_rx_hash {
+        "the driver's RX hash (bpf_xdp_metadata_rx_hash, read by the RX-hash root) in native mode; the 5-tuple in skb mode, with flow-hash = \"tuple\", and for frames the driver has no hash for"
+    } else {
+        "the 5-tuple (the driver offers no RX hash)"
+    }
+}
+
+/// Whether the driver of `ifindex` gives XDP programs an RX hash.
+pub fn driver_offers_rx_hash(ifindex: u32) -> bool {
+    netlink::device_xdp_features(ifindex).is_ok_and(|f| f.rx_hash())
+}
 
 /// Reads the kernel side.
 pub fn kernel() -> KernelFeatures {
@@ -97,7 +105,7 @@ pub fn device(ifname: &str) -> Result<DeviceFeatures> {
         zc_max_segs: f.zc_max_segs,
         modes: supported_modes(&f),
         rx_metadata: f.rx_metadata_names(),
-        balancer_hash: BALANCER_HASH,
+        balancer_hash: balancer_hash(f.rx_hash()),
     })
 }
 

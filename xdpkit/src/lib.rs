@@ -31,6 +31,7 @@ pub mod netlink;
 pub mod object;
 pub mod pins;
 pub mod privilege;
+pub mod rx_hash;
 pub mod stats;
 pub mod status;
 pub mod sys;

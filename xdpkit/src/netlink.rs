@@ -373,6 +373,11 @@ impl DeviceXdpFeatures {
     pub fn ndo_xmit_sg(&self) -> bool {
         self.has(6)
     }
+    /// Whether the driver gives XDP programs an RX hash
+    /// (`bpf_xdp_metadata_rx_hash`).
+    pub fn rx_hash(&self) -> bool {
+        self.rx_metadata & (1 << 1) != 0
+    }
     /// Names of the RX metadata the driver provides, as the YNL spec
     /// spells them (`hash`: `bpf_xdp_metadata_rx_hash` works on it).
     pub fn rx_metadata_names(&self) -> Vec<&'static str> {

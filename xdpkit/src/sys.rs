@@ -126,6 +126,72 @@ pub fn obj_get(path: &Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// What [`prog_load`] loads.
+pub struct ProgLoad<'a> {
+    /// Kernel name of the program (at most 15 bytes are kept).
+    pub name: &'a str,
+    /// Relocated instructions.
+    pub insns: &'a [aya_obj::generated::bpf_insn],
+    /// The license the programs' helpers and kfuncs need.
+    pub license: &'a std::ffi::CStr,
+    /// Bound to this device (`prog_ifindex` with `BPF_F_XDP_DEV_BOUND_ONLY`):
+    /// it may call the device's RX metadata kfuncs, attach only there in
+    /// driver mode, and never sit in a PROG_ARRAY.
+    pub ifindex: u32,
+}
+
+/// Loads an XDP program bound to a device (BPF_PROG_LOAD), which aya 0.14
+/// cannot; on a refusal the error carries the verifier's log.
+pub fn prog_load(load: &ProgLoad<'_>) -> Result<OwnedFd> {
+    use aya_obj::generated::{
+        bpf_attach_type::BPF_XDP, bpf_attr, bpf_cmd::BPF_PROG_LOAD,
+        bpf_prog_type::BPF_PROG_TYPE_XDP, BPF_F_XDP_DEV_BOUND_ONLY,
+    };
+    let mut log = vec![0u8; 64 * 1024];
+    // SAFETY: bpf_attr is plain data; all zero is its "unset" state.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the BPF_PROG_LOAD member of the union, the one this command reads.
+    let u = unsafe { &mut attr.__bindgen_anon_3 };
+    u.prog_type = BPF_PROG_TYPE_XDP as u32;
+    u.expected_attach_type = BPF_XDP as u32;
+    u.insns = load.insns.as_ptr() as u64;
+    u.insn_cnt = load.insns.len() as u32;
+    u.license = load.license.as_ptr() as u64;
+    u.prog_ifindex = load.ifindex;
+    u.prog_flags = BPF_F_XDP_DEV_BOUND_ONLY;
+    u.log_level = 1;
+    u.log_buf = log.as_mut_ptr() as u64;
+    u.log_size = log.len() as u32;
+    let name = load.name.as_bytes();
+    for (to, from) in u.prog_name.iter_mut().zip(name.iter().take(15)) {
+        *to = *from as std::ffi::c_char;
+    }
+    // SAFETY: attr is a bpf_attr for BPF_PROG_LOAD; the instructions,
+    // license and log buffers it points to outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD as libc::c_long,
+            std::ptr::from_mut(&mut attr),
+            size_of::<bpf_attr>() as u32,
+        )
+    };
+    if ret < 0 {
+        let source = io::Error::last_os_error();
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        let log = String::from_utf8_lossy(&log[..end]);
+        // The verifier's verdict is at the end of its log.
+        let tail: Vec<&str> = log.lines().rev().take(4).collect();
+        return Err(Error::Internal(format!(
+            "the kernel refused program {}: {source}: {}",
+            load.name,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        )));
+    }
+    // SAFETY: on success BPF_PROG_LOAD returns a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
+
 /// Forces an XDP link off its interface, even if another process still holds
 /// the link's fd (closing our fd alone would not detach it then).
 pub fn link_detach(link: BorrowedFd<'_>) -> Result<()> {

@@ -100,7 +100,7 @@ impl Harness {
     /// Runs the chain on `frame` `repeat` times (at least once).
     pub fn run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome> {
         let program = chain::root_program(&mut self.root)?;
-        run_program(program, "chain", frame, repeat)
+        run_program(program, "chain", &[], frame, repeat)
     }
 
     /// A stage's counters (per action and "next"), summed over CPUs.
@@ -144,27 +144,63 @@ impl Alone {
 
     /// Runs it on `frame` `repeat` times.
     pub fn run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        self.run_with_meta(&[], frame, repeat)
+    }
+
+    /// Runs it on `frame` with `meta` in the metadata area in front of it
+    /// (at most 32 bytes, a multiple of 4), as a program before it in the
+    /// chain (the RX-hash root) would leave it. The output is the frame
+    /// without its metadata.
+    pub fn run_with_meta(
+        &mut self,
+        meta: &[u8],
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
         let program = object::program(&mut self.ebpf, self.program.symbol(), self.program.name())?;
-        run_program(program, self.program.name(), frame, repeat)
+        run_program(program, self.program.name(), meta, frame, repeat)
     }
 }
+
+/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it: data, data_end,
+/// data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+const XDP_MD_LEN: usize = 24;
 
 fn run_program(
     xdp: &mut aya::programs::Xdp,
     name: &'static str,
+    meta: &[u8],
     frame: &[u8],
     repeat: u32,
 ) -> Result<TestRunOutcome> {
-    let mut output = vec![0u8; frame.len() + OUTPUT_SLACK];
+    let data: Vec<u8> = meta.iter().chain(frame).copied().collect();
+    let mut output = vec![0u8; data.len() + OUTPUT_SLACK];
+    // Offsets from the start of the buffer (the metadata): the frame
+    // starts after it, and the kernel wants data_end at the buffer's end.
+    let mut ctx = [0u8; XDP_MD_LEN];
+    ctx[..4].copy_from_slice(&(meta.len() as u32).to_ne_bytes());
+    ctx[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+    let mut ctx_out = [0u8; XDP_MD_LEN];
     let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
+    opts.data_in = Some(&data);
     opts.data_out = Some(&mut output);
+    if !meta.is_empty() {
+        opts.ctx_in = Some(&ctx);
+        opts.ctx_out = Some(&mut ctx_out);
+    }
     opts.repeat = repeat.max(1);
     let result = xdp.test_run(opts).map_err(|source| Error::TestRun {
         program: name,
         source,
     })?;
     output.truncate(result.data_size_out as usize);
+    if !meta.is_empty() {
+        // The output starts at the metadata, which may have moved with the
+        // frame (bpf_xdp_adjust_head carries it along); ctx_out says where
+        // the frame starts.
+        let start = u32::from_ne_bytes(ctx_out[..4].try_into().expect("4 bytes")) as usize;
+        output.drain(..start.min(output.len()));
+    }
     Ok(TestRunOutcome {
         verdict: XdpAction::from_u32(result.return_value),
         code: result.return_value,

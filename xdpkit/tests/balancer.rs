@@ -13,7 +13,7 @@ use proptest::{
 use xdpkit::{
     programs::{
         balancer::{
-            model::{decide, Flows},
+            model::{decide_with_rx_hash, Flows},
             tables::{self, RealSpec, Tables, VipSpec},
             write_tables, Balancer,
         },
@@ -23,8 +23,9 @@ use xdpkit::{
     testrun::Alone,
     XdpAction,
 };
-use xdpkit_common::balancer::{
-    LbConfig, LbOutcome, ENCAP_GUE, GUE_PORT, PROTO_TCP, PROTO_UDP, VIP_QUIC,
+use xdpkit_common::{
+    balancer::{LbConfig, LbOutcome, ENCAP_GUE, GUE_PORT, PROTO_TCP, PROTO_UDP, VIP_QUIC},
+    chain::RX_HASH_MAGIC,
 };
 use xdpkit_lab::lab::require_root;
 
@@ -94,8 +95,27 @@ fn balancer_with(cfg: LbConfig, vips: &[VipSpec]) -> (Alone, Tables) {
 
 /// Runs `frame` through the kernel and the model; they must agree.
 fn check(alone: &mut Alone, t: &Tables, flows: &mut Flows, frame: &[u8]) -> (XdpAction, Vec<u8>) {
-    let got = alone.run(frame, 1).unwrap();
-    let want = decide(t, flows, frame);
+    check_meta(alone, t, flows, None, frame)
+}
+
+/// [`check`] with metadata in front of the frame: `(hash, magic)` as the
+/// RX-hash root writes it (a wrong magic: someone else's metadata).
+fn check_meta(
+    alone: &mut Alone,
+    t: &Tables,
+    flows: &mut Flows,
+    meta: Option<(u32, u32)>,
+    frame: &[u8],
+) -> (XdpAction, Vec<u8>) {
+    let got = match meta {
+        Some((hash, magic)) => {
+            let bytes: Vec<u8> = [hash, magic].iter().flat_map(|w| w.to_ne_bytes()).collect();
+            alone.run_with_meta(&bytes, frame, 1).unwrap()
+        }
+        None => alone.run(frame, 1).unwrap(),
+    };
+    let rx_hash = meta.and_then(|(hash, magic)| (magic == RX_HASH_MAGIC).then_some(hash));
+    let want = decide_with_rx_hash(t, flows, &mut None, rx_hash, frame);
     let verdict = match want.outcome.decision {
         xdpkit::model::Decision::Verdict(v) => v,
         // Alone, "next" passes.
@@ -306,7 +326,7 @@ fn a_vip_whose_reals_are_all_drained_drops() {
     let mut flows = Flows::new();
     let frame = udp4([198, 18, 0, 5], [198, 18, 1, 10], 40000, 53);
     assert_eq!(
-        decide(&t, &mut flows.clone(), &frame).how,
+        decide_with_rx_hash(&t, &mut flows.clone(), &mut None, None, &frame).how,
         LbOutcome::NoReal
     );
     assert_eq!(check(&mut alone, &t, &mut flows, &frame).0, XdpAction::Drop);
@@ -349,6 +369,12 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
             0usize..80,
             // Payload: length, DF, a QUIC header's first byte and server id.
             (0usize..1500, any::<bool>(), any::<u8>(), 0u16..8),
+            // Metadata: none, the RX-hash root's, or another program's.
+            prop_oneof![
+                Just(None),
+                any::<u32>().prop_map(|h| Some((h, RX_HASH_MAGIC))),
+                (any::<u32>(), any::<u32>()).prop_map(Some),
+            ],
         ),
         150..250,
     );
@@ -360,6 +386,7 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
         any::<bool>(),
         any::<bool>(),
         proptest::collection::vec((1u16..8, 0u32..20), 0..6),
+        any::<bool>(),
     );
     // At least 100,000 frames in all (the floor for a CI run).
     let mut runner = TestRunner::new(Config {
@@ -369,7 +396,7 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
     let frames_run = std::cell::Cell::new(0usize);
     runner
         .run(&(vip_set, frames, settings), |(vips, frames, settings)| {
-            let (gue, mtu, egress, quic, ids) = settings;
+            let (gue, mtu, egress, quic, ids, tuple_only) = settings;
             let specs: Vec<VipSpec> = vips
                 .iter()
                 .map(|(v6, host, proto, port, reals)| VipSpec {
@@ -390,6 +417,7 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
                 cfg.encap = ENCAP_GUE;
             }
             cfg.mtu = mtu;
+            cfg.tuple_hash_only = u16::from(tuple_only);
             if egress {
                 cfg.egress = 1;
                 cfg.egress_mac = [0x02, 0, 0, 0, 0, 0x09];
@@ -402,7 +430,7 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
             let mut alone = Alone::new(&Balancer).unwrap();
             write_tables(alone.maps(), &t).unwrap();
             let mut flows = Flows::new();
-            for (v6, host, port, sport, tcp, syn, cut, (len, df, first, id)) in frames {
+            for (v6, host, port, sport, tcp, syn, cut, (len, df, first, id), meta) in frames {
                 let dst = addr(v6, 1, host);
                 let src = addr(v6, 0, 5);
                 let mut f = Vec::new();
@@ -437,7 +465,7 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
                 if cut < 20 {
                     f.truncate((14 + cut * 3).min(f.len()));
                 }
-                check(&mut alone, &t, &mut flows, &f);
+                check_meta(&mut alone, &t, &mut flows, meta, &f);
                 frames_run.set(frames_run.get() + 1);
             }
             Ok(())
@@ -713,4 +741,68 @@ fn quic_packets_go_to_the_real_their_connection_id_names() {
         seen.insert(outer_dst(&sent));
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+/// A new flow that comes with the RX-hash root's metadata is hashed onto
+/// the ring with the driver's hash, and its flow entry keeps that hash;
+/// with `flow-hash = "tuple"`, or another program's metadata, the 5-tuple
+/// hash decides. Each hash is chosen so that the two hashes name different
+/// reals, so the test tells them apart.
+#[test]
+fn new_flows_hash_with_the_rx_hash_the_root_leaves() {
+    if !require_root("new_flows_hash_with_the_rx_hash_the_root_leaves") {
+        return;
+    }
+    use xdpkit::programs::balancer::model::frame_hash;
+    let reals = [("198.18.2.1", 1), ("198.18.2.2", 1), ("198.18.2.3", 1)];
+    let spec = vip("198.18.1.10", 53, PROTO_UDP, &reals);
+    let real_of = |out: &[u8]| [out[30], out[31], out[32], out[33]];
+    for (tuple_only, magic) in [(false, RX_HASH_MAGIC), (true, RX_HASH_MAGIC), (false, 7)] {
+        let mut cfg = config();
+        cfg.tuple_hash_only = u16::from(tuple_only);
+        let (mut alone, t) = balancer_with(cfg, std::slice::from_ref(&spec));
+        let vip_rec = t.vips.values().next().copied().unwrap();
+        let real_for = |hash: u32| {
+            let index = t.ring_slot(vip_rec.ring_base + hash % vip_rec.ring_size);
+            let a = t.reals[index as usize].addr;
+            [a[0], a[1], a[2], a[3]]
+        };
+        let mut flows = Flows::new();
+        let mut by_rx = 0;
+        for sport in 3000..3040u16 {
+            let frame = udp4([198, 18, 0, 5], [198, 18, 1, 10], sport, 53);
+            let tuple_hash = frame_hash(&frame).unwrap();
+            let rx = (0u32..)
+                .map(|i| i.wrapping_mul(0x9e37_79b9) ^ u32::from(sport))
+                .find(|h| real_for(*h) != real_for(tuple_hash))
+                .unwrap();
+            let (verdict, out) = check_meta(&mut alone, &t, &mut flows, Some((rx, magic)), &frame);
+            assert_eq!(verdict, XdpAction::Tx);
+            let uses_rx = !tuple_only && magic == RX_HASH_MAGIC;
+            let want = if uses_rx {
+                real_for(rx)
+            } else {
+                real_for(tuple_hash)
+            };
+            assert_eq!(real_of(&out), want, "port {sport}, rx hash {rx:#x}");
+            by_rx += usize::from(real_of(&out) == real_for(rx));
+            // The next frame of the flow comes without metadata (say the
+            // driver had no hash for it): the entry's hash still holds.
+            let (_, again) = check(&mut alone, &t, &mut flows, &frame);
+            assert_eq!(real_of(&again), want, "port {sport}: the flow moved");
+        }
+        let counted = xdpkit::maps::batch::dump_per_cpu::<xdpkit_common::ActionCounter>(
+            alone.maps(),
+            "LB_HASHES",
+            usize::MAX,
+        )
+        .unwrap();
+        let total = |i: usize| counted[i].iter().map(|c| c.packets).sum::<u64>();
+        let (rx_count, tuple_count) = (total(0), total(1));
+        if !tuple_only && magic == RX_HASH_MAGIC {
+            assert_eq!((by_rx, rx_count, tuple_count), (40, 40, 0));
+        } else {
+            assert_eq!((by_rx, rx_count, tuple_count), (0, 0, 40));
+        }
+    }
 }

@@ -16,11 +16,12 @@ use aya_ebpf::{
 };
 use xdpkit_common::{
     balancer::{
-        encap_overhead, flow_hash, quic_server_id, FlowKey, FlowReal, GuardWindow, LbConfig,
-        LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, ENCAP_GUE, LB_MAX_FLOWS,
+        encap_overhead, flow_hash, quic_server_id, FlowKey, FlowReal, GuardWindow, HashSource,
+        LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, ENCAP_GUE, LB_MAX_FLOWS,
         LB_MAX_MEMBERS, LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS, LB_NO_REAL, LB_RING_SLOTS,
         PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS, VIP_QUIC,
     },
+    chain::{RxHashMeta, RX_HASH_MAGIC},
     ActionCounter, XdpAction,
 };
 use xdpkit_ebpf::{
@@ -59,6 +60,8 @@ static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
 static GUARD: PerCpuArray<GuardWindow> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "LB_VIP_NEW")]
 static VIP_NEW: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(LB_MAX_VIPS, 0);
+#[map(name = "LB_HASHES")]
+static HASHES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(HashSource::COUNT, 0);
 #[map(name = "LB_QUIC_IDS")]
 static QUIC_IDS: Array<u32> = Array::with_max_entries(LB_MAX_QUIC_IDS, 0);
 
@@ -137,7 +140,16 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
         (Some((index, real)), _) => (index, real, LbOutcome::QuicRouted, hash_of(&frame.key)),
         (None, Some((index, real, hash))) => (index, real, LbOutcome::FlowHit, hash),
         (None, None) => {
-            let hash = hash_of(&frame.key);
+            let hash = match rx_hash(&ctx) {
+                Some(hash) if cfg.tuple_hash_only == 0 => {
+                    add(&HASHES, HashSource::Rx as u32, len);
+                    hash
+                }
+                _ => {
+                    add(&HASHES, HashSource::Tuple as u32, len);
+                    hash_of(&frame.key)
+                }
+            };
             if vip.ring_size == 0 {
                 return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             }
@@ -192,6 +204,19 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
 fn hash_of(key: &FlowKey) -> u32 {
     let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
     flow_hash(halves(&key.src), halves(&key.dst), ports, key.proto)
+}
+
+/// The driver's RX hash of the frame's flow, where the RX-hash root left
+/// one in the metadata area.
+#[inline(always)]
+fn rx_hash(ctx: &XdpContext) -> Option<u32> {
+    let meta = ctx.metadata();
+    if meta + core::mem::size_of::<RxHashMeta>() > ctx.data() {
+        return None;
+    }
+    // SAFETY: the metadata area holds at least an RxHashMeta (checked).
+    let value = unsafe { core::ptr::read_unaligned(meta as *const RxHashMeta) };
+    (value.magic == RX_HASH_MAGIC).then_some(value.hash)
 }
 
 /// The real a QUIC packet's connection id names, if any and in use.

@@ -152,6 +152,14 @@ pub trait Program: Sync {
         Vec::new()
     }
 
+    /// Whether the stage reads the driver's RX hash that the RX-hash root
+    /// leaves in the frame's metadata area ([`crate::rx_hash`]): an
+    /// interface whose chain has such a stage runs that root where the
+    /// driver offers the hash.
+    fn reads_rx_hash(&self) -> bool {
+        false
+    }
+
     /// Counters beyond the per-action ones (the firewall's decisions by
     /// outcome), read from the stage's pins; empty for most programs.
     fn outcomes(&self, dir: &PinDir) -> Vec<OutcomeCount> {

@@ -12,6 +12,7 @@
 //! mtu = 1500                      # path MTU toward the reals (default 0: no check)
 //! egress = "eth1"                 # two-interface mode (default: none, back out of eth0)
 //! max-new-per-sec = 100000        # new-flow guard (default 0: no limit)
+//! flow-hash = "tuple"             # "auto" (default: the driver's RX hash where there is one) or "tuple"
 //! quic-ids = ["1025 198.18.2.1"]  # QUIC server id -> real (a real of some VIP)
 //! vips = [
 //!   "198.18.1.10:80/tcp",                          # ring 65537 by default
@@ -55,6 +56,7 @@ const KEYS: &[&str] = &[
     "mtu",
     "egress",
     "max-new-per-sec",
+    "flow-hash",
     "quic-ids",
     "vips",
     "reals",
@@ -87,6 +89,16 @@ pub fn guard_per_cpu(rate: u64) -> Option<u32> {
 pub fn guard_rate(cfg: &LbConfig) -> u64 {
     let cpus = crate::sys::possible_cpus().unwrap_or(1) as u64;
     u64::from(cfg.new_per_cpu) * cpus
+}
+
+/// How `cfg` hashes new flows: `auto` (the driver's RX hash where the
+/// RX-hash root left one, else the 5-tuple) or `tuple`.
+pub fn flow_hash_name(cfg: &LbConfig) -> &'static str {
+    if cfg.tuple_hash_only != 0 {
+        "tuple"
+    } else {
+        "auto"
+    }
 }
 
 /// An integer setting from `min` to `max` (absent: `None`).
@@ -213,6 +225,16 @@ pub fn parse(given: &Table) -> Result<Declared, SettingsError> {
         config.new_per_cpu = guard_per_cpu(rate as u64)
             .ok_or_else(|| SettingsError::new("max-new-per-sec", "too many to count"))?;
     }
+    config.tuple_hash_only = match string_of(given, "flow-hash")? {
+        None | Some("auto") => 0,
+        Some("tuple") => 1,
+        Some(other) => {
+            return Err(SettingsError::new(
+                "flow-hash",
+                format!("'{other}' is not a flow hash: auto or tuple"),
+            ))
+        }
+    };
     let egress = string_of(given, "egress")?.map(str::to_string);
     if let Some(name) = &egress {
         crate::iface::validate_name(name)
@@ -517,6 +539,10 @@ pub fn to_table(d: &Declared) -> Table {
         "max-new-per-sec".into(),
         Value::Integer(guard_rate(&d.config) as i64),
     );
+    out.insert(
+        "flow-hash".into(),
+        Value::String(flow_hash_name(&d.config).into()),
+    );
     if let Some(egress) = &d.egress {
         out.insert("egress".into(), Value::String(egress.clone()));
     }
@@ -585,6 +611,7 @@ encap = "ip"
 gue-port = 6080
 mtu = 0
 max-new-per-sec = 0
+flow-hash = "auto"
 quic-ids = []
 vips = ["198.18.1.9:80/tcp ring 7", "198.18.1.10:80/tcp ring 65537", "[2001:db8::10]:53/udp ring 1009 no-flows"]
 reals = [
@@ -621,7 +648,7 @@ reals = ["198.18.1.11:443/udp 198.18.2.1"]
         assert_eq!(normalise(&out).unwrap(), out, "normalising is stable");
         assert_eq!(
             normalise(&Table::new()).unwrap(),
-            table("source4 = \"0.0.0.0/32\"\nsource6 = \"::/64\"\ngateway = \"00:00:00:00:00:00\"\nencap = \"ip\"\ngue-port = 6080\nmtu = 0\nmax-new-per-sec = 0\nquic-ids = []\nvips = []\nreals = []")
+            table("source4 = \"0.0.0.0/32\"\nsource6 = \"::/64\"\ngateway = \"00:00:00:00:00:00\"\nencap = \"ip\"\ngue-port = 6080\nmtu = 0\nmax-new-per-sec = 0\nflow-hash = \"auto\"\nquic-ids = []\nvips = []\nreals = []")
         );
     }
 
@@ -630,6 +657,7 @@ reals = ["198.18.1.11:443/udp 198.18.2.1"]
         fails("vips = [\"198.18.1.10:80\"]", "vips[0]", "is not a VIP");
         fails("mtu = 100", "mtu", "below 576");
         fails("encap = \"gre\"", "encap", "ip or gue");
+        fails("flow-hash = \"rx\"", "flow-hash", "auto or tuple");
         fails("egress = \"eth1\"", "egress", "gateway");
         fails("vips = [\"198.18.1.10:80/tcp quic\"]", "vips[0]", "UDP");
         fails(

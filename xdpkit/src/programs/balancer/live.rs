@@ -9,10 +9,11 @@ use std::{collections::BTreeMap, fs::File, net::IpAddr};
 use serde::Serialize;
 use xdpkit_common::{
     balancer::{
-        FlowKey, FlowReal, LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, ENCAP_GUE,
-        ENCAP_IP, GUE_PORT, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_MAX_MEMBERS, LB_MAX_QUIC_IDS,
-        LB_MAX_REALS, LB_MAX_VIPS, LB_MEMBERS, LB_NO_REAL, LB_OUTCOMES, LB_QUIC_IDS, LB_REALS,
-        LB_REAL_STATS, LB_RING_SLOTS, LB_VIPS, LB_VIP_NEW, LB_VIP_RECORDS, LB_VIP_STATS,
+        FlowKey, FlowReal, HashSource, LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey,
+        VipRecord, ENCAP_GUE, ENCAP_IP, GUE_PORT, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_HASHES,
+        LB_MAX_MEMBERS, LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS, LB_MEMBERS, LB_NO_REAL,
+        LB_OUTCOMES, LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RING_SLOTS, LB_VIPS, LB_VIP_NEW,
+        LB_VIP_RECORDS, LB_VIP_STATS,
     },
     ActionCounter,
 };
@@ -115,6 +116,11 @@ pub struct BalancerStatus {
     pub too_big: u64,
     /// QUIC packets routed by their connection id's server id.
     pub quic_routed: u64,
+    /// New flows hashed with the driver's RX hash (the interface runs the
+    /// RX-hash root: `xdpkit doctor --dev` says).
+    pub hashed_rx: u64,
+    /// New flows hashed by their 5-tuple.
+    pub hashed_tuple: u64,
     /// The settings.
     pub settings: SettingsView,
 }
@@ -139,6 +145,9 @@ pub struct SettingsView {
     /// New flows remembered per second at most (0: no limit); the kernel
     /// applies it per CPU, so it is a multiple of the CPUs.
     pub max_new_per_sec: u64,
+    /// How new flows are hashed: `auto` (the driver's RX hash where there
+    /// is one) or `tuple`.
+    pub flow_hash: &'static str,
 }
 
 fn mac_text(mac: &[u8; 6]) -> String {
@@ -170,6 +179,7 @@ fn view(cfg: &LbConfig, egress_ifindex: Option<u32>) -> Result<SettingsView> {
                 .unwrap_or_else(|| format!("#{}", egress_ifindex.unwrap_or(0)))
         }),
         max_new_per_sec: u64::from(cfg.new_per_cpu) * cpus,
+        flow_hash: super::config::flow_hash_name(cfg),
     })
 }
 
@@ -243,6 +253,9 @@ pub struct SettingsChange {
     pub egress: Option<Option<String>>,
     /// New flows remembered per second (0: no limit).
     pub max_new_per_sec: Option<u64>,
+    /// Hash new flows by their 5-tuple only (`Some(false)`: the driver's
+    /// RX hash where there is one).
+    pub tuple_hash_only: Option<bool>,
 }
 
 /// The stored VIPs and reals of a balancer.
@@ -302,6 +315,8 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
     let outcomes = batch::dump_per_cpu::<ActionCounter>(&maps, LB_OUTCOMES, usize::MAX)?;
     let vip_new = batch::dump_per_cpu::<ActionCounter>(&maps, LB_VIP_NEW, usize::MAX)?;
     let outcome = |o: LbOutcome| outcomes.get(o as usize).map_or(0, |c| sum(c).packets);
+    let hashes = batch::dump_per_cpu::<ActionCounter>(&maps, LB_HASHES, usize::MAX)?;
+    let hashed = |h: HashSource| hashes.get(h as usize).map_or(0, |c| sum(c).packets);
     let quic_ids = read_quic_ids(&maps)?;
     let mut vips = Vec::new();
     for (id, rec) in stored.records.iter().enumerate() {
@@ -361,6 +376,8 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
         guarded: outcome(LbOutcome::Guarded),
         too_big: outcome(LbOutcome::TooBig),
         quic_routed: outcome(LbOutcome::QuicRouted),
+        hashed_rx: hashed(HashSource::Rx),
+        hashed_tuple: hashed(HashSource::Tuple),
         settings: view(&read_config(&maps)?, read_egress(&maps)?)?,
     })
 }
@@ -470,6 +487,9 @@ impl LiveBalancer {
             let per_cpu = rate.div_ceil(cpus);
             cfg.new_per_cpu = u32::try_from(per_cpu)
                 .map_err(|_| bad(format!("{rate} new flows per second is too many to count")))?;
+        }
+        if let Some(only) = change.tuple_hash_only {
+            cfg.tuple_hash_only = u16::from(only);
         }
         let mut egress = read_egress(&self.maps)?;
         match &change.egress {

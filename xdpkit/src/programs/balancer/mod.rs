@@ -19,9 +19,9 @@ pub mod tables;
 pub use xdpkit_common::balancer::{PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS, VIP_QUIC};
 
 use xdpkit_common::balancer::{
-    Real, Vip, VipKey, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_GUARD, LB_MEMBERS, LB_OUTCOMES,
-    LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RINGS, LB_VIPS, LB_VIP_NEW, LB_VIP_RECORDS,
-    LB_VIP_STATS,
+    Real, Vip, VipKey, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_GUARD, LB_HASHES, LB_MEMBERS,
+    LB_OUTCOMES, LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RINGS, LB_VIPS, LB_VIP_NEW,
+    LB_VIP_RECORDS, LB_VIP_STATS,
 };
 
 use super::{Commit, OutcomeCount, Program, StageLoad};
@@ -52,7 +52,7 @@ pub struct Balancer;
 
 /// Its maps and their pin files: the VIPs, reals, rings, flows and
 /// counters outlive a reload.
-static PINS: [(&str, &str); 14] = [
+static PINS: [(&str, &str); 15] = [
     (LB_VIPS, "lb_vips"),
     (LB_RINGS, "lb_rings"),
     (LB_REALS, "lb_reals"),
@@ -67,6 +67,7 @@ static PINS: [(&str, &str); 14] = [
     (LB_GUARD, "lb_guard"),
     (LB_VIP_NEW, "lb_vip_new"),
     (LB_QUIC_IDS, "lb_quic_ids"),
+    (LB_HASHES, "lb_hashes"),
 ];
 
 impl Program for Balancer {
@@ -88,6 +89,10 @@ impl Program for Balancer {
 
     fn pinned_maps(&self) -> &'static [(&'static str, &'static str)] {
         &PINS
+    }
+
+    fn reads_rx_hash(&self) -> bool {
+        true
     }
 
     fn outcomes(&self, dir: &PinDir) -> Vec<OutcomeCount> {

@@ -145,6 +145,20 @@ pub fn decide_guarded(
     room: &mut Option<u64>,
     frame: &[u8],
 ) -> LbDecision {
+    decide_with_rx_hash(t, flows, room, None, frame)
+}
+
+/// [`decide_guarded`] for a frame that arrives with the driver's RX hash
+/// in its metadata area, as the RX-hash root leaves it (`rx_hash`): a new
+/// flow is hashed with it unless [`LbConfig::tuple_hash_only`]; an
+/// established flow keeps the hash its entry holds.
+pub fn decide_with_rx_hash(
+    t: &Tables,
+    flows: &mut Flows,
+    room: &mut Option<u64>,
+    rx_hash: Option<u32>,
+    frame: &[u8],
+) -> LbDecision {
     let next = |how| LbDecision {
         outcome: StageOutcome::same(Decision::Next, frame),
         how,
@@ -168,7 +182,11 @@ pub fn decide_guarded(
         return next(LbOutcome::NotVip);
     };
     let cfg = &t.config;
-    let hash = hash_of(&f.key);
+    let tuple_hash = hash_of(&f.key);
+    let new_hash = match rx_hash {
+        Some(h) if cfg.tuple_hash_only == 0 => h,
+        _ => tuple_hash,
+    };
     let use_flows = vip.flags & VIP_NO_FLOWS == 0;
     // As the program: the real is read once, and a flow whose real has
     // since been removed chooses again.
@@ -188,12 +206,13 @@ pub fn decide_guarded(
         flows
             .get(&f.key)
             .filter(|e| e.vip == vip.id)
-            .and_then(|e| real_at(e.real).map(|r| (e.real, r)))
+            .and_then(|e| real_at(e.real).map(|r| (e.real, r, e.hash)))
     };
-    let (index, real, how) = match (quic, known) {
-        (Some((i, real)), _) => (i, real, LbOutcome::QuicRouted),
-        (None, Some((i, real))) => (i, real, LbOutcome::FlowHit),
+    let (index, real, how, hash) = match (quic, known) {
+        (Some((i, real)), _) => (i, real, LbOutcome::QuicRouted, tuple_hash),
+        (None, Some((i, real, hash))) => (i, real, LbOutcome::FlowHit, hash),
         (None, None) => {
+            let hash = new_hash;
             if vip.ring_size == 0 {
                 return drop(LbOutcome::NoReal);
             }
@@ -219,7 +238,7 @@ pub fn decide_guarded(
                     how = LbOutcome::Guarded;
                 }
             }
-            (index, real, how)
+            (index, real, how, hash)
         }
     };
     let overhead = encap_overhead(cfg.encap, real.v6 != 0);
