@@ -56,7 +56,9 @@ fn check(name: &'static str, status: Status, detail: String, fix: Option<String>
 /// hashed each way.
 fn flow_hash_check(dev: &str, offers: bool, attached: Option<&netlink::XdpAttachment>) -> Check {
     let bound = attached.is_some_and(|a| program_name(a.prog_id) == crate::rx_hash::KERNEL_NAME);
-    let counts = crate::programs::balancer::live::status(dev)
+    let status = crate::programs::balancer::live::status(dev).ok();
+    let counts = status
+        .as_ref()
         .map(|s| {
             format!(
                 " (new flows so far: {} by RX hash, {} by 5-tuple)",
@@ -64,7 +66,11 @@ fn flow_hash_check(dev: &str, offers: bool, attached: Option<&netlink::XdpAttach
             )
         })
         .unwrap_or_default();
+    let tuple_only = status.is_some_and(|s| s.settings.flow_hash == "tuple");
     let text = match (bound, offers) {
+        (true, _) if tuple_only => format!(
+            "the RX-hash root runs on {dev}, but the balancer's flow hash is set to tuple: it hashes new flows by their 5-tuple{counts}"
+        ),
         (true, _) => format!(
             "the RX-hash root runs on {dev}: the balancer hashes new flows with the driver's RX hash where the frame has one{counts}"
         ),
