@@ -21,6 +21,12 @@ use crate::{
 
 /// The bench program's object (not a stage: it runs alone, unpinned).
 pub const OBJECT: object::Object = object::embedded!("bench");
+/// The balancer's floor (`xdpkit-ebpf/src/lb_floor`): the least a balancer
+/// with a flow table does, for `cargo xtask bench lb` to show how much of
+/// the balancer's cost is the kernel's maps and helpers.
+pub const LB_FLOOR: object::Object = object::embedded!("lb_floor");
+/// Its program.
+pub const LB_FLOOR_SYMBOL: &str = "xdpkit_lb_floor";
 
 const SYMBOL: &str = "xdpkit_bench";
 /// Frames a CPUMAP entry queues for its CPU.

@@ -1,5 +1,6 @@
-//! Per-packet cost in BPF_PROG_TEST_RUN: bare drop (drop.c), xdpkit's
-//! balancer and Katran's, on the same VIP, reals and frames.
+//! Per-packet cost in BPF_PROG_TEST_RUN: bare drop (drop.c), the least a
+//! balancer does (`lb_floor`: parse, VIP, flow table, real, IPIP, TX),
+//! xdpkit's balancer and Katran's, on the same VIP, reals and frames.
 //!
 //! `repeat` reruns the same buffer, and an encapsulating program grows it
 //! from the second run on (it sees its own output), so every run here is
@@ -68,16 +69,18 @@ impl Scenario {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prog {
     Drop,
+    Floor,
     Xdpkit,
     Katran,
 }
 
 impl Prog {
-    pub const ALL: [Prog; 3] = [Prog::Drop, Prog::Xdpkit, Prog::Katran];
+    pub const ALL: [Prog; 4] = [Prog::Drop, Prog::Floor, Prog::Xdpkit, Prog::Katran];
 
     pub fn name(self) -> &'static str {
         match self {
             Prog::Drop => "bare drop (drop.c)",
+            Prog::Floor => "least balancer (lb_floor)",
             Prog::Xdpkit => "xdpkit balancer",
             Prog::Katran => "Katran balancer",
         }
@@ -101,6 +104,7 @@ impl TestRunNs {
 
 struct Loaded {
     drop: Ebpf,
+    floor: Ebpf,
     xdpkit: Alone,
     katran: Option<Katran>,
 }
@@ -114,6 +118,12 @@ impl Loaded {
                     .next()
                     .ok_or("drop.o holds no program")?
                     .1
+                    .try_into()?,
+            ),
+            Prog::Floor => Some(
+                self.floor
+                    .program_mut(xdpkit::bench::LB_FLOOR_SYMBOL)
+                    .ok_or("lb_floor holds no program")?
                     .try_into()?,
             ),
             Prog::Xdpkit => Some(
@@ -175,11 +185,13 @@ pub fn measure(
     )?;
     let mut xdpkit = Alone::new(&Balancer)?;
     write_tables(xdpkit.maps(), &t)?;
+    let floor = load_floor(&t)?;
     let katran = katran_obj
         .map(|path| Katran::load(path, &setup.katran(&t)))
         .transpose()?;
     let mut loaded = Loaded {
         drop,
+        floor,
         xdpkit,
         katran,
     };
@@ -237,7 +249,10 @@ pub fn measure(
         .filter(|s| **s != Scenario::Established)
         .count();
     let inserted = 1 + new_flows * rounds * runs;
-    let mut flows = vec![(Prog::Xdpkit, xdpkit_flows(&mut loaded.xdpkit)?, inserted)];
+    let mut flows = vec![
+        (Prog::Floor, flow_count(&mut loaded.floor)?, inserted),
+        (Prog::Xdpkit, xdpkit_flows(&mut loaded.xdpkit)?, inserted),
+    ];
     if let Some(k) = &loaded.katran {
         flows.push((Prog::Katran, k.flows(CPU)?, inserted));
     }
@@ -258,10 +273,11 @@ fn trimmed_mean(v: &mut [u64]) -> f64 {
 }
 
 fn xdpkit_flows(alone: &mut Alone) -> BoxResult<usize> {
-    let map = alone
-        .maps()
-        .map(LB_FLOWS)
-        .ok_or("the balancer has no flow table")?;
+    flow_count(alone.maps())
+}
+
+fn flow_count(ebpf: &mut Ebpf) -> BoxResult<usize> {
+    let map = ebpf.map(LB_FLOWS).ok_or("the balancer has no flow table")?;
     let table: aya::maps::HashMap<
         _,
         xdpkit_common::balancer::FlowKey,
@@ -270,12 +286,56 @@ fn xdpkit_flows(alone: &mut Alone) -> BoxResult<usize> {
     Ok(table.keys().filter(Result::is_ok).count())
 }
 
+/// The floor program with the balancer's VIP, ring, reals and settings
+/// (the same maps by name and type).
+fn load_floor(t: &tables::Tables) -> BoxResult<Ebpf> {
+    use xdpkit_common::balancer::{Real, Vip, VipKey, LB_CONFIG, LB_REALS, LB_RINGS, LB_VIPS};
+    let mut ebpf = xdpkit::bench::LB_FLOOR.load()?;
+    {
+        let p: &mut Xdp = ebpf
+            .program_mut(xdpkit::bench::LB_FLOOR_SYMBOL)
+            .ok_or("lb_floor holds no program")?
+            .try_into()?;
+        p.load()?;
+    }
+    let map = |ebpf: &mut Ebpf, name: &str| -> BoxResult<aya::maps::MapData> {
+        let taken = ebpf
+            .take_map(name)
+            .ok_or(format!("lb_floor has no {name}"))?;
+        Ok(match taken {
+            aya::maps::Map::HashMap(m) | aya::maps::Map::Array(m) => m,
+            _ => return Err(format!("{name}: an unexpected map type").into()),
+        })
+    };
+    let mut vips: aya::maps::HashMap<_, VipKey, Vip> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map(&mut ebpf, LB_VIPS)?))?;
+    for (k, v) in &t.vips {
+        vips.insert(k, v, 0)?;
+    }
+    let mut reals: aya::maps::Array<_, Real> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map(&mut ebpf, LB_REALS)?))?;
+    for (i, r) in t.reals.iter().enumerate() {
+        reals.set(i as u32, r, 0)?;
+    }
+    let mut rings: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map(&mut ebpf, LB_RINGS)?))?;
+    for (base, ring) in &t.rings {
+        for (i, slot) in ring.iter().enumerate() {
+            rings.set(base + i as u32, slot, 0)?;
+        }
+    }
+    let mut config: aya::maps::Array<_, LbConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map(&mut ebpf, LB_CONFIG)?))?;
+    config.set(0, t.config, 0)?;
+    Ok(ebpf)
+}
+
 /// Both balancers do the same job on `frame` (the first run inserts the
 /// established flow): `XDP_TX`, an outer IPv4 header (IPIP) toward one of
 /// the reals, the client's packet whole inside, to the gateway's MAC.
 fn check_output(loaded: &mut Loaded, setup: &Setup, frame: &[u8]) -> BoxResult<()> {
     let mut out = vec![0u8; frame.len() + 256];
-    for p in [Prog::Xdpkit, Prog::Katran] {
+    for p in [Prog::Floor, Prog::Xdpkit, Prog::Katran] {
         let Some(prog) = loaded.program(p)? else {
             continue;
         };
