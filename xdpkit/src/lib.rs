@@ -19,6 +19,7 @@ pub mod dump;
 pub mod error;
 pub mod exporter;
 pub mod features;
+pub mod fleet;
 pub mod forwarding;
 pub mod programs;
 pub mod settings;
