@@ -28,10 +28,13 @@ const PACKAGES: &[&str] = &[
     "clang-14",
     "libbpf-dev",
     // Fleet tests run a real etcd (`xdpkit_lab::etcd`); the etcd-client
-    // crate compiles its protobufs with protoc.
+    // crate compiles its protobufs with protoc, and they import
+    // google/protobuf/descriptor.proto, which only libprotobuf-dev ships
+    // (a Recommends of protobuf-compiler, so not installed by default here).
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 /// bpf-linker release known to build against Debian's LLVM 22.
