@@ -3,6 +3,8 @@
 //!
 //! - [`lab`]: network namespaces and veth pairs for tests, demos and
 //!   benchmarks, removed again when dropped;
+//! - [`etcd`]: a real etcd server (Debian's etcd-server) on free ports
+//!   with its own data, for the fleet tests;
 //! - [`benchkit`]: the harness behind `cargo xtask bench ...`: a one-core
 //!   lab, trials with medians, CSV and PNG bars.
 //!
@@ -11,6 +13,8 @@
 //! xtask bench firewall|compare|stages|lb`).
 
 pub mod benchkit;
+pub mod etcd;
 pub mod lab;
 
+pub use etcd::{require_etcd, EtcdError, EtcdServer};
 pub use lab::{is_root, require_root, Lab, LabBuilder, LabError, UdpSink};
