@@ -13,6 +13,7 @@ mod dump;
 mod export;
 mod exporter;
 mod features;
+mod fleet;
 mod lb;
 mod route;
 mod rule;
@@ -54,6 +55,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Agent(fleet::AgentArgs),
     Apply(apply::Args),
     Attach(attach::Args),
     Bench(bench::Args),
@@ -64,6 +66,7 @@ enum Command {
     Exporter(exporter::Args),
     Status(status::Args),
     Features(features::Args),
+    Fleet(fleet::Args),
     Lb(lb::Args),
     Route(route::Args),
     Rule(rule::Args),
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose);
     let result = match cli.command {
+        Command::Agent(args) => fleet::run_agent(args),
         Command::Apply(args) => apply::run(args),
         Command::Attach(args) => attach::run(args),
         Command::Bench(args) => bench::run(args),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Exporter(args) => exporter::run(args),
         Command::Status(args) => status::run(args),
         Command::Features(args) => features::run(args),
+        Command::Fleet(args) => fleet::run(args),
         Command::Lb(args) => lb::run(args),
         Command::Route(args) => route::run(args),
         Command::Rule(args) => rule::run(args),
@@ -116,6 +121,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     } else if let Some(e) = e.downcast_ref::<xdpkit::Error>() {
         e.is_usage()
     } else if let Some(e) = e.downcast_ref::<xdpkit::firewall::FirewallError>() {
+        e.is_usage()
+    } else if let Some(e) = e.downcast_ref::<xdpkit::fleet::FleetError>() {
         e.is_usage()
     } else {
         // Rule and rule-file errors, unreadable input files, bad values.

@@ -136,6 +136,10 @@ pub fn require_etcd(test: &str) -> bool {
 /// drop.
 pub struct EtcdServer {
     name: String,
+    /// The network namespace it serves in (`None`: this process's).
+    netns: Option<String>,
+    /// The address it listens on.
+    host: Ipv4Addr,
     client_port: u16,
     peer_port: u16,
     // Dropped after the child is killed (see Drop), which removes the data.
@@ -162,24 +166,7 @@ impl EtcdServer {
     /// A bad name, no temporary directory, etcd failing to start or to
     /// become healthy (with the tail of its log).
     pub fn start(name: &str) -> Result<Self, EtcdError> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(EtcdError::InvalidName(name.to_string()));
-        }
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("xdpkit-etcd-{name}-"))
-            .tempdir()
-            .map_err(io_error(name, "create a data directory"))?;
-        let mut server = Self {
-            name: name.to_string(),
-            client_port: 0,
-            peer_port: 0,
-            dir,
-            child: None,
-        };
+        let mut server = Self::start_nowhere(name)?;
         let mut attempt = 1;
         loop {
             (server.client_port, server.peer_port) = free_port_pair(name)?;
@@ -204,9 +191,63 @@ impl EtcdServer {
         }
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// Starts a one-member cluster inside network namespace `netns` (a
+    /// lab's: /var/run/netns/NETNS), listening on `host` there with etcd's
+    /// own ports (2379, 2380: a fresh namespace has them free), as a store
+    /// on the lab's network that agents in other namespaces reach.
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`].
+    pub fn start_in(name: &str, netns: &str, host: Ipv4Addr) -> Result<Self, EtcdError> {
+        let mut server = Self::start_nowhere(name)?;
+        server.netns = Some(netns.to_string());
+        server.host = host;
+        (server.client_port, server.peer_port) = (2379, 2380);
+        server.spawn_and_wait()?;
+        Ok(server)
+    }
+
+    /// A server with its name checked and its directory made, not started.
+    fn start_nowhere(name: &str) -> Result<Self, EtcdError> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(EtcdError::InvalidName(name.to_string()));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("xdpkit-etcd-{name}-"))
+            .tempdir()
+            .map_err(io_error(name, "create a data directory"))?;
+        Ok(Self {
+            name: name.to_string(),
+            netns: None,
+            host: Ipv4Addr::LOCALHOST,
+            client_port: 0,
+            peer_port: 0,
+            dir,
+            child: None,
+        })
+    }
+
+    /// The client URL, `http://ADDRESS:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
+    }
+
+    /// `program`, run in the server's network namespace.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        clear_etcd_env(&mut cmd);
+        cmd
     }
 
     /// The member's name.
@@ -326,10 +367,12 @@ impl EtcdServer {
 
     fn probe(&self) -> Result<(), String> {
         // etcdctl keeps redialling a refused port for its whole dial timeout;
-        // a plain connect answers that case at once.
-        let addr = (Ipv4Addr::LOCALHOST, self.client_port).into();
-        if let Err(e) = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            return Err(format!("connect {addr}: {e}"));
+        // a plain connect answers that case at once (from this namespace).
+        let addr = (self.host, self.client_port).into();
+        if self.netns.is_none() {
+            if let Err(e) = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                return Err(format!("connect {addr}: {e}"));
+            }
         }
         let out = self
             .etcdctl_command(PROBE_COMMAND_TIMEOUT)
@@ -348,8 +391,7 @@ impl EtcdServer {
     }
 
     fn etcdctl_command(&self, command_timeout: &str) -> Command {
-        let mut cmd = Command::new(ETCDCTL);
-        clear_etcd_env(&mut cmd);
+        let mut cmd = self.command(ETCDCTL);
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
             .args([ETCDCTL_DIAL_TIMEOUT, command_timeout])
@@ -375,9 +417,8 @@ impl EtcdServer {
             .try_clone()
             .map_err(io_error(&name, format!("dup {}", log_path.display())))?;
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new(ETCD);
-        clear_etcd_env(&mut cmd);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
+        let mut cmd = self.command(ETCD);
         cmd.arg(format!("--name={name}"))
             .arg(format!(
                 "--data-dir={}",

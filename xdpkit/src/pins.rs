@@ -1,6 +1,10 @@
 //! xdpkit's state on bpffs: one directory per interface,
 //! `/sys/fs/bpf/xdpkit/<ifname>/`, holding the XDP link and the program's maps.
 //! Files are mode 0600, the directory 0700; detach removes the directory.
+//!
+//! bpffs is one tree for every network namespace, so two xdpkit instances
+//! managing interfaces of the same name in different namespaces (hosts of
+//! a lab, containers) each set their own root with `XDPKIT_PIN_ROOT`.
 
 use std::{
     fs::{self, File},
@@ -16,6 +20,18 @@ use crate::{iface, Error, Result};
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// xdpkit's directory on bpffs.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/xdpkit";
+/// The environment variable that moves [`PIN_ROOT`] (a directory on bpffs).
+pub const PIN_ROOT_ENV: &str = "XDPKIT_PIN_ROOT";
+
+/// xdpkit's directory on bpffs: [`PIN_ROOT`], or `XDPKIT_PIN_ROOT`.
+pub fn pin_root() -> &'static Path {
+    static ROOT: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+        std::env::var_os(PIN_ROOT_ENV)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(PIN_ROOT), PathBuf::from)
+    });
+    &ROOT
+}
 
 /// Pin file of the bpf_link that keeps the program attached.
 pub const LINK: &str = "link";
@@ -42,7 +58,7 @@ pub struct PinDir {
 impl PinDir {
     /// The directory for `ifname` (not created).
     pub fn new(ifname: &str) -> Result<PinDir> {
-        Self::under(Path::new(PIN_ROOT), ifname)
+        Self::under(pin_root(), ifname)
     }
 
     /// The directory for `ifname` below another root (tests use a private one).
@@ -56,10 +72,10 @@ impl PinDir {
 
     /// Every interface directory that exists under [`PIN_ROOT`], sorted by name.
     pub fn all() -> Result<Vec<PinDir>> {
-        let entries = match fs::read_dir(PIN_ROOT) {
+        let entries = match fs::read_dir(pin_root()) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(pin_error("cannot list", Path::new(PIN_ROOT), source)),
+            Err(source) => return Err(pin_error("cannot list", pin_root(), source)),
         };
         let mut dirs: Vec<PinDir> = entries
             .filter_map(|e| e.ok())

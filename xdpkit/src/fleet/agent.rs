@@ -182,16 +182,26 @@ async fn session(opts: &AgentOptions, status: &mut AgentStatus, checked: &mut bo
         }
     }
     let beat = Duration::from_secs((opts.status_ttl as u64 / 3).max(1));
+    let ttl = Duration::from_secs(opts.status_ttl as u64);
     let mut ticker = tokio::time::interval(beat);
+    // A link that silently stops carrying (no reset) shows as keep-alives
+    // without answers: after a lease's worth the session is over.
+    let mut last_ack = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                if last_ack.elapsed() > ttl {
+                    return FleetError::Damaged {
+                        key: keys::status(&opts.host),
+                        why: format!("no answer from the store for {} s", opts.status_ttl),
+                    };
+                }
                 if let Err(e) = keeper.keep_alive().await {
                     return etcd_error(&endpoints, "lease keep-alive".into(), e);
                 }
             }
             ack = acks.message() => match ack {
-                Ok(Some(a)) if a.ttl() > 0 => {}
+                Ok(Some(a)) if a.ttl() > 0 => last_ack = tokio::time::Instant::now(),
                 Ok(_) => return FleetError::Damaged { key: keys::status(&opts.host), why: "the status lease expired".into() },
                 Err(e) => return etcd_error(&endpoints, "lease keep-alive".into(), e),
             },

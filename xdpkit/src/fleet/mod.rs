@@ -28,15 +28,14 @@ pub use store::{Manifest, Store};
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     /// etcd could not be reached or refused a request.
-    #[error("etcd at {endpoints}: {what}: {source}")]
+    #[error("etcd at {endpoints}: {what}: {why}")]
     Etcd {
         /// The endpoints tried.
         endpoints: String,
         /// What was being done.
         what: String,
-        /// The client's error.
-        #[source]
-        source: etcd_client::Error,
+        /// The client's error, in brief (the root cause).
+        why: String,
     },
     /// A name that cannot be a key (`host`, `group`).
     #[error("{what} '{name}': use 1 to 64 of A-Z a-z 0-9 . _ -")]
@@ -54,4 +53,28 @@ pub enum FleetError {
         /// What is wrong.
         why: String,
     },
+}
+
+impl FleetError {
+    /// Whether the user must fix the input (a bad name), not the store or
+    /// xdpkit (see `xdpkit::Error::is_usage`).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, FleetError::BadName { .. })
+    }
+}
+
+/// The root cause of an etcd client error, in one phrase: gRPC wraps a
+/// refused connection in three layers of transport errors.
+pub(crate) fn brief(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return e.to_string();
+    };
+    if status.code() != tonic::Code::Unavailable {
+        return format!("{:?}: {}", status.code(), status.message());
+    }
+    let mut cause: &dyn std::error::Error = status;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    format!("unreachable ({cause})")
 }

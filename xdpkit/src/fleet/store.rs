@@ -206,7 +206,7 @@ pub(crate) fn etcd_error(endpoints: &str, what: String, source: etcd_client::Err
     FleetError::Etcd {
         endpoints: endpoints.to_string(),
         what,
-        source,
+        why: super::brief(&source),
     }
 }
 
