@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use core::mem::MaybeUninit;
+use core::{hint::cold_path, mem::MaybeUninit};
 use xdpkit_common::{
     balancer::{
         encap_overhead, flow_hash, quic_server_id, FlowKey, FlowReal, GuardWindow, LbConfig,
@@ -117,10 +117,11 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     add(&VIP_STATS, vip.id, len);
     // By reference: a copy would take stack the calls below need.
     let Some(cfg) = CONFIG.get(0) else {
-        return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
+        return rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
     };
     let use_flows = vip.flags & VIP_NO_FLOWS == 0;
     let quic = if vip.flags & VIP_QUIC != 0 && frame.proto == PROTO_UDP {
+        cold_path();
         quic_real(&ctx, &frame)
     } else {
         None
@@ -147,15 +148,15 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
         (None, None) => {
             let hash = hash_of(key);
             if vip.ring_size == 0 {
-                return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
+                return rare(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             }
             let slot = vip.ring_base.wrapping_add(hash % vip.ring_size);
             let index = match RINGS.get(slot) {
                 Some(i) if *i != LB_NO_REAL => *i,
-                _ => return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len),
+                _ => return rare(&ctx, LbOutcome::NoReal, XdpAction::Drop, len),
             };
             let Some(real) = real_at(index) else {
-                return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
+                return rare(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             };
             add(&VIP_NEW, vip.id, len);
             let mut outcome = LbOutcome::FlowMiss;
@@ -177,13 +178,14 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     };
     let overhead = encap_overhead(cfg.encap, real.v6 != 0);
     if cfg.mtu != 0 && u32::from(frame.ip_len) + u32::from(overhead) > u32::from(cfg.mtu) {
+        cold_path();
         // Without DF an IPv4 packet would be fragmented, which XDP cannot.
         let sent = frame.df && too_big(&ctx, &frame, cfg.mtu.saturating_sub(overhead));
         let action = if sent { XdpAction::Tx } else { XdpAction::Drop };
-        return verdict(&ctx, LbOutcome::TooBig, action, len);
+        return rare(&ctx, LbOutcome::TooBig, action, len);
     }
     if !encapsulate(&ctx, &frame, real, cfg, hash) {
-        return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
+        return rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
     }
     add(&REAL_STATS, index, len);
     if cfg.egress == 0 {
@@ -191,7 +193,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     }
     match EGRESS.redirect(0, 0) {
         Ok(_) => verdict(&ctx, outcome, XdpAction::Redirect, len),
-        Err(_) => verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len),
+        Err(_) => rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len),
     }
 }
 
@@ -241,6 +243,14 @@ fn guard_allows(limit: u32) -> bool {
 #[inline(always)]
 fn real_at(index: u32) -> Option<&'static Real> {
     REALS.get(index).filter(|r| r.used != 0)
+}
+
+/// [`verdict`] on a path frames rarely take (a drop, ICMP too big): laid
+/// out after the common path, which then runs straight through.
+#[inline(always)]
+fn rare(ctx: &XdpContext, outcome: LbOutcome, action: XdpAction, len: u64) -> u32 {
+    cold_path();
+    verdict(ctx, outcome, action, len)
 }
 
 /// Counts `outcome` and the verdict.
@@ -387,9 +397,18 @@ fn encapsulate(ctx: &XdpContext, f: &Frame, real: &Real, cfg: &LbConfig, hash: u
     const V6: usize = ETH_HLEN + IPV6_HLEN;
     match (real.v6 != 0, cfg.encap == ENCAP_GUE) {
         (false, false) => push::<V4>(ctx, f, real, cfg, hash),
-        (false, true) => push::<{ V4 + UDP_HLEN }>(ctx, f, real, cfg, hash),
-        (true, false) => push::<V6>(ctx, f, real, cfg, hash),
-        (true, true) => push::<{ V6 + UDP_HLEN }>(ctx, f, real, cfg, hash),
+        (false, true) => {
+            cold_path();
+            push::<{ V4 + UDP_HLEN }>(ctx, f, real, cfg, hash)
+        }
+        (true, false) => {
+            cold_path();
+            push::<V6>(ctx, f, real, cfg, hash)
+        }
+        (true, true) => {
+            cold_path();
+            push::<{ V6 + UDP_HLEN }>(ctx, f, real, cfg, hash)
+        }
     }
 }
 
