@@ -3,11 +3,14 @@
 //! binary (`src/<program>/main.rs`), so its ELF object carries only its own
 //! maps and the shared ones it uses.
 #![no_std]
+// Single unaligned loads and stores (see `unaligned`).
+#![feature(asm_experimental_arch)]
 
 pub mod chain;
 pub mod dump;
 pub mod frame;
 pub mod stats;
+pub mod unaligned;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -14,6 +14,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
+use core::{hint::cold_path, mem::MaybeUninit};
 use xdpkit_common::{
     balancer::{
         encap_overhead, flow_hash, quic_server_id, FlowKey, FlowReal, GuardWindow, HashSource,
@@ -27,6 +28,7 @@ use xdpkit_common::{
 use xdpkit_ebpf::{
     chain,
     stats::{add, count},
+    unaligned::{load, store},
 };
 
 xdpkit_ebpf::license!();
@@ -75,9 +77,8 @@ const UDP_HLEN: usize = 8;
 const OUTER_TTL: u8 = 64;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// What the balancer reads of a frame.
+/// What the balancer reads of a frame besides its flow key.
 struct Frame {
-    key: FlowKey,
     /// A TCP SYN without ACK: a new connection, which always consults the ring.
     syn: bool,
     /// The IP packet's length by its header (IPv4 total length, IPv6
@@ -87,35 +88,43 @@ struct Frame {
     tos: u8,
     /// IPv4 "don't fragment" (always true of IPv6).
     df: bool,
+    /// IPv6 (the key's `v6`).
+    v6: bool,
+    /// The IP protocol (the key's `proto`).
+    proto: u8,
     /// Offset of the TCP or UDP header.
     l4: usize,
 }
 
+/// A map key on the stack, aligned so that it is written a word at a time
+/// (the keys' own alignment is 2, which would split every word).
+#[repr(C, align(8))]
+struct Aligned<T>(T);
+
 #[xdp]
 pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let Some(frame) = parse(&ctx) else {
+    let mut key = MaybeUninit::<Aligned<FlowKey>>::uninit();
+    let mut vip_key = MaybeUninit::<Aligned<VipKey>>::uninit();
+    let Some(frame) = parse(&ctx, key.as_mut_ptr(), vip_key.as_mut_ptr()) else {
         add(&OUTCOMES, LbOutcome::NotVip as u32, len);
         return chain::next(&ctx);
     };
-    let vip_key = VipKey {
-        addr: frame.key.dst,
-        port: frame.key.dport,
-        proto: frame.key.proto,
-        v6: frame.key.v6,
-    };
+    // SAFETY: `parse` wrote every byte of both keys when it returned a frame.
+    let (key, vip_key) = unsafe { (&key.assume_init_ref().0, &vip_key.assume_init_ref().0) };
     // SAFETY: values are replaced whole by userspace, never edited in place.
-    let Some(vip) = (unsafe { VIPS.get(&vip_key) }).copied() else {
+    let Some(vip) = (unsafe { VIPS.get(vip_key) }).copied() else {
         add(&OUTCOMES, LbOutcome::NotVip as u32, len);
         return chain::next(&ctx);
     };
     add(&VIP_STATS, vip.id, len);
     // By reference: a copy would take stack the calls below need.
     let Some(cfg) = CONFIG.get(0) else {
-        return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
+        return rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
     };
     let use_flows = vip.flags & VIP_NO_FLOWS == 0;
-    let quic = if vip.flags & VIP_QUIC != 0 && frame.key.proto == PROTO_UDP {
+    let quic = if vip.flags & VIP_QUIC != 0 && frame.proto == PROTO_UDP {
+        cold_path();
         quic_real(&ctx, &frame)
     } else {
         None
@@ -129,7 +138,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
         None
     } else {
         // SAFETY: as above.
-        match unsafe { FLOWS.get(&frame.key) } {
+        match unsafe { FLOWS.get(key) } {
             _ if frame.syn => None,
             Some(f) if f.vip == vip.id => real_at(f.real).map(|r| (f.real, r, f.hash)),
             _ => None,
@@ -137,7 +146,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     };
     // An established flow's hash is in its entry: not computed again.
     let (index, real, outcome, hash) = match (quic, known) {
-        (Some((index, real)), _) => (index, real, LbOutcome::QuicRouted, hash_of(&frame.key)),
+        (Some((index, real)), _) => (index, real, LbOutcome::QuicRouted, hash_of(key)),
         (None, Some((index, real, hash))) => (index, real, LbOutcome::FlowHit, hash),
         (None, None) => {
             let hash = match rx_hash(&ctx) {
@@ -147,19 +156,19 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
                 }
                 _ => {
                     add(&HASHES, HashSource::Tuple as u32, len);
-                    hash_of(&frame.key)
+                    hash_of(key)
                 }
             };
             if vip.ring_size == 0 {
-                return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
+                return rare(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             }
             let slot = vip.ring_base.wrapping_add(hash % vip.ring_size);
             let index = match RINGS.get(slot) {
                 Some(i) if *i != LB_NO_REAL => *i,
-                _ => return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len),
+                _ => return rare(&ctx, LbOutcome::NoReal, XdpAction::Drop, len),
             };
             let Some(real) = real_at(index) else {
-                return verdict(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
+                return rare(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             };
             add(&VIP_NEW, vip.id, len);
             let mut outcome = LbOutcome::FlowMiss;
@@ -171,7 +180,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
                         hash,
                     };
                     // A full table evicts its least recently used entry.
-                    let _ = FLOWS.insert(&frame.key, &entry, 0);
+                    let _ = FLOWS.insert(key, &entry, 0);
                 } else {
                     outcome = LbOutcome::Guarded;
                 }
@@ -181,13 +190,14 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     };
     let overhead = encap_overhead(cfg.encap, real.v6 != 0);
     if cfg.mtu != 0 && u32::from(frame.ip_len) + u32::from(overhead) > u32::from(cfg.mtu) {
+        cold_path();
         // Without DF an IPv4 packet would be fragmented, which XDP cannot.
         let sent = frame.df && too_big(&ctx, &frame, cfg.mtu.saturating_sub(overhead));
         let action = if sent { XdpAction::Tx } else { XdpAction::Drop };
-        return verdict(&ctx, LbOutcome::TooBig, action, len);
+        return rare(&ctx, LbOutcome::TooBig, action, len);
     }
-    if !encapsulate(&ctx, &frame, &real, cfg, hash) {
-        return verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
+    if !encapsulate(&ctx, &frame, real, cfg, hash) {
+        return rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
     }
     add(&REAL_STATS, index, len);
     if cfg.egress == 0 {
@@ -195,7 +205,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     }
     match EGRESS.redirect(0, 0) {
         Ok(_) => verdict(&ctx, outcome, XdpAction::Redirect, len),
-        Err(_) => verdict(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len),
+        Err(_) => rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len),
     }
 }
 
@@ -221,7 +231,7 @@ fn rx_hash(ctx: &XdpContext) -> Option<u32> {
 
 /// The real a QUIC packet's connection id names, if any and in use.
 #[inline(always)]
-fn quic_real(ctx: &XdpContext, frame: &Frame) -> Option<(u32, Real)> {
+fn quic_real(ctx: &XdpContext, frame: &Frame) -> Option<(u32, &'static Real)> {
     let payload = at::<10>(ctx, frame.l4 + UDP_HLEN)?;
     let id = quic_server_id(payload)?;
     let slot = *QUIC_IDS.get(u32::from(id))?;
@@ -253,10 +263,19 @@ fn guard_allows(limit: u32) -> bool {
     true
 }
 
-/// The real at `index`, if the slot holds one: read once per frame.
+/// The real at `index`, if the slot holds one. In place: its address is
+/// read a word at a time straight into the outer header.
 #[inline(always)]
-fn real_at(index: u32) -> Option<Real> {
-    REALS.get(index).filter(|r| r.used != 0).copied()
+fn real_at(index: u32) -> Option<&'static Real> {
+    REALS.get(index).filter(|r| r.used != 0)
+}
+
+/// [`verdict`] on a path frames rarely take (a drop, ICMP too big): laid
+/// out after the common path, which then runs straight through.
+#[inline(always)]
+fn rare(ctx: &XdpContext, outcome: LbOutcome, action: XdpAction, len: u64) -> u32 {
+    cold_path();
+    verdict(ctx, outcome, action, len)
 }
 
 /// Counts `outcome` and the verdict.
@@ -276,82 +295,121 @@ fn halves(a: &[u8; 16]) -> (u64, u64) {
     (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
 }
 
-/// `N` bytes of the frame at `off`, if it has them.
-#[inline(always)]
-fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + N > end {
-        return None;
-    }
-    // SAFETY: `N` bytes at `start + off` lie in the frame (checked above).
-    Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
-}
-
 /// The frame's flow, if it is TCP or UDP over IPv4 (no options, not a
 /// fragment) or IPv6 (no extension header) after an untagged Ethernet
-/// header. Anything else is not balanced.
+/// header, written into `key` and its VIP's key into `vip` (every byte of
+/// both). Anything else is not balanced. Words, not bytes: one load per
+/// header word and one store per key word.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Option<Frame> {
-    let eth = at::<ETH_HLEN>(ctx, 0)?;
-    let mut key = FlowKey::default();
-    let mut df = true;
-    let (l4, ip_len, tos) = match u16::from_be_bytes([eth[12], eth[13]]) {
-        0x0800 => {
-            let ip = at::<IPV4_HLEN>(ctx, ETH_HLEN)?;
-            // Options, or a fragment (more fragments, or an offset).
-            if ip[0] != 0x45 || (u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff) != 0 {
+fn parse(ctx: &XdpContext, key: *mut Aligned<FlowKey>, vip: *mut Aligned<VipKey>) -> Option<Frame> {
+    let d = ctx.data();
+    let end = ctx.data_end();
+    if d + ETH_HLEN > end {
+        return None;
+    }
+    let k = key.cast::<u64>();
+    let v = vip.cast::<u64>();
+    // SAFETY: each load lies inside the frame, by the bound checked before
+    // it; each store inside the keys (40 and 20 bytes, 8-aligned).
+    unsafe {
+        let ethertype = load::<2>((d + 12) as *const u8) as u16;
+        let (frame, ports) = if ethertype == u16::from_ne_bytes([0x08, 0x00]) {
+            if d + ETH_HLEN + IPV4_HLEN > end {
                 return None;
             }
-            key.proto = ip[9];
-            df = ip[6] & 0x40 != 0;
-            key.src[..4].copy_from_slice(&ip[12..16]);
-            key.dst[..4].copy_from_slice(&ip[16..20]);
-            (
-                ETH_HLEN + IPV4_HLEN,
-                u16::from_be_bytes([ip[2], ip[3]]),
-                ip[1],
-            )
-        }
-        0x86dd => {
-            let ip = at::<IPV6_HLEN>(ctx, ETH_HLEN)?;
-            key.proto = ip[6];
-            key.v6 = 1;
-            key.src.copy_from_slice(&ip[8..24]);
-            key.dst.copy_from_slice(&ip[24..40]);
-            let payload = u16::from_be_bytes([ip[4], ip[5]]);
-            (
-                ETH_HLEN + IPV6_HLEN,
-                payload.checked_add(IPV6_HLEN as u16)?,
-                (ip[0] << 4) | (ip[1] >> 4),
-            )
-        }
-        _ => return None,
-    };
-    let mut syn = false;
-    match key.proto {
+            let ip = (d + ETH_HLEN) as *const u8;
+            // Version/length, TOS, total length | id, flags, offset | TTL, protocol.
+            let w0 = load::<4>(ip);
+            let w1 = load::<4>(ip.add(4));
+            let proto = (load::<2>(ip.add(8)) >> 8) as u8;
+            // Options, or a fragment (more fragments, or an offset).
+            if w0 as u8 != 0x45 || w1 & u64::from(u32::from_ne_bytes([0, 0, 0x3f, 0xff])) != 0 {
+                return None;
+            }
+            let frame = Frame {
+                syn: false,
+                ip_len: u16::from_be(((w0 >> 16) & 0xffff) as u16),
+                tos: (w0 >> 8) as u8,
+                df: w1 & u64::from(u32::from_ne_bytes([0, 0, 0x40, 0])) != 0,
+                v6: false,
+                proto,
+                l4: ETH_HLEN + IPV4_HLEN,
+            };
+            let ports = l4_ports::<{ ETH_HLEN + IPV4_HLEN }>(d, end, proto)?;
+            let dst = load::<4>(ip.add(16));
+            k.write(load::<4>(ip.add(12)));
+            k.add(1).write(0);
+            k.add(2).write(dst);
+            k.add(3).write(0);
+            v.write(dst);
+            v.add(1).write(0);
+            (frame, ports)
+        } else if ethertype == u16::from_ne_bytes([0x86, 0xdd]) {
+            if d + ETH_HLEN + IPV6_HLEN > end {
+                return None;
+            }
+            let ip = (d + ETH_HLEN) as *const u8;
+            // Version, class, label | payload length, next header, hops.
+            let w0 = load::<2>(ip);
+            let w1 = load::<4>(ip.add(4));
+            let proto = (w1 >> 16) as u8;
+            let frame = Frame {
+                syn: false,
+                ip_len: u16::from_be((w1 & 0xffff) as u16).checked_add(IPV6_HLEN as u16)?,
+                tos: ((w0 as u8) << 4) | ((w0 >> 8) as u8 >> 4),
+                df: true,
+                v6: true,
+                proto,
+                l4: ETH_HLEN + IPV6_HLEN,
+            };
+            let ports = l4_ports::<{ ETH_HLEN + IPV6_HLEN }>(d, end, proto)?;
+            let (d0, d1) = (load::<8>(ip.add(24)), load::<8>(ip.add(32)));
+            k.write(load::<8>(ip.add(8)));
+            k.add(1).write(load::<8>(ip.add(16)));
+            k.add(2).write(d0);
+            k.add(3).write(d1);
+            v.write(d0);
+            v.add(1).write(d1);
+            (frame, ports)
+        } else {
+            return None;
+        };
+        let (ports, syn) = ports;
+        let v6 = u64::from(frame.v6);
+        // Source port, destination port (both as in the frame), protocol, v6, pad.
+        k.add(4)
+            .write(ports | u64::from(frame.proto) << 32 | v6 << 40);
+        v.add(2)
+            .cast::<u32>()
+            .write((ports >> 16) as u32 | u32::from(frame.proto) << 16 | (v6 as u32) << 24);
+        Some(Frame { syn, ..frame })
+    }
+}
+
+/// The TCP or UDP header at `L4`: its ports as one native word (as they lie
+/// in the frame), and whether it is a TCP SYN without ACK.
+#[inline(always)]
+fn l4_ports<const L4: usize>(d: usize, end: usize, proto: u8) -> Option<(u64, bool)> {
+    let l4 = (d + L4) as *const u8;
+    match proto {
         PROTO_TCP => {
-            let tcp = at::<20>(ctx, l4)?;
-            key.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
-            key.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+            if d + L4 + 20 > end {
+                return None;
+            }
+            // SAFETY: the 20 bytes of a TCP header lie in the frame.
+            let (ports, flags) = unsafe { (load::<4>(l4), load::<2>(l4.add(12)) >> 8) };
             // SYN set, ACK clear.
-            syn = tcp[13] & 0x12 == 0x02;
+            Some((ports, flags & 0x12 == 0x02))
         }
         PROTO_UDP => {
-            let udp = at::<8>(ctx, l4)?;
-            key.sport = u16::from_ne_bytes([udp[0], udp[1]]);
-            key.dport = u16::from_ne_bytes([udp[2], udp[3]]);
+            if d + L4 + UDP_HLEN > end {
+                return None;
+            }
+            // SAFETY: the 8 bytes of a UDP header lie in the frame.
+            Some((unsafe { load::<4>(l4) }, false))
         }
-        _ => return None,
+        _ => None,
     }
-    Some(Frame {
-        key,
-        syn,
-        ip_len,
-        tos,
-        df,
-        l4,
-    })
 }
 
 /// Puts an outer header toward `real` (IP, or IP + UDP for GUE) in front
@@ -364,14 +422,27 @@ fn encapsulate(ctx: &XdpContext, f: &Frame, real: &Real, cfg: &LbConfig, hash: u
     const V6: usize = ETH_HLEN + IPV6_HLEN;
     match (real.v6 != 0, cfg.encap == ENCAP_GUE) {
         (false, false) => push::<V4>(ctx, f, real, cfg, hash),
-        (false, true) => push::<{ V4 + UDP_HLEN }>(ctx, f, real, cfg, hash),
-        (true, false) => push::<V6>(ctx, f, real, cfg, hash),
-        (true, true) => push::<{ V6 + UDP_HLEN }>(ctx, f, real, cfg, hash),
+        (false, true) => {
+            cold_path();
+            push::<{ V4 + UDP_HLEN }>(ctx, f, real, cfg, hash)
+        }
+        (true, false) => {
+            cold_path();
+            push::<V6>(ctx, f, real, cfg, hash)
+        }
+        (true, true) => {
+            cold_path();
+            push::<{ V6 + UDP_HLEN }>(ctx, f, real, cfg, hash)
+        }
     }
 }
 
+/// The low 48 bits: a MAC address loaded as a word.
+const MAC_MASK: u64 = (1 << 48) - 1;
+
 /// [`encapsulate`] with `N` bytes of new headers: Ethernet, IPv4 or IPv6
-/// by `N`, and UDP when `N` has room for it.
+/// by `N`, and UDP when `N` has room for it. Written a word at a time, in
+/// native order (the Internet checksum does not depend on byte order).
 #[inline(always)]
 fn push<const N: usize>(
     ctx: &XdpContext,
@@ -390,83 +461,111 @@ fn push<const N: usize>(
     let Some(ip_len) = l4_len.checked_add(if v6 { 0 } else { IPV4_HLEN as u16 }) else {
         return false;
     };
-    let Some(eth) = bytes::<ETH_HLEN>(ctx, 0) else {
-        return false;
-    };
-    let mut dmac = cfg.gateway;
-    if dmac == [0; 6] {
-        dmac.copy_from_slice(&eth[6..12]);
-    }
-    let mut smac = cfg.egress_mac;
-    if cfg.egress == 0 {
-        smac.copy_from_slice(&eth[..6]);
-    }
     let proto = if udp {
         IPPROTO_UDP
-    } else if f.key.v6 != 0 {
+    } else if f.v6 {
         IPPROTO_IPV6
     } else {
         IPPROTO_IPIP
     };
+    let cfg_p = (cfg as *const LbConfig).cast::<u8>();
+    // SAFETY: the settings' map value: `gateway` at 0 (6 bytes and 2 of pad).
+    let gateway = unsafe { load::<8>(cfg_p) } & MAC_MASK;
     // SAFETY: a helper on this program's context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -((N - ETH_HLEN) as i32)) } != 0 {
         return false;
     }
     // Written in place: a header on the stack would not fit beside the
     // caller's frame (512 bytes for the call chain).
-    let Some(h) = head::<N>(ctx) else {
+    let start = ctx.data();
+    if start + N > ctx.data_end() {
         return false;
-    };
-    h[..6].copy_from_slice(&dmac);
-    h[6..12].copy_from_slice(&smac);
-    if v6 {
-        h[12] = 0x86;
-        h[13] = 0xdd;
-        let label = hash & 0xf_ffff;
-        h[14] = 0x60 | (f.tos >> 4);
-        h[15] = (f.tos << 4) | ((label >> 16) as u8 & 0x0f);
-        h[16] = (label >> 8) as u8;
-        h[17] = label as u8;
-        h[18..20].copy_from_slice(&ip_len.to_be_bytes());
-        h[20] = proto;
-        h[21] = OUTER_TTL;
-        h[22..30].copy_from_slice(&cfg.src6);
-        h[30..34].fill(0);
-        h[34..38].copy_from_slice(&hash.to_be_bytes());
-        h[38..54].copy_from_slice(&real.addr);
-    } else {
-        h[12] = 0x08;
-        h[13] = 0;
-        h[14] = 0x45;
-        h[15] = f.tos;
-        h[16..18].copy_from_slice(&ip_len.to_be_bytes());
-        h[18..22].fill(0);
-        h[22] = OUTER_TTL;
-        h[23] = proto;
-        h[24..26].fill(0);
-        let bits = cfg.src4_bits.min(16);
-        let host = if bits == 0 {
-            0
-        } else {
-            hash & ((1u32 << bits) - 1)
-        };
-        let src = u32::from_be_bytes(cfg.src4.to_ne_bytes()) | host;
-        h[26..30].copy_from_slice(&src.to_be_bytes());
-        h[30..34].copy_from_slice(&real.addr[..4]);
-        let sum = checksum(&h[14..34], 0);
-        h[24..26].copy_from_slice(&sum.to_be_bytes());
     }
-    if udp {
-        let u = ETH_HLEN + ip_hlen;
-        // The flow hash as source port: the reals' RSS spreads flows.
-        let sport = 0x8000 | (hash as u16 & 0x7fff);
-        h[u..u + 2].copy_from_slice(&sport.to_be_bytes());
-        h[u + 2..u + 4].copy_from_slice(&cfg.gue_port.to_be_bytes());
-        h[u + 4..u + 6].copy_from_slice(&l4_len.to_be_bytes());
-        // Checksum 0: none (RFC 6935 allows it for tunnels over IPv6 too).
-        h[u + 6..u + 8].fill(0);
+    let h = start as *mut u8;
+    // SAFETY: `N` bytes at `h` lie in the frame (checked above), the
+    // frame's own Ethernet header in the last 14 of them; nothing else
+    // refers to them while the program writes. `real` and `cfg` are map
+    // values.
+    unsafe {
+        // The frame's MACs, before the new headers cover them.
+        let old = h.add(N - ETH_HLEN);
+        let old_dst = load::<4>(old) | load::<2>(old.add(4)) << 32;
+        let old_src = load::<2>(old.add(6)) | load::<4>(old.add(8)) << 16;
+        let dmac = if gateway == 0 { old_src } else { gateway };
+        let smac = if cfg.egress == 0 {
+            old_dst
+        } else {
+            let mac = cfg.egress_mac.as_ptr();
+            load::<4>(mac) | load::<2>(mac.add(4)) << 32
+        };
+        store::<4>(h, dmac);
+        store::<2>(h.add(4), dmac >> 32);
+        store::<2>(h.add(6), smac);
+        store::<4>(h.add(8), smac >> 16);
+        let len_be = u64::from(ip_len.to_be());
+        if v6 {
+            store::<2>(h.add(12), u64::from(u16::from_ne_bytes([0x86, 0xdd])));
+            let label = hash & 0xf_ffff;
+            let tos = u32::from(f.tos);
+            // Version and class, class and label: as the bytes lie.
+            let first = [
+                0x60 | (tos >> 4) as u8,
+                (tos << 4) as u8 | ((label >> 16) as u8 & 0x0f),
+                (label >> 8) as u8,
+                label as u8,
+            ];
+            store::<4>(h.add(14), u64::from(u32::from_ne_bytes(first)));
+            let w = len_be | u64::from(proto) << 16 | u64::from(OUTER_TTL) << 24;
+            store::<4>(h.add(18), w);
+            store::<8>(h.add(22), load::<8>(cfg.src6.as_ptr()));
+            store::<4>(h.add(30), 0);
+            store::<4>(h.add(34), u64::from(hash.to_be()));
+            let addr = real.addr.as_ptr();
+            store::<8>(h.add(38), load::<8>(addr));
+            store::<8>(h.add(46), load::<8>(addr.add(8)));
+        } else {
+            store::<2>(h.add(12), u64::from(u16::from_ne_bytes([0x08, 0x00])));
+            let bits = cfg.src4_bits.min(16);
+            let host = if bits == 0 {
+                0
+            } else {
+                hash & ((1u32 << bits) - 1)
+            };
+            let src = u64::from(cfg.src4 | host.to_be());
+            let dst = load::<4>(real.addr.as_ptr());
+            // Version and length, TOS, total length | id, flags | TTL, protocol.
+            let w0 = 0x45 | u64::from(f.tos) << 8 | len_be << 16;
+            let w2 = u64::from(OUTER_TTL) | u64::from(proto) << 8;
+            let sum = fold(w0 + w2 + src + dst);
+            store::<4>(h.add(14), w0);
+            store::<4>(h.add(18), 0);
+            store::<4>(h.add(22), w2 | u64::from(sum) << 16);
+            store::<4>(h.add(26), src);
+            store::<4>(h.add(30), dst);
+        }
+        if udp {
+            let u = h.add(ETH_HLEN + ip_hlen);
+            // The flow hash as source port: the reals' RSS spreads flows.
+            let sport = 0x8000 | (hash as u16 & 0x7fff);
+            // Checksum 0: none (RFC 6935 allows it for tunnels over IPv6 too).
+            let w = u64::from(sport.to_be())
+                | u64::from(cfg.gue_port.to_be()) << 16
+                | u64::from(l4_len.to_be()) << 32;
+            store::<8>(u, w);
+        }
     }
     true
+}
+
+/// The Internet checksum of words summed into `acc` (one's complement of
+/// the folded sum).
+#[inline(always)]
+fn fold(mut acc: u64) -> u16 {
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    !(acc as u16)
 }
 
 /// `N` bytes of the frame at `off`, read in place (no copy on the stack),
@@ -500,7 +599,7 @@ fn head<const N: usize>(ctx: &XdpContext) -> Option<&mut [u8; N]> {
 /// False if the frame could not be reshaped.
 #[inline(always)]
 fn too_big(ctx: &XdpContext, f: &Frame, mtu: u16) -> bool {
-    if f.key.v6 != 0 {
+    if f.v6 {
         too_big_v6(ctx, mtu)
     } else {
         too_big_v4(ctx, mtu)

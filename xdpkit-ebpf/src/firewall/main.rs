@@ -3,8 +3,6 @@
 //! for non-IP, malformed frames and fragments, rate limits, counters.
 #![no_std]
 #![no_main]
-// Single unaligned loads from the frame (see `parse::load`).
-#![feature(asm_experimental_arch)]
 
 mod general;
 mod parse;

@@ -3,6 +3,7 @@
 //! IPv6 with a bounded extension-header walk, TCP/UDP/ICMP/ICMPv6.
 
 use aya_ebpf::programs::XdpContext;
+use xdpkit_ebpf::unaligned::load;
 
 const ETH_HLEN: usize = 14;
 const MAX_VLAN_TAGS: usize = 2;
@@ -213,32 +214,6 @@ impl<const N: usize> Header<N> {
         // SAFETY: as for raw64.
         unsafe { load::<2>(self.p.add(i)) as u16 }
     }
-}
-
-/// One `W`-byte load from `p`, whatever its alignment. Frame headers sit at
-/// any offset (IPv6 addresses at 22 and 38 after Ethernet), and LLVM's BPF
-/// target splits a load it cannot prove aligned into single bytes (sixteen
-/// loads and shifts per address), while the kernel allows unaligned packet
-/// loads where the CPU does them (x86-64, arm64: `HAVE_EFFICIENT_UNALIGNED_ACCESS`).
-///
-/// # Safety
-/// `p` must point to `W` readable bytes of the frame.
-#[inline(always)]
-unsafe fn load<const W: usize>(p: *const u8) -> u64 {
-    const { assert!(W == 2 || W == 4 || W == 8) };
-    let out: u64;
-    // SAFETY: the caller's promise; the instruction only reads `W` bytes at `p`.
-    unsafe {
-        match W {
-            8 => core::arch::asm!("{o} = *(u64 *)({p} + 0)", o = lateout(reg) out, p = in(reg) p,
-                options(pure, readonly, nostack)),
-            4 => core::arch::asm!("{o} = *(u32 *)({p} + 0)", o = lateout(reg) out, p = in(reg) p,
-                options(pure, readonly, nostack)),
-            _ => core::arch::asm!("{o} = *(u16 *)({p} + 0)", o = lateout(reg) out, p = in(reg) p,
-                options(pure, readonly, nostack)),
-        }
-    }
-    out
 }
 
 /// Stores `v` at `out` byte for byte as [`load`] read it (native order
