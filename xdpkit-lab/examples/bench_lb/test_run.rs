@@ -335,6 +335,7 @@ fn load_floor(t: &tables::Tables) -> BoxResult<Ebpf> {
 /// the reals, the client's packet whole inside, to the gateway's MAC.
 fn check_output(loaded: &mut Loaded, setup: &Setup, frame: &[u8]) -> BoxResult<()> {
     let mut out = vec![0u8; frame.len() + 256];
+    let mut outputs = Vec::new();
     for p in [Prog::Floor, Prog::Xdpkit, Prog::Katran] {
         let Some(prog) = loaded.program(p)? else {
             continue;
@@ -357,6 +358,19 @@ fn check_output(loaded: &mut Loaded, setup: &Setup, frame: &[u8]) -> BoxResult<(
             )
             .into());
         }
+        outputs.push(o.to_vec());
+    }
+    // The floor does the balancer's job to the byte (same real, outer
+    // source, checksum): it is a floor of that job, not of an easier one.
+    if outputs[0] != outputs[1] {
+        return Err(format!(
+            "{} and {} send different bytes: {:02x?} and {:02x?}",
+            Prog::Floor.name(),
+            Prog::Xdpkit.name(),
+            &outputs[0][..34],
+            &outputs[1][..34]
+        )
+        .into());
     }
     Ok(())
 }
