@@ -311,6 +311,22 @@ fn hosts_follow_pushes_through_etcd_and_survive_its_faults() {
         "counters kept over the restart"
     );
 
+    // Parts no layer and no agent names are gone: only v2's remain (the
+    // bad revision named none, v1 was replaced everywhere).
+    let blobs = etcd
+        .etcdctl(&["get", "/xdpkit/blobs/", "--prefix", "--keys-only"])
+        .unwrap();
+    let ids: std::collections::BTreeSet<&str> = blobs
+        .lines()
+        .filter_map(|k| k.strip_prefix("/xdpkit/blobs/"))
+        .filter_map(|k| k.split('/').next())
+        .collect();
+    assert_eq!(
+        ids.into_iter().collect::<Vec<_>>(),
+        [v2.as_str()],
+        "{blobs}"
+    );
+
     // 6. A dead agent's status goes with its lease (3 s).
     drop(agents.remove(2));
     let start = Instant::now();

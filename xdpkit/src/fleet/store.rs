@@ -267,7 +267,63 @@ pub async fn push(
         .await
         .map_err(|e| etcd_error(endpoints, format!("put {key}"), e))?;
     let revision = resp.header().map_or(0, |h| h.revision());
+    collect_garbage(client, endpoints).await?;
     Ok((manifest, revision))
+}
+
+/// Deletes the parts no layer and no agent's running layers name any
+/// more. An agent reading a layer reads its parts at the revision of the
+/// manifest it read, where deleted parts are still there (until etcd
+/// compacts that far), so this never pulls a layer from under a reader.
+pub async fn collect_garbage(client: &mut Client, endpoints: &str) -> Result<usize, FleetError> {
+    let mut wanted = std::collections::HashSet::new();
+    for prefix in [keys::GROUPS, keys::HOSTS] {
+        let resp = client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_error(endpoints, format!("list {prefix}"), e))?;
+        for kv in resp.kvs() {
+            if let Ok(m) = serde_json::from_slice::<Manifest>(kv.value()) {
+                wanted.insert(m.id);
+            }
+        }
+    }
+    let statuses = client
+        .get(keys::STATUS, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| etcd_error(endpoints, format!("list {}", keys::STATUS), e))?;
+    for kv in statuses.kvs() {
+        if let Ok(status) = serde_json::from_slice::<super::agent::AgentStatus>(kv.value()) {
+            wanted.extend(status.layers.into_iter().map(|l| l.id));
+        }
+    }
+    let blobs = client
+        .get(
+            keys::BLOBS,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .map_err(|e| etcd_error(endpoints, format!("list {}", keys::BLOBS), e))?;
+    let mut stale = std::collections::BTreeSet::new();
+    for kv in blobs.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        if let Some(id) = key.trim_start_matches(keys::BLOBS).split('/').next() {
+            if !wanted.contains(id) {
+                stale.insert(id.to_string());
+            }
+        }
+    }
+    for id in &stale {
+        let prefix = keys::blob(id);
+        client
+            .delete(
+                prefix.clone(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| etcd_error(endpoints, format!("delete {prefix}"), e))?;
+    }
+    Ok(stale.len())
 }
 
 /// [`Store::layer`] on an async client.
