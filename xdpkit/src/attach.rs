@@ -258,7 +258,8 @@ pub fn prepare(req: &AttachRequest) -> Result<PreparedAttach> {
         &req.stages,
         &prepared._lock,
     )?);
-    if rx_hash::wanted(&req.stages, req.mode, ifindex) {
+    let reads_rx_hash = req.stages.iter().any(|s| s.program.reads_rx_hash());
+    if rx_hash::wanted(reads_rx_hash, req.mode, ifindex) {
         match rx_hash::load(&prepared.dir, ifindex) {
             Ok(program) => prepared.rx_hash_root = Some(program),
             // The hash is an optimisation: without it the balancer hashes
@@ -537,11 +538,4 @@ pub(crate) fn attach_error(ifname: &str, mode: Mode, source: ProgramError) -> Er
     }
 }
 
-/// Kernel name of a program id, or "?" if it cannot be read.
-pub fn program_name(prog_id: u32) -> String {
-    aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == prog_id)
-        .and_then(|p| p.name_as_str().map(str::to_string))
-        .unwrap_or_else(|| "?".to_string())
-}
+pub use crate::sys::program_name;

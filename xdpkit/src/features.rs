@@ -62,11 +62,6 @@ pub fn balancer_hash(offers_rx_hash: bool) -> &'static str {
     }
 }
 
-/// Whether the driver of `ifindex` gives XDP programs an RX hash.
-pub fn driver_offers_rx_hash(ifindex: u32) -> bool {
-    netlink::device_xdp_features(ifindex).is_ok_and(|f| f.rx_hash())
-}
-
 /// Reads the kernel side.
 pub fn kernel() -> KernelFeatures {
     let jit = match std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")

@@ -21,8 +21,8 @@ use xdpkit_common::chain::{CHAIN_MAP, ROOT_MAP, RX_HASH_KFUNC};
 pub use xdpkit_common::chain::{RxHashMeta, RX_HASH_MAGIC};
 
 use crate::{
-    features,
     mode::Mode,
+    netlink,
     object::{embedded, Object},
     pins::{self, PinDir},
     sys, Error, Result,
@@ -40,20 +40,23 @@ const BPF_JMP_CALL: u8 = 0x85;
 const PIN: &str = "root_rxhash";
 
 /// Whether an interface should run the RX-hash root: a stage of the chain
-/// reads the hash, the mode lets a device-bound program attach (driver
-/// mode), and the driver offers the hash.
-pub(crate) fn wanted(stages: &[crate::chain::StageSpec], mode: Mode, ifindex: u32) -> bool {
-    stages.iter().any(|s| s.program.reads_rx_hash())
-        && matches!(mode, Mode::Auto | Mode::Native)
-        && features::driver_offers_rx_hash(ifindex)
+/// reads the hash (`read`), the mode lets a device-bound program attach
+/// (driver mode), and the driver offers the hash.
+pub(crate) fn wanted(read: bool, mode: Mode, ifindex: u32) -> bool {
+    read && matches!(mode, Mode::Auto | Mode::Native) && driver_offers(ifindex)
+}
+
+/// Whether the driver of `ifindex` gives XDP programs an RX hash.
+pub fn driver_offers(ifindex: u32) -> bool {
+    netlink::device_xdp_features(ifindex).is_ok_and(|f| f.rx_hash())
 }
 
 /// Whether the RX-hash root runs on `ifname` (its link's program).
 pub fn running_on(ifname: &str) -> bool {
     crate::iface::index(ifname)
         .ok()
-        .and_then(|ifindex| crate::netlink::xdp_attachment(ifindex).ok().flatten())
-        .is_some_and(|att| crate::attach::program_name(att.prog_id) == KERNEL_NAME)
+        .and_then(|ifindex| netlink::xdp_attachment(ifindex).ok().flatten())
+        .is_some_and(|att| sys::program_name(att.prog_id) == KERNEL_NAME)
 }
 
 /// Loads the RX-hash root bound to `ifindex`, with the chain maps pinned in

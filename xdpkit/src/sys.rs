@@ -192,6 +192,15 @@ pub fn prog_load(load: &ProgLoad<'_>) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
 }
 
+/// Kernel name of a program id, or "?" if it cannot be read.
+pub fn program_name(prog_id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == prog_id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
+}
+
 /// Forces an XDP link off its interface, even if another process still holds
 /// the link's fd (closing our fd alone would not detach it then).
 pub fn link_detach(link: BorrowedFd<'_>) -> Result<()> {

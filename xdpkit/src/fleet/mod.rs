@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod keys;
 pub mod merge;
+pub mod status;
 pub mod store;
 
 pub use store::{Manifest, Store};

@@ -293,7 +293,7 @@ pub async fn collect_garbage(client: &mut Client, endpoints: &str) -> Result<usi
         .await
         .map_err(|e| etcd_error(endpoints, format!("list {}", keys::STATUS), e))?;
     for kv in statuses.kvs() {
-        if let Ok(status) = serde_json::from_slice::<super::agent::AgentStatus>(kv.value()) {
+        if let Ok(status) = serde_json::from_slice::<super::status::AgentStatus>(kv.value()) {
             wanted.extend(status.layers.into_iter().map(|l| l.id));
         }
     }
