@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -254,27 +256,44 @@ pub async fn push(
         .map_or(0, |d| d.as_secs());
     let (manifest, parts) = encode(text, source, now);
     // Parts first: the manifest, one put, is what makes them the layer.
-    for (n, part) in parts.into_iter().enumerate() {
-        let part_key = keys::part(&manifest.id, n as u32);
-        client
-            .put(part_key.clone(), part, None)
-            .await
-            .map_err(|e| etcd_error(endpoints, format!("put {part_key}"), e))?;
-    }
+    // The put is conditional on the parts being there: another push's
+    // garbage collection may have deleted them (same content pushed before
+    // and replaced meanwhile); then they are written again.
     let value = serde_json::to_vec(&manifest).unwrap_or_default();
-    let resp = client
-        .txn(Txn::new().and_then([TxnOp::put(key, value, None)]))
-        .await
-        .map_err(|e| etcd_error(endpoints, format!("put {key}"), e))?;
-    let revision = resp.header().map_or(0, |h| h.revision());
-    collect_garbage(client, endpoints).await?;
-    Ok((manifest, revision))
+    for _attempt in 0..3 {
+        for (n, part) in parts.iter().enumerate() {
+            let part_key = keys::part(&manifest.id, n as u32);
+            client
+                .put(part_key.clone(), part.clone(), None)
+                .await
+                .map_err(|e| etcd_error(endpoints, format!("put {part_key}"), e))?;
+        }
+        let first = keys::part(&manifest.id, 0);
+        let resp = client
+            .txn(
+                Txn::new()
+                    .when([Compare::version(first, CompareOp::Greater, 0)])
+                    .and_then([TxnOp::put(key, value.clone(), None)]),
+            )
+            .await
+            .map_err(|e| etcd_error(endpoints, format!("put {key}"), e))?;
+        if resp.succeeded() {
+            let revision = resp.header().map_or(0, |h| h.revision());
+            collect_garbage(client, endpoints).await?;
+            return Ok((manifest, revision));
+        }
+    }
+    Err(FleetError::Damaged {
+        key: key.to_string(),
+        why: "its parts were deleted three times while being pushed (other pushes racing)".into(),
+    })
 }
 
-/// Deletes the parts no layer and no agent's running layers name any
-/// more. An agent reading a layer reads its parts at the revision of the
-/// manifest it read, where deleted parts are still there (until etcd
-/// compacts that far), so this never pulls a layer from under a reader.
+/// Deletes the parts no layer names any more (a push replaced them). An
+/// agent or `fleet diff` reading a layer reads its parts at the revision
+/// of the manifest it read, where deleted parts are still there until etcd
+/// compacts that far; a push whose parts this deletes before its manifest
+/// names them finds out and writes them again (see [`push`]).
 pub async fn collect_garbage(client: &mut Client, endpoints: &str) -> Result<usize, FleetError> {
     let mut wanted = std::collections::HashSet::new();
     for prefix in [keys::GROUPS, keys::HOSTS] {
@@ -286,15 +305,6 @@ pub async fn collect_garbage(client: &mut Client, endpoints: &str) -> Result<usi
             if let Ok(m) = serde_json::from_slice::<Manifest>(kv.value()) {
                 wanted.insert(m.id);
             }
-        }
-    }
-    let statuses = client
-        .get(keys::STATUS, Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| etcd_error(endpoints, format!("list {}", keys::STATUS), e))?;
-    for kv in statuses.kvs() {
-        if let Ok(status) = serde_json::from_slice::<super::status::AgentStatus>(kv.value()) {
-            wanted.extend(status.layers.into_iter().map(|l| l.id));
         }
     }
     let blobs = client
