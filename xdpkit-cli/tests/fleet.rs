@@ -127,6 +127,11 @@ impl Drop for Agent {
 }
 
 fn push(lab: &Lab, file: &std::path::Path) -> String {
+    push_at(lab, file).0
+}
+
+/// [`push`], with the store's revision of the layer's new manifest.
+fn push_at(lab: &Lab, file: &std::path::Path) -> (String, i64) {
     let out: Value = serde_json::from_str(&ok(&fleet(
         lab,
         &[
@@ -139,7 +144,10 @@ fn push(lab: &Lab, file: &std::path::Path) -> String {
         ],
     )))
     .unwrap();
-    out["manifest"]["id"].as_str().unwrap().to_string()
+    (
+        out["manifest"]["id"].as_str().unwrap().to_string(),
+        out["revision"].as_i64().unwrap(),
+    )
 }
 
 fn config(denied: &[&str]) -> String {
@@ -327,7 +335,34 @@ fn hosts_follow_pushes_through_etcd_and_survive_its_faults() {
         "{blobs}"
     );
 
-    // 6. A dead agent's status goes with its lease (3 s).
+    // 6. Two pushes racing: the later revision wins everywhere.
+    let (fa, fb) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    std::fs::write(&fa, config(&["198.18.222.0/24"])).unwrap();
+    std::fs::write(&fb, config(&["198.18.223.0/24"])).unwrap();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| push_at(&lab, &fa));
+        let b = s.spawn(|| push_at(&lab, &fb));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let winner = if a.1 > b.1 { &a.0 } else { &b.0 };
+    // An agent may read both pushes at once (the later is then all it
+    // applies, and the event of the later one finds it "unchanged").
+    let start = Instant::now();
+    loop {
+        let all = statuses(&lab);
+        let done = all.len() == 3
+            && all.iter().all(|s| {
+                s["status"]["layers"][0]["id"] == winner.as_str()
+                    && s["status"]["outcome"] != "error"
+            });
+        if done {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{all:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 7. A dead agent's status goes with its lease (3 s).
     drop(agents.remove(2));
     let start = Instant::now();
     while statuses(&lab)
