@@ -56,13 +56,7 @@ pub fn run(opts: &AgentOptions) -> Result<(), FleetError> {
     for g in &opts.groups {
         keys::check_name("group", g)?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| FleetError::Damaged {
-            key: String::new(),
-            why: format!("cannot start a runtime: {e}"),
-        })?;
+    let runtime = store::runtime()?;
     runtime.block_on(async {
         let mut status = load_state(&opts.state_file).unwrap_or_default();
         status.host = opts.host.clone();

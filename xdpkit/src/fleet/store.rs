@@ -146,13 +146,7 @@ pub struct Store {
 impl Store {
     /// Connects to `opts.endpoints`.
     pub fn connect(opts: &EtcdOptions) -> Result<Store, FleetError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| FleetError::Damaged {
-                key: String::new(),
-                why: format!("cannot start a runtime: {e}"),
-            })?;
+        let runtime = runtime()?;
         let client = runtime.block_on(connect(opts))?;
         Ok(Store {
             runtime,
@@ -202,6 +196,18 @@ impl Store {
                 .collect())
         })
     }
+}
+
+/// The single-thread runtime the fleet's calls run on (the CLI and the
+/// agent are not async themselves).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, FleetError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FleetError::Damaged {
+            key: String::new(),
+            why: format!("cannot start a runtime: {e}"),
+        })
 }
 
 pub(crate) fn etcd_error(endpoints: &str, what: String, source: etcd_client::Error) -> FleetError {
