@@ -7,9 +7,7 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -211,6 +209,13 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, FleetError> {
 }
 
 pub(crate) fn etcd_error(endpoints: &str, what: String, source: etcd_client::Error) -> FleetError {
+    if super::is_refusal(&source) {
+        return FleetError::Refused {
+            endpoints: endpoints.to_string(),
+            what,
+            why: super::brief(&source),
+        };
+    }
     FleetError::Etcd {
         endpoints: endpoints.to_string(),
         what,
@@ -368,21 +373,23 @@ pub async fn read_layer(
         })?;
     let mod_revision = kv.mod_revision();
     // The parts as they were when the manifest was read: a later push may
-    // already have replaced them.
-    let prefix = keys::blob(&manifest.id);
-    let parts = client
-        .get(
-            prefix.clone(),
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_revision(revision.unwrap_or(at))
-                    .with_sort(SortTarget::Key, SortOrder::Ascend),
-            ),
-        )
-        .await
-        .map_err(|e| etcd_error(endpoints, format!("get {prefix}"), e))?;
-    let parts: Vec<Vec<u8>> = parts.kvs().iter().map(|kv| kv.value().to_vec()).collect();
+    // already have replaced them. One get per part: a response holding
+    // them all would pass the client's 4 MiB message limit (a 1M-prefix
+    // blocklist is about 5 MiB compressed).
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(manifest.parts.min(1024) as usize);
+    for n in 0..manifest.parts {
+        let part_key = keys::part(&manifest.id, n);
+        let resp = client
+            .get(
+                part_key.clone(),
+                Some(GetOptions::new().with_revision(revision.unwrap_or(at))),
+            )
+            .await
+            .map_err(|e| etcd_error(endpoints, format!("get {part_key}"), e))?;
+        // A part missing: decode() says how many of how many were found.
+        let Some(kv) = resp.kvs().first() else { break };
+        parts.push(kv.value().to_vec());
+    }
     let text = decode(key, &manifest, &parts)?;
     Ok(Some(Layer {
         key: key.to_string(),
