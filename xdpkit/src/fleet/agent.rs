@@ -195,10 +195,12 @@ async fn sync(
     checked: &mut bool,
 ) -> Result<i64, FleetError> {
     // One revision for all layers: a push racing this read is either in
-    // all of them or in none.
+    // all of them or in none. Any read answers with the store's revision;
+    // the first layer key is one the agent's etcd user may read (a role
+    // limited to the fleet's layers, parts and this host's status).
     let head = client
         .get(
-            keys::ROOT,
+            layer_keys[0].as_str(),
             Some(GetOptions::new().with_keys_only().with_limit(1)),
         )
         .await
@@ -210,7 +212,7 @@ async fn sync(
         match store::read_layer(client, endpoints, key, Some(revision)).await {
             Ok(Some(layer)) => layers.push(layer),
             Ok(None) => {}
-            Err(e @ FleetError::Etcd { .. }) => return Err(e),
+            Err(e @ (FleetError::Etcd { .. } | FleetError::Refused { .. })) => return Err(e),
             Err(e) => read_error = Some(e.to_string()),
         }
     }

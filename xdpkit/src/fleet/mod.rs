@@ -38,6 +38,17 @@ pub enum FleetError {
         /// The client's error, in brief (the root cause).
         why: String,
     },
+    /// etcd refused the credentials (a wrong password, no user where
+    /// authentication is on) or the user's roles do not allow the request.
+    #[error("etcd at {endpoints}: {what}: {why} (check --user and the user's roles)")]
+    Refused {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What was being done.
+        what: String,
+        /// What etcd said.
+        why: String,
+    },
     /// A name that cannot be a key (`host`, `group`).
     #[error("{what} '{name}': use 1 to 64 of A-Z a-z 0-9 . _ -")]
     BadName {
@@ -60,7 +71,27 @@ impl FleetError {
     /// Whether the user must fix the input (a bad name), not the store or
     /// xdpkit (see `xdpkit::Error::is_usage`).
     pub fn is_usage(&self) -> bool {
-        matches!(self, FleetError::BadName { .. })
+        // Credentials and roles are the user's to fix, like privileges.
+        matches!(
+            self,
+            FleetError::BadName { .. } | FleetError::Refused { .. }
+        )
+    }
+}
+
+/// Whether etcd refused the credentials or the permission (etcd 3.4 says
+/// a wrong password and a missing user with InvalidArgument).
+pub(crate) fn is_refusal(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => true,
+        tonic::Code::InvalidArgument => {
+            let m = status.message();
+            m.contains("authentication failed") || m.contains("user name is empty")
+        }
+        _ => false,
     }
 }
 
@@ -70,12 +101,21 @@ pub(crate) fn brief(e: &etcd_client::Error) -> String {
     let etcd_client::Error::GRpcStatus(status) = e else {
         return e.to_string();
     };
-    if status.code() != tonic::Code::Unavailable {
-        return format!("{:?}: {}", status.code(), status.message());
-    }
     let mut cause: &dyn std::error::Error = status;
+    let mut depth = 0;
     while let Some(next) = cause.source() {
         cause = next;
+        depth += 1;
     }
-    format!("unreachable ({cause})")
+    if status.code() == tonic::Code::Unavailable {
+        return format!("unreachable ({cause})");
+    }
+    // A failed TLS handshake is "Unknown: transport error" on its own:
+    // the root cause says which side refused what.
+    let root = cause.to_string();
+    if depth == 0 || root == status.message() {
+        format!("{:?}: {}", status.code(), status.message())
+    } else {
+        format!("{:?}: {} ({root})", status.code(), status.message())
+    }
 }
