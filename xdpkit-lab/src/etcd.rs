@@ -101,6 +101,32 @@ pub enum EtcdError {
         /// What it printed on stderr (or why it did not start).
         stderr: String,
     },
+    /// The lab's certificates could not be made.
+    #[error("etcd {name}: cannot make TLS certificates: {why}")]
+    Certificate {
+        /// The server's name.
+        name: String,
+        /// rcgen's error.
+        why: String,
+    },
+}
+
+/// The PEM files of a server started with [`EtcdServer::start_in_tls`],
+/// made for it by the lab (a CA of its own; rcgen's default validity) in its
+/// directory.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// The CA that signed the server's and the client's certificates.
+    pub ca: PathBuf,
+    /// The server's certificate (for 127.0.0.1 and the address it listens
+    /// on) and its key.
+    pub server_cert: PathBuf,
+    /// See `server_cert`.
+    pub server_key: PathBuf,
+    /// A client certificate the server accepts (CN `client`) and its key.
+    pub client_cert: PathBuf,
+    /// See `client_cert`.
+    pub client_key: PathBuf,
 }
 
 /// etcd's log file and what it wrote during one start, for errors.
@@ -145,6 +171,10 @@ pub struct EtcdServer {
     // Dropped after the child is killed (see Drop), which removes the data.
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Client TLS (https, client certificates required), if started so.
+    tls: Option<EtcdTls>,
+    /// `NAME:PASSWORD` for etcdctl once authentication is on.
+    etcdctl_user: Option<String>,
 }
 
 impl std::fmt::Debug for EtcdServer {
@@ -228,12 +258,56 @@ impl EtcdServer {
             peer_port: 0,
             dir,
             child: None,
+            tls: None,
+            etcdctl_user: None,
         })
     }
 
-    /// The client URL, `http://ADDRESS:PORT`.
+    /// As [`EtcdServer::start_in`], with client TLS: the server speaks
+    /// https only and asks every client for a certificate signed by the
+    /// lab's CA (see [`EtcdServer::tls`] for the files).
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`], and certificates that cannot be made.
+    pub fn start_in_tls(name: &str, netns: &str, host: Ipv4Addr) -> Result<Self, EtcdError> {
+        let mut server = Self::start_nowhere(name)?;
+        server.netns = Some(netns.to_string());
+        server.host = host;
+        (server.client_port, server.peer_port) = (2379, 2380);
+        server.tls = Some(make_certificates(name, server.dir.path(), host)?);
+        server.spawn_and_wait()?;
+        Ok(server)
+    }
+
+    /// The TLS files, for a server started with [`EtcdServer::start_in_tls`].
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    /// Turns etcd's authentication on: adds user `root` with
+    /// `root_password` (etcd needs it before `auth enable`) and from then
+    /// on runs etcdctl as root. Users and roles for clients are the
+    /// caller's (`etcdctl user add`, `role grant-permission`, ...), made
+    /// before or after.
+    ///
+    /// # Errors
+    /// An etcdctl command failed.
+    pub fn enable_auth(&mut self, root_password: &str) -> Result<(), EtcdError> {
+        self.etcdctl(&[
+            "user",
+            "add",
+            "root",
+            &format!("--new-user-password={root_password}"),
+        ])?;
+        self.etcdctl(&["auth", "enable"])?;
+        self.etcdctl_user = Some(format!("root:{root_password}"));
+        Ok(())
+    }
+
+    /// The client URL, `http://ADDRESS:PORT` (`https` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
     /// `program`, run in the server's network namespace.
@@ -396,6 +470,14 @@ impl EtcdServer {
             .arg(format!("--endpoints={}", self.endpoint()))
             .args([ETCDCTL_DIAL_TIMEOUT, command_timeout])
             .stdin(Stdio::null());
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cacert={}", tls.ca.display()))
+                .arg(format!("--cert={}", tls.client_cert.display()))
+                .arg(format!("--key={}", tls.client_key.display()));
+        }
+        if let Some(user) = &self.etcdctl_user {
+            cmd.arg(format!("--user={user}"));
+        }
         cmd
     }
 
@@ -437,6 +519,14 @@ impl EtcdServer {
             .args([HEARTBEAT_INTERVAL, ELECTION_TIMEOUT])
             // zap: the capnslog default prints a deprecation warning per start.
             .args(["--logger=zap", "--log-outputs=stderr"])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    format!("--cert-file={}", t.server_cert.display()),
+                    format!("--key-file={}", t.server_key.display()),
+                    format!("--trusted-ca-file={}", t.ca.display()),
+                    "--client-cert-auth".to_string(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -514,6 +604,61 @@ impl Drop for EtcdServer {
         self.stop();
         // `dir` (a TempDir) is removed when the fields drop, after this.
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and `host`, and a client
+/// certificate (CN `client`), written as PEM files under `dir/tls`.
+fn make_certificates(name: &str, dir: &Path, host: Ipv4Addr) -> Result<EtcdTls, EtcdError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let cert_error = |e: rcgen::Error| EtcdError::Certificate {
+        name: name.to_string(),
+        why: e.to_string(),
+    };
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).map_err(io_error(name, format!("create {}", tls.display())))?;
+    let write = |file: &str, pem: String| -> Result<PathBuf, EtcdError> {
+        let path = tls.join(file);
+        std::fs::write(&path, pem).map_err(io_error(name, format!("write {}", path.display())))?;
+        Ok(path)
+    };
+    let ca_key = KeyPair::generate().map_err(cert_error)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("xdpkit lab CA {name}"));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).map_err(cert_error)?;
+    // IP strings become IP address SANs, which TLS clients check.
+    let leaf = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().map_err(cert_error)?;
+        let mut p = CertificateParams::new(sans).map_err(cert_error)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca, &ca_key).map_err(cert_error)?;
+        Ok::<_, EtcdError>((cert.pem(), key.serialize_pem()))
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["127.0.0.1".to_string(), host.to_string()],
+        "etcd",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let (client_cert, client_key) =
+        leaf(Vec::new(), "client", ExtendedKeyUsagePurpose::ClientAuth)?;
+    Ok(EtcdTls {
+        ca: write("ca.pem", ca.pem())?,
+        server_cert: write("server.pem", server_cert)?,
+        server_key: write("server-key.pem", server_key)?,
+        client_cert: write("client.pem", client_cert)?,
+        client_key: write("client-key.pem", client_key)?,
+    })
 }
 
 /// Settings a developer's shell may carry (ETCD_*, ETCDCTL_*) would change
