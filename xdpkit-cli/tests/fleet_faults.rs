@@ -683,7 +683,7 @@ fn tls_and_authentication_pass_through_and_refusals_are_clear() {
         &["status"],
         with(true, false, Some("pusher:push-secret")),
         1,
-        &["certificate", "tls", "handshake"],
+        &["--cert and --key"],
     );
     refused(
         &["status"],

@@ -251,7 +251,20 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, FleetError> {
     }
     Client::connect(&opts.endpoints, Some(options))
         .await
-        .map_err(|source| etcd_error(&endpoints, "connect".to_string(), source))
+        .map_err(|source| {
+            let mut e = etcd_error(&endpoints, "connect".to_string(), source);
+            // A server that requires client certificates refuses one
+            // without after TLS 1.3's handshake seemed done: the client
+            // may see only "connection closed".
+            if let FleetError::Etcd { why, .. } = &mut e {
+                if opts.cert.is_none() && endpoints.contains("https://") {
+                    why.push_str(
+                        "; if the server requires client certificates, give --cert and --key",
+                    );
+                }
+            }
+            e
+        })
 }
 
 /// [`Store::push`] on an async client.
