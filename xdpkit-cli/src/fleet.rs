@@ -305,7 +305,8 @@ fn hosts(store: &mut Store) -> anyhow::Result<Vec<HostLine>> {
         let Some(st) = &line.status else { continue };
         for key in keys::layers(&st.host, &st.groups) {
             // A damaged layer is news for the status, not a reason to fail.
-            let newest = match store.layer(&key, None) {
+            // The manifest says what the layer holds: its parts need not be read.
+            let newest = match store.manifest(&key) {
                 Ok(layer) => layer,
                 Err(xdpkit::fleet::FleetError::Damaged { .. }) => {
                     line.behind.push(key.clone());
@@ -315,7 +316,7 @@ fn hosts(store: &mut Store) -> anyhow::Result<Vec<HostLine>> {
             };
             let running = st.layers.iter().find(|l| l.key == key);
             let differs = match (&newest, running) {
-                (Some(n), Some(r)) => n.manifest.id != r.id,
+                (Some((n, _)), Some(r)) => n.id != r.id,
                 (Some(_), None) => true,
                 (None, Some(_)) => true,
                 (None, None) => false,
@@ -323,8 +324,8 @@ fn hosts(store: &mut Store) -> anyhow::Result<Vec<HostLine>> {
             if differs {
                 line.behind.push(key.clone());
                 let ran = running.map_or(0, |r| r.mod_revision);
-                if let Some(n) = &newest {
-                    line.lag = line.lag.max(n.mod_revision - ran);
+                if let Some((_, modified)) = &newest {
+                    line.lag = line.lag.max(modified - ran);
                 }
             }
         }

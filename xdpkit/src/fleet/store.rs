@@ -173,6 +173,16 @@ impl Store {
             .block_on(read_layer(&mut self.client, &endpoints, key, revision))
     }
 
+    /// The newest manifest at `key` and the revision that last changed
+    /// it, without the configuration (what `fleet status` compares).
+    pub fn manifest(&mut self, key: &str) -> Result<Option<(Manifest, i64)>, FleetError> {
+        let endpoints = self.endpoints.clone();
+        Ok(self
+            .runtime
+            .block_on(read_manifest(&mut self.client, &endpoints, key, None))?
+            .map(|(m, modified, _)| (m, modified)))
+    }
+
     /// Every key under `prefix` with its value.
     pub fn list(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, FleetError> {
         let endpoints = self.endpoints.clone();
@@ -360,13 +370,14 @@ pub async fn collect_garbage(client: &mut Client, endpoints: &str) -> Result<usi
     Ok(stale.len())
 }
 
-/// [`Store::layer`] on an async client.
-pub async fn read_layer(
+/// The manifest at `key` (at `revision`, or the newest), the revision
+/// that last changed it and the store's revision read at.
+async fn read_manifest(
     client: &mut Client,
     endpoints: &str,
     key: &str,
     revision: Option<i64>,
-) -> Result<Option<Layer>, FleetError> {
+) -> Result<Option<(Manifest, i64, i64)>, FleetError> {
     let mut options = GetOptions::new();
     if let Some(r) = revision {
         options = options.with_revision(r);
@@ -384,7 +395,21 @@ pub async fn read_layer(
             key: key.to_string(),
             why: format!("not a manifest: {e}"),
         })?;
-    let mod_revision = kv.mod_revision();
+    Ok(Some((manifest, kv.mod_revision(), at)))
+}
+
+/// [`Store::layer`] on an async client.
+pub async fn read_layer(
+    client: &mut Client,
+    endpoints: &str,
+    key: &str,
+    revision: Option<i64>,
+) -> Result<Option<Layer>, FleetError> {
+    let Some((manifest, mod_revision, at)) =
+        read_manifest(client, endpoints, key, revision).await?
+    else {
+        return Ok(None);
+    };
     // The parts as they were when the manifest was read: a later push may
     // already have replaced them. One get per part: a response holding
     // them all would pass the client's 4 MiB message limit (a 1M-prefix
