@@ -7,9 +7,7 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -367,22 +365,32 @@ pub async fn read_layer(
             why: format!("not a manifest: {e}"),
         })?;
     let mod_revision = kv.mod_revision();
-    // The parts as they were when the manifest was read: a later push may
-    // already have replaced them.
-    let prefix = keys::blob(&manifest.id);
-    let parts = client
-        .get(
-            prefix.clone(),
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_revision(revision.unwrap_or(at))
-                    .with_sort(SortTarget::Key, SortOrder::Ascend),
+    if u64::from(manifest.parts) != manifest.compressed.div_ceil(PART_BYTES as u64).max(1) {
+        return Err(FleetError::Damaged {
+            key: key.to_string(),
+            why: format!(
+                "{} parts for {} compressed bytes: not what xdpkit writes",
+                manifest.parts, manifest.compressed
             ),
-        )
-        .await
-        .map_err(|e| etcd_error(endpoints, format!("get {prefix}"), e))?;
-    let parts: Vec<Vec<u8>> = parts.kvs().iter().map(|kv| kv.value().to_vec()).collect();
+        });
+    }
+    // The parts as they were when the manifest was read (a later push may
+    // already have replaced them), one request each: a response holds at
+    // most 4 MiB (the gRPC client's limit), a million prefixes take more.
+    let at = revision.unwrap_or(at);
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(manifest.parts as usize);
+    for n in 0..manifest.parts {
+        let part = keys::part(&manifest.id, n);
+        let resp = client
+            .get(part.clone(), Some(GetOptions::new().with_revision(at)))
+            .await
+            .map_err(|e| etcd_error(endpoints, format!("get {part}"), e))?;
+        match resp.kvs().first() {
+            Some(kv) => parts.push(kv.value().to_vec()),
+            // decode() says how many of how many were found.
+            None => break,
+        }
+    }
     let text = decode(key, &manifest, &parts)?;
     Ok(Some(Layer {
         key: key.to_string(),
