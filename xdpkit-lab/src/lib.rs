@@ -5,6 +5,8 @@
 //!   benchmarks, removed again when dropped;
 //! - [`etcd`]: a real etcd server (Debian's etcd-server) on free ports
 //!   with its own data, for the fleet tests;
+//! - [`fleet`]: three hosts following etcd (namespaces, etcd, an agent
+//!   per host), for the fleet's test, benchmark and demo;
 //! - [`benchkit`]: the harness behind `cargo xtask bench ...`: a one-core
 //!   lab, trials with medians, CSV and PNG bars.
 //!
@@ -14,6 +16,7 @@
 
 pub mod benchkit;
 pub mod etcd;
+pub mod fleet;
 pub mod lab;
 
 pub use etcd::{require_etcd, EtcdError, EtcdServer};
