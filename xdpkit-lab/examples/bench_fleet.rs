@@ -382,15 +382,15 @@ fn main() -> BenchResult<()> {
             ),
         },
         ValueBar {
-            label: format!("{} prefixes", o.prefixes),
-            value: big.converged(),
-            group: 2,
-            text: format!(
-                "{:.2} s ({:.1} MB in {} parts; target 15 s)",
-                big.converged(),
+            label: format!(
+                "{} prefixes ({:.1} MB, {} parts)",
+                o.prefixes,
                 big.pushed.compressed as f64 / 1e6,
                 big.pushed.parts
             ),
+            value: big.converged(),
+            group: 2,
+            text: format!("{:.2} s (target 15 s)", big.converged()),
         },
     ];
     let csv_path = o.out.join("fleet.csv");
