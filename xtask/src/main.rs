@@ -44,14 +44,28 @@ enum Task {
     /// attacker, router, server); the firewall on the server drops a flood
     /// from a denied range and rate-limits a scraper while the client keeps
     /// pinging and using UDP and TCP echo; a table per second, a summary,
-    /// everything removed at the end.
-    Demo,
+    /// everything removed at the end. `cargo xtask demo fleet`: three hosts
+    /// following one configuration through etcd instead.
+    Demo {
+        #[command(subcommand)]
+        demo: Option<Demo>,
+    },
     /// Bootstrap, then a benchmark, side by side in one run on a namespace
     /// lab (release build). Writes CSV and PNG to target/bench/.
     Bench {
         #[command(subcommand)]
         bench: Bench,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum Demo {
+    /// Three hosts (namespaces), etcd and an `xdpkit agent` per host: one
+    /// `xdpkit fleet push`, a table of the hosts converging (revision,
+    /// layer, outcome, lag), then an attack from the source it denies sent
+    /// to all three, blocked everywhere (drop counters per host); the lab
+    /// removed at the end. Under a minute.
+    Fleet,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +136,19 @@ enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The fleet (issue 12) on three hosts following etcd, each with an
+    /// `xdpkit agent`: (a) a one-rule change, timed from just before
+    /// `xdpkit fleet push` until all three statuses show it applied and a
+    /// frame from the newly denied source is dropped on each host (median,
+    /// min, max of rounds; target 1 s); (b) a 1,000,000-prefix blocklist
+    /// pushed and applied by all three (target 15 s), with the layer's
+    /// compressed size and parts. About a minute.
+    Fleet {
+        /// Extra arguments (`--rounds N` (10), `--prefixes N` (1000000),
+        /// `--out DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,7 +157,10 @@ fn main() -> ExitCode {
         Task::Bootstrap => bootstrap::run(),
         Task::Build { release } => build(release),
         Task::Test { args } => test(&args),
-        Task::Demo => demo(),
+        Task::Demo { demo: None } => demo("demo", false),
+        Task::Demo {
+            demo: Some(Demo::Fleet),
+        } => demo("demo_fleet", true),
         Task::Bench {
             bench: Bench::Firewall { args },
         } => bench("bench_firewall", &args),
@@ -146,6 +176,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Route { args },
         } => bench("bench_route", &args),
+        Task::Bench {
+            bench: Bench::Fleet { args },
+        } => bench("bench_fleet", &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,22 +253,40 @@ fn bench(example: &str, args: &[String]) -> anyhow::Result<()> {
         "--",
     ]);
     cmd.args(args);
+    if example == "bench_fleet" {
+        // The fleet runs the CLI (agents, pushes) as an operator would.
+        cmd.env("XDPKIT_BIN", build_cli(true)?);
+    }
     util::run(&mut cmd)
 }
 
-/// Runs xdpkit-lab's `demo` example.
-fn demo() -> anyhow::Result<()> {
+/// Builds the `xdpkit` binary; returns its path.
+fn build_cli(release: bool) -> anyhow::Result<std::path::PathBuf> {
+    let mut cmd = util::cargo(["build", "--quiet", "-p", "xdpkit-cli"]);
+    if release {
+        cmd.arg("--release");
+    }
+    util::run(&mut cmd)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("xdpkit"))
+}
+
+/// Runs one of xdpkit-lab's demo examples (`fleet`: with the `xdpkit`
+/// binary it runs on each host).
+fn demo(example: &str, fleet: bool) -> anyhow::Result<()> {
     bootstrap::run()?;
     anyhow::ensure!(
         util::is_root(),
         "the demo builds network namespaces and attaches XDP programs: run `sudo -E cargo xtask demo`"
     );
-    util::run(&mut util::cargo([
-        "run",
-        "--quiet",
-        "-p",
-        "xdpkit-lab",
-        "--example",
-        "demo",
-    ]))
+    let mut cmd = util::cargo(["run", "--quiet", "-p", "xdpkit-lab", "--example", example]);
+    if fleet {
+        cmd.env("XDPKIT_BIN", build_cli(false)?);
+    }
+    util::run(&mut cmd)
 }

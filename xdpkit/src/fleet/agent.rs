@@ -92,10 +92,22 @@ async fn session(opts: &AgentOptions, status: &mut AgentStatus, checked: &mut bo
         Ok(l) => l.id(),
         Err(e) => return etcd_error(&endpoints, "lease grant".into(), e),
     };
-    let (mut keeper, mut acks) = match client.lease_keep_alive(lease).await {
+    let (keeper, acks) = match client.lease_keep_alive(lease).await {
         Ok(k) => k,
         Err(e) => return etcd_error(&endpoints, "lease keep-alive".into(), e),
     };
+    // The lease is kept alive on a task of its own: an apply (seconds for
+    // a million prefixes) must not stop the keep-alives, or the status
+    // would expire mid-apply and the session end before reporting it.
+    let (lost_tx, mut lost) = tokio::sync::oneshot::channel();
+    let _keep_alive = AbortOnDrop(tokio::spawn(keep_alive(
+        keeper,
+        acks,
+        opts.status_ttl,
+        endpoints.clone(),
+        keys::status(&opts.host),
+        lost_tx,
+    )));
     let layer_keys = keys::layers(&opts.host, &opts.groups);
     // Watch from the revision of the full read on: nothing between is lost.
     let revision = match sync(
@@ -133,30 +145,14 @@ async fn session(opts: &AgentOptions, status: &mut AgentStatus, checked: &mut bo
             return etcd_error(&endpoints, format!("watch {key}"), e);
         }
     }
-    let beat = Duration::from_secs((opts.status_ttl as u64 / 3).max(1));
-    let ttl = Duration::from_secs(opts.status_ttl as u64);
-    let mut ticker = tokio::time::interval(beat);
-    // A link that silently stops carrying (no reset) shows as keep-alives
-    // without answers: after a lease's worth the session is over.
-    let mut last_ack = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                if last_ack.elapsed() > ttl {
-                    return FleetError::Damaged {
-                        key: keys::status(&opts.host),
-                        why: format!("no answer from the store for {} s", opts.status_ttl),
-                    };
-                }
-                if let Err(e) = keeper.keep_alive().await {
-                    return etcd_error(&endpoints, "lease keep-alive".into(), e);
-                }
+            why = &mut lost => {
+                return why.unwrap_or_else(|_| FleetError::Damaged {
+                    key: keys::status(&opts.host),
+                    why: "the lease's keep-alive stopped".into(),
+                });
             }
-            ack = acks.message() => match ack {
-                Ok(Some(a)) if a.ttl() > 0 => last_ack = tokio::time::Instant::now(),
-                Ok(_) => return FleetError::Damaged { key: keys::status(&opts.host), why: "the status lease expired".into() },
-                Err(e) => return etcd_error(&endpoints, "lease keep-alive".into(), e),
-            },
             msg = watch.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
@@ -181,6 +177,54 @@ async fn session(opts: &AgentOptions, status: &mut AgentStatus, checked: &mut bo
             }
         }
     }
+}
+
+/// Aborts a task when dropped (when its session ends, however it ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps `lease` alive (a keep-alive every third of its TTL) until the
+/// store stops answering; then says why on `lost`.
+async fn keep_alive(
+    mut keeper: etcd_client::LeaseKeeper,
+    mut acks: etcd_client::LeaseKeepAliveStream,
+    ttl_secs: i64,
+    endpoints: String,
+    status_key: String,
+    lost: tokio::sync::oneshot::Sender<FleetError>,
+) {
+    let beat = Duration::from_secs((ttl_secs as u64 / 3).max(1));
+    let ttl = Duration::from_secs(ttl_secs as u64);
+    let mut ticker = tokio::time::interval(beat);
+    // A link that silently stops carrying (no reset) shows as keep-alives
+    // without answers: after a lease's worth the session is over.
+    let mut last_ack = tokio::time::Instant::now();
+    let why = loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if last_ack.elapsed() > ttl {
+                    break FleetError::Damaged {
+                        key: status_key,
+                        why: format!("no answer from the store for {ttl_secs} s"),
+                    };
+                }
+                if let Err(e) = keeper.keep_alive().await {
+                    break etcd_error(&endpoints, "lease keep-alive".into(), e);
+                }
+            }
+            ack = acks.message() => match ack {
+                Ok(Some(a)) if a.ttl() > 0 => last_ack = tokio::time::Instant::now(),
+                Ok(_) => break FleetError::Damaged { key: status_key, why: "the status lease expired".into() },
+                Err(e) => break etcd_error(&endpoints, "lease keep-alive".into(), e),
+            },
+        }
+    };
+    let _ = lost.send(why);
 }
 
 /// Reads every layer at one revision, applies what changed, writes the

@@ -410,6 +410,15 @@ pub async fn read_layer(
     else {
         return Ok(None);
     };
+    if u64::from(manifest.parts) != manifest.compressed.div_ceil(PART_BYTES as u64).max(1) {
+        return Err(FleetError::Damaged {
+            key: key.to_string(),
+            why: format!(
+                "{} parts for {} compressed bytes: not what xdpkit writes",
+                manifest.parts, manifest.compressed
+            ),
+        });
+    }
     // The parts as they were when the manifest was read: a later push may
     // already have replaced them. One get per part: a response holding
     // them all would pass the client's 4 MiB message limit (a 1M-prefix
