@@ -171,7 +171,7 @@ struct OwnLink {
 /// anything changes on the system. A kernel refusal after that rolls back
 /// what this call created.
 pub fn attach(req: &AttachRequest) -> Result<AttachReport> {
-    prepare(req)?.commit()
+    prepare(req.clone())?.commit()
 }
 
 /// An attach checked and loaded but not yet switched in (see [`prepare`]).
@@ -197,8 +197,9 @@ pub struct PreparedAttach {
 /// The first half of [`attach`]: every check, then the new chain loaded
 /// into the half not in use with its settings staged. Nothing that packets
 /// see has changed yet; [`PreparedAttach::commit`] switches. `apply`
-/// prepares every interface before it commits any.
-pub fn prepare(req: &AttachRequest) -> Result<PreparedAttach> {
+/// prepares every interface before it commits any. Takes the request
+/// (kept for the commit): a million rules' settings are not copied.
+pub fn prepare(req: AttachRequest) -> Result<PreparedAttach> {
     iface::validate_name(&req.iface)?;
     privilege::require("attach")?;
     let ifindex = iface::index(&req.iface)?;
@@ -235,7 +236,6 @@ pub fn prepare(req: &AttachRequest) -> Result<PreparedAttach> {
 
     let created = dir.create()?;
     let mut prepared = PreparedAttach {
-        req: req.clone(),
         ifindex,
         _lock: pins::IfaceLock::take(&dir)?,
         dir,
@@ -246,7 +246,9 @@ pub fn prepare(req: &AttachRequest) -> Result<PreparedAttach> {
         root: None,
         rx_hash_root: None,
         chain: None,
+        req,
     };
+    let req = &prepared.req;
     let root = prepared
         .root
         .insert(chain::load_root(&prepared.dir, &req.iface)?);

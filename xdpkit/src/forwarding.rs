@@ -144,6 +144,7 @@ fn request(name: &str, stages: &[StageConfig], mode: Mode, force: bool) -> Resul
 fn commit_all(requests: &[AttachRequest]) -> Result<Vec<attach::AttachReport>> {
     let prepared = requests
         .iter()
+        .cloned()
         .map(attach::prepare)
         .collect::<Result<Vec<_>>>()?;
     prepared.into_iter().map(|p| p.commit()).collect()

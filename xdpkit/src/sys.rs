@@ -439,13 +439,14 @@ pub fn map_delete_batch<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<()> {
 /// BPF_MAP_LOOKUP_BATCH, stopping once `limit` entries are read (arrays:
 /// the first `limit` indexes).
 pub fn map_dump<K: Pod, V: Pod>(map: BorrowedFd<'_>, limit: usize) -> Result<Vec<(K, V)>> {
-    checked::<K, V>(map, None)?;
+    let info = checked::<K, V>(map, None)?;
     let (keys, values) = batch_read(
         BPF_MAP_LOOKUP_BATCH,
         map,
         size_of::<K>(),
         size_of::<V>(),
         limit,
+        limit.min(info.shape.max_entries as usize),
     )?;
     Ok(keys
         .chunks_exact(size_of::<K>())
@@ -460,7 +461,7 @@ pub fn map_dump_per_cpu<K: Pod, V: Pod>(
     limit: usize,
 ) -> Result<Vec<(K, Vec<V>)>> {
     let cpus = possible_cpus()?;
-    checked::<K, V>(map, Some(cpus))?;
+    let info = checked::<K, V>(map, Some(cpus))?;
     let slot = size_of::<V>().next_multiple_of(8);
     let (keys, values) = batch_read(
         BPF_MAP_LOOKUP_BATCH,
@@ -468,6 +469,7 @@ pub fn map_dump_per_cpu<K: Pod, V: Pod>(
         size_of::<K>(),
         slot * cpus,
         limit,
+        limit.min(info.shape.max_entries as usize),
     )?;
     Ok(keys
         .chunks_exact(size_of::<K>())
@@ -491,6 +493,7 @@ pub fn hash_drain<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> Result<usize> {
         size_of::<K>(),
         info.value_stride(possible_cpus()?),
         usize::MAX,
+        info.shape.max_entries as usize,
     )?;
     Ok(keys.len() / size_of::<K>().max(1))
 }
@@ -509,14 +512,18 @@ fn batch_read(
     key_size: usize,
     value_stride: usize,
     limit: usize,
+    room: usize,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     let call = if cmd == BPF_MAP_LOOKUP_BATCH {
         "BPF_MAP_LOOKUP_BATCH"
     } else {
         "BPF_MAP_LOOKUP_AND_DELETE_BATCH"
     };
-    let mut keys = Vec::new();
-    let mut values = Vec::new();
+    // `room` (the entries the map or the limit allows) reserved once,
+    // where growing a million-entry read copied it over and over. Pages
+    // the kernel does not fill cost nothing.
+    let mut keys = Vec::with_capacity(room * key_size);
+    let mut values = Vec::with_capacity(room * value_stride);
     // Holds the kernel's resume token: a key for tries and arrays, a bucket for hashes.
     let mut token = vec![0u8; key_size.max(8)];
     let mut first = true;

@@ -188,7 +188,7 @@ fn grow_maps(
         if name == FW_RULE_STATS {
             counted = copy_counters(old, new.as_fd(), used.min(had as usize))?;
         } else {
-            copy_contents(name, old, new.as_fd())?;
+            copy_contents(name, old, new.as_fd(), used)?;
         }
         bigger.push((name, new));
     }
@@ -267,9 +267,12 @@ fn add_counts_since(old: BorrowedFd<'_>, new: BorrowedFd<'_>, before: &Counters)
 }
 
 /// Copies every entry of sized map `name` from `old` into `new`.
-fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result<()> {
+/// Copies map `name` from `old` to `new`; of the rule records only ids
+/// below `used` (the config's next id), the others being unused zeros as
+/// in the new map (a million of them after a big ruleset was replaced).
+fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>, used: usize) -> Result<()> {
     if name == FW_RULES {
-        copy::<u32, RuleRecord>(old, new)
+        copy_first::<u32, RuleRecord>(old, new, used)
     } else if FW_HOST_SRC4.contains(&name) {
         copy::<[u8; 4], RuleRef>(old, new)
     } else if FW_HOST_SRC6.contains(&name) {
@@ -292,7 +295,16 @@ fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result
 }
 
 fn copy<K: Pod, V: Pod>(old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> Result<()> {
-    let entries = sys::map_dump::<K, V>(old, usize::MAX)?;
+    copy_first::<K, V>(old, new, usize::MAX)
+}
+
+/// [`copy`] of the first `limit` entries.
+fn copy_first<K: Pod, V: Pod>(
+    old: BorrowedFd<'_>,
+    new: BorrowedFd<'_>,
+    limit: usize,
+) -> Result<()> {
+    let entries = sys::map_dump::<K, V>(old, limit)?;
     let (keys, values): (Vec<K>, Vec<V>) = entries.into_iter().unzip();
     sys::map_update_batch(new, &keys, &values)
 }

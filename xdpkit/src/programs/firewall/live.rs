@@ -646,15 +646,36 @@ impl LiveFirewall {
     /// nothing.
     pub fn prepare_sync(&mut self, desired: &[Rule]) -> Result<PreparedSync> {
         let current = self.rules()?;
+        self.prepare_sync_from(current, desired)
+    }
+
+    /// [`prepare_sync`](Self::prepare_sync) with the stored rules kept in
+    /// `lock` by an earlier step of the same change ([`KeptRules`]), if
+    /// they are still those stored; read again otherwise.
+    pub(crate) fn prepare_sync_under(
+        &mut self,
+        desired: &[Rule],
+        lock: &crate::pins::IfaceLock,
+    ) -> Result<PreparedSync> {
+        let current = match KeptRules::take(lock, &self.maps)? {
+            Some(kept) => kept,
+            None => self.rules()?,
+        };
+        self.prepare_sync_from(current, desired)
+    }
+
+    /// [`prepare_sync`](Self::prepare_sync) from `current`, the stored rules.
+    fn prepare_sync_from(&mut self, current: Ruleset, desired: &[Rule]) -> Result<PreparedSync> {
         let mut by_seq: Vec<&Entry> = current.entries().iter().collect();
         by_seq.sort_by_key(|e| e.seq);
-        let mut pool: std::collections::HashMap<String, Vec<Entry>> =
-            std::collections::HashMap::with_capacity(current.len());
+        // Keyed by the rules themselves: equal rules have equal canonical
+        // strings and back, and a million strings made and hashed cost
+        // more than the rest of the matching.
+        let mut pool: foldhash::HashMap<&Rule, Vec<&Entry>> =
+            foldhash::HashMap::with_capacity_and_hasher(current.len(), Default::default());
         for entry in by_seq.iter().rev() {
             // Reversed, so pop() hands out the earliest first.
-            pool.entry(entry.rule.to_string())
-                .or_default()
-                .push((*entry).clone());
+            pool.entry(&entry.rule).or_default().push(entry);
         }
         let (mut next_id, seq0) = self.next()?;
         let mut entries = Vec::with_capacity(desired.len());
@@ -663,8 +684,11 @@ impl LiveFirewall {
             // Sequence numbers follow the file, so rules of equal priority
             // rank in its order.
             let seq = seq0 + i as u64;
-            match pool.get_mut(&rule.to_string()).and_then(Vec::pop) {
-                Some(kept) => entries.push(Entry { seq, ..kept }),
+            match pool.get_mut(rule).and_then(Vec::pop) {
+                Some(kept) => entries.push(Entry {
+                    seq,
+                    ..kept.clone()
+                }),
                 None => {
                     added.push(next_id);
                     entries.push(Entry {
@@ -771,14 +795,14 @@ impl LiveFirewall {
 /// How many of `desired` a sync with `current` adds (rules not already
 /// there, counted with repeats): the new ids it takes.
 pub fn count_new(current: &Ruleset, desired: &[Rule]) -> usize {
-    let mut have: std::collections::HashMap<String, usize> =
-        std::collections::HashMap::with_capacity(current.len());
+    let mut have: foldhash::HashMap<&Rule, usize> =
+        foldhash::HashMap::with_capacity_and_hasher(current.len(), Default::default());
     for e in current.entries() {
-        *have.entry(e.rule.to_string()).or_default() += 1;
+        *have.entry(&e.rule).or_default() += 1;
     }
     desired
         .iter()
-        .filter(|rule| match have.get_mut(&rule.to_string()) {
+        .filter(|rule| match have.get_mut(*rule) {
             Some(n) if *n > 0 => {
                 *n -= 1;
                 false
@@ -786,6 +810,53 @@ pub fn count_new(current: &Ruleset, desired: &[Rule]) -> usize {
             _ => true,
         })
         .count()
+}
+
+/// The stored rules as a writer read them under the writers' lock, kept
+/// in the lock ([`IfaceLock::keep`](crate::pins::IfaceLock::keep)) for a
+/// later step of the same change: `apply` counts the new rules before the
+/// stage loads (to grow first), then syncs, and a million rules take
+/// about half a second to read.
+pub(crate) struct KeptRules {
+    /// What they were read from: the record map's id and the config's
+    /// id, sequence and set counters, which every change moves.
+    from: (u32, u32, u64, u32),
+    rules: Ruleset,
+}
+
+impl KeptRules {
+    fn source(maps: &impl MapSource) -> Result<(u32, u32, u64, u32)> {
+        let cfg = read_config(maps)?;
+        let records = batch::map_info(maps, FW_RULES)?.id();
+        Ok((records, cfg.next_id, cfg.next_seq, cfg.active))
+    }
+
+    /// Reads the stored rules of `maps`, for a caller that holds the
+    /// writers' lock (so strictly: damage is an error).
+    pub(crate) fn read(maps: &impl MapSource) -> Result<Ruleset> {
+        read_stored(maps, true)
+    }
+
+    /// Keeps `rules`, the stored rules of `maps` (read with
+    /// [`read`](Self::read) under `lock`, or before a growth, which
+    /// copies them), in `lock` for [`LiveFirewall::prepare_sync_under`].
+    pub(crate) fn keep(
+        lock: &crate::pins::IfaceLock,
+        maps: &impl MapSource,
+        rules: Ruleset,
+    ) -> Result<()> {
+        let from = KeptRules::source(maps)?;
+        lock.keep(KeptRules { from, rules });
+        Ok(())
+    }
+
+    /// The kept rules, if they were read from the maps as they are now.
+    fn take(lock: &crate::pins::IfaceLock, maps: &impl MapSource) -> Result<Option<Ruleset>> {
+        let Some(kept) = lock.take_kept::<KeptRules>() else {
+            return Ok(None);
+        };
+        Ok((kept.from == KeptRules::source(maps)?).then_some(kept.rules))
+    }
 }
 
 /// The stored ruleset of the firewall whose maps are `maps` (no lock: a
@@ -801,7 +872,12 @@ pub fn read_rules(maps: &impl MapSource) -> Result<Ruleset> {
 fn read_stored(maps: &impl MapSource, strict: bool) -> Result<Ruleset> {
     // An array by id: unused ids are zero records. Read before the full
     // records, which writers store before the records that point to them.
-    let records = batch::dump::<u32, RuleRecord>(maps, FW_RULES, usize::MAX)?;
+    // Only ids below `next_id` are in use: the array is sized for growth
+    // (often twice the rules), and reading it whole doubled the cost.
+    // Writers count a new id in the config last; a reader that comes
+    // between sees the rule as not yet there.
+    let used = read_config(maps)?.next_id.max(1) as usize;
+    let records = batch::dump::<u32, RuleRecord>(maps, FW_RULES, used)?;
     let general = REC_USED | REC_GENERAL;
     let full = if records
         .iter()

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{
     capacity, config, kernel,
-    live::{LiveFirewall, PreparedSync},
+    live::{KeptRules, LiveFirewall, PreparedSync},
     maps::pin_name,
     Policy, Verdict,
 };
@@ -115,25 +115,32 @@ impl Program for Firewall {
         let maps = super::maps::open_pinned(&dir)?;
         let has = capacity::capacity(&maps)?;
         let mut ids = config::max_rules_of(settings).map_or(0, |n| n + 1);
-        if settings.contains_key("rules") {
-            let next_id = u64::from(kernel::read_config(&maps)?.next_id.max(1));
-            let desired = config::rules_of(settings);
-            // Only when the bound says it may not fit: counting the new
-            // rules reads every stored one.
-            if next_id + desired.len() as u64 > u64::from(has) {
-                let added = super::live::count_new(&super::live::read_rules(&maps)?, &desired);
-                ids = ids.max(next_id + added as u64);
-            }
-        }
+        // Parsed once here: a million rules take a while.
         let rules = if settings.contains_key("rules") {
             config::rules_of(settings)
         } else {
             Vec::new()
         };
+        let mut current = None;
+        if settings.contains_key("rules") {
+            let next_id = u64::from(kernel::read_config(&maps)?.next_id.max(1));
+            // Only when the bound says it may not fit: counting the new
+            // rules reads every stored one.
+            if next_id + rules.len() as u64 > u64::from(has) {
+                let stored = KeptRules::read(&maps)?;
+                let added = super::live::count_new(&stored, &rules);
+                ids = ids.max(next_id + added as u64);
+                current = Some(stored);
+            }
+        }
         // Ids, pools and tables grow together: one switch.
         let wanted = capacity::wanted(&maps, ids, rules.iter())?;
         if !wanted.is_empty() {
             capacity::grow(iface, iface_dir, lock, &wanted)?;
+        }
+        if let Some(stored) = current {
+            // `configure` syncs from them (the pins hold the grown maps).
+            KeptRules::keep(lock, &super::maps::open_pinned(&dir)?, stored)?;
         }
         Ok(())
     }
@@ -173,7 +180,7 @@ impl Program for Firewall {
         }
         let mut live = LiveFirewall::open_locked(stage.iface, stage.dir, stage.lock.share()?)?;
         let prepared = match &rules {
-            Some(rules) => live.prepare_sync(rules)?,
+            Some(rules) => live.prepare_sync_under(rules, stage.lock)?,
             None => PreparedSync::nothing(),
         };
         Ok(Some(Box::new(move || {
