@@ -646,15 +646,16 @@ impl LiveFirewall {
     /// nothing.
     pub fn prepare_sync(&mut self, desired: &[Rule]) -> Result<PreparedSync> {
         let current = self.rules()?;
-        self.prepare_sync_from(current, desired)
+        self.prepare_sync_from(current, desired.to_vec())
     }
 
-    /// [`prepare_sync`](Self::prepare_sync) with the stored rules kept in
+    /// [`prepare_sync`](Self::prepare_sync) of `desired`, taken (a million
+    /// rules are not copied), with the stored rules kept in
     /// `lock` by an earlier step of the same change ([`KeptRules`]), if
     /// they are still those stored; read again otherwise.
     pub(crate) fn prepare_sync_under(
         &mut self,
-        desired: &[Rule],
+        desired: Vec<Rule>,
         lock: &crate::pins::IfaceLock,
     ) -> Result<PreparedSync> {
         let current = match KeptRules::take(lock, &self.maps)? {
@@ -665,7 +666,7 @@ impl LiveFirewall {
     }
 
     /// [`prepare_sync`](Self::prepare_sync) from `current`, the stored rules.
-    fn prepare_sync_from(&mut self, current: Ruleset, desired: &[Rule]) -> Result<PreparedSync> {
+    fn prepare_sync_from(&mut self, current: Ruleset, desired: Vec<Rule>) -> Result<PreparedSync> {
         let mut by_seq: Vec<&Entry> = current.entries().iter().collect();
         by_seq.sort_by_key(|e| e.seq);
         // Keyed by the rules themselves: equal rules have equal canonical
@@ -680,25 +681,21 @@ impl LiveFirewall {
         let (mut next_id, seq0) = self.next()?;
         let mut entries = Vec::with_capacity(desired.len());
         let mut added = Vec::new();
-        for (i, rule) in desired.iter().enumerate() {
+        for (i, rule) in desired.into_iter().enumerate() {
             // Sequence numbers follow the file, so rules of equal priority
             // rank in its order.
             let seq = seq0 + i as u64;
-            match pool.get_mut(rule).and_then(Vec::pop) {
-                Some(kept) => entries.push(Entry {
-                    seq,
-                    ..kept.clone()
-                }),
+            // A kept rule keeps its id (and so its counters).
+            let id = match pool.get_mut(&rule).and_then(Vec::pop) {
+                Some(kept) => kept.id,
                 None => {
-                    added.push(next_id);
-                    entries.push(Entry {
-                        id: next_id,
-                        seq,
-                        rule: rule.clone(),
-                    });
+                    let id = next_id;
+                    added.push(id);
                     next_id += 1;
+                    id
                 }
-            }
+            };
+            entries.push(Entry { id, seq, rule });
         }
         let removed: Vec<u32> = pool.into_values().flatten().map(|e| e.id).collect();
         let same_order = entries.len() == by_seq.len()

@@ -179,7 +179,7 @@ impl Program for Firewall {
             return Ok(None);
         }
         let mut live = LiveFirewall::open_locked(stage.iface, stage.dir, stage.lock.share()?)?;
-        let prepared = match &rules {
+        let prepared = match rules {
             Some(rules) => live.prepare_sync_under(rules, stage.lock)?,
             None => PreparedSync::nothing(),
         };
