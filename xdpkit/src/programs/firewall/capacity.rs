@@ -266,10 +266,10 @@ fn add_counts_since(old: BorrowedFd<'_>, new: BorrowedFd<'_>, before: &Counters)
     write_counters(new, &changed)
 }
 
-/// Copies every entry of sized map `name` from `old` into `new`.
-/// Copies map `name` from `old` to `new`; of the rule records only ids
-/// below `used` (the config's next id), the others being unused zeros as
-/// in the new map (a million of them after a big ruleset was replaced).
+/// Copies every entry of sized map `name` from `old` into `new`; of the
+/// rule records only ids below `used` (the config's next id): the others
+/// are unused zeros, as in the new map (a million of them after a big
+/// ruleset was replaced).
 fn copy_contents(name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>, used: usize) -> Result<()> {
     if name == FW_RULES {
         copy_first::<u32, RuleRecord>(old, new, used)

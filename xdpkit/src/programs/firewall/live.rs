@@ -816,7 +816,8 @@ pub fn count_new(current: &Ruleset, desired: &[Rule]) -> usize {
 /// about half a second to read.
 pub(crate) struct KeptRules {
     /// What they were read from: the record map's id and the config's
-    /// id, sequence and set counters, which every change moves.
+    /// next id, next sequence number and sets in use, one of which every
+    /// change of the records moves.
     from: (u32, u32, u64, u32),
     rules: Ruleset,
 }
