@@ -816,8 +816,9 @@ pub fn count_new(current: &Ruleset, desired: &[Rule]) -> usize {
 /// about half a second to read.
 pub(crate) struct KeptRules {
     /// What they were read from: the record map's id and the config's
-    /// next id, next sequence number and sets in use, one of which every
-    /// change of the records moves.
+    /// next id, next sequence number and sets in use. Other writers wait
+    /// for the lock; this says whether this change itself replaced the
+    /// maps or synced since (then they are read again).
     from: (u32, u32, u64, u32),
     rules: Ruleset,
 }
