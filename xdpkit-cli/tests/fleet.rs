@@ -15,18 +15,15 @@ use std::{
 
 use xdpkit_lab::{
     etcd::require_etcd,
-    fleet::{FleetLab, DEV, HOSTS},
+    fleet::{firewall_layer, FleetLab, HOSTS},
     lab::require_root,
 };
 
 use common::XDPKIT;
 
 fn config(denied: &[&str]) -> String {
-    let rules: Vec<String> = denied.iter().map(|n| format!("\"deny src {n}\"")).collect();
-    format!(
-        "[interfaces.{DEV}]\nmode = \"native\"\nstages = [\"firewall\"]\n[interfaces.{DEV}.firewall]\nrules = [{}]\n",
-        rules.join(", ")
-    )
+    let rules: Vec<String> = denied.iter().map(|n| format!("deny src {n}")).collect();
+    firewall_layer("pass", &rules, "")
 }
 
 /// [`FleetLab::send`], checked.

@@ -171,17 +171,12 @@ fn converge(
 }
 
 fn small_config(denied: &[String]) -> String {
-    let rules: Vec<String> = denied.iter().map(|n| format!("\"deny src {n}\"")).collect();
-    format!(
-        "[interfaces.{DEV}]\nmode = \"native\"\nstages = [\"firewall\"]\n[interfaces.{DEV}.firewall]\nrules = [{}]\n",
-        rules.join(", ")
-    )
+    let rules: Vec<String> = denied.iter().map(|n| format!("deny src {n}")).collect();
+    fleet::firewall_layer("pass", &rules, "")
 }
 
 fn big_config() -> String {
-    format!(
-        "[interfaces.{DEV}]\nmode = \"native\"\nstages = [\"firewall\"]\n[interfaces.{DEV}.firewall]\nrules-file = \"blocklist.rules\"\n"
-    )
+    fleet::firewall_layer("pass", &[] as &[&str], "rules-file = \"blocklist.rules\"\n")
 }
 
 /// `n` distinct IPv4 deny rules, one a line: [`LISTED`], then random /16

@@ -676,11 +676,7 @@ fn the_new_flow_guard_stops_remembering_flows() {
     }
     assert_eq!(guarded, 20, "10 remembered, 20 not");
     assert_eq!(flows.len(), 10);
-    let remembered = xdpkit::maps::batch::dump::<
-        xdpkit_common::balancer::FlowKey,
-        xdpkit_common::balancer::FlowReal,
-    >(alone.maps(), "LB_FLOWS", usize::MAX)
-    .unwrap();
+    let remembered = xdpkit::programs::balancer::flows::dump(alone.maps()).unwrap();
     assert_eq!(remembered.len(), 10, "the kernel's table holds 10 flows");
 }
 
@@ -791,14 +787,17 @@ fn new_flows_hash_with_the_rx_hash_the_root_leaves() {
             let (_, again) = check(&mut alone, &t, &mut flows, &frame);
             assert_eq!(real_of(&again), want, "port {sport}: the flow moved");
         }
-        let counted = xdpkit::maps::batch::dump_per_cpu::<xdpkit_common::ActionCounter>(
+        let counted = xdpkit::maps::batch::dump_per_cpu::<xdpkit_common::balancer::VipCounters>(
             alone.maps(),
-            "LB_HASHES",
+            "LB_VIP_STATS",
             usize::MAX,
         )
         .unwrap();
-        let total = |i: usize| counted[i].iter().map(|c| c.packets).sum::<u64>();
-        let (rx_count, tuple_count) = (total(0), total(1));
+        let (new, rx_count) = counted
+            .iter()
+            .flatten()
+            .fold((0, 0), |(n, r), c| (n + c.new_flows, r + c.new_by_rx_hash));
+        let tuple_count = new - rx_count;
         if !tuple_only && magic == RX_HASH_MAGIC {
             assert_eq!((by_rx, rx_count, tuple_count), (40, 40, 0));
         } else {

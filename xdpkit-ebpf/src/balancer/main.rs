@@ -17,10 +17,10 @@ use aya_ebpf::{
 use core::{hint::cold_path, mem::MaybeUninit};
 use xdpkit_common::{
     balancer::{
-        encap_overhead, flow_hash, quic_server_id, FlowKey, FlowReal, GuardWindow, HashSource,
-        LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey, VipRecord, ENCAP_GUE, LB_MAX_FLOWS,
-        LB_MAX_MEMBERS, LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS, LB_NO_REAL, LB_RING_SLOTS,
-        PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS, VIP_QUIC,
+        encap_overhead, flow_hash, quic_server_id, FlowKey, FlowKey4, FlowReal, GuardWindow,
+        LbConfig, LbOutcome, MemberKey, Real, Vip, VipCounters, VipKey, VipRecord, ENCAP_GUE,
+        LB_MAX_FLOWS, LB_MAX_MEMBERS, LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS, LB_NO_REAL,
+        LB_RING_SLOTS, PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS, VIP_QUIC,
     },
     chain::{RxHashMeta, RX_HASH_MAGIC},
     ActionCounter, XdpAction,
@@ -39,12 +39,14 @@ static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(LB_MAX_VIPS, 0);
 static RINGS: Array<u32> = Array::with_max_entries(LB_RING_SLOTS, 0);
 #[map(name = "LB_REALS")]
 static REALS: Array<Real> = Array::with_max_entries(LB_MAX_REALS, 0);
-/// A common LRU (flags 0): its inserts cost less than with per-CPU LRU
+/// Common LRUs (flags 0): their inserts cost less than with per-CPU LRU
 /// lists (`BPF_F_NO_COMMON_LRU`), measured with `cargo xtask bench lb`.
 #[map(name = "LB_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowReal> = LruHashMap::with_max_entries(LB_MAX_FLOWS, 0);
+#[map(name = "LB_FLOWS4")]
+static FLOWS4: LruHashMap<FlowKey4, FlowReal> = LruHashMap::with_max_entries(LB_MAX_FLOWS, 0);
 #[map(name = "LB_VIP_STATS")]
-static VIP_STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(LB_MAX_VIPS, 0);
+static VIP_STATS: PerCpuArray<VipCounters> = PerCpuArray::with_max_entries(LB_MAX_VIPS, 0);
 #[map(name = "LB_REAL_STATS")]
 static REAL_STATS: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(LB_MAX_REALS, 0);
 #[map(name = "LB_OUTCOMES")]
@@ -60,10 +62,6 @@ static MEMBERS: HashMap<MemberKey, u32> = HashMap::with_max_entries(LB_MAX_MEMBE
 static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
 #[map(name = "LB_GUARD")]
 static GUARD: PerCpuArray<GuardWindow> = PerCpuArray::with_max_entries(1, 0);
-#[map(name = "LB_VIP_NEW")]
-static VIP_NEW: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(LB_MAX_VIPS, 0);
-#[map(name = "LB_HASHES")]
-static HASHES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(HashSource::COUNT, 0);
 #[map(name = "LB_QUIC_IDS")]
 static QUIC_IDS: Array<u32> = Array::with_max_entries(LB_MAX_QUIC_IDS, 0);
 
@@ -110,14 +108,31 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
         add(&OUTCOMES, LbOutcome::NotVip as u32, len);
         return chain::next(&ctx);
     };
-    // SAFETY: `parse` wrote every byte of both keys when it returned a frame.
-    let (key, vip_key) = unsafe { (&key.assume_init_ref().0, &vip_key.assume_init_ref().0) };
+    // SAFETY: `parse` wrote the flow's key (16 bytes of a FlowKey4 for
+    // IPv4, a whole FlowKey for IPv6) and every byte of the VIP's.
+    let (key, vip_key) = unsafe {
+        let flow = if frame.v6 {
+            Flow::V6(&key.assume_init_ref().0)
+        } else {
+            Flow::V4(&*key.as_ptr().cast::<FlowKey4>())
+        };
+        (flow, &vip_key.assume_init_ref().0)
+    };
     // SAFETY: values are replaced whole by userspace, never edited in place.
     let Some(vip) = (unsafe { VIPS.get(vip_key) }).copied() else {
         add(&OUTCOMES, LbOutcome::NotVip as u32, len);
         return chain::next(&ctx);
     };
-    add(&VIP_STATS, vip.id, len);
+    // This CPU's counters of the VIP, kept for a new flow's below.
+    let counters = VIP_STATS.get_ptr_mut(vip.id);
+    if let Some(c) = counters {
+        // SAFETY: this CPU's slot of an entry that exists for the life of
+        // the map; nothing else writes it while the program runs here.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
     // By reference: a copy would take stack the calls below need.
     let Some(cfg) = CONFIG.get(0) else {
         return rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
@@ -137,8 +152,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     let known = if quic.is_some() || !use_flows {
         None
     } else {
-        // SAFETY: as above.
-        match unsafe { FLOWS.get(key) } {
+        match key.get() {
             _ if frame.syn => None,
             Some(f) if f.vip == vip.id => real_at(f.real).map(|r| (f.real, r, f.hash)),
             _ => None,
@@ -146,19 +160,15 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     };
     // An established flow's hash is in its entry: not computed again.
     let (index, real, outcome, hash) = match (quic, known) {
-        (Some((index, real)), _) => (index, real, LbOutcome::QuicRouted, hash_of(key)),
+        (Some((index, real)), _) => (index, real, LbOutcome::QuicRouted, key.hash()),
         (None, Some((index, real, hash))) => (index, real, LbOutcome::FlowHit, hash),
         (None, None) => {
-            let hash = match rx_hash(&ctx) {
-                Some(hash) if cfg.tuple_hash_only == 0 => {
-                    add(&HASHES, HashSource::Rx as u32, len);
-                    hash
-                }
-                _ => {
-                    add(&HASHES, HashSource::Tuple as u32, len);
-                    hash_of(key)
-                }
+            let rx = if cfg.tuple_hash_only == 0 {
+                rx_hash(&ctx)
+            } else {
+                None
             };
+            let hash = rx.unwrap_or_else(|| key.hash());
             if vip.ring_size == 0 {
                 return rare(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             }
@@ -170,7 +180,13 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
             let Some(real) = real_at(index) else {
                 return rare(&ctx, LbOutcome::NoReal, XdpAction::Drop, len);
             };
-            add(&VIP_NEW, vip.id, len);
+            if let Some(c) = counters {
+                // SAFETY: as above.
+                unsafe {
+                    (*c).new_flows += 1;
+                    (*c).new_by_rx_hash += u64::from(rx.is_some());
+                }
+            }
             let mut outcome = LbOutcome::FlowMiss;
             if use_flows {
                 if guard_allows(cfg.new_per_cpu) {
@@ -179,8 +195,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
                         vip: vip.id,
                         hash,
                     };
-                    // A full table evicts its least recently used entry.
-                    let _ = FLOWS.insert(key, &entry, 0);
+                    key.insert(&entry);
                 } else {
                     outcome = LbOutcome::Guarded;
                 }
@@ -200,20 +215,80 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
         return rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len);
     }
     add(&REAL_STATS, index, len);
-    if cfg.egress == 0 {
-        return verdict(&ctx, outcome, XdpAction::Tx, len);
+    let action = if cfg.egress == 0 {
+        XdpAction::Tx
+    } else {
+        match EGRESS.redirect(0, 0) {
+            Ok(_) => XdpAction::Redirect,
+            Err(_) => return rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len),
+        }
+    };
+    // The common outcomes go in the VIP's counters, already at hand.
+    match (counters, outcome) {
+        (Some(c), LbOutcome::FlowHit) => {
+            // SAFETY: as above.
+            unsafe {
+                (*c).flow_hits += 1;
+                (*c).flow_hit_bytes += len;
+            }
+        }
+        (Some(c), LbOutcome::FlowMiss) => {
+            // SAFETY: as above.
+            unsafe {
+                (*c).flow_misses += 1;
+                (*c).flow_miss_bytes += len;
+            }
+        }
+        _ => add(&OUTCOMES, outcome as u32, len),
     }
-    match EGRESS.redirect(0, 0) {
-        Ok(_) => verdict(&ctx, outcome, XdpAction::Redirect, len),
-        Err(_) => rare(&ctx, LbOutcome::EncapFailed, XdpAction::Drop, len),
-    }
+    count(&ctx, action)
 }
 
-/// The flow hash of `key` (the same function in the model).
-#[inline(always)]
-fn hash_of(key: &FlowKey) -> u32 {
-    let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
-    flow_hash(halves(&key.src), halves(&key.dst), ports, key.proto)
+/// A frame's flow, by the key of its family's flow table.
+enum Flow<'a> {
+    V4(&'a FlowKey4),
+    V6(&'a FlowKey),
+}
+
+impl Flow<'_> {
+    /// The flow's entry in its flow table.
+    #[inline(always)]
+    fn get(&self) -> Option<&FlowReal> {
+        // SAFETY: entries are replaced whole, never edited in place.
+        unsafe {
+            match self {
+                Flow::V4(k) => FLOWS4.get(*k),
+                Flow::V6(k) => FLOWS.get(*k),
+            }
+        }
+    }
+
+    /// Remembers the flow's real; a full table evicts its least recently
+    /// used entry.
+    #[inline(always)]
+    fn insert(&self, entry: &FlowReal) {
+        let _ = match self {
+            Flow::V4(k) => FLOWS4.insert(*k, entry, 0),
+            Flow::V6(k) => FLOWS.insert(*k, entry, 0),
+        };
+    }
+
+    /// The flow hash (the model's, of the flow as a [`FlowKey`]: an IPv4
+    /// address is its first 4 bytes, the rest zero).
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        match self {
+            Flow::V4(k) => {
+                let ports = (u32::from(k.sport) << 16) | u32::from(k.dport);
+                let half = |a: [u8; 4]| (u64::from(u32::from_be_bytes(a)) << 32, 0);
+                flow_hash(half(k.src), half(k.dst), ports, k.proto)
+            }
+            Flow::V6(k) => {
+                let ports = (u32::from(k.sport) << 16) | u32::from(k.dport);
+                flow_hash(halves(&k.src), halves(&k.dst), ports, k.proto)
+            }
+        }
+    }
 }
 
 /// The driver's RX hash of the frame's flow, where the RX-hash root left
@@ -297,8 +372,9 @@ fn halves(a: &[u8; 16]) -> (u64, u64) {
 
 /// The frame's flow, if it is TCP or UDP over IPv4 (no options, not a
 /// fragment) or IPv6 (no extension header) after an untagged Ethernet
-/// header, written into `key` and its VIP's key into `vip` (every byte of
-/// both). Anything else is not balanced. Words, not bytes: one load per
+/// header, written into `key` (a [`FlowKey4`] in its first 16 bytes for
+/// IPv4, a whole [`FlowKey`] for IPv6) and its VIP's key into `vip` (every
+/// byte). Anything else is not balanced. Words, not bytes: one load per
 /// header word and one store per key word.
 #[inline(always)]
 fn parse(ctx: &XdpContext, key: *mut Aligned<FlowKey>, vip: *mut Aligned<VipKey>) -> Option<Frame> {
@@ -313,7 +389,7 @@ fn parse(ctx: &XdpContext, key: *mut Aligned<FlowKey>, vip: *mut Aligned<VipKey>
     // it; each store inside the keys (40 and 20 bytes, 8-aligned).
     unsafe {
         let ethertype = load::<2>((d + 12) as *const u8) as u16;
-        let (frame, ports) = if ethertype == u16::from_ne_bytes([0x08, 0x00]) {
+        if ethertype == u16::from_ne_bytes([0x08, 0x00]) {
             if d + ETH_HLEN + IPV4_HLEN > end {
                 return None;
             }
@@ -326,63 +402,58 @@ fn parse(ctx: &XdpContext, key: *mut Aligned<FlowKey>, vip: *mut Aligned<VipKey>
             if w0 as u8 != 0x45 || w1 & u64::from(u32::from_ne_bytes([0, 0, 0x3f, 0xff])) != 0 {
                 return None;
             }
-            let frame = Frame {
-                syn: false,
+            let (ports, syn) = l4_ports::<{ ETH_HLEN + IPV4_HLEN }>(d, end, proto)?;
+            // Source and destination as they lie, then the ports (as they
+            // lie), protocol and pad: a FlowKey4.
+            let addrs = load::<8>(ip.add(12));
+            k.write(addrs);
+            k.add(1).write(ports | u64::from(proto) << 32);
+            v.write(addrs >> 32);
+            v.add(1).write(0);
+            v.add(2)
+                .cast::<u32>()
+                .write((ports >> 16) as u32 | u32::from(proto) << 16);
+            return Some(Frame {
+                syn,
                 ip_len: u16::from_be(((w0 >> 16) & 0xffff) as u16),
                 tos: (w0 >> 8) as u8,
                 df: w1 & u64::from(u32::from_ne_bytes([0, 0, 0x40, 0])) != 0,
                 v6: false,
                 proto,
                 l4: ETH_HLEN + IPV4_HLEN,
-            };
-            let ports = l4_ports::<{ ETH_HLEN + IPV4_HLEN }>(d, end, proto)?;
-            let dst = load::<4>(ip.add(16));
-            k.write(load::<4>(ip.add(12)));
-            k.add(1).write(0);
-            k.add(2).write(dst);
-            k.add(3).write(0);
-            v.write(dst);
-            v.add(1).write(0);
-            (frame, ports)
-        } else if ethertype == u16::from_ne_bytes([0x86, 0xdd]) {
-            if d + ETH_HLEN + IPV6_HLEN > end {
-                return None;
-            }
-            let ip = (d + ETH_HLEN) as *const u8;
-            // Version, class, label | payload length, next header, hops.
-            let w0 = load::<2>(ip);
-            let w1 = load::<4>(ip.add(4));
-            let proto = (w1 >> 16) as u8;
-            let frame = Frame {
-                syn: false,
-                ip_len: u16::from_be((w1 & 0xffff) as u16).checked_add(IPV6_HLEN as u16)?,
-                tos: ((w0 as u8) << 4) | ((w0 >> 8) as u8 >> 4),
-                df: true,
-                v6: true,
-                proto,
-                l4: ETH_HLEN + IPV6_HLEN,
-            };
-            let ports = l4_ports::<{ ETH_HLEN + IPV6_HLEN }>(d, end, proto)?;
-            let (d0, d1) = (load::<8>(ip.add(24)), load::<8>(ip.add(32)));
-            k.write(load::<8>(ip.add(8)));
-            k.add(1).write(load::<8>(ip.add(16)));
-            k.add(2).write(d0);
-            k.add(3).write(d1);
-            v.write(d0);
-            v.add(1).write(d1);
-            (frame, ports)
-        } else {
+            });
+        }
+        if ethertype != u16::from_ne_bytes([0x86, 0xdd]) || d + ETH_HLEN + IPV6_HLEN > end {
             return None;
-        };
-        let (ports, syn) = ports;
-        let v6 = u64::from(frame.v6);
+        }
+        let ip = (d + ETH_HLEN) as *const u8;
+        // Version, class, label | payload length, next header, hops.
+        let w0 = load::<2>(ip);
+        let w1 = load::<4>(ip.add(4));
+        let proto = (w1 >> 16) as u8;
+        let ip_len = u16::from_be((w1 & 0xffff) as u16).checked_add(IPV6_HLEN as u16)?;
+        let (ports, syn) = l4_ports::<{ ETH_HLEN + IPV6_HLEN }>(d, end, proto)?;
+        let (d0, d1) = (load::<8>(ip.add(24)), load::<8>(ip.add(32)));
+        k.write(load::<8>(ip.add(8)));
+        k.add(1).write(load::<8>(ip.add(16)));
+        k.add(2).write(d0);
+        k.add(3).write(d1);
         // Source port, destination port (both as in the frame), protocol, v6, pad.
-        k.add(4)
-            .write(ports | u64::from(frame.proto) << 32 | v6 << 40);
+        k.add(4).write(ports | u64::from(proto) << 32 | 1 << 40);
+        v.write(d0);
+        v.add(1).write(d1);
         v.add(2)
             .cast::<u32>()
-            .write((ports >> 16) as u32 | u32::from(frame.proto) << 16 | (v6 as u32) << 24);
-        Some(Frame { syn, ..frame })
+            .write((ports >> 16) as u32 | u32::from(proto) << 16 | 1 << 24);
+        Some(Frame {
+            syn,
+            ip_len,
+            tos: ((w0 as u8) << 4) | ((w0 >> 8) as u8 >> 4),
+            df: true,
+            v6: true,
+            proto,
+            l4: ETH_HLEN + IPV6_HLEN,
+        })
     }
 }
 

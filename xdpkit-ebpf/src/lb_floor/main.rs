@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdpkit_common::balancer::{
-    flow_hash, FlowKey, FlowReal, LbConfig, Real, Vip, VipKey, LB_MAX_FLOWS, LB_MAX_REALS,
+    flow_hash, FlowKey4, FlowReal, LbConfig, Real, Vip, VipKey, LB_MAX_FLOWS, LB_MAX_REALS,
     LB_MAX_VIPS, LB_RING_SLOTS, PROTO_TCP,
 };
 use xdpkit_ebpf::unaligned::{load, store};
@@ -30,8 +30,8 @@ static VIPS: HashMap<VipKey, Vip> = HashMap::with_max_entries(LB_MAX_VIPS, 0);
 static RINGS: Array<u32> = Array::with_max_entries(LB_RING_SLOTS, 0);
 #[map(name = "LB_REALS")]
 static REALS: Array<Real> = Array::with_max_entries(LB_MAX_REALS, 0);
-#[map(name = "LB_FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowReal> = LruHashMap::with_max_entries(LB_MAX_FLOWS, 0);
+#[map(name = "LB_FLOWS4")]
+static FLOWS: LruHashMap<FlowKey4, FlowReal> = LruHashMap::with_max_entries(LB_MAX_FLOWS, 0);
 #[map(name = "LB_CONFIG")]
 static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 
@@ -57,10 +57,10 @@ fn balance(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     let p = d as *const u8;
-    let mut key = core::mem::MaybeUninit::<Aligned<FlowKey>>::uninit();
+    let mut key = core::mem::MaybeUninit::<Aligned<FlowKey4>>::uninit();
     let mut vip_key = core::mem::MaybeUninit::<Aligned<VipKey>>::uninit();
     // SAFETY: every load lies in the SEEN bytes checked above; the stores
-    // fill the two keys (40 and 20 bytes, 8-aligned) whole.
+    // fill the two keys (16 and 20 bytes, 8-aligned) whole.
     let (w12, ip_len, src, dst, syn, macs) = unsafe {
         let w12 = load::<4>(p.add(12)) as u32;
         let proto = (load::<2>(p.add(22)) >> 8) as u8;
@@ -75,12 +75,9 @@ fn balance(ctx: &XdpContext) -> Option<u32> {
         );
         let syn = *p.add(47) & 0x12 == 0x02;
         let k = key.as_mut_ptr().cast::<u64>();
-        k.write(src);
-        k.add(1).write(0);
-        k.add(2).write(dst);
-        k.add(3).write(0);
-        // Source port, destination port (as in the frame), protocol, v6.
-        k.add(4).write(ports | (u64::from(PROTO_TCP) << 32));
+        k.write(src | dst << 32);
+        // Source port, destination port (as in the frame), protocol, pad.
+        k.add(1).write(ports | (u64::from(PROTO_TCP) << 32));
         let v = vip_key.as_mut_ptr().cast::<u64>();
         v.write(dst);
         v.add(1).write(0);

@@ -26,7 +26,7 @@ use xdpkit::{
     programs::balancer::{tables, write_tables, Balancer},
     testrun::Alone,
 };
-use xdpkit_common::balancer::{LbConfig, LB_FLOWS};
+use xdpkit_common::balancer::LbConfig;
 
 use super::{katran::Katran, tcp_frame, BoxResult, Setup, CLIENT_MAC};
 
@@ -250,7 +250,7 @@ pub fn measure(
         .count();
     let inserted = 1 + new_flows * rounds * runs;
     let mut flows = vec![
-        (Prog::Floor, flow_count(&mut loaded.floor)?, inserted),
+        (Prog::Floor, floor_flows(&mut loaded.floor)?, inserted),
         (Prog::Xdpkit, xdpkit_flows(&mut loaded.xdpkit)?, inserted),
     ];
     if let Some(k) = &loaded.katran {
@@ -273,17 +273,13 @@ fn trimmed_mean(v: &mut [u64]) -> f64 {
 }
 
 fn xdpkit_flows(alone: &mut Alone) -> BoxResult<usize> {
-    flow_count(alone.maps())
+    Ok(xdpkit::programs::balancer::flows::dump(alone.maps())?.len())
 }
 
-fn flow_count(ebpf: &mut Ebpf) -> BoxResult<usize> {
-    let map = ebpf.map(LB_FLOWS).ok_or("the balancer has no flow table")?;
-    let table: aya::maps::HashMap<
-        _,
-        xdpkit_common::balancer::FlowKey,
-        xdpkit_common::balancer::FlowReal,
-    > = aya::maps::HashMap::try_from(map)?;
-    Ok(table.keys().filter(Result::is_ok).count())
+/// The floor's flows: IPv4 only, in the balancer's IPv4 flow table.
+fn floor_flows(ebpf: &mut Ebpf) -> BoxResult<usize> {
+    use xdpkit_common::balancer::{FlowKey4, FlowReal, LB_FLOWS4};
+    Ok(xdpkit::maps::batch::dump::<FlowKey4, FlowReal>(ebpf, LB_FLOWS4, usize::MAX)?.len())
 }
 
 /// The floor program with the balancer's VIP, ring, reals and settings

@@ -68,7 +68,7 @@ pub fn run(opts: &AgentOptions) -> Result<(), FleetError> {
             let started = std::time::Instant::now();
             let err = session(opts, &mut status, &mut checked).await;
             tracing::warn!(
-                "{}: the store is away ({err}); the running configuration stays; retrying in {:.1} s",
+                "{}: the session with the store ended ({err}); the running configuration stays; starting again in {:.1} s",
                 opts.host,
                 backoff.as_secs_f64()
             );

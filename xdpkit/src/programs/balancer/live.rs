@@ -9,11 +9,10 @@ use std::{collections::BTreeMap, fs::File, net::IpAddr};
 use serde::Serialize;
 use xdpkit_common::{
     balancer::{
-        FlowKey, FlowReal, HashSource, LbConfig, LbOutcome, MemberKey, Real, Vip, VipKey,
-        VipRecord, ENCAP_GUE, ENCAP_IP, GUE_PORT, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_HASHES,
-        LB_MAX_MEMBERS, LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS, LB_MEMBERS, LB_NO_REAL,
-        LB_OUTCOMES, LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RING_SLOTS, LB_VIPS, LB_VIP_NEW,
-        LB_VIP_RECORDS, LB_VIP_STATS,
+        FlowKey, FlowReal, LbConfig, LbOutcome, MemberKey, Real, Vip, VipCounters, VipKey,
+        VipRecord, ENCAP_GUE, ENCAP_IP, GUE_PORT, LB_CONFIG, LB_EGRESS, LB_MAX_MEMBERS,
+        LB_MAX_QUIC_IDS, LB_MAX_REALS, LB_MAX_VIPS, LB_MEMBERS, LB_NO_REAL, LB_OUTCOMES,
+        LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RING_SLOTS, LB_VIPS, LB_VIP_RECORDS, LB_VIP_STATS,
     },
     ActionCounter,
 };
@@ -51,7 +50,7 @@ fn open_maps(ifname: &str) -> Result<PinnedMaps> {
 }
 
 /// The balancer maps pinned in stage directory `dir`.
-fn maps_in(dir: &PinDir) -> Result<PinnedMaps> {
+pub(super) fn maps_in(dir: &PinDir) -> Result<PinnedMaps> {
     PinnedMaps::open(dir.path(), |file| {
         let name = file.to_ascii_uppercase();
         (name.starts_with("LB_") && pin_name(&name) == file).then_some(name)
@@ -116,10 +115,11 @@ pub struct BalancerStatus {
     pub too_big: u64,
     /// QUIC packets routed by their connection id's server id.
     pub quic_routed: u64,
-    /// New flows hashed with the driver's RX hash (the interface runs the
-    /// RX-hash root: `xdpkit doctor --dev` says).
+    /// New flows (sent to the real the ring chose) hashed with the
+    /// driver's RX hash (the interface runs the RX-hash root: `xdpkit
+    /// doctor --dev` says).
     pub hashed_rx: u64,
-    /// New flows hashed by their 5-tuple.
+    /// New flows (as above) hashed by their 5-tuple.
     pub hashed_tuple: u64,
     /// The settings.
     pub settings: SettingsView,
@@ -310,14 +310,15 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
     privilege::require("reading the balancer")?;
     let maps = open_maps(ifname)?;
     let stored = read_stored(&maps)?;
-    let vip_stats = batch::dump_per_cpu::<ActionCounter>(&maps, LB_VIP_STATS, usize::MAX)?;
+    let vip_stats = batch::dump_per_cpu::<VipCounters>(&maps, LB_VIP_STATS, usize::MAX)?;
     let real_stats = batch::dump_per_cpu::<ActionCounter>(&maps, LB_REAL_STATS, usize::MAX)?;
-    let outcomes = batch::dump_per_cpu::<ActionCounter>(&maps, LB_OUTCOMES, usize::MAX)?;
-    let vip_new = batch::dump_per_cpu::<ActionCounter>(&maps, LB_VIP_NEW, usize::MAX)?;
-    let outcome = |o: LbOutcome| outcomes.get(o as usize).map_or(0, |c| sum(c).packets);
-    let hashes = batch::dump_per_cpu::<ActionCounter>(&maps, LB_HASHES, usize::MAX)?;
-    let hashed = |h: HashSource| hashes.get(h as usize).map_or(0, |c| sum(c).packets);
+    let outcomes = super::counters::totals(
+        &batch::dump_per_cpu::<ActionCounter>(&maps, LB_OUTCOMES, usize::MAX)?,
+        &vip_stats,
+    );
+    let outcome = |o: LbOutcome| outcomes.get(o as usize).map_or(0, |c| c.packets);
     let quic_ids = read_quic_ids(&maps)?;
+    let (mut new_flows, mut by_rx_hash) = (0u64, 0u64);
     let mut vips = Vec::new();
     for (id, rec) in stored.records.iter().enumerate() {
         if rec.used == 0 {
@@ -354,15 +355,19 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
                     .collect(),
             });
         }
-        let c = vip_stats.get(id).map(|c| sum(c)).unwrap_or_default();
-        let new = vip_new.get(id).map(|c| sum(c)).unwrap_or_default();
+        let c = vip_stats
+            .get(id)
+            .map(|c| c.iter().fold(VipCounters::default(), |a, c| a.plus(*c)))
+            .unwrap_or_default();
+        new_flows += c.new_flows;
+        by_rx_hash += c.new_by_rx_hash;
         vips.push(VipStatus {
             vip: describe(&rec.key),
             ring: rec.ring,
             flags: super::tables::flag_names(rec.flags),
             packets: c.packets,
             bytes: c.bytes,
-            new_flows: new.packets,
+            new_flows: c.new_flows,
             reals,
         });
     }
@@ -376,8 +381,8 @@ pub fn status(ifname: &str) -> Result<BalancerStatus> {
         guarded: outcome(LbOutcome::Guarded),
         too_big: outcome(LbOutcome::TooBig),
         quic_routed: outcome(LbOutcome::QuicRouted),
-        hashed_rx: hashed(HashSource::Rx),
-        hashed_tuple: hashed(HashSource::Tuple),
+        hashed_rx: by_rx_hash,
+        hashed_tuple: new_flows - by_rx_hash,
         settings: view(&read_config(&maps)?, read_egress(&maps)?)?,
     })
 }
@@ -598,7 +603,7 @@ impl LiveBalancer {
         write_ring(&self.maps, base, &vec![LB_NO_REAL; ring as usize])?;
         batch::update(&self.maps, LB_VIP_RECORDS, &[id as u32], &[rec])?;
         // Its counters start at zero.
-        batch::zero_per_cpu::<ActionCounter>(&self.maps, LB_VIP_STATS, &[id as u32])?;
+        batch::zero_per_cpu::<VipCounters>(&self.maps, LB_VIP_STATS, &[id as u32])?;
         batch::update(
             &self.maps,
             LB_VIPS,
@@ -1090,7 +1095,7 @@ pub fn snapshot(ifname: &str) -> Result<(Tables, Vec<(FlowKey, FlowReal)>)> {
             rings.push((vip.ring_base, ring_of(&stored, vip.id as usize)?));
         }
     }
-    let flows = batch::dump::<FlowKey, FlowReal>(&maps, LB_FLOWS, usize::MAX)?;
+    let flows = super::flows::dump(&maps)?;
     Ok((
         Tables {
             config: read_config(&maps)?,

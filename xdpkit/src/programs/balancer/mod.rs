@@ -9,7 +9,9 @@
 //! stage hands every frame on.
 
 pub mod config;
+pub mod counters;
 pub mod error;
+pub mod flows;
 pub mod live;
 pub mod maglev;
 pub mod model;
@@ -19,9 +21,9 @@ pub mod tables;
 pub use xdpkit_common::balancer::{PROTO_TCP, PROTO_UDP, VIP_NO_FLOWS, VIP_QUIC};
 
 use xdpkit_common::balancer::{
-    Real, Vip, VipKey, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_GUARD, LB_HASHES, LB_MEMBERS,
-    LB_OUTCOMES, LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RINGS, LB_VIPS, LB_VIP_NEW,
-    LB_VIP_RECORDS, LB_VIP_STATS,
+    Real, Vip, VipKey, LB_CONFIG, LB_EGRESS, LB_FLOWS, LB_FLOWS4, LB_GUARD, LB_MEMBERS,
+    LB_OUTCOMES, LB_QUIC_IDS, LB_REALS, LB_REAL_STATS, LB_RINGS, LB_VIPS, LB_VIP_RECORDS,
+    LB_VIP_STATS,
 };
 
 use super::{Commit, OutcomeCount, Program, StageLoad};
@@ -52,11 +54,12 @@ pub struct Balancer;
 
 /// Its maps and their pin files: the VIPs, reals, rings, flows and
 /// counters outlive a reload.
-static PINS: [(&str, &str); 15] = [
+static PINS: [(&str, &str); 14] = [
     (LB_VIPS, "lb_vips"),
     (LB_RINGS, "lb_rings"),
     (LB_REALS, "lb_reals"),
     (LB_FLOWS, "lb_flows"),
+    (LB_FLOWS4, "lb_flows4"),
     (LB_VIP_STATS, "lb_vip_stats"),
     (LB_REAL_STATS, "lb_real_stats"),
     (LB_OUTCOMES, "lb_outcomes"),
@@ -65,9 +68,7 @@ static PINS: [(&str, &str); 15] = [
     (LB_MEMBERS, "lb_members"),
     (LB_EGRESS, "lb_egress"),
     (LB_GUARD, "lb_guard"),
-    (LB_VIP_NEW, "lb_vip_new"),
     (LB_QUIC_IDS, "lb_quic_ids"),
-    (LB_HASHES, "lb_hashes"),
 ];
 
 impl Program for Balancer {
@@ -96,7 +97,18 @@ impl Program for Balancer {
     }
 
     fn outcomes(&self, dir: &PinDir) -> Vec<OutcomeCount> {
-        super::read_outcomes(dir, "lb_outcomes", &OUTCOME_NAMES).unwrap_or_default()
+        let Ok(totals) = live::maps_in(dir).and_then(|maps| counters::read(&maps)) else {
+            return Vec::new();
+        };
+        OUTCOME_NAMES
+            .iter()
+            .zip(totals)
+            .map(|(outcome, c)| OutcomeCount {
+                outcome,
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect()
     }
 
     fn normalise_settings(

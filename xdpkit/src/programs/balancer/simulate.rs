@@ -18,8 +18,8 @@ use std::{
 
 use serde::Serialize;
 use xdpkit_common::{
-    balancer::{FlowKey, FlowReal, LbOutcome, LB_FLOWS, LB_OUTCOMES, PROTO_TCP, PROTO_UDP},
-    ActionCounter, XdpAction,
+    balancer::{FlowKey, FlowReal, LbOutcome, PROTO_TCP, PROTO_UDP},
+    XdpAction,
 };
 
 use super::{
@@ -29,7 +29,6 @@ use super::{
     write_tables, Balancer,
 };
 use crate::{
-    maps::batch,
     model::Decision,
     testrun::{Alone, TestRunOutcome},
     Error, Result,
@@ -259,10 +258,7 @@ impl Simulator {
     fn with(tables: Tables, flows: Vec<(FlowKey, FlowReal)>) -> Result<Simulator> {
         let mut alone = Alone::new(&Balancer)?;
         write_tables(alone.maps(), &tables)?;
-        if !flows.is_empty() {
-            let (keys, values): (Vec<FlowKey>, Vec<FlowReal>) = flows.iter().copied().unzip();
-            batch::update(alone.maps(), LB_FLOWS, &keys, &values)?;
-        }
+        super::flows::write(alone.maps(), &flows)?;
         Ok(Simulator {
             alone,
             tables,
@@ -307,11 +303,10 @@ impl Simulator {
 
     /// The outcome counter the last run moved.
     fn outcome(&mut self) -> Result<&'static str> {
-        let now: Vec<u64> =
-            batch::dump_per_cpu::<ActionCounter>(self.alone.maps(), LB_OUTCOMES, OUTCOMES.len())?
-                .iter()
-                .map(|per_cpu| per_cpu.iter().map(|c| c.packets).sum())
-                .collect();
+        let now: Vec<u64> = super::counters::read(self.alone.maps())?
+            .iter()
+            .map(|c| c.packets)
+            .collect();
         let moved = now
             .iter()
             .zip(&self.seen)
