@@ -195,10 +195,7 @@ struct Options {
 }
 
 fn options() -> BoxResult<Options> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xdpkit-lab sits in the workspace")?
-        .to_path_buf();
+    let workspace = xdpkit_lab::benchkit::workspace()?;
     let mut o = Options {
         trial: Duration::from_secs(2),
         rounds: 5,

@@ -60,10 +60,7 @@ struct Options {
 }
 
 fn options() -> BenchResult<Options> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xdpkit-lab sits in the workspace")?
-        .to_path_buf();
+    let workspace = xdpkit_lab::benchkit::workspace()?;
     let mut o = Options {
         rounds: 10,
         prefixes: 1_000_000,

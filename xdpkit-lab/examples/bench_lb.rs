@@ -27,7 +27,7 @@ mod test_run;
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -144,10 +144,7 @@ struct Options {
 }
 
 fn options() -> BoxResult<Options> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xdpkit-lab sits in the workspace")?
-        .to_path_buf();
+    let workspace = xdpkit_lab::benchkit::workspace()?;
     let mut o = Options {
         katran_obj: None,
         rounds: 7,

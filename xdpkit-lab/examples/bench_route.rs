@@ -33,7 +33,7 @@
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -100,10 +100,7 @@ struct Options {
 }
 
 fn options() -> BenchResult<Options> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xdpkit-lab sits in the workspace")?
-        .to_path_buf();
+    let workspace = xdpkit_lab::benchkit::workspace()?;
     let mut o = Options {
         trial: Duration::from_secs(2),
         rounds: 5,

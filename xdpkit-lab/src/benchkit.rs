@@ -394,6 +394,15 @@ pub fn plot_value_bars(
     Ok(())
 }
 
+/// The workspace's directory (benchmarks write to its `target/bench` and
+/// find `../shared` beside it).
+pub fn workspace() -> BenchResult<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xdpkit-lab sits in the workspace")?
+        .to_path_buf())
+}
+
 /// Runs a command, failing with its stderr.
 pub fn run(cmd: &mut Command) -> BenchResult<()> {
     output(cmd).map(drop)
