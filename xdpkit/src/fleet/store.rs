@@ -326,15 +326,27 @@ pub async fn push(
 /// Deletes the parts no layer names any more (a push replaced them). An
 /// agent or `fleet diff` reading a layer reads its parts at the revision
 /// of the manifest it read, where deleted parts are still there until etcd
-/// compacts that far; a push whose parts this deletes before its manifest
-/// names them finds out and writes them again (see [`push`]).
+/// compacts that far. Layers and parts are listed at one revision, and the
+/// deletes are conditional on no layer having changed since: a push racing
+/// this one may have written its manifest naming parts this listing saw as
+/// stale (its own collection runs after it and finds them). A push whose
+/// parts this deletes before its manifest names them finds out and writes
+/// them again (see [`push`]).
 pub async fn collect_garbage(client: &mut Client, endpoints: &str) -> Result<usize, FleetError> {
     let mut wanted = std::collections::HashSet::new();
+    let mut at = 0;
     for prefix in [keys::GROUPS, keys::HOSTS] {
+        let mut options = GetOptions::new().with_prefix();
+        if at > 0 {
+            options = options.with_revision(at);
+        }
         let resp = client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .get(prefix, Some(options))
             .await
             .map_err(|e| etcd_error(endpoints, format!("list {prefix}"), e))?;
+        if at == 0 {
+            at = resp.header().map_or(0, |h| h.revision());
+        }
         for kv in resp.kvs() {
             if let Ok(m) = serde_json::from_slice::<Manifest>(kv.value()) {
                 wanted.insert(m.id);
@@ -344,7 +356,12 @@ pub async fn collect_garbage(client: &mut Client, endpoints: &str) -> Result<usi
     let blobs = client
         .get(
             keys::BLOBS,
-            Some(GetOptions::new().with_prefix().with_keys_only()),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_revision(at),
+            ),
         )
         .await
         .map_err(|e| etcd_error(endpoints, format!("list {}", keys::BLOBS), e))?;
@@ -357,17 +374,37 @@ pub async fn collect_garbage(client: &mut Client, endpoints: &str) -> Result<usi
             }
         }
     }
-    for id in &stale {
-        let prefix = keys::blob(id);
-        client
-            .delete(
-                prefix.clone(),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            )
+    let unchanged = [keys::GROUPS, keys::HOSTS]
+        .map(|prefix| Compare::mod_revision(prefix, CompareOp::Less, at + 1).with_prefix());
+    let mut deleted = 0;
+    let stale: Vec<String> = stale.into_iter().collect();
+    // etcd takes at most 128 operations in one transaction by default.
+    for ids in stale.chunks(100) {
+        let deletes: Vec<TxnOp> = ids
+            .iter()
+            .map(|id| {
+                TxnOp::delete(
+                    keys::blob(id),
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                )
+            })
+            .collect();
+        let resp = client
+            .txn(Txn::new().when(unchanged.clone()).and_then(deletes))
             .await
-            .map_err(|e| etcd_error(endpoints, format!("delete {prefix}"), e))?;
+            .map_err(|e| {
+                etcd_error(
+                    endpoints,
+                    format!("delete stale parts under {}", keys::BLOBS),
+                    e,
+                )
+            })?;
+        if !resp.succeeded() {
+            break;
+        }
+        deleted += ids.len();
     }
-    Ok(stale.len())
+    Ok(deleted)
 }
 
 /// The manifest at `key` (at `revision`, or the newest), the revision
