@@ -14,6 +14,7 @@ pub mod firewall;
 pub mod maps;
 pub mod route;
 pub mod trafficgen;
+pub mod xsk;
 
 pub use action::XdpAction;
 pub use maps::ActionCounter;

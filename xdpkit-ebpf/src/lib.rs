@@ -11,6 +11,7 @@ pub mod dump;
 pub mod frame;
 pub mod stats;
 pub mod unaligned;
+pub mod xsks;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -18,6 +18,7 @@ use xdpkit_common::{
     chain::{ChainState, CHAIN_MAP, MAX_STAGES, NEXT_GLOBAL, NO_NEXT, ROOT_MAP, STAGE_NAME_LEN},
     dump::{DUMP_CONFIG, DUMP_RING},
     maps::STATS_MAP,
+    xsk::XSKS_MAP,
 };
 
 use crate::{
@@ -313,6 +314,7 @@ fn load_stage(
         (CHAIN_MAP, dir.file(pins::CHAIN)),
         (DUMP_CONFIG, dir.file(pins::DUMP_CONFIG)),
         (DUMP_RING, dir.file(pins::DUMP_RING)),
+        (XSKS_MAP, dir.file(pins::XSKS)),
     ];
     pins.extend(
         program
@@ -438,8 +440,13 @@ pub fn running(dir: &PinDir) -> Result<Option<RunningChain>> {
     }))
 }
 
+/// Makes a pin root's alone; a pin for a map the object lacks (the shared
+/// XSKMAP of a stage without sockets) was never made.
 fn restrict(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
+    if !path.exists() {
+        return Ok(());
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
         Error::Pin {
             what: "cannot chmod",

@@ -47,6 +47,8 @@ pub const REDIRECT: &str = "redirect";
 pub const DUMP_CONFIG: &str = "dump_cfg";
 /// Pin file of the dump ring buffer.
 pub const DUMP_RING: &str = "dump_ring";
+/// Pin file of the interface's AF_XDP sockets by RX queue (XSKMAP).
+pub const XSKS: &str = "xsks";
 
 /// The pin directory of one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -99,7 +99,7 @@ struct Frame {
 #[repr(C, align(8))]
 struct Aligned<T>(T);
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let mut key = MaybeUninit::<Aligned<FlowKey>>::uninit();

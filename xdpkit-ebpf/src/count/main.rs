@@ -9,7 +9,7 @@ xdpkit_ebpf::license!();
 
 /// Counts the frame (as "next", or "pass" when it is the last stage) and
 /// continues with the next stage.
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_count(ctx: XdpContext) -> u32 {
     next(&ctx)
 }

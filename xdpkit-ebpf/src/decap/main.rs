@@ -29,7 +29,7 @@ static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(Deca
 const ETH_HLEN: usize = 14;
 const UDP_HLEN: usize = 8;
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_decap(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (outer, inner_type, outcome) = match outer_header(&ctx) {

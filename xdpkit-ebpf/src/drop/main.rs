@@ -10,7 +10,7 @@ use xdpkit_ebpf::stats::count;
 xdpkit_ebpf::license!();
 
 /// Counts every frame and drops it.
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_drop(ctx: XdpContext) -> u32 {
     count(&ctx, XdpAction::Drop)
 }

@@ -365,7 +365,7 @@ const TOKEN: u64 = 1_000_000_000;
 // Inlined into the entry point the macro writes: past some size LLVM
 // otherwise keeps the body a function of its own, a BPF-to-BPF call per
 // frame.
-#[xdp]
+#[xdp(frags)]
 #[inline(always)]
 pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
     let mut slot = core::mem::MaybeUninit::uninit();

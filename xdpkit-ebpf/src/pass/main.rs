@@ -10,7 +10,7 @@ use xdpkit_ebpf::stats::count;
 xdpkit_ebpf::license!();
 
 /// Counts every frame and hands it to the network stack.
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_pass(ctx: XdpContext) -> u32 {
     count(&ctx, XdpAction::Pass)
 }

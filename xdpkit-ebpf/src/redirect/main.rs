@@ -21,7 +21,7 @@ static REDIRECT_TO: DevMap = DevMap::with_max_entries(1, 0);
 /// Sends every frame to the interface in `XDPKIT_REDIRECT`. If the slot is
 /// empty (the target interface was deleted) frames go to the local stack
 /// rather than vanish.
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_redirect(ctx: XdpContext) -> u32 {
     let code = match REDIRECT_TO.redirect(REDIRECT_SLOT, u64::from(xdp_action::XDP_PASS)) {
         Ok(code) | Err(code) => code,

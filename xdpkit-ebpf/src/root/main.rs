@@ -7,7 +7,7 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 xdpkit_ebpf::license!();
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_root(ctx: XdpContext) -> u32 {
     xdpkit_ebpf::chain::enter(&ctx)
 }

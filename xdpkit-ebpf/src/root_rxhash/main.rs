@@ -20,7 +20,7 @@ unsafe extern "C" {
 
 const META_LEN: usize = core::mem::size_of::<RxHashMeta>();
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_root_rxhash(ctx: XdpContext) -> u32 {
     let mut hash = 0u32;
     let mut rss_type = 0u32;

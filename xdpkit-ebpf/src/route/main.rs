@@ -94,7 +94,7 @@ impl Fib {
     }
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_route(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let mut fib = Fib::new();

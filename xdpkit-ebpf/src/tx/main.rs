@@ -11,7 +11,7 @@ xdpkit_ebpf::license!();
 
 /// Swaps the MAC addresses and bounces the frame out of the interface it
 /// came in on; a frame too short to hold an Ethernet header is dropped.
-#[xdp]
+#[xdp(frags)]
 pub fn xdpkit_tx(ctx: XdpContext) -> u32 {
     let action = if swap_macs(&ctx) {
         XdpAction::Tx
