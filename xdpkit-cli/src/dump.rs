@@ -44,8 +44,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample: u32,
 
-    /// Bytes kept from the start of each frame (at most 1536).
-    #[arg(long, value_name = "B", default_value_t = 1536, value_parser = clap::value_parser!(u32).range(1..=1536))]
+    /// Bytes kept from the start of each frame (at most 9216: jumbo frames whole).
+    #[arg(long, value_name = "B", default_value_t = 9216, value_parser = clap::value_parser!(u32).range(1..=9216))]
     pub snaplen: u32,
 
     /// Stop after this many frames.

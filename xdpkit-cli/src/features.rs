@@ -66,7 +66,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outln!("  redirect     {}", yes(d.redirect));
         outln!("  ndo-xmit     {}", yes(d.ndo_xmit));
         outln!("  zero-copy    {}", yes(d.zero_copy));
-        outln!("  multi-buffer {}", yes(d.multi_buffer));
+        outln!(
+            "  multi-buffer {}",
+            features::multi_buffer_text(d.multi_buffer)
+        );
         outln!("  modes        {}", d.modes.join(", "));
         let rx = if d.rx_metadata.is_empty() {
             "none".to_string()

@@ -21,11 +21,15 @@ const XDPKIT: &str = env!("CARGO_BIN_EXE_xdpkit");
 const RULES: &str = "# simulate test\ndeny src 198.18.0.0/16\nallow src 198.18.7.0/24 prio 10\ndeny proto udp dport 53\n";
 
 fn udp(src: [u8; 4], dport: u16) -> Vec<u8> {
+    udp_of(src, dport, 16)
+}
+
+fn udp_of(src: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
     let mut f = Vec::new();
     PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4(src, [198, 19, 9, 9], 64)
         .udp(4000, dport)
-        .write(&mut f, &[0; 16])
+        .write(&mut f, &vec![0; payload])
         .unwrap();
     f
 }
@@ -50,6 +54,10 @@ fn frames() -> Vec<(Vec<u8>, &'static str, Option<u64>)> {
         (arp, "pass", None),
         (cut, "drop", None),
         (vec![0u8; 10], "drop", None),
+        // Jumbo frames (MTU 9000), larger than a page: the program gets
+        // them in fragments and judges them by their headers.
+        (udp_of([198, 18, 1, 1], 9, 8972), "drop", Some(2)),
+        (udp_of([198, 18, 7, 7], 9, 8972), "pass", Some(3)),
     ]
 }
 
@@ -145,7 +153,7 @@ fn simulate_reports_verdict_and_rule_per_packet() {
     ]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().nth(3), Some("4 drop -"), "{text}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("7 packets: 2 pass, 5 drop"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("9 packets: 3 pass, 6 drop"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -7,8 +7,13 @@ pub const DUMP_CONFIG: &str = "XDPKIT_DUMP_CFG";
 pub const DUMP_RING: &str = "XDPKIT_DUMP_RING";
 /// Bytes of the ring buffer (a power of two, a multiple of the page size).
 pub const DUMP_RING_BYTES: u32 = 1 << 22;
-/// Largest snap length: a full Ethernet frame with two VLAN tags.
-pub const DUMP_MAX_SNAP: u32 = 1536;
+/// Largest snap length: a jumbo frame (MTU 9000, Ethernet header and two
+/// VLAN tags: 9022 bytes) with room to spare, kept whole.
+pub const DUMP_MAX_SNAP: u32 = 9216;
+/// Copies of at most this many bytes (a standard frame with two VLAN tags)
+/// go into a [`DumpRecord`]; longer ones into a [`DumpJumboRecord`], so
+/// that the ring holds as many small frames as before jumbo frames.
+pub const DUMP_SMALL_SNAP: u32 = 1536;
 
 /// What to copy.
 #[repr(C)]
@@ -43,10 +48,23 @@ pub struct DumpHeader {
 /// [`DumpHeader::rule`] of a verdict no rule gave.
 pub const NO_RULE: u32 = u32::MAX;
 
-/// One ring-buffer record: header, then the first `cap` bytes of the frame.
+/// One ring-buffer record: header, then the first `cap` bytes of the frame
+/// (`cap` at most [`DUMP_SMALL_SNAP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DumpRecord {
+    /// About the frame.
+    pub head: DumpHeader,
+    /// Its bytes.
+    pub data: [u8; DUMP_SMALL_SNAP as usize],
+}
+
+/// A record of a copy longer than [`DUMP_SMALL_SNAP`] (a jumbo frame):
+/// the same header, then up to [`DUMP_MAX_SNAP`] bytes. A reader tells the
+/// two apart by `cap` (or the record's length), not by a tag.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DumpJumboRecord {
     /// About the frame.
     pub head: DumpHeader,
     /// Its bytes.

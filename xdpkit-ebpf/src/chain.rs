@@ -12,7 +12,7 @@ use xdpkit_common::{
     XdpAction,
 };
 
-use crate::stats::{count, count_next, uncount_next};
+use crate::stats::{count_len, count_next, frame_len, uncount_next};
 
 /// The interface's stages; the loader pins one per interface and gives it
 /// to the root and to every stage.
@@ -55,18 +55,25 @@ static XDPKIT_NEXT: u32 = NO_NEXT;
 /// Continues with the next stage, or passes the frame if this is the last.
 #[inline(always)]
 pub fn next(ctx: &XdpContext) -> u32 {
+    next_len(ctx, frame_len(ctx))
+}
+
+/// [`next`] for a frame whose whole length ([`frame_len`]) the program
+/// already has.
+#[inline(always)]
+pub fn next_len(ctx: &XdpContext, len: u64) -> u32 {
     // SAFETY: a plain read of a static; volatile so LLVM cannot fold the
     // compile-time value the loader overrides.
     let slot = unsafe { core::ptr::read_volatile(&XDPKIT_NEXT) };
     if slot == NO_NEXT {
-        return count(ctx, XdpAction::Pass);
+        return count_len(ctx, XdpAction::Pass, len);
     }
-    count_next(ctx);
+    count_next(len);
     // SAFETY: the slot holds an XDP program of this interface's chain (or
     // nothing, and the call returns).
     unsafe { CHAIN.tail_call(ctx, slot) };
     // An empty slot: the chain is being rebuilt under us; pass rather than
     // drop, counted once.
-    uncount_next(ctx);
-    count(ctx, XdpAction::Pass)
+    uncount_next(len);
+    count_len(ctx, XdpAction::Pass, len)
 }

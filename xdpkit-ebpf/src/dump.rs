@@ -8,7 +8,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdpkit_common::{
-    dump::{DumpConfig, DumpHeader, DumpRecord, DUMP_MAX_SNAP, DUMP_RING_BYTES},
+    dump::{
+        DumpConfig, DumpHeader, DumpJumboRecord, DumpRecord, DUMP_MAX_SNAP, DUMP_RING_BYTES,
+        DUMP_SMALL_SNAP,
+    },
     XdpAction,
 };
 
@@ -20,9 +23,11 @@ static SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "XDPKIT_DUMP_RING")]
 static RING: RingBuf = RingBuf::with_byte_size(DUMP_RING_BYTES, 0);
 
-/// A mask, not a comparison, bounds the copy length for the verifier.
-const SNAP_MASK: usize = 0x7ff;
-const _: () = assert!(DUMP_MAX_SNAP as usize <= SNAP_MASK + 1);
+/// Masks, not comparisons, bound the copy lengths for the verifier.
+const SMALL_MASK: usize = 0x7ff;
+const JUMBO_MASK: usize = 0x3fff;
+const _: () = assert!(DUMP_SMALL_SNAP as usize <= SMALL_MASK + 1);
+const _: () = assert!(DUMP_MAX_SNAP as usize <= JUMBO_MASK + 1);
 
 /// Copies the frame if a dump wants `action`; a full ring drops the copy.
 #[inline(always)]
@@ -46,24 +51,43 @@ pub fn maybe(ctx: &XdpContext, action: XdpAction, rule: u32) {
             return;
         }
     }
-    let len = ctx.data_end() - ctx.data();
-    let cap = len.min(cfg.snaplen as usize).min(DUMP_MAX_SNAP as usize) & SNAP_MASK;
-    let Some(mut entry) = RING.reserve::<DumpRecord>(0) else {
+    // The whole frame, fragments included (a jumbo frame's linear part
+    // holds only its first page); `bpf_xdp_load_bytes` copies across them.
+    let len = crate::stats::frame_len(ctx) as usize;
+    let cap = len.min(cfg.snaplen as usize).min(DUMP_MAX_SNAP as usize);
+    let head = DumpHeader {
+        ts_ns: 0,
+        len: len as u32,
+        cap: cap as u32,
+        action: action as u32,
+        rule,
+    };
+    if cap <= DUMP_SMALL_SNAP as usize {
+        copy::<DumpRecord, { DUMP_SMALL_SNAP as usize }>(ctx, head, cap & SMALL_MASK);
+    } else {
+        copy::<DumpJumboRecord, { DUMP_MAX_SNAP as usize }>(ctx, head, cap & JUMBO_MASK);
+    }
+}
+
+/// Reserves an `R` (a header, then `N` bytes) in the ring and copies the
+/// frame's first `cap` bytes into it.
+#[inline(always)]
+fn copy<R: 'static, const N: usize>(ctx: &XdpContext, mut head: DumpHeader, cap: usize) {
+    // The verifier needs the bound on this very register.
+    if cap > N {
+        return;
+    }
+    let Some(mut entry) = RING.reserve::<R>(0) else {
         return;
     };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to reserved ring memory of a whole DumpRecord;
-    // `cap` is at most DUMP_MAX_SNAP, the size of `data`, and the frame's length.
+    let record = entry.as_mut_ptr().cast::<u8>();
+    // SAFETY: `record` points to reserved ring memory of a whole `R`: a
+    // DumpHeader, then `N` bytes; `cap` is at most `N` and the frame's length.
     let copied = unsafe {
-        (*record).head = DumpHeader {
-            ts_ns: bpf_ktime_get_ns(),
-            len: len as u32,
-            cap: cap as u32,
-            action: action as u32,
-            rule,
-        };
-        cap == 0
-            || bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), cap as u32) == 0
+        head.ts_ns = bpf_ktime_get_ns();
+        record.cast::<DumpHeader>().write_unaligned(head);
+        let data = record.add(core::mem::size_of::<DumpHeader>());
+        cap == 0 || bpf_xdp_load_bytes(ctx.ctx, 0, data.cast(), cap as u32) == 0
     };
     if copied {
         entry.submit(0);

@@ -1,7 +1,9 @@
 //! Per-CPU packet and byte counters, one slot per XDP action and one for
 //! "next" (frames handed to the following stage).
 
-use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray, programs::XdpContext,
+};
 use xdpkit_common::{
     dump::NO_RULE,
     maps::{NEXT_SLOT, STATS_SLOTS},
@@ -21,25 +23,37 @@ pub fn count(ctx: &XdpContext, action: XdpAction) -> u32 {
 /// [`count`] for a verdict a rule gave (dumps carry the rule id).
 #[inline(always)]
 pub fn count_rule(ctx: &XdpContext, action: XdpAction, rule: u32) -> u32 {
+    count_rule_len(ctx, action, rule, frame_len(ctx))
+}
+
+/// [`count`] of a frame whose whole length `len` ([`frame_len`]) the
+/// program already has: one helper call per frame, not two.
+#[inline(always)]
+pub fn count_len(ctx: &XdpContext, action: XdpAction, len: u64) -> u32 {
+    count_rule_len(ctx, action, NO_RULE, len)
+}
+
+/// [`count_rule`] with the frame's whole length at hand.
+#[inline(always)]
+pub fn count_rule_len(ctx: &XdpContext, action: XdpAction, rule: u32, len: u64) -> u32 {
     crate::dump::maybe(ctx, action, rule);
-    bump(ctx, action as u32);
+    add(&STATS, action as u32, len);
     action as u32
 }
 
-/// Counts a frame handed to the next stage (not dumped: a later stage
-/// gives its verdict).
+/// Counts a frame of `len` bytes handed to the next stage (not dumped: a
+/// later stage gives its verdict).
 #[inline(always)]
-pub fn count_next(ctx: &XdpContext) {
-    bump(ctx, NEXT_SLOT);
+pub fn count_next(len: u64) {
+    add(&STATS, NEXT_SLOT, len);
 }
 
 /// Takes back a [`count_next`] whose tail call found no stage (the chain
 /// was being rebuilt): the frame is counted once, as the pass it becomes.
 #[inline(always)]
-pub fn uncount_next(ctx: &XdpContext) {
+pub fn uncount_next(len: u64) {
     if let Some(slot) = STATS.get_ptr_mut(NEXT_SLOT) {
-        let len = (ctx.data_end() - ctx.data()) as u64;
-        // SAFETY: as in `bump`: this CPU's slot, which `count_next` just raised.
+        // SAFETY: as in `add`: this CPU's slot, which `count_next` just raised.
         unsafe {
             (*slot).packets = (*slot).packets.wrapping_sub(1);
             (*slot).bytes = (*slot).bytes.wrapping_sub(len);
@@ -47,9 +61,13 @@ pub fn uncount_next(ctx: &XdpContext) {
     }
 }
 
+/// The whole frame's length: with multi-buffer (`xdp.frags`) frames larger
+/// than a page keep only their first part between `data` and `data_end`,
+/// the rest in fragments, which counters must count too.
 #[inline(always)]
-fn bump(ctx: &XdpContext, slot: u32) {
-    add(&STATS, slot, (ctx.data_end() - ctx.data()) as u64);
+pub fn frame_len(ctx: &XdpContext) -> u64 {
+    // SAFETY: a helper on this program's context.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
 }
 
 /// Counts one frame of `len` bytes in entry `index` of a per-CPU counter

@@ -524,6 +524,9 @@ pub(crate) fn attach_error(ifname: &str, mode: Mode, source: ProgramError) -> Er
         ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
         _ => None,
     };
+    if let Some(e) = mtu_error(ifname, mode, errno) {
+        return e;
+    }
     match errno {
         Some(libc::EOPNOTSUPP) => Error::ModeNotSupported {
             iface: ifname.to_string(),
@@ -538,6 +541,44 @@ pub(crate) fn attach_error(ifname: &str, mode: Mode, source: ProgramError) -> Er
             source: source.into(),
         },
     }
+}
+
+/// The attach failure a driver reports for an MTU too large for XDP
+/// (veth: ERANGE; others EINVAL or EOPNOTSUPP), told apart from other
+/// failures by the device's MTU: larger than one page holds while the
+/// device lacks multi-buffer support, or ERANGE at any MTU above 1500.
+/// xdpkit's programs all take multi-buffer frames (`xdp.frags`), so a
+/// driver with multi-buffer support accepts jumbo MTUs.
+fn mtu_error(ifname: &str, mode: Mode, errno: Option<i32>) -> Option<Error> {
+    if mode == Mode::Skb {
+        return None;
+    }
+    let errno = errno.filter(|e| [libc::ERANGE, libc::EINVAL, libc::EOPNOTSUPP].contains(e))?;
+    let ifindex = crate::iface::index(ifname).ok()?;
+    let mtu = netlink::link_facts(ifindex).ok()?.mtu?;
+    let multi_buffer = netlink::device_xdp_features(ifindex)
+        .map(|f| f.multi_buffer())
+        .unwrap_or(false);
+    let too_big = if multi_buffer {
+        errno == libc::ERANGE && mtu > 1500
+    } else {
+        mtu > crate::features::SINGLE_PAGE_MTU
+    };
+    too_big.then(|| Error::MtuTooLarge {
+        iface: ifname.to_string(),
+        mode: mode.name(),
+        mtu,
+        why: format!(
+            "{}; the kernel said {}",
+            if multi_buffer {
+                "it reports multi-buffer support"
+            } else {
+                "it has no multi-buffer support, so a frame must fit one page"
+            },
+            std::io::Error::from_raw_os_error(errno)
+        ),
+        single_page_mtu: crate::features::SINGLE_PAGE_MTU,
+    })
 }
 
 pub use crate::sys::program_name;

@@ -84,9 +84,7 @@ fn flow_hash_check(dev: &str, offers: bool, attached: Option<&netlink::XdpAttach
     check("flow-hash", Status::Ok, text, None)
 }
 
-/// Largest MTU native XDP takes without multi-buffer support: a frame must
-/// fit one page with XDP's headroom and the skb tail.
-const SINGLE_PAGE_MTU: u32 = 3498;
+use crate::features::SINGLE_PAGE_MTU;
 const VERDICTS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
 
 /// Runs every check: the host's, then `dev`'s if given, then XDP exceptions
@@ -229,6 +227,32 @@ fn device_checks(dev: &str) -> Result<Vec<Check>> {
         ),
         Some(mtu) => check("mtu", Status::Ok, format!("{dev} has MTU {mtu}"), None),
         None => check("mtu", Status::Skip, format!("{dev} reports no MTU"), None),
+    });
+    // Multi-buffer: whether frames larger than a page reach XDP at all.
+    checks.push(match &dev_features {
+        Some(f) => check(
+            "multi-buffer",
+            if f.multi_buffer {
+                Status::Ok
+            } else {
+                Status::Warn
+            },
+            format!(
+                "{dev}: multi-buffer {}",
+                features::multi_buffer_text(f.multi_buffer)
+            ),
+            (!f.multi_buffer).then(|| {
+                format!(
+                    "keep the MTU of {dev} at most {SINGLE_PAGE_MTU} for native XDP, or attach with --mode skb for jumbo frames"
+                )
+            }),
+        ),
+        None => check(
+            "multi-buffer",
+            Status::Skip,
+            format!("{dev}: the kernel reports no XDP features (netdev netlink family)"),
+            None,
+        ),
     });
     let attached = netlink::xdp_attachment(ifindex)?;
     let rx_hash = dev_features

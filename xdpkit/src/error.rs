@@ -41,6 +41,21 @@ pub enum Error {
         /// The modes it does support, comma separated.
         supported: String,
     },
+    /// The device's MTU is larger than its driver takes frames for XDP in
+    /// this mode.
+    #[error("cannot attach to '{iface}' in {mode} mode: its MTU {mtu} is larger than the driver takes for XDP ({why}): lower it (ip link set dev {iface} mtu {single_page_mtu}) or attach with --mode skb")]
+    MtuTooLarge {
+        /// The interface.
+        iface: String,
+        /// The mode asked for.
+        mode: &'static str,
+        /// Its MTU.
+        mtu: u32,
+        /// What the device offers (multi-buffer or not) and the kernel's errno.
+        why: String,
+        /// The largest MTU whose frames fit one page.
+        single_page_mtu: u32,
+    },
     /// Another tool's XDP program is on the interface.
     #[error("interface '{iface}' already runs XDP program '{prog_name}' (id {prog_id}), not attached by xdpkit: remove it with the tool that attached it, or pass --force to replace it")]
     ForeignProgram {
@@ -235,6 +250,7 @@ impl Error {
             | Error::InvalidInterfaceName { .. }
             | Error::NotPrivileged { .. }
             | Error::ModeNotSupported { .. }
+            | Error::MtuTooLarge { .. }
             | Error::ForeignProgram { .. }
             | Error::ForeignLinkHeld { .. }
             | Error::UnknownProgram { .. }

@@ -6,6 +6,22 @@ use serde::Serialize;
 
 use crate::{attach::supported_modes, iface, netlink, pins, Result};
 
+/// Largest MTU native XDP takes without multi-buffer support: a frame must
+/// fit one page with XDP's headroom and the skb tail.
+pub const SINGLE_PAGE_MTU: u32 = 3498;
+
+/// What multi-buffer support (or its lack) means for a device, in words.
+pub fn multi_buffer_text(multi_buffer: bool) -> String {
+    if multi_buffer {
+        "yes: frames larger than a page (jumbo MTUs) reach xdpkit's programs whole, in fragments"
+            .to_string()
+    } else {
+        format!(
+            "no: in native mode frames must fit one page, so the driver refuses XDP while the MTU is above {SINGLE_PAGE_MTU} (skb mode takes any MTU)"
+        )
+    }
+}
+
 /// Kernel-side facts that decide whether XDP works well here.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelFeatures {

@@ -367,8 +367,14 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
             any::<bool>(),
             any::<bool>(),
             0usize..80,
-            // Payload: length, DF, a QUIC header's first byte and server id.
-            (0usize..1500, any::<bool>(), any::<u8>(), 0u16..8),
+            // Payload: length (now and then a jumbo frame, larger than a
+            // page: multi-buffer), DF, a QUIC header's first byte and server id.
+            (
+                prop_oneof![19 => 0usize..1500, 1 => 4000usize..9000],
+                any::<bool>(),
+                any::<u8>(),
+                0u16..8,
+            ),
             // Metadata: none, the RX-hash root's, or another program's.
             prop_oneof![
                 Just(None),
@@ -382,7 +388,7 @@ fn kernel_matches_the_model_on_random_vips_and_frames() {
     // mode, and which QUIC server ids name which real.
     let settings = (
         any::<bool>(),
-        prop_oneof![Just(0u16), 600u16..1600],
+        prop_oneof![Just(0u16), 600u16..1600, 8900u16..9100],
         any::<bool>(),
         any::<bool>(),
         proptest::collection::vec((1u16..8, 0u32..20), 0..6),

@@ -460,3 +460,46 @@ fn an_egress_that_is_not_a_port_goes_to_the_stack() {
     assert_eq!(got.egress.as_deref(), Some("rtn-b"));
     assert_eq!(got.verdict, "pass");
 }
+
+/// A frame larger than a page (multi-buffer in the program) is judged by
+/// its whole length: "too big" for a 1500-byte egress MTU (the FIB's MTU
+/// check gets the IP header's length), forwarded whole once the egress
+/// takes 9000 bytes.
+#[test]
+fn jumbo_frames_are_checked_against_the_egress_mtu_and_forwarded_whole() {
+    if !require_root("jumbo_frames_are_checked_against_the_egress_mtu_and_forwarded_whole") {
+        return;
+    }
+    let r = router("rtj");
+    let mut frame = Vec::new();
+    let payload: Vec<u8> = (0..9014 - 42).map(|i| (i % 251) as u8).collect();
+    PacketBuilder::ethernet2(CLIENT_MAC, r.a_mac)
+        .ipv4(C4.octets(), S4.octets(), 64)
+        .udp(40000, 9)
+        .write(&mut frame, &payload)
+        .unwrap();
+    let got = r.simulate("rtj", std::slice::from_ref(&frame));
+    assert_eq!(got[0].outcome, RouteOutcome::TooBig.name(), "{:?}", got[0]);
+    assert_eq!(got[0].output, frame, "handed on untouched");
+    for dev in ["rtj-a", "rtj-b"] {
+        let out = r
+            .lab
+            .command("r", "ip")
+            .args(["link", "set", "dev", dev, "mtu", "9000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let got = r.simulate("rtj", std::slice::from_ref(&frame));
+    assert_eq!(
+        got[0].outcome,
+        RouteOutcome::Forwarded.name(),
+        "{:?}",
+        got[0]
+    );
+    let out = &got[0].output;
+    assert_eq!(out.len(), frame.len(), "whole");
+    assert_eq!(out[22], 63, "TTL lowered");
+    assert!(model::checksum_ok(&out[14..34]));
+    assert_eq!(&out[26..], &frame[26..], "the rest of the frame");
+}

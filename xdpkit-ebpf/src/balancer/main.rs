@@ -27,7 +27,7 @@ use xdpkit_common::{
 };
 use xdpkit_ebpf::{
     chain,
-    stats::{add, count},
+    stats::{add, count, count_len, frame_len},
     unaligned::{load, store},
 };
 
@@ -101,12 +101,12 @@ struct Aligned<T>(T);
 
 #[xdp(frags)]
 pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = frame_len(&ctx);
     let mut key = MaybeUninit::<Aligned<FlowKey>>::uninit();
     let mut vip_key = MaybeUninit::<Aligned<VipKey>>::uninit();
     let Some(frame) = parse(&ctx, key.as_mut_ptr(), vip_key.as_mut_ptr()) else {
         add(&OUTCOMES, LbOutcome::NotVip as u32, len);
-        return chain::next(&ctx);
+        return chain::next_len(&ctx, len);
     };
     // SAFETY: `parse` wrote the flow's key (16 bytes of a FlowKey4 for
     // IPv4, a whole FlowKey for IPv6) and every byte of the VIP's.
@@ -121,7 +121,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     // SAFETY: values are replaced whole by userspace, never edited in place.
     let Some(vip) = (unsafe { VIPS.get(vip_key) }).copied() else {
         add(&OUTCOMES, LbOutcome::NotVip as u32, len);
-        return chain::next(&ctx);
+        return chain::next_len(&ctx, len);
     };
     // This CPU's counters of the VIP, kept for a new flow's below.
     let counters = VIP_STATS.get_ptr_mut(vip.id);
@@ -207,7 +207,7 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
     if cfg.mtu != 0 && u32::from(frame.ip_len) + u32::from(overhead) > u32::from(cfg.mtu) {
         cold_path();
         // Without DF an IPv4 packet would be fragmented, which XDP cannot.
-        let sent = frame.df && too_big(&ctx, &frame, cfg.mtu.saturating_sub(overhead));
+        let sent = frame.df && too_big(&ctx, &frame, cfg.mtu.saturating_sub(overhead), len);
         let action = if sent { XdpAction::Tx } else { XdpAction::Drop };
         return rare(&ctx, LbOutcome::TooBig, action, len);
     }
@@ -241,7 +241,8 @@ pub fn xdpkit_balancer(ctx: XdpContext) -> u32 {
         }
         _ => add(&OUTCOMES, outcome as u32, len),
     }
-    count(&ctx, action)
+    // Counted as it leaves, with its outer header.
+    count_len(&ctx, action, len + u64::from(overhead))
 }
 
 /// A frame's flow, by the key of its family's flow table.
@@ -669,11 +670,11 @@ fn head<const N: usize>(ctx: &XdpContext) -> Option<&mut [u8; N]> {
 /// IP header and 8 bytes of what follows, sent back where it came from.
 /// False if the frame could not be reshaped.
 #[inline(always)]
-fn too_big(ctx: &XdpContext, f: &Frame, mtu: u16) -> bool {
+fn too_big(ctx: &XdpContext, f: &Frame, mtu: u16, len: u64) -> bool {
     if f.v6 {
-        too_big_v6(ctx, mtu)
+        too_big_v6(ctx, mtu, len)
     } else {
-        too_big_v4(ctx, mtu)
+        too_big_v4(ctx, mtu, len)
     }
 }
 
@@ -682,13 +683,13 @@ fn too_big(ctx: &XdpContext, f: &Frame, mtu: u16) -> bool {
 // the ICMP message quotes it, and the tail is cut after 8 bytes of it.
 
 #[inline(always)]
-fn too_big_v4(ctx: &XdpContext, mtu: u16) -> bool {
+fn too_big_v4(ctx: &XdpContext, mtu: u16, len: u64) -> bool {
     const ICMP: usize = ETH_HLEN + IPV4_HLEN;
     const QUOTE: usize = IPV4_HLEN + 8;
     let grow = IPV4_HLEN + 8;
     // SAFETY: a helper on this program's context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0
-        || !resize(ctx, ICMP + 8 + QUOTE)
+        || !resize(ctx, len + grow as u64, ICMP + 8 + QUOTE)
     {
         return false;
     }
@@ -728,14 +729,14 @@ fn too_big_v4(ctx: &XdpContext, mtu: u16) -> bool {
 }
 
 #[inline(always)]
-fn too_big_v6(ctx: &XdpContext, mtu: u16) -> bool {
+fn too_big_v6(ctx: &XdpContext, mtu: u16, len: u64) -> bool {
     const ICMP: usize = ETH_HLEN + IPV6_HLEN;
     const QUOTE: usize = IPV6_HLEN + 8;
     const ICMP_LEN: u16 = (8 + QUOTE) as u16;
     let grow = IPV6_HLEN + 8;
     // SAFETY: a helper on this program's context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0
-        || !resize(ctx, ICMP + 8 + QUOTE)
+        || !resize(ctx, len + grow as u64, ICMP + 8 + QUOTE)
     {
         return false;
     }
@@ -769,10 +770,13 @@ fn too_big_v6(ctx: &XdpContext, mtu: u16) -> bool {
     true
 }
 
-/// Makes the frame exactly `len` bytes long (it is longer).
+/// Makes a frame of `have` bytes in all exactly `len` bytes long (it is
+/// longer). By the whole length, not the linear part: the tail helper
+/// shrinks a multi-buffer frame's fragments first, then its linear part.
+/// Afterwards the first `len` bytes must be linear (checked by `head`).
 #[inline(always)]
-fn resize(ctx: &XdpContext, len: usize) -> bool {
-    let have = ctx.data_end() - ctx.data();
+fn resize(ctx: &XdpContext, have: u64, len: usize) -> bool {
+    let len = len as u64;
     if have < len {
         return false;
     }

@@ -18,7 +18,7 @@ use xdpkit_common::{
 };
 use xdpkit_ebpf::{
     chain,
-    stats::{add, count},
+    stats::{add, count_len, frame_len},
 };
 
 xdpkit_ebpf::license!();
@@ -31,18 +31,18 @@ const UDP_HLEN: usize = 8;
 
 #[xdp(frags)]
 pub fn xdpkit_decap(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = frame_len(&ctx);
     let (outer, inner_type, outcome) = match outer_header(&ctx) {
         Some(found) => found,
         None => {
             bump(DecapOutcome::Plain, len);
-            return chain::next(&ctx);
+            return chain::next_len(&ctx, len);
         }
     };
     let start = ctx.data();
     if start + ETH_HLEN > ctx.data_end() {
         bump(DecapOutcome::Plain, len);
-        return chain::next(&ctx);
+        return chain::next_len(&ctx, len);
     }
     // SAFETY: 14 bytes at `start` lie in the frame (checked above).
     let mut eth = unsafe { core::ptr::read_unaligned(start as *const [u8; ETH_HLEN]) };
@@ -50,17 +50,18 @@ pub fn xdpkit_decap(ctx: XdpContext) -> u32 {
     // SAFETY: a helper on this program's context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer as i32) } != 0 {
         bump(DecapOutcome::Failed, len);
-        return count(&ctx, XdpAction::Drop);
+        return count_len(&ctx, XdpAction::Drop, len);
     }
     let start = ctx.data();
     if start + ETH_HLEN > ctx.data_end() {
         bump(DecapOutcome::Failed, len);
-        return count(&ctx, XdpAction::Drop);
+        return count_len(&ctx, XdpAction::Drop, len);
     }
     // SAFETY: as above, after the move.
     unsafe { core::ptr::write_unaligned(start as *mut [u8; ETH_HLEN], eth) };
     bump(outcome, len);
-    chain::next(&ctx)
+    // Handed on without its outer header.
+    chain::next_len(&ctx, len - outer as u64)
 }
 
 /// The outer header's length, the inner packet's EtherType and the kind,

@@ -33,7 +33,7 @@ use xdpkit_common::{
 use self::parse::{parse, read_addresses, IpFrame, Parsed};
 use xdpkit_ebpf::{
     chain,
-    stats::{add, count_rule},
+    stats::{add, count_rule_len, frame_len},
 };
 
 xdpkit_ebpf::license!();
@@ -372,7 +372,8 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
     let ip = IpFrame::zero_in(&mut slot);
     // The frame first: its header loads (a cache miss when another core
     // wrote the frame) then overlap the config loads below.
-    let parsed = parse(&ctx, ip);
+    let len = frame_len(&ctx);
+    let parsed = parse(&ctx, ip, len);
     // The config by reference: each field is read where a frame needs it,
     // not all of them copied to the stack up front (spills on every frame).
     let Some(cfg) = CONFIG.get(0) else {
@@ -390,7 +391,6 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
             judge(cfg, ip)
         }
     };
-    let len = (ctx.data_end() - ctx.data()) as u64;
     add(&OUTCOMES, outcome as u32, len);
     if rule != NO_RULE {
         if let Some(h) = RULE_STATS.get_ptr_mut(rule) {
@@ -420,9 +420,9 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
     }
     if action == XdpAction::Pass {
         // Allowed: the stages after the firewall decide (pass if none).
-        return chain::next(&ctx);
+        return chain::next_len(&ctx, len);
     }
-    count_rule(&ctx, action, rule)
+    count_rule_len(&ctx, action, rule, len)
 }
 
 /// This CPU's coarse clock as of its last tick, cached per jiffy.

@@ -124,8 +124,11 @@ pub enum Parsed {
 /// The frame's bounds, read once. Every read goes through [`Frame::at`]:
 /// a pointer check against `end` right before the access, which is what
 /// the verifier wants to see. The length for the header-consistency checks
-/// is read separately (`volatile`), so LLVM cannot use those checks to
-/// prove a pointer check redundant and drop it.
+/// is the whole frame's (`bpf_xdp_get_buff_len`: a multi-buffer frame
+/// larger than a page has only its first part between `start` and `end`,
+/// the rest in fragments); coming from a helper, it is also unrelated to
+/// `start` and `end` for LLVM, which cannot use those checks to prove a
+/// pointer check redundant and drop it.
 struct Frame {
     start: usize,
     end: usize,
@@ -134,20 +137,12 @@ struct Frame {
 
 impl Frame {
     #[inline(always)]
-    fn new(ctx: &XdpContext) -> Frame {
-        let start = ctx.data();
-        let end = ctx.data_end();
-        // Volatile loads after the plain ones: LLVM may reuse a volatile
-        // load's value for a later plain load, never the other way round,
-        // so `len` stays unrelated to `start` and `end` in its eyes.
-        // SAFETY: ctx.ctx is the program's valid context pointer.
-        let len = unsafe {
-            let md = ctx.ctx;
-            let end = core::ptr::read_volatile(&(*md).data_end) as usize;
-            let start = core::ptr::read_volatile(&(*md).data) as usize;
-            end.wrapping_sub(start)
-        };
-        Frame { start, end, len }
+    fn new(ctx: &XdpContext, len: u64) -> Frame {
+        Frame {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            len: len as usize,
+        }
     }
 
     /// A pointer to `N` readable bytes at `off`, if the frame holds them.
@@ -227,10 +222,11 @@ unsafe fn store<T>(out: *mut u8, v: T) {
     unsafe { out.cast::<T>().write(v) }
 }
 
-/// Reads the frame into `ip`; the return says which kind it is.
+/// Reads the frame, `len` bytes in all (fragments included), into `ip`;
+/// the return says which kind it is.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, ip: &mut IpFrame) -> Parsed {
-    let f = Frame::new(ctx);
+pub fn parse(ctx: &XdpContext, ip: &mut IpFrame, len: u64) -> Parsed {
+    let f = Frame::new(ctx, len);
     if f.len < ETH_HLEN {
         return Parsed::Malformed;
     }
@@ -363,7 +359,8 @@ fn ipv6(f: &Frame, l3: usize, ip: &mut IpFrame) -> Parsed {
 /// zero). The frame is the one `parse` checked, so every header is there.
 #[inline(always)]
 pub fn read_addresses(ctx: &XdpContext, ip: &mut IpFrame) {
-    let f = Frame::new(ctx);
+    // Only pointer-checked reads here: the length is not needed.
+    let f = Frame::new(ctx, 0);
     if let Some(eth) = f.header::<ETH_HLEN>(0) {
         let mac = ip.smac.as_mut_ptr();
         // SAFETY: `smac` sits at a multiple of 4 in the 8-aligned IpFrame

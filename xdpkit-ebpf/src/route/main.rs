@@ -23,7 +23,7 @@ use xdpkit_common::{
 };
 use xdpkit_ebpf::{
     chain,
-    stats::{add, count},
+    stats::{add, count_len, frame_len},
 };
 
 xdpkit_ebpf::license!();
@@ -96,10 +96,10 @@ impl Fib {
 
 #[xdp(frags)]
 pub fn xdpkit_route(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = frame_len(&ctx);
     let mut fib = Fib::new();
     let mut rc = NO_LOOKUP;
-    let outcome = route(&ctx, &mut fib, &mut rc);
+    let outcome = route(&ctx, len, &mut fib, &mut rc);
     add(&OUTCOMES, outcome as u32, len);
     // SAFETY: a plain read of a static; volatile so LLVM cannot fold the
     // value the loader overrides.
@@ -107,8 +107,8 @@ pub fn xdpkit_route(ctx: XdpContext) -> u32 {
         trace(outcome, rc, &fib);
     }
     match outcome {
-        RouteOutcome::Forwarded => count(&ctx, XdpAction::Redirect),
-        _ => chain::next(&ctx),
+        RouteOutcome::Forwarded => count_len(&ctx, XdpAction::Redirect, len),
+        _ => chain::next_len(&ctx, len),
     }
 }
 
@@ -116,7 +116,7 @@ pub fn xdpkit_route(ctx: XdpContext) -> u32 {
 /// redirect. Every check that can send the frame to the stack comes
 /// before the first write, so a frame handed on is the frame received.
 #[inline(always)]
-fn route(ctx: &XdpContext, fib: &mut Fib, rc: &mut u32) -> RouteOutcome {
+fn route(ctx: &XdpContext, len: u64, fib: &mut Fib, rc: &mut u32) -> RouteOutcome {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + ETH_HLEN > end {
@@ -132,7 +132,11 @@ fn route(ctx: &XdpContext, fib: &mut Fib, rc: &mut u32) -> RouteOutcome {
     if eth[0] & 1 != 0 {
         return RouteOutcome::LinkMulticast;
     }
-    let checked = if v4 { ipv4(ctx, fib) } else { ipv6(ctx, fib) };
+    let checked = if v4 {
+        ipv4(ctx, len, fib)
+    } else {
+        ipv6(ctx, len, fib)
+    };
     if let Err(outcome) = checked {
         return outcome;
     }
@@ -169,10 +173,11 @@ fn route(ctx: &XdpContext, fib: &mut Fib, rc: &mut u32) -> RouteOutcome {
     }
 }
 
-/// Checks an IPv4 header and fills the lookup; the error is why the stack
-/// gets the frame.
+/// Checks an IPv4 header against the frame's whole length `len` (a jumbo
+/// frame's linear part holds only its headers) and fills the lookup; the
+/// error is why the stack gets the frame.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, fib: &mut Fib) -> Result<(), RouteOutcome> {
+fn ipv4(ctx: &XdpContext, len: u64, fib: &mut Fib) -> Result<(), RouteOutcome> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + IPV4_END > end {
@@ -184,7 +189,7 @@ fn ipv4(ctx: &XdpContext, fib: &mut Fib) -> Result<(), RouteOutcome> {
         return Err(RouteOutcome::Malformed);
     }
     let total = u16::from_be_bytes([h[2], h[3]]);
-    if total < 20 || ETH_HLEN + total as usize > end - start {
+    if total < 20 || (ETH_HLEN + total as usize) as u64 > len {
         return Err(RouteOutcome::Malformed);
     }
     if h[0] & 0x0f != 5 {
@@ -226,9 +231,10 @@ fn martian4(a: [u8; 4]) -> bool {
     a[0] == 0 || a[0] == 127 || a[0] >= 224
 }
 
-/// Checks an IPv6 header and fills the lookup.
+/// Checks an IPv6 header (against the whole length, as [`ipv4`]) and fills
+/// the lookup.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, fib: &mut Fib) -> Result<(), RouteOutcome> {
+fn ipv6(ctx: &XdpContext, len: u64, fib: &mut Fib) -> Result<(), RouteOutcome> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + IPV6_END > end {
@@ -240,7 +246,7 @@ fn ipv6(ctx: &XdpContext, fib: &mut Fib) -> Result<(), RouteOutcome> {
         return Err(RouteOutcome::Malformed);
     }
     let payload = u16::from_be_bytes([h[4], h[5]]);
-    if IPV6_END + payload as usize > end - start {
+    if (IPV6_END + payload as usize) as u64 > len {
         return Err(RouteOutcome::Malformed);
     }
     let mut src = [0u8; 16];
