@@ -2,7 +2,8 @@
 //! a veth (one RX queue) are spread over CPUs 0 and 1 by the CPUMAP, the
 //! per-CPU counters of its entry program show both CPUs ran it and add up
 //! to the frames sent, and every frame reaches a UDP socket; with
-//! `--then drop` none does; bad settings change nothing (exit 2).
+//! `--then drop` none does; bad settings (flags or a configuration file)
+//! change nothing (exit 2).
 
 mod common;
 
@@ -145,6 +146,19 @@ fn cpu_stage_spreads_flows_over_two_cpus_and_frames_reach_the_stack() {
         let status = xdpkit_in(&lab, "dut", &["status", "--dev", DUT_IF, "--json"]);
         assert!(!status.status.success(), "{args:?} left a program attached");
     }
+
+    // The same from a configuration file.
+    let config = std::env::temp_dir().join(format!("xkcp-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("[interfaces.{DUT_IF}]\nstages = [\"cpu\"]\n[interfaces.{DUT_IF}.cpu]\ncpus = [0, 63]\n"),
+    )
+    .unwrap();
+    let out = xdpkit_in(&lab, "dut", &["apply", "-f", config.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "apply: {err}");
+    assert!(err.contains("CPU 63 is not online"), "apply: {err}");
 
     ok(&xdpkit_in(
         &lab,
