@@ -11,7 +11,10 @@ use crate::output::{print_json, DevArg, JsonArg, ModeArg, PolicyArgs};
 /// and hand the frame on: a tap between stages), redirect (send every
 /// frame out of --to through a DEVMAP), firewall (rules managed with
 /// `xdpkit rule`; policies set with --default, --fragments, --non-ip and
-/// --malformed; allowed frames go on to the next stage).
+/// --malformed; allowed frames go on to the next stage), cpu (spread
+/// flows over --cpus by a flow hash through a CPUMAP; a program on each
+/// target CPU counts the frame and passes it to the stack, or drops it
+/// with --then drop).
 ///
 /// A comma-separated list makes a chain: `firewall,redirect` runs the
 /// firewall, and what it allows is redirected. Each stage ends with a
@@ -31,11 +34,13 @@ use crate::output::{print_json, DevArg, JsonArg, ModeArg, PolicyArgs};
 ///   xdpkit attach redirect --dev veth0 --to veth1 --mode native
 ///   xdpkit attach firewall --dev eth0 --default deny --fragments l3
 ///   xdpkit attach firewall,count,redirect --dev eth0 --to eth1
+///   xdpkit attach cpu --dev veth0 --cpus 0,1 --queue-size 2048
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Program, or comma-separated programs run in order as stages: pass,
-    /// drop, tx, count, redirect, firewall, balancer, decap (each at most once).
+    /// drop, tx, count, redirect, firewall, balancer, decap, route, cpu (each
+    /// at most once).
     #[arg(value_name = "PROGRAM[,PROGRAM...]")]
     pub program: String,
 
@@ -64,6 +69,20 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_rules: Option<u64>,
 
+    /// cpu: the CPUs to spread flows over (comma-separated, in the order
+    /// the flow hash picks them), e.g. --cpus 0,1.
+    #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
+    pub cpus: Option<Vec<u32>>,
+
+    /// cpu: frames each CPU's CPUMAP queue holds (default 2048, at most 16384).
+    #[arg(long, value_name = "N")]
+    pub queue_size: Option<u32>,
+
+    /// cpu: what the program on the target CPU does with each frame: pass
+    /// (to the stack, the default) or drop (to benchmark the spreading).
+    #[arg(long, value_name = "pass|drop")]
+    pub then: Option<String>,
+
     #[command(flatten)]
     pub json: JsonArg,
 }
@@ -78,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         policy.as_ref(),
         args.force,
     )?;
+    request.cpu_settings(args.cpus.as_deref(), args.queue_size, args.then.as_deref())?;
     if let Some(n) = args.max_rules {
         request.max_rules(n)?;
     }

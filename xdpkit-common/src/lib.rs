@@ -8,6 +8,7 @@ pub mod action;
 pub mod balancer;
 pub mod bench;
 pub mod chain;
+pub mod cpumap;
 pub mod doctor;
 pub mod dump;
 pub mod firewall;

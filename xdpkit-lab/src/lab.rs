@@ -473,6 +473,29 @@ impl UdpSink {
         got
     }
 
+    /// Makes the socket's receive buffer `bytes` large (SO_RCVBUFFORCE,
+    /// past rmem_max: the tests run as root), so a burst the receiver is
+    /// late for waits in the socket instead of being dropped. Frames
+    /// built from XDP frames (a CPUMAP's) take a page each of it.
+    pub fn set_recv_buffer(&self, bytes: u32) -> std::io::Result<()> {
+        let value = bytes as libc::c_int;
+        // SAFETY: setsockopt reads one c_int from the pointer given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.socket

@@ -94,6 +94,52 @@ impl AttachRequest {
         })
     }
 
+    /// Sets the cpu stage's settings (`attach cpu --cpus 0,1 [--queue-size
+    /// N] [--then pass|drop]`); `None`s take the defaults. Checks them as
+    /// a configuration file's `[interfaces.IF.cpu]` table is checked.
+    pub fn cpu_settings(
+        &mut self,
+        cpus: Option<&[u32]>,
+        queue_size: Option<u32>,
+        then: Option<&str>,
+    ) -> Result<()> {
+        use crate::programs::cpu::Cpu;
+        let Some(stage) = self
+            .stages
+            .iter_mut()
+            .find(|s| s.program.name() == Cpu.name())
+        else {
+            if cpus.is_some() || queue_size.is_some() || then.is_some() {
+                return Err(Error::InvalidArgument(
+                    "--cpus, --queue-size and --then only apply to the cpu stage".to_string(),
+                ));
+            }
+            return Ok(());
+        };
+        let Some(cpus) = cpus else {
+            return Err(Error::InvalidArgument(
+                "the cpu stage needs --cpus <CPU,...>: the CPUs to spread flows over, e.g. --cpus 0,1"
+                    .to_string(),
+            ));
+        };
+        let mut table = toml::Table::new();
+        table.insert(
+            "cpus".into(),
+            toml::Value::Array(cpus.iter().map(|&c| i64::from(c).into()).collect()),
+        );
+        if let Some(q) = queue_size {
+            table.insert("queue-size".into(), i64::from(q).into());
+        }
+        if let Some(then) = then {
+            table.insert("then".into(), then.into());
+        }
+        let settings = crate::programs::cpu::CpuSettings::parse(&table)
+            .map_err(|e| Error::InvalidArgument(format!("cpu stage: {e}")))?;
+        settings.check_online()?;
+        stage.settings = settings.to_table();
+        Ok(())
+    }
+
     /// Makes the firewall stage hold `rules` rules without growing
     /// (`attach firewall --max-rules N`); a running firewall with more room
     /// keeps it.

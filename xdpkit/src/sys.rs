@@ -20,6 +20,7 @@ use crate::{Error, Result};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -414,6 +415,23 @@ unsafe fn update_batch(
             call: "BPF_MAP_UPDATE_BATCH",
             source,
         })
+}
+
+/// Deletes `key` (BPF_MAP_DELETE_ELEM), for maps without batch operations
+/// (a CPUMAP); `Ok(false)` if it was not there.
+pub fn map_delete<K: Pod>(map: BorrowedFd<'_>, key: &K) -> Result<bool> {
+    // struct { map_fd: u32; pad; key: u64; ... } elem;
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key as *const K as u64).to_ne_bytes());
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(source) => Err(Error::Syscall {
+            call: "BPF_MAP_DELETE_ELEM",
+            source,
+        }),
+    }
 }
 
 /// Deletes `keys` in one BPF_MAP_DELETE_BATCH; every key must exist.

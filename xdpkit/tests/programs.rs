@@ -357,6 +357,12 @@ fn chains_match_the_reference_model_on_random_frames() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let to_lo = || stage(&programs::redirect::Redirect, &[("to", "lo".into())]);
+    let cpus = || {
+        stage(
+            &programs::cpu::Cpu,
+            &[("cpus", toml::Value::Array(vec![0.into(), 1.into()]))],
+        )
+    };
     let deny_ipv6 = || {
         stage(
             &Firewall,
@@ -380,6 +386,8 @@ fn chains_match_the_reference_model_on_random_frames() {
         vec![plain(&Count), plain(&Tx)],
         vec![deny_ipv6(), plain(&Count)],
         vec![plain(&Count), deny_ipv6(), to_lo()],
+        vec![plain(&programs::cpu::Cpu)],
+        vec![deny_ipv6(), cpus()],
     ];
     let harnesses: Vec<RefCell<Harness>> = chains
         .iter()
@@ -415,4 +423,153 @@ fn chains_match_the_reference_model_on_random_frames() {
         "{cases} random frames through {} chains: kernel == model",
         chains.len()
     );
+}
+
+/// A frame of the family and protocol given, with the fields the cpu
+/// stage's flow hash reads (or trips on: the IPv4 header length, the
+/// fragment field) set as given, then `tail` bytes.
+#[allow(clippy::too_many_arguments)]
+fn flow_frame(
+    v6: bool,
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    ports: [u8; 4],
+    ihl: u8,
+    frag: u16,
+    tail: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    if v6 {
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, proto, 64]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+    } else {
+        f.extend_from_slice(&[0x08, 0x00, 0x40 | (ihl & 0x0f), 0, 0, 28, 0, 1]);
+        f.extend_from_slice(&frag.to_be_bytes());
+        f.extend_from_slice(&[64, proto, 0, 0]);
+        f.extend_from_slice(&src[..4]);
+        f.extend_from_slice(&dst[..4]);
+        // Options, if the header length says there are some.
+        f.extend(std::iter::repeat_n(
+            1u8,
+            usize::from(ihl.saturating_sub(5)) * 4,
+        ));
+    }
+    f.extend_from_slice(&ports);
+    f.extend_from_slice(tail);
+    f
+}
+
+/// The cpu stage over CPUs 0 and 1: every frame (IPv4 and IPv6 flows with
+/// random addresses, ports, header lengths and fragment fields, and random
+/// bytes) is redirected, to the CPU the model's flow hash picks (the
+/// stage's per-target counter says which), and the flows spread over both.
+#[test]
+fn cpu_stage_sends_each_flow_to_the_cpu_the_model_picks() {
+    if !require_root("cpu_stage_sends_each_flow_to_the_cpu_the_model_picks") {
+        return;
+    }
+    use programs::cpu::{self, Cpu};
+    let cases: u32 = std::env::var("XDPKIT_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let spec = stage(
+        &Cpu,
+        &[("cpus", toml::Value::Array(vec![1.into(), 0.into()]))],
+    );
+    let harness = RefCell::new(Harness::new(std::slice::from_ref(&spec)).unwrap());
+    let dir = harness.borrow().stage_dir("cpu");
+    let per_cpu = RefCell::new([0u64; 2]);
+    let flows = (
+        any::<bool>(),
+        prop_oneof![Just(6u8), Just(17u8), any::<u8>()],
+        any::<[u8; 16]>(),
+        any::<[u8; 16]>(),
+        any::<[u8; 4]>(),
+        prop_oneof![Just(5u8), 0u8..16],
+        prop_oneof![Just(0u16), Just(0x4000u16), any::<u16>()],
+        vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(v6, proto, s, d, ports, ihl, frag, tail)| {
+            flow_frame(v6, proto, s, d, ports, ihl, frag, &tail)
+        });
+    let strategy = prop_oneof![4 => flows, 1 => vec(any::<u8>(), 14..200)];
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |frame| {
+            let before = cpu::sent(&dir).unwrap();
+            let got = harness.borrow_mut().run(&frame, 1).unwrap();
+            let after = cpu::sent(&dir).unwrap();
+            let want = cpu::target_cpu(&frame, &spec.settings).expect("CPUs set");
+            prop_assert_eq!(got.verdict, Some(XdpAction::Redirect), "{}", hex(&frame));
+            prop_assert_eq!(&got.output, &frame);
+            let moved: Vec<usize> = (0..before.len())
+                .filter(|&c| after[c].packets != before[c].packets)
+                .collect();
+            prop_assert_eq!(moved, vec![want as usize], "{}", hex(&frame));
+            prop_assert_eq!(
+                after[want as usize].bytes - before[want as usize].bytes,
+                frame.len() as u64
+            );
+            per_cpu.borrow_mut()[want as usize] += 1;
+            Ok(())
+        })
+        .unwrap();
+    let [zero, one] = *per_cpu.borrow();
+    println!("{cases} random frames: kernel == model; CPU 0 got {zero}, CPU 1 got {one}");
+    // Random flows spread: neither CPU gets less than a third (a fair coin
+    // falls this far off half with probability far below 1e-9 at 5,000).
+    let least = u64::from(cases) / 3;
+    assert!(zero > least && one > least, "CPU 0 {zero}, CPU 1 {one}");
+}
+
+/// Frames that are not IP go to the first CPU listed; settings are checked.
+#[test]
+fn cpu_stage_sends_non_ip_to_the_first_cpu_and_checks_settings() {
+    use programs::cpu::{target_cpu, Cpu};
+    let settings = |cpus: &[i64]| -> toml::Table {
+        [(
+            "cpus".to_string(),
+            toml::Value::Array(cpus.iter().map(|&c| c.into()).collect()),
+        )]
+        .into_iter()
+        .collect()
+    };
+    let arp = fixtures()
+        .into_iter()
+        .find(|f| f.name == "ethernet_header_only")
+        .unwrap();
+    assert_eq!(target_cpu(&arp.frame, &settings(&[1, 0])), Some(1));
+    assert_eq!(target_cpu(&arp.frame, &settings(&[0, 1])), Some(0));
+    let check = |t: toml::Table| {
+        Cpu.normalise_settings(Some(&t), std::path::Path::new("."))
+            .map_err(|e| e.to_string())
+    };
+    let normal = check(settings(&[0, 1])).unwrap();
+    assert_eq!(
+        normal.to_string(),
+        "cpus = [0, 1]\nqueue-size = 2048\nthen = \"pass\"\n"
+    );
+    assert!(check(settings(&[])).unwrap_err().contains("empty"));
+    assert!(check(settings(&[0, 0])).unwrap_err().contains("twice"));
+    assert!(check(settings(&[64])).unwrap_err().contains("out of range"));
+    let mut big = settings(&[0]);
+    big.insert("queue-size".into(), 20000.into());
+    assert!(check(big).unwrap_err().contains("queue-size"));
+    let mut then = settings(&[0]);
+    then.insert("then".into(), "tx".into());
+    assert!(check(then).unwrap_err().contains("pass or drop"));
+    assert!(Cpu
+        .normalise_settings(None, std::path::Path::new("."))
+        .unwrap_err()
+        .to_string()
+        .contains("missing"));
 }

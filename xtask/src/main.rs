@@ -136,6 +136,18 @@ enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The stack's UDP throughput on a veth (one RX queue) with the `cpu`
+    /// stage (issue 13): datagrams received by SO_REUSEPORT sockets per
+    /// second with `pass` (the stack on the RX CPU), `cpu --cpus 1` and
+    /// `cpu --cpus 0,1`, at a fixed offered rate from 1,022 flows; rounds
+    /// interleaved, the 2-CPU / 1-CPU ratio paired per round. About a
+    /// minute.
+    Cpu {
+        /// Extra arguments (`--rounds N`, `--trial-secs S`, `--pps OFFERED`,
+        /// `--out DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The fleet (issue 12) on three hosts following etcd, each with an
     /// `xdpkit agent`: (a) a one-rule change, timed from just before
     /// `xdpkit fleet push` until all three statuses show it applied and a
@@ -176,6 +188,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Route { args },
         } => bench("bench_route", &args),
+        Task::Bench {
+            bench: Bench::Cpu { args },
+        } => bench("bench_cpu", &args),
         Task::Bench {
             bench: Bench::Fleet { args },
         } => bench("bench_fleet", &args),

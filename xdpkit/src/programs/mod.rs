@@ -5,6 +5,7 @@
 
 pub mod balancer;
 pub mod count;
+pub mod cpu;
 pub mod decap;
 pub mod drop;
 pub mod firewall;
@@ -37,6 +38,7 @@ pub static REGISTRY: &[&dyn Program] = &[
     &balancer::Balancer,
     &decap::Decap,
     &route::Route,
+    &cpu::Cpu,
 ];
 
 /// A data-plane program as a stage of an interface's chain.
@@ -346,7 +348,7 @@ mod tests {
         assert!(names("firewall,,pass").unwrap_err().contains("empty stage"));
         assert_eq!(
             names("firewal").unwrap_err(),
-            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap, route"
+            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap, route, cpu"
         );
     }
 
