@@ -255,10 +255,11 @@ fn a_small_umem_recycles_200000_frames_without_stalling_or_leaking() {
         got.redirected,
         "every redirected frame was received or counted as dropped"
     );
-    // 64 frames went round thousands of times: a leak of one frame per
-    // round would have emptied the UMEM long before.
+    // Each of the 64 frames went round at least 100 times (a leak of one
+    // frame per round would have emptied the UMEM long before); the kernel
+    // drops what arrives while the fill ring is empty, counted above.
     assert!(
-        s.rx_frames > (FRAMES / 2) as u64,
+        s.rx_frames > 64 * 100,
         "only {} of {FRAMES} frames received: stalled?",
         s.rx_frames
     );
