@@ -52,6 +52,10 @@
 //! which socket), the XSKMAP registration, zero-copy-or-copy fallback, and
 //! accounting of every frame.
 
+mod echo;
+
+pub use echo::swap_addresses;
+
 use std::{
     fmt,
     num::NonZeroU32,
@@ -295,6 +299,13 @@ impl XskSocket {
         Self::bind_in(&PinDir::new(iface)?, iface, queue, umem, mode)
     }
 
+    /// A socket only for sending on `queue` of `iface`: not registered in
+    /// any XSKMAP (so it receives nothing) and so needing no stage on the
+    /// interface (`xdpkit xsk fwd --to`).
+    pub fn bind_tx_only(iface: &str, queue: u32, umem: Umem, mode: Mode) -> Result<XskSocket> {
+        Self::open_in_mode(iface, iface::index(iface)?, queue, umem, mode)
+    }
+
     /// [`Self::bind`], registering in the XSKMAP pinned in `pins` rather
     /// than the interface's own directory (a [`crate::Harness`]'s chain).
     pub fn bind_in(
@@ -326,22 +337,32 @@ impl XskSocket {
             source: Box::new(e),
         })?;
 
+        let mut socket = Self::open_in_mode(iface, ifindex, queue, umem, mode)?;
+        socket.register(map)?;
+        Ok(socket)
+    }
+
+    /// Binds in `mode`; `Auto` tries zero-copy, then copy.
+    fn open_in_mode(
+        iface: &str,
+        ifindex: u32,
+        queue: u32,
+        umem: Umem,
+        mode: Mode,
+    ) -> Result<XskSocket> {
         // `open` takes the UMEM only when it binds: a failed zero-copy try
         // leaves it here for the copy-mode one.
         let mut umem = Some(umem);
-        let mut socket = match mode {
-            Mode::Copy | Mode::ZeroCopy => Self::open(iface, ifindex, queue, &mut umem, mode)?,
+        match mode {
+            Mode::Copy | Mode::ZeroCopy => Self::open(iface, ifindex, queue, &mut umem, mode),
             Mode::Auto => match Self::open(iface, ifindex, queue, &mut umem, Mode::ZeroCopy) {
-                Ok(socket) => socket,
                 Err(Error::ZeroCopyUnsupported { .. }) => {
                     tracing::debug!("{iface}: no zero-copy AF_XDP, using copy mode");
-                    Self::open(iface, ifindex, queue, &mut umem, Mode::Copy)?
+                    Self::open(iface, ifindex, queue, &mut umem, Mode::Copy)
                 }
-                Err(e) => return Err(e),
+                other => other,
             },
-        };
-        socket.register(map)?;
-        Ok(socket)
+        }
     }
 
     /// Binds in one mode, taking the UMEM out of `umem` on success only.
@@ -596,15 +617,23 @@ impl XskSocket {
         self.refill();
     }
 
-    /// Counters and where the frames are.
+    /// Counters and where the frames are, with the kernel's counts (one
+    /// getsockopt(2)).
     pub fn stats(&self) -> XskStats {
-        let mut stats = self.stats;
+        let mut stats = self.counters();
         if let Ok(k) = self._user.statistics_v2() {
             stats.kernel_rx_dropped = k.rx_dropped;
             stats.kernel_rx_ring_full = k.rx_ring_full;
             stats.kernel_fill_ring_empty = k.rx_fill_ring_empty_descs;
             stats.kernel_invalid_descs = k.rx_invalid_descs + k.tx_invalid_descs;
         }
+        stats
+    }
+
+    /// [`Self::stats`] without the kernel's counts (their fields 0): no
+    /// system call, for checks in a busy loop.
+    pub fn counters(&self) -> XskStats {
+        let mut stats = self.stats;
         stats.frames_free = self.free.len() as u32 + self.pending_tx.len() as u32;
         stats.frames_in_fill = self.in_fill;
         stats.frames_in_tx = self.in_tx;
