@@ -110,9 +110,10 @@ enum ModeArg {
     ZeroCopy,
 }
 
-/// Write the frames an AF_XDP socket receives to a pcapng file (the
-/// whole frames, nanosecond timestamps, comment `verdict=redirect`).
-/// -w - writes to stdout.
+/// Write the frames an AF_XDP socket receives to a pcapng file.
+///
+/// Whole frames, nanosecond timestamps, each with the comment
+/// `verdict=redirect`. -w - writes to stdout.
 ///
 /// Examples:
 ///   xdpkit xsk dump --dev eth0 -w frames.pcapng
@@ -128,8 +129,9 @@ struct DumpArgs {
     write: PathBuf,
 }
 
-/// Send every frame back to its sender from the same socket: MAC
-/// addresses swapped, and IPv4/IPv6 addresses and UDP/TCP ports where the
+/// Send every frame back to its sender.
+///
+/// From the same socket: MAC addresses swapped, and IPv4/IPv6 addresses and UDP/TCP ports where the
 /// frame has them (checksums stay valid). The reply is the received UMEM
 /// frame itself, not a copy. For tests and benchmarks: a UDP datagram to
 /// any port of any address behind the interface comes back as if answered.
@@ -144,8 +146,9 @@ struct EchoArgs {
     socket: SocketArgs,
 }
 
-/// Send the frames received on --dev out of --to, unchanged (a one-way
-/// wire between two interfaces). The sending socket on --to has its own
+/// Send the frames received on --dev out of --to.
+///
+/// Unchanged: a one-way wire between two interfaces. The sending socket on --to has its own
 /// UMEM: each frame is copied once, from the receiving UMEM into it (a
 /// shared UMEM would save the copy but tie both interfaces' frame pools
 /// together). --to needs no stage: the socket there only sends, on the

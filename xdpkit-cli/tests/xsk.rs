@@ -1,7 +1,8 @@
 //! `xdpkit xsk` on a veth lab: without a stage that feeds sockets it
 //! refuses (exit 2, saying what to attach); with the xsk stage, `xsk dump`
 //! receives exactly the frames sent (count, bytes and contents), and `xsk
-//! echo` answers a UDP datagram from another namespace.
+//! echo` answers a UDP datagram from another namespace, and `xsk fwd`
+//! sends every frame out of the other interface unchanged.
 
 mod common;
 
@@ -73,10 +74,10 @@ impl Drop for Running {
     }
 }
 
-/// Starts `xdpkit ARGS` in dut and waits until it says its socket is bound.
-fn start(lab: &Lab, args: &[&str]) -> Running {
+/// Starts `xdpkit ARGS` in `ns` and waits until it says its socket is bound.
+fn start(lab: &Lab, ns: &str, args: &[&str]) -> Running {
     let mut child = lab
-        .command("dut", XDPKIT)
+        .command(ns, XDPKIT)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -99,6 +100,35 @@ fn start(lab: &Lab, args: &[&str]) -> Running {
         "veth has copy mode only: {line}"
     );
     running
+}
+
+/// `count` UDP frames of 60 to 1059 bytes, each different.
+fn frames(src: [u8; 6], dst: [u8; 6], count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let mut frame = Vec::new();
+            PacketBuilder::ethernet2(src, dst)
+                .ipv4([198, 18, 78, 1], [198, 18, 78, 2], 64)
+                .udp(40000 + i as u16, 9)
+                .write(&mut frame, &vec![i as u8; 18 + i % 1000])
+                .unwrap();
+            frame
+        })
+        .collect()
+}
+
+/// The frames in a pcapng file (whole, as captured); removes the file.
+fn read_pcapng(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut reader = PcapNgReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut captured = Vec::new();
+    while let Some(block) = reader.next_block() {
+        if let Block::EnhancedPacket(p) = block.unwrap() {
+            assert_eq!(p.original_len as usize, p.data.len(), "whole frames");
+            captured.push(p.data.to_vec());
+        }
+    }
+    std::fs::remove_file(path).unwrap();
+    captured
 }
 
 #[test]
@@ -133,23 +163,14 @@ fn xsk_dump_receives_exactly_the_frames_sent() {
     let count = FRAMES.to_string();
     let dump = start(
         &lab,
+        "dut",
         &[
             "xsk", "dump", "--dev", "xkxs-d", "--count", &count, "--json", "-w", path_arg,
         ],
     );
     let src = lab.mac("gen", "xkxs-g").unwrap();
     let dst = lab.mac("dut", "xkxs-d").unwrap();
-    let frames: Vec<Vec<u8>> = (0..FRAMES)
-        .map(|i| {
-            let mut frame = Vec::new();
-            PacketBuilder::ethernet2(src, dst)
-                .ipv4([198, 18, 78, 1], [198, 18, 78, 2], 64)
-                .udp(40000 + i as u16, 9)
-                .write(&mut frame, &vec![i as u8; 18 + i % 1000])
-                .unwrap();
-            frame
-        })
-        .collect();
+    let frames = frames(src, dst, FRAMES);
     let sent = lab.send_frames("gen", "xkxs-g", &frames).unwrap();
     assert_eq!(sent as usize, FRAMES);
     let report: serde_json::Value =
@@ -194,6 +215,7 @@ fn xsk_echo_answers_a_udp_datagram_from_another_namespace() {
     let count = DATAGRAMS.to_string();
     let echo = start(
         &lab,
+        "dut",
         &[
             "xsk",
             "echo",
@@ -227,4 +249,75 @@ fn xsk_echo_answers_a_udp_datagram_from_another_namespace() {
     assert_eq!(report["rx_frames"], DATAGRAMS as u64, "{report}");
     assert_eq!(report["tx_frames"], DATAGRAMS as u64, "{report}");
     ok(&xdpkit_in(&lab, "dut", &["detach", "--dev", "xkxe-d"]));
+}
+
+#[test]
+fn xsk_fwd_sends_every_frame_out_of_the_other_interface() {
+    if !require_root("xsk_fwd_sends_every_frame_out_of_the_other_interface") {
+        return;
+    }
+    const FRAMES: usize = 300;
+    // gen -- (a) dut (b) -- sink: fwd from a to b, a dump on sink's end.
+    let lab = Lab::builder("xkxf")
+        .namespace("gen")
+        .namespace("dut")
+        .namespace("sink")
+        .veth("gen", "xkxf-g", None, "dut", "xkxf-a", None)
+        .veth("dut", "xkxf-b", None, "sink", "xkxf-s", None)
+        .build()
+        .expect("build lab");
+    // Nothing but the forwarded frames reaches the sink.
+    sysctl(&lab, "gen", "net.ipv6.conf.xkxf-g.disable_ipv6=1");
+    sysctl(&lab, "dut", "net.ipv6.conf.xkxf-b.disable_ipv6=1");
+    ok(&xdpkit_in(
+        &lab,
+        "dut",
+        &["attach", "xsk", "--dev", "xkxf-a"],
+    ));
+    ok(&xdpkit_in(
+        &lab,
+        "sink",
+        &["attach", "xsk", "--dev", "xkxf-s"],
+    ));
+    let path = std::env::temp_dir().join(format!("xkxf-{}.pcapng", std::process::id()));
+    let count = FRAMES.to_string();
+    let dump = start(
+        &lab,
+        "sink",
+        &[
+            "xsk",
+            "dump",
+            "--dev",
+            "xkxf-s",
+            "--count",
+            &count,
+            "-w",
+            path.to_str().unwrap(),
+        ],
+    );
+    let fwd = start(
+        &lab,
+        "dut",
+        &[
+            "xsk", "fwd", "--dev", "xkxf-a", "--to", "xkxf-b", "--count", &count, "--json",
+        ],
+    );
+    let src = lab.mac("gen", "xkxf-g").unwrap();
+    let dst = lab.mac("dut", "xkxf-a").unwrap();
+    let frames = frames(src, dst, FRAMES);
+    assert_eq!(
+        lab.send_frames("gen", "xkxf-g", &frames).unwrap() as usize,
+        FRAMES
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&fwd.finish(Duration::from_secs(20))).unwrap();
+    assert_eq!(report["rx_frames"], FRAMES as u64, "{report}");
+    assert_eq!(report["tx_frames"], FRAMES as u64, "{report}");
+    dump.finish(Duration::from_secs(20));
+    assert!(
+        read_pcapng(&path) == frames,
+        "the frames sent, in order, unchanged"
+    );
+    ok(&xdpkit_in(&lab, "dut", &["detach", "--dev", "xkxf-a"]));
+    ok(&xdpkit_in(&lab, "sink", &["detach", "--dev", "xkxf-s"]));
 }

@@ -348,7 +348,7 @@ mod tests {
         assert!(names("firewall,,pass").unwrap_err().contains("empty stage"));
         assert_eq!(
             names("firewal").unwrap_err(),
-            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap, route"
+            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap, route, xsk"
         );
     }
 
