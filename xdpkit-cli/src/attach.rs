@@ -39,8 +39,8 @@ use crate::output::{print_json, DevArg, JsonArg, ModeArg, PolicyArgs};
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Program, or comma-separated programs run in order as stages: pass,
-    /// drop, tx, count, redirect, firewall, balancer, decap, route, cpu (each
-    /// at most once).
+    /// drop, tx, count, redirect, firewall, balancer, decap, route, cpu, xsk
+    /// (each at most once).
     #[arg(value_name = "PROGRAM[,PROGRAM...]")]
     pub program: String,
 

@@ -22,6 +22,7 @@ mod simulate;
 mod status;
 mod top;
 mod trafficgen;
+mod xsk;
 
 use std::process::ExitCode;
 
@@ -73,6 +74,7 @@ enum Command {
     Simulate(simulate::Args),
     Top(top::Args),
     Trafficgen(trafficgen::Args),
+    Xsk(xsk::Args),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Top(args) => top::run(args),
         Command::Trafficgen(args) => trafficgen::run(args),
+        Command::Xsk(args) => xsk::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

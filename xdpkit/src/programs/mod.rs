@@ -13,6 +13,7 @@ pub mod pass;
 pub mod redirect;
 pub mod route;
 pub mod tx;
+pub mod xsk;
 
 use std::path::Path;
 
@@ -39,6 +40,7 @@ pub static REGISTRY: &[&dyn Program] = &[
     &decap::Decap,
     &route::Route,
     &cpu::Cpu,
+    &xsk::Xsk,
 ];
 
 /// A data-plane program as a stage of an interface's chain.
@@ -348,7 +350,7 @@ mod tests {
         assert!(names("firewall,,pass").unwrap_err().contains("empty stage"));
         assert_eq!(
             names("firewal").unwrap_err(),
-            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap, route, cpu"
+            "unknown program 'firewal': choose one of pass, drop, tx, count, redirect, firewall, balancer, decap, route, cpu, xsk"
         );
     }
 
