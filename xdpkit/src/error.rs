@@ -205,6 +205,19 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// An AF_XDP socket was asked for on an interface whose stages do not
+    /// redirect to sockets (no XSKMAP pinned).
+    #[error("no stage on '{iface}' delivers frames to AF_XDP sockets: run `xdpkit attach xsk --dev {iface}` (or apply a config with the xsk stage or a firewall rule with action to-userspace)")]
+    NoSocketStage {
+        /// The interface.
+        iface: String,
+    },
+    /// Zero-copy AF_XDP was asked for on a driver without it (veth has none).
+    #[error("the driver of '{iface}' does not support zero-copy AF_XDP (EOPNOTSUPP): use copy mode, or auto to take zero-copy where it exists")]
+    ZeroCopyUnsupported {
+        /// The interface.
+        iface: String,
+    },
     /// A fault of xdpkit itself that no other variant names.
     #[error("internal error: {0}")]
     Internal(String),
@@ -242,6 +255,8 @@ impl Error {
             | Error::Config(_)
             | Error::IncompatiblePin { .. }
             | Error::NotAttached { .. }
+            | Error::NoSocketStage { .. }
+            | Error::ZeroCopyUnsupported { .. }
             | Error::Bpffs(_) => true,
             Error::Firewall(e) => e.is_usage(),
             Error::Balancer(_) | Error::Route(_) => true,

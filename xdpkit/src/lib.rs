@@ -4,7 +4,8 @@
 //! - [`status`]: what is attached, with per-action counters and rates, from any process;
 //! - [`features`]: what the kernel and a device support;
 //! - [`testrun`]: BPF_PROG_TEST_RUN on crafted frames, with [`model`] as the reference;
-//! - [`trafficgen`]: a live-frames traffic generator (BPF_PROG_TEST_RUN, XDP_TX).
+//! - [`trafficgen`]: a live-frames traffic generator (BPF_PROG_TEST_RUN, XDP_TX);
+//! - [`xsk`]: AF_XDP sockets fed by the `xsk` stage (frames to userspace, and back).
 //!
 //! Namespace labs, the benchmark harness and the demo are in the
 //! `xdpkit-lab` crate (test support, not part of this library).
@@ -39,6 +40,7 @@ pub mod sys;
 pub mod testrun;
 pub mod top;
 pub mod trafficgen;
+pub mod xsk;
 
 pub use attach::{attach, detach, AttachReport, AttachRequest, DetachReport, Mode};
 pub use error::{Error, Result};

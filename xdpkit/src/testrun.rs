@@ -112,6 +112,11 @@ impl Harness {
     pub fn stage_dir(&self, stage: &str) -> PinDir {
         self.dir.stage(stage)
     }
+
+    /// The chain's own pin directory (its shared maps: the XSKMAP, ...).
+    pub fn dir(&self) -> &PinDir {
+        &self.dir
+    }
 }
 
 impl Drop for Harness {

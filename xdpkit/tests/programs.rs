@@ -175,6 +175,45 @@ fn redirect_redirects_to_its_target_and_counts() {
 }
 
 #[test]
+fn xsk_redirects_only_to_a_bound_socket() {
+    if !require_root("xsk_redirects_only_to_a_bound_socket") {
+        return;
+    }
+    use xdpkit::xsk::{Mode, Umem, UmemConfig, XskSocket};
+    let frame = &fixtures()[0].frame;
+    let mut harness = Harness::new(&[plain(&programs::xsk::Xsk), plain(&Count)]).unwrap();
+    // No socket on queue 0 (test runs arrive on queue 0): the frame goes on.
+    let out = harness.run(frame, 3).unwrap();
+    assert_eq!(out.verdict, Some(XdpAction::Pass), "last stage passes");
+    assert_eq!(harness.counters("xsk").unwrap().next().packets, 3);
+    assert_eq!(harness.counters("count").unwrap().total().packets, 3);
+    // A socket bound to loopback queue 0 and registered in the chain's
+    // XSKMAP: the stage redirects (a test run does not deliver it).
+    let umem = Umem::new(UmemConfig {
+        frame_count: 16,
+        ..UmemConfig::default()
+    })
+    .unwrap();
+    let socket = XskSocket::bind_in(harness.dir(), "lo", 0, umem, Mode::Copy).unwrap();
+    let out = harness.run(frame, 5).unwrap();
+    assert_eq!(out.verdict, Some(XdpAction::Redirect));
+    let xsk = harness.counters("xsk").unwrap();
+    assert_eq!(xsk.get(XdpAction::Redirect).packets, 5);
+    assert_eq!(xsk.get(XdpAction::Redirect).bytes, 5 * frame.len() as u64);
+    assert_eq!(
+        harness.counters("count").unwrap().total().packets,
+        3,
+        "redirected frames never reach the next stage"
+    );
+    // Dropping the socket removes it from the XSKMAP: frames go on again.
+    drop(socket);
+    assert_eq!(
+        harness.run(frame, 1).unwrap().verdict,
+        Some(XdpAction::Pass)
+    );
+}
+
+#[test]
 fn tx_swaps_macs_and_nothing_else() {
     if !require_root("tx_swaps_macs_and_nothing_else") {
         return;

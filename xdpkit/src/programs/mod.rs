@@ -12,6 +12,7 @@ pub mod pass;
 pub mod redirect;
 pub mod route;
 pub mod tx;
+pub mod xsk;
 
 use std::path::Path;
 
@@ -37,6 +38,7 @@ pub static REGISTRY: &[&dyn Program] = &[
     &balancer::Balancer,
     &decap::Decap,
     &route::Route,
+    &xsk::Xsk,
 ];
 
 /// A data-plane program as a stage of an interface's chain.
