@@ -140,6 +140,19 @@ fn swap(f: &mut [u8]) {
     }
 }
 
+/// How long a receiver that found less than a full batch sleeps, the same
+/// for both kinds: it shares the core with the veth's NAPI thread, which
+/// then fills the rings (or the socket buffer) undisturbed instead of
+/// waking the receiver for every few frames.
+const IDLE: Duration = Duration::from_micros(200);
+
+/// Sleeps [`IDLE`], then lets the socket send what it queued (in copy
+/// mode the kernel sends when asked).
+fn idle(socket: &mut XskSocket) {
+    std::thread::sleep(IDLE);
+    let _ = socket.wait(Duration::ZERO);
+}
+
 /// Receives on the AF_XDP socket until `stop`, counting frames in `count`
 /// (and sending each back when `echo`).
 fn xsk_loop(socket: &mut XskSocket, echo: bool, stop: &AtomicBool, count: &AtomicU64) {
@@ -152,11 +165,10 @@ fn xsk_loop(socket: &mut XskSocket, echo: bool, stop: &AtomicBool, count: &Atomi
         } else {
             socket.rx_batch(BATCH as u32, |_| {})
         };
-        if n == 0 {
-            // Nothing ready: sleep in poll (which also kicks the TX ring).
-            let _ = socket.wait(Duration::from_millis(10));
-        }
         count.fetch_add(n as u64, Ordering::Relaxed);
+        if n < BATCH {
+            idle(socket);
+        }
     }
 }
 
@@ -199,6 +211,9 @@ fn udp_loop(socket: &UdpSocket, echo: bool, stop: &AtomicBool, count: &AtomicU64
         }
         let n = n as usize;
         count.fetch_add(n as u64, Ordering::Relaxed);
+        if n < BATCH {
+            std::thread::sleep(IDLE);
+        }
         if echo {
             for i in 0..n {
                 iovs[i].iov_len = msgs[i].msg_len as usize;
