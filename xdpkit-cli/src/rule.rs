@@ -15,8 +15,13 @@ use crate::output::{print_json, DevArg, JsonArg};
 ///
 /// Grammar, the same on the command line and in files (one rule a line,
 /// `#` starts a comment):
-///   <allow|deny|rate-limit PPS> [src CIDR] [dst CIDR] [proto tcp|udp|icmp|icmpv6|NUM]
-///   [sport P[-Q]] [dport P[-Q]] [smac MAC] [vlan ID] [prio N]
+///   <allow|deny|rate-limit PPS|to-userspace> [src CIDR] [dst CIDR]
+///   [proto tcp|udp|icmp|icmpv6|NUM] [sport P[-Q]] [dport P[-Q]] [smac MAC] [vlan ID] [prio N]
+/// allow hands the frame on down the chain, deny drops it, rate-limit PPS
+/// hands on PPS packets a second per source address and drops the rest,
+/// to-userspace redirects it into the AF_XDP socket bound to the RX queue it
+/// arrived on (`xdpkit::xsk`); with no socket on that queue the frame goes
+/// on down the chain like allow (counted as outcome no_socket in `status`).
 /// A bare address is a /32 or /128; ports imply TCP or UDP; vlan matches the
 /// outer tag; prio defaults to 100. Lower prio is judged first, then the
 /// order of insertion; the first matching rule decides; no match gives the
@@ -41,8 +46,9 @@ enum RuleCommand {
 
 /// Add one rule and print its id.
 ///
-/// Example:
+/// Examples:
 ///   xdpkit rule add --dev eth0 deny src 198.18.0.0/16 prio 10
+///   xdpkit rule add --dev eth0 to-userspace proto udp dport 5000
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 struct AddArgs {

@@ -9,8 +9,12 @@ use crate::output::{JsonArg, PolicyArgs};
 
 /// Run every packet of a pcap or pcapng capture through the real firewall
 /// program (BPF_PROG_TEST_RUN in private maps; nothing is attached) and
-/// print one line per packet: index, verdict and the id of the deciding
-/// rule, or `-` when a policy decided. A summary goes to stderr.
+/// print one line per packet: index, verdict (pass, drop or to-userspace)
+/// and the id of the deciding rule, or `-` when a policy decided. A summary
+/// goes to stderr. `to-userspace`: a to-userspace rule decided; on an
+/// interface the frame goes into the AF_XDP socket bound to its RX queue,
+/// or, with no socket there, on down the chain like `pass` (the simulation
+/// binds no socket, so the program handed it on).
 ///
 /// With --rules FILE the rules are the file's (ids = line numbers) and the
 /// policies come from the flags. With --dev IF they are a snapshot of the
@@ -18,7 +22,7 @@ use crate::output::{JsonArg, PolicyArgs};
 /// while the live counters and rate-limit buckets stay untouched.
 ///
 /// Rule files hold one rule a line; `#` starts a comment:
-///   <allow|deny|rate-limit PPS> [src CIDR] [dst CIDR] [proto tcp|udp|icmp|icmpv6|NUM]
+///   <allow|deny|rate-limit PPS|to-userspace> [src CIDR] [dst CIDR] [proto tcp|udp|icmp|icmpv6|NUM]
 ///   [sport P[-Q]] [dport P[-Q]] [smac MAC] [vlan ID] [prio N]
 /// Lower prio is judged first (default 100), then file order; the first
 /// matching rule decides. Rate limits run on the simulation's clock, not
@@ -51,7 +55,7 @@ pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
-    /// One JSON object a line: {"index":N,"verdict":"pass"|"drop","rule":ID or null}.
+    /// One JSON object a line: {"index":N,"verdict":"pass"|"drop"|"to-userspace","rule":ID or null}.
     #[command(flatten)]
     pub json: JsonArg,
 }
@@ -75,10 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let frames = simulate::read_capture(&args.pcap)?;
     let results = simulate::simulate(&rules, policy, &frames).context("simulation failed")?;
-    let mut dropped = 0;
+    let (mut dropped, mut to_user) = (0, 0);
     for r in &results {
-        if r.verdict == "drop" {
-            dropped += 1;
+        match r.verdict {
+            "drop" => dropped += 1,
+            "to-userspace" => to_user += 1,
+            _ => {}
         }
         if args.json.json {
             outln!("{}", serde_json::to_string(r)?);
@@ -90,10 +96,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             outln!("{} {} {rule}", r.index, r.verdict);
         }
     }
+    let passed = results.len() - dropped - to_user;
+    let to_user = if to_user > 0 {
+        format!(
+            ", {to_user} to-userspace (into the AF_XDP socket of their RX queue; \
+             with none bound there, on down the chain like pass)"
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{} packets: {} pass, {dropped} drop ({} rules from {})",
+        "{} packets: {passed} pass, {dropped} drop{to_user} ({} rules from {})",
         results.len(),
-        results.len() - dropped,
         rules.len(),
         source
     );

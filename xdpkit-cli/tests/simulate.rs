@@ -18,7 +18,7 @@ use xdpkit_lab::lab::require_root;
 
 const XDPKIT: &str = env!("CARGO_BIN_EXE_xdpkit");
 
-const RULES: &str = "# simulate test\ndeny src 198.18.0.0/16\nallow src 198.18.7.0/24 prio 10\ndeny proto udp dport 53\n";
+const RULES: &str = "# simulate test\ndeny src 198.18.0.0/16\nallow src 198.18.7.0/24 prio 10\ndeny proto udp dport 53\nto-userspace proto udp dport 5000 prio 5\n";
 
 fn udp(src: [u8; 4], dport: u16) -> Vec<u8> {
     udp_of(src, dport, 16)
@@ -58,6 +58,8 @@ fn frames() -> Vec<(Vec<u8>, &'static str, Option<u64>)> {
         // them in fragments and judges them by their headers.
         (udp_of([198, 18, 1, 1], 9, 8972), "drop", Some(2)),
         (udp_of([198, 18, 7, 7], 9, 8972), "pass", Some(3)),
+        // No socket in a simulation: it would go on down the chain.
+        (udp([198, 18, 1, 1], 5000), "to-userspace", Some(5)),
     ]
 }
 
@@ -153,7 +155,11 @@ fn simulate_reports_verdict_and_rule_per_packet() {
     ]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().nth(3), Some("4 drop -"), "{text}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("9 packets: 3 pass, 6 drop"));
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("10 packets: 3 pass, 6 drop, 1 to-userspace (into the AF_XDP socket of their RX queue; with none bound there, on down the chain like pass)"),
+        "{summary}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

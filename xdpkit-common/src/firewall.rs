@@ -16,8 +16,13 @@ pub const FW_RULES: &str = "FW_RULES";
 /// the general rules (at most [`FW_MAX_GENERAL`]), which a [`RuleRecord`]
 /// cannot hold. Not sized by the capacity. The program never reads it.
 pub const FW_GEN_RECORDS: &str = "FW_GEN_RECORDS";
-/// Per-CPU array of [`crate::ActionCounter`] indexed by [`Outcome`].
+/// Per-CPU array of [`crate::ActionCounter`] indexed by [`Outcome`], and
+/// one entry more ([`FW_CLOCK_SLOT`]).
 pub const FW_OUTCOMES: &str = "FW_OUTCOMES";
+/// The entry of [`FW_OUTCOMES`] after the outcomes: not a counter but the
+/// program's per-CPU cache of the coarse clock (jiffies, ns), there rather
+/// than in a map of its own because a program may use at most 64 maps.
+pub const FW_CLOCK_SLOT: u32 = Outcome::COUNT;
 /// LRU hash of [`BucketKey`] -> [`Bucket`]: the token buckets of rate
 /// limits. A pool map ([`FW_POOL_MAPS`]): [`FW_MIN_BUCKETS`] entries while
 /// the ruleset has no rate-limit rule, [`FW_MAX_BUCKETS`] once it has one.
@@ -686,6 +691,10 @@ pub const ACTION_ALLOW: u32 = 0;
 pub const ACTION_DENY: u32 = 1;
 /// See [`ACTION_ALLOW`].
 pub const ACTION_RATE_LIMIT: u32 = 2;
+/// Into the AF_XDP socket bound to the frame's RX queue (the interface's
+/// XSKMAP, [`crate::xsk`]); a frame whose queue has no socket goes on down
+/// the chain as an allowed one would ([`Outcome::NoSocket`]).
+pub const ACTION_TO_USERSPACE: u32 = 3;
 
 /// [`FwConfig::active`] bit: prefix tries of set 1 (else set 0).
 pub const ACTIVE_PREFIX: u32 = 1;
@@ -757,7 +766,8 @@ pub struct RuleRef {
     pub rank: u64,
     /// Rule id.
     pub id: u32,
-    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_RATE_LIMIT`].
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`], [`ACTION_RATE_LIMIT`] or
+    /// [`ACTION_TO_USERSPACE`].
     pub action: u32,
     /// Packets per second for rate limits.
     pub pps: u32,
@@ -819,7 +829,8 @@ pub struct RuleRecord {
     /// `REC_*` bits: [`REC_USED`], [`REC_GENERAL`], or the prefix's field
     /// and family ([`REC_SRC`], [`REC_SRC_V6`], [`REC_DST`], [`REC_DST_V6`]).
     pub flags: u32,
-    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_RATE_LIMIT`].
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`], [`ACTION_RATE_LIMIT`] or
+    /// [`ACTION_TO_USERSPACE`].
     pub action: u8,
     /// Prefix length.
     pub len: u8,
@@ -838,7 +849,8 @@ pub struct GeneralRecord {
     pub seq: u64,
     /// Priority.
     pub prio: u32,
-    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_RATE_LIMIT`].
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`], [`ACTION_RATE_LIMIT`] or
+    /// [`ACTION_TO_USERSPACE`].
     pub action: u32,
     /// Packets per second of a rate limit.
     pub pps: u32,
@@ -909,11 +921,16 @@ pub enum Outcome {
     Fragment = 4,
     /// Truncated or inconsistent headers.
     Malformed = 5,
+    /// A `to-userspace` rule matched but no AF_XDP socket is bound to the
+    /// frame's RX queue: the frame went on down the chain (counted as the
+    /// stage's "next", like an allowed one). Frames that found a socket
+    /// are [`Outcome::Rule`] with action redirect.
+    NoSocket = 6,
 }
 
 impl Outcome {
     /// Number of outcomes.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// The last decision, for simulation and tests.

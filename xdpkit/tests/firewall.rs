@@ -54,7 +54,9 @@ fn rule_line() -> impl Strategy<Value = String> {
     let action = prop_oneof![
         Just("allow".to_string()),
         Just("deny".to_string()),
-        Just("rate-limit 1000000000".to_string())
+        Just("rate-limit 1000000000".to_string()),
+        // No socket in the harness's XSKMAP: its frames go on (next).
+        Just("to-userspace".to_string())
     ];
     // Full-length prefixes a third of the time: they take the host-map path.
     let v4_len = prop_oneof![1 => Just(32u8), 2 => 0u8..=32];
@@ -79,7 +81,9 @@ fn general_rule_line() -> impl Strategy<Value = String> {
     let action = prop_oneof![
         Just("allow".to_string()),
         Just("deny".to_string()),
-        Just("rate-limit 1000000000".to_string())
+        Just("rate-limit 1000000000".to_string()),
+        // No socket in the harness's XSKMAP: its frames go on (next).
+        Just("to-userspace".to_string())
     ];
     let v4_net = (0..V4.len(), 0u8..=32).prop_map(|(i, len)| {
         ipnet::Ipv4Net::new(V4[i].into(), len)
@@ -520,6 +524,7 @@ fn outcome_of(reason: Reason) -> u32 {
         Reason::NonIp => Outcome::NonIp,
         Reason::Fragment => Outcome::Fragment,
         Reason::Malformed => Outcome::Malformed,
+        Reason::NoSocket => Outcome::NoSocket,
     }) as u32
 }
 
@@ -551,6 +556,7 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
         vec(any_frame(), 100),
     );
     let seen = RefCell::new(BTreeMap::<&'static str, u64>::new());
+    let no_socket = Cell::new(0u64);
     runner
         .run(&strategy, |(lines, loaded, deleted, policy, frames)| {
             let all = Ruleset::parse_file_text("random", &lines.join("\n")).unwrap();
@@ -577,6 +583,7 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
                 let kind = kind_of(frame, *chain);
                 *seen.borrow_mut().entry(kind).or_default() += 1;
                 let want = decide(&rules, &policy, frame, &mut rate, 0);
+                no_socket.set(no_socket.get() + u64::from(want.reason == Reason::NoSocket));
                 let (got, trace) = harness.run(frame).unwrap();
                 let want_action = if want.verdict == Verdict::Drop {
                     XdpAction::Drop
@@ -618,7 +625,12 @@ fn kernel_matches_model_on_random_rulesets_and_frames() {
     assert!(in_place.get() > 0, "the in-place add path was never taken");
     let seen = seen.into_inner();
     println!("frames by kind: {seen:?}");
+    println!(
+        "{} frames decided by a to-userspace rule with no socket: next",
+        no_socket.get()
+    );
     if rulesets >= 100 {
+        assert!(no_socket.get() > 0, "no to-userspace rule decided a frame");
         for kind in KINDS {
             assert!(seen.get(kind).is_some_and(|n| *n > 0), "no {kind} frame");
         }
@@ -1675,6 +1687,95 @@ fn v6_in_place_at_a_million_prefixes() {
                 half[1][c / 2] / 1000,
                 half[1][c - 1] / 1000
             );
+        }
+    }
+}
+
+/// An AF_XDP socket, unbound: enough for the XSKMAP (a test run only needs
+/// the entry to be there to return XDP_REDIRECT; nothing is delivered).
+fn xdp_socket() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket(2); the fd is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    assert!(
+        fd >= 0,
+        "AF_XDP socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh descriptor nobody else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Issue 13 point 1: a `to-userspace` rule redirects into the socket of
+/// the frame's RX queue (test runs use queue 0); without one there, the
+/// frame goes on as the model says (outcome no_socket), and frames the
+/// rule does not decide are judged as before.
+#[test]
+fn to_userspace_redirects_only_when_the_queue_has_a_socket() {
+    if !require_root("to_userspace_redirects_only_when_the_queue_has_a_socket") {
+        return;
+    }
+    use std::os::fd::AsFd as _;
+    let rules = Ruleset::parse_file_text(
+        "t",
+        "to-userspace proto udp dport 5000 prio 10\n\
+         to-userspace src 198.18.7.1\n\
+         to-userspace dst 2001:db8::/48\n\
+         deny src 198.18.0.0/16\n",
+    )
+    .unwrap();
+    let policy = Policy {
+        default: Verdict::Drop,
+        ..Policy::default()
+    };
+    let mut harness = FirewallHarness::new(policy).unwrap();
+    harness.load_rules(&rules).unwrap();
+    let udp4 = |src: [u8; 4], dport: u16| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, [198, 18, 0, 2], 64)
+            .udp(1234, dport)
+            .write(&mut f, &[7; 32])
+            .unwrap();
+        f
+    };
+    let mut udp6 = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(v6(3), v6(0), 64)
+        .udp(1234, 9)
+        .write(&mut udp6, &[7; 32])
+        .unwrap();
+    // (frame, the deciding rule, whether it is a to-userspace rule)
+    let cases = [
+        (udp4([198, 18, 3, 3], 5000), 1, true),
+        (udp4([198, 18, 7, 1], 9), 2, true),
+        (udp6.clone(), 3, true),
+        (udp4([198, 18, 3, 3], 5001), 4, false),
+    ];
+    let socket = xdp_socket();
+    for bound in [None, Some(1), Some(0)] {
+        harness.set_socket(0, None).unwrap();
+        harness.set_socket(1, None).unwrap();
+        if let Some(q) = bound {
+            harness.set_socket(q, Some(socket.as_fd())).unwrap();
+        }
+        for (frame, rule, to_user) in &cases {
+            let want = decide(&rules, &policy, frame, &mut RateState::default(), 0);
+            assert_eq!(want.rule, Some(*rule), "model");
+            let (out, trace) = harness.run(frame).unwrap();
+            let (action, outcome) = match (to_user, bound) {
+                (true, Some(0)) => (XdpAction::Redirect, Outcome::Rule),
+                // The model's answer: no socket on queue 0.
+                (true, _) => {
+                    assert_eq!(want.reason, Reason::NoSocket);
+                    (XdpAction::Pass, Outcome::NoSocket)
+                }
+                (false, _) => (XdpAction::Drop, Outcome::Rule),
+            };
+            let what = format!("rule {rule}, socket on queue {bound:?}");
+            assert_eq!(out.verdict, Some(action), "{what}");
+            assert_eq!(trace.outcome, outcome as u32, "{what}");
+            assert_eq!(trace.rule, *rule, "{what}");
         }
     }
 }

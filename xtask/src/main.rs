@@ -85,6 +85,16 @@ enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// AF_XDP in copy mode against the stack (issue 13): receive (a socket
+    /// fed by a firewall `to-userspace` rule vs a `recvmmsg` UDP socket) and
+    /// echo (swap and send back out of the socket vs a UDP echo server),
+    /// rounds interleaved on the one-core lab; Mpps medians and the ratios.
+    /// About a minute.
+    Xsk {
+        /// Extra arguments (`--rounds N`, `--trial-secs S`, `--out DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// What touching a frame and each verdict cost (seed 001's
     /// memory-access benchmark): xdpkit's bench program as drop with no
     /// touch, read, parse-ip and swap-macs; pass; tx; drop in skb mode.
@@ -179,6 +189,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Compare { args },
         } => bench("bench_compare", &args),
+        Task::Bench {
+            bench: Bench::Xsk { args },
+        } => bench("bench_xsk", &args),
         Task::Bench {
             bench: Bench::Stages { args },
         } => bench("bench_stages", &args),

@@ -1,6 +1,7 @@
 //! The firewall: IPv4 prefix rules in DIR-16-8-8 tables, IPv6 ones in
 //! hash tables searched by binary search on lengths (see docs/firewall.md), policies
-//! for non-IP, malformed frames and fragments, rate limits, counters.
+//! for non-IP, malformed frames and fragments, rate limits, redirects into
+//! AF_XDP sockets (`to-userspace`), counters.
 #![no_std]
 #![no_main]
 
@@ -21,11 +22,11 @@ use xdpkit_common::{
         host_buckets, host_filter, present_dir, present_host, present_table, present_trie,
         v6_bucket, v6_hash, v6_leaf_index, v6_rehash, v6_tag, Bucket, BucketKey, DirChunk, DirSlot,
         FwConfig, FwTrace, HostBucket, Outcome, RuleHits, RuleRecord, RuleRef, V6Bucket, V6Node,
-        V6Root, ACTION_ALLOW, ACTION_DENY, ACTIVE_GENERAL, ACTIVE_PREFIX, DIR4_L1_SLOTS, DIR_CHUNK,
-        DIR_TRIE, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS, FW_MAX_BUCKETS, FW_MAX_HOSTS,
-        FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS, FW_V6_NODES, NO_RULE, POLICY_DROP,
-        POLICY_L3, POLICY_PASS, V6_DIRECT, V6_DIRECT_MAX, V6_LEAVES_PER_BUCKET, V6_MAX_PROBES,
-        V6_NEXT_SHIFT, V6_TAG_MASK,
+        V6Root, ACTION_ALLOW, ACTION_DENY, ACTION_TO_USERSPACE, ACTIVE_GENERAL, ACTIVE_PREFIX,
+        DIR4_L1_SLOTS, DIR_CHUNK, DIR_TRIE, FW_CLOCK_SLOT, FW_DIR4_MAX_CHUNKS, FW_HOST_BUCKETS,
+        FW_MAX_BUCKETS, FW_MAX_HOSTS, FW_MAX_PREFIXES, FW_MAX_RULE_IDS, FW_V6_MAX_BUCKETS,
+        FW_V6_NODES, NO_RULE, POLICY_DROP, POLICY_L3, POLICY_PASS, V6_DIRECT, V6_DIRECT_MAX,
+        V6_LEAVES_PER_BUCKET, V6_MAX_PROBES, V6_NEXT_SHIFT, V6_TAG_MASK,
     },
     ActionCounter, XdpAction,
 };
@@ -34,6 +35,7 @@ use self::parse::{parse, read_addresses, IpFrame, Parsed};
 use xdpkit_ebpf::{
     chain,
     stats::{add, count_rule_len, frame_len},
+    xsks::to_userspace,
 };
 
 xdpkit_ebpf::license!();
@@ -50,8 +52,9 @@ static RULES: Array<RuleRecord> = Array::with_max_entries(FW_MAX_RULE_IDS, 0);
 #[map(name = "FW_GEN_RECORDS")]
 static GEN_RECORDS: HashMap<u32, xdpkit_common::firewall::GeneralRecord> =
     HashMap::with_max_entries(xdpkit_common::firewall::FW_MAX_GENERAL, NO_PREALLOC);
+/// Outcome counters, then this CPU's [`Clock`] in entry [`FW_CLOCK_SLOT`].
 #[map(name = "FW_OUTCOMES")]
-static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+static OUTCOMES: PerCpuArray<ActionCounter> = PerCpuArray::with_max_entries(Outcome::COUNT + 1, 0);
 
 const NO_PREALLOC: u32 = 1; // BPF_F_NO_PREALLOC, required for LPM tries
 
@@ -388,7 +391,7 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
         Parsed::Ip if no_rules(cfg) => (policy(cfg.default_policy), Outcome::Default, NO_RULE),
         Parsed::Ip => {
             read_addresses(&ctx, ip);
-            judge(cfg, ip)
+            judge(&ctx, cfg, ip)
         }
     };
     add(&OUTCOMES, outcome as u32, len);
@@ -419,13 +422,17 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
         }
     }
     if action == XdpAction::Pass {
-        // Allowed: the stages after the firewall decide (pass if none).
+        // Allowed (or to-userspace without a socket): the stages after the
+        // firewall decide (pass if none).
         return chain::next_len(&ctx, len);
     }
     count_rule_len(&ctx, action, rule, len)
 }
 
-/// This CPU's coarse clock as of its last tick, cached per jiffy.
+/// This CPU's coarse clock as of its last tick, cached per jiffy, in
+/// entry [`FW_CLOCK_SLOT`] of `FW_OUTCOMES` (the same 16 bytes as an
+/// `ActionCounter`): a map of its own would be the program's 65th, one
+/// more than a program may use. A cache, as good fresh after a re-attach.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Clock {
@@ -433,9 +440,7 @@ struct Clock {
     ns: u64,
 }
 
-/// Not pinned: a cache, as good fresh after a re-attach.
-#[map(name = "FW_CLOCK")]
-static CLOCK: PerCpuArray<Clock> = PerCpuArray::with_max_entries(1, 0);
+const _: () = assert!(core::mem::size_of::<Clock>() == core::mem::size_of::<ActionCounter>());
 
 /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at jiffy resolution, all a
 /// "last hit" needs) with one helper call per tick instead of per frame:
@@ -445,11 +450,12 @@ static CLOCK: PerCpuArray<Clock> = PerCpuArray::with_max_entries(1, 0);
 fn coarse_now() -> u64 {
     // SAFETY: helpers without arguments.
     let jiffies = unsafe { bpf_jiffies64() };
-    let Some(clock) = CLOCK.get_ptr_mut(0) else {
+    let Some(clock) = OUTCOMES.get_ptr_mut(FW_CLOCK_SLOT) else {
         // SAFETY: as above.
         return unsafe { bpf_ktime_get_coarse_ns() };
     };
-    // SAFETY: this CPU's slot of the map's one entry.
+    let clock = clock.cast::<Clock>();
+    // SAFETY: this CPU's slot of the clock entry, as long and aligned as a Clock.
     unsafe {
         if (*clock).jiffies != jiffies {
             (*clock).jiffies = jiffies;
@@ -558,9 +564,12 @@ macro_rules! prefix_lookups {
     }};
 }
 
-/// The first matching rule of the active set, or the default policy.
+/// The first matching rule of the active set, or the default policy. A
+/// `to-userspace` rule redirects here (only frames it decides pay for the
+/// helper call); without a socket on the frame's queue it hands the frame
+/// on like `allow`, as [`Outcome::NoSocket`].
 #[inline(always)]
-fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
+fn judge(ctx: &XdpContext, cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
     let set = cfg.active & ACTIVE_PREFIX;
     // This set's byte of `present`, so the bits below are those of set 0.
     let present = if set == 0 {
@@ -636,6 +645,8 @@ fn judge(cfg: &FwConfig, ip: &IpFrame) -> (XdpAction, Outcome, u32) {
     match best.action {
         ACTION_ALLOW => (XdpAction::Pass, Outcome::Rule, best.id),
         ACTION_DENY => (XdpAction::Drop, Outcome::Rule, best.id),
+        ACTION_TO_USERSPACE if to_userspace(ctx) => (XdpAction::Redirect, Outcome::Rule, best.id),
+        ACTION_TO_USERSPACE => (XdpAction::Pass, Outcome::NoSocket, best.id),
         _ if take_token(&best, ip) => (XdpAction::Pass, Outcome::Rule, best.id),
         _ => (XdpAction::Drop, Outcome::RateLimited, best.id),
     }

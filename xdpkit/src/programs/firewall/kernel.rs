@@ -15,10 +15,10 @@ use xdpkit_common::{
     firewall::{
         host_buckets, host_filter, present_dir, present_host, present_table, present_trie, Bucket,
         BucketKey, FwConfig, FwTrace, HostBucket, HostSlot, RuleRef, V6Root, ACTION_ALLOW,
-        ACTION_DENY, ACTION_RATE_LIMIT, ACTIVE_GENERAL, ACTIVE_PREFIX, FW_BUCKETS, FW_CONFIG,
-        FW_DIR4_CHUNKS, FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6, FW_HOST_FILTER4, FW_HOST_SRC4,
-        FW_HOST_SRC6, FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE, FW_V6NODE, FW_V6TAB, POLICY_DROP,
-        POLICY_L3, POLICY_PASS, TABLE_BITS,
+        ACTION_DENY, ACTION_RATE_LIMIT, ACTION_TO_USERSPACE, ACTIVE_GENERAL, ACTIVE_PREFIX,
+        FW_BUCKETS, FW_CONFIG, FW_DIR4_CHUNKS, FW_DIR4_L1, FW_DIR4_REFS, FW_DST4, FW_DST6,
+        FW_HOST_FILTER4, FW_HOST_SRC4, FW_HOST_SRC6, FW_HOST_TABLE4, FW_SRC4, FW_SRC6, FW_TRACE,
+        FW_V6NODE, FW_V6TAB, POLICY_DROP, POLICY_L3, POLICY_PASS, TABLE_BITS,
     },
     XdpAction,
 };
@@ -45,6 +45,7 @@ pub fn rule_ref(entry: &Entry) -> RuleRef {
         Action::Allow => (ACTION_ALLOW, 0),
         Action::Deny => (ACTION_DENY, 0),
         Action::RateLimit(pps) => (ACTION_RATE_LIMIT, pps),
+        Action::ToUserspace => (ACTION_TO_USERSPACE, 0),
     };
     RuleRef {
         rank: (u64::from(entry.rule.prio) << 32) | (entry.seq & 0xffff_ffff),
@@ -1196,6 +1197,29 @@ impl FirewallHarness {
     /// The config the program reads.
     pub fn config(&self) -> Result<FwConfig> {
         read_config(&self.ebpf)
+    }
+
+    /// Puts AF_XDP socket `socket` in entry `queue` of the harness's own
+    /// XSKMAP (`None` empties it): `to-userspace` rules then redirect the
+    /// frames a test run gives queue `queue` (test runs use queue 0). A
+    /// test run only returns the verdict; nothing reaches the socket.
+    pub fn set_socket(
+        &mut self,
+        queue: u32,
+        socket: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<()> {
+        use xdpkit_common::xsk::XSKS_MAP;
+        let map = self
+            .ebpf
+            .map_mut(XSKS_MAP)
+            .ok_or_else(|| object::missing_map(XSKS_MAP))?;
+        let mut xsks: aya::maps::XskMap<&mut MapData> =
+            aya::maps::XskMap::try_from(map).map_err(map_err("open XDPKIT_XSKS"))?;
+        match socket {
+            Some(fd) => xsks.set(queue, fd, 0),
+            None => xsks.unset(queue),
+        }
+        .map_err(map_err("write XDPKIT_XSKS"))
     }
 
     /// Changes the policy (takes effect for the next frame).

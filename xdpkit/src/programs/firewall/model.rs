@@ -24,6 +24,12 @@ pub enum Reason {
     Fragment,
     /// Truncated or inconsistent headers: the malformed policy.
     Malformed,
+    /// A `to-userspace` rule matched (its id is in [`Decision::rule`]) and
+    /// the frame's RX queue has no AF_XDP socket: it goes on down the
+    /// chain ([`Verdict::Pass`]). The model knows no sockets, so this is
+    /// its answer for every frame such a rule decides; with a socket bound
+    /// the kernel redirects the frame instead (outcome `Rule`).
+    NoSocket,
 }
 
 /// The firewall's decision on one frame.
@@ -100,7 +106,8 @@ pub fn matches(rule: &Rule, ip: &IpFrame) -> bool {
 }
 
 /// Judges `frame` against `rules` under `policy`; rate-limit rules consume
-/// tokens from `rate` at time `now_ns`.
+/// tokens from `rate` at time `now_ns`. No AF_XDP socket is bound: a
+/// `to-userspace` rule's frame passes on ([`Reason::NoSocket`]).
 pub fn decide(
     rules: &Ruleset,
     policy: &Policy,
@@ -136,6 +143,7 @@ pub fn decide(
                 (Verdict::Pass, Reason::Rule)
             }
             Action::RateLimit(_) => (Verdict::Drop, Reason::RateLimited),
+            Action::ToUserspace => (Verdict::Pass, Reason::NoSocket),
         };
         return Decision {
             verdict,
@@ -249,6 +257,19 @@ mod tests {
         assert_eq!((d.verdict, d.rule), (Verdict::Pass, Some(1)));
         let d = decide(&set, &Policy::default(), &a, &mut rate, 334_000_001);
         assert_eq!(d.reason, Reason::RateLimited);
+    }
+
+    #[test]
+    fn to_userspace_without_a_socket_goes_on() {
+        let rules = "to-userspace proto udp dport 5000 prio 10\ndeny src 198.18.0.0/16\n";
+        let d = judge(rules, &udp4([198, 18, 0, 1], 5000));
+        assert_eq!(
+            (d.verdict, d.rule, d.reason),
+            (Verdict::Pass, Some(1), Reason::NoSocket),
+            "the to-userspace rule decides, and the frame goes on"
+        );
+        let d = judge(rules, &udp4([198, 18, 0, 1], 5001));
+        assert_eq!((d.verdict, d.rule), (Verdict::Drop, Some(2)));
     }
 
     #[test]

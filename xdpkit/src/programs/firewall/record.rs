@@ -10,9 +10,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use xdpkit_common::firewall::{
-    GeneralRecord, RuleRecord, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, REC_DPORT, REC_DST,
-    REC_DST_V6, REC_GENERAL, REC_PROTO, REC_SMAC, REC_SPORT, REC_SRC, REC_SRC_V6, REC_USED,
-    REC_VLAN,
+    GeneralRecord, RuleRecord, ACTION_ALLOW, ACTION_DENY, ACTION_RATE_LIMIT, ACTION_TO_USERSPACE,
+    REC_DPORT, REC_DST, REC_DST_V6, REC_GENERAL, REC_PROTO, REC_SMAC, REC_SPORT, REC_SRC,
+    REC_SRC_V6, REC_USED, REC_VLAN,
 };
 
 use super::{rule::is_prefix_rule, Action, PortRange, Rule};
@@ -55,6 +55,7 @@ fn action_code(action: Action) -> (u32, u32) {
         Action::Allow => (ACTION_ALLOW, 0),
         Action::Deny => (ACTION_DENY, 0),
         Action::RateLimit(pps) => (ACTION_RATE_LIMIT, pps),
+        Action::ToUserspace => (ACTION_TO_USERSPACE, 0),
     }
 }
 
@@ -63,6 +64,7 @@ fn action_of(code: u32, pps: u32) -> Option<Action> {
         ACTION_ALLOW => Some(Action::Allow),
         ACTION_DENY => Some(Action::Deny),
         ACTION_RATE_LIMIT => Some(Action::RateLimit(pps)),
+        ACTION_TO_USERSPACE => Some(Action::ToUserspace),
         _ => None,
     }
 }
@@ -76,7 +78,7 @@ pub fn encode(rule: &Rule, seq: u64) -> (RuleRecord, Option<GeneralRecord>) {
         prio: rule.prio,
         pps,
         flags: REC_USED,
-        // The three action codes fit a byte.
+        // The action codes fit a byte.
         action: action as u8,
         ..RuleRecord::default()
     };
@@ -221,7 +223,13 @@ mod tests {
     #[test]
     fn prefix_rules_fit_the_short_record() {
         let mut lines = Vec::new();
-        for action in ["allow", "deny", "rate-limit 500", "rate-limit 1"] {
+        for action in [
+            "allow",
+            "deny",
+            "rate-limit 500",
+            "rate-limit 1",
+            "to-userspace",
+        ] {
             for field in ["src", "dst"] {
                 for net in [
                     "198.18.0.0/15",
@@ -277,6 +285,7 @@ mod tests {
             "deny proto icmp",
             "allow",
             "deny prio 0",
+            "to-userspace proto udp dport 5000",
         ] {
             let rule = rule(line);
             assert!(!is_prefix_rule(&rule), "{line}");

@@ -1,6 +1,6 @@
 //! One firewall rule: the grammar shared by the command line and rule files.
 //!
-//! `<allow|deny|rate-limit PPS> [src CIDR] [dst CIDR] [proto tcp|udp|icmp|icmpv6|NUM]
+//! `<allow|deny|rate-limit PPS|to-userspace> [src CIDR] [dst CIDR] [proto tcp|udp|icmp|icmpv6|NUM]
 //!  [sport P[-Q]] [dport P[-Q]] [smac MAC] [vlan ID] [prio N]`
 
 use std::{fmt, net::IpAddr, str::FromStr};
@@ -31,6 +31,12 @@ pub enum Action {
     Deny,
     /// Pass up to this many packets per second per source address, drop the rest.
     RateLimit(u32),
+    /// Redirect the frame into the AF_XDP socket bound to the RX queue it
+    /// arrived on (the interface's XSKMAP, `xdpkit_common::xsk`). When that
+    /// queue has no socket the frame goes on down the chain as `allow`
+    /// would send it (counted as outcome `no_socket`), so a rule may be set
+    /// before its socket is opened and outlive it.
+    ToUserspace,
 }
 
 /// An inclusive port range; a single port is `lo == hi`.
@@ -76,10 +82,10 @@ pub struct Rule {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
     /// Nothing but whitespace or a comment.
-    #[error("empty rule: start with allow, deny or rate-limit PPS")]
+    #[error("empty rule: start with allow, deny, rate-limit PPS or to-userspace")]
     Empty,
     /// The first word is not an action.
-    #[error("unknown action '{0}': start with allow, deny or rate-limit PPS")]
+    #[error("unknown action '{0}': start with allow, deny, rate-limit PPS or to-userspace")]
     UnknownAction(String),
     /// A keyword the grammar lacks.
     #[error("unknown keyword '{0}': expected src, dst, proto, sport, dport, smac, vlan or prio")]
@@ -205,6 +211,7 @@ impl FromStr for Rule {
             None => return Err(RuleError::Empty),
             Some("allow") => Action::Allow,
             Some("deny") => Action::Deny,
+            Some("to-userspace") => Action::ToUserspace,
             Some("rate-limit") => {
                 let pps = words.next().ok_or(RuleError::MissingValue("rate-limit"))?;
                 match pps.parse::<u32>() {
@@ -341,6 +348,7 @@ impl fmt::Display for Rule {
             Action::Allow => write!(f, "allow")?,
             Action::Deny => write!(f, "deny")?,
             Action::RateLimit(pps) => write!(f, "rate-limit {pps}")?,
+            Action::ToUserspace => write!(f, "to-userspace")?,
         }
         if let Some(src) = self.src {
             write!(f, " src {src}")?;
@@ -472,6 +480,22 @@ mod tests {
             let err = line.parse::<Rule>().unwrap_err().to_string();
             assert!(err.contains(want), "{line:?}: {err:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn to_userspace_parses_and_round_trips() {
+        let r = rule("to-userspace proto udp dport 5000 prio 5");
+        assert_eq!(r.action, Action::ToUserspace);
+        assert_eq!(r.to_string(), "to-userspace proto udp dport 5000 prio 5");
+        assert_eq!(rule(&r.to_string()), r);
+        assert_eq!(
+            rule("to-userspace dst 198.18.0.0/15").to_string(),
+            "to-userspace dst 198.18.0.0/15 prio 100"
+        );
+        let err = "to-userspace 5".parse::<Rule>().unwrap_err().to_string();
+        assert!(err.contains("unknown keyword '5'"), "{err}");
+        let err = "redirect".parse::<Rule>().unwrap_err().to_string();
+        assert!(err.contains("or to-userspace"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use pcap_file::{
     DataLink,
 };
 use serde::Serialize;
-use xdpkit_common::firewall::NO_RULE;
+use xdpkit_common::firewall::{Outcome, NO_RULE};
 
 use super::{kernel::FirewallHarness, Policy, Ruleset, Verdict};
 use crate::{Error, Result, XdpAction};
@@ -22,7 +22,10 @@ const MIN_FRAME: usize = 14;
 pub struct SimulatedPacket {
     /// 1-based position in the capture.
     pub index: usize,
-    /// `pass` or `drop`.
+    /// `pass`, `drop` or `to-userspace` (a `to-userspace` rule decided: the
+    /// frame goes into the AF_XDP socket of its RX queue if one is bound,
+    /// else on down the chain like `pass`; the simulation binds none, and
+    /// its program handed the frame on).
     pub verdict: &'static str,
     /// The deciding rule's id (its line in the rule file), if a rule decided.
     pub rule: Option<u32>,
@@ -120,6 +123,7 @@ pub fn simulate(
             })?;
             let verdict = match out.verdict {
                 Some(XdpAction::Drop) => "drop",
+                _ if trace.outcome == Outcome::NoSocket as u32 => "to-userspace",
                 _ => "pass",
             };
             Ok(SimulatedPacket {

@@ -247,6 +247,7 @@ const OUTCOME_NAMES: [&str; Outcome::COUNT as usize] = [
     "non_ip",
     "fragment",
     "malformed",
+    "no_socket",
 ];
 
 /// The firewall's decisions by outcome, summed over CPUs.
