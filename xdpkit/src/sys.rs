@@ -146,7 +146,7 @@ pub struct ProgLoad<'a> {
 pub fn prog_load(load: &ProgLoad<'_>) -> Result<OwnedFd> {
     use aya_obj::generated::{
         bpf_attach_type::BPF_XDP, bpf_attr, bpf_cmd::BPF_PROG_LOAD,
-        bpf_prog_type::BPF_PROG_TYPE_XDP, BPF_F_XDP_DEV_BOUND_ONLY,
+        bpf_prog_type::BPF_PROG_TYPE_XDP, BPF_F_XDP_DEV_BOUND_ONLY, BPF_F_XDP_HAS_FRAGS,
     };
     let mut log = vec![0u8; 64 * 1024];
     // SAFETY: bpf_attr is plain data; all zero is its "unset" state.
@@ -159,7 +159,9 @@ pub fn prog_load(load: &ProgLoad<'_>) -> Result<OwnedFd> {
     u.insn_cnt = load.insns.len() as u32;
     u.license = load.license.as_ptr() as u64;
     u.prog_ifindex = load.ifindex;
-    u.prog_flags = BPF_F_XDP_DEV_BOUND_ONLY;
+    // With frags, as every stage: a PROG_ARRAY takes only programs that
+    // agree on it, so a root without it could not tail-call the chain.
+    u.prog_flags = BPF_F_XDP_DEV_BOUND_ONLY | BPF_F_XDP_HAS_FRAGS;
     u.log_level = 1;
     u.log_buf = log.as_mut_ptr() as u64;
     u.log_size = log.len() as u32;
