@@ -34,7 +34,7 @@ use xdpkit_common::{
 use self::parse::{parse, read_addresses, IpFrame, Parsed};
 use xdpkit_ebpf::{
     chain,
-    stats::{add, count_rule_len, frame_len},
+    stats::{add, count_rule_len},
     xsks::to_userspace,
 };
 
@@ -375,8 +375,7 @@ pub fn xdpkit_firewall(ctx: XdpContext) -> u32 {
     let ip = IpFrame::zero_in(&mut slot);
     // The frame first: its header loads (a cache miss when another core
     // wrote the frame) then overlap the config loads below.
-    let len = frame_len(&ctx);
-    let parsed = parse(&ctx, ip, len);
+    let (parsed, len) = parse(&ctx, ip);
     // The config by reference: each field is read where a frame needs it,
     // not all of them copied to the stack up front (spills on every frame).
     let Some(cfg) = CONFIG.get(0) else {
