@@ -53,7 +53,7 @@ pub fn maybe(ctx: &XdpContext, action: XdpAction, rule: u32) {
     }
     // The whole frame, fragments included (a jumbo frame's linear part
     // holds only its first page); `bpf_xdp_load_bytes` copies across them.
-    let len = crate::stats::frame_len(ctx) as usize;
+    let len = crate::frame::frame_len(ctx) as usize;
     let cap = len.min(cfg.snaplen as usize).min(DUMP_MAX_SNAP as usize);
     let head = DumpHeader {
         ts_ns: 0,

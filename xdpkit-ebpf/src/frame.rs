@@ -1,6 +1,6 @@
 //! Bounds-checked access to frame bytes.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 
 /// Length of an Ethernet header (two MACs and the EtherType).
 pub const ETH_HLEN: usize = 14;
@@ -28,4 +28,13 @@ pub fn swap_macs(ctx: &XdpContext) -> bool {
         }
     }
     true
+}
+
+/// The whole frame's length: with multi-buffer (`xdp.frags`) frames larger
+/// than a page keep only their first part between `data` and `data_end`,
+/// the rest in fragments, which counters must count too.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> u64 {
+    // SAFETY: a helper on this program's context.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
 }

@@ -1,9 +1,8 @@
 //! Per-CPU packet and byte counters, one slot per XDP action and one for
 //! "next" (frames handed to the following stage).
 
-use aya_ebpf::{
-    helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray, programs::XdpContext,
-};
+pub use crate::frame::frame_len;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
 use xdpkit_common::{
     dump::NO_RULE,
     maps::{NEXT_SLOT, STATS_SLOTS},
@@ -59,15 +58,6 @@ pub fn uncount_next(len: u64) {
             (*slot).bytes = (*slot).bytes.wrapping_sub(len);
         }
     }
-}
-
-/// The whole frame's length: with multi-buffer (`xdp.frags`) frames larger
-/// than a page keep only their first part between `data` and `data_end`,
-/// the rest in fragments, which counters must count too.
-#[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> u64 {
-    // SAFETY: a helper on this program's context.
-    unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
 }
 
 /// Counts one frame of `len` bytes in entry `index` of a per-CPU counter

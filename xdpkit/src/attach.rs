@@ -608,7 +608,7 @@ fn mtu_error(ifname: &str, mode: Mode, errno: Option<i32>) -> Option<Error> {
     let too_big = if multi_buffer {
         errno == libc::ERANGE && mtu > 1500
     } else {
-        mtu > crate::features::SINGLE_PAGE_MTU
+        mtu > crate::mode::SINGLE_PAGE_MTU
     };
     too_big.then(|| Error::MtuTooLarge {
         iface: ifname.to_string(),
@@ -623,7 +623,7 @@ fn mtu_error(ifname: &str, mode: Mode, errno: Option<i32>) -> Option<Error> {
             },
             std::io::Error::from_raw_os_error(errno)
         ),
-        single_page_mtu: crate::features::SINGLE_PAGE_MTU,
+        single_page_mtu: crate::mode::SINGLE_PAGE_MTU,
     })
 }
 

@@ -84,7 +84,7 @@ fn flow_hash_check(dev: &str, offers: bool, attached: Option<&netlink::XdpAttach
     check("flow-hash", Status::Ok, text, None)
 }
 
-use crate::features::SINGLE_PAGE_MTU;
+use crate::mode::SINGLE_PAGE_MTU;
 const VERDICTS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
 
 /// Runs every check: the host's, then `dev`'s if given, then XDP exceptions

@@ -4,11 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::{attach::supported_modes, iface, netlink, pins, Result};
-
-/// Largest MTU native XDP takes without multi-buffer support: a frame must
-/// fit one page with XDP's headroom and the skb tail.
-pub const SINGLE_PAGE_MTU: u32 = 3498;
+use crate::{attach::supported_modes, iface, mode::SINGLE_PAGE_MTU, netlink, pins, Result};
 
 /// What multi-buffer support (or its lack) means for a device, in words.
 pub fn multi_buffer_text(multi_buffer: bool) -> String {

@@ -49,3 +49,7 @@ impl Mode {
         )
     }
 }
+
+/// Largest MTU native XDP takes without multi-buffer support: a frame must
+/// fit one page with XDP's headroom and the skb tail.
+pub const SINGLE_PAGE_MTU: u32 = 3498;
