@@ -74,6 +74,16 @@ pub enum ActionArg {
     Aborted,
 }
 
+/// The capture's output, `-` for stdout, and how messages name it; created
+/// only when called, so commands call it after their checks.
+pub(crate) fn open_output(path: &std::path::Path) -> anyhow::Result<(Box<dyn Write>, String)> {
+    if path.as_os_str() == "-" {
+        return Ok((Box::new(std::io::stdout().lock()), "stdout".to_string()));
+    }
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok((Box::new(BufWriter::new(file)), path.display().to_string()))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let actions = match args.action {
         ActionArg::All => XdpAction::ALL.to_vec(),
@@ -91,20 +101,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sample: args.sample,
         snaplen: args.snaplen,
     })?;
-    let out: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
-    } else {
-        let file = File::create(&args.write)
-            .with_context(|| format!("cannot create {}", args.write.display()))?;
-        Box::new(BufWriter::new(file))
-    };
+    let (out, target) = open_output(&args.write)?;
     let mut sink = PcapngSink::new(out, &args.dev.dev, args.snaplen)?;
     signals::stop_on_interrupt();
-    let target = if to_stdout {
-        "stdout".to_string()
-    } else {
-        args.write.display().to_string()
-    };
     eprintln!(
         "xdpkit dump: {} frames of {} (1 in {}, {} bytes each) to {target}; Ctrl-C stops",
         args.action.name(),

@@ -1,8 +1,6 @@
 //! `xdpkit xsk dump|echo|fwd`: frames in userspace through AF_XDP sockets.
 
 use std::{
-    fs::File,
-    io::{BufWriter, Write},
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -341,19 +339,8 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
     // Bound before the file is created: a refused dump leaves nothing behind.
     let mut socket = a.bind()?;
     let to_stdout = args.write.as_os_str() == "-";
-    let out: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
-    } else {
-        let file = File::create(&args.write)
-            .with_context(|| format!("cannot create {}", args.write.display()))?;
-        Box::new(BufWriter::new(file))
-    };
+    let (out, target) = crate::dump::open_output(&args.write)?;
     let mut sink = PcapngSink::new(out, &a.dev.dev, a.frame_size)?;
-    let target = if to_stdout {
-        "stdout".to_string()
-    } else {
-        args.write.display().to_string()
-    };
     bound("dump", &socket, &format!(", writing to {target}"));
     let mode = socket.mode();
     let limit = a.count.unwrap_or(u64::MAX);
