@@ -17,7 +17,7 @@ use xdpkit_lab::lab::{require_root, Lab};
 
 mod common;
 
-use common::{ip, ok, xdpkit_in, XDPKIT};
+use common::{ip, ok, rule_row, xdpkit_in, XDPKIT};
 
 const CLIENT_IF: &str = "xkjb-c";
 const SERVER_IF: &str = "xkjb-s";
@@ -58,18 +58,7 @@ fn jumbo_lab() -> Lab {
 
 /// Packets and bytes of rule `id` (`rule list --json`).
 fn rule_counts(lab: &Lab, id: u64) -> (u64, u64) {
-    let rows: Value = serde_json::from_str(&ok(&xdpkit_in(
-        lab,
-        "server",
-        &["rule", "list", "--dev", SERVER_IF, "--json"],
-    )))
-    .unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id)
-        .unwrap_or_else(|| panic!("rule {id} in {rows}"));
+    let row = rule_row(lab, "server", SERVER_IF, id);
     (
         row["packets"].as_u64().unwrap(),
         row["bytes"].as_u64().unwrap(),

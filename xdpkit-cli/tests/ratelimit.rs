@@ -7,7 +7,7 @@ mod common;
 use serde_json::Value;
 use xdpkit_lab::lab::{require_root, Lab};
 
-use common::{ok, xdpkit_in};
+use common::{ok, rule_row, xdpkit_in};
 
 const GEN_IF: &str = "xkrl-g";
 const DUT_IF: &str = "xkrl-d";
@@ -71,18 +71,7 @@ fn paced_flood_above_a_rate_limit_is_split_as_the_bucket_says() {
     let sent = report["frames"].as_u64().unwrap();
     let seconds = report["seconds"].as_f64().unwrap();
 
-    let rows: Value = serde_json::from_str(&ok(&xdpkit_in(
-        &lab,
-        "dut",
-        &["rule", "list", "--dev", DUT_IF, "--json"],
-    )))
-    .unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id)
-        .unwrap_or_else(|| panic!("rule {id} not listed: {rows}"));
+    let row = rule_row(&lab, "dut", DUT_IF, id);
     let field = |name: &str| {
         row[name]
             .as_u64()

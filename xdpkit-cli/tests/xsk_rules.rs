@@ -15,7 +15,7 @@ use serde_json::Value;
 use xdpkit::xsk::{Mode, Umem, UmemConfig, XskSocket};
 use xdpkit_lab::lab::{require_root, Lab};
 
-use common::{ok, xdpkit_in};
+use common::{ok, rule_row, xdpkit_in};
 
 const GEN_IF: &str = "xkxr-g";
 const DUT_IF: &str = "xkxr-d";
@@ -161,18 +161,7 @@ fn a_socket_receives_exactly_the_frames_its_rule_selects() {
     );
     assert_eq!(outcome(&lab, "no_socket"), 50, "all found the socket");
 
-    let rows: Value = serde_json::from_str(&ok(&xdpkit_in(
-        &lab,
-        "dut",
-        &["rule", "list", "--dev", DUT_IF, "--json"],
-    )))
-    .unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"].as_u64() == Some(id))
-        .expect("the rule is listed");
+    let row = rule_row(&lab, "dut", DUT_IF, id);
     assert_eq!(row["packets"].as_u64(), Some(50 + want), "{row}");
     assert!(
         row["rule"].as_str().unwrap().starts_with("to-userspace"),

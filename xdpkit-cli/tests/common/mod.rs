@@ -84,3 +84,19 @@ pub fn ip(lab: &Lab, ns: &str, args: &[&str]) {
     let status = lab.command(ns, "ip").args(args).status().unwrap();
     assert!(status.success(), "ip {args:?} in {ns}");
 }
+
+/// Rule `id`'s row of `xdpkit rule list --dev DEV --json`, run in `ns`.
+pub fn rule_row(lab: &Lab, ns: &str, dev: &str, id: u64) -> serde_json::Value {
+    let out = ok(&xdpkit_in(
+        lab,
+        ns,
+        &["rule", "list", "--dev", dev, "--json"],
+    ));
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"].as_u64() == Some(id))
+        .cloned()
+        .unwrap_or_else(|| panic!("rule {id} not listed: {rows}"))
+}
